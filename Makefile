@@ -1,0 +1,53 @@
+# Developer and CI entry points for twisted-tunnel.
+#
+# `make venv` builds .venv once and rebuilds it only when setup.cfg or
+# pyproject.toml change (tracked by the stamp file .venv/.stamp).
+
+PYTHON3 ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.stamp
+
+PYTEST_ARGS ?=
+
+.PHONY: venv test lint types demo bench docs clean distclean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON3) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+test: venv
+	@$(PY) -m pytest -q -p no:cacheprovider --timeout=300 $(PYTEST_ARGS) tests; \
+	rc=$$?; \
+	if [ $$rc -ne 0 ]; then echo "make test: pytest exited with status $$rc" >&2; fi; \
+	exit $$rc
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+types: venv
+	$(VENV)/bin/mypy twisted_tunnel
+
+demo: venv
+	$(PY) -m twisted_tunnel.demo
+
+bench: venv
+	bash bench/run.sh
+
+docs: venv
+	$(VENV)/bin/pydoctor --project-name=twisted-tunnel --docformat=epytext \
+	    --html-output=build/apidocs twisted_tunnel
+
+clean:
+	rm -rf build dist .eggs *.egg-info _trial_temp* .hypothesis .mypy_cache \
+	    .ruff_cache .pytest_cache .tox
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . -path ./$(VENV) -prune -o -name dropin.cache -type f -exec rm -f {} +
+
+distclean: clean
+	rm -rf $(VENV)
