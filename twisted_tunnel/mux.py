@@ -1,0 +1,1183 @@
+# -*- test-case-name: tests.test_mux -*-
+"""
+The multiplexer: many streams over one connection, each a real transport.
+
+L{Tunnel} is the protocol that runs on the (TLS) connection between an
+agent and a server.  It speaks the frames of L{twisted_tunnel.wire} and
+gives each stream to an ordinary Twisted protocol through a L{Stream}, which
+provides C{ITransport}, C{IConsumer} and C{IPushProducer} like a TCP
+connection does.
+
+Flow control follows the HTTP/2 implementation in C{twisted.web._http2}:
+
+ - a stream whose send credit is exhausted keeps what it was given in its
+   own backlog and pauses I{only its own} producer;
+ - inbound data for a stream whose consumer paused it is kept in that
+   stream's buffer, and credit goes back to the peer only once the
+   consumer has actually taken the bytes, so the peer can never make us
+   hold more than one window per stream;
+ - the tunnel itself is the producer registered with the connection: when
+   the connection pushes back, every stream keeps its data and the backlog
+   drains in turn when the connection resumes.
+
+The role-specific parts (what to say in HELLO, who may connect, how to
+dial) live in an L{ITunnelHandler}, so the same code runs on both ends.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from attrs import frozen
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IProducer,
+    IProtocol,
+    IProtocolFactory,
+    IPushProducer,
+    IReactorTime,
+    ITransport,
+)
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from . import wire
+from .errors import StreamOpenFailed, StreamOpenTimeout, TunnelClosed
+from .wire import ErrorCode, FrameType, OpenFailReason, ProtocolError
+
+_T = TypeVar("_T")
+_CONNECTION_DONE = Failure(ConnectionDone())
+
+#: How long an orderly close may wait for the peer before the connection is aborted.
+CLOSE_TIMEOUT = 5.0
+
+#: How many PONGs we answer while the connection is pushing back before we
+#: decide the peer is flooding us (the HTTP/2 control-frame cap, in spirit).
+MAX_PENDING_CONTROL = 1000
+
+
+@frozen
+class Settings:
+    """
+    What one side grants the other; sent in HELLO.
+
+    @ivar window: initial receive window per stream, in bytes.
+    @ivar maxFrame: the largest DATA payload accepted.
+    @ivar maxStreams: how many streams opened by the peer may be open at once.
+    """
+
+    window: int = 1024 * 1024
+    maxFrame: int = wire.DEFAULT_MAX_FRAME
+    maxStreams: int = 1024
+
+    def toInfo(self) -> dict[str, int]:
+        return {"window": self.window, "max_frame": self.maxFrame, "max_streams": self.maxStreams}
+
+    @classmethod
+    def fromInfo(cls, info: dict[str, Any]) -> Settings:
+        """
+        Read the peer's settings out of its HELLO, within sane bounds.
+
+        @raise ProtocolError: a setting is missing its type or its bounds.
+        """
+        default = cls()
+        window = _bounded(info, "window", default.window, 64 * 1024, 2**31 - 1)
+        maxFrame = _bounded(
+            info, "max_frame", default.maxFrame, 16 * 1024, wire.ABSOLUTE_MAX_FRAME
+        )
+        maxStreams = _bounded(info, "max_streams", default.maxStreams, 1, 2**31 - 1)
+        return cls(window=window, maxFrame=maxFrame, maxStreams=maxStreams)
+
+
+def _bounded(info: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = info.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ProtocolError(f"HELLO setting {key}={value!r} is not an integer in {low}..{high}")
+    return value
+
+
+@frozen
+class Keepalive:
+    """
+    Dead-peer detection: PING after C{interval} seconds of silence, give up
+    after C{interval * misses} seconds without hearing anything.
+    """
+
+    interval: float = 10.0
+    misses: int = 3
+
+    @property
+    def deadline(self) -> float:
+        return self.interval * self.misses
+
+
+@implementer(IAddress)
+@frozen
+class TunnelAddress:
+    """
+    One end of a stream: which node's tunnel carries it and which host and
+    port the edge side dials (or, for the local end, the stream's id).
+    """
+
+    node: str
+    host: str
+    port: int
+
+
+class Refused(Exception):
+    """
+    Raised by L{ITunnelHandler.helloReceived} to turn a peer away; the
+    code and text go to the peer in GOAWAY and to our log.
+    """
+
+    def __init__(self, code: ErrorCode, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+class ITunnelHandler(Interface):
+    """
+    The role-specific half of a tunnel: the server's and the agent's.
+    """
+
+    def helloInfo() -> dict[str, Any]:
+        """
+        Identity and facts to announce in our HELLO (settings are added).
+        """
+
+    def helloReceived(tunnel: Tunnel, info: dict[str, Any]) -> None:
+        """
+        The peer's HELLO arrived and the version is agreed.
+
+        @raise Refused: to end the connection with the given reason.
+        """
+
+    def openRequested(tunnel: Tunnel, address: TunnelAddress) -> Deferred[IProtocol]:
+        """
+        The peer asks us to connect a new stream to C{address.host}:C{port}.
+
+        @return: fires with the protocol that will own the stream, or fails
+            with L{StreamOpenFailed}.  It is cancelled if the peer gives up.
+        """
+
+    def tunnelDraining(tunnel: Tunnel) -> None:
+        """The peer sent a graceful GOAWAY: open no new streams on this tunnel."""
+
+    def tunnelLost(tunnel: Tunnel, reason: Failure) -> None:
+        """The connection is gone; every stream has been told."""
+
+
+@implementer(ITransport, IConsumer, IPushProducer)
+class Stream:
+    """
+    One stream of a L{Tunnel}, seen by its protocol as its transport.
+
+    The life of a stream, from this side:
+
+     - C{write} sends DATA while credit lasts, then keeps a backlog and
+       pauses whoever produces into it;
+     - C{loseWriteConnection} sends EOF once the backlog is out;
+     - C{loseConnection} sends CLOSE once the backlog is out;
+     - C{abortConnection} sends RESET at once and drops the backlog.
+
+    The stream id is forgotten when we have both sent and received a
+    CLOSE or RESET.
+    """
+
+    disconnecting = False
+
+    def __init__(self, tunnel: Tunnel, streamId: int, address: TunnelAddress) -> None:
+        self._tunnel = tunnel
+        self.streamId = streamId
+        self._address = address
+        self.protocol: IProtocol | None = None
+
+        # outbound
+        self._credit = 0
+        self._backlog: deque[bytes] = deque()
+        self._backlogSize = 0
+        self._producer: IProducer | None = None
+        self._streamingProducer = False
+        self._producerPaused = False
+        self._eofPending = False
+        self._closePending = False
+        self._sentEof = False
+        self._sentTerminal = False
+
+        # inbound
+        self._window = 0
+        self._received: deque[bytes] = deque()
+        self._receivedSize = 0
+        self._consumed = 0
+        self._paused = False
+        self._gotEof = False
+        self._gotTerminal = False
+        self._eofDelivered = False
+        self._heldCredit = 0
+        self._remoteReset: tuple[int, str] | None = None
+        self._lost = False
+        self.queuedToSend = False
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.streamId} {self._address.host}:{self._address.port}>"
+
+    # -- ITransport ----------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self._closePending or self._eofPending or self._sentEof or self._sentTerminal:
+            return
+        if not data:
+            return
+        self._queue(data)
+        self._flush()
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        """
+        Close the stream once everything written so far has been sent.
+        """
+        if self._sentTerminal or self._closePending:
+            return
+        self._closePending = True
+        self.disconnecting = True
+        self._flush()
+
+    def loseWriteConnection(self) -> None:
+        """
+        Half-close: send EOF once the backlog is out; reading goes on.
+        """
+        if self._sentEof or self._eofPending or self._sentTerminal:
+            return
+        self._eofPending = True
+        self._flush()
+
+    def abortConnection(self) -> None:
+        """
+        Reset the stream now, dropping whatever has not been sent.
+        """
+        self._reset(ErrorCode.CANCEL, "aborted")
+
+    def getPeer(self) -> TunnelAddress:
+        return self._address
+
+    def getHost(self) -> TunnelAddress:
+        return TunnelAddress(self._tunnel.nodeName, "stream", self.streamId)
+
+    # -- IConsumer -----------------------------------------------------------
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        if self._producer is not None:
+            raise RuntimeError(f"{self!r} already has a producer")
+        self._producer = producer
+        self._streamingProducer = streaming
+        self._producerPaused = False
+        if self._sentTerminal:
+            producer.stopProducing()
+        elif not streaming:
+            producer.resumeProducing()
+        elif self._backlog:
+            self._pauseProducer()
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+
+    # -- IPushProducer (for whoever consumes what this stream receives) -----
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        self._deliverReceived()
+
+    def stopProducing(self) -> None:
+        self.loseConnection()
+
+    # -- sending -------------------------------------------------------------
+
+    def _queue(self, data: bytes) -> None:
+        self._backlog.append(data)
+        self._backlogSize += len(data)
+
+    def _flush(self) -> None:
+        """
+        Send what credit and the connection allow; then EOF or CLOSE if they
+        are due; then pause or resume our producer to match the backlog.
+        """
+        tunnel = self._tunnel
+        maxFrame = tunnel._sendMaxFrame
+        while self._backlog and self._credit > 0 and tunnel._canSend(self):
+            chunk = self._backlog.popleft()
+            size = min(len(chunk), self._credit, maxFrame)
+            if size < len(chunk):
+                self._backlog.appendleft(chunk[size:])
+                chunk = chunk[:size]
+            self._backlogSize -= size
+            self._credit -= size
+            tunnel._sendData(self.streamId, chunk)
+        if self._backlog:
+            if self._credit > 0:
+                tunnel._wantsToSend(self)
+            self._pauseProducer()
+            return
+        if self._eofPending:
+            self._eofPending = False
+            self._sendEof()
+        if self._closePending:
+            self._sendClose()
+            return
+        self._resumeProducer()
+
+    def _pauseProducer(self) -> None:
+        if self._producer is not None and self._streamingProducer and not self._producerPaused:
+            self._producerPaused = True
+            self._producer.pauseProducing()
+
+    def _resumeProducer(self) -> None:
+        if self._producer is None or self._sentTerminal:
+            return
+        if not self._streamingProducer:
+            self._producer.resumeProducing()
+        elif self._producerPaused:
+            self._producerPaused = False
+            self._producer.resumeProducing()
+
+    def _sendEof(self) -> None:
+        self._sentEof = True
+        self._tunnel._sendFrame(wire.Eof(self.streamId))
+        protocol = self.protocol
+        if IHalfCloseableProtocol.providedBy(protocol):
+            self._call(protocol.writeConnectionLost)  # type: ignore[union-attr]
+        if self._eofDelivered:
+            self._sendClose()
+
+    def _sendClose(self) -> None:
+        if self._sentTerminal:
+            return
+        self._sentTerminal = True
+        self.disconnecting = True
+        self._dropBacklog()
+        self._tunnel._sendFrame(wire.Close(self.streamId))
+        self._lose(Failure(ConnectionDone("stream closed")))
+        self._tunnel._maybeForget(self)
+
+    def _reset(self, code: ErrorCode, text: str) -> None:
+        if self._sentTerminal:
+            return
+        self._sentTerminal = True
+        self.disconnecting = True
+        self._dropBacklog()
+        self._received.clear()
+        self._receivedSize = 0
+        self._tunnel._sendFrame(wire.Reset(self.streamId, code, text))
+        self._lose(Failure(ConnectionLost(f"stream reset: {text}")))
+        self._tunnel._maybeForget(self)
+
+    def _dropBacklog(self) -> None:
+        self._backlog.clear()
+        self._backlogSize = 0
+        self._eofPending = False
+        self._closePending = False
+
+    def _creditReceived(self, increment: int) -> None:
+        if self._credit + increment > 2**31 - 1:
+            raise ProtocolError(
+                f"WINDOW on stream {self.streamId} overflows the window",
+                ErrorCode.FLOW_CONTROL_ERROR,
+            )
+        self._credit += increment
+        if self._backlog or self._eofPending or self._closePending:
+            self._flush()
+
+    # -- receiving -----------------------------------------------------------
+
+    def _dataReceived(self, data: bytes) -> None:
+        size = len(data)
+        if self._gotEof or self._gotTerminal:
+            raise ProtocolError(f"DATA on stream {self.streamId} after EOF")
+        if size > self._window:
+            raise ProtocolError(
+                f"{size} bytes of DATA on stream {self.streamId} exceed its window of "
+                f"{self._window}",
+                ErrorCode.FLOW_CONTROL_ERROR,
+            )
+        self._window -= size
+        if self._sentTerminal or self._lost:
+            return
+        self._received.append(data)
+        self._receivedSize += size
+        self._deliverReceived()
+
+    def _eofReceived(self) -> None:
+        if self._gotEof or self._gotTerminal:
+            raise ProtocolError(f"second EOF on stream {self.streamId}")
+        self._gotEof = True
+        self._deliverReceived()
+
+    def _terminalReceived(self, reset: tuple[int, str] | None) -> None:
+        if self._gotTerminal:
+            raise ProtocolError(f"second CLOSE or RESET on stream {self.streamId}")
+        self._gotTerminal = True
+        if reset is not None:
+            self._remoteReset = reset
+            self._received.clear()
+            self._receivedSize = 0
+        self._deliverReceived()
+        self._tunnel._maybeForget(self)
+
+    def _deliverReceived(self) -> None:
+        """
+        Hand buffered data to the protocol while it is not paused, return
+        credit for what it took, then report EOF, CLOSE or RESET once
+        everything before them has been delivered.
+        """
+        protocol = self.protocol
+        if protocol is None or self._lost:
+            return
+        while self._received and not self._paused and not self._lost:
+            data = self._received.popleft()
+            self._receivedSize -= len(data)
+            self._call(protocol.dataReceived, data)
+            if not self._paused:
+                self._consumed += len(data)
+            else:
+                # the consumer pushed back while taking these bytes: they
+                # count as consumed only when it asks for more.
+                self._heldCredit += len(data)
+        if self._paused or self._received or self._lost:
+            return
+        self._returnCredit()
+        if self._remoteReset is not None:
+            code, text = self._remoteReset
+            self._sentTerminalAfterPeer()
+            self._lose(
+                Failure(ConnectionLost(f"stream reset by peer ({ErrorCode.named(code)}): {text}"))
+            )
+            return
+        if self._gotTerminal:
+            self._sentTerminalAfterPeer()
+            self._lose(Failure(ConnectionDone("stream closed by peer")))
+            return
+        if self._gotEof and not self._eofDelivered:
+            self._eofDelivered = True
+            if IHalfCloseableProtocol.providedBy(protocol):
+                self._call(protocol.readConnectionLost)  # type: ignore[attr-defined]
+                if self._sentEof:
+                    self._sendClose()
+            else:
+                self.loseConnection()
+
+    def _returnCredit(self) -> None:
+        self._consumed += self._heldCredit
+        self._heldCredit = 0
+        if self._gotEof or self._gotTerminal or self._sentTerminal:
+            return
+        if self._consumed and self._consumed * 4 >= self._tunnel.settings.window:
+            increment, self._consumed = self._consumed, 0
+            self._window += increment
+            self._tunnel._sendFrame(wire.Window(self.streamId, increment))
+
+    def _sentTerminalAfterPeer(self) -> None:
+        """The peer ended the stream: answer with our CLOSE if we have not ended it."""
+        if not self._sentTerminal:
+            self._sentTerminal = True
+            self.disconnecting = True
+            self._dropBacklog()
+            self._tunnel._sendFrame(wire.Close(self.streamId))
+            self._tunnel._maybeForget(self)
+
+    # -- the protocol's end --------------------------------------------------
+
+    def _connect(self, protocol: IProtocol, credit: int, window: int) -> None:
+        self.protocol = protocol
+        self._credit = credit
+        self._window = window
+        protocol.makeConnection(self)
+        self._deliverReceived()
+
+    def _lose(self, reason: Failure) -> None:
+        """Tell the protocol, once, that the stream is over."""
+        if self._lost:
+            return
+        self._lost = True
+        self._received.clear()
+        self._receivedSize = 0
+        producer, self._producer = self._producer, None
+        if producer is not None and self._streamingProducer:
+            producer.stopProducing()
+        protocol = self.protocol
+        if protocol is not None:
+            self._call(protocol.connectionLost, reason)
+
+    def _tunnelLost(self, reason: Failure) -> None:
+        self._sentTerminal = self._gotTerminal = True
+        self._dropBacklog()
+        self._lose(reason)
+
+    def _call(self, f: Callable[..., object], *args: object) -> None:
+        """
+        Call into the stream's protocol; a bug there resets this stream only.
+        """
+        try:
+            f(*args)
+        except Exception:
+            self._tunnel.log.failure(
+                "stream {stream} protocol raised; resetting the stream", stream=self.streamId
+            )
+            if not self._sentTerminal:
+                self._reset(ErrorCode.INTERNAL_ERROR, "application error")
+            if f != getattr(self.protocol, "connectionLost", None):
+                self._lose(Failure())
+
+    @property
+    def bufferedBytes(self) -> int:
+        """Bytes held for this stream, both directions (for tests and metrics)."""
+        return self._backlogSize + self._receivedSize
+
+
+class _PendingOpen:
+    """An OPEN we sent, waiting for OPEN_OK or OPEN_FAIL."""
+
+    def __init__(
+        self,
+        stream: Stream,
+        factory: IProtocolFactory,
+        result: Deferred[IProtocol],
+        timeout: IDelayedCall | None,
+    ) -> None:
+        self.stream = stream
+        self.factory = factory
+        self.result = result
+        self.timeout = timeout
+
+    def cancelTimeout(self) -> None:
+        if self.timeout is not None and self.timeout.active():
+            self.timeout.cancel()
+        self.timeout = None
+
+
+@implementer(IPushProducer)
+class Tunnel(Protocol):
+    """
+    The multiplexing protocol on one agent-server connection.
+
+    @ivar nodeName: which edge node this tunnel belongs to, once known
+        (for logs and addresses).
+    @ivar version: the agreed protocol version, once HELLO is done.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        handler: ITunnelHandler,
+        clock: IReactorTime,
+        *,
+        isClient: bool,
+        settings: Settings = Settings(),
+        keepalive: Keepalive = Keepalive(),
+        nodeName: str = "",
+    ) -> None:
+        self.handler = handler
+        self.clock = clock
+        self.isClient = isClient
+        self.settings = settings
+        self.keepalive = keepalive
+        self.nodeName = nodeName
+        self.version: int | None = None
+        self.peerInfo: dict[str, Any] = {}
+        self.peerSettings: Settings | None = None
+
+        self._decoder = wire.FrameDecoder(max(settings.maxFrame, wire.DEFAULT_MAX_FRAME))
+        self._sendMaxFrame = wire.DEFAULT_MAX_FRAME
+        self._streams: dict[int, Stream] = {}
+        self._pending: dict[int, _PendingOpen] = {}
+        self._accepting: dict[int, Deferred[IProtocol]] = {}
+        self._nextStreamId = 1 if isClient else 2
+        self._highestPeerStream = 0
+        self._peerOpened = 0
+        self._waitingToSend: deque[Stream] = deque()
+        self._transportPaused = False
+        self._pausedControl = 0
+        self._draining = False
+        self._peerDraining = False
+        self._closing = False
+        self._done = False
+        self._lastReceived = 0.0
+        self._keepaliveCall: IDelayedCall | None = None
+        self._abortCall: IDelayedCall | None = None
+        self._established: _Outcome[Tunnel] = _Outcome()
+        self._lost: _Outcome[None] = _Outcome()
+
+    # -- life cycle ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.registerProducer(self, True)
+        self._lastReceived = self.clock.seconds()
+        self._scheduleKeepalive(self.keepalive.interval)
+        if self.isClient:
+            low, high = wire.SUPPORTED_VERSIONS[0], wire.SUPPORTED_VERSIONS[-1]
+            self._sendFrame(wire.Hello(low, high, self._helloInfo()))
+
+    def whenEstablished(self) -> Deferred[Tunnel]:
+        """
+        Fires once HELLO is done both ways; fails if the connection ends first.
+        """
+        return self._established.observe()
+
+    def whenLost(self) -> Deferred[None]:
+        """Fires once the connection is gone."""
+        return self._lost.observe()
+
+    @property
+    def established(self) -> bool:
+        return self.version is not None and not self._done
+
+    @property
+    def streamCount(self) -> int:
+        return len(self._streams)
+
+    def _helloInfo(self) -> dict[str, Any]:
+        info = dict(self.handler.helloInfo())
+        info.update(self.settings.toInfo())
+        return info
+
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
+        self._done = True
+        for call in (self._keepaliveCall, self._abortCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._keepaliveCall = self._abortCall = None
+        why = f"tunnel to {self.nodeName or 'peer'} lost: {reason.getErrorMessage()}"
+        for pending in list(self._pending.values()):
+            pending.cancelTimeout()
+            pending.result.errback(TunnelClosed(why))
+        self._pending.clear()
+        for accepting in list(self._accepting.values()):
+            accepting.cancel()
+        self._accepting.clear()
+        for stream in list(self._streams.values()):
+            stream._tunnelLost(Failure(ConnectionLost(why)))
+        self._streams.clear()
+        self._waitingToSend.clear()
+        self._established.fire(Failure(TunnelClosed(why)))
+        try:
+            self.handler.tunnelLost(self, reason)
+        finally:
+            self._lost.fire(None)
+
+    def close(self, code: ErrorCode, text: str) -> None:
+        """
+        End the connection now, telling the peer why.
+        """
+        if self._closing or self._done:
+            return
+        self._closing = True
+        self._sendFrame(wire.GoAway(code, text))
+        assert self.transport is not None
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+        self._abortCall = self.clock.callLater(CLOSE_TIMEOUT, self._abort)
+
+    def drain(self, text: str = "shutting down") -> Deferred[None]:
+        """
+        Graceful: refuse new streams from now on, let the open ones finish,
+        then close.  Fires when the connection is gone.
+        """
+        done = self.whenLost()
+        if not self._draining and not self._done:
+            self._draining = True
+            self._sendFrame(wire.GoAway(ErrorCode.SHUTTING_DOWN, text))
+            self._closeIfIdle()
+        return done
+
+    def _closeIfIdle(self) -> None:
+        if (self._draining or self._peerDraining) and not self._streams and not self._pending:
+            self.close(ErrorCode.NO_ERROR, "drained")
+
+    def _abort(self) -> None:
+        self._abortCall = None
+        if self.transport is not None and not self._done:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    # -- opening streams -----------------------------------------------------
+
+    def openStream(
+        self, host: str, port: int, factory: IProtocolFactory, timeout: float | None = None
+    ) -> Deferred[IProtocol]:
+        """
+        Ask the peer to connect a new stream to C{host}:C{port}, then hand it
+        to a protocol built by C{factory}.
+
+        @return: fires with the connected protocol, like
+            C{IStreamClientEndpoint.connect}; fails with L{StreamOpenFailed},
+            L{StreamOpenTimeout} or L{TunnelClosed}.  Cancelling it resets
+            the stream.
+        """
+        if not self.established or self._closing:
+            return _failed(TunnelClosed(f"tunnel to {self.nodeName or 'peer'} is not up"))
+        if self._draining or self._peerDraining:
+            return _failed(
+                StreamOpenFailed(
+                    OpenFailReason.GOING_AWAY, f"tunnel to {self.nodeName} is draining"
+                )
+            )
+        assert self.peerSettings is not None
+        if len(self._pending) + self._ownStreams() >= self.peerSettings.maxStreams:
+            return _failed(
+                StreamOpenFailed(
+                    OpenFailReason.TOO_MANY_STREAMS,
+                    f"node {self.nodeName} accepts {self.peerSettings.maxStreams} streams at once",
+                )
+            )
+        streamId = self._nextStreamId
+        if streamId > wire.MAX_STREAM_ID:
+            return _failed(TunnelClosed("stream ids exhausted on this tunnel"))
+        self._nextStreamId += 2
+        stream = Stream(self, streamId, TunnelAddress(self.nodeName, host, port))
+
+        def cancel(d: Deferred[IProtocol]) -> None:
+            pending = self._pending.pop(streamId, None)
+            if pending is not None:
+                pending.cancelTimeout()
+                stream._reset(ErrorCode.CANCEL, "open cancelled")
+
+        result: Deferred[IProtocol] = Deferred(cancel)
+        call = None
+        if timeout is not None:
+            call = self.clock.callLater(timeout, self._openTimedOut, streamId, timeout)
+        self._streams[streamId] = stream
+        self._pending[streamId] = _PendingOpen(stream, factory, result, call)
+        self._sendFrame(wire.Open(streamId, host, port))
+        return result
+
+    def _ownStreams(self) -> int:
+        parity = 1 if self.isClient else 0
+        return sum(1 for s in self._streams if s % 2 == parity)
+
+    def _openTimedOut(self, streamId: int, timeout: float) -> None:
+        pending = self._pending.pop(streamId, None)
+        if pending is None:
+            return
+        pending.timeout = None
+        pending.stream._reset(ErrorCode.CANCEL, "open timed out")
+        pending.result.errback(
+            StreamOpenTimeout(
+                f"node {self.nodeName} did not answer the open of "
+                f"{pending.stream.getPeer().host}:{pending.stream.getPeer().port} "
+                f"within {timeout:g}s"
+            )
+        )
+
+    # -- IPushProducer, for the connection under us ------------------------
+
+    def pauseProducing(self) -> None:
+        self._transportPaused = True
+
+    def resumeProducing(self) -> None:
+        self._transportPaused = False
+        self._pausedControl = 0
+        waiting = self._waitingToSend
+        while waiting and not self._transportPaused:
+            stream = waiting.popleft()
+            stream.queuedToSend = False
+            stream._flush()
+
+    def stopProducing(self) -> None:
+        pass
+
+    # -- sending -------------------------------------------------------------
+
+    def _canSend(self, stream: Stream) -> bool:
+        return not (self._transportPaused or self._closing or self._done)
+
+    def _wantsToSend(self, stream: Stream) -> None:
+        if not stream.queuedToSend:
+            stream.queuedToSend = True
+            self._waitingToSend.append(stream)
+
+    def _sendFrame(self, frame: wire.Frame) -> None:
+        if self._done or self.transport is None:
+            return
+        self.transport.write(frame.encode())
+
+    def _sendData(self, streamId: int, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.writeSequence([wire.dataHeader(streamId, len(data)), data])
+
+    # -- receiving -----------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._done:
+            return
+        self._lastReceived = self.clock.seconds()
+        try:
+            for frame in self._decoder.feed(data):
+                self._frameReceived(frame)
+                if self._closing or self._done:
+                    return
+        except ProtocolError as e:
+            self.log.warn(
+                "closing tunnel to {node}: protocol error: {reason}",
+                node=self.nodeName or self._peerLabel(),
+                reason=e.text,
+                code=ErrorCode.named(e.code),
+            )
+            self.close(e.code, e.text)
+        except Exception:
+            self.log.failure("closing tunnel to {node}: internal error", node=self.nodeName)
+            self.close(ErrorCode.INTERNAL_ERROR, "internal error")
+
+    def _peerLabel(self) -> str:
+        peer = self.transport.getPeer() if self.transport is not None else None
+        host = getattr(peer, "host", None)
+        return f"{host}:{getattr(peer, 'port', '')}" if host else "peer"
+
+    def _frameReceived(self, frame: wire.Frame) -> None:
+        kind = frame.TYPE
+        if self.version is None and kind is not FrameType.HELLO:
+            if kind is FrameType.GOAWAY:
+                self._goAwayReceived(frame)  # type: ignore[arg-type]
+                return
+            raise ProtocolError(f"expected HELLO, got {kind.name}")
+        if kind is FrameType.DATA:
+            self._stream(frame.streamId)._dataReceived(frame.data)  # type: ignore[attr-defined]
+        elif kind is FrameType.WINDOW:
+            stream = self._stream(frame.streamId)
+            if not stream._sentTerminal:
+                stream._creditReceived(frame.increment)  # type: ignore[attr-defined]
+        elif kind is FrameType.OPEN:
+            self._openReceived(frame)  # type: ignore[arg-type]
+        elif kind is FrameType.OPEN_OK:
+            self._openOkReceived(frame.streamId)
+        elif kind is FrameType.OPEN_FAIL:
+            self._openFailReceived(frame)  # type: ignore[arg-type]
+        elif kind is FrameType.EOF:
+            self._stream(frame.streamId)._eofReceived()
+        elif kind is FrameType.CLOSE:
+            self._terminalReceived(frame.streamId, None)
+        elif kind is FrameType.RESET:
+            self._terminalReceived(frame.streamId, (frame.code, frame.text))  # type: ignore[attr-defined]
+        elif kind is FrameType.PING:
+            self._pingReceived(frame)  # type: ignore[arg-type]
+        elif kind is FrameType.PONG:
+            pass
+        elif kind is FrameType.GOAWAY:
+            self._goAwayReceived(frame)  # type: ignore[arg-type]
+        elif kind is FrameType.HELLO:
+            self._helloReceived(frame)  # type: ignore[arg-type]
+
+    def _stream(self, streamId: int) -> Stream:
+        """
+        The live stream with this id, or L{_IGNORED} for one that ended
+        recently (frames may cross), or a protocol error for one that never
+        existed.
+        """
+        stream = self._streams.get(streamId)
+        if stream is not None:
+            if streamId in self._pending:
+                raise ProtocolError(f"frame on stream {streamId} before OPEN_OK")
+            return stream
+        ours = (streamId % 2 == 1) == self.isClient
+        if ours and streamId < self._nextStreamId:
+            return _IGNORED
+        if not ours and streamId <= self._highestPeerStream:
+            return _IGNORED
+        raise ProtocolError(f"frame for stream {streamId}, which was never opened")
+
+    def _helloReceived(self, hello: wire.Hello) -> None:
+        if self.version is not None:
+            raise ProtocolError("second HELLO")
+        if self.isClient:
+            if (
+                hello.minVersion != hello.maxVersion
+                or hello.minVersion not in wire.SUPPORTED_VERSIONS
+            ):
+                raise ProtocolError(
+                    f"server chose version {hello.minVersion}..{hello.maxVersion}, which we did "
+                    "not offer",
+                    ErrorCode.UNSUPPORTED_VERSION,
+                )
+            version = hello.minVersion
+        else:
+            common = [
+                v for v in wire.SUPPORTED_VERSIONS if hello.minVersion <= v <= hello.maxVersion
+            ]
+            if not common:
+                ours = f"{wire.SUPPORTED_VERSIONS[0]}..{wire.SUPPORTED_VERSIONS[-1]}"
+                raise ProtocolError(
+                    f"no common protocol version: peer speaks "
+                    f"{hello.minVersion}..{hello.maxVersion}, we speak {ours}",
+                    ErrorCode.UNSUPPORTED_VERSION,
+                )
+            version = common[-1]
+        peer = Settings.fromInfo(hello.info)
+        self.peerInfo = hello.info
+        self.peerSettings = peer
+        self._sendMaxFrame = peer.maxFrame
+        try:
+            self.handler.helloReceived(self, hello.info)
+        except Refused as refused:
+            self.log.warn(
+                "refusing tunnel from {peer}: {reason}",
+                peer=self._peerLabel(),
+                reason=refused.text,
+                code=ErrorCode.named(refused.code),
+            )
+            self.close(refused.code, refused.text)
+            return
+        self.version = version
+        if not self.isClient:
+            self._sendFrame(wire.Hello(version, version, self._helloInfo()))
+        self._established.fire(self)
+
+    def _openReceived(self, frame: wire.Open) -> None:
+        streamId = frame.streamId
+        if (streamId % 2 == 1) == self.isClient or streamId <= self._highestPeerStream:
+            raise ProtocolError(f"OPEN with stream id {streamId} out of sequence")
+        self._highestPeerStream = streamId
+        address = TunnelAddress(self.nodeName, frame.host, frame.port)
+        if self._draining or self._closing:
+            self._refuse(streamId, OpenFailReason.GOING_AWAY, "tunnel is draining")
+            return
+        if self._peerOpened >= self.settings.maxStreams:
+            self._refuse(
+                streamId,
+                OpenFailReason.TOO_MANY_STREAMS,
+                f"at most {self.settings.maxStreams} streams at once",
+            )
+            return
+        stream = Stream(self, streamId, address)
+        self._streams[streamId] = stream
+        self._peerOpened += 1
+        accepting = maybeDeferred(self.handler.openRequested, self, address)
+        self._accepting[streamId] = accepting
+
+        def accepted(protocol: IProtocol) -> None:
+            self._accepting.pop(streamId, None)
+            if stream._gotTerminal or self._done:
+                protocol.makeConnection(stream)
+                stream._tunnelLost(Failure(ConnectionDone("stream cancelled by peer")))
+                return
+            self._sendFrame(wire.OpenOk(streamId))
+            assert self.peerSettings is not None
+            stream._connect(protocol, self.peerSettings.window, self.settings.window)
+
+        def refused(failure: Failure) -> None:
+            self._accepting.pop(streamId, None)
+            if failure.check(CancelledError) or self._done:
+                return
+            if failure.check(StreamOpenFailed):
+                error = failure.value
+                reason, text = error.reason, error.text
+            else:
+                self.log.failure(
+                    "opening {host}:{port} failed unexpectedly",
+                    failure,
+                    host=address.host,
+                    port=address.port,
+                )
+                reason, text = OpenFailReason.INTERNAL, "internal error"
+            self._streams.pop(streamId, None)
+            self._peerOpened -= 1
+            self._refuse(streamId, reason, text)
+            self._closeIfIdle()
+
+        accepting.addCallbacks(accepted, refused)
+
+    def _refuse(self, streamId: int, reason: int, text: str) -> None:
+        self._sendFrame(wire.OpenFail(streamId, reason, text))
+
+    def _openOkReceived(self, streamId: int) -> None:
+        pending = self._pending.pop(streamId, None)
+        if pending is None:
+            self._stream(streamId)  # raises for a stream never opened
+            raise ProtocolError(f"OPEN_OK for stream {streamId}, which is not opening")
+        pending.cancelTimeout()
+        stream = pending.stream
+        protocol = pending.factory.buildProtocol(stream.getPeer())
+        assert self.peerSettings is not None
+        if protocol is None:
+            stream._reset(ErrorCode.CANCEL, "refused by the local factory")
+            pending.result.errback(
+                StreamOpenFailed(OpenFailReason.INTERNAL, "the protocol factory refused")
+            )
+            return
+        stream._connect(protocol, self.peerSettings.window, self.settings.window)
+        pending.result.callback(protocol)
+
+    def _openFailReceived(self, frame: wire.OpenFail) -> None:
+        pending = self._pending.pop(frame.streamId, None)
+        if pending is None:
+            self._stream(frame.streamId)
+            raise ProtocolError(f"OPEN_FAIL for stream {frame.streamId}, which is not opening")
+        pending.cancelTimeout()
+        stream = pending.stream
+        stream._sentTerminal = stream._gotTerminal = True
+        self._streams.pop(frame.streamId, None)
+        pending.result.errback(StreamOpenFailed(frame.reason, frame.text))
+        self._closeIfIdle()
+
+    def _terminalReceived(self, streamId: int, reset: tuple[int, str] | None) -> None:
+        pending = self._pending.pop(streamId, None)
+        if pending is not None:
+            # the peer reset an open it has not answered: treat as a failure
+            pending.cancelTimeout()
+            code, text = reset if reset is not None else (ErrorCode.CANCEL, "closed")
+            stream = pending.stream
+            stream._gotTerminal = True
+            stream._sentTerminalAfterPeer()
+            pending.result.errback(StreamOpenFailed(OpenFailReason.INTERNAL, text))
+            return
+        accepting = self._accepting.pop(streamId, None)
+        stream = self._stream(streamId)
+        if accepting is not None:
+            stream._gotTerminal = True
+            stream._sentTerminalAfterPeer()
+            accepting.cancel()
+            return
+        stream._terminalReceived(reset)
+
+    def _maybeForget(self, stream: Stream) -> None:
+        if stream._sentTerminal and stream._gotTerminal:
+            if self._streams.pop(stream.streamId, None) is not None:
+                if (stream.streamId % 2 == 1) != self.isClient:
+                    self._peerOpened -= 1
+            self._closeIfIdle()
+
+    def _pingReceived(self, ping: wire.Ping) -> None:
+        if self._transportPaused:
+            self._pausedControl += 1
+            if self._pausedControl > MAX_PENDING_CONTROL:
+                raise ProtocolError("too many PINGs while the connection is pushing back")
+        self._sendFrame(wire.Pong(ping.opaque))
+
+    def _goAwayReceived(self, goaway: wire.GoAway) -> None:
+        code, text = goaway.code, goaway.text
+        if code in (ErrorCode.NO_ERROR, ErrorCode.SHUTTING_DOWN) and self.version is not None:
+            self.log.info(
+                "tunnel to {node} is draining: {reason}", node=self.nodeName, reason=text
+            )
+            if not self._peerDraining:
+                self._peerDraining = True
+                self.handler.tunnelDraining(self)
+            self._closeIfIdle()
+            return
+        self.log.warn(
+            "tunnel to {node} closed by peer ({code}): {reason}",
+            node=self.nodeName or self._peerLabel(),
+            code=ErrorCode.named(code),
+            reason=text,
+        )
+        self._closing = True
+        assert self.transport is not None
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+        self._abortCall = self.clock.callLater(CLOSE_TIMEOUT, self._abort)
+
+    # -- keepalive -----------------------------------------------------------
+
+    def _scheduleKeepalive(self, delay: float) -> None:
+        self._keepaliveCall = self.clock.callLater(max(delay, 0.0), self._keepaliveTick)
+
+    def _keepaliveTick(self) -> None:
+        self._keepaliveCall = None
+        if self._done or self._closing:
+            return
+        now = self.clock.seconds()
+        silent = now - self._lastReceived
+        keepalive = self.keepalive
+        if silent >= keepalive.deadline:
+            self.log.warn(
+                "tunnel to {node} is dead: nothing heard for {silent:.1f}s",
+                node=self.nodeName or self._peerLabel(),
+                silent=silent,
+            )
+            self.close(ErrorCode.KEEPALIVE_TIMEOUT, f"nothing heard for {silent:.1f}s")
+            self._abort()
+            return
+        if silent >= keepalive.interval and self.version is not None:
+            self._sendFrame(wire.Ping(os.urandom(8)))
+        untilDead = keepalive.deadline - silent
+        self._scheduleKeepalive(min(keepalive.interval, untilDead))
+
+
+class _IgnoredStream(Stream):
+    """Stands in for a stream that ended while frames for it were in flight."""
+
+    def __init__(self) -> None:
+        pass
+
+    def _dataReceived(self, data: bytes) -> None:
+        pass
+
+    def _eofReceived(self) -> None:
+        pass
+
+    def _creditReceived(self, increment: int) -> None:
+        pass
+
+    def _terminalReceived(self, reset: tuple[int, str] | None) -> None:
+        pass
+
+    _sentTerminal = True
+
+
+_IGNORED = _IgnoredStream()
+
+
+def _failed(error: Exception) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.errback(error)
+    return d
+
+
+class _Outcome(Generic[_T]):
+    """
+    A result that happens once and that any number of callers may wait for,
+    each with a Deferred of their own (so nobody's callbacks change
+    another's result, and an outcome nobody waits for logs nothing).
+    """
+
+    def __init__(self) -> None:
+        self._result: _T | Failure | None = None
+        self._fired = False
+        self._waiters: list[Deferred[_T]] = []
+
+    def observe(self) -> Deferred[_T]:
+        d: Deferred[_T] = Deferred()
+        if self._fired:
+            self._deliver(d)
+        else:
+            self._waiters.append(d)
+        return d
+
+    def fire(self, result: _T | Failure) -> None:
+        if self._fired:
+            return
+        self._fired, self._result = True, result
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            self._deliver(d)
+
+    def _deliver(self, d: Deferred[_T]) -> None:
+        if isinstance(self._result, Failure):
+            d.errback(self._result)
+        else:
+            d.callback(self._result)  # type: ignore[arg-type]

@@ -1,0 +1,338 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+The cloud side: accept agents, know who is connected, open streams to them.
+
+An agent proves which node it is with its client certificate; the server
+keeps a L{AgentRegistry} of live tunnels by node name and node IP, and
+hands out ordinary C{IStreamClientEndpoint}s (L{TunnelServer.endpointForNode})
+so that any Twisted client can reach a port on an edge node.
+
+The replacement rule: a node has at most one tunnel per server.  When an
+agent for a node that is already connected completes its handshake, the
+new tunnel replaces the old one, whose streams are closed.  A reconnecting
+agent is by far the common case, and the old connection is then most
+likely dead (its keepalive would find out only later).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from attrs import frozen
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+    ITransport,
+)
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import __version__
+from .errors import NodeNotConnected, StreamOpenFailed
+from .mux import ITunnelHandler, Keepalive, Refused, Settings, Tunnel, TunnelAddress
+from .tls import Credentials, PeerIdentity, peerIdentity, serverOptions
+from .wire import ErrorCode, OpenFailReason
+
+#: How long an open may wait for the agent's answer by default.
+DEFAULT_OPEN_TIMEOUT = 10.0
+
+
+@frozen
+class AgentRecord:
+    """What the server knows of one connected agent."""
+
+    node: str
+    ips: tuple[str, ...]
+    tunnel: Tunnel
+    identity: PeerIdentity | None
+    connectedAt: float
+    peer: str
+
+
+class AgentRegistry:
+    """
+    The live tunnels, by node name and by node IP.
+
+    It enforces two rules: an IP belongs to one node at a time (an agent
+    cannot claim another connected node's traffic), and a node has one
+    tunnel (a newer one replaces the older).
+    """
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self._byNode: dict[str, AgentRecord] = {}
+        self._byIP: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._byNode)
+
+    def __iter__(self) -> Any:
+        return iter(list(self._byNode.values()))
+
+    def register(self, record: AgentRecord) -> AgentRecord | None:
+        """
+        Add a connected agent.
+
+        @return: the record it replaces, if its node was already connected;
+            the caller closes that tunnel.
+        @raise Refused: one of its IPs belongs to another connected node.
+        """
+        for ip in record.ips:
+            owner = self._byIP.get(ip)
+            if owner is not None and owner != record.node:
+                raise Refused(
+                    ErrorCode.UNAUTHORIZED,
+                    f"node {record.node!r} announces IP {ip}, which belongs to connected node "
+                    f"{owner!r}",
+                )
+        replaced = self._byNode.get(record.node)
+        if replaced is not None:
+            self._forgetIPs(replaced)
+        self._byNode[record.node] = record
+        for ip in record.ips:
+            self._byIP[ip] = record.node
+        return replaced
+
+    def unregister(self, tunnel: Tunnel) -> AgentRecord | None:
+        """Forget the agent on C{tunnel}, unless a newer tunnel replaced it."""
+        for record in self._byNode.values():
+            if record.tunnel is tunnel:
+                del self._byNode[record.node]
+                self._forgetIPs(record)
+                return record
+        return None
+
+    def _forgetIPs(self, record: AgentRecord) -> None:
+        for ip in record.ips:
+            if self._byIP.get(ip) == record.node:
+                del self._byIP[ip]
+
+    def lookup(self, nameOrIP: str) -> AgentRecord | None:
+        """The agent for a node name or one of its IPs, if connected."""
+        record = self._byNode.get(nameOrIP)
+        if record is not None:
+            return record
+        node = self._byIP.get(_normalIP(nameOrIP) or "")
+        return self._byNode.get(node) if node is not None else None
+
+
+def _normalIP(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        return None
+
+
+@implementer(ITunnelHandler)
+class _ServerSide:
+    """The server's half of one tunnel: checks who the agent is, registers it."""
+
+    log = Logger()
+
+    def __init__(self, server: TunnelServer) -> None:
+        self.server = server
+
+    def helloInfo(self) -> dict[str, Any]:
+        return {
+            "server_id": self.server.serverId,
+            "server_count": self.server.serverCount,
+            "software": f"twisted-tunnel {__version__}",
+        }
+
+    def helloReceived(self, tunnel: Tunnel, info: dict[str, Any]) -> None:
+        identity = self.server.identify(tunnel.transport)
+        node = info.get("node")
+        if identity is None:
+            raise Refused(ErrorCode.UNAUTHORIZED, "no client certificate")
+        if not isinstance(node, str) or not node:
+            raise Refused(ErrorCode.UNAUTHORIZED, "HELLO does not name a node")
+        if not identity.carriesNode(node):
+            raise Refused(
+                ErrorCode.UNAUTHORIZED,
+                f"agent announces node {node!r} but its certificate ({identity.describe()}) "
+                "does not carry that name",
+            )
+        rawIPs = info.get("ips", [])
+        if not isinstance(rawIPs, list) or len(rawIPs) > 64:
+            raise Refused(ErrorCode.PROTOCOL_ERROR, "HELLO ips must be a list of at most 64")
+        ips = []
+        for raw in rawIPs:
+            ip = _normalIP(raw) if isinstance(raw, str) else None
+            if ip is None:
+                raise Refused(ErrorCode.PROTOCOL_ERROR, f"HELLO ips holds {raw!r}, not an IP")
+            ips.append(ip)
+        tunnel.nodeName = node
+        record = AgentRecord(
+            node=node,
+            ips=tuple(ips),
+            tunnel=tunnel,
+            identity=identity,
+            connectedAt=self.server.clock.seconds(),
+            peer=tunnel._peerLabel(),
+        )
+        replaced = self.server.registry.register(record)
+        if replaced is not None:
+            self.log.info(
+                "agent {node} reconnected from {peer}; replacing its tunnel from {old}",
+                node=node,
+                peer=record.peer,
+                old=replaced.peer,
+            )
+            replaced.tunnel.close(ErrorCode.REPLACED, "a newer connection for this node")
+        self.log.info(
+            "agent {node} connected from {peer} with IPs {ips}",
+            node=node,
+            peer=record.peer,
+            ips=", ".join(ips) or "(none)",
+        )
+
+    def openRequested(self, tunnel: Tunnel, address: TunnelAddress) -> Deferred[IProtocol]:
+        d: Deferred[IProtocol] = Deferred()
+        d.errback(
+            StreamOpenFailed(OpenFailReason.NOT_ALLOWED, "agents may not open streams to a server")
+        )
+        return d
+
+    def tunnelDraining(self, tunnel: Tunnel) -> None:
+        self.log.info("agent {node} is draining", node=tunnel.nodeName)
+        self.server.registry.unregister(tunnel)
+
+    def tunnelLost(self, tunnel: Tunnel, reason: Failure) -> None:
+        if self.server.registry.unregister(tunnel) is not None:
+            self.log.info(
+                "agent {node} disconnected: {reason}",
+                node=tunnel.nodeName,
+                reason=reason.getErrorMessage(),
+            )
+
+
+class _TunnelFactory(Factory):
+    noisy = False
+
+    def __init__(self, server: TunnelServer) -> None:
+        self.server = server
+
+    def buildProtocol(self, addr: Any) -> Tunnel:
+        server = self.server
+        return Tunnel(
+            _ServerSide(server),
+            server.clock,
+            isClient=False,
+            settings=server.settings,
+            keepalive=server.keepalive,
+        )
+
+
+class TunnelServer:
+    """
+    The server as a library: give it credentials, listen with
+    L{tunnelFactory}, and reach edge nodes with L{endpointForNode}.
+
+    @ivar registry: the connected agents.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        credentials: Credentials | None,
+        *,
+        serverId: str | None = None,
+        serverCount: int = 1,
+        settings: Settings = Settings(),
+        keepalive: Keepalive = Keepalive(),
+        openTimeout: float = DEFAULT_OPEN_TIMEOUT,
+        identify: Callable[[ITransport | None], PeerIdentity | None] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.credentials = credentials
+        self.serverId = serverId or uuid.uuid4().hex[:12]
+        self.serverCount = serverCount
+        self.settings = settings
+        self.keepalive = keepalive
+        self.openTimeout = openTimeout
+        self.identify = identify or _peerIdentity
+        self.registry = AgentRegistry()
+
+    def tunnelFactory(self) -> IProtocolFactory:
+        """
+        The factory to listen with for agents: mutual TLS around L{Tunnel}.
+        """
+        if self.credentials is None:
+            raise ValueError("a server without credentials cannot accept agents over TLS")
+        return TLSMemoryBIOFactory(serverOptions(self.credentials), False, _TunnelFactory(self))
+
+    def plainTunnelFactory(self) -> IProtocolFactory:
+        """
+        L{Tunnel} without TLS, for tests that bring their own identity.
+        """
+        return _TunnelFactory(self)
+
+    def endpointForNode(
+        self, node: str, port: int, host: str | None = None, timeout: float | None = None
+    ) -> IStreamClientEndpoint:
+        """
+        An endpoint that connects to C{port} on edge node C{node} through
+        its tunnel.
+
+        @param node: the node's name or one of its IPs.
+        @param host: what the agent dials; by default the node IP that was
+            asked for, else the node's first announced IP, else its loopback.
+        """
+        return NodeEndpoint(self, node, port, host, timeout or self.openTimeout)
+
+    def agents(self) -> Iterable[AgentRecord]:
+        return iter(self.registry)
+
+    def drain(self, text: str = "server shutting down") -> Deferred[list[Any]]:
+        """Drain every tunnel; fires when all are gone."""
+        from twisted.internet.defer import gatherResults
+
+        return gatherResults([record.tunnel.drain(text) for record in self.registry])
+
+
+def _peerIdentity(transport: ITransport | None) -> PeerIdentity | None:
+    return peerIdentity(transport) if transport is not None else None
+
+
+@implementer(IStreamClientEndpoint)
+class NodeEndpoint:
+    """
+    Connects a protocol to a port on an edge node, through the node's tunnel.
+
+    Fails with L{NodeNotConnected} when no agent serves the node,
+    L{StreamOpenFailed} when the agent could not dial, and
+    L{StreamOpenTimeout} when it did not answer in time.
+    """
+
+    def __init__(
+        self, server: TunnelServer, node: str, port: int, host: str | None, timeout: float
+    ) -> None:
+        self.server = server
+        self.node = node
+        self.port = port
+        self.host = host
+        self.timeout = timeout
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        record = self.server.registry.lookup(self.node)
+        if record is None or not record.tunnel.established:
+            d: Deferred[IProtocol] = Deferred()
+            d.errback(NodeNotConnected(self.node))
+            return d
+        host = self.host
+        if host is None:
+            asked = _normalIP(self.node)
+            host = asked or (record.ips[0] if record.ips else "127.0.0.1")
+        return record.tunnel.openStream(host, self.port, protocolFactory, self.timeout)
