@@ -120,7 +120,8 @@ def _dialFailure(failure: Failure, address: TunnelAddress, timeout: float) -> St
         return StreamOpenFailed(
             OpenFailReason.UNREACHABLE, f"cannot connect to {where}: {failure.getErrorMessage()}"
         )
-    return StreamOpenFailed(OpenFailReason.INTERNAL, f"dialing {where}: {failure.getErrorMessage()}")
+    reason = failure.getErrorMessage()
+    return StreamOpenFailed(OpenFailReason.INTERNAL, f"dialing {where}: {reason}")
 
 
 @implementer(ITunnelHandler)
