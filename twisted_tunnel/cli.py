@@ -1,0 +1,340 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+The C{edge-tunnel} command: operator tools that are not daemons.
+
+The daemons themselves run under C{twistd} (C{twistd edge-tunnel-server},
+C{twistd edge-tunnel-agent}); this command is for everything around them.
+For now that is C{edge-tunnel certs}, which bootstraps the tunnel's private
+PKI in a directory (C{./pki} by default)::
+
+    edge-tunnel certs init                       # ca.pem, ca-key.pem
+    edge-tunnel certs server --name tunnel.example.com --ip 203.0.113.10
+    edge-tunnel certs agent edge-1 --ip 192.168.1.20
+    edge-tunnel certs client kube-apiserver
+
+Each subcommand registers itself with L{command}, so that more (say
+C{status}) can be added by defining a function, without touching L{main}.
+
+Expected failures (no CA in the directory, a bad node name, an unwritable
+file) are one line on standard error and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import redirect_stderr, redirect_stdout
+from typing import TYPE_CHECKING, TextIO
+
+from attrs import frozen
+
+from twisted_tunnel.certs import (
+    Issued,
+    mintAgent,
+    mintCA,
+    mintClient,
+    mintServer,
+    readPair,
+    validateNodeName,
+    writePair,
+)
+from twisted_tunnel.errors import TunnelError
+
+if TYPE_CHECKING:
+    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+else:
+    SubParsers = argparse._SubParsersAction
+
+__all__ = ["CommandError", "Output", "buildParser", "command", "main"]
+
+PROGRAM = "edge-tunnel"
+EXIT_OK = 0
+EXIT_ERROR = 2
+DEFAULT_PKI_DIRECTORY = "pki"
+DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1")
+
+
+class CommandError(Exception):
+    """
+    A subcommand cannot do what it was asked, for a reason the operator can fix.
+
+    L{main} prints the message as one line on standard error and exits with
+    status 2.
+    """
+
+
+@frozen
+class Output:
+    """Where a subcommand writes: results to C{stdout}, problems to C{stderr}."""
+
+    stdout: TextIO
+    stderr: TextIO
+
+    def say(self, line: str) -> None:
+        """Report one result line."""
+        print(line, file=self.stdout)
+
+
+Runner = Callable[[argparse.Namespace, Output], int]
+"""What a (leaf) subcommand does: given the parsed options, return an exit status."""
+
+Adder = Callable[[SubParsers], None]
+"""Adds one top-level subcommand (with its options and C{run=}) to the main parser."""
+
+_COMMANDS: dict[str, Adder] = {}
+
+
+def command(name: str) -> Callable[[Adder], Adder]:
+    """
+    Register a top-level subcommand.
+
+    The decorated function receives the main parser's subparsers and adds
+    its own parser to it, setting the default C{run} to a L{Runner}.
+    """
+
+    def register(adder: Adder) -> Adder:
+        if name in _COMMANDS:
+            raise ValueError(f"subcommand {name!r} is already registered")
+        _COMMANDS[name] = adder
+        return adder
+
+    return register
+
+
+def buildParser() -> argparse.ArgumentParser:
+    """Build the C{edge-tunnel} argument parser, with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM, description="Tools for twisted-tunnel edge tunnels."
+    )
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name in sorted(_COMMANDS):
+        _COMMANDS[name](subparsers)
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """
+    Run C{edge-tunnel} with the arguments C{argv} (by default, the command line's).
+
+    @return: The exit status: 0 on success, 2 on an expected error (one line
+        on C{stderr}) or a usage error.
+    """
+    output = Output(stdout=stdout or sys.stdout, stderr=stderr or sys.stderr)
+    parser = buildParser()
+    try:
+        # argparse prints help to sys.stdout and usage errors to sys.stderr.
+        with redirect_stdout(output.stdout), redirect_stderr(output.stderr):
+            options = parser.parse_args(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else EXIT_ERROR
+    run: Runner | None = getattr(options, "run", None)
+    if run is None:
+        # A command group (e.g. bare "edge-tunnel certs") without a subcommand.
+        usage: argparse.ArgumentParser = getattr(options, "usageParser", parser)
+        usage.print_help(output.stderr)
+        return EXIT_ERROR
+    try:
+        return run(options, output)
+    except (CommandError, TunnelError, ValueError) as e:
+        _error(output, str(e))
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        _error(output, f"{where}{e.strerror or e}")
+    return EXIT_ERROR
+
+
+def _error(output: Output, message: str) -> None:
+    """Print an expected error as one line."""
+    line = " ".join(message.split())
+    print(f"{PROGRAM}: error: {line}", file=output.stderr)
+
+
+# edge-tunnel certs
+
+
+def _pkiDirectoryOption(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dir",
+        dest="directory",
+        default=DEFAULT_PKI_DIRECTORY,
+        metavar="DIR",
+        help=f"the PKI directory (default: ./{DEFAULT_PKI_DIRECTORY})",
+    )
+
+
+def _caPaths(directory: str) -> tuple[str, str]:
+    return os.path.join(directory, "ca.pem"), os.path.join(directory, "ca-key.pem")
+
+
+def _loadCA(directory: str) -> Issued:
+    """Read the CA of a PKI directory, or explain how to make one."""
+    certPath, keyPath = _caPaths(directory)
+    missing = [path for path in (certPath, keyPath) if not os.path.exists(path)]
+    if missing:
+        raise CommandError(
+            f"no CA in {directory} ({missing[0]} does not exist); "
+            f"run '{PROGRAM} certs init --dir {directory}' first"
+        )
+    return readPair(certPath, keyPath)
+
+
+def _write(output: Output, issued: Issued, directory: str, stem: str) -> None:
+    """Write C{<stem>.pem} and C{<stem>-key.pem} in C{directory} and report both."""
+    os.makedirs(directory, exist_ok=True)
+    certPath = os.path.join(directory, f"{stem}.pem")
+    keyPath = os.path.join(directory, f"{stem}-key.pem")
+    writePair(issued, certPath, keyPath)
+    output.say(f"wrote {certPath}")
+    output.say(f"wrote {keyPath}")
+
+
+def _certsInit(options: argparse.Namespace, output: Output) -> int:
+    certPath, keyPath = _caPaths(options.directory)
+    existing = [path for path in (certPath, keyPath) if os.path.exists(path)]
+    if existing and not options.force:
+        raise CommandError(
+            f"{existing[0]} already exists; replacing the CA invalidates every "
+            "certificate it signed (use --force to do it anyway)"
+        )
+    _write(output, mintCA(options.commonName, days=options.days), options.directory, "ca")
+    return EXIT_OK
+
+
+def _certsServer(options: argparse.Namespace, output: Output) -> int:
+    names: list[str] = list(options.names or []) + _ipAddresses(options.ips)
+    if not names:
+        names = list(DEFAULT_SERVER_NAMES)
+    ca = _loadCA(options.directory)
+    _write(output, mintServer(ca, names, days=options.days), options.directory, "server")
+    return EXIT_OK
+
+
+def _certsAgent(options: argparse.Namespace, output: Output) -> int:
+    node = validateNodeName(options.node)
+    ips = _ipAddresses(options.ips)
+    ca = _loadCA(options.directory)
+    issued = mintAgent(ca, node, ips, days=options.days)
+    _write(output, issued, options.directory, f"agent-{node}")
+    return EXIT_OK
+
+
+def _certsClient(options: argparse.Namespace, output: Output) -> int:
+    name: str = options.name
+    if not name or "/" in name or name.startswith("."):
+        raise CommandError(f"invalid client name {name!r}: it is part of a file name")
+    ca = _loadCA(options.directory)
+    _write(output, mintClient(ca, name, days=options.days), options.directory, f"client-{name}")
+    return EXIT_OK
+
+
+@command("certs")
+def _addCerts(subparsers: SubParsers) -> None:
+    """C{edge-tunnel certs}: make the CA and the certificates it signs."""
+    certs = subparsers.add_parser(
+        "certs",
+        help="make the tunnel's CA and certificates",
+        description="Make the tunnel's private CA and the certificates it signs.",
+    )
+    certs.set_defaults(usageParser=certs)
+    kinds = certs.add_subparsers(title="certificates", metavar="KIND")
+
+    init = kinds.add_parser(
+        "init",
+        help="make the CA (DIR/ca.pem, DIR/ca-key.pem)",
+        description="Make the tunnel's CA: DIR/ca.pem and DIR/ca-key.pem.",
+    )
+    _pkiDirectoryOption(init)
+    init.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing CA (invalidates its certificates)",
+    )
+    init.add_argument(
+        "--cn",
+        dest="commonName",
+        default="edge-tunnel CA",
+        metavar="NAME",
+        help="the CA's common name",
+    )
+    init.add_argument("--days", type=int, default=3650, help="validity in days (default: 3650)")
+    init.set_defaults(run=_certsInit)
+
+    server = kinds.add_parser(
+        "server",
+        help="make the server's certificate (DIR/server.pem, DIR/server-key.pem)",
+        description=(
+            "Make the tunnel server's certificate, for every name and address agents "
+            "dial it by (default: localhost and 127.0.0.1)."
+        ),
+    )
+    _pkiDirectoryOption(server)
+    server.add_argument(
+        "--name",
+        dest="names",
+        action="append",
+        metavar="NAME",
+        help="a DNS name (or IP address) of the server; repeat for several",
+    )
+    server.add_argument(
+        "--ip",
+        dest="ips",
+        action="append",
+        metavar="IP",
+        help="an IP address of the server; repeat for several",
+    )
+    server.add_argument("--days", type=int, default=365, help="validity in days (default: 365)")
+    server.set_defaults(run=_certsServer)
+
+    agent = kinds.add_parser(
+        "agent",
+        help="make an agent's certificate (DIR/agent-NODE.pem, DIR/agent-NODE-key.pem)",
+        description=(
+            "Make the certificate of the agent on node NODE (CN=system:node:NODE, O=system:nodes)."
+        ),
+    )
+    agent.add_argument("node", metavar="NODE", help="the Kubernetes node name")
+    _pkiDirectoryOption(agent)
+    agent.add_argument(
+        "--ip",
+        dest="ips",
+        action="append",
+        metavar="IP",
+        help="an IP address of the node; repeat for several",
+    )
+    agent.add_argument("--days", type=int, default=365, help="validity in days (default: 365)")
+    agent.set_defaults(run=_certsAgent)
+
+    client = kinds.add_parser(
+        "client",
+        help="make a CONNECT client's certificate (DIR/client-NAME.pem, DIR/client-NAME-key.pem)",
+        description=(
+            "Make the certificate of a client of the CONNECT front door, e.g. kube-apiserver."
+        ),
+    )
+    client.add_argument("name", metavar="NAME", help="the client's name (common name)")
+    _pkiDirectoryOption(client)
+    client.add_argument("--days", type=int, default=365, help="validity in days (default: 365)")
+    client.set_defaults(run=_certsClient)
+
+
+def _ipAddresses(texts: Sequence[str] | None) -> list[str]:
+    """Check that every C{--ip} is an IP address literal, and normalize them."""
+    addresses = []
+    for text in texts or ():
+        try:
+            addresses.append(str(ipaddress.ip_address(text)))
+        except ValueError:
+            raise CommandError(f"--ip {text}: not an IP address") from None
+    return addresses
+
+
+if __name__ == "__main__":
+    sys.exit(main())
