@@ -15,13 +15,13 @@ Typical uses::
     agentCreds = pki.credentials(pki.agent("edge-1"))
 
     # On disk, for code that loads files (daemons, the CLI):
-    paths = pki.paths(pki.agent("edge-1"), self.mktemp())
+    paths = pki.paths(pki.agent("edge-1"), temporaryDirectory(self))
     loadCredentials(paths.ca, paths.cert, paths.key)
     options = ["--ca", paths.ca, "--cert", paths.cert, "--key", paths.key]
     # ... which is also paths.options()
 
     # A whole directory like the one `edge-tunnel certs` makes:
-    layout = pki.writeTo(self.mktemp())
+    layout = pki.writeTo(temporaryDirectory(self))
 
 What there is:
     - L{TestPKI.ca}: the tunnel's CA, which signs everything below unless
@@ -45,6 +45,9 @@ from __future__ import annotations
 import datetime
 import functools
 import os
+import shutil
+import tempfile
+import unittest
 from collections.abc import Sequence
 
 from attrs import frozen
@@ -59,10 +62,29 @@ from twisted_tunnel.certs import (
 )
 from twisted_tunnel.tls import Credentials, loadCredentials, makeCredentials
 
-__all__ = ["SERVER_NAMES", "CredentialPaths", "PKILayout", "PairPaths", "TestPKI"]
+__all__ = [
+    "SERVER_NAMES",
+    "CredentialPaths",
+    "PKILayout",
+    "PairPaths",
+    "TestPKI",
+    "temporaryDirectory",
+]
 
 SERVER_NAMES: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
 """The names in L{TestPKI.server}: what a test on loopback may dial."""
+
+
+def temporaryDirectory(testCase: unittest.TestCase) -> str:
+    """
+    Make an empty directory, removed when C{testCase} ends.
+
+    Unlike trial's C{mktemp}, which puts directories under the current
+    directory when run by pytest, this uses the system's temporary directory.
+    """
+    directory = tempfile.mkdtemp(prefix="twisted-tunnel-test-")
+    testCase.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+    return directory
 
 
 @frozen
@@ -252,7 +274,7 @@ class TestPKI:
         """
         Write C{issued} as C{<stem>.pem} and C{<stem>-key.pem} in C{directory}.
 
-        C{directory} is created if needed (so C{self.mktemp()} will do).
+        C{directory} is created if needed.
         """
         os.makedirs(directory, exist_ok=True)
         paths = PairPaths(

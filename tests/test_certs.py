@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.pki import TestPKI
+from tests.pki import TestPKI, temporaryDirectory
 from twisted_tunnel.certs import (
     NODE_COMMON_NAME_PREFIX,
     NODE_ORGANIZATION,
@@ -268,8 +268,7 @@ class WritePairTests(SynchronousTestCase):
     """L{writePair} writes both files atomically, the key readable by its owner only."""
 
     def setUp(self) -> None:
-        self.directory = self.mktemp()
-        os.makedirs(self.directory)
+        self.directory = temporaryDirectory(self)
         self.cert = os.path.join(self.directory, "agent.pem")
         self.key = os.path.join(self.directory, "agent-key.pem")
 

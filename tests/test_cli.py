@@ -13,6 +13,7 @@ import sys
 from cryptography import x509
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.pki import temporaryDirectory
 from twisted_tunnel import cli
 from twisted_tunnel.certs import readPair
 from twisted_tunnel.tls import identityOfCertificate, loadCredentials
@@ -22,7 +23,8 @@ class CLITestCase(SynchronousTestCase):
     """Run L{cli.main} into a fresh PKI directory and capture what it prints."""
 
     def setUp(self) -> None:
-        self.directory = self.mktemp()
+        # Not made yet: the commands make it.
+        self.directory = os.path.join(temporaryDirectory(self), "pki")
 
     def runCommand(self, *argv: str) -> tuple[int, str, str]:
         """Run C{edge-tunnel <argv> --dir <directory>}; return status, stdout, stderr."""

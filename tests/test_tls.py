@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from tests.pki import CredentialPaths, TestPKI
+from tests.pki import CredentialPaths, TestPKI, temporaryDirectory
 from twisted_tunnel.certs import mintCA
 from twisted_tunnel.errors import CredentialsError
 from twisted_tunnel.tls import (
@@ -481,7 +481,7 @@ class LoadCredentialsTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.directory = self.mktemp()
+        self.directory = temporaryDirectory(self)
         self.good = pki.paths(pki.agent("edge-1"), self.directory)
 
     def write(self, name: str, data: bytes, mode: int = 0o600) -> str:
