@@ -15,7 +15,6 @@ import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -461,14 +460,7 @@ class MalformedFrameTests(SynchronousTestCase):
         self.assertRejected(_raw(0x00, 0, b"\x00\x02\x00\x01{}"))
         self.assertRejected(_raw(0x00, 0, b"\xff\xff\x00\x00"))
 
-    # BUG in twisted_tunnel/wire.py (_parseHello): json.loads raises
-    # RecursionError, not ValueError, on deeply nested JSON, so a peer can
-    # make the decoder raise something other than ProtocolError (and leave
-    # it unpoisoned) with one small HELLO.  Fix: catch RecursionError next to
-    # UnicodeDecodeError and ValueError there.  Remove this marker then.
-    @pytest.mark.xfail(
-        strict=True, raises=RecursionError, reason="wire.py: RecursionError escapes _parseHello"
-    )
+    # A deeply nested HELLO made json.loads raise RecursionError, not ProtocolError.
     def test_helloDeeplyNestedInfo(self) -> None:
         for info in (b'{"a":' + b"[" * 5000, b'{"a":' * 5000):
             decoder = FrameDecoder()
@@ -628,15 +620,7 @@ class DecoderTests(SynchronousTestCase):
         decoder.maxFrame = 1000
         self.assertEqual(list(frames), [big])
 
-    # BUG in twisted_tunnel/wire.py (FrameDecoder._frames): the poison is
-    # checked only in feed(), so an iterator taken before the error (a
-    # handler that fed the decoder re-entrantly, as an in-memory pump can)
-    # goes on yielding frames that follow the bad one.  Fix: at the top of
-    # the while loop in _frames, "if self._error is not None: raise
-    # self._error".  Remove this marker then.
-    @pytest.mark.xfail(
-        strict=True, raises=AssertionError, reason="wire.py: _frames ignores the poison"
-    )
+    # An iterator taken before a re-entrant feed hit a bad frame must stop too.
     def test_poisonedDuringIteration(self) -> None:
         decoder = FrameDecoder()
         outer = decoder.feed(Eof(1).encode() + Eof(3).encode())

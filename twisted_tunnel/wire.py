@@ -33,8 +33,8 @@ SUPPORTED_VERSIONS = (1,)
 HEADER = struct.Struct("!IBBI")
 HEADER_SIZE = HEADER.size
 
-#: Payload limit before the peer's HELLO says otherwise, and the smallest
-#: limit a peer may announce: every control frame fits in it.
+#: Payload limit before the peer's HELLO says otherwise, and the limit on
+#: HELLO itself: every control frame fits in it.
 DEFAULT_MAX_FRAME = 64 * 1024
 
 #: No peer may announce, and no frame may carry, more than this.
@@ -167,7 +167,9 @@ class Hello(Frame):
     streamId: int = 0
 
     def payload(self) -> bytes:
-        body = json.dumps(self.info, separators=(",", ":"), sort_keys=True).encode()
+        body = json.dumps(
+            self.info, separators=(",", ":"), sort_keys=True, allow_nan=False
+        ).encode()
         return _VERSIONS.pack(self.minVersion, self.maxVersion) + body
 
 
@@ -292,7 +294,7 @@ class GoAway(Frame):
 
 
 def _clip(text: str) -> bytes:
-    raw = text.encode("utf-8")
+    raw = text.encode("utf-8", "replace")
     if len(raw) <= MAX_REASON_TEXT:
         return raw
     return raw[:MAX_REASON_TEXT].decode("utf-8", "ignore").encode("utf-8")
@@ -323,6 +325,10 @@ def _exact(payload: bytes, size: int, kind: FrameType) -> None:
         raise ProtocolError(f"{kind.name} payload must be {size} bytes, got {len(payload)}")
 
 
+def _noConstants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _parseHello(streamId: int, payload: bytes) -> Frame:
     if len(payload) < _VERSIONS.size:
         raise ProtocolError("HELLO payload too short")
@@ -330,8 +336,9 @@ def _parseHello(streamId: int, payload: bytes) -> Frame:
     if low > high:
         raise ProtocolError(f"HELLO offers an empty version range {low}..{high}")
     try:
-        info = json.loads(payload[_VERSIONS.size :].decode("utf-8")) if len(payload) > 4 else {}
-    except (UnicodeDecodeError, ValueError):
+        text = payload[_VERSIONS.size :].decode("utf-8")
+        info = json.loads(text, parse_constant=_noConstants) if text else {}
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ProtocolError("HELLO info is not a UTF-8 JSON object") from None
     if not isinstance(info, dict):
         raise ProtocolError("HELLO info is not a JSON object")
@@ -412,9 +419,7 @@ def _parseGoAway(streamId: int, payload: bytes) -> Frame:
     return GoAway(code, _text(payload[2:], "GOAWAY"))
 
 
-_CONNECTION_FRAMES = frozenset(
-    {FrameType.HELLO, FrameType.PING, FrameType.PONG, FrameType.GOAWAY}
-)
+_CONNECTION_FRAMES = frozenset({FrameType.HELLO, FrameType.PING, FrameType.PONG, FrameType.GOAWAY})
 
 _PARSERS = {
     FrameType.HELLO: _parseHello,
@@ -469,6 +474,8 @@ class FrameDecoder:
         buffer = self._buffer
         try:
             while True:
+                if self._error is not None:
+                    raise self._error
                 available = len(buffer) - self._offset
                 if available < HEADER_SIZE:
                     break
