@@ -1,0 +1,598 @@
+# -*- test-case-name: tests.test_connect -*-
+"""
+Tests for L{twisted_tunnel.connect}: the HTTP CONNECT front door, end to
+end over real loopback sockets (a tunnel server, a real agent, an edge
+service, the door, and raw TCP clients or curl), plus the target parser.
+
+Everything listens on 127.0.0.1 port 0, and no traffic leaves loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Callable
+from typing import Any, cast
+
+from attrs import define
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocolFactory
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import ILogObserver, Logger, formatEvent
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from twisted_tunnel.agent import TunnelAgent
+from twisted_tunnel.connect import (
+    ESTABLISHED,
+    BadTarget,
+    ConnectDoorFactory,
+    ConnectProtocol,
+    ConnectTarget,
+    errorResponse,
+    parseTarget,
+)
+from twisted_tunnel.mux import Tunnel
+from twisted_tunnel.server import TunnelServer
+from twisted_tunnel.tls import PeerIdentity
+
+reactor: Any = _reactor
+
+NODE = "edge-1"
+
+
+async def until(predicate: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """Poll C{predicate} until it holds; fail after C{timeout} seconds."""
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await deferLater(reactor, 0.01, lambda: None)
+
+
+def _sockets() -> set[object]:
+    """The reactor's TCP ports and connections (not its wakers and pipes)."""
+    selectables = set(reactor.getReaders()) | set(reactor.getWriters())
+    return {s for s in selectables if hasattr(s, "socket")}
+
+
+# -- edge services -------------------------------------------------------------
+
+
+class Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+class Banner(Echo):
+    """A server that speaks first, like SSH or SMTP."""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(b"BANNER from edge-1\n")
+
+
+class Hello(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain")
+        return b"hello from edge-1\n"
+
+
+def _factory(protocol: type[Protocol]) -> IProtocolFactory:
+    factory: Factory = Factory.forProtocol(protocol)
+    factory.noisy = False
+    return factory
+
+
+# -- clients ---------------------------------------------------------------------
+
+
+@implementer(IHalfCloseableProtocol)
+class RawClient(Protocol):
+    """A client that records everything it receives, and when it ends."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.eof = False
+        self.closed = False
+        self.lost: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def readConnectionLost(self) -> None:
+        self.eof = True
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.closed = True
+        self.lost.callback(None)
+
+
+class _OneClient(Factory):
+    noisy = False
+
+    def __init__(self, client: RawClient) -> None:
+        self.client = client
+
+    def buildProtocol(self, addr: object) -> RawClient:
+        return self.client
+
+
+@define
+class World:
+    """One server, one connected agent for node C{edge-1}, edge services, the door."""
+
+    server: TunnelServer
+    agent: TunnelAgent
+    serverTunnel: Tunnel
+    agentTunnel: Tunnel
+    door: int
+    echo: int
+    banner: int
+    http: int
+    events: list[dict[str, Any]]
+
+    def refusals(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if "refused" in e.get("log_format", "")]
+
+
+class ConnectDoorTests(TestCase):
+    """The door over real sockets, with a real tunnel and agent behind it."""
+
+    timeout = 30
+
+    def listen(self, factory: IProtocolFactory) -> int:
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return int(port.getHost().port)
+
+    def closedPort(self) -> int:
+        """A loopback port nobody listens on (any more)."""
+        port = reactor.listenTCP(0, _factory(Echo), interface="127.0.0.1")
+        number = int(port.getHost().port)
+        port.stopListening()
+        return number
+
+    def hangingPort(self) -> int:
+        """
+        A loopback port whose accept queue is full: Linux drops further SYNs,
+        so a connection attempt neither succeeds nor fails until it gives up.
+        """
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        number = int(listener.getsockname()[1])
+        for _ in range(4):
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.addCleanup(filler.close)
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", number))
+        return number
+
+    async def quiet(self, baseline: set[object]) -> None:
+        """Wait until every socket a test opened is closed."""
+        try:
+            await until(lambda: _sockets() <= baseline, "every connection to close")
+        except AssertionError:
+            left = [(s, getattr(s, "protocol", None)) for s in _sockets() - baseline]
+            raise AssertionError(f"still open: {left}") from None
+
+    async def world(self, openTimeout: float = 10.0, requestTimeout: float = 30.0) -> World:
+        baseline = _sockets()
+        self.addCleanup(self.quiet, baseline)  # runs last
+        server = TunnelServer(
+            reactor,
+            None,
+            openTimeout=openTimeout,
+            identify=lambda transport: PeerIdentity(f"system:node:{NODE}"),
+        )
+        tunnelPort = self.listen(server.plainTunnelFactory())
+        agent = TunnelAgent(
+            reactor,
+            None,
+            ("127.0.0.1", tunnelPort),
+            NODE,
+            ["127.0.0.1"],
+            endpoint=TCP4ClientEndpoint(reactor, "127.0.0.1", tunnelPort),
+        )
+        agent.startService()
+        self.addCleanup(agent.stopService)
+        agentTunnel = cast(Tunnel, await agent.whenConnected(failAfterFailures=1))
+        record = server.registry.lookup(NODE)
+        assert record is not None
+        site = Site(Hello())
+        site.noisy = False
+        events: list[dict[str, Any]] = []
+        door = ConnectDoorFactory(
+            server,
+            Logger(observer=cast(ILogObserver, events.append)),
+            requestTimeout=requestTimeout,
+        )
+        return World(
+            server=server,
+            agent=agent,
+            serverTunnel=record.tunnel,
+            agentTunnel=agentTunnel,
+            door=self.listen(door),
+            echo=self.listen(_factory(Echo)),
+            banner=self.listen(_factory(Banner)),
+            http=self.listen(site),
+            events=events,
+        )
+
+    async def client(self, world: World, send: bytes = b"") -> RawClient:
+        client = RawClient()
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", world.door)
+        await endpoint.connect(_OneClient(client))
+        self.addCleanup(self._closeClient, client)
+        if send:
+            assert client.transport is not None
+            client.transport.write(send)
+        return client
+
+    async def _closeClient(self, client: RawClient) -> None:
+        if not client.closed:
+            assert client.transport is not None
+            client.transport.abortConnection()  # type: ignore[attr-defined]
+            await client.lost
+
+    async def refused(self, world: World, request: bytes) -> bytes:
+        """Send C{request}; return the whole answer, which must end the connection."""
+        client = await self.client(world, request)
+        await client.lost
+        self.assertTrue(client.eof, "the door reset the connection instead of closing it")
+        return client.received
+
+    def assertRefusal(self, world: World, status: int, **fields: Any) -> dict[str, Any]:
+        """Exactly one log line for the refusal, with its fields, and no traceback."""
+        refusals = world.refusals()
+        self.assertEqual(len(refusals), 1, [formatEvent(e) for e in world.events])
+        (event,) = refusals
+        self.assertEqual(event["status"], status)
+        for name, value in fields.items():
+            self.assertEqual(event[name], value, name)
+        self.assertTrue(event["peer"].startswith("127.0.0.1:"))
+        self.assertFalse([e for e in world.events if "log_failure" in e])
+        return event
+
+    @staticmethod
+    def connectTo(target: str, extra: bytes = b"") -> bytes:
+        return f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode() + extra
+
+    # -- established -----------------------------------------------------------
+
+    async def test_relayByName(self) -> None:
+        """CONNECT to a node by name: 200, then bytes both ways."""
+        world = await self.world()
+        client = await self.client(world, self.connectTo(f"{NODE}:{world.echo}"))
+        await until(lambda: client.received == ESTABLISHED, "the 200")
+        assert client.transport is not None
+        client.transport.write(b"ping")
+        await until(lambda: client.received == ESTABLISHED + b"ping", "the echo")
+        self.assertEqual(world.refusals(), [])
+
+    async def test_relayByIP(self) -> None:
+        """CONNECT to one of the node's IPs reaches the same node."""
+        world = await self.world()
+        client = await self.client(world, self.connectTo(f"127.0.0.1:{world.echo}"))
+        await until(lambda: client.received == ESTABLISHED, "the 200")
+        self.assertEqual(world.serverTunnel.streamCount, 1)
+        assert client.transport is not None
+        client.transport.write(b"pong")
+        await until(lambda: client.received == ESTABLISHED + b"pong", "the echo")
+
+    async def test_pipelinedBytesForwardedFirst(self) -> None:
+        """Bytes sent right after the head (one segment) reach the edge first, in order."""
+        world = await self.world()
+        client = await self.client(world, self.connectTo(f"{NODE}:{world.echo}", b"early-"))
+        assert client.transport is not None
+        client.transport.write(b"later")
+        await until(lambda: client.received == ESTABLISHED + b"early-later", "the echo")
+
+    async def test_muchSentAhead(self) -> None:
+        """
+        More sent ahead than the door holds while opening (it stops reading
+        then): all of it still arrives, in order, after the 200.
+        """
+        world = await self.world()
+        ahead = bytes(range(256)) * 1024
+        client = await self.client(world, self.connectTo(f"{NODE}:{world.echo}", ahead))
+        expected = ESTABLISHED + ahead
+        await until(lambda: len(client.received) >= len(expected), "the echo")
+        self.assertEqual(client.received, expected)
+
+    async def test_answerBeforeEdgeBytes(self) -> None:
+        """A server that speaks first cannot overtake the 200."""
+        world = await self.world()
+        client = await self.client(world, self.connectTo(f"{NODE}:{world.banner}"))
+        expected = ESTABLISHED + b"BANNER from edge-1\n"
+        await until(lambda: len(client.received) >= len(expected), "the banner")
+        self.assertEqual(client.received, expected)
+
+    async def test_bulkAndHalfClose(self) -> None:
+        """A megabyte each way, then the client's EOF travels to the edge and back."""
+        world = await self.world()
+        client = await self.client(world, self.connectTo(f"{NODE}:{world.echo}"))
+        await until(lambda: client.received == ESTABLISHED, "the 200")
+        payload = bytes(range(256)) * 4096
+        assert client.transport is not None
+        client.transport.write(payload)
+        client.transport.loseWriteConnection()  # type: ignore[attr-defined]
+        await client.lost
+        self.assertEqual(client.received, ESTABLISHED + payload)
+        await until(lambda: world.serverTunnel.streamCount == 0, "the stream to end")
+
+    async def test_curlByName(self) -> None:
+        """C{curl -p -x} through the door to an HTTP service on the edge, by node name."""
+        world = await self.world()
+        out, err, code = await self.curl(world, f"http://{NODE}:{world.http}/")
+        self.assertEqual((code, out), (0, b"hello from edge-1\n"), err)
+
+    async def test_curlByIP(self) -> None:
+        world = await self.world()
+        out, err, code = await self.curl(world, f"http://127.0.0.1:{world.http}/")
+        self.assertEqual((code, out), (0, b"hello from edge-1\n"), err)
+
+    async def test_curlUnknownNode(self) -> None:
+        """curl reports the 503 (exit status 56: CONNECT failed)."""
+        world = await self.world()
+        out, err, code = await self.curl(world, f"http://edge-9:{world.http}/")
+        self.assertEqual(code, 56, err)
+        self.assertIn(b"503", err)
+
+    async def curl(self, world: World, url: str) -> tuple[bytes, bytes, int]:
+        curl = shutil.which("curl")
+        if curl is None:
+            self.skipTest("curl is not installed")
+        args = ["-q", "-sS", "--max-time", "10", "-p", "-x", f"http://127.0.0.1:{world.door}", url]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        result: tuple[bytes, bytes, int] = await getProcessOutputAndValue(
+            curl, args, env=env, reactor=reactor
+        )
+        return result
+
+    # -- refused by the tunnel -----------------------------------------------
+
+    async def test_unknownNode(self) -> None:
+        """No agent for the node: 503 at once, the reason in the body."""
+        world = await self.world()
+        answer = await self.refused(world, self.connectTo("edge-9:10250"))
+        self.assertTrue(answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), answer)
+        self.assertIn(b"Content-Type: text/plain", answer)
+        self.assertTrue(answer.endswith(b"\r\n\r\nno agent connected for node 'edge-9'\n"))
+        self.assertRefusal(world, 503, node="edge-9", port=10250, target="edge-9:10250")
+
+    async def test_unknownNodeIPv6(self) -> None:
+        """A bracketed IPv6 target is parsed and looked up (and here not found)."""
+        world = await self.world()
+        answer = await self.refused(world, self.connectTo("[FD00:0::1]:443"))
+        self.assertTrue(answer.startswith(b"HTTP/1.1 503 "), answer)
+        self.assertRefusal(world, 503, node="fd00::1", port=443, target="[fd00::1]:443")
+
+    async def test_portClosedOnEdge(self) -> None:
+        """The agent's dial is refused: 502 with the agent's reason."""
+        world = await self.world()
+        port = self.closedPort()
+        answer = await self.refused(world, self.connectTo(f"{NODE}:{port}"))
+        self.assertTrue(answer.startswith(b"HTTP/1.1 502 Bad Gateway\r\n"), answer)
+        self.assertIn(f"connection to 127.0.0.1:{port} refused".encode(), answer)
+        event = self.assertRefusal(world, 502, node=NODE, port=port)
+        self.assertEqual(event["openFail"], "refused")
+        self.assertIs(world.server.registry.lookup(NODE).tunnel, world.serverTunnel)  # type: ignore[union-attr]
+
+    async def test_openTimeout(self) -> None:
+        """The agent does not answer in time: 504, and the tunnel survives."""
+        world = await self.world(openTimeout=0.5)
+        port = self.hangingPort()
+        answer = await self.refused(world, self.connectTo(f"{NODE}:{port}"))
+        self.assertTrue(answer.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n"), answer)
+        self.assertIn(b"did not answer", answer)
+        self.assertRefusal(world, 504, node=NODE, port=port)
+        await until(lambda: world.agentTunnel.streamCount == 0, "the agent to drop the dial")
+        await self.assertTunnelStillWorks(world)
+
+    async def assertTunnelStillWorks(self, world: World) -> None:
+        """
+        The tunnel outlived an abandoned open: a new CONNECT goes through it
+        (and, coming after them, proves the frames of the old one were fine).
+        """
+        client = await self.client(world, self.connectTo(f"{NODE}:{world.echo}", b"again"))
+        await until(lambda: client.received == ESTABLISHED + b"again", "a CONNECT after it")
+        record = world.server.registry.lookup(NODE)
+        self.assertIs(record and record.tunnel, world.serverTunnel)
+        self.assertTrue(world.agentTunnel.established)
+
+    async def test_tunnelLostWhileOpening(self) -> None:
+        """The agent goes away while the stream opens: 503."""
+        world = await self.world(openTimeout=20.0)
+        port = self.hangingPort()
+        client = await self.client(world, self.connectTo(f"{NODE}:{port}"))
+        await until(lambda: world.agentTunnel.streamCount == 1, "the agent to start dialing")
+        await world.agent.stopService()
+        await client.lost
+        self.assertTrue(client.eof)
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 503 "), client.received)
+        self.assertIn(b"lost", client.received)
+        self.assertRefusal(world, 503, node=NODE, port=port)
+
+    async def test_clientLeavesWhileOpening(self) -> None:
+        """A client that closes while its stream opens cancels the open on both sides."""
+        await self._leaveWhileOpening(abort=False)
+
+    async def test_clientResetsWhileOpening(self) -> None:
+        await self._leaveWhileOpening(abort=True)
+
+    async def _leaveWhileOpening(self, abort: bool) -> None:
+        world = await self.world(openTimeout=20.0)
+        port = self.hangingPort()
+        client = await self.client(world, self.connectTo(f"{NODE}:{port}"))
+        await until(lambda: world.agentTunnel.streamCount == 1, "the agent to start dialing")
+        assert client.transport is not None
+        if abort:
+            client.transport.abortConnection()  # type: ignore[attr-defined]
+        else:
+            client.transport.loseConnection()
+        await client.lost
+        await until(lambda: world.serverTunnel.streamCount == 0, "the server to drop the open")
+        await until(lambda: world.agentTunnel.streamCount == 0, "the agent to drop the dial")
+        self.assertEqual(client.received, b"")
+        self.assertEqual(world.refusals(), [])
+        abandoned = [e for e in world.events if "abandoned" in e["log_format"]]
+        self.assertEqual(len(abandoned), 1, [formatEvent(e) for e in world.events])
+        await self.assertTunnelStillWorks(world)
+
+    # -- refused by the door ---------------------------------------------------
+
+    async def test_notConnect(self) -> None:
+        """Any other method: 405 with C{Allow: CONNECT}."""
+        world = await self.world()
+        request = f"GET http://{NODE}:{world.http}/ HTTP/1.1\r\nHost: {NODE}\r\n\r\n"
+        answer = await self.refused(world, request.encode())
+        self.assertTrue(answer.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n"), answer)
+        self.assertIn(b"\r\nAllow: CONNECT\r\n", answer)
+        self.assertRefusal(world, 405, method="GET", node=None)
+
+    async def test_badTargets(self) -> None:
+        """Targets that are not C{<node>:<port>}: 400, one log line each."""
+        world = await self.world()
+        targets = [
+            "edge-1",
+            "edge-1:0",
+            "edge-1:65536",
+            "edge-1:http",
+            "edge-1:+80",
+            "::1:80",
+            "[::1:80",
+            "[not-v6]:80",
+            "bad_name!:80",
+            "/path",
+            ":80",
+        ]
+        for target in targets:
+            answer = await self.refused(world, self.connectTo(target))
+            self.assertTrue(answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), (target, answer))
+            self.assertIn(b"bad target", answer)
+        statuses = [e["status"] for e in world.refusals()]
+        self.assertEqual(statuses, [400] * len(targets))
+
+    async def test_malformedRequest(self) -> None:
+        """What h11 rejects (here: HTTP/1.1 without Host) is a 400 too."""
+        world = await self.world()
+        answer = await self.refused(world, f"CONNECT {NODE}:80 HTTP/1.1\r\n\r\n".encode())
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer)
+        self.assertRefusal(world, 400)
+
+    async def test_connectWithBody(self) -> None:
+        world = await self.world()
+        request = f"CONNECT {NODE}:80 HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody"
+        answer = await self.refused(world, request.encode())
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer)
+        self.assertIn(b"has no body", answer)
+
+    async def test_headTooLarge(self) -> None:
+        """A complete head over 16 KiB: 431."""
+        world = await self.world()
+        big = b"X-Padding: " + b"a" * (16 * 1024) + b"\r\n"
+        request = f"CONNECT {NODE}:{world.echo} HTTP/1.1\r\nHost: x\r\n".encode() + big + b"\r\n"
+        answer = await self.refused(world, request)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 431 "), answer)
+        self.assertRefusal(world, 431)
+        self.assertEqual(world.serverTunnel.streamCount, 0)
+
+    async def test_headTooLargeIncomplete(self) -> None:
+        """A head still growing past 16 KiB: 431 without waiting for its end."""
+        world = await self.world()
+        request = f"CONNECT {NODE}:80 HTTP/1.1\r\nX-Padding: ".encode() + b"a" * 40000
+        answer = await self.refused(world, request)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 431 "), answer)
+        self.assertRefusal(world, 431)
+
+    async def test_silentClient(self) -> None:
+        """A client that sends nothing is closed after the request timeout."""
+        world = await self.world(requestTimeout=0.2)
+        client = await self.client(world)
+        await client.lost
+        self.assertEqual(client.received, b"")
+
+    async def test_slowClient(self) -> None:
+        """The timeout covers the whole head, not just silence at the start."""
+        world = await self.world(requestTimeout=0.2)
+        client = await self.client(world, b"CONNECT edge-1:80 HTTP/1.1\r\n")
+        await client.lost
+        self.assertEqual(client.received, b"")
+        self.assertEqual(world.refusals(), [])
+
+
+class ParseTargetTests(SynchronousTestCase):
+    """L{parseTarget}: authority-form targets only."""
+
+    def test_forms(self) -> None:
+        self.assertEqual(parseTarget(b"edge-1:10250"), ConnectTarget("edge-1", 10250))
+        self.assertEqual(parseTarget(b"Edge-1.example:1"), ConnectTarget("Edge-1.example", 1))
+        self.assertEqual(parseTarget(b"10.0.0.7:65535"), ConnectTarget("10.0.0.7", 65535))
+        self.assertEqual(parseTarget(b"[fd00:0::7]:443"), ConnectTarget("fd00::7", 443))
+        self.assertEqual(str(ConnectTarget("fd00::7", 443)), "[fd00::7]:443")
+        self.assertEqual(str(ConnectTarget("edge-1", 80)), "edge-1:80")
+
+    def test_bad(self) -> None:
+        for raw in [
+            b"",
+            b"edge-1",
+            b"edge-1:",
+            b"edge-1:0",
+            b"edge-1:123456",
+            b"edge-1:\xd9\xa1",
+            b"-edge:80",
+            b"edge-:80",
+            b"a" * 300 + b":80",
+            b"fd00::7:80",
+            b"[fd00::7]",
+            b"[fd00::7]80",
+            b"[10.0.0.1]:80",
+            b"http://edge-1:80",
+            b"\xff:80",
+        ]:
+            self.assertRaises(BadTarget, parseTarget, raw)
+
+
+class ErrorResponseTests(SynchronousTestCase):
+    def test_response(self) -> None:
+        self.assertEqual(
+            errorResponse(405, "no", [("Allow", "CONNECT")]),
+            b"HTTP/1.1 405 Method Not Allowed\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: 3\r\n"
+            b"Connection: close\r\n"
+            b"Allow: CONNECT\r\n"
+            b"\r\n"
+            b"no\n",
+        )
+
+
+class InterfaceTests(SynchronousTestCase):
+    def test_interfaces(self) -> None:
+        server = TunnelServer(reactor, None)
+        door = ConnectDoorFactory(server)
+        self.assertTrue(verifyObject(IProtocolFactory, door))
+        protocol = door.buildProtocol(None)
+        self.assertIsInstance(protocol, ConnectProtocol)
+        self.assertTrue(verifyObject(IHalfCloseableProtocol, protocol))
+        self.assertFalse(door.noisy)
