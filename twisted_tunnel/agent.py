@@ -23,7 +23,7 @@ from typing import Any
 
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -67,9 +67,7 @@ class Allowlist:
 
     def __init__(self, nodeIPs: Iterable[str], extra: Iterable[str] = ()) -> None:
         self.nodeIPs = frozenset(ipaddress.ip_address(ip) for ip in nodeIPs)
-        self.loopback = frozenset(
-            {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
-        )
+        self.loopback = frozenset({ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")})
         self.networks: tuple[_IPNetwork, ...] = tuple(
             ipaddress.ip_network(net, strict=False) for net in extra
         )
@@ -186,6 +184,15 @@ class _AgentTunnelFactory(Factory):
         )
 
 
+def _established(tunnel: Any) -> Deferred[Tunnel]:
+    """
+    C{ClientService}'s connection is made only when HELLO is done.  (It
+    hands us a proxy of the L{Tunnel}, hence C{Any}.)
+    """
+    established: Deferred[Tunnel] = tunnel.whenEstablished()
+    return established
+
+
 class TunnelAgent(Service):
     """
     The agent as a service: holds one tunnel to the server, forever.
@@ -252,7 +259,7 @@ class TunnelAgent(Service):
             _AgentTunnelFactory(self),
             retryPolicy=self.retryPolicy,
             clock=self.reactor,
-            prepareConnection=lambda tunnel: tunnel.whenEstablished(),
+            prepareConnection=_established,
         )
         self._service.startService()
 
@@ -263,7 +270,8 @@ class TunnelAgent(Service):
             return service.stopService()
         return None
 
-    def whenConnected(self, failAfterFailures: int | None = None) -> Deferred[Tunnel]:
+    def whenConnected(self, failAfterFailures: int | None = None) -> Deferred[IProtocol]:
+        """Fires with the L{Tunnel} once it is up (HELLO done both ways)."""
         assert self._service is not None, "the agent is not running"
         return self._service.whenConnected(failAfterFailures=failAfterFailures)
 
@@ -313,6 +321,8 @@ class TunnelAgent(Service):
             return RelayProtocol(peer=target)
 
         def failed(failure: Failure) -> Failure:
+            if failure.check(CancelledError):
+                return failure
             error = _dialFailure(failure, address, self.dialTimeout)
             self.log.info(
                 "dial {host}:{port} failed: {reason}",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from attrs import frozen
@@ -76,7 +76,7 @@ class AgentRegistry:
     def __len__(self) -> int:
         return len(self._byNode)
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[AgentRecord]:
         return iter(list(self._byNode.values()))
 
     def register(self, record: AgentRecord) -> AgentRecord | None:
@@ -119,7 +119,7 @@ class AgentRegistry:
 
     def lookup(self, nameOrIP: str) -> AgentRecord | None:
         """The agent for a node name or one of its IPs, if connected."""
-        record = self._byNode.get(nameOrIP)
+        record = self._byNode.get(nameOrIP.lower())
         if record is not None:
             return record
         node = self._byIP.get(_normalIP(nameOrIP) or "")
@@ -171,6 +171,7 @@ class _ServerSide:
             if ip is None:
                 raise Refused(ErrorCode.PROTOCOL_ERROR, f"HELLO ips holds {raw!r}, not an IP")
             ips.append(ip)
+        node = node.lower()
         tunnel.nodeName = node
         record = AgentRecord(
             node=node,

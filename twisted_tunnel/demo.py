@@ -1,0 +1,183 @@
+"""
+C{make demo}: the whole product on loopback, with throwaway certificates.
+
+Starts three real processes: C{twistd edge-tunnel-server}, C{twistd
+edge-tunnel-agent} for a node called C{edge-1}, and a stand-in edge HTTP
+service that listens on the node's loopback only.  Then it asks for the
+service through the tunnel, twice (through the HTTP CONNECT front door, as
+kube-apiserver's egress selector does, and through a static forward
+listener), prints what came back, and keeps everything running until
+interrupted, so you can try the printed C{curl} commands yourself.
+
+This is a plain blocking script on purpose: it only orchestrates processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from .certs import mintAgent, mintCA, mintServer, writePair
+
+NODE = "edge-1"
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def connectThrough(doorPort: int, target: str, request: bytes, timeout: float = 5.0) -> bytes:
+    """Send one request through the CONNECT door; return the tunnel's answer."""
+    with socket.create_connection(("127.0.0.1", doorPort), timeout=timeout) as s:
+        s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+        status, _, rest = head.partition(b"\r\n\r\n")
+        if not status.startswith(b"HTTP/1.1 200"):
+            return status + b"\r\n\r\n" + rest
+        s.sendall(request)
+        body = rest
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return status + b"\r\n\r\n" + body
+
+
+def main() -> int:
+    work = Path(tempfile.mkdtemp(prefix="edge-tunnel-demo-"))
+    ca = mintCA()
+    writePair(ca, work / "ca.pem", work / "ca-key.pem")
+    writePair(
+        mintServer(ca, ["localhost", "127.0.0.1"]), work / "server.pem", work / "server-key.pem"
+    )
+    writePair(mintAgent(ca, NODE, ["127.0.0.1"]), work / "agent.pem", work / "agent-key.pem")
+    site = work / "site"
+    site.mkdir()
+    (site / "index.html").write_text(f"hello from the kubelet stand-in on {NODE}\n")
+
+    tunnelPort, doorPort, servicePort, forwardPort = (freePort() for _ in range(4))
+    python = sys.executable
+    # twisted.scripts.twistd has no __main__ block, so "-m" would do nothing
+    twistd = [python, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, argv: list[str]) -> None:
+        log = open(work / f"{name}.log", "wb")
+        processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+        print(f"  started {name:<8} pid {processes[-1].pid}  (log: {work / (name + '.log')})")
+
+    def stopAll(*_: object) -> None:
+        for p in processes:
+            if p.poll() is None:
+                p.terminate()
+        for p in processes:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    print(f"edge-tunnel demo: certificates and logs in {work}")
+    start(
+        "service",
+        [
+            python,
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            str(servicePort),
+            "--directory",
+            str(site),
+        ],
+    )
+    start(
+        "server",
+        twistd
+        + [
+            "edge-tunnel-server",
+            f"--tunnel-endpoint=tcp:{tunnelPort}:interface=127.0.0.1",
+            f"--connect-endpoint=tcp:{doorPort}:interface=127.0.0.1",
+            f"--forward={NODE}:{servicePort}=tcp:{forwardPort}:interface=127.0.0.1",
+            f"--ca={work / 'ca.pem'}",
+            f"--cert={work / 'server.pem'}",
+            f"--key={work / 'server-key.pem'}",
+        ],
+    )
+    start(
+        "agent",
+        twistd
+        + [
+            "edge-tunnel-agent",
+            f"--server=127.0.0.1:{tunnelPort}",
+            f"--ca={work / 'ca.pem'}",
+            f"--cert={work / 'agent.pem'}",
+            f"--key={work / 'agent-key.pem'}",
+        ],
+    )
+    signal.signal(signal.SIGTERM, lambda *a: (stopAll(), sys.exit(0)))
+
+    request = f"GET / HTTP/1.1\r\nHost: {NODE}\r\nConnection: close\r\n\r\n".encode()
+    target = f"{NODE}:{servicePort}"
+    deadline = time.monotonic() + 30
+    answer = b""
+    try:
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for p in processes):
+                print("a process exited early; its log says why:")
+                for name in ("server", "agent", "service"):
+                    print(f"--- {name}.log\n" + (work / f"{name}.log").read_text()[-2000:])
+                stopAll()
+                return 1
+            try:
+                answer = connectThrough(doorPort, target, request)
+            except OSError:
+                answer = b""
+            if answer.startswith(b"HTTP/1.1 200"):
+                break
+            time.sleep(0.2)
+        else:
+            print("the agent did not come up within 30 s; see the logs above")
+            stopAll()
+            return 1
+
+        print(f"\n$ CONNECT {target} through the front door on 127.0.0.1:{doorPort}")
+        print(answer.decode(errors="replace").rstrip())
+        with urllib.request.urlopen(f"http://127.0.0.1:{forwardPort}/", timeout=5) as r:
+            print(f"\n$ GET http://127.0.0.1:{forwardPort}/  (static forward to {target})")
+            print(f"HTTP {r.status}: {r.read().decode().rstrip()}")
+        print(
+            "\nTry it yourself:\n"
+            f"  curl -p -x http://127.0.0.1:{doorPort} http://{NODE}:{servicePort}/\n"
+            f"  curl http://127.0.0.1:{forwardPort}/\n"
+            f"  curl -p -x http://127.0.0.1:{doorPort} http://nowhere:80/   # 503: no such node\n"
+            "\nRunning until interrupted (Ctrl-C)."
+        )
+        while all(p.poll() is None for p in processes):
+            time.sleep(0.5)
+        print("a process exited; stopping the demo")
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping")
+        return 0
+    finally:
+        stopAll()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())

@@ -1,0 +1,123 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd edge-tunnel-agent}: the edge side.
+
+It dials C{--server} (the load balancer in front of the servers), proves
+its node identity with its certificate, and dials targets for the server
+within its allowlist.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from ..agent import DEFAULT_DIAL_TIMEOUT, TunnelAgent
+from ._common import TunnelOptions, fatal, positiveFloat
+
+PROGRAM = "edge-tunnel-agent"
+
+
+def parseServer(text: str) -> tuple[str, int]:
+    """
+    Parse C{HOST:PORT} (C{[v6]:PORT} for IPv6 literals).
+
+    @raise usage.UsageError: naming the bad value.
+    """
+    host, colon, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise usage.UsageError(f"--server {text!r}: expected HOST:PORT")
+    return host, int(port)
+
+
+class Options(TunnelOptions):
+    synopsis = (
+        "--server HOST:PORT [options] --ca CA.pem --cert AGENT.pem --key AGENT-KEY.pem\n"
+        "Hold a tunnel to the edge-tunnel server and dial this node's ports for it."
+    )
+    optParameters = [
+        ["server", None, None, "HOST:PORT of the server (or its load balancer). Required."],
+        ["node-name", None, None, "This node's name (default: from the certificate)."],
+        [
+            "server-name",
+            None,
+            None,
+            "Name or IP to verify on the server's certificate (default: the host of --server).",
+        ],
+        [
+            "dial-timeout",
+            None,
+            DEFAULT_DIAL_TIMEOUT,
+            "Seconds to wait for a target to accept a connection.",
+            positiveFloat,
+        ],
+        ["max-backoff", None, 30.0, "Longest wait between reconnect attempts.", positiveFloat],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["node-ip"] = []
+        self["allow"] = []
+
+    def opt_node_ip(self, ip: str) -> None:
+        """This node's IP (repeatable; default: the IP addresses in the certificate)."""
+        try:
+            self["node-ip"].append(str(ipaddress.ip_address(ip)))
+        except ValueError:
+            raise usage.UsageError(f"--node-ip {ip!r} is not an IP address") from None
+
+    def opt_allow(self, network: str) -> None:
+        """
+        Also allow dialing this IP or network (CIDR, repeatable). By default
+        only the node's own IPs and loopback may be dialed.
+        """
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise usage.UsageError(f"--allow {network!r} is not an IP network") from None
+        self["allow"].append(network)
+
+    def postOptions(self) -> None:
+        if not self["server"]:
+            raise usage.UsageError("--server HOST:PORT is required")
+        self["server-address"] = parseServer(self["server"])
+        super().postOptions()
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    from ..agent import backoffPolicy
+
+    credentials = options.credentials(PROGRAM)
+    identity = credentials.identity()
+    nodeName = options["node-name"] or identity.nodeName()
+    if not nodeName:
+        fatal(
+            PROGRAM,
+            f"--cert {options['cert']}: the certificate ({identity.describe()}) names no node "
+            "(CN system:node:<name>); give --node-name",
+        )
+    if not identity.carriesNode(nodeName):
+        fatal(
+            PROGRAM,
+            f"--node-name {nodeName!r}: the certificate {options['cert']} ({identity.describe()}) "
+            "does not carry that name; the server would refuse it",
+        )
+    nodeIPs = options["node-ip"] or list(identity.ipAddresses)
+    return TunnelAgent(
+        reactor,
+        credentials,
+        options["server-address"],
+        nodeName,
+        nodeIPs,
+        serverName=options["server-name"],
+        allow=options["allow"],
+        settings=options.settings(),
+        keepalive=options.keepalive(),
+        dialTimeout=options["dial-timeout"],
+        retryPolicy=backoffPolicy(maxDelay=options["max-backoff"]),
+    )

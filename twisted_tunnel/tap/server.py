@@ -1,0 +1,147 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd edge-tunnel-server}: the cloud side.
+
+It listens for agents on C{--tunnel-endpoint} (mutual TLS), serves the
+HTTP CONNECT front door on C{--connect-endpoint} and any static
+C{--forward} listeners.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import usage
+
+from ..connect import ConnectDoorFactory
+from ..errors import CredentialsError
+from ..forward import ForwardFactory, parseForward
+from ..server import DEFAULT_OPEN_TIMEOUT, TunnelServer
+from ..tls import loadCredentials, serverOptions
+from ._common import TunnelOptions, fatal, positiveFloat, positiveInt
+
+PROGRAM = "edge-tunnel-server"
+
+
+class Options(TunnelOptions):
+    synopsis = (
+        "[options] --ca CA.pem --cert SERVER.pem --key SERVER-KEY.pem\n"
+        "Accept edge agents over mutual TLS and carry streams to their nodes."
+    )
+    optParameters = [
+        ["tunnel-endpoint", None, "tcp:10262", "Where agents connect (Twisted endpoint)."],
+        [
+            "connect-endpoint",
+            None,
+            "tcp:10261:interface=127.0.0.1",
+            "HTTP CONNECT front door (Twisted endpoint). Plain on unix sockets and loopback; "
+            "anywhere else it requires client certificates signed by --connect-ca.",
+        ],
+        ["connect-ca", None, None, "CA for CONNECT clients' certificates (default: --ca)."],
+        ["server-id", None, None, "This replica's id (default: random)."],
+        ["server-count", None, 1, "How many server replicas run.", positiveInt],
+        [
+            "open-timeout",
+            None,
+            DEFAULT_OPEN_TIMEOUT,
+            "Seconds an agent has to answer a stream open.",
+            positiveFloat,
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["forward"] = []
+
+    def opt_forward(self, spec: str) -> None:
+        """
+        NODE:PORT=ENDPOINT: carry every connection to ENDPOINT to PORT on
+        NODE (repeatable), e.g. edge-1:9100=tcp:19100:interface=127.0.0.1
+        """
+        try:
+            self["forward"].append(parseForward(spec))
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def connectDoorIsLocal(description: str) -> bool:
+    """
+    Is a CONNECT endpoint reachable only from this host (a unix socket or a
+    loopback interface)?  Only then may it run without client certificates.
+    """
+    kind, _, rest = description.partition(":")
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6"):
+        return False
+    for part in rest.split(":"):
+        key, eq, value = part.partition("=")
+        if eq and key == "interface":
+            try:
+                return ipaddress.ip_address(value.strip("[]")).is_loopback
+            except ValueError:
+                return value == "localhost"
+    return False
+
+
+def _connectDoorFactory(
+    options: Options, server: TunnelServer, door: ConnectDoorFactory
+) -> IProtocolFactory:
+    if connectDoorIsLocal(options["connect-endpoint"]):
+        return door
+    assert server.credentials is not None
+    creds = server.credentials
+    if options["connect-ca"]:
+        try:
+            authority = loadCredentials(
+                options["connect-ca"], options["cert"], options["key"], caOption="--connect-ca"
+            )
+        except CredentialsError as e:
+            fatal(PROGRAM, str(e))
+        creds = authority
+    factory: IProtocolFactory = TLSMemoryBIOFactory(serverOptions(creds), False, door)
+    return factory
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    credentials = options.credentials(PROGRAM)
+    server = TunnelServer(
+        reactor,
+        credentials,
+        serverId=options["server-id"],
+        serverCount=options["server-count"],
+        settings=options.settings(),
+        keepalive=options.keepalive(),
+        openTimeout=options["open-timeout"],
+    )
+    top = MultiService()
+    top.tunnelServer = server  # type: ignore[attr-defined]
+
+    def listen(description: str, factory: Any, name: str) -> None:
+        try:
+            endpoint = serverFromString(reactor, description)
+        except (ValueError, KeyError, TypeError) as e:
+            fatal(PROGRAM, f"{name} {description!r}: {e}")
+        service = StreamServerEndpointService(endpoint, factory)
+        service._raiseSynchronously = True  # a port in use stops startup, loudly
+        service.setName(name)
+        service.setServiceParent(top)
+
+    listen(options["tunnel-endpoint"], server.tunnelFactory(), "--tunnel-endpoint")
+    door = ConnectDoorFactory(server)
+    listen(
+        options["connect-endpoint"],
+        _connectDoorFactory(options, server, door),
+        "--connect-endpoint",
+    )
+    for node, port, description in options["forward"]:
+        listen(description, ForwardFactory(server, node, port), f"--forward {node}:{port}")
+    return top
