@@ -268,12 +268,6 @@ class StopTests(TunnelProcessesTestCase):
         await agent.waitForLine(rb"tunnel lost", 5.0)
         self.assertTrue(agent.running)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="TunnelAgent.stopService never ends a TLS tunnel (the Tunnel stays the "
-        "transport's registered producer): the agent hangs on SIGTERM until the server "
-        "drops the connection",
-    )
     async def test_agentStopsOnSigterm(self) -> None:
         edge, server, agent, clients = await self.startTunnel()
         await self.assertStopsOnSigterm(agent, clients)

@@ -408,13 +408,6 @@ class TunnelTestCase(TestCase):
 
 
 class AgentServiceTests(TunnelTestCase):
-    @pytest.mark.xfail(
-        strict=True,
-        reason=(
-            "TunnelAgent.stopService leaves the Tunnel registered as the TLS transport's "
-            "producer, so ClientService's transport.loseConnection() never shuts TLS down"
-        ),
-    )
     async def test_stopServiceEndsTheTunnel(self) -> None:
         """
         Stopping the agent service ends its connection to the server
@@ -577,13 +570,6 @@ class RefusalTests(TunnelTestCase):
         self.flushLoggedErrors(NoTransition)
         return failure
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason=(
-            "ClientService (Twisted 26.10) has no transition for _clientDisconnected once "
-            "prepareConnection failed: NoTransition is logged as an unhandled error"
-        ),
-    )
     async def test_refusedAttemptLogsNoError(self) -> None:
         """
         A refused attempt is an expected condition: the reason is logged,
@@ -727,10 +713,6 @@ class RefusalTests(TunnelTestCase):
 
         await waitUntil(logged, 0.5, "the server to log the failed TLS handshake")
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="the server logs nothing when an agent's TLS handshake fails",
-    )
     async def test_agentCertificateFromAnotherCALogged(self) -> None:
         """
         The server says in its log that a TLS handshake failed, and why.
@@ -743,10 +725,6 @@ class RefusalTests(TunnelTestCase):
         await self.refusedAttempt(agent)
         await self.assertServerLoggedHandshakeFailure(events)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="the server logs nothing when a client's TLS handshake fails",
-    )
     async def test_noClientCertificateLogged(self) -> None:
         """
         The server says in its log that a client came without a certificate.
@@ -757,10 +735,6 @@ class RefusalTests(TunnelTestCase):
         await client.lost
         await self.assertServerLoggedHandshakeFailure(events)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="_AgentSide.tunnelLost logs nothing for a tunnel that was never established",
-    )
     async def test_agentLogsWhyItsAttemptFailed(self) -> None:
         """
         An agent whose handshake fails says why in its own log (the

@@ -9,9 +9,16 @@ loopback addresses, nothing else (L{Allowlist}).  A request for anything
 else is refused with OPEN_FAIL C{not allowed} and a log line.
 
 It reconnects forever, with exponential backoff and jitter (so that a
-thousand agents coming back after a server restart do not arrive in step),
-using Twisted's C{ClientService}; a server that refuses our HELLO counts as
-a failed attempt, not a connection.
+thousand agents coming back after a server restart do not arrive in step).
+A server that refuses our HELLO counts as a failed attempt, not a
+connection, so a refused agent backs off instead of hammering the server.
+
+Why not C{ClientService}: its C{prepareConnection} is the right hook for
+"connected means HELLO done", but in Twisted 26.10 a preparation that fails
+because the connection dropped (exactly what a refusal looks like) leaves
+its state machine without a transition for the disconnect that follows,
+and every refused attempt logs a C{NoTransition} traceback.  L{Reconnector}
+is the small loop we need, with an injected clock.
 """
 
 from __future__ import annotations
@@ -21,9 +28,8 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from twisted.application.internet import ClientService
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -38,7 +44,14 @@ from twisted.internet.error import (
     TCPTimedOutError,
     TimeoutError,
 )
-from twisted.internet.interfaces import IProtocol, IReactorTCP, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTCP,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -49,7 +62,7 @@ from .errors import StreamOpenFailed
 from .mux import ITunnelHandler, Keepalive, Settings, Tunnel, TunnelAddress
 from .relay import RelayProtocol
 from .tls import Credentials, agentOptions
-from .wire import OpenFailReason
+from .wire import ErrorCode, OpenFailReason
 
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -169,6 +182,8 @@ _targetFactory = _TargetFactory()
 
 
 class _AgentTunnelFactory(Factory):
+    noisy = False
+
     def __init__(self, agent: TunnelAgent) -> None:
         self.agent = agent
 
@@ -184,20 +199,132 @@ class _AgentTunnelFactory(Factory):
         )
 
 
-def _established(tunnel: Any) -> Deferred[Tunnel]:
+class Reconnector:
     """
-    C{ClientService}'s connection is made only when HELLO is done.  (It
-    hands us a proxy of the L{Tunnel}, hence C{Any}.)
+    Keeps one tunnel up, forever: dial, wait for HELLO both ways, and when
+    the attempt fails or the tunnel is lost, wait as C{retryPolicy} says and
+    dial again.
+
+    @ivar tunnel: the tunnel that is up, if any.
     """
-    established: Deferred[Tunnel] = tunnel.whenEstablished()
-    return established
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        endpoint: IStreamClientEndpoint,
+        factory: IProtocolFactory,
+        retryPolicy: Callable[[int], float],
+        describe: str,
+    ) -> None:
+        self.clock = clock
+        self.endpoint = endpoint
+        self.factory = factory
+        self.retryPolicy = retryPolicy
+        self.describe = describe
+        self.tunnel: Tunnel | None = None
+        self.failures = 0
+        self._running = False
+        self._attempt: Deferred[Tunnel] | None = None
+        self._retry: IDelayedCall | None = None
+        self._waiting: list[tuple[Deferred[Tunnel], int | None]] = []
+
+    def start(self) -> None:
+        if not self._running:
+            self._running = True
+            self._connect()
+
+    def stop(self, reason: str = "agent stopping") -> Deferred[None]:
+        """
+        Stop dialing; close the tunnel, telling the server why.  Fires
+        when the connection is gone.
+        """
+        self._running = False
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._attempt is not None:
+            self._attempt.cancel()
+        tunnel, self.tunnel = self.tunnel, None
+        if tunnel is None:
+            return succeed(None)
+        lost = tunnel.whenLost()
+        tunnel.close(ErrorCode.SHUTTING_DOWN, reason)
+        return lost
+
+    def whenConnected(self, failAfterFailures: int | None = None) -> Deferred[Tunnel]:
+        """
+        The tunnel that is up, or the next one to come up.
+
+        @param failAfterFailures: fail with the reason of the last attempt
+            after this many more failed attempts (L{None}: never fail).
+        """
+        if self.tunnel is not None:
+            return succeed(self.tunnel)
+        d: Deferred[Tunnel] = Deferred()
+        self._waiting.append((d, failAfterFailures))
+        return d
+
+    def _connect(self) -> None:
+        self._retry = None
+        attempt: Deferred[Any] = self.endpoint.connect(self.factory)
+        attempt.addCallback(lambda tunnel: tunnel.whenEstablished())
+        self._attempt = attempt
+        attempt.addCallbacks(self._established, self._failed)
+
+    def _established(self, tunnel: Tunnel) -> None:
+        self._attempt = None
+        if not self._running:
+            tunnel.close(ErrorCode.SHUTTING_DOWN, "agent stopping")
+            return
+        self.failures = 0
+        self.tunnel = tunnel
+        tunnel.whenLost().addCallback(self._lost, tunnel)
+        waiting, self._waiting = self._waiting, []
+        for d, _ in waiting:
+            d.callback(tunnel)
+
+    def _failed(self, failure: Failure) -> None:
+        self._attempt = None
+        if not self._running:
+            return
+        self.failures += 1
+        waiting, self._waiting = self._waiting, []
+        for d, remaining in waiting:
+            if remaining is not None and remaining <= 1:
+                d.errback(failure)
+            else:
+                self._waiting.append((d, None if remaining is None else remaining - 1))
+        delay = self.retryPolicy(self.failures)
+        self.log.warn(
+            "no tunnel to {server}: {reason}; retrying in {delay:.1f}s",
+            server=self.describe,
+            reason=failure.getErrorMessage(),
+            delay=delay,
+            failures=self.failures,
+        )
+        self._retry = self.clock.callLater(delay, self._connect)
+
+    def _lost(self, _: None, tunnel: Tunnel) -> None:
+        if self.tunnel is tunnel:
+            self.tunnel = None
+        if self._running and self._retry is None and self._attempt is None:
+            delay = self.retryPolicy(0)
+            self.log.info(
+                "tunnel to {server} lost; reconnecting in {delay:.1f}s",
+                server=self.describe,
+                delay=delay,
+            )
+            self._retry = self.clock.callLater(delay, self._connect)
 
 
 class TunnelAgent(Service):
     """
     The agent as a service: holds one tunnel to the server, forever.
 
-    @ivar whenConnected: see L{ClientService.whenConnected}.
+    Stopping it closes the tunnel with GOAWAY, so the server knows at once
+    (without waiting for its keepalive) and the process exits promptly.
     """
 
     log = Logger()
@@ -231,7 +358,7 @@ class TunnelAgent(Service):
         self.retryPolicy = retryPolicy or backoffPolicy()
         self.serverId = ""
         self._endpoint = endpoint
-        self._service: ClientService | None = None
+        self._reconnector: Reconnector | None = None
 
     def serverEndpoint(self) -> IStreamClientEndpoint:
         """Where to dial: TLS to the server (or the load balancer in front)."""
@@ -254,26 +381,35 @@ class TunnelAgent(Service):
             port=self.server[1],
             allowed=self.allowlist.describe(),
         )
-        self._service = ClientService(
+        host, port = self.server
+        self._reconnector = Reconnector(
+            self.reactor,
             self.serverEndpoint(),
             _AgentTunnelFactory(self),
-            retryPolicy=self.retryPolicy,
-            clock=self.reactor,
-            prepareConnection=_established,
+            self.retryPolicy,
+            f"{host}:{port}",
         )
-        self._service.startService()
+        self._reconnector.start()
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
-        service, self._service = self._service, None
-        if service is not None:
-            return service.stopService()
+        reconnector, self._reconnector = self._reconnector, None
+        if reconnector is not None:
+            return reconnector.stop()
         return None
 
-    def whenConnected(self, failAfterFailures: int | None = None) -> Deferred[IProtocol]:
-        """Fires with the L{Tunnel} once it is up (HELLO done both ways)."""
-        assert self._service is not None, "the agent is not running"
-        return self._service.whenConnected(failAfterFailures=failAfterFailures)
+    def whenConnected(self, failAfterFailures: int | None = None) -> Deferred[Tunnel]:
+        """
+        Fires with the L{Tunnel} once it is up (HELLO done both ways); see
+        L{Reconnector.whenConnected}.
+        """
+        assert self._reconnector is not None, "the agent is not running"
+        return self._reconnector.whenConnected(failAfterFailures)
+
+    @property
+    def tunnel(self) -> Tunnel | None:
+        """The tunnel that is up, if any."""
+        return self._reconnector.tunnel if self._reconnector is not None else None
 
     def dial(self, address: TunnelAddress) -> Deferred[IProtocol]:
         """

@@ -171,6 +171,14 @@ class _ServerSide:
             if ip is None:
                 raise Refused(ErrorCode.PROTOCOL_ERROR, f"HELLO ips holds {raw!r}, not an IP")
             ips.append(ip)
+        certified = {_normalIP(ip) for ip in identity.ipAddresses}
+        uncertified = [ip for ip in ips if certified and ip not in certified]
+        if uncertified:
+            raise Refused(
+                ErrorCode.UNAUTHORIZED,
+                f"agent {node!r} announces {', '.join(uncertified)}, which its certificate "
+                f"does not carry (it carries {', '.join(identity.ipAddresses)})",
+            )
         node = node.lower()
         tunnel.nodeName = node
         record = AgentRecord(
@@ -209,7 +217,18 @@ class _ServerSide:
         self.server.registry.unregister(tunnel)
 
     def tunnelLost(self, tunnel: Tunnel, reason: Failure) -> None:
-        if self.server.registry.unregister(tunnel) is not None:
+        if tunnel.version is None and not tunnel._closing:
+            # the TLS handshake failed (wrong CA, no client certificate,
+            # expired) or the peer never sent HELLO: one line saying why
+            self.log.warn(
+                "refused agent connection from {peer}: no tunnel established "
+                "(TLS handshake or HELLO failed): {reason}",
+                peer=tunnel._peerLabel(),
+                reason=reason.getErrorMessage(),
+            )
+            return
+        self.server.registry.unregister(tunnel)
+        if tunnel.nodeName:
             self.log.info(
                 "agent {node} disconnected: {reason}",
                 node=tunnel.nodeName,
@@ -295,6 +314,11 @@ class TunnelServer:
 
     def agents(self) -> Iterable[AgentRecord]:
         return iter(self.registry)
+
+    def closeAll(self, text: str = "server shutting down") -> None:
+        """Close every tunnel now, telling each agent why (GOAWAY)."""
+        for record in self.registry:
+            record.tunnel.close(ErrorCode.SHUTTING_DOWN, text)
 
     def drain(self, text: str = "server shutting down") -> Deferred[list[Any]]:
         """Drain every tunnel; fires when all are gone."""

@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -109,6 +110,19 @@ def _connectDoorFactory(
     return factory
 
 
+class _ServerService(MultiService):
+    """The listeners, and on stop a GOAWAY to every agent before the exit."""
+
+    def __init__(self, server: TunnelServer) -> None:
+        super().__init__()
+        self.tunnelServer = server
+
+    def stopService(self) -> Deferred[None]:
+        stopped: Deferred[None] = super().stopService()
+        self.tunnelServer.closeAll()
+        return stopped
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
@@ -122,8 +136,7 @@ def makeService(options: Options) -> IService:
         keepalive=options.keepalive(),
         openTimeout=options["open-timeout"],
     )
-    top = MultiService()
-    top.tunnelServer = server  # type: ignore[attr-defined]
+    top = _ServerService(server)
 
     def listen(description: str, factory: Any, name: str) -> None:
         try:
