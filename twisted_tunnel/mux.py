@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from attrs import frozen
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IAddress,
@@ -206,10 +206,13 @@ class Stream:
         # outbound
         self._credit = 0
         self._backlog: deque[bytes] = deque()
+        self._backlogOffset = 0  # how much of the first chunk has been sent
         self._backlogSize = 0
-        self._producer: IProducer | None = None
+        self._producer: Any = None
         self._streamingProducer = False
         self._producerPaused = False
+        self._pulling = False
+        self._pullAgain = False
         self._eofPending = False
         self._closePending = False
         self._sentEof = False
@@ -287,7 +290,8 @@ class Stream:
         if self._sentTerminal:
             producer.stopProducing()
         elif not streaming:
-            producer.resumeProducing()
+            if not self._backlog:
+                self._resumeProducer()
         elif self._backlog:
             self._pauseProducer()
 
@@ -322,11 +326,16 @@ class Stream:
         tunnel = self._tunnel
         maxFrame = tunnel._sendMaxFrame
         while self._backlog and self._credit > 0 and tunnel._canSend(self):
-            chunk = self._backlog.popleft()
-            size = min(len(chunk), self._credit, maxFrame)
-            if size < len(chunk):
-                self._backlog.appendleft(chunk[size:])
-                chunk = chunk[:size]
+            # Take a frame's worth off the front without copying the rest of
+            # a large write each time (that is quadratic in the write's size).
+            head, offset = self._backlog[0], self._backlogOffset
+            size = min(len(head) - offset, self._credit, maxFrame)
+            chunk = head if offset == 0 and size == len(head) else head[offset : offset + size]
+            if offset + size == len(head):
+                self._backlog.popleft()
+                self._backlogOffset = 0
+            else:
+                self._backlogOffset = offset + size
             self._backlogSize -= size
             self._credit -= size
             tunnel._sendData(self.streamId, chunk)
@@ -351,18 +360,32 @@ class Stream:
     def _resumeProducer(self) -> None:
         if self._producer is None or self._sentTerminal:
             return
-        if not self._streamingProducer:
-            self._producer.resumeProducing()
-        elif self._producerPaused:
-            self._producerPaused = False
-            self._producer.resumeProducing()
+        if self._streamingProducer:
+            if self._producerPaused:
+                self._producerPaused = False
+                self._producer.resumeProducing()
+            return
+        # A pull producer writes from inside resumeProducing, and that write
+        # lands here again: ask it again in a loop, not by recursion, or a
+        # large window of small writes overflows the stack.
+        if self._pulling:
+            self._pullAgain = True
+            return
+        self._pulling = True
+        try:
+            self._pullAgain = True
+            while self._pullAgain and self._producer is not None and not self._sentTerminal:
+                self._pullAgain = False
+                self._producer.resumeProducing()
+        finally:
+            self._pulling = False
 
     def _sendEof(self) -> None:
         self._sentEof = True
         self._tunnel._sendFrame(wire.Eof(self.streamId))
         protocol = self.protocol
         if IHalfCloseableProtocol.providedBy(protocol):
-            self._call(protocol.writeConnectionLost)  # type: ignore[union-attr]
+            self._call(protocol.writeConnectionLost)
         if self._eofDelivered:
             self._sendClose()
 
@@ -390,6 +413,7 @@ class Stream:
 
     def _dropBacklog(self) -> None:
         self._backlog.clear()
+        self._backlogOffset = 0
         self._backlogSize = 0
         self._eofPending = False
         self._closePending = False
@@ -449,6 +473,15 @@ class Stream:
         protocol = self.protocol
         if protocol is None or self._lost:
             return
+        if self._remoteReset is not None:
+            # a RESET drops whatever is buffered: it need not wait for a
+            # paused consumer, which might never resume
+            code, text = self._remoteReset
+            self._sentTerminalAfterPeer()
+            self._lose(
+                Failure(ConnectionLost(f"stream reset by peer ({ErrorCode.named(code)}): {text}"))
+            )
+            return
         while self._received and not self._paused and not self._lost:
             data = self._received.popleft()
             self._receivedSize -= len(data)
@@ -462,13 +495,6 @@ class Stream:
         if self._paused or self._received or self._lost:
             return
         self._returnCredit()
-        if self._remoteReset is not None:
-            code, text = self._remoteReset
-            self._sentTerminalAfterPeer()
-            self._lose(
-                Failure(ConnectionLost(f"stream reset by peer ({ErrorCode.named(code)}): {text}"))
-            )
-            return
         if self._gotTerminal:
             self._sentTerminalAfterPeer()
             self._lose(Failure(ConnectionDone("stream closed by peer")))
@@ -476,7 +502,7 @@ class Stream:
         if self._gotEof and not self._eofDelivered:
             self._eofDelivered = True
             if IHalfCloseableProtocol.providedBy(protocol):
-                self._call(protocol.readConnectionLost)  # type: ignore[attr-defined]
+                self._call(protocol.readConnectionLost)
                 if self._sentEof:
                     self._sendClose()
             else:
@@ -507,7 +533,7 @@ class Stream:
         self.protocol = protocol
         self._credit = credit
         self._window = window
-        protocol.makeConnection(self)
+        self._call(protocol.makeConnection, self)
         self._deliverReceived()
 
     def _lose(self, reason: Failure) -> None:
@@ -617,6 +643,7 @@ class Tunnel(Protocol):
         self._draining = False
         self._peerDraining = False
         self._closing = False
+        self._readingStopped = False
         self._done = False
         self._lastReceived = 0.0
         self._keepaliveCall: IDelayedCall | None = None
@@ -627,8 +654,9 @@ class Tunnel(Protocol):
     # -- life cycle ----------------------------------------------------------
 
     def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.registerProducer(self, True)
+        transport: Any = self.transport
+        assert transport is not None
+        transport.registerProducer(self, True)
         self._lastReceived = self.clock.seconds()
         self._scheduleKeepalive(self.keepalive.interval)
         if self.isClient:
@@ -689,11 +717,24 @@ class Tunnel(Protocol):
         if self._closing or self._done:
             return
         self._closing = True
+        if code not in (ErrorCode.NO_ERROR, ErrorCode.SHUTTING_DOWN):
+            # an error: read nothing more from this peer
+            self._readingStopped = True
         self._sendFrame(wire.GoAway(code, text))
-        assert self.transport is not None
-        self.transport.unregisterProducer()
-        self.transport.loseConnection()
-        self._abortCall = self.clock.callLater(CLOSE_TIMEOUT, self._abort)
+        self._loseTransport()
+
+    def _loseTransport(self) -> None:
+        """
+        Close the connection, and abort it if the close does not finish in
+        time (a transport may report the loss from inside loseConnection:
+        then there is nothing left to time).
+        """
+        transport: Any = self.transport
+        assert transport is not None
+        transport.unregisterProducer()
+        transport.loseConnection()
+        if not self._done and self._abortCall is None:
+            self._abortCall = self.clock.callLater(CLOSE_TIMEOUT, self._abort)
 
     def drain(self, text: str = "shutting down") -> Deferred[None]:
         """
@@ -713,6 +754,9 @@ class Tunnel(Protocol):
 
     def _abort(self) -> None:
         self._abortCall = None
+        self._abortNow()
+
+    def _abortNow(self) -> None:
         if self.transport is not None and not self._done:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
@@ -739,7 +783,8 @@ class Tunnel(Protocol):
                 )
             )
         assert self.peerSettings is not None
-        if len(self._pending) + self._ownStreams() >= self.peerSettings.maxStreams:
+        # pending opens are in _streams already: count them once
+        if self._ownStreams() >= self.peerSettings.maxStreams:
             return _failed(
                 StreamOpenFailed(
                     OpenFailReason.TOO_MANY_STREAMS,
@@ -751,6 +796,9 @@ class Tunnel(Protocol):
             return _failed(TunnelClosed("stream ids exhausted on this tunnel"))
         self._nextStreamId += 2
         stream = Stream(self, streamId, TunnelAddress(self.nodeName, host, port))
+        # The peer may send DATA right behind its OPEN_OK, even when we
+        # abandon the open meanwhile: the window we grant holds from the start.
+        stream._window = self.settings.window
 
         def cancel(d: Deferred[IProtocol]) -> None:
             pending = self._pending.pop(streamId, None)
@@ -793,6 +841,9 @@ class Tunnel(Protocol):
     def resumeProducing(self) -> None:
         self._transportPaused = False
         self._pausedControl = 0
+        if self._closing or self._done:
+            # streams cannot send any more; flushing them would requeue them forever
+            return
         waiting = self._waitingToSend
         while waiting and not self._transportPaused:
             stream = waiting.popleft()
@@ -824,13 +875,16 @@ class Tunnel(Protocol):
     # -- receiving -----------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self._done:
+        if self._done or self._readingStopped:
+            # a GOAWAY with an error went one way or the other: read no more
+            # (a poisoned decoder would raise and log again, a second HELLO
+            # would reach the handler again)
             return
         self._lastReceived = self.clock.seconds()
         try:
             for frame in self._decoder.feed(data):
                 self._frameReceived(frame)
-                if self._closing or self._done:
+                if self._readingStopped or self._done:
                     return
         except ProtocolError as e:
             self.log.warn(
@@ -839,9 +893,11 @@ class Tunnel(Protocol):
                 reason=e.text,
                 code=ErrorCode.named(e.code),
             )
+            self._readingStopped = True  # even if a graceful close is under way
             self.close(e.code, e.text)
         except Exception:
             self.log.failure("closing tunnel to {node}: internal error", node=self.nodeName)
+            self._readingStopped = True
             self.close(ErrorCode.INTERNAL_ERROR, "internal error")
 
     def _peerLabel(self) -> str:
@@ -891,7 +947,7 @@ class Tunnel(Protocol):
         """
         stream = self._streams.get(streamId)
         if stream is not None:
-            if streamId in self._pending:
+            if streamId in self._pending or streamId in self._accepting:
                 raise ProtocolError(f"frame on stream {streamId} before OPEN_OK")
             return stream
         ours = (streamId % 2 == 1) == self.isClient
@@ -972,8 +1028,14 @@ class Tunnel(Protocol):
         def accepted(protocol: IProtocol) -> None:
             self._accepting.pop(streamId, None)
             if stream._gotTerminal or self._done:
-                protocol.makeConnection(stream)
-                stream._tunnelLost(Failure(ConnectionDone("stream cancelled by peer")))
+                # Too late: the peer gave up, or the tunnel is gone, and the
+                # stream has been told already, while it had no protocol.
+                # This protocol must hear of the end itself, or it would never
+                # let go of what it holds (a relay's target connection).
+                stream._call(protocol.makeConnection, stream)
+                stream._call(
+                    protocol.connectionLost, Failure(ConnectionDone("stream cancelled by peer"))
+                )
                 return
             self._sendFrame(wire.OpenOk(streamId))
             assert self.peerSettings is not None
@@ -981,10 +1043,13 @@ class Tunnel(Protocol):
 
         def refused(failure: Failure) -> None:
             self._accepting.pop(streamId, None)
-            if failure.check(CancelledError) or self._done:
+            if stream._gotTerminal or self._done:
+                # we cancelled it: the peer gave up (and the stream is
+                # forgotten) or the tunnel is gone.  However the handler
+                # failed, there is nobody to answer and nothing to count.
                 return
             if failure.check(StreamOpenFailed):
-                error = failure.value
+                error: Any = failure.value
                 reason, text = error.reason, error.text
             else:
                 self.log.failure(
@@ -1007,11 +1072,20 @@ class Tunnel(Protocol):
     def _openOkReceived(self, streamId: int) -> None:
         pending = self._pending.pop(streamId, None)
         if pending is None:
+            if self._abandoned(streamId) is not None:
+                # it crossed our RESET, which the peer answers with CLOSE
+                return
             self._stream(streamId)  # raises for a stream never opened
             raise ProtocolError(f"OPEN_OK for stream {streamId}, which is not opening")
         pending.cancelTimeout()
         stream = pending.stream
-        protocol = pending.factory.buildProtocol(stream.getPeer())
+        try:
+            protocol = pending.factory.buildProtocol(stream.getPeer())
+        except Exception:
+            failure = Failure()
+            stream._reset(ErrorCode.INTERNAL_ERROR, "the protocol factory failed")
+            pending.result.errback(failure)
+            return
         assert self.peerSettings is not None
         if protocol is None:
             stream._reset(ErrorCode.CANCEL, "refused by the local factory")
@@ -1022,9 +1096,31 @@ class Tunnel(Protocol):
         stream._connect(protocol, self.peerSettings.window, self.settings.window)
         pending.result.callback(protocol)
 
+    def _abandoned(self, streamId: int) -> Stream | None:
+        """
+        Our stream C{streamId} if we gave up its open (timeout, cancel) and
+        sent RESET before the peer's answer came.
+        """
+        stream = self._streams.get(streamId)
+        if (
+            stream is not None
+            and stream.protocol is None
+            and stream._sentTerminal
+            and not stream._gotTerminal
+            and (streamId % 2 == 1) == self.isClient
+        ):
+            return stream
+        return None
+
     def _openFailReceived(self, frame: wire.OpenFail) -> None:
         pending = self._pending.pop(frame.streamId, None)
         if pending is None:
+            abandoned = self._abandoned(frame.streamId)
+            if abandoned is not None:
+                # it crossed our RESET; the peer forgot the id when it sent it
+                abandoned._gotTerminal = True
+                self._maybeForget(abandoned)
+                return
             self._stream(frame.streamId)
             raise ProtocolError(f"OPEN_FAIL for stream {frame.streamId}, which is not opening")
         pending.cancelTimeout()
@@ -1085,11 +1181,11 @@ class Tunnel(Protocol):
             code=ErrorCode.named(code),
             reason=text,
         )
+        self._readingStopped = True
+        if self._closing:
+            return
         self._closing = True
-        assert self.transport is not None
-        self.transport.unregisterProducer()
-        self.transport.loseConnection()
-        self._abortCall = self.clock.callLater(CLOSE_TIMEOUT, self._abort)
+        self._loseTransport()
 
     # -- keepalive -----------------------------------------------------------
 
@@ -1110,12 +1206,18 @@ class Tunnel(Protocol):
                 silent=silent,
             )
             self.close(ErrorCode.KEEPALIVE_TIMEOUT, f"nothing heard for {silent:.1f}s")
-            self._abort()
+            self._abortNow()
             return
-        if silent >= keepalive.interval and self.version is not None:
-            self._sendFrame(wire.Ping(os.urandom(8)))
+        if silent >= keepalive.interval:
+            if self.version is not None:
+                self._sendFrame(wire.Ping(os.urandom(8)))
+            untilPing = keepalive.interval
+        else:
+            # heard from the peer since the last tick: the next PING is due
+            # one interval after that, not one interval after this tick
+            untilPing = keepalive.interval - silent
         untilDead = keepalive.deadline - silent
-        self._scheduleKeepalive(min(keepalive.interval, untilDead))
+        self._scheduleKeepalive(min(untilPing, untilDead))
 
 
 class _IgnoredStream(Stream):

@@ -14,6 +14,8 @@ L{Stream<twisted_tunnel.mux.Stream>}: all are ordinary transports.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ITransport
 from twisted.internet.protocol import Protocol
@@ -35,11 +37,21 @@ class RelayProtocol(Protocol):
         self.peer = peer
         self._early: list[bytes] = []
         self._readClosed = False
+        self._writeClosed = False
+        self._lostBeforeSplice: Failure | None = None
         self.spliced = False
 
     def connectionMade(self) -> None:
         peer = self.peer
-        if peer is not None and peer.connected:
+        if peer is not None and peer._lostBeforeSplice is not None:
+            # the other end came and went before we connected: pass on what
+            # it said and how it ended, rather than wait for it forever
+            self.peer = None
+            early, peer._early = peer._early, []
+            for data in early:
+                self.transport.write(data)  # type: ignore[union-attr]
+            _end(self.transport, peer._lostBeforeSplice)
+        elif peer is not None and peer.connected:
             splice(self, peer)
         else:
             _producer(self.transport).pauseProducing()
@@ -55,21 +67,28 @@ class RelayProtocol(Protocol):
         self._readClosed = True
         if self.spliced and self.peer is not None:
             halfClose(self.peer.transport)
+        self._closeIfShut()
 
     def writeConnectionLost(self) -> None:
-        pass
+        self._writeClosed = True
+        self._closeIfShut()
+
+    def _closeIfShut(self) -> None:
+        # TCP does not close a connection whose two halves are shut: we must
+        if self._readClosed and self._writeClosed and self.transport is not None:
+            self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self.connected = False
         peer, self.peer = self.peer, None
+        if not self.spliced:
+            self._lostBeforeSplice = reason
         if peer is None or not peer.connected or peer.transport is None:
             return
         peer.peer = None
         transport = peer.transport
         transport.unregisterProducer()  # type: ignore[attr-defined]
-        if reason.check(ConnectionDone) or not hasattr(transport, "abortConnection"):
-            transport.loseConnection()
-        else:
-            transport.abortConnection()
+        _end(transport, reason)
 
 
 def splice(a: RelayProtocol, b: RelayProtocol) -> None:
@@ -80,8 +99,8 @@ def splice(a: RelayProtocol, b: RelayProtocol) -> None:
     a.peer, b.peer = b, a
     a.spliced = b.spliced = True
     assert a.transport is not None and b.transport is not None
-    a.transport.registerProducer(_producer(b.transport), True)  # type: ignore[attr-defined]
-    b.transport.registerProducer(_producer(a.transport), True)  # type: ignore[attr-defined]
+    a.transport.registerProducer(_Reading(b.transport), True)  # type: ignore[attr-defined]
+    b.transport.registerProducer(_Reading(a.transport), True)  # type: ignore[attr-defined]
     for this, other in ((a, b), (b, a)):
         early, this._early = this._early, []
         for data in early:
@@ -105,6 +124,43 @@ def halfClose(transport: ITransport | None) -> None:
         loseWrite()
     else:
         transport.loseConnection()
+
+
+def _end(transport: Any, reason: Failure) -> None:
+    """
+    End C{transport} the way its peer ended: close after an orderly end,
+    abort after anything else.
+    """
+    if reason.check(ConnectionDone) or not hasattr(transport, "abortConnection"):
+        transport.loseConnection()
+    else:
+        transport.abortConnection()
+
+
+@implementer(IPushProducer)
+class _Reading:
+    """
+    The reading side of one end, registered as the producer of the other
+    end's transport.
+
+    It passes pause and resume on, but not C{stopProducing}: a transport
+    that is lost stops its producer I{before} its protocol hears why, and a
+    transport's C{stopProducing} is an orderly C{loseConnection}, which
+    would turn an abort into a clean close on the other side.  How the other
+    side ends is for L{RelayProtocol.connectionLost} to decide.
+    """
+
+    def __init__(self, transport: object) -> None:
+        self._transport = _producer(transport)
+
+    def pauseProducing(self) -> None:
+        self._transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
 
 
 def _producer(transport: object) -> IPushProducer:
