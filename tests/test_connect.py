@@ -68,10 +68,24 @@ def _sockets() -> set[object]:
 # -- edge services -------------------------------------------------------------
 
 
+@implementer(IHalfCloseableProtocol)
 class Echo(Protocol):
+    """
+    Echoes, and closes once the client's EOF has arrived and the echo is
+    flushed.  (Without half-close support Twisted drops the connection, and
+    whatever it has not yet written, the moment the EOF arrives.)
+    """
+
     def dataReceived(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
 
 
 class Banner(Echo):

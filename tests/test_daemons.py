@@ -17,7 +17,6 @@ import signal
 import time
 from typing import Any
 
-import pytest
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone

@@ -17,7 +17,6 @@ import struct
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import pytest
 from automat import NoTransition
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults

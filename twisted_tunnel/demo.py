@@ -129,7 +129,12 @@ def main() -> int:
             f"--key={work / 'agent-key.pem'}",
         ],
     )
-    signal.signal(signal.SIGTERM, lambda *a: (stopAll(), sys.exit(0)))
+
+    def terminated(*_: object) -> None:
+        stopAll()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, terminated)
 
     request = f"GET / HTTP/1.1\r\nHost: {NODE}\r\nConnection: close\r\n\r\n".encode()
     target = f"{NODE}:{servicePort}"
