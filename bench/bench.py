@@ -1,0 +1,1028 @@
+"""
+The twisted-tunnel benchmark: the same workloads direct, through OpenSSH
+C{ssh -R} and through twisted-tunnel, side by side in one run.
+
+Run it with C{make bench} (or C{bash bench/run.sh}, which installs the load
+tools first).  See C{docs/performance.md} for what is measured and why.
+
+This is a plain blocking script, not Twisted code: it starts the edge
+services (nginx, iperf3), the two tunnels and the load generators as
+subprocesses, polls with deadlines, and in a C{finally} stops exactly the
+processes it started (by PID) and removes its temporary directory.
+
+    usage: bench.py [--seconds S] [--runs N] [--only direct|ssh|ours] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import getpass
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+BIG_BYTES = 10 * 1024 * 1024
+NODE = "edge-1"
+
+PATHS = ("direct", "ssh", "ours")
+LABELS = {"direct": "direct", "ssh": "OpenSSH ssh -R", "ours": "twisted-tunnel"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    header: str
+    higherIsBetter: bool = True
+
+
+METRICS = (
+    Metric("bulk", "bulk MB/s (iperf3, 1 stream)"),
+    Metric("ka1", "req/s keep-alive c=1"),
+    Metric("ka64", "req/s keep-alive c=64"),
+    Metric("newc", "req/s new connection each, c=16"),
+    Metric("big", "MB/s 10 MiB GETs c=4"),
+    Metric("p50", "stream open p50 ms", higherIsBetter=False),
+    Metric("p99", "stream open p99 ms", higherIsBetter=False),
+)
+
+TUNNEL_PROCESSES = {"ssh": ("sshd", "ssh"), "ours": ("edge-tunnel-server", "edge-tunnel-agent")}
+
+# The workloads, in the order they run; "open" yields both p50 and p99.
+WORKLOADS = ("bulk", "ka1", "ka64", "newc", "big", "open")
+
+LATENCY_REQUESTS = 300
+LATENCY_WARMUP = 10
+READY_DEADLINE = 30.0
+STOP_GRACE = 5.0
+FOREIGN_NOTE = 0.2  # note a measurement during which other processes used 20% of a core
+
+
+class BenchError(Exception):
+    """A workload or a setup step failed; the message says what and where."""
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+@dataclass
+class Started:
+    name: str
+    process: subprocess.Popen[bytes]
+    logPath: Path
+
+
+@dataclass
+class Processes:
+    """Every long-running process this script started, so that it stops exactly those."""
+
+    work: Path
+    started: list[Started] = field(default_factory=list)
+
+    def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Started:
+        logPath = self.work / f"{name}.log"
+        with open(logPath, "wb") as logFile:
+            process = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=logFile,
+                stderr=subprocess.STDOUT,
+                cwd=self.work,
+                env=env,
+                # Our own session: a Ctrl-C on the terminal reaches only this
+                # script, which then stops everything in its finally.
+                start_new_session=True,
+            )
+        entry = Started(name, process, logPath)
+        self.started.append(entry)
+        return entry
+
+    def get(self, name: str) -> Started:
+        for entry in self.started:
+            if entry.name == name:
+                return entry
+        raise KeyError(name)
+
+    def checkAlive(self, names: Sequence[str]) -> None:
+        for name in names:
+            entry = self.get(name)
+            code = entry.process.poll()
+            if code is not None:
+                raise BenchError(f"{name} (pid {entry.process.pid}) exited with status {code}")
+
+    def stopAll(self) -> None:
+        """SIGTERM each process we started (newest first), wait, then SIGKILL what is left."""
+        for entry in reversed(self.started):
+            if entry.process.poll() is None:
+                try:
+                    entry.process.terminate()
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + STOP_GRACE
+        for entry in reversed(self.started):
+            try:
+                entry.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log(f"{entry.name} (pid {entry.process.pid}) ignored SIGTERM; killing it")
+                entry.process.kill()
+                entry.process.wait()
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError as e:
+        return f"(cannot read {path}: {e})"
+    return "\n".join(text[-lines:]) if text else "(empty)"
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tcpOpen(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def httpOK(port: int) -> bool:
+    result = subprocess.run(
+        ["curl", "-sf", "-m", "2", "-o", "/dev/null", f"http://127.0.0.1:{port}/"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
+    return result.returncode == 0
+
+
+def waitFor(
+    what: str,
+    condition: Callable[[], bool],
+    procs: Processes,
+    watch: Sequence[str],
+    deadline: float = READY_DEADLINE,
+) -> float:
+    """Poll C{condition} until it holds; fail early if a watched process exits."""
+    start = time.monotonic()
+    while True:
+        if condition():
+            return time.monotonic() - start
+        procs.checkAlive(watch)
+        if time.monotonic() - start > deadline:
+            raise BenchError(f"{what}: not ready after {deadline:.0f} s")
+        time.sleep(0.1)
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name) or (
+        f"/usr/sbin/{name}" if os.access(f"/usr/sbin/{name}", os.X_OK) else None
+    )
+    if not found:
+        raise BenchError(f"{name} is not installed (bench/run.sh installs it with apt-get)")
+    return found
+
+
+# -- the edge services and the tunnels ---------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    work: Path
+    procs: Processes
+    httpPort: dict[str, int] = field(default_factory=dict)  # path -> port the load tools hit
+    iperfPort: dict[str, int] = field(default_factory=dict)
+    watch: dict[str, list[str]] = field(default_factory=dict)  # path -> processes it needs
+    cpuRoots: dict[str, list[str]] = field(default_factory=dict)  # path -> tunnel processes
+    extraPorts: dict[str, int] = field(default_factory=dict)
+
+
+def startEdge(setup: Setup, paths: Sequence[str]) -> tuple[int, dict[str, int]]:
+    """
+    The "edge" services: nginx (a small reply on /, a 10 MiB file on /big)
+    and one iperf3 sink per path, so that an iperf3 server left busy by one
+    path's failed test cannot spoil the others.
+    """
+    work = setup.work
+    httpPort = freePort()
+    (work / "big.bin").write_bytes(os.urandom(BIG_BYTES))
+    (work / "big.bin").chmod(0o644)
+    (work / "nginx.conf").write_text(
+        f"""worker_processes 1; daemon off; pid {work}/nginx.pid; error_log {work}/nginx.err;
+events {{ worker_connections 4096; }}
+http {{ access_log off;
+  server {{ listen 127.0.0.1:{httpPort};
+    location = / {{ return 200 "ok-from-edge\\n"; }}
+    location = /big {{ alias {work}/big.bin; }} }} }}
+"""
+    )
+    setup.procs.start(
+        "nginx", [tool("nginx"), "-e", f"{work}/nginx.err", "-c", f"{work}/nginx.conf"]
+    )
+    iperfPorts = {}
+    for path in paths:
+        port = freePort()
+        setup.procs.start(f"iperf3-{path}", [tool("iperf3"), "-s", "-p", str(port)])
+        iperfPorts[path] = port
+    waitFor("nginx", lambda: httpOK(httpPort), setup.procs, ["nginx"])
+    for path, port in iperfPorts.items():
+        waitFor(f"iperf3 -s for {path}", partial(tcpOpen, port), setup.procs, [f"iperf3-{path}"])
+    setup.extraPorts["nginx"] = httpPort
+    for path, port in iperfPorts.items():
+        setup.extraPorts[f"iperf3 -s ({path})"] = port
+    return httpPort, iperfPorts
+
+
+def startDirect(setup: Setup, httpPort: int, iperfPort: int) -> None:
+    setup.httpPort["direct"] = httpPort
+    setup.iperfPort["direct"] = iperfPort
+    setup.watch["direct"] = ["nginx", "iperf3-direct"]
+    setup.cpuRoots["direct"] = []
+
+
+def startSSH(setup: Setup, httpPort: int, iperfPort: int) -> None:
+    """sshd plays the cloud side, C{ssh -R} the agent dialling out: as in openssh-baseline.sh."""
+    work = setup.work
+    sshPort, tHttp, tIperf = freePort(), freePort(), freePort()
+    Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+    for key in ("host", "user"):
+        subprocess.run(
+            [tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", str(work / key)],
+            check=True,
+            stdin=subprocess.DEVNULL,
+        )
+    shutil.copy(work / "user.pub", work / "authorized_keys")
+    (work / "sshd_config").write_text(
+        f"""Port {sshPort}
+ListenAddress 127.0.0.1
+HostKey {work}/host
+PermitRootLogin prohibit-password
+AuthorizedKeysFile {work}/authorized_keys
+StrictModes no
+AllowTcpForwarding yes
+UsePAM no
+PidFile {work}/sshd.pid
+"""
+    )
+    setup.procs.start("sshd", [tool("sshd"), "-D", "-e", "-f", str(work / "sshd_config")])
+    waitFor("sshd", lambda: tcpOpen(sshPort), setup.procs, ["sshd"], deadline=10)
+    # Same options as the baseline; BatchMode only stops ssh from prompting if
+    # the key is refused, and ExitOnForwardFailure makes a failed -R visible.
+    options = (
+        "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+        " -o BatchMode=yes -o ExitOnForwardFailure=yes"
+    )
+    forwards = [
+        *("-R", f"127.0.0.1:{tHttp}:127.0.0.1:{httpPort}"),
+        *("-R", f"127.0.0.1:{tIperf}:127.0.0.1:{iperfPort}"),
+    ]
+    login = f"{getpass.getuser()}@127.0.0.1"
+    identity = ["-i", str(work / "user"), "-p", str(sshPort)]
+    setup.procs.start("ssh", [tool("ssh"), "-N", *options.split(), *identity, *forwards, login])
+    took = waitFor("ssh -R", lambda: httpOK(tHttp), setup.procs, ["sshd", "ssh"])
+    log(f"ssh -R ready after {took:.1f} s")
+    setup.httpPort["ssh"] = tHttp
+    setup.iperfPort["ssh"] = tIperf
+    setup.watch["ssh"] = ["nginx", "iperf3-ssh", "sshd", "ssh"]
+    setup.cpuRoots["ssh"] = ["sshd", "ssh"]
+    setup.extraPorts["sshd"] = sshPort
+
+
+TWISTD = (
+    "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; sys.exit(run())"
+)
+
+
+def twistd(*args: str) -> list[str]:
+    # "python -m twisted.scripts.twistd" does nothing at all (that module has
+    # no __main__ block), so call its run() the way the twistd script does.
+    return [sys.executable, "-c", TWISTD, "-n", "--pidfile=", *args]
+
+
+def startOurs(setup: Setup, httpPort: int, iperfPort: int) -> None:
+    """The cloud side (edge-tunnel-server with two --forward listeners) and one agent."""
+    from twisted_tunnel.certs import mintAgent, mintCA, mintServer, writePair
+
+    work = setup.work
+    pki = work / "pki"
+    pki.mkdir()
+    ca = mintCA()
+    writePair(ca, pki / "ca.pem", pki / "ca-key.pem")
+    writePair(
+        mintServer(ca, ["localhost", "127.0.0.1"]), pki / "server.pem", pki / "server-key.pem"
+    )
+    writePair(mintAgent(ca, NODE, ["127.0.0.1"]), pki / "agent.pem", pki / "agent-key.pem")
+
+    tunnelPort, connectPort, tHttp, tIperf = freePort(), freePort(), freePort(), freePort()
+    # The repository root on PYTHONPATH: the twistd plugins live in
+    # <repo>/twisted/plugins, which the editable install does not expose.
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
+    setup.procs.start(
+        "edge-tunnel-server",
+        twistd(
+            "edge-tunnel-server",
+            f"--tunnel-endpoint=tcp:{tunnelPort}:interface=127.0.0.1",
+            f"--connect-endpoint=tcp:{connectPort}:interface=127.0.0.1",
+            f"--ca={pki}/ca.pem",
+            f"--cert={pki}/server.pem",
+            f"--key={pki}/server-key.pem",
+            f"--forward={NODE}:{httpPort}=tcp:{tHttp}:interface=127.0.0.1",
+            f"--forward={NODE}:{iperfPort}=tcp:{tIperf}:interface=127.0.0.1",
+        ),
+        env=env,
+    )
+    waitFor("edge-tunnel-server", lambda: tcpOpen(tunnelPort), setup.procs, ["edge-tunnel-server"])
+    setup.procs.start(
+        "edge-tunnel-agent",
+        twistd(
+            "edge-tunnel-agent",
+            f"--server=127.0.0.1:{tunnelPort}",
+            f"--ca={pki}/ca.pem",
+            f"--cert={pki}/agent.pem",
+            f"--key={pki}/agent-key.pem",
+        ),
+        env=env,
+    )
+    took = waitFor(
+        "twisted-tunnel",
+        lambda: httpOK(tHttp),
+        setup.procs,
+        ["edge-tunnel-server", "edge-tunnel-agent"],
+    )
+    log(f"twisted-tunnel ready after {took:.1f} s")
+    setup.httpPort["ours"] = tHttp
+    setup.iperfPort["ours"] = tIperf
+    setup.watch["ours"] = ["nginx", "iperf3-ours", "edge-tunnel-server", "edge-tunnel-agent"]
+    setup.cpuRoots["ours"] = ["edge-tunnel-server", "edge-tunnel-agent"]
+    setup.extraPorts["edge-tunnel-server agents (--tunnel-endpoint)"] = tunnelPort
+    setup.extraPorts["edge-tunnel-server CONNECT (--connect-endpoint)"] = connectPort
+
+
+# -- CPU accounting ---------------------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    ppid: int
+    cpu: float  # user + system seconds of the process itself
+    reaped: float  # user + system seconds of its children that it has waited for
+    name: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    procs: dict[int, ProcStat]
+    busy: float  # CPU seconds the whole machine spent (all but idle, iowait and steal)
+    mine: float  # this script's own CPU seconds and its reaped children's (the load tools)
+
+
+def snapshot() -> Snapshot:
+    """Every process's CPU times, the whole machine's, and ours, from /proc."""
+    procs = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        f = text[text.rindex(")") + 2 :].split()
+        procs[int(entry)] = ProcStat(
+            ppid=int(f[1]),
+            cpu=(int(f[11]) + int(f[12])) / CLOCK_TICKS,
+            reaped=(int(f[13]) + int(f[14])) / CLOCK_TICKS,
+            name=name,
+        )
+    with open("/proc/stat") as stat:
+        user, nice, system, _idle, _iowait, irq, softirq = map(int, stat.readline().split()[1:8])
+    times = os.times()
+    mine = times.user + times.system + times.children_user + times.children_system
+    return Snapshot(procs, (user + nice + system + irq + softirq) / CLOCK_TICKS, mine)
+
+
+def descendants(procs: dict[int, ProcStat], roots: Sequence[int]) -> set[int]:
+    """These processes and all their descendants (e.g. sshd's session children)."""
+    children: dict[int, list[int]] = {}
+    for pid, stat in procs.items():
+        children.setdefault(stat.ppid, []).append(pid)
+    found: set[int] = set()
+    todo = [pid for pid in roots if pid in procs]
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def tunnelCPU(before: Snapshot, after: Snapshot, roots: Sequence[int]) -> float:
+    """CPU seconds the tunnel processes (and their descendants) used between two snapshots."""
+    total = 0.0
+    for pid in descendants(after.procs, roots):
+        old = before.procs.get(pid)
+        total += after.procs[pid].cpu - (old.cpu if old else 0.0)
+    return total
+
+
+def foreignCPU(before: Snapshot, after: Snapshot) -> tuple[float, list[tuple[float, str]]]:
+    """
+    CPU seconds used between two snapshots by processes this script did not
+    start (another test suite, a build...), which compete with the
+    benchmark for the same cores; and the biggest of them by name.
+
+    The total is the machine's busy time less ours: this script, the load
+    tools it ran, and the services and tunnels it started with their
+    descendants; or, if larger, the sum of the CPU time used meanwhile by
+    the processes we did not start.  Either is approximate, to within
+    10-20% of a core.
+    """
+    me = os.getpid()
+    started = descendants(after.procs, [me]) - {me}
+    ours = after.mine - before.mine
+    for pid in started:
+        old = before.procs.get(pid)
+        ours += after.procs[pid].cpu - (old.cpu if old else 0.0)
+    used: list[tuple[float, str]] = []
+    for pid, new in after.procs.items():
+        if pid in started or pid == me or pid == 2 or new.ppid == 2:
+            continue
+        old = before.procs.get(pid)
+        delta = new.cpu - old.cpu if old else new.cpu + new.reaped
+        if delta > 0:
+            used.append((delta, f"{new.name}[{pid}]"))
+    used.sort(reverse=True)
+    # Both estimates miss something (the machine's total is blurred by how
+    # the kernel charges interrupts; the names miss processes that came and
+    # went), so take the larger one.
+    named = sum(d for d, _ in used)
+    return max(named, (after.busy - before.busy) - ours), used[:3]
+
+
+# -- workloads ---------------------------------------------------------------------------------
+
+
+def runTool(argv: Sequence[str], timeout: float) -> str:
+    try:
+        result = subprocess.run(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(
+            f"{shlex.join(argv)}: still running after {timeout:.0f} s, killed"
+        ) from None
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise BenchError(
+            f"{shlex.join(argv)}: exit status {result.returncode}: {' / '.join(detail)}"
+        )
+    return result.stdout
+
+
+def bulk(port: int, seconds: int) -> tuple[float, list[str]]:
+    out = runTool(
+        [tool("iperf3"), "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J"],
+        seconds + 30,
+    )
+    try:
+        report = json.loads(out)
+    except ValueError:
+        raise BenchError(f"iperf3: unreadable JSON: {out[:200]!r}") from None
+    if "error" in report:
+        raise BenchError(f"iperf3: {report['error']}")
+    return report["end"]["sum_received"]["bits_per_second"] / 8e6, []
+
+
+def keepAlive(port: int, seconds: int, connections: int) -> tuple[float, list[str]]:
+    out = runTool(
+        [
+            tool("wrk"),
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "5s",
+            f"http://127.0.0.1:{port}/",
+        ],
+        seconds + 30,
+    )
+    match = re.search(r"Requests/sec:\s*([\d.]+)", out)
+    if not match:
+        raise BenchError(f"wrk: no Requests/sec in {out!r}")
+    problems = []
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    if errors and any(int(n) for n in errors.groups()):
+        problems.append(errors.group(0))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        problems.append(non2xx.group(0))
+    return float(match.group(1)), problems
+
+
+def hey(url: str, seconds: int, connections: int, *extra: str) -> tuple[float, list[str]]:
+    out = runTool(
+        [tool("hey"), "-z", f"{seconds}s", "-c", str(connections), *extra, url], seconds + 60
+    )
+    match = re.search(r"Requests/sec:\s*([\d.]+)", out)
+    if not match:
+        raise BenchError(f"hey: no Requests/sec in {out[-300:]!r}")
+    problems = []
+    for code, count in re.findall(r"\[(\d+)\]\s+(\d+) responses", out):
+        if code != "200":
+            problems.append(f"{count} responses with status {code}")
+    if "Error distribution:" in out:
+        for line in out.split("Error distribution:", 1)[1].strip().splitlines()[:3]:
+            problems.append(line.strip())
+    return float(match.group(1)), problems
+
+
+def newConnections(port: int, seconds: int) -> tuple[float, list[str]]:
+    return hey(f"http://127.0.0.1:{port}/", seconds, 16, "-disable-keepalive")
+
+
+def bigGets(port: int, seconds: int) -> tuple[float, list[str]]:
+    rate, problems = hey(f"http://127.0.0.1:{port}/big", seconds, 4)
+    return rate * BIG_BYTES / 1e6, problems
+
+
+def openLatency(port: int) -> tuple[tuple[float, float], list[str]]:
+    """
+    Time from connect() to the first byte of the answer, for fresh
+    connections made one after another: for a tunnel this is accepting the
+    local connection, opening a stream to the node, the agent dialling nginx,
+    and the request and the first byte of the reply crossing the tunnel.
+    """
+    request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    samples: list[float] = []
+    failures: list[str] = []
+    deadline = time.monotonic() + 60
+    for i in range(LATENCY_WARMUP + LATENCY_REQUESTS):
+        if time.monotonic() > deadline:
+            failures.append(f"stopped after {i} requests: 60 s deadline")
+            break
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.settimeout(5)
+            start = time.perf_counter()
+            s.connect(("127.0.0.1", port))
+            s.sendall(request)
+            first = s.recv(65536)
+            elapsed = time.perf_counter() - start
+            if not first:
+                raise BenchError("closed before answering")
+            if i >= LATENCY_WARMUP:
+                samples.append(elapsed)
+            while s.recv(65536):  # read the rest, until the server closes
+                pass
+        except (OSError, BenchError) as e:
+            failures.append(f"request {i}: {e}")
+        finally:
+            s.close()
+    if len(samples) < LATENCY_REQUESTS // 2:
+        raise BenchError(
+            f"only {len(samples)} of {LATENCY_REQUESTS} requests answered: {failures[:3]}"
+        )
+    samples.sort()
+    p50 = statistics.median(samples) * 1e3
+    p99 = samples[max(0, math.ceil(0.99 * len(samples)) - 1)] * 1e3
+    problems = [f"{len(failures)} failed requests, e.g. {failures[0]}"] if failures else []
+    return (p50, p99), problems
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    values: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
+    cpu: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    foreign: list[float] = field(default_factory=list)  # % of a core, per measurement
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, path: str, key: str, value: float | None) -> None:
+        self.values.setdefault(path, {}).setdefault(key, []).append(value)
+
+    def median(self, path: str, key: str) -> float | None:
+        got = [v for v in self.values.get(path, {}).get(key, []) if v is not None]
+        return statistics.median(got) if got else None
+
+    def failed(self, path: str, key: str) -> int:
+        return sum(v is None for v in self.values.get(path, {}).get(key, []))
+
+
+def measure(
+    setup: Setup, results: Results, path: str, workload: str, seconds: int, run: int
+) -> None:
+    httpPort, iperfPort = setup.httpPort[path], setup.iperfPort[path]
+    roots = [setup.procs.get(name).process.pid for name in setup.cpuRoots[path]]
+    keys = ("p50", "p99") if workload == "open" else (workload,)
+    try:
+        setup.procs.checkAlive(setup.watch[path])
+        statsBefore, clockBefore = snapshot(), time.monotonic()
+        value: float | tuple[float, float]
+        if workload == "bulk":
+            value, problems = bulk(iperfPort, seconds)
+        elif workload == "ka1":
+            value, problems = keepAlive(httpPort, seconds, 1)
+        elif workload == "ka64":
+            value, problems = keepAlive(httpPort, seconds, 64)
+        elif workload == "newc":
+            value, problems = newConnections(httpPort, seconds)
+        elif workload == "big":
+            value, problems = bigGets(httpPort, seconds)
+        else:
+            value, problems = openLatency(httpPort)
+        statsAfter, elapsed = snapshot(), time.monotonic() - clockBefore
+        if roots:
+            busy = tunnelCPU(statsBefore, statsAfter, roots) / elapsed
+            results.cpu.setdefault(path, {}).setdefault(workload, []).append(busy * 100)
+        foreign, top = foreignCPU(statsBefore, statsAfter)
+        results.foreign.append(foreign / elapsed * 100)
+        if foreign / elapsed > FOREIGN_NOTE:
+            who = ", ".join(f"{name} {d / elapsed:.0%}" for d, name in top)
+            problems.append(f"other processes used {foreign / elapsed:.0%} of a core ({who})")
+    except BenchError as e:
+        for key in keys:
+            results.add(path, key, None)
+        results.notes.append(f"run {run}, {LABELS[path]}, {workload}: FAILED: {e}")
+        log(f"run {run} {path} {workload}: FAILED: {e}")
+        return
+    values = value if isinstance(value, tuple) else (value,)
+    for key, v in zip(keys, values, strict=True):
+        results.add(path, key, v)
+    shown = ", ".join(f"{k}={fmt(v)}" for k, v in zip(keys, values, strict=True))
+    log(
+        f"run {run} {path:6} {workload:4}: {shown}"
+        + (f"  ({'; '.join(problems)})" if problems else "")
+    )
+    for problem in problems:
+        results.notes.append(f"run {run}, {LABELS[path]}, {workload}: {problem}")
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "fail"
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    if value >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def table(results: Results, paths: Sequence[str]) -> str:
+    lines = [
+        "| path | " + " | ".join(m.header for m in METRICS) + " |",
+        "|---|" + "---|" * len(METRICS),
+    ]
+    for path in paths:
+        cells = []
+        for m in METRICS:
+            cell = fmt(results.median(path, m.key))
+            if results.failed(path, m.key) and results.median(path, m.key) is not None:
+                cell += f" ({results.failed(path, m.key)} failed)"
+            cells.append(cell)
+        lines.append(f"| {LABELS[path]} | " + " | ".join(cells) + " |")
+    for base in ("ssh", "direct"):
+        if "ours" in paths and base in paths:
+            cells = []
+            for m in METRICS:
+                ours, other = results.median("ours", m.key), results.median(base, m.key)
+                cells.append(f"{ours / other:.2f}x" if ours is not None and other else "-")
+            lines.append(f"| twisted-tunnel / {LABELS[base]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cpuTable(results: Results, paths: Sequence[str]) -> str:
+    tunnels = [p for p in paths if p in results.cpu]
+    if not tunnels:
+        return ""
+    names = {
+        "bulk": "bulk",
+        "ka1": "keep-alive c=1",
+        "ka64": "keep-alive c=64",
+        "newc": "new connection c=16",
+        "big": "10 MiB GETs c=4",
+        "open": "stream open (sequential)",
+    }
+    lines = [
+        "| tunnel | " + " | ".join(names[w] for w in WORKLOADS) + " |",
+        "|---|" + "---|" * len(WORKLOADS),
+    ]
+    for path in tunnels:
+        cells = []
+        for w in WORKLOADS:
+            got = results.cpu[path].get(w)
+            cells.append(f"{statistics.median(got):.0f}%" if got else "-")
+        lines.append(f"| {LABELS[path]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def rawRuns(results: Results, paths: Sequence[str]) -> str:
+    lines = ["| path | metric | runs |", "|---|---|---|"]
+    for path in paths:
+        for m in METRICS:
+            runs = results.values.get(path, {}).get(m.key, [])
+            lines.append(f"| {LABELS[path]} | {m.header} | {', '.join(fmt(v) for v in runs)} |")
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+
+    def out(argv: Sequence[str]) -> str:
+        try:
+            r = subprocess.run(list(argv), capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+        return (
+            (r.stdout or r.stderr).strip().splitlines()[0]
+            if (r.stdout or r.stderr).strip()
+            else "?"
+        )
+
+    head = out(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = out(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "uname": out(["uname", "-a"]),
+        "cpu": f"{cpu} ({os.cpu_count()} CPUs online)",
+        "commit": head + (" (with uncommitted changes)" if dirty not in ("", "?") else ""),
+        "python": platform.python_version(),
+        "tools": "; ".join(
+            [
+                out(["nginx", "-v"]),
+                out(["iperf3", "--version"]),
+                out(["wrk", "--version"]).split(" Copyright")[0],
+                out(["ssh", "-V"]),
+            ]
+        ),
+    }
+
+
+def quietness(results: Results) -> str:
+    """How much CPU other processes took while the workloads ran."""
+    if not results.foreign:
+        return "other processes: not measured"
+    median, worst = statistics.median(results.foreign), max(results.foreign)
+    disturbed = sum(f >= FOREIGN_NOTE * 100 for f in results.foreign)
+    return (
+        f"other processes (not started by the benchmark) used {median:.0f}% of a core during "
+        f"the median measurement, {worst:.0f}% at most; {disturbed} of {len(results.foreign)} "
+        f"measurements had more than {FOREIGN_NOTE:.0%} of a core taken by others"
+        + (" (listed in the notes)" if disturbed else "")
+    )
+
+
+def report(
+    results: Results, paths: Sequence[str], args: argparse.Namespace, info: dict[str, str]
+) -> str:
+    entry = os.environ.get("BENCH_ENTRY", f"{sys.executable} bench/bench.py")
+    command = " ".join([entry, *map(shlex.quote, sys.argv[1:])])
+    parts = [
+        "# twisted-tunnel benchmark: latest results",
+        "",
+        f"- date: {info['date']}",
+        f"- machine: `{info['uname']}`",
+        f"- CPU: {info['cpu']}",
+        f"- command: `{command}` ({args.runs} runs of {args.seconds} s per workload; medians)",
+        f"- twisted-tunnel commit: {info['commit']}; Python {info['python']}",
+        f"- tools: {info['tools']}",
+        f"- {quietness(results)}",
+        "",
+        "Medians over the runs. Throughput and req/s: higher is better. Stream-open latency",
+        "(connect() to the first byte of the reply, a fresh connection each, one at a time):",
+        "lower is better.",
+        "Ratio rows divide twisted-tunnel's median by the other row's.",
+        "",
+        table(results, paths),
+        "",
+    ]
+    cpu = cpuTable(results, paths)
+    if cpu:
+        parts += [
+            "CPU used by the tunnel processes while each workload ran (median over runs;",
+            "100% = one core; OpenSSH: sshd with its session children + ssh;",
+            "twisted-tunnel: server + agent).",
+            "The machine has 2 cores shared with the load generator and nginx.",
+            "",
+            cpu,
+            "",
+        ]
+    parts += ["Every run:", "", rawRuns(results, paths), ""]
+    if results.notes:
+        parts += ["Notes (errors reported by the load tools, failed workloads):", ""]
+        parts += [f"- {note}" for note in results.notes]
+        parts.append("")
+    return "\n".join(parts)
+
+
+def parseArgs(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench.py", description="twisted-tunnel vs OpenSSH ssh -R vs direct, in one run."
+    )
+    parser.add_argument(
+        "--seconds", type=int, default=5, help="length of each workload (default 5)"
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=3,
+        help="runs of every workload; medians are reported (default 3)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=PATHS,
+        action="append",
+        help="measure only this path (repeatable): direct, ssh or ours",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave every process running at the end and print their ports and PIDs (for py-spy); "
+        "with --runs 0 nothing is measured",
+    )
+    args = parser.parse_args(argv)
+    if args.seconds < 1:
+        parser.error("--seconds must be at least 1")
+    if args.runs < 0:
+        parser.error("--runs must not be negative")
+    return args
+
+
+def ourTrouble(setup: Setup, results: Results) -> None:
+    """Note tunnel reconnections; show the daemon logs if a workload failed or a daemon died."""
+    serverLog = setup.procs.get("edge-tunnel-server").logPath.read_text(errors="replace")
+    connects = serverLog.count(f"agent {NODE} connected from")
+    if connects > 1:
+        note = (
+            f"the agent connected {connects} times during the run (server log lines "
+            f"'agent {NODE} connected from'); each new tunnel replaces the old one "
+            "and resets the streams it carried"
+        )
+        results.notes.append(note)
+        log(note)
+    failed = any(results.failed("ours", m.key) for m in METRICS)
+    for name in TUNNEL_PROCESSES["ours"]:
+        entry = setup.procs.get(name)
+        lines = entry.logPath.read_text(errors="replace").count("\n")
+        code = entry.process.poll()
+        log(
+            f"{name}: {lines} log lines; "
+            + ("still running" if code is None else f"exited with status {code}")
+        )
+        if failed or code is not None:
+            print(f"--- tail of {entry.logPath.name} ---\n{tail(entry.logPath)}", file=sys.stderr)
+
+
+def printKept(setup: Setup) -> None:
+    print("\nprocesses left running (--keep):")
+    for entry in setup.procs.started:
+        print(f"  {entry.name:20} pid {entry.process.pid:7}  log {entry.logPath}")
+    print("ports:")
+    for path in setup.httpPort:
+        print(f"  {LABELS[path]:20} HTTP {setup.httpPort[path]}  iperf3 {setup.iperfPort[path]}")
+    for name, port in setup.extraPorts.items():
+        print(f"  {name}: {port}")
+    pids = " ".join(str(e.process.pid) for e in reversed(setup.procs.started))
+    print(
+        f"e.g. py-spy top --pid {setup.procs.get('edge-tunnel-server').process.pid}"
+        if "ours" in setup.httpPort
+        else ""
+    )
+    print(f"stop them with: kill {pids}; rm -rf {setup.work}", flush=True)
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parseArgs(argv)
+    paths = [p for p in PATHS if not args.only or p in args.only]
+    for name in (
+        "nginx",
+        "iperf3",
+        "wrk",
+        "hey",
+        "curl",
+        *(("sshd", "ssh", "ssh-keygen") if "ssh" in paths else ()),
+    ):
+        tool(name)
+
+    # SIGTERM (e.g. from a CI timeout) unwinds through the finally below too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+    work = Path(tempfile.mkdtemp(prefix="twisted-tunnel-bench-"))
+    work.chmod(0o755)  # nginx workers must read big.bin
+    setup = Setup(work, Processes(work))
+    results = Results()
+    keep = False
+    try:
+        httpPort, iperfPorts = startEdge(setup, paths)
+        starters = {"direct": startDirect, "ssh": startSSH, "ours": startOurs}
+        for path in paths:
+            try:
+                starters[path](setup, httpPort, iperfPorts[path])
+            except BenchError as e:
+                log(f"{LABELS[path]} did not start: {e}")
+                for entry in setup.procs.started:
+                    if entry.name in TUNNEL_PROCESSES.get(path, ()):
+                        print(
+                            f"--- tail of {entry.logPath.name} ---\n{tail(entry.logPath)}",
+                            file=sys.stderr,
+                        )
+                keep = args.keep
+                return 1
+        if args.keep:
+            keep = True
+            printKept(setup)
+
+        if args.runs:
+            total = args.runs * len(WORKLOADS) * len(paths)
+            log(
+                f"measuring {', '.join(paths)}: {args.runs} runs x {len(WORKLOADS)} workloads, "
+                f"about {total * (args.seconds + 1) // 60 + 1} min"
+            )
+        for run in range(1, args.runs + 1):
+            # Rotate the order of the paths from run to run, so that none is
+            # always measured first (or right after the heaviest one).
+            order = paths[(run - 1) % len(paths) :] + paths[: (run - 1) % len(paths)]
+            for workload in WORKLOADS:
+                for path in order:
+                    measure(setup, results, path, workload, args.seconds, run)
+                    time.sleep(0.3)
+
+        if "ours" in paths and args.runs:
+            ourTrouble(setup, results)
+        if args.runs:
+            log(quietness(results))
+            print(table(results, paths), flush=True)
+            text = report(results, paths, args, machine())
+            if set(paths) == set(PATHS):
+                target = RESULTS / "latest.md"
+            else:  # a partial (profiling) run must not replace the full comparison
+                target = RESULTS / "tmp" / f"latest-{'-'.join(paths)}.md"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            log(f"wrote {target.relative_to(REPO)}")
+            if results.notes:
+                where = target.relative_to(REPO)
+                log(f"{len(results.notes)} notes (errors, failures): see {where}")
+        if keep and args.runs:
+            printKept(setup)
+        return 0
+    except BenchError as e:
+        log(f"error: {e}")
+        return 1
+    finally:
+        if not keep:
+            setup.procs.stopAll()
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
