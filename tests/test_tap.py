@@ -1,0 +1,612 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+Tests for the daemons' command lines, L{twisted_tunnel.tap.server} and
+L{twisted_tunnel.tap.agent}, in the style of Twisted's own tap tests:
+C{Options().parseOptions([...])}, then C{makeService(options)}, with
+certificate files written by L{tests.pki}.  No service is started: nothing
+listens and nothing dials.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import sys
+from typing import Any
+
+import pytest
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet.endpoints import (
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    UNIXServerEndpoint,
+)
+from twisted.plugin import getPlugins
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from twisted_tunnel.agent import TunnelAgent
+from twisted_tunnel.connect import ConnectDoorFactory
+from twisted_tunnel.forward import ForwardFactory
+from twisted_tunnel.server import TunnelServer
+from twisted_tunnel.tap import agent as tapagent
+from twisted_tunnel.tap import server as tapserver
+from twisted_tunnel.tls import Credentials
+
+from .pki import CredentialPaths, TestPKI, temporaryDirectory
+
+pki = TestPKI()
+
+
+class FatalTestCase(SynchronousTestCase):
+    """A test case that can check for a fatal configuration error."""
+
+    def assertFatal(self, program: str, f: Any, *args: Any) -> str:
+        """
+        Call C{f(*args)}: it must raise C{SystemExit(2)} and write exactly one
+        line, starting with C{program}, on stderr.
+
+        @return: that line, without its newline.
+        """
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        with self.assertRaises(SystemExit) as caught:
+            f(*args)
+        self.assertEqual(caught.exception.code, 2)
+        written = stderr.getvalue()
+        self.assertTrue(written.endswith("\n"), written)
+        self.assertEqual(written.count("\n"), 1, written)
+        self.assertTrue(written.startswith(f"{program}: "), written)
+        self.assertNotIn("Traceback", written)
+        return written[:-1]
+
+
+# -- the server ------------------------------------------------------------------
+
+
+class ServerOptionsTests(SynchronousTestCase):
+    """C{twistd edge-tunnel-server} options, parsed only."""
+
+    credentials = ["--ca", "ca.pem", "--cert", "server.pem", "--key", "server-key.pem"]
+
+    def parse(self, *args: str) -> tapserver.Options:
+        options = tapserver.Options()
+        options.parseOptions([*self.credentials, *args])
+        return options
+
+    def assertUsageError(self, args: list[str], *words: str) -> None:
+        options = tapserver.Options()
+        with self.assertRaises(UsageError, msg=args) as caught:
+            options.parseOptions(args)
+        for word in words:
+            self.assertIn(word, str(caught.exception), args)
+
+    def test_defaults(self) -> None:
+        options = self.parse()
+        self.assertEqual(options["tunnel-endpoint"], "tcp:10262")
+        self.assertEqual(options["connect-endpoint"], "tcp:10261:interface=127.0.0.1")
+        self.assertIsNone(options["connect-ca"])
+        self.assertIsNone(options["server-id"])
+        self.assertEqual(options["server-count"], 1)
+        self.assertEqual(options["forward"], [])
+        self.assertEqual((options["ca"], options["cert"]), ("ca.pem", "server.pem"))
+        self.assertEqual(options.settings().window, 1024 * 1024)
+        self.assertEqual(options.keepalive().interval, 10.0)
+
+    def test_credentialsRequired(self) -> None:
+        for missing in ["--ca", "--cert", "--key"]:
+            i = self.credentials.index(missing)
+            args = self.credentials[:i] + self.credentials[i + 2 :]
+            self.assertUsageError(args, missing, "required")
+
+    def test_forward(self) -> None:
+        options = self.parse(
+            "--forward",
+            "edge-1:9100=tcp:19100:interface=127.0.0.1",
+            "--forward",
+            "[fd00::1]:80=unix:/run/x.sock",
+        )
+        self.assertEqual(
+            options["forward"],
+            [
+                ("edge-1", 9100, "tcp:19100:interface=127.0.0.1"),
+                ("fd00::1", 80, "unix:/run/x.sock"),
+            ],
+        )
+
+    def test_badForward(self) -> None:
+        for spec in ["edge-1:9100", "edge-1=tcp:1", "edge-1:0=tcp:1", "edge-1:x=tcp:1", "e:1="]:
+            self.assertUsageError([*self.credentials, "--forward", spec], repr(spec))
+
+    def test_numbers(self) -> None:
+        options = self.parse(
+            "--server-count",
+            "3",
+            "--open-timeout",
+            "2.5",
+            "--keepalive-interval",
+            "4",
+            "--keepalive-misses",
+            "2",
+            "--stream-window",
+            "65536",
+            "--max-streams",
+            "10",
+        )
+        self.assertEqual(options["server-count"], 3)
+        self.assertEqual(options["open-timeout"], 2.5)
+        self.assertEqual(options.keepalive().deadline, 8.0)
+        self.assertEqual(options.settings().window, 65536)
+        self.assertEqual(options.settings().maxStreams, 10)
+
+    def test_badNumbers(self) -> None:
+        for option, value in [
+            ("--server-count", "0"),
+            ("--server-count", "-2"),
+            ("--server-count", "two"),
+            ("--open-timeout", "0"),
+            ("--open-timeout", "nan"),
+            ("--keepalive-interval", "-1"),
+            ("--keepalive-misses", "0"),
+            ("--max-streams", "0"),
+            ("--stream-window", "x"),
+        ]:
+            self.assertUsageError([*self.credentials, option, value])
+
+    def test_smallStreamWindow(self) -> None:
+        self.assertUsageError([*self.credentials, "--stream-window", "65535"], "--stream-window")
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="bug: tap/_common.py accepts --stream-window/--max-streams above 2**31-1, "
+        "which the peer's Settings.fromInfo (mux.py) rejects: every HELLO then fails "
+        "with PROTOCOL_ERROR at run time instead of a UsageError at startup",
+    )
+    def test_hugeWindowAndStreams(self) -> None:
+        self.parse("--stream-window", str(2**31 - 1), "--max-streams", str(2**31 - 1))
+        self.assertUsageError([*self.credentials, "--stream-window", str(2**31)])
+        self.assertUsageError([*self.credentials, "--max-streams", str(2**31)])
+
+
+class ConnectDoorIsLocalTests(SynchronousTestCase):
+    """Which CONNECT endpoints may run without client certificates."""
+
+    def test_local(self) -> None:
+        for description in [
+            "unix:/run/edge-tunnel/connect.sock",
+            "unix:/tmp/x.sock:mode=600",
+            "tcp:10261:interface=127.0.0.1",
+            "tcp:port=10261:interface=127.0.0.1",
+            "tcp:10261:interface=127.0.0.2",
+            "tcp:10261:interface=localhost",
+        ]:
+            self.assertTrue(tapserver.connectDoorIsLocal(description), description)
+
+    def test_notLocal(self) -> None:
+        for description in [
+            "tcp:10261",
+            "tcp:port=10261",
+            "tcp:10261:interface=0.0.0.0",
+            "tcp:10261:interface=192.0.2.1",
+            "tcp:10261:interface=10.0.0.1",
+            "tcp:10261:interface=example.com",
+            "tcp6:10261",
+            r"tcp6:10261:interface=\:\:",
+            "ssl:10261:interface=127.0.0.1",
+            "systemd:domain=INET:index=0",
+        ]:
+            self.assertFalse(tapserver.connectDoorIsLocal(description), description)
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="bug: tap/server.py connectDoorIsLocal splits on every ':' so the only "
+        r"valid spelling of ::1 in an endpoint string (tcp6:...:interface=\:\:1) "
+        "is not recognised as loopback",
+    )
+    def test_ipv6Loopback(self) -> None:
+        self.assertTrue(tapserver.connectDoorIsLocal(r"tcp6:10261:interface=\:\:1"))
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="bug (fail-open): tap/server.py connectDoorIsLocal believes the first "
+        "interface= but Twisted's endpoint parser keeps the last one, so "
+        "tcp:10261:interface=127.0.0.1:interface=0.0.0.0 listens on every interface "
+        "without client certificates",
+    )
+    def test_lastInterfaceWins(self) -> None:
+        self.assertFalse(
+            tapserver.connectDoorIsLocal("tcp:10261:interface=127.0.0.1:interface=0.0.0.0")
+        )
+
+
+class ServerMakeServiceTests(FatalTestCase):
+    """C{makeService} with real certificate files; the service is never started."""
+
+    def setUp(self) -> None:
+        self.directory = temporaryDirectory(self)
+        self.paths = pki.paths(pki.server, self.directory)
+
+    def options(self, *args: str, paths: CredentialPaths | None = None) -> tapserver.Options:
+        options = tapserver.Options()
+        options.parseOptions([*(paths or self.paths).options(), *args])
+        return options
+
+    def make(self, *args: str) -> MultiService:
+        service = tapserver.makeService(self.options(*args))
+        self.assertIsInstance(service, MultiService)
+        assert isinstance(service, MultiService)
+        self.assertFalse(service.running)
+        return service
+
+    def listener(self, service: MultiService, name: str) -> StreamServerEndpointService:
+        child = service.getServiceNamed(name)
+        self.assertIsInstance(child, StreamServerEndpointService)
+        assert isinstance(child, StreamServerEndpointService)
+        self.assertFalse(child.running)
+        return child
+
+    def spyOnDoorTLS(self) -> list[Credentials]:
+        """Record the credentials the CONNECT door's TLS options are made from."""
+        made: list[Credentials] = []
+        real = tapserver.serverOptions
+
+        def spy(creds: Credentials) -> Any:
+            made.append(creds)
+            return real(creds)
+
+        self.patch(tapserver, "serverOptions", spy)
+        return made
+
+    def test_listeners(self) -> None:
+        service = self.make(
+            "--server-id",
+            "srv-a",
+            "--server-count",
+            "2",
+            "--forward",
+            "edge-1:9100=tcp:19100:interface=127.0.0.1",
+            "--forward",
+            "edge-2:22=unix:/run/ssh-edge-2.sock",
+        )
+        names = [child.name for child in service]
+        self.assertEqual(
+            names,
+            [
+                "--tunnel-endpoint",
+                "--connect-endpoint",
+                "--forward edge-1:9100",
+                "--forward edge-2:22",
+            ],
+        )
+        server = service.tunnelServer
+        self.assertIsInstance(server, TunnelServer)
+        self.assertEqual((server.serverId, server.serverCount), ("srv-a", 2))
+        self.assertIsNotNone(server.credentials)
+
+        tunnel = self.listener(service, "--tunnel-endpoint")
+        self.assertIsInstance(tunnel.endpoint, TCP4ServerEndpoint)
+        self.assertIsInstance(tunnel.factory, TLSMemoryBIOFactory)
+
+        door = self.listener(service, "--connect-endpoint")
+        self.assertIsInstance(door.endpoint, TCP4ServerEndpoint)
+        self.assertIsInstance(door.factory, ConnectDoorFactory)
+        self.assertIs(door.factory.server, server)
+
+        forward = self.listener(service, "--forward edge-1:9100")
+        self.assertIsInstance(forward.endpoint, TCP4ServerEndpoint)
+        self.assertIsInstance(forward.factory, ForwardFactory)
+        self.assertEqual((forward.factory.node, forward.factory.port), ("edge-1", 9100))
+        self.assertIs(forward.factory.server, server)
+        self.assertIsInstance(
+            self.listener(service, "--forward edge-2:22").endpoint, UNIXServerEndpoint
+        )
+
+    def test_localDoorIsPlain(self) -> None:
+        made = self.spyOnDoorTLS()
+        for description in ["unix:/run/connect.sock", "tcp:0:interface=127.0.0.1"]:
+            service = self.make("--connect-endpoint", description)
+            door = self.listener(service, "--connect-endpoint")
+            self.assertIsInstance(door.factory, ConnectDoorFactory, description)
+        self.assertEqual(made, [])
+
+    def test_exposedDoorRequiresCertificates(self) -> None:
+        """
+        A CONNECT door on a non-loopback address is wrapped in TLS that
+        trusts the tunnel's CA (C{--ca}).
+        """
+        made = self.spyOnDoorTLS()
+        service = self.make("--connect-endpoint", "tcp:0")
+        door = self.listener(service, "--connect-endpoint")
+        self.assertIsInstance(door.factory, TLSMemoryBIOFactory)
+        self.assertIsInstance(door.factory.wrappedFactory, ConnectDoorFactory)
+        (creds,) = made
+        self.assertEqual(
+            [a.original.to_cryptography() for a in creds.authority], [pki.ca.certificate]
+        )
+
+    def test_connectCA(self) -> None:
+        """C{--connect-ca}: the exposed door trusts that CA, not C{--ca}."""
+        made = self.spyOnDoorTLS()
+        other = pki.paths(pki.otherCA, self.directory, stem="other-ca")
+        service = self.make("--connect-endpoint", "tcp6:0", "--connect-ca", other.cert)
+        door = self.listener(service, "--connect-endpoint")
+        self.assertIsInstance(door.endpoint, TCP6ServerEndpoint)
+        self.assertIsInstance(door.factory, TLSMemoryBIOFactory)
+        (creds,) = made
+        self.assertEqual(
+            [a.original.to_cryptography() for a in creds.authority], [pki.otherCA.certificate]
+        )
+        # the door still presents the server's own certificate
+        self.assertEqual(creds.certificate.original.to_cryptography(), pki.server.certificate)
+
+    def test_missingConnectCA(self) -> None:
+        options = self.options(
+            "--connect-endpoint", "tcp:0", "--connect-ca", "/nonexistent/connect-ca.pem"
+        )
+        line = self.assertFatal("edge-tunnel-server", tapserver.makeService, options)
+        self.assertIn("--connect-ca /nonexistent/connect-ca.pem", line)
+
+    def test_missingCertificate(self) -> None:
+        for option in ["--ca", "--cert", "--key"]:
+            args = self.paths.options()
+            path = f"{self.directory}/missing-{option[2:]}.pem"
+            args[args.index(option) + 1] = path
+            options = tapserver.Options()
+            options.parseOptions(args)
+            line = self.assertFatal("edge-tunnel-server", tapserver.makeService, options)
+            self.assertIn(f"{option} {path}", line)
+
+    def test_garbageCertificate(self) -> None:
+        garbage = f"{self.directory}/garbage.pem"
+        with open(garbage, "w") as f:
+            f.write("this is not a certificate\n")
+        for option in ["--ca", "--cert", "--key"]:
+            args = self.paths.options()
+            args[args.index(option) + 1] = garbage
+            options = tapserver.Options()
+            options.parseOptions(args)
+            line = self.assertFatal("edge-tunnel-server", tapserver.makeService, options)
+            self.assertIn(f"{option} {garbage}", line)
+
+    def test_wrongKey(self) -> None:
+        """A key that belongs to another certificate, named with both files."""
+        other = pki.paths(pki.agent("edge-1"), self.directory)
+        paths = CredentialPaths(ca=self.paths.ca, cert=self.paths.cert, key=other.key)
+        options = self.options(paths=paths)
+        line = self.assertFatal("edge-tunnel-server", tapserver.makeService, options)
+        self.assertIn(f"--key {other.key}", line)
+
+    def test_badEndpoint(self) -> None:
+        for args, named in [
+            (["--tunnel-endpoint", "bogus:10262"], "--tunnel-endpoint 'bogus:10262'"),
+            (["--tunnel-endpoint", "tcp:port"], "--tunnel-endpoint 'tcp:port'"),
+            (["--connect-endpoint", "tcp:1:nosuch=1"], "--connect-endpoint 'tcp:1:nosuch=1'"),
+            (["--forward", "edge-1:9100=tcp:x"], "--forward edge-1:9100 'tcp:x'"),
+        ]:
+            options = self.options(*args)
+            line = self.assertFatal("edge-tunnel-server", tapserver.makeService, options)
+            self.assertIn(named, line)
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="bug: tap/server.py makeService.listen catches only ValueError, KeyError "
+        "and TypeError from serverFromString; an ssl: endpoint whose key file is "
+        "missing raises FileNotFoundError, a traceback instead of one line",
+    )
+    def test_endpointWithMissingFile(self) -> None:
+        options = self.options("--tunnel-endpoint", "ssl:0:privateKey=/nonexistent/key.pem")
+        line = self.assertFatal("edge-tunnel-server", tapserver.makeService, options)
+        self.assertIn("--tunnel-endpoint", line)
+
+
+# -- the agent ---------------------------------------------------------------------
+
+
+class AgentOptionsTests(SynchronousTestCase):
+    """C{twistd edge-tunnel-agent} options, parsed only."""
+
+    credentials = ["--ca", "ca.pem", "--cert", "agent.pem", "--key", "agent-key.pem"]
+
+    def parse(self, *args: str) -> tapagent.Options:
+        options = tapagent.Options()
+        options.parseOptions([*self.credentials, *args])
+        return options
+
+    def assertUsageError(self, args: list[str], *words: str) -> None:
+        options = tapagent.Options()
+        with self.assertRaises(UsageError, msg=args) as caught:
+            options.parseOptions([*self.credentials, *args])
+        for word in words:
+            self.assertIn(word, str(caught.exception), args)
+
+    def test_serverRequired(self) -> None:
+        self.assertUsageError([], "--server")
+
+    def test_defaults(self) -> None:
+        options = self.parse("--server", "tunnel.example.com:10262")
+        self.assertEqual(options["server-address"], ("tunnel.example.com", 10262))
+        self.assertIsNone(options["node-name"])
+        self.assertIsNone(options["server-name"])
+        self.assertEqual(options["node-ip"], [])
+        self.assertEqual(options["allow"], [])
+        self.assertEqual(options["dial-timeout"], 5.0)
+        self.assertEqual(options["max-backoff"], 30.0)
+
+    def test_server(self) -> None:
+        for text, expected in [
+            ("tunnel.example.com:10262", ("tunnel.example.com", 10262)),
+            ("192.0.2.1:1", ("192.0.2.1", 1)),
+            ("[fd00::1]:443", ("fd00::1", 443)),
+            ("[::1]:65535", ("::1", 65535)),
+        ]:
+            self.assertEqual(self.parse("--server", text)["server-address"], expected, text)
+            self.assertEqual(tapagent.parseServer(text), expected)
+
+    def test_badServer(self) -> None:
+        for text in [
+            "tunnel.example.com",
+            "tunnel.example.com:",
+            ":10262",
+            "[]:10262",
+            "tunnel:0",
+            "tunnel:65536",
+            "tunnel:port",
+            "tunnel:-1",
+            "[::1]",
+        ]:
+            self.assertUsageError(["--server", text], "--server", repr(text))
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="bug: tap/agent.py parseServer takes an unbracketed IPv6 address "
+        "'::1' for host ':' and port 1",
+    )
+    def test_unbracketedIPv6Server(self) -> None:
+        self.assertUsageError(["--server", "::1"], "--server", repr("::1"))
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="bug: tap/agent.py parseServer checks the port with str.isdigit, so "
+        "'tunnel:\u00b2' reaches int() and raises ValueError, not UsageError "
+        "(twistd prints a traceback)",
+    )
+    def test_nonAsciiPort(self) -> None:
+        self.assertUsageError(["--server", "tunnel:\u00b2"], "--server")
+
+    def test_nodeIPs(self) -> None:
+        options = self.parse(
+            "--server", "t:1", "--node-ip", "192.0.2.10", "--node-ip", "FD00:0::10"
+        )
+        self.assertEqual(options["node-ip"], ["192.0.2.10", "fd00::10"])
+
+    def test_badNodeIP(self) -> None:
+        for bad in ["edge-1", "192.0.2.256", "10.0.0.0/8", ""]:
+            self.assertUsageError(["--server", "t:1", "--node-ip", bad], "--node-ip", repr(bad))
+
+    def test_allow(self) -> None:
+        options = self.parse(
+            "--server",
+            "t:1",
+            "--allow",
+            "10.0.0.0/8",
+            "--allow",
+            "192.0.2.7/24",
+            "--allow",
+            "fd00:1::/64",
+            "--allow",
+            "203.0.113.5",
+        )
+        self.assertEqual(
+            options["allow"], ["10.0.0.0/8", "192.0.2.7/24", "fd00:1::/64", "203.0.113.5"]
+        )
+
+    def test_badAllow(self) -> None:
+        for bad in ["10.0.0.0/33", "everything", "fd00::/129", ""]:
+            self.assertUsageError(["--server", "t:1", "--allow", bad], "--allow", repr(bad))
+
+    def test_badNumbers(self) -> None:
+        for option, value in [
+            ("--dial-timeout", "0"),
+            ("--max-backoff", "-1"),
+            ("--stream-window", "1024"),
+        ]:
+            self.assertUsageError(["--server", "t:1", option, value])
+
+
+class AgentMakeServiceTests(FatalTestCase):
+    """C{makeService} with a real agent certificate; the service is never started."""
+
+    def setUp(self) -> None:
+        self.directory = temporaryDirectory(self)
+        self.paths = pki.paths(pki.agent("edge-1", ["192.0.2.10", "fd00::10"]), self.directory)
+
+    def options(self, *args: str, paths: CredentialPaths | None = None) -> tapagent.Options:
+        options = tapagent.Options()
+        options.parseOptions([*(paths or self.paths).options(), "--server", "[::1]:10262", *args])
+        return options
+
+    def make(self, *args: str) -> TunnelAgent:
+        agent = tapagent.makeService(self.options(*args))
+        self.assertIsInstance(agent, TunnelAgent)
+        assert isinstance(agent, TunnelAgent)
+        self.assertFalse(agent.running)
+        self.assertIsNone(agent.tunnel)
+        return agent
+
+    def test_fromCertificate(self) -> None:
+        """Node name from the certificate's CN, node IPs from its IP subjectAltNames."""
+        agent = self.make()
+        self.assertEqual(agent.nodeName, "edge-1")
+        self.assertEqual(agent.nodeIPs, ("192.0.2.10", "fd00::10"))
+        self.assertEqual(agent.server, ("::1", 10262))
+        self.assertEqual(agent.serverName, "::1")
+        self.assertIsNotNone(agent.credentials)
+
+    def test_explicit(self) -> None:
+        agent = self.make(
+            "--node-name",
+            "edge-1",
+            "--node-ip",
+            "192.0.2.10",
+            "--server-name",
+            "tunnel.example.com",
+            "--allow",
+            "10.0.0.0/8",
+            "--dial-timeout",
+            "2.5",
+            "--max-backoff",
+            "7",
+            "--stream-window",
+            "131072",
+        )
+        self.assertEqual(agent.nodeIPs, ("192.0.2.10",))
+        self.assertEqual(agent.serverName, "tunnel.example.com")
+        self.assertEqual(agent.dialTimeout, 2.5)
+        self.assertEqual(agent.settings.window, 131072)
+        self.assertTrue(agent.allowlist.permits(ipaddress.ip_address("10.9.8.7")))
+        self.assertLessEqual(agent.retryPolicy(100), 7.0)
+        self.assertGreaterEqual(agent.retryPolicy(100), 3.5)
+
+    def test_nodeNameNotInCertificate(self) -> None:
+        options = self.options("--node-name", "edge-2")
+        line = self.assertFatal("edge-tunnel-agent", tapagent.makeService, options)
+        self.assertIn("--node-name 'edge-2'", line)
+        self.assertIn(self.paths.cert, line)
+
+    def test_certificateNamesNoNode(self) -> None:
+        """A client certificate (no C{system:node:} CN) and no C{--node-name}."""
+        paths = pki.paths(pki.client("kube-apiserver"), self.directory)
+        options = self.options(paths=paths)
+        line = self.assertFatal("edge-tunnel-agent", tapagent.makeService, options)
+        self.assertIn(f"--cert {paths.cert}", line)
+        self.assertIn("--node-name", line)
+
+    def test_missingKey(self) -> None:
+        paths = CredentialPaths(
+            ca=self.paths.ca, cert=self.paths.cert, key=f"{self.directory}/nope-key.pem"
+        )
+        line = self.assertFatal(
+            "edge-tunnel-agent", tapagent.makeService, self.options(paths=paths)
+        )
+        self.assertIn(f"--key {paths.key}", line)
+
+
+# -- the plugins --------------------------------------------------------------------
+
+
+class PluginTests(SynchronousTestCase):
+    """Both daemons resolve through Twisted's plugin system to these tap modules."""
+
+    def test_plugins(self) -> None:
+        makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
+        for tapname, module in [
+            ("edge-tunnel-server", tapserver),
+            ("edge-tunnel-agent", tapagent),
+        ]:
+            maker = makers[tapname]
+            self.assertTrue(verifyObject(IServiceMaker, maker))
+            self.assertIs(maker.options, module.Options)
+            self.assertIs(maker.makeService, module.makeService)
