@@ -678,8 +678,11 @@ def measure(
         foreign, top = foreignCPU(statsBefore, statsAfter)
         results.foreign.append(foreign / elapsed * 100)
         if foreign / elapsed > FOREIGN_NOTE:
-            who = ", ".join(f"{name} {d / elapsed:.0%}" for d, name in top)
-            problems.append(f"other processes used {foreign / elapsed:.0%} of a core ({who})")
+            who = ", ".join(f"{name} {d / elapsed:.0%}" for d, name in top if d / elapsed >= 0.01)
+            problems.append(
+                f"other processes used {foreign / elapsed:.0%} of a core"
+                + (f" ({who})" if who else " (short-lived ones: no single process stands out)")
+            )
     except BenchError as e:
         for key in keys:
             results.add(path, key, None)
