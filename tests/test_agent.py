@@ -15,7 +15,6 @@ import ipaddress
 import random
 from typing import Any
 
-import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import (
@@ -392,12 +391,6 @@ class ReconnectorTests(SynchronousTestCase):
         self.clock.advance(1000)
         self.assertEqual(len(self.endpoint.attempts), 1)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="bug: Reconnector.stop() during the HELLO exchange cancels only the "
-        "whenEstablished() Deferred; the connected tunnel is never closed (agent.py "
-        "Reconnector.stop/_connect)",
-    )
     def test_stopDuringHello(self) -> None:
         """
         Stopping after the connection is made but before the server's HELLO
@@ -423,11 +416,6 @@ class ReconnectorTests(SynchronousTestCase):
             tunnel.connectionLost(Failure(ConnectionDone()))
             waiting.addErrback(lambda f: None)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="bug: Reconnector.stop() leaves pending whenConnected() Deferreds "
-        "unfired forever (ClientService fails them with CancelledError)",
-    )
     def test_stopFailsWaiters(self) -> None:
         waiting = self.reconnector.whenConnected()
         self.reconnector.start()

@@ -227,6 +227,7 @@ class Reconnector:
         self.failures = 0
         self._running = False
         self._attempt: Deferred[Tunnel] | None = None
+        self._handshaking: Tunnel | None = None
         self._retry: IDelayedCall | None = None
         self._waiting: list[tuple[Deferred[Tunnel], int | None]] = []
 
@@ -244,9 +245,15 @@ class Reconnector:
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
+        waiting, self._waiting = self._waiting, []
+        for d, _ in waiting:
+            d.errback(CancelledError("the agent stopped"))
+        tunnel, self.tunnel = self.tunnel, None
+        if tunnel is None:
+            # connected but HELLO not done yet: that tunnel must end too
+            tunnel, self._handshaking = self._handshaking, None
         if self._attempt is not None:
             self._attempt.cancel()
-        tunnel, self.tunnel = self.tunnel, None
         if tunnel is None:
             return succeed(None)
         lost = tunnel.whenLost()
@@ -269,12 +276,16 @@ class Reconnector:
     def _connect(self) -> None:
         self._retry = None
         attempt: Deferred[Any] = self.endpoint.connect(self.factory)
-        attempt.addCallback(lambda tunnel: tunnel.whenEstablished())
+        attempt.addCallback(self._handshake)
         self._attempt = attempt
         attempt.addCallbacks(self._established, self._failed)
 
+    def _handshake(self, tunnel: Tunnel) -> Deferred[Tunnel]:
+        self._handshaking = tunnel
+        return tunnel.whenEstablished()
+
     def _established(self, tunnel: Tunnel) -> None:
-        self._attempt = None
+        self._attempt = self._handshaking = None
         if not self._running:
             tunnel.close(ErrorCode.SHUTTING_DOWN, "agent stopping")
             return
@@ -286,7 +297,7 @@ class Reconnector:
             d.callback(tunnel)
 
     def _failed(self, failure: Failure) -> None:
-        self._attempt = None
+        self._attempt = self._handshaking = None
         if not self._running:
             return
         self.failures += 1

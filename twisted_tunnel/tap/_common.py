@@ -13,6 +13,9 @@ from ..errors import CredentialsError
 from ..mux import Keepalive, Settings
 from ..tls import Credentials, loadCredentials
 
+#: What the protocol can carry in a HELLO setting (see docs/protocol.md).
+MAX_SETTING = 2**31 - 1
+
 
 def positiveFloat(text: str) -> float:
     value = float(text)
@@ -67,8 +70,10 @@ class TunnelOptions(usage.Options):
         for name in ("ca", "cert", "key"):
             if not self[name]:
                 raise usage.UsageError(f"--{name} is required")
-        if self["stream-window"] < 64 * 1024:
-            raise usage.UsageError("--stream-window must be at least 65536")
+        if not 64 * 1024 <= self["stream-window"] <= MAX_SETTING:
+            raise usage.UsageError(f"--stream-window must be between 65536 and {MAX_SETTING}")
+        if self["max-streams"] > MAX_SETTING:
+            raise usage.UsageError(f"--max-streams must be at most {MAX_SETTING}")
 
     def settings(self) -> Settings:
         return Settings(window=self["stream-window"], maxStreams=self["max-streams"])

@@ -27,9 +27,19 @@ def parseServer(text: str) -> tuple[str, int]:
     @raise usage.UsageError: naming the bad value.
     """
     host, colon, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise usage.UsageError(f"--server {text!r}: expected HOST:PORT")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    valid = (
+        colon
+        and host
+        and (bracketed or ":" not in host)
+        and port.isascii()
+        and port.isdigit()
+        and 0 < int(port) < 65536
+    )
+    if not valid:
+        raise usage.UsageError(f"--server {text!r}: expected HOST:PORT ([ADDRESS]:PORT for IPv6)")
     return host, int(port)
 
 

@@ -15,8 +15,13 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.endpoints import (
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    UNIXServerEndpoint,
+    serverFromString,
+)
+from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
@@ -71,30 +76,32 @@ class Options(TunnelOptions):
             raise usage.UsageError(str(e)) from None
 
 
-def connectDoorIsLocal(description: str) -> bool:
+def connectDoorIsLocal(endpoint: IStreamServerEndpoint) -> bool:
     """
     Is a CONNECT endpoint reachable only from this host (a unix socket or a
     loopback interface)?  Only then may it run without client certificates.
+
+    It asks the endpoint that C{serverFromString} built, not the string:
+    Twisted's own parsing (escaped colons, repeated or positional
+    arguments) decides where it listens, so it must decide here too.
     """
-    kind, _, rest = description.partition(":")
-    if kind == "unix":
+    if isinstance(endpoint, UNIXServerEndpoint):
         return True
-    if kind not in ("tcp", "tcp6"):
+    if not isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
         return False
-    for part in rest.split(":"):
-        key, eq, value = part.partition("=")
-        if eq and key == "interface":
-            try:
-                return ipaddress.ip_address(value.strip("[]")).is_loopback
-            except ValueError:
-                return value == "localhost"
-    return False
+    interface = getattr(endpoint, "_interface", "")
+    if interface == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _connectDoorFactory(
-    options: Options, server: TunnelServer, door: ConnectDoorFactory
+    options: Options, server: TunnelServer, door: ConnectDoorFactory, local: bool
 ) -> IProtocolFactory:
-    if connectDoorIsLocal(options["connect-endpoint"]):
+    if local:
         return door
     assert server.credentials is not None
     creds = server.credentials
@@ -138,21 +145,25 @@ def makeService(options: Options) -> IService:
     )
     top = _ServerService(server)
 
-    def listen(description: str, factory: Any, name: str) -> None:
+    def endpoint(description: str, name: str) -> IStreamServerEndpoint:
         try:
-            endpoint = serverFromString(reactor, description)
-        except (ValueError, KeyError, TypeError) as e:
-            fatal(PROGRAM, f"{name} {description!r}: {e}")
-        service = StreamServerEndpointService(endpoint, factory)
+            built: IStreamServerEndpoint = serverFromString(reactor, description)
+        except Exception as e:  # any failure to parse is a configuration error
+            fatal(PROGRAM, f"{name} {description!r}: {e or type(e).__name__}")
+        return built
+
+    def listen(description: str, factory: Any, name: str) -> None:
+        service = StreamServerEndpointService(endpoint(description, name), factory)
         service._raiseSynchronously = True  # a port in use stops startup, loudly
         service.setName(name)
         service.setServiceParent(top)
 
     listen(options["tunnel-endpoint"], server.tunnelFactory(), "--tunnel-endpoint")
     door = ConnectDoorFactory(server)
+    local = connectDoorIsLocal(endpoint(options["connect-endpoint"], "--connect-endpoint"))
     listen(
         options["connect-endpoint"],
-        _connectDoorFactory(options, server, door),
+        _connectDoorFactory(options, server, door, local),
         "--connect-endpoint",
     )
     for node, port, description in options["forward"]:
