@@ -340,8 +340,8 @@ def startOurs(setup: Setup, httpPort: int, iperfPort: int) -> None:
     writePair(mintAgent(ca, NODE, ["127.0.0.1"]), pki / "agent.pem", pki / "agent-key.pem")
 
     tunnelPort, connectPort, tHttp, tIperf = freePort(), freePort(), freePort(), freePort()
-    # The repository root on PYTHONPATH: the twistd plugins live in
-    # <repo>/twisted/plugins, which the editable install does not expose.
+    # The repository root on PYTHONPATH, so that twistd finds the plugins in
+    # <repo>/twisted/plugins whichever way the venv installed the package.
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
