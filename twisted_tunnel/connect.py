@@ -48,6 +48,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout, TunnelClosed
+from .mux import noDelay
 from .relay import RelayProtocol, halfClose, splice
 from .server import TunnelServer
 from .wire import OpenFailReason
@@ -214,6 +215,7 @@ class ConnectProtocol(RelayProtocol):
     def connectionMade(self) -> None:
         # Not RelayProtocol's: we read the request head before pausing.
         assert self.transport is not None
+        noDelay(self.transport)
         self._peer = _label(self.transport.getPeer())
         self._timer = self.door.clock.callLater(self.door.requestTimeout, self._requestTimedOut)
 

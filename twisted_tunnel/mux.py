@@ -657,6 +657,7 @@ class Tunnel(Protocol):
         transport: Any = self.transport
         assert transport is not None
         transport.registerProducer(self, True)
+        noDelay(transport)
         self._lastReceived = self.clock.seconds()
         self._scheduleKeepalive(self.keepalive.interval)
         if self.isClient:
@@ -1218,6 +1219,24 @@ class Tunnel(Protocol):
             untilPing = keepalive.interval - silent
         untilDead = keepalive.deadline - silent
         self._scheduleKeepalive(min(untilPing, untilDead))
+
+
+def noDelay(transport: object) -> None:
+    """
+    Turn Nagle's algorithm off where there is a TCP socket underneath.
+
+    Frames are small and request/response shaped (OPEN, then OPEN_OK; a
+    request, then its answer): with Nagle on, the second small write waits
+    for the ACK of the first, which the peer delays by up to 40 ms.  Twisted
+    coalesces writes per reactor turn anyway, so nothing is lost.  TLS
+    transports pass the call on to the TCP transport under them.
+    """
+    setNoDelay = getattr(transport, "setTcpNoDelay", None)
+    if setNoDelay is not None:
+        try:
+            setNoDelay(True)
+        except OSError:
+            pass  # not a TCP socket after all (e.g. a unix socket)
 
 
 class _IgnoredStream(Stream):

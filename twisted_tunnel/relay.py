@@ -22,6 +22,8 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .mux import noDelay
+
 
 @implementer(IHalfCloseableProtocol)
 class RelayProtocol(Protocol):
@@ -42,6 +44,7 @@ class RelayProtocol(Protocol):
         self.spliced = False
 
     def connectionMade(self) -> None:
+        noDelay(self.transport)
         peer = self.peer
         if peer is not None and peer._lostBeforeSplice is not None:
             # the other end came and went before we connected: pass on what
