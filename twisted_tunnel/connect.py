@@ -34,7 +34,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -42,7 +42,13 @@ import h11
 from attrs import frozen
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IProtocol, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocol,
+    IPushProducer,
+    IReactorTime,
+    ITransport,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -51,6 +57,7 @@ from .errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout, Tunne
 from .mux import noDelay
 from .relay import RelayProtocol, halfClose, splice
 from .server import TunnelServer
+from .tls import peerIdentity
 from .wire import OpenFailReason
 
 __all__ = [
@@ -290,6 +297,11 @@ class ConnectProtocol(RelayProtocol):
             self._target = parseTarget(request.target)
         except BadTarget as e:
             self._refuse(HTTPStatus.BAD_REQUEST, str(e))
+            return
+        authorize = self.door.authorize
+        refusal = authorize(self.transport) if authorize is not None else None
+        if refusal is not None:
+            self._refuse(HTTPStatus.FORBIDDEN, refusal)
 
     def _headReceived(self) -> None:
         """The whole head is in: open the stream, keep what came after it."""
@@ -465,6 +477,8 @@ class ConnectDoorFactory(Factory):
     @ivar maxPendingBytes: how much a client may send ahead while its stream
         opens before we stop reading from it.
     @ivar lingerTimeout: how long an error response may take to be read.
+    @ivar authorize: given a client's transport, the reason to refuse it
+        (C{403}), or L{None} to let it in; see L{refuseAgentCertificates}.
     """
 
     noisy = False
@@ -478,8 +492,10 @@ class ConnectDoorFactory(Factory):
         maxHeadSize: int = MAX_HEAD_SIZE,
         maxPendingBytes: int = MAX_PENDING_BYTES,
         lingerTimeout: float = LINGER_TIMEOUT,
+        authorize: Callable[[ITransport | None], str | None] | None = None,
     ) -> None:
         self.server = server
+        self.authorize = authorize
         self.log = log if log is not None else Logger(namespace=__name__)
         self.requestTimeout = requestTimeout
         self.maxHeadSize = maxHeadSize
@@ -494,6 +510,23 @@ class ConnectDoorFactory(Factory):
         protocol = ConnectProtocol(self)
         protocol.factory = self
         return protocol
+
+
+def refuseAgentCertificates(transport: ITransport | None) -> str | None:
+    """
+    For a door served over mutual TLS: let in clients such as
+    kube-apiserver, but not agents.
+
+    Agents' certificates come from the same CA, and an agent's certificate
+    proves only which node it may carry.  A stolen edge node's key must not
+    become a way to reach every other node through the door.
+    """
+    identity = peerIdentity(transport)
+    if identity is None:
+        return "no client certificate"
+    if identity.isNodeCertificate():
+        return f"{identity.describe()} is an agent's certificate; agents may not use this door"
+    return None
 
 
 def _label(address: Any) -> str:

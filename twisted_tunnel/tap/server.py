@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
-from ..connect import ConnectDoorFactory
+from ..connect import ConnectDoorFactory, refuseAgentCertificates
 from ..errors import CredentialsError
 from ..forward import ForwardFactory, parseForward
 from ..server import DEFAULT_OPEN_TIMEOUT, TunnelServer
@@ -47,7 +47,8 @@ class Options(TunnelOptions):
             None,
             "tcp:10261:interface=127.0.0.1",
             "HTTP CONNECT front door (Twisted endpoint). Plain on unix sockets and loopback; "
-            "anywhere else it requires client certificates signed by --connect-ca.",
+            "anywhere else it requires client certificates signed by --connect-ca, and "
+            "refuses agents' (system:node:*) certificates.",
         ],
         ["connect-ca", None, None, "CA for CONNECT clients' certificates (default: --ca)."],
         ["server-id", None, None, "This replica's id (default: random)."],
@@ -159,8 +160,8 @@ def makeService(options: Options) -> IService:
         service.setServiceParent(top)
 
     listen(options["tunnel-endpoint"], server.tunnelFactory(), "--tunnel-endpoint")
-    door = ConnectDoorFactory(server)
     local = connectDoorIsLocal(endpoint(options["connect-endpoint"], "--connect-endpoint"))
+    door = ConnectDoorFactory(server, authorize=None if local else refuseAgentCertificates)
     listen(
         options["connect-endpoint"],
         _connectDoorFactory(options, server, door, local),
