@@ -1,0 +1,311 @@
+# -*- test-case-name: tests.test_policy -*-
+"""
+Forwarding policies: for a connection that arrived at a proxy listener and
+the node port it is for, what the agent should dial and how to carry it.
+
+The ConfigMap decides which policy a port gets (C{https-proxy-ports} →
+L{HTTPSPolicy}, C{http-proxy-ports} and C{dnat-ports-pair} → L{HTTPPolicy},
+C{tcp-proxy-ports} → L{TCPPolicy}); C{localhost-proxy-ports} wraps that
+choice in L{LocalhostPolicy}, which sends the agent to the node's loopback
+instead of its IP.  Other tools add their own policies, either as Twisted
+plugins (an C{IPlugin} that also provides L{IForwardingPolicy}, in a
+C{twisted/plugins/} module of any installed package) or by import path
+(C{package.module:attribute}); see C{docs/policies.md}.
+
+A policy only decides.  Carrying the bytes is the proxy listener's job,
+told by the decision's L{Carrier}.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any
+
+from attrs import evolve, frozen
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IAddress
+from zope.interface import Attribute, Interface, implementer
+from zope.interface.verify import verifyObject
+
+
+class Carrier(Enum):
+    """How the proxy listener carries a decided connection."""
+
+    #: HTTP parsed on both sides, plain towards the node.
+    HTTP = "http"
+    #: HTTP parsed on both sides, TLS made again towards the node with the
+    #: proxy client certificate (the identity the kubelet sees).
+    HTTPS = "https"
+    #: Bytes relayed as they are.
+    RAW = "tcp"
+
+
+@frozen
+class ForwardingRequest:
+    """
+    What a policy gets to decide on.
+
+    @ivar node: the node's name (as registered by its agent).
+    @ivar nodeIPs: the IPs its agent announced.
+    @ivar address: the node name or IP the client asked for.
+    @ivar port: the node port the client asked for.
+    @ivar listener: which listener it arrived at (C{"http"}, C{"https"}, C{"tcp"}).
+    @ivar method: the HTTP method, for HTTP listeners (else C{None}).
+    @ivar target: the HTTP request target (path and query), for HTTP listeners.
+    @ivar headers: the HTTP request headers, for HTTP listeners.
+    @ivar peer: the client's address.
+    """
+
+    node: str
+    nodeIPs: tuple[str, ...]
+    address: str
+    port: int
+    listener: str
+    method: bytes | None = None
+    target: bytes | None = None
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    peer: IAddress | None = None
+
+    def defaultHost(self) -> str:
+        """The IP the client asked for if it is the node's, else the node's first IP."""
+        if self.address in self.nodeIPs:
+            return self.address
+        return self.nodeIPs[0] if self.nodeIPs else "127.0.0.1"
+
+
+@frozen
+class ForwardingDecision:
+    """
+    What to dial on the edge and how to carry it.
+
+    @ivar host: what the agent dials (it still applies its own allowlist).
+    @ivar port: the port it dials.
+    @ivar carrier: how the listener carries the bytes.
+    @ivar hostHeader: the C{Host} to send upstream for HTTP carriers
+        (C{None}: the client's).
+    """
+
+    host: str
+    port: int
+    carrier: Carrier
+    hostHeader: bytes | None = None
+
+
+class ForwardingRefused(Exception):
+    """
+    A policy's way to say no: the listener answers C{status} (HTTP) or
+    closes the connection (raw), and logs C{reason}.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class IForwardingPolicy(Interface):
+    """
+    Decides, for one connection (or one HTTP request) at a proxy listener,
+    what the agent dials and how the bytes are carried.
+    """
+
+    name = Attribute("The name the configuration binds ports to, e.g. C{'metrics-only'}.")
+
+    def decide(request: ForwardingRequest) -> Any:
+        """
+        Decide.
+
+        @return: a L{ForwardingDecision}, or a L{Deferred} or a coroutine
+            that gives one; raise (or fail with) L{ForwardingRefused} to say
+            no.  Called for every HTTP request, so keep it cheap.
+        """
+
+
+@implementer(IForwardingPolicy)
+@frozen
+class HTTPPolicy:
+    """Plain HTTP to the node's IP (C{http-proxy-ports}, 10255, dnat pairs)."""
+
+    name = "http"
+
+    def decide(self, request: ForwardingRequest) -> ForwardingDecision:
+        return ForwardingDecision(request.defaultHost(), request.port, Carrier.HTTP)
+
+
+@implementer(IForwardingPolicy)
+@frozen
+class HTTPSPolicy:
+    """
+    TLS ended at the listener and made again towards the node with the
+    proxy client certificate (C{https-proxy-ports}, 10250).
+    """
+
+    name = "https"
+
+    def decide(self, request: ForwardingRequest) -> ForwardingDecision:
+        return ForwardingDecision(request.defaultHost(), request.port, Carrier.HTTPS)
+
+
+@implementer(IForwardingPolicy)
+@frozen
+class TCPPolicy:
+    """Raw TCP to the node's IP, routed by original destination (C{tcp-proxy-ports})."""
+
+    name = "tcp"
+
+    def decide(self, request: ForwardingRequest) -> ForwardingDecision:
+        return ForwardingDecision(request.defaultHost(), request.port, Carrier.RAW)
+
+
+@implementer(IForwardingPolicy)
+@frozen
+class LocalhostPolicy:
+    """
+    For C{localhost-proxy-ports}: whatever C{inner} decides, the agent
+    dials the node's loopback instead of its IP, and HTTP requests carry
+    C{Host: 127.0.0.1:<port>}, as a service that listens on loopback only
+    expects (yurt-tunnel does the same).
+    """
+
+    inner: IForwardingPolicy
+
+    @property
+    def name(self) -> str:
+        return f"localhost+{self.inner.name}"
+
+    def decide(self, request: ForwardingRequest) -> Deferred[ForwardingDecision]:
+        def toLoopback(decision: ForwardingDecision) -> ForwardingDecision:
+            hostHeader = None
+            if decision.carrier is not Carrier.RAW:
+                hostHeader = f"127.0.0.1:{decision.port}".encode()
+            return evolve(decision, host="127.0.0.1", hostHeader=hostHeader)
+
+        return decide(self.inner, request).addCallback(toLoopback)
+
+
+def decide(policy: IForwardingPolicy, request: ForwardingRequest) -> Deferred[ForwardingDecision]:
+    """
+    Ask C{policy}, whatever shape its answer takes (a value, a Deferred or
+    a coroutine), and check that the answer is a decision.
+    """
+
+    def call() -> Any:
+        result = policy.decide(request)
+        if inspect.isawaitable(result) and not isinstance(result, Deferred):
+            return Deferred.fromCoroutine(result)  # type: ignore[arg-type]
+        return result
+
+    def check(decision: object) -> ForwardingDecision:
+        if not isinstance(decision, ForwardingDecision):
+            raise TypeError(
+                f"policy {policy.name!r} returned {decision!r}, not a ForwardingDecision"
+            )
+        return decision
+
+    return maybeDeferred(call).addCallback(check)
+
+
+BUILTIN_POLICIES: Mapping[str, IForwardingPolicy] = {
+    policy.name: policy for policy in (HTTPPolicy(), HTTPSPolicy(), TCPPolicy())
+}
+
+
+class PolicyError(ValueError):
+    """A policy cannot be found or is not a policy; the message says which and why."""
+
+
+def loadPolicy(spec: str) -> IForwardingPolicy:
+    """
+    Load a policy given as C{package.module:attribute}.  The attribute may
+    be a policy or a callable without arguments that makes one.
+
+    @raise PolicyError: naming the spec and what is wrong with it.
+    """
+    moduleName, colon, attribute = spec.partition(":")
+    if not colon or not moduleName or not attribute:
+        raise PolicyError(f"policy {spec!r}: expected package.module:attribute")
+    try:
+        module = importlib.import_module(moduleName)
+    except ImportError as e:
+        raise PolicyError(f"policy {spec!r}: cannot import {moduleName}: {e}") from None
+    try:
+        found: Any = module
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except AttributeError:
+        raise PolicyError(f"policy {spec!r}: {moduleName} has no {attribute}") from None
+    if not IForwardingPolicy.providedBy(found) and callable(found):
+        found = found()
+    return _checked(found, spec)
+
+
+def _checked(candidate: object, where: str) -> IForwardingPolicy:
+    if not IForwardingPolicy.providedBy(candidate):
+        raise PolicyError(f"policy {where!r}: {candidate!r} does not provide IForwardingPolicy")
+    try:
+        verifyObject(IForwardingPolicy, candidate)
+    except Exception as e:
+        raise PolicyError(f"policy {where!r}: {e}") from None
+    return candidate
+
+
+def pluginPolicies(package: Any = None) -> dict[str, IForwardingPolicy]:
+    """
+    The policies installed as Twisted plugins, by name.  (Plugins are found
+    by scanning C{twisted.plugins}, or C{package}; call this once, at
+    startup or reload, not per request.)
+    """
+    from twisted.plugin import getPlugins
+
+    found: dict[str, IForwardingPolicy] = {}
+    for plugin in getPlugins(IForwardingPolicy, package):
+        policy = _checked(plugin, repr(plugin))
+        found[policy.name] = policy
+    return found
+
+
+def findPolicy(
+    nameOrSpec: str, plugins: Mapping[str, IForwardingPolicy] | None = None
+) -> IForwardingPolicy:
+    """
+    A policy by built-in name, plugin name, or C{package.module:attribute}.
+
+    @raise PolicyError: when there is no such policy.
+    """
+    if nameOrSpec in BUILTIN_POLICIES:
+        return BUILTIN_POLICIES[nameOrSpec]
+    if ":" in nameOrSpec:
+        return loadPolicy(nameOrSpec)
+    known = plugins if plugins is not None else pluginPolicies()
+    if nameOrSpec in known:
+        return known[nameOrSpec]
+    names = sorted(set(BUILTIN_POLICIES) | set(known))
+    raise PolicyError(f"no policy named {nameOrSpec!r} (known: {', '.join(names)})")
+
+
+def refuse(status: int, reason: str) -> ForwardingRefused:
+    """Shorthand for policies: C{raise refuse(403, "only GET /metrics")}."""
+    return ForwardingRefused(status, reason)
+
+
+__all__ = [
+    "BUILTIN_POLICIES",
+    "Carrier",
+    "ForwardingDecision",
+    "ForwardingRefused",
+    "ForwardingRequest",
+    "HTTPPolicy",
+    "HTTPSPolicy",
+    "IForwardingPolicy",
+    "LocalhostPolicy",
+    "PolicyError",
+    "TCPPolicy",
+    "decide",
+    "findPolicy",
+    "loadPolicy",
+    "pluginPolicies",
+    "refuse",
+]
