@@ -1,0 +1,248 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+The proxy listeners' routing: which node, which port, which policy.
+
+kube-apiserver, metrics-server and Prometheus reach C{<node-ip>:10250}
+(or C{<node-name>:10250}) with no change on their side; iptables DNAT or
+DNS bring their connections to the server's proxy listeners, and this
+module turns each one into a route through the right node's tunnel:
+
+ 1. the target: the connection's original destination (C{SO_ORIGINAL_DST},
+    when iptables DNATed it), else the request's C{Host};
+ 2. the port must be one the configuration forwards, and forwarded from
+    this listener: HTTPS ports from the HTTPS listener only, HTTP and dnat
+    ports from the HTTP listener only, raw TCP ports from the TCP listener
+    only.  Anything else is refused (C{403}), so the listeners are never an
+    open proxy into the edge network, and a plaintext listener never lends
+    out the proxy client certificate that the kubelet trusts;
+ 3. the node must have a connected agent (C{503} otherwise);
+ 4. the port's policy decides what the agent dials and how the bytes go.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from attrs import frozen
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import wrapClientTLS
+from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
+from twisted.logger import Logger
+
+from .policy import (
+    Carrier,
+    ForwardingDecision,
+    ForwardingRefused,
+    ForwardingRequest,
+    HTTPPolicy,
+    HTTPSPolicy,
+    IForwardingPolicy,
+    LocalhostPolicy,
+    TCPPolicy,
+    decide,
+)
+from .server import TunnelServer
+
+#: Which listener serves which protocol of the configuration.
+LISTENER_PROTOCOLS = {"https": "https", "http": "http", "tcp": "tcp"}
+
+_BUILTIN_FOR_PROTOCOL: Mapping[str, IForwardingPolicy] = {
+    "https": HTTPSPolicy(),
+    "http": HTTPPolicy(),
+    "tcp": TCPPolicy(),
+}
+
+
+class RoutingRefused(Exception):
+    """Routing said no: answer C{status} with C{reason} (and log it)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@frozen
+class Target:
+    """The node address (name or IP) and port a client asked for."""
+
+    address: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+
+def parseHost(host: bytes | None) -> Target:
+    """
+    The target named by a C{Host} header (C{name:port}, C{ip:port},
+    C{[v6]:port}).
+
+    @raise RoutingRefused: C{400} when it is missing or has no valid port.
+    """
+    if not host:
+        raise RoutingRefused(400, "the request has no Host header and was not DNATed")
+    text = host.decode("ascii", "replace").strip().lower()
+    name, colon, port = text.rpartition(":")
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    elif ":" in name:
+        raise RoutingRefused(400, f"Host {text!r}: an IPv6 address must be in brackets")
+    if not colon or not name or not (port.isascii() and port.isdigit()):
+        raise RoutingRefused(400, f"Host {text!r} does not name a port")
+    number = int(port)
+    if not 0 < number < 65536:
+        raise RoutingRefused(400, f"Host {text!r}: {port} is not a port")
+    return Target(name, number)
+
+
+def targetOf(
+    originalDestination: tuple[str, int] | None,
+    listenerAddress: tuple[str, int] | None,
+    host: bytes | None,
+) -> Target:
+    """
+    Where the client meant to go: the original destination of a DNATed
+    connection (unless that is the listener itself, i.e. it was not
+    DNATed), else the C{Host} header.
+    """
+    if originalDestination is not None and originalDestination != listenerAddress:
+        address, port = originalDestination
+        return Target(str(ipaddress.ip_address(address)), port)
+    return parseHost(host)
+
+
+@frozen
+class Routed:
+    """
+    A route: the node (what an HTTP connection stays pinned to), the
+    decision, and the endpoint that reaches it (already wrapped in client
+    TLS for the HTTPS carrier).
+    """
+
+    node: str
+    target: Target
+    decision: ForwardingDecision
+    policy: str
+    endpoint: IStreamClientEndpoint
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.node, self.target.port)
+
+    def describe(self) -> str:
+        d = self.decision
+        return f"{self.target} via node {self.node} to {d.host}:{d.port} ({self.policy})"
+
+
+class ProxyRouter:
+    """
+    Routes connections (or HTTP requests) arriving at one proxy listener.
+
+    @param config: returns the configuration in force (it changes on reload;
+        a route uses the one in force when it is made).
+    @param customPolicies: returns the ports bound to custom policies.
+    @param upstreamTLS: makes the client TLS creator for the HTTPS carrier,
+        given the host the agent dials (the kubelet sees this identity).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        server: TunnelServer,
+        listener: str,
+        config: Callable[[], Any],
+        *,
+        customPolicies: Callable[[], Mapping[int, IForwardingPolicy]] = dict,
+        upstreamTLS: Callable[[str], Any] | None = None,
+    ) -> None:
+        if listener not in LISTENER_PROTOCOLS:
+            raise ValueError(f"unknown listener kind {listener!r}")
+        self.server = server
+        self.listener = listener
+        self.config = config
+        self.customPolicies = customPolicies
+        self.upstreamTLS = upstreamTLS
+
+    def policyFor(self, port: int, config: Any) -> IForwardingPolicy:
+        """The policy in force for C{port}: custom or built-in, then localhost-wrapped."""
+        protocol = config.protocolFor(port)
+        policy = self.customPolicies().get(port) or _BUILTIN_FOR_PROTOCOL[protocol]
+        if config.isLocalhost(port):
+            policy = LocalhostPolicy(policy)
+        return policy
+
+    def route(
+        self,
+        target: Target,
+        *,
+        method: bytes | None = None,
+        requestTarget: bytes | None = None,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+        peer: IAddress | None = None,
+    ) -> Deferred[Routed]:
+        """
+        Route a connection (or one HTTP request) for C{target}.
+
+        @return: fails with L{RoutingRefused} for everything the client
+            should be told (403, 503, 400), or with the policy's
+            L{ForwardingRefused}.
+        """
+        try:
+            config = self.config()
+            protocol = config.protocolFor(target.port)
+            if protocol is None:
+                raise RoutingRefused(
+                    403,
+                    f"port {target.port} is not forwarded (add it to http-proxy-ports, "
+                    "https-proxy-ports or tcp-proxy-ports)",
+                )
+            if protocol != LISTENER_PROTOCOLS[self.listener]:
+                raise RoutingRefused(
+                    403,
+                    f"port {target.port} is forwarded as {protocol}, not from the "
+                    f"{self.listener} listener",
+                )
+            record = self.server.registry.lookup(target.address)
+            if record is None or not record.tunnel.established:
+                raise RoutingRefused(503, f"no agent connected for node {target.address!r}")
+            policy = self.policyFor(target.port, config)
+        except RoutingRefused as refused:
+            failed: Deferred[Routed] = Deferred()
+            failed.errback(refused)
+            return failed
+        request = ForwardingRequest(
+            node=record.node,
+            nodeIPs=record.ips,
+            address=target.address,
+            port=target.port,
+            listener=self.listener,
+            method=method,
+            target=requestTarget,
+            headers=headers,
+            peer=peer,
+        )
+
+        def decided(decision: ForwardingDecision) -> Routed:
+            endpoint = self.server.endpointForNode(record.node, decision.port, host=decision.host)
+            if decision.carrier is Carrier.HTTPS:
+                if self.upstreamTLS is None:
+                    raise RoutingRefused(
+                        502, "the https policy needs --proxy-client-cert and --proxy-client-key"
+                    )
+                endpoint = wrapClientTLS(self.upstreamTLS(decision.host), endpoint)
+            elif decision.carrier is Carrier.RAW and self.listener != "tcp":
+                raise RoutingRefused(
+                    502, f"policy {policy.name} chose raw TCP for an HTTP request"
+                )
+            return Routed(record.node, target, decision, policy.name, endpoint)
+
+        def refusedByPolicy(failure: Any) -> Any:
+            failure.trap(ForwardingRefused)
+            raise RoutingRefused(failure.value.status, failure.value.reason)
+
+        return decide(policy, request).addCallbacks(decided, refusedByPolicy)
