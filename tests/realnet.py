@@ -11,6 +11,10 @@ Typical use, in a trial C{TestCase}::
     match = await daemon.waitForLine(rb"ForwardFactory starting on (\\d+)")
     ...
     await waitUntil(lambda: all(c.lost for c in clients), 10, "the clients to be closed")
+
+and, for a tunnel without processes or TLS::
+
+    server, agent, agentTunnel = await plainTunnel(self, "edge-1")
 """
 
 from __future__ import annotations
@@ -26,18 +30,29 @@ from typing import Any
 
 from twisted.internet import reactor as _globalReactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.services import listen
+from twisted_tunnel.agent import TunnelAgent
+from twisted_tunnel.mux import Tunnel
+from twisted_tunnel.server import DEFAULT_OPEN_TIMEOUT, TunnelServer
+from twisted_tunnel.tls import PeerIdentity
 
 __all__ = [
     "REPO_ROOT",
     "Daemon",
     "daemonEnvironment",
+    "openSockets",
+    "plainTunnel",
     "runTwistd",
     "spawnTwistd",
     "twistdCommand",
+    "waitForSocketsClosedAtCleanup",
     "waitUntil",
 ]
 
@@ -245,3 +260,72 @@ def spawnTwistd(
 
     testCase.addCleanup(stop)
     return daemon
+
+
+def openSockets(reactor: Any = _globalReactor) -> set[object]:
+    """The reactor's TCP ports and connections (not its wakers and pipes)."""
+    selectables = set(reactor.getReaders()) | set(reactor.getWriters())
+    return {s for s in selectables if hasattr(s, "socket")}
+
+
+def waitForSocketsClosedAtCleanup(
+    testCase: SynchronousTestCase, timeout: float = 10.0, *, reactor: Any = _globalReactor
+) -> None:
+    """
+    At cleanup (after every cleanup added later), wait until every socket
+    opened from now on is closed; fail naming those still open.
+    """
+    baseline = openSockets(reactor)
+
+    async def quiet() -> None:
+        try:
+            await waitUntil(
+                lambda: openSockets(reactor) <= baseline,
+                timeout,
+                "every connection to close",
+                clock=reactor,
+            )
+        except AssertionError:
+            left = [(s, getattr(s, "protocol", None)) for s in openSockets(reactor) - baseline]
+            raise AssertionError(f"still open: {left}") from None
+
+    testCase.addCleanup(quiet)
+
+
+async def plainTunnel(
+    testCase: SynchronousTestCase,
+    node: str,
+    *,
+    openTimeout: float = DEFAULT_OPEN_TIMEOUT,
+    reactor: Any = _globalReactor,
+) -> tuple[TunnelServer, TunnelAgent, Tunnel]:
+    """
+    A L{TunnelServer} without TLS, listening on 127.0.0.1, that takes every
+    peer for the agent of C{node}; and a L{TunnelAgent} for C{node} (its IP:
+    127.0.0.1) connected to it over plain TCP.  The server, the agent, and
+    the agent's tunnel once it is up.
+
+    The cleanup stops the agent and the listener, then waits until every
+    socket opened since this call is closed (see
+    L{waitForSocketsClosedAtCleanup}).
+    """
+    waitForSocketsClosedAtCleanup(testCase, reactor=reactor)  # runs last
+    server = TunnelServer(
+        reactor,
+        None,
+        openTimeout=openTimeout,
+        identify=lambda transport: PeerIdentity(f"system:node:{node}"),
+    )
+    tunnelPort = listen(testCase, server.plainTunnelFactory(), reactor=reactor)
+    agent = TunnelAgent(
+        reactor,
+        None,
+        ("127.0.0.1", tunnelPort),
+        node,
+        ["127.0.0.1"],
+        endpoint=TCP4ClientEndpoint(reactor, "127.0.0.1", tunnelPort),
+    )
+    agent.startService()
+    testCase.addCleanup(agent.stopService)
+    agentTunnel = await agent.whenConnected(failAfterFailures=1)
+    return server, agent, agentTunnel

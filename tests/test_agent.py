@@ -183,6 +183,19 @@ class FakeEndpoint:
         pair.pump()
         return pair
 
+    def answerWithoutHello(self) -> tuple[Tunnel, StringTransport]:
+        """
+        Connect the last attempt to a bare transport: the connection is
+        made, but no HELLO from the server comes (unless the test sends it).
+        """
+        factory, d = self.attempts[-1]
+        tunnel = factory.buildProtocol(None)
+        assert isinstance(tunnel, Tunnel)
+        transport = StringTransport()
+        tunnel.makeConnection(transport)
+        d.callback(tunnel)
+        return tunnel, transport
+
     def fail(self, error: Exception) -> None:
         self.attempts[-1][1].errback(error)
 
@@ -272,12 +285,7 @@ class ReconnectorTests(SynchronousTestCase):
         """Connected but no HELLO from the server yet: not connected."""
         connected = self.reconnector.whenConnected()
         self.reconnector.start()
-        factory, d = self.endpoint.attempts[-1]
-        tunnel = factory.buildProtocol(None)
-        assert isinstance(tunnel, Tunnel)
-        transport = StringTransport()
-        tunnel.makeConnection(transport)
-        d.callback(tunnel)
+        tunnel, transport = self.endpoint.answerWithoutHello()
         self.assertNoResult(connected)
         self.assertIsNone(self.reconnector.tunnel)
         # the server's HELLO, straight off the wire
@@ -398,12 +406,7 @@ class ReconnectorTests(SynchronousTestCase):
         """
         waiting = self.reconnector.whenConnected()
         self.reconnector.start()
-        factory, d = self.endpoint.attempts[-1]
-        tunnel = factory.buildProtocol(None)
-        assert isinstance(tunnel, Tunnel)
-        transport = StringTransport()
-        tunnel.makeConnection(transport)
-        d.callback(tunnel)
+        tunnel, transport = self.endpoint.answerWithoutHello()
         stopped = self.reconnector.stop()
         try:
             closed = transport.disconnecting or transport.disconnected

@@ -12,25 +12,20 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-from collections.abc import Callable
 from typing import Any, cast
 
 from attrs import define
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocolFactory
-from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import ILogObserver, Logger, formatEvent
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.realnet import plainTunnel, waitUntil
+from tests.services import Echo, QuietFactory, RecordingClient, connectRecordingClient, listen
 from twisted_tunnel.agent import TunnelAgent
 from twisted_tunnel.connect import (
     ESTABLISHED,
@@ -43,49 +38,13 @@ from twisted_tunnel.connect import (
 )
 from twisted_tunnel.mux import Tunnel
 from twisted_tunnel.server import TunnelServer
-from twisted_tunnel.tls import PeerIdentity
 
 reactor: Any = _reactor
 
 NODE = "edge-1"
 
 
-async def until(predicate: Callable[[], object], what: str, timeout: float = 10.0) -> None:
-    """Poll C{predicate} until it holds; fail after C{timeout} seconds."""
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await deferLater(reactor, 0.01, lambda: None)
-
-
-def _sockets() -> set[object]:
-    """The reactor's TCP ports and connections (not its wakers and pipes)."""
-    selectables = set(reactor.getReaders()) | set(reactor.getWriters())
-    return {s for s in selectables if hasattr(s, "socket")}
-
-
 # -- edge services -------------------------------------------------------------
-
-
-@implementer(IHalfCloseableProtocol)
-class Echo(Protocol):
-    """
-    Echoes, and closes once the client's EOF has arrived and the echo is
-    flushed.  (Without half-close support Twisted drops the connection, and
-    whatever it has not yet written, the moment the EOF arrives.)
-    """
-
-    def dataReceived(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
-
-    def readConnectionLost(self) -> None:
-        assert self.transport is not None
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
 
 
 class Banner(Echo):
@@ -102,51 +61,6 @@ class Hello(Resource):
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain")
         return b"hello from edge-1\n"
-
-
-def _factory(protocol: type[Protocol]) -> IProtocolFactory:
-    factory: Factory = Factory.forProtocol(protocol)
-    factory.noisy = False
-    return factory
-
-
-# -- clients ---------------------------------------------------------------------
-
-
-@implementer(IHalfCloseableProtocol)
-class RawClient(Protocol):
-    """A client that records everything it receives, and when it ends."""
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.eof = False
-        self.closed = False
-        self.lost: Deferred[None] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def readConnectionLost(self) -> None:
-        self.eof = True
-        assert self.transport is not None
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self.closed = True
-        self.lost.callback(None)
-
-
-class _OneClient(Factory):
-    noisy = False
-
-    def __init__(self, client: RawClient) -> None:
-        self.client = client
-
-    def buildProtocol(self, addr: object) -> RawClient:
-        return self.client
 
 
 @define
@@ -172,14 +86,9 @@ class ConnectDoorTests(TestCase):
 
     timeout = 30
 
-    def listen(self, factory: IProtocolFactory) -> int:
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        return int(port.getHost().port)
-
     def closedPort(self) -> int:
         """A loopback port nobody listens on (any more)."""
-        port = reactor.listenTCP(0, _factory(Echo), interface="127.0.0.1")
+        port = reactor.listenTCP(0, QuietFactory(Echo), interface="127.0.0.1")
         number = int(port.getHost().port)
         port.stopListening()
         return number
@@ -201,35 +110,8 @@ class ConnectDoorTests(TestCase):
             filler.connect_ex(("127.0.0.1", number))
         return number
 
-    async def quiet(self, baseline: set[object]) -> None:
-        """Wait until every socket a test opened is closed."""
-        try:
-            await until(lambda: _sockets() <= baseline, "every connection to close")
-        except AssertionError:
-            left = [(s, getattr(s, "protocol", None)) for s in _sockets() - baseline]
-            raise AssertionError(f"still open: {left}") from None
-
     async def world(self, openTimeout: float = 10.0, requestTimeout: float = 30.0) -> World:
-        baseline = _sockets()
-        self.addCleanup(self.quiet, baseline)  # runs last
-        server = TunnelServer(
-            reactor,
-            None,
-            openTimeout=openTimeout,
-            identify=lambda transport: PeerIdentity(f"system:node:{NODE}"),
-        )
-        tunnelPort = self.listen(server.plainTunnelFactory())
-        agent = TunnelAgent(
-            reactor,
-            None,
-            ("127.0.0.1", tunnelPort),
-            NODE,
-            ["127.0.0.1"],
-            endpoint=TCP4ClientEndpoint(reactor, "127.0.0.1", tunnelPort),
-        )
-        agent.startService()
-        self.addCleanup(agent.stopService)
-        agentTunnel = cast(Tunnel, await agent.whenConnected(failAfterFailures=1))
+        server, agent, agentTunnel = await plainTunnel(self, NODE, openTimeout=openTimeout)
         record = server.registry.lookup(NODE)
         assert record is not None
         site = Site(Hello())
@@ -245,28 +127,19 @@ class ConnectDoorTests(TestCase):
             agent=agent,
             serverTunnel=record.tunnel,
             agentTunnel=agentTunnel,
-            door=self.listen(door),
-            echo=self.listen(_factory(Echo)),
-            banner=self.listen(_factory(Banner)),
-            http=self.listen(site),
+            door=listen(self, door),
+            echo=listen(self, QuietFactory(Echo)),
+            banner=listen(self, QuietFactory(Banner)),
+            http=listen(self, site),
             events=events,
         )
 
-    async def client(self, world: World, send: bytes = b"") -> RawClient:
-        client = RawClient()
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", world.door)
-        await endpoint.connect(_OneClient(client))
-        self.addCleanup(self._closeClient, client)
+    async def client(self, world: World, send: bytes = b"") -> RecordingClient:
+        client = await connectRecordingClient(self, world.door)
         if send:
             assert client.transport is not None
             client.transport.write(send)
         return client
-
-    async def _closeClient(self, client: RawClient) -> None:
-        if not client.closed:
-            assert client.transport is not None
-            client.transport.abortConnection()  # type: ignore[attr-defined]
-            await client.lost
 
     async def refused(self, world: World, request: bytes) -> bytes:
         """Send C{request}; return the whole answer, which must end the connection."""
@@ -297,21 +170,21 @@ class ConnectDoorTests(TestCase):
         """CONNECT to a node by name: 200, then bytes both ways."""
         world = await self.world()
         client = await self.client(world, self.connectTo(f"{NODE}:{world.echo}"))
-        await until(lambda: client.received == ESTABLISHED, "the 200")
+        await waitUntil(lambda: client.received == ESTABLISHED, 10.0, "the 200")
         assert client.transport is not None
         client.transport.write(b"ping")
-        await until(lambda: client.received == ESTABLISHED + b"ping", "the echo")
+        await waitUntil(lambda: client.received == ESTABLISHED + b"ping", 10.0, "the echo")
         self.assertEqual(world.refusals(), [])
 
     async def test_relayByIP(self) -> None:
         """CONNECT to one of the node's IPs reaches the same node."""
         world = await self.world()
         client = await self.client(world, self.connectTo(f"127.0.0.1:{world.echo}"))
-        await until(lambda: client.received == ESTABLISHED, "the 200")
+        await waitUntil(lambda: client.received == ESTABLISHED, 10.0, "the 200")
         self.assertEqual(world.serverTunnel.streamCount, 1)
         assert client.transport is not None
         client.transport.write(b"pong")
-        await until(lambda: client.received == ESTABLISHED + b"pong", "the echo")
+        await waitUntil(lambda: client.received == ESTABLISHED + b"pong", 10.0, "the echo")
 
     async def test_pipelinedBytesForwardedFirst(self) -> None:
         """Bytes sent right after the head (one segment) reach the edge first, in order."""
@@ -319,7 +192,7 @@ class ConnectDoorTests(TestCase):
         client = await self.client(world, self.connectTo(f"{NODE}:{world.echo}", b"early-"))
         assert client.transport is not None
         client.transport.write(b"later")
-        await until(lambda: client.received == ESTABLISHED + b"early-later", "the echo")
+        await waitUntil(lambda: client.received == ESTABLISHED + b"early-later", 10.0, "the echo")
 
     async def test_muchSentAhead(self) -> None:
         """
@@ -330,7 +203,7 @@ class ConnectDoorTests(TestCase):
         ahead = bytes(range(256)) * 1024
         client = await self.client(world, self.connectTo(f"{NODE}:{world.echo}", ahead))
         expected = ESTABLISHED + ahead
-        await until(lambda: len(client.received) >= len(expected), "the echo")
+        await waitUntil(lambda: len(client.received) >= len(expected), 10.0, "the echo")
         self.assertEqual(client.received, expected)
 
     async def test_answerBeforeEdgeBytes(self) -> None:
@@ -338,21 +211,21 @@ class ConnectDoorTests(TestCase):
         world = await self.world()
         client = await self.client(world, self.connectTo(f"{NODE}:{world.banner}"))
         expected = ESTABLISHED + b"BANNER from edge-1\n"
-        await until(lambda: len(client.received) >= len(expected), "the banner")
+        await waitUntil(lambda: len(client.received) >= len(expected), 10.0, "the banner")
         self.assertEqual(client.received, expected)
 
     async def test_bulkAndHalfClose(self) -> None:
         """A megabyte each way, then the client's EOF travels to the edge and back."""
         world = await self.world()
         client = await self.client(world, self.connectTo(f"{NODE}:{world.echo}"))
-        await until(lambda: client.received == ESTABLISHED, "the 200")
+        await waitUntil(lambda: client.received == ESTABLISHED, 10.0, "the 200")
         payload = bytes(range(256)) * 4096
         assert client.transport is not None
         client.transport.write(payload)
         client.transport.loseWriteConnection()  # type: ignore[attr-defined]
         await client.lost
         self.assertEqual(client.received, ESTABLISHED + payload)
-        await until(lambda: world.serverTunnel.streamCount == 0, "the stream to end")
+        await waitUntil(lambda: world.serverTunnel.streamCount == 0, 10.0, "the stream to end")
 
     async def test_curlByName(self) -> None:
         """C{curl -p -x} through the door to an HTTP service on the edge, by node name."""
@@ -420,7 +293,9 @@ class ConnectDoorTests(TestCase):
         self.assertTrue(answer.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n"), answer)
         self.assertIn(b"did not answer", answer)
         self.assertRefusal(world, 504, node=NODE, port=port)
-        await until(lambda: world.agentTunnel.streamCount == 0, "the agent to drop the dial")
+        await waitUntil(
+            lambda: world.agentTunnel.streamCount == 0, 10.0, "the agent to drop the dial"
+        )
         await self.assertTunnelStillWorks(world)
 
     async def assertTunnelStillWorks(self, world: World) -> None:
@@ -429,7 +304,9 @@ class ConnectDoorTests(TestCase):
         (and, coming after them, proves the frames of the old one were fine).
         """
         client = await self.client(world, self.connectTo(f"{NODE}:{world.echo}", b"again"))
-        await until(lambda: client.received == ESTABLISHED + b"again", "a CONNECT after it")
+        await waitUntil(
+            lambda: client.received == ESTABLISHED + b"again", 10.0, "a CONNECT after it"
+        )
         record = world.server.registry.lookup(NODE)
         self.assertIs(record and record.tunnel, world.serverTunnel)
         self.assertTrue(world.agentTunnel.established)
@@ -439,7 +316,9 @@ class ConnectDoorTests(TestCase):
         world = await self.world(openTimeout=20.0)
         port = self.hangingPort()
         client = await self.client(world, self.connectTo(f"{NODE}:{port}"))
-        await until(lambda: world.agentTunnel.streamCount == 1, "the agent to start dialing")
+        await waitUntil(
+            lambda: world.agentTunnel.streamCount == 1, 10.0, "the agent to start dialing"
+        )
         await world.agent.stopService()
         await client.lost
         self.assertTrue(client.eof)
@@ -458,15 +337,21 @@ class ConnectDoorTests(TestCase):
         world = await self.world(openTimeout=20.0)
         port = self.hangingPort()
         client = await self.client(world, self.connectTo(f"{NODE}:{port}"))
-        await until(lambda: world.agentTunnel.streamCount == 1, "the agent to start dialing")
+        await waitUntil(
+            lambda: world.agentTunnel.streamCount == 1, 10.0, "the agent to start dialing"
+        )
         assert client.transport is not None
         if abort:
             client.transport.abortConnection()  # type: ignore[attr-defined]
         else:
             client.transport.loseConnection()
         await client.lost
-        await until(lambda: world.serverTunnel.streamCount == 0, "the server to drop the open")
-        await until(lambda: world.agentTunnel.streamCount == 0, "the agent to drop the dial")
+        await waitUntil(
+            lambda: world.serverTunnel.streamCount == 0, 10.0, "the server to drop the open"
+        )
+        await waitUntil(
+            lambda: world.agentTunnel.streamCount == 0, 10.0, "the agent to drop the dial"
+        )
         self.assertEqual(client.received, b"")
         self.assertEqual(world.refusals(), [])
         abandoned = [e for e in world.events if "abandoned" in e["log_format"]]

@@ -27,6 +27,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.pki import CredentialPaths, TestPKI, temporaryDirectory
 from tests.realnet import Daemon, runTwistd, spawnTwistd, waitUntil
+from tests.services import listenAndAbortAtCleanup
 
 pki = TestPKI()
 
@@ -110,16 +111,7 @@ class TunnelProcessesTestCase(TestCase):
 
     def listenEdge(self) -> tuple[DripFactory, int]:
         factory = DripFactory()
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-
-        def abortAll() -> None:
-            for connection in factory.connections:
-                if connection.lost is None and connection.transport is not None:
-                    connection.transport.abortConnection()  # type: ignore[attr-defined]
-
-        self.addCleanup(abortAll)
-        return factory, port.getHost().port
+        return factory, listenAndAbortAtCleanup(self, factory)
 
     async def startTunnel(self) -> tuple[DripFactory, Daemon, Daemon, list[Receiver]]:
         """

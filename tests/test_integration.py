@@ -33,6 +33,7 @@ from zope.interface import implementer
 
 from tests.pki import TestPKI
 from tests.realnet import waitUntil
+from tests.services import OneProtocolFactory, listenAndAbortAtCleanup
 from twisted_tunnel.agent import TunnelAgent
 from twisted_tunnel.errors import NodeNotConnected, StreamOpenFailed
 from twisted_tunnel.mux import Settings, Stream, Tunnel
@@ -261,16 +262,6 @@ class ExchangeClient(Protocol):
             self.done.callback(None)
 
 
-class _OneProtocol(Factory):
-    noisy = False
-
-    def __init__(self, protocol: Protocol) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr: Any) -> Protocol:
-        return self._protocol
-
-
 def logText(event: dict[str, Any]) -> str:
     return formatEvent(event)
 
@@ -362,16 +353,7 @@ class TunnelTestCase(TestCase):
     def listenEdge(self, interface: str = "127.0.0.1") -> tuple[ExchangeServiceFactory, int]:
         """An edge service on C{interface}; its connections are aborted at the end."""
         factory = ExchangeServiceFactory()
-        port = reactor.listenTCP(0, factory, interface=interface)
-        self.addCleanup(port.stopListening)
-
-        def abortAll() -> None:
-            for connection in factory.connections:
-                if connection.lost is None and connection.transport is not None:
-                    connection.transport.abortConnection()  # type: ignore[attr-defined]
-
-        self.addCleanup(abortAll)
-        return factory, port.getHost().port
+        return factory, listenAndAbortAtCleanup(self, factory, interface)
 
     def openStream(
         self, server: TunnelServer, port: int, client: ExchangeClient, node: str = "edge-1"
@@ -389,7 +371,7 @@ class TunnelTestCase(TestCase):
             return client
 
         endpoint = server.endpointForNode(node, port)
-        return endpoint.connect(_OneProtocol(client)).addCallback(connected)
+        return endpoint.connect(OneProtocolFactory(client)).addCallback(connected)
 
     async def attempt(self, agent: TunnelAgent) -> Failure | Tunnel:
         """
@@ -794,7 +776,7 @@ class AllowlistTests(TunnelTestCase):
         self.patch(reactor, "connectTCP", recordingConnectTCP)
         failure = await self.assertFailure(
             server.endpointForNode("edge-1", 80, host="192.0.2.1").connect(
-                _OneProtocol(ExchangeClient())
+                OneProtocolFactory(ExchangeClient())
             ),
             StreamOpenFailed,
         )
@@ -813,7 +795,7 @@ class AllowlistTests(TunnelTestCase):
         port = closed.getHost().port
         await closed.stopListening()
         failure = await self.assertFailure(
-            server.endpointForNode("edge-1", port).connect(_OneProtocol(ExchangeClient())),
+            server.endpointForNode("edge-1", port).connect(OneProtocolFactory(ExchangeClient())),
             StreamOpenFailed,
         )
         self.assertEqual(failure.reason, OpenFailReason.REFUSED)
@@ -823,7 +805,7 @@ class AllowlistTests(TunnelTestCase):
         server, serverPort = self.startServer()
         await self.connectedAgent(serverPort)
         failure = await self.assertFailure(
-            server.endpointForNode("edge-7", 80).connect(_OneProtocol(ExchangeClient())),
+            server.endpointForNode("edge-7", 80).connect(OneProtocolFactory(ExchangeClient())),
             NodeNotConnected,
         )
         self.assertEqual(failure.node, "edge-7")

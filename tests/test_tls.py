@@ -20,12 +20,11 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
-    IAddress,
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import CertificateOptions, TLSVersion, optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -36,6 +35,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from tests.pki import CredentialPaths, TestPKI, temporaryDirectory
+from tests.services import OneProtocolFactory
 from twisted_tunnel.certs import mintCA
 from twisted_tunnel.errors import CredentialsError
 from twisted_tunnel.tls import (
@@ -83,16 +83,6 @@ class Peer(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         self.lostReason = reason
         self.lost.callback(None)
-
-
-class OneProtocolFactory(Factory):
-    """A factory that hands out one given protocol."""
-
-    def __init__(self, protocol: Protocol) -> None:
-        self.protocol_ = protocol
-
-    def buildProtocol(self, addr: IAddress | None) -> Protocol:
-        return self.protocol_
 
 
 @define
