@@ -1,0 +1,748 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The C{edge-tunnel-server-cfg} ConfigMap: which edge node ports the server's
+proxy listeners forward, and how.
+
+The ConfigMap is the one thing kube-apiserver, metrics-server and Prometheus
+operators touch to open a port, so its keys and value formats are exactly the
+ones ACK Edge documents (C{http-proxy-ports: "9052, 8080"},
+C{dnat-ports-pair: "9051=10264"}, ...), plus our C{tcp-proxy-ports}.  Where
+yurt-tunnel logs and skips a bad value, or drops a bad DNAT pair silently, we
+refuse the whole configuration with one line that names the key and the
+value: a half-applied ConfigMap is worse than an unchanged one.
+
+Three layers, so each can be tested and reused alone:
+
+  - L{parseConfigData}: the ConfigMap's C{data} (key to string) in, a
+    L{ProxyConfig} or a L{ConfigError} out.  No I/O.
+  - L{loadConfig}: reads a kubectl-style manifest file, or a directory laid
+    out the way kubelet mounts a ConfigMap volume.  Blocking (the files are
+    small): call it from C{makeService}, never per connection.
+  - L{ConfigWatcher}: polls the same path on an injected clock and hands
+    every valid change to a callback, so the server applies it live; an
+    invalid change is refused and the last good configuration stays active.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+import stat
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+import yaml
+from attrs import field, frozen
+from twisted.application.service import Service
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from .errors import TunnelError
+
+HTTP_PROXY_PORTS = "http-proxy-ports"
+HTTPS_PROXY_PORTS = "https-proxy-ports"
+LOCALHOST_PROXY_PORTS = "localhost-proxy-ports"
+DNAT_PORTS_PAIR = "dnat-ports-pair"
+TCP_PROXY_PORTS = "tcp-proxy-ports"
+
+#: Every data key we accept, in the order they are checked (so that, of
+#: several problems, the same one is always reported).
+KNOWN_KEYS = (
+    HTTP_PROXY_PORTS,
+    HTTPS_PROXY_PORTS,
+    LOCALHOST_PROXY_PORTS,
+    DNAT_PORTS_PAIR,
+    TCP_PROXY_PORTS,
+)
+
+#: The kubelet's port: always forwarded, always HTTPS.
+KUBELET_PORT = 10250
+#: The kubelet's read-only port: always forwarded, always plain HTTP.
+KUBELET_READ_ONLY_PORT = 10255
+#: C{localhost-proxy-ports} when the key is absent (ACK Edge's default).
+DEFAULT_LOCALHOST_PORTS = frozenset({10250, 10255, 10266, 10267})
+#: The HTTP proxy listener's port: the only valid right side of a DNAT pair.
+DEFAULT_HTTP_LISTENER_PORT = 10264
+#: Kubernetes refuses ConfigMaps larger than this; so do we, before parsing.
+MAX_CONFIG_BYTES = 1024 * 1024
+
+PortProtocol = Literal["https", "http", "tcp"]
+
+
+class ConfigError(TunnelError):
+    """
+    The configuration is refused as a whole.
+
+    C{str()} is one line that names the key, the value and why, ready for an
+    operator's log; the same parts are kept as attributes for structured log
+    fields.
+
+    @ivar key: the data key at fault (or a manifest field such as C{kind}),
+        or L{None} when the problem is the document or path as a whole.
+    @ivar value: the offending value as text, or L{None}.
+    @ivar reason: why it is refused.
+    @ivar path: the file or directory it was read from, when known.
+    """
+
+    def __init__(
+        self, key: str | None, value: str | None, reason: str, *, path: str | None = None
+    ) -> None:
+        self.key = key
+        self.value = value
+        self.reason = _oneLine(reason)
+        self.path = path
+        parts = [] if path is None else [path]
+        if key is not None:
+            parts.append(
+                f"key {key!r}" if value is None else f"key {key!r}, value {_quote(value)}"
+            )
+        parts.append(self.reason)
+        super().__init__(": ".join(parts))
+
+    def withPath(self, path: str) -> ConfigError:
+        """The same refusal, saying which file or directory it came from."""
+        return type(self)(self.key, self.value, self.reason, path=path)
+
+
+class _Vanished(ConfigError):
+    """
+    The path, or a file under it, is not there right now.
+
+    Kept apart from other refusals because it is usually transient: an
+    editor's rename, or kubelet between swapping C{..data} and removing the
+    old directory.  The watcher retries it instead of refusing.
+    """
+
+
+def _oneLine(text: str) -> str:
+    """Line breaks (from YAML's messages) made spaces; quoted values left alone."""
+    return re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
+
+
+def _quote(text: str, limit: int = 120) -> str:
+    """C{repr} of C{text}, shortened: a log line stays one short line."""
+    if len(text) > limit:
+        return repr(text[:limit]) + "..."
+    return repr(text)
+
+
+def _withHTTP(ports: Iterable[int]) -> frozenset[int]:
+    return frozenset(ports) | {KUBELET_READ_ONLY_PORT}
+
+
+def _withHTTPS(ports: Iterable[int]) -> frozenset[int]:
+    return frozenset(ports) | {KUBELET_PORT}
+
+
+def _portSet(ports: Iterable[int]) -> frozenset[int]:
+    return frozenset(ports)
+
+
+def _formatPorts(ports: frozenset[int]) -> str:
+    return ", ".join(str(port) for port in sorted(ports)) or "none"
+
+
+@frozen
+class ProxyConfig:
+    """
+    Which node ports the proxy listeners forward, and how.
+
+    The fixed rules hold for every instance, however it was built: 10250 is
+    always in C{httpsPorts} and 10255 always in C{httpPorts}, so the
+    kubelet stays reachable whatever the ConfigMap says.  C{ProxyConfig()} is
+    the configuration of an empty (or absent) ConfigMap.
+
+    @ivar httpPorts: carried as plain HTTP (C{http-proxy-ports}, plus 10255).
+    @ivar httpsPorts: TLS terminated and made again towards the node with the
+        proxy client certificate (C{https-proxy-ports}, plus 10250).
+    @ivar localhostPorts: dialled on the edge node's loopback instead of its
+        IP (C{localhost-proxy-ports}); composes with the other sets.
+    @ivar dnatPorts: the left sides of C{dnat-ports-pair}: carried as plain
+        HTTP through the HTTP listener, like C{httpPorts}.
+    @ivar tcpPorts: raw TCP by original destination (C{tcp-proxy-ports}, our
+        extension).
+    """
+
+    httpPorts: frozenset[int] = field(default=frozenset(), converter=_withHTTP)
+    httpsPorts: frozenset[int] = field(default=frozenset(), converter=_withHTTPS)
+    localhostPorts: frozenset[int] = field(default=DEFAULT_LOCALHOST_PORTS, converter=_portSet)
+    dnatPorts: frozenset[int] = field(default=frozenset(), converter=_portSet)
+    tcpPorts: frozenset[int] = field(default=frozenset(), converter=_portSet)
+
+    def __attrs_post_init__(self) -> None:
+        # parseConfigData reports these with the key and value at fault; this
+        # only catches a ProxyConfig built by hand with contradictory sets.
+        for name in ("httpPorts", "httpsPorts", "localhostPorts", "dnatPorts", "tcpPorts"):
+            for port in getattr(self, name):
+                if not 1 <= port <= 65535:
+                    raise ValueError(f"{name}: {port} is outside 1-65535")
+        plainHTTP = self.httpPorts | self.dnatPorts
+        for first, second in [
+            (self.httpsPorts, plainHTTP),
+            (self.tcpPorts, plainHTTP | self.httpsPorts),
+        ]:
+            both = first & second
+            if both:
+                raise ValueError(f"ports {_formatPorts(both)} have two protocols")
+
+    def protocolFor(self, port: int) -> PortProtocol | None:
+        """
+        How a connection for C{port} on a node is carried, or L{None} when the
+        proxy listeners must refuse it (the port is not configured).
+        """
+        if port in self.httpsPorts:
+            return "https"
+        if port in self.httpPorts or port in self.dnatPorts:
+            return "http"
+        if port in self.tcpPorts:
+            return "tcp"
+        return None
+
+    def isLocalhost(self, port: int) -> bool:
+        """Whether the agent dials the node's loopback rather than its IP."""
+        return port in self.localhostPorts
+
+    def forwardedPorts(self) -> frozenset[int]:
+        """Every port the proxy listeners forward; any other is refused."""
+        return self.httpPorts | self.httpsPorts | self.dnatPorts | self.tcpPorts
+
+    def describe(self) -> str:
+        """One line for logs, every set in full (fixed ports included)."""
+        return "; ".join(f"{label} {_formatPorts(ports)}" for label, ports in self._labelled())
+
+    def changesFrom(self, old: ProxyConfig) -> str:
+        """
+        One line saying what differs from C{old}, e.g.
+        C{"http ports 9051, 10255 → 9051, 9100, 10255"}; empty if nothing.
+        """
+        return "; ".join(
+            f"{label} ports {_formatPorts(before)} → {_formatPorts(after)}"
+            for (label, after), (_, before) in zip(self._labelled(), old._labelled(), strict=True)
+            if after != before
+        )
+
+    def _labelled(self) -> list[tuple[str, frozenset[int]]]:
+        return [
+            ("http", self.httpPorts),
+            ("https", self.httpsPorts),
+            ("localhost", self.localhostPorts),
+            ("dnat", self.dnatPorts),
+            ("tcp", self.tcpPorts),
+        ]
+
+
+_DIGITS = re.compile(r"[0-9]{1,5}")
+
+
+def _port(key: str, value: str, item: str) -> int:
+    if item.isascii() and item.isdigit() and len(item) > 5:
+        raise ConfigError(key, value, f"{_quote(item, 20)} is outside 1-65535")
+    if _DIGITS.fullmatch(item) is None:
+        raise ConfigError(key, value, f"{_quote(item, 20)} is not a port number")
+    port = int(item)
+    if not 1 <= port <= 65535:
+        raise ConfigError(key, value, f"{port} is outside 1-65535")
+    return port
+
+
+def _items(key: str, value: str) -> list[str]:
+    """Comma-separated items, spaces optional; an empty value is no items."""
+    if not value.strip():
+        return []
+    items = [item.strip() for item in value.split(",")]
+    if "" in items:
+        raise ConfigError(key, value, "an empty entry between commas")
+    return items
+
+
+def _ports(key: str, value: str) -> frozenset[int]:
+    return frozenset(_port(key, value, item) for item in _items(key, value))
+
+
+def _dnatPairs(value: str, httpListenerPort: int) -> dict[int, str]:
+    """Left side of each C{P=Q} pair, mapped to the pair's text."""
+    pairs: dict[int, str] = {}
+    for pair in _items(DNAT_PORTS_PAIR, value):
+        left, equals, right = pair.partition("=")
+        if not equals or "=" in right:
+            raise ConfigError(DNAT_PORTS_PAIR, value, f"pair {_quote(pair, 40)} is not P=Q")
+        try:
+            port = _port(DNAT_PORTS_PAIR, value, left.strip())
+            listener = _port(DNAT_PORTS_PAIR, value, right.strip())
+        except ConfigError as e:
+            raise ConfigError(
+                DNAT_PORTS_PAIR, value, f"pair {_quote(pair, 40)}: {e.reason}"
+            ) from None
+        if listener != httpListenerPort:
+            raise ConfigError(
+                DNAT_PORTS_PAIR,
+                value,
+                f"pair {pair!r}: the right side must be the HTTP proxy listener's port "
+                f"{httpListenerPort}, not {listener}",
+            )
+        pairs[port] = pair
+    return pairs
+
+
+def _unknownKey(key: str, value: str) -> ConfigError:
+    close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(key, value, f"unknown key{hint}; the keys are {', '.join(KNOWN_KEYS)}")
+
+
+def parseConfigData(
+    data: Mapping[str, str], *, httpListenerPort: int = DEFAULT_HTTP_LISTENER_PORT
+) -> ProxyConfig:
+    """
+    Check and interpret a ConfigMap's C{data}.
+
+    @param data: key to value, both text, as in the ConfigMap.
+    @param httpListenerPort: the HTTP proxy listener's port, the only valid
+        right side of a C{dnat-ports-pair}.
+    @raise ConfigError: for the first problem found, so nothing is partially
+        applied: a port that is not a number in 1-65535, an empty entry
+        between commas, an unknown key, the same port under two protocols
+        (http and https, or tcp and any HTTP key), 10250 as anything but
+        HTTPS or 10255 as anything but HTTP, or a DNAT pair that is not
+        C{P=Q} or whose C{Q} is not C{httpListenerPort}.
+    """
+    if not 1 <= httpListenerPort <= 65535:
+        raise ValueError(f"httpListenerPort {httpListenerPort} is outside 1-65535")
+    for key in sorted(data):
+        value = data[key]
+        if not isinstance(value, str):
+            raise ConfigError(str(key), repr(value), "the value must be a string")
+        if key not in KNOWN_KEYS:
+            raise _unknownKey(key, value)
+
+    def listed(key: str) -> frozenset[int]:
+        return _ports(key, data.get(key, ""))
+
+    http = listed(HTTP_PROXY_PORTS)
+    https = listed(HTTPS_PROXY_PORTS)
+    localhost = (
+        listed(LOCALHOST_PROXY_PORTS) if LOCALHOST_PROXY_PORTS in data else DEFAULT_LOCALHOST_PORTS
+    )
+    dnat = _dnatPairs(data.get(DNAT_PORTS_PAIR, ""), httpListenerPort)
+    tcp = listed(TCP_PROXY_PORTS)
+
+    always = {KUBELET_PORT: "HTTPS", KUBELET_READ_ONLY_PORT: "HTTP"}
+    for key, ports, protocol in [
+        (HTTP_PROXY_PORTS, http, "HTTP"),
+        (HTTPS_PROXY_PORTS, https, "HTTPS"),
+        (TCP_PROXY_PORTS, tcp, "TCP"),
+    ]:
+        for port, fixed in always.items():
+            if port in ports and fixed != protocol:
+                raise ConfigError(
+                    key, data[key], f"port {port} is always {fixed}, it cannot be {protocol}"
+                )
+    for port, pair in dnat.items():
+        if port == KUBELET_PORT:
+            raise ConfigError(
+                DNAT_PORTS_PAIR,
+                data[DNAT_PORTS_PAIR],
+                f"pair {pair!r}: port {port} is always HTTPS, it cannot be DNATed as HTTP",
+            )
+
+    both = http & https
+    if both:
+        raise ConfigError(
+            HTTPS_PROXY_PORTS,
+            data[HTTPS_PROXY_PORTS],
+            f"port {min(both)} is also under {HTTP_PROXY_PORTS}; a port is HTTP or HTTPS, "
+            "not both",
+        )
+    for port, pair in sorted(dnat.items()):
+        if port in https:
+            raise ConfigError(
+                DNAT_PORTS_PAIR,
+                data[DNAT_PORTS_PAIR],
+                f"pair {pair!r} carries port {port} as HTTP, but it is also under "
+                f"{HTTPS_PROXY_PORTS}",
+            )
+    for port in sorted(tcp):
+        for key, ports in [
+            (HTTP_PROXY_PORTS, http),
+            (HTTPS_PROXY_PORTS, https),
+            (DNAT_PORTS_PAIR, frozenset(dnat)),
+        ]:
+            if port in ports:
+                raise ConfigError(
+                    TCP_PROXY_PORTS,
+                    data[TCP_PROXY_PORTS],
+                    f"port {port} is also under {key}; a port has one protocol",
+                )
+    return ProxyConfig(
+        httpPorts=http,
+        httpsPorts=https,
+        localhostPorts=localhost,
+        dnatPorts=frozenset(dnat),
+        tcpPorts=tcp,
+    )
+
+
+@frozen
+class _Source:
+    """
+    What one read of the path found, before any parsing.
+
+    The watcher compares C{fingerprint}s to decide whether to parse at all,
+    and then parses these very bytes: no second read that could see a
+    different version.
+    """
+
+    fingerprint: bytes
+    manifest: bytes | None
+    files: Mapping[str, bytes]
+
+    def data(self) -> dict[str, str]:
+        if self.manifest is not None:
+            return _manifestData(self.manifest)
+        data = {}
+        for key, content in self.files.items():
+            try:
+                data[key] = content.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ConfigError(key, None, f"the file is not UTF-8 text ({e.reason})") from None
+        return data
+
+
+def _readBounded(path: str, key: str | None) -> bytes:
+    with open(path, "rb") as f:
+        content = f.read(MAX_CONFIG_BYTES + 1)
+    if len(content) > MAX_CONFIG_BYTES:
+        raise ConfigError(key, None, "larger than a ConfigMap can be (1 MiB)")
+    return content
+
+
+def _readSource(path: str) -> _Source:
+    """
+    Read C{path} (file or ConfigMap-volume directory) without parsing it.
+
+    @raise _Vanished: something was missing, possibly only for a moment.
+    @raise ConfigError: anything else that stops the read.
+    """
+    try:
+        if not stat.S_ISDIR(os.stat(path).st_mode):
+            content = _readBounded(path, None)
+            return _Source(
+                fingerprint=hashlib.sha256(b"file\0" + content).digest(),
+                manifest=content,
+                files={},
+            )
+        # kubelet's layout: keys are symlinks to ..data/<key>, and ..data is a
+        # symlink to a ..<timestamp> directory that kubelet replaces with one
+        # rename.  Resolving ..data once and reading that directory sees one
+        # version of the ConfigMap, never a mix of two.
+        dataLink = os.path.join(path, "..data")
+        root = os.path.realpath(dataLink) if os.path.lexists(dataLink) else path
+        files: dict[str, bytes] = {}
+        digest = hashlib.sha256(b"directory\0")
+        total = 0
+        for name in sorted(os.listdir(root)):
+            if name.startswith(".."):
+                continue
+            entry = os.path.join(root, name)
+            if stat.S_ISDIR(os.stat(entry).st_mode):
+                raise ConfigError(
+                    name, None, "is a directory; a ConfigMap volume holds one file per key"
+                )
+            content = _readBounded(entry, name)
+            total += len(content)
+            if total > MAX_CONFIG_BYTES:
+                raise ConfigError(None, None, "larger than a ConfigMap can be (1 MiB)")
+            files[name] = content
+            for part in (name.encode("utf-8", "surrogateescape"), content):
+                digest.update(len(part).to_bytes(8, "big") + part)
+        return _Source(fingerprint=digest.digest(), manifest=None, files=files)
+    except FileNotFoundError as e:
+        raise _Vanished(None, None, _osReason(path, e)) from None
+    except OSError as e:
+        raise ConfigError(None, None, f"cannot read: {_osReason(path, e)}") from None
+
+
+def _osReason(path: str, error: OSError) -> str:
+    """C{strerror}, naming the file when it is not C{path} itself."""
+    reason = error.strerror or str(error)
+    if error.filename is None or os.fspath(error.filename) == path:
+        return reason
+    return f"{os.fspath(error.filename)}: {reason}"
+
+
+def _yamlProblem(error: Exception) -> str:
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        context = f"{error.context}, " if error.context else ""
+        return f"{context}{error.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    return str(error)
+
+
+def _scalarTexts(node: yaml.Node | None) -> tuple[dict[str, str], str | None]:
+    """
+    For a mapping node: each scalar value's source text by key, and the first
+    key that appears twice (L{yaml.safe_load} silently keeps the last one,
+    which would hide an operator's mistake).
+    """
+    texts: dict[str, str] = {}
+    seen: set[str] = set()
+    duplicate = None
+    if isinstance(node, yaml.MappingNode):
+        for keyNode, valueNode in node.value:
+            name = str(keyNode.value)
+            if name in seen and duplicate is None:
+                duplicate = name
+            seen.add(name)
+            if isinstance(valueNode, yaml.ScalarNode):
+                texts[name] = valueNode.value
+    return texts, duplicate
+
+
+def _valueText(key: str, value: object, source: str | None) -> str:
+    """
+    A data value as text.  Strings are what kubectl accepts; an unquoted
+    number is taken as written (C{http-proxy-ports: 9051}), since an operator
+    plainly meant it; anything else is refused.
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or value is None:
+        what = "null" if value is None else "a YAML boolean"
+        raise ConfigError(
+            key,
+            None if value is None else source,
+            f'{what} where a string is expected (write "" for no ports)',
+        )
+    if isinstance(value, int):
+        return source if source is not None else str(value)
+    raise ConfigError(
+        key,
+        source or repr(value),
+        f'a YAML {type(value).__name__} where a string such as "9051, 9052" is expected',
+    )
+
+
+def _manifestData(content: bytes) -> dict[str, str]:
+    """The C{data} of a kubectl-style ConfigMap manifest, as text."""
+    try:
+        # compose() builds nodes only (no objects): used for the source text
+        # of values and to catch duplicate keys that safe_load would hide.
+        root = yaml.compose(content, Loader=yaml.SafeLoader)
+        document: Any = yaml.safe_load(content)
+    except (yaml.YAMLError, RecursionError) as e:
+        raise ConfigError(None, None, f"YAML does not parse: {_yamlProblem(e)}") from None
+    if not isinstance(document, dict) or root is None:
+        what = "empty" if document is None else f"a YAML {type(document).__name__}"
+        raise ConfigError(None, None, f"not a ConfigMap manifest: the document is {what}")
+    topTexts, duplicate = _scalarTexts(root)
+    if duplicate is not None:
+        raise ConfigError(duplicate, None, "appears twice in the manifest")
+    for name, expected in [("kind", "ConfigMap"), ("apiVersion", "v1")]:
+        found = document.get(name)
+        if found != expected:
+            raise ConfigError(
+                name,
+                None if found is None else str(found),
+                f"not a ConfigMap manifest ({name}: {expected} expected)",
+            )
+    if document.get("binaryData"):
+        raise ConfigError("binaryData", None, "not supported: every key is text, under data")
+    data = document.get("data")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            "data", topTexts.get("data"), f"a YAML {type(data).__name__}, not a mapping"
+        )
+    dataNode = next((v for k, v in root.value if str(k.value) == "data"), None)
+    texts, duplicate = _scalarTexts(dataNode)
+    if duplicate is not None:
+        raise ConfigError(duplicate, None, "appears twice under data")
+    return {
+        str(key): _valueText(str(key), value, texts.get(str(key))) for key, value in data.items()
+    }
+
+
+def _parseSource(source: _Source, httpListenerPort: int) -> ProxyConfig:
+    return parseConfigData(source.data(), httpListenerPort=httpListenerPort)
+
+
+def loadConfig(path: str, *, httpListenerPort: int = DEFAULT_HTTP_LISTENER_PORT) -> ProxyConfig:
+    """
+    Load the ConfigMap from C{path}.
+
+    C{path} is either a YAML file holding a kubectl-style ConfigMap manifest
+    (what C{kubectl apply -f} takes, or C{kubectl get -o yaml} prints), or a
+    directory with one file per key, as kubelet mounts a ConfigMap volume
+    (entries whose names start with C{..}, kubelet's bookkeeping, are
+    skipped; C{..data} is followed when present).
+
+    Blocking: the files are small, but call this at start-up, not on a hot
+    path.
+
+    @raise ConfigError: naming C{path}, and the key and value when there is
+        one.
+    """
+    try:
+        return _parseSource(_readSource(path), httpListenerPort)
+    except ConfigError as e:
+        raise e.withPath(path) from None
+
+
+class ConfigWatcher(Service):
+    """
+    Polls the configuration and applies each valid change live.
+
+    Polling rather than inotify: it works the same for a file, a directory,
+    and kubelet's symlink swaps, and costs one small read per interval.  What
+    was read is fingerprinted (a hash of the bytes, names included for a
+    directory), so a change is seen even within the same second, and an
+    unchanged file is not parsed again.
+
+    @ivar current: the configuration in force.
+    @ivar stale: whether the path holds something other than C{current}
+        (refused, or missing), so operators can be told.
+    @ivar staleReason: why, one line (the L{ConfigError} text); L{None} when
+        not stale.
+    @ivar lastLoaded: clock time of the last successful load (construction
+        time for the initial configuration).
+    """
+
+    log = Logger()
+
+    #: Consecutive polls that find the path missing before it counts as
+    #: gone: one miss is retried, as it may be a rename in progress.
+    missingPollsBeforeStale = 2
+
+    def __init__(
+        self,
+        path: str,
+        clock: IReactorTime,
+        initial: ProxyConfig,
+        onChange: Callable[[ProxyConfig], object],
+        *,
+        interval: float = 2.0,
+        httpListenerPort: int = DEFAULT_HTTP_LISTENER_PORT,
+    ) -> None:
+        self.path = path
+        self.clock = clock
+        self.onChange = onChange
+        self.interval = interval
+        self.httpListenerPort = httpListenerPort
+        self.current = initial
+        self.stale = False
+        self.staleReason: str | None = None
+        self.lastLoaded = clock.seconds()
+        # None: parse whatever the next poll reads (the initial configuration
+        # came from elsewhere, and the file may have changed since).
+        self._fingerprint: bytes | None = None
+        self._missingPolls = 0
+        self._call: IDelayedCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._schedule()
+
+    def stopService(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        super().stopService()
+
+    def _schedule(self) -> None:
+        self._call = self.clock.callLater(self.interval, self._tick)
+
+    def _tick(self) -> None:
+        self._call = None
+        try:
+            self.poll()
+        except Exception:
+            self.log.failure("checking config {path} failed", path=self.path)
+        finally:
+            if self.running:
+                self._schedule()
+
+    def poll(self) -> None:
+        """
+        Check the path once, now, and apply a valid change.
+
+        Called every C{interval} while the service runs; callable directly
+        too (on C{SIGHUP}, say).
+        """
+        try:
+            source = _readSource(self.path)
+        except _Vanished as e:
+            self._missing(e)
+            return
+        except ConfigError as e:
+            self._fingerprint = None
+            if self.staleReason != str(e.withPath(self.path)):
+                self._refuse(e)
+            return
+        self._missingPolls = 0
+        if source.fingerprint == self._fingerprint:
+            return
+        self._fingerprint = source.fingerprint
+        try:
+            new = _parseSource(source, self.httpListenerPort)
+        except ConfigError as e:
+            self._refuse(e)
+            return
+        self._accept(new)
+
+    def _missing(self, error: ConfigError) -> None:
+        self._missingPolls += 1
+        if self._missingPolls < self.missingPollsBeforeStale:
+            self.log.debug(
+                "config {path} missing ({reason}); retrying at the next poll",
+                path=self.path,
+                reason=error.reason,
+            )
+        elif self._missingPolls == self.missingPollsBeforeStale:
+            # Forget the fingerprint, so that the content coming back (even
+            # unchanged) is parsed and clears the staleness.
+            self._fingerprint = None
+            self._refuse(error)
+
+    def _refuse(self, error: ConfigError) -> None:
+        error = error.withPath(self.path)
+        self.stale = True
+        self.staleReason = str(error)
+        self.log.warn(
+            "config refused, the last good one stays active: {error}",
+            error=str(error),
+            path=self.path,
+            key=error.key,
+            value=error.value,
+            reason=error.reason,
+        )
+
+    def _accept(self, new: ProxyConfig) -> None:
+        old, wasStale = self.current, self.stale
+        self.stale, self.staleReason = False, None
+        self.lastLoaded = self.clock.seconds()
+        if new == old:
+            if wasStale:
+                self.log.info(
+                    "config {path} is valid again, unchanged: {config}",
+                    path=self.path,
+                    config=new.describe(),
+                )
+            else:
+                self.log.debug("config {path} re-read: no effective change", path=self.path)
+            return
+        self.current = new
+        self.log.info(
+            "config reloaded from {path}: {changes}",
+            path=self.path,
+            changes=new.changesFrom(old),
+            config=new.describe(),
+        )
+        try:
+            self.onChange(new)
+        except Exception:
+            self.log.failure("applying the config reloaded from {path} failed", path=self.path)
