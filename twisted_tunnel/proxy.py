@@ -31,6 +31,7 @@ from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
 from twisted.logger import Logger
 
+from .config import ProxyConfig
 from .policy import (
     Carrier,
     ForwardingDecision,
@@ -155,7 +156,7 @@ class ProxyRouter:
         self,
         server: TunnelServer,
         listener: str,
-        config: Callable[[], Any],
+        config: Callable[[], ProxyConfig],
         *,
         customPolicies: Callable[[], Mapping[int, IForwardingPolicy]] = dict,
         upstreamTLS: Callable[[str], Any] | None = None,
@@ -168,9 +169,10 @@ class ProxyRouter:
         self.customPolicies = customPolicies
         self.upstreamTLS = upstreamTLS
 
-    def policyFor(self, port: int, config: Any) -> IForwardingPolicy:
+    def policyFor(self, port: int, config: ProxyConfig) -> IForwardingPolicy:
         """The policy in force for C{port}: custom or built-in, then localhost-wrapped."""
         protocol = config.protocolFor(port)
+        assert protocol is not None, f"port {port} is not forwarded"
         policy = self.customPolicies().get(port) or _BUILTIN_FOR_PROTOCOL[protocol]
         if config.isLocalhost(port):
             policy = LocalhostPolicy(policy)

@@ -1,0 +1,169 @@
+"""
+Routing at the proxy listeners: the target (original destination, else
+Host), the port rules of the configuration, the node, and the policy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from twisted_tunnel.config import parseConfigData
+from twisted_tunnel.policy import (
+    Carrier,
+    ForwardingDecision,
+    ForwardingRequest,
+    IForwardingPolicy,
+    refuse,
+)
+from twisted_tunnel.proxy import ProxyRouter, Routed, RoutingRefused, Target, parseHost, targetOf
+
+from .realnet import plainTunnel
+from .services import Echo, OneProtocolFactory, QuietFactory, RecordingClient, listen
+
+NODE = "edge-1"
+
+
+class ParseHostTests(SynchronousTestCase):
+    def test_good(self) -> None:
+        for host, target in [
+            (b"edge-1:10250", Target("edge-1", 10250)),
+            (b"EDGE-1:10255", Target("edge-1", 10255)),
+            (b"10.0.0.5:9100", Target("10.0.0.5", 9100)),
+            (b"[fd00::5]:10250", Target("fd00::5", 10250)),
+        ]:
+            self.assertEqual(parseHost(host), target, host)
+
+    def test_bad(self) -> None:
+        for host in [
+            None,
+            b"",
+            b"edge-1",
+            b"edge-1:",
+            b"edge-1:x",
+            b"edge-1:0",
+            b"edge-1:70000",
+            b"fd00::5:10250",
+            b":10250",
+        ]:
+            with self.assertRaises(RoutingRefused) as caught:
+                parseHost(host)
+            self.assertEqual(caught.exception.status, 400, host)
+
+    def test_originalDestinationFirst(self) -> None:
+        """A DNATed connection goes where it was headed, whatever its Host says."""
+        self.assertEqual(
+            targetOf(("10.0.0.5", 10250), ("127.0.0.1", 10263), b"edge-9:1"),
+            Target("10.0.0.5", 10250),
+        )
+
+    def test_notDNATed(self) -> None:
+        """The listener's own address as original destination means: not DNATed; use Host."""
+        self.assertEqual(
+            targetOf(("127.0.0.1", 10263), ("127.0.0.1", 10263), b"edge-1:10250"),
+            Target("edge-1", 10250),
+        )
+        self.assertEqual(targetOf(None, None, b"edge-1:10255"), Target("edge-1", 10255))
+
+
+class _NoPosts:
+    name = "no-posts"
+
+    def decide(self, request: ForwardingRequest) -> ForwardingDecision:
+        if request.method == b"POST":
+            raise refuse(403, "no POST here")
+        return ForwardingDecision(request.defaultHost(), request.port, Carrier.HTTP)
+
+
+class RouterTests(TestCase):
+    """Routes through a real (plain TCP) tunnel whose agent's node IP is 127.0.0.1."""
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.server, _, _ = await plainTunnel(self, NODE)
+        self.config = parseConfigData(
+            {"http-proxy-ports": "9051", "https-proxy-ports": "9052", "tcp-proxy-ports": "9053"}
+        )
+        self.custom: dict[int, IForwardingPolicy] = {}
+
+    def router(self, listener: str) -> ProxyRouter:
+        return ProxyRouter(
+            self.server,
+            listener,
+            lambda: self.config,
+            customPolicies=lambda: self.custom,
+            upstreamTLS=None,
+        )
+
+    async def refused(self, d: Deferred[Routed]) -> RoutingRefused:
+        try:
+            await d
+        except RoutingRefused as e:
+            return e
+        self.fail("routing was not refused")
+
+    async def test_portNotForwarded(self) -> None:
+        refused = await self.refused(self.router("http").route(Target(NODE, 22)))
+        self.assertEqual(refused.status, 403)
+        self.assertIn("port 22 is not forwarded", refused.reason)
+
+    async def test_wrongListener(self) -> None:
+        """The plain listener never carries an HTTPS port (nor the reverse, nor raw)."""
+        for listener, port in [
+            ("http", 10250),
+            ("http", 9052),
+            ("https", 9051),
+            ("http", 9053),
+            ("tcp", 10255),
+        ]:
+            refused = await self.refused(self.router(listener).route(Target(NODE, port)))
+            self.assertEqual(refused.status, 403, (listener, port))
+            self.assertIn(f"not from the {listener} listener", refused.reason)
+
+    async def test_unknownNode(self) -> None:
+        refused = await self.refused(self.router("http").route(Target("edge-9", 9051)))
+        self.assertEqual(refused.status, 503)
+        self.assertIn("edge-9", refused.reason)
+
+    async def test_httpRoute(self) -> None:
+        routed = await self.router("http").route(Target("127.0.0.1", 9051))
+        self.assertEqual(routed.key, (NODE, 9051))
+        self.assertEqual(routed.decision, ForwardingDecision("127.0.0.1", 9051, Carrier.HTTP))
+        self.assertEqual(routed.policy, "http")
+
+    async def test_localhostRoute(self) -> None:
+        """10255 is http and localhost by default: loopback, with a loopback Host."""
+        routed = await self.router("http").route(Target(NODE, 10255))
+        self.assertEqual(
+            routed.decision,
+            ForwardingDecision("127.0.0.1", 10255, Carrier.HTTP, b"127.0.0.1:10255"),
+        )
+        self.assertEqual(routed.policy, "localhost+http")
+
+    async def test_httpsNeedsClientCertificate(self) -> None:
+        refused = await self.refused(self.router("https").route(Target(NODE, 9052)))
+        self.assertEqual(refused.status, 502)
+        self.assertIn("--proxy-client-cert", refused.reason)
+
+    async def test_customPolicy(self) -> None:
+        self.custom[9051] = _NoPosts()  # type: ignore[assignment]
+        router = self.router("http")
+        routed = await router.route(Target(NODE, 9051), method=b"GET", requestTarget=b"/")
+        self.assertEqual(routed.policy, "no-posts")
+        refused = await self.refused(
+            router.route(Target(NODE, 9051), method=b"POST", requestTarget=b"/")
+        )
+        self.assertEqual((refused.status, refused.reason), (403, "no POST here"))
+
+    async def test_endpointReachesTheNode(self) -> None:
+        """The route's endpoint is a stream through the node's tunnel to what was decided."""
+        port = listen(self, QuietFactory(Echo))
+        self.config = parseConfigData({"tcp-proxy-ports": str(port)})
+        routed = await self.router("tcp").route(Target("127.0.0.1", port))
+        client = RecordingClient()
+        connected: Any = await routed.endpoint.connect(OneProtocolFactory(client))
+        connected.transport.write(b"through the tunnel")
+        connected.transport.loseWriteConnection()
+        await client.lost
+        self.assertEqual(client.received, b"through the tunnel")
