@@ -689,6 +689,24 @@ class KitTests(SynchronousTestCase):
         )
         b.delete()  # Idempotent: the cleanup will call it again.
 
+    def test_iptablesRestore(self) -> None:
+        """
+        Rules loaded with C{iptables-restore --noflush} add to what is there
+        (the way the server's iptables manager will sync its own chains).
+        """
+        requireNetns(self, "iptables", "iptables-restore", "iptables-save")
+        namespace = Namespace.create(self, "tt")
+        namespace.iptables("-t", "nat", "-N", "THEIRS")
+        namespace.iptablesRestore(
+            "*nat\n:TT-OURS - [0:0]\n-A OUTPUT -j TT-OURS\n"
+            "-A TT-OURS -d 10.123.0.7/32 -p tcp -m tcp --dport 10250 -j DNAT"
+            " --to-destination 127.0.0.1:10263\nCOMMIT\n"
+        )
+        saved = namespace.iptablesSave("nat")
+        self.assertIn(":THEIRS", saved)
+        self.assertIn("-A OUTPUT -j TT-OURS", saved)
+        self.assertIn("--to-destination 127.0.0.1:10263", saved)
+
     def test_commandErrors(self) -> None:
         """A failing command's error shows its output."""
         namespace = Namespace.create(self, "tt")
