@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -31,19 +31,27 @@ class _StreamEndFactory(Factory):
 _streamEnds = _StreamEndFactory()
 
 
-class ForwardProtocol(RelayProtocol):
-    """The local end: paused until the stream to the node is open."""
+class OpeningRelay(RelayProtocol):
+    """
+    A local end that opens its far end when it connects: paused until the
+    stream to the node is open, then spliced to it; closed, with one log
+    line saying why, when it cannot be opened.
+    """
 
-    factory: ForwardFactory
     log = Logger()
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        factory = self.factory
-        self._opening: Deferred[IProtocol] | None = factory.server.endpointForNode(
-            factory.node, factory.port
-        ).connect(_streamEnds)
+        self._opening: Deferred[IProtocol] | None = self.openFarEnd(_streamEnds)
         self._opening.addCallbacks(self._opened, self._failed)
+
+    def openFarEnd(self, factory: Factory) -> Deferred[IProtocol]:
+        """Connect C{factory}'s protocol to where this connection goes."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Structured log fields naming where this connection goes (C{where} at least)."""
+        raise NotImplementedError
 
     def _opened(self, streamEnd: IProtocol) -> None:
         self._opening = None
@@ -55,25 +63,50 @@ class ForwardProtocol(RelayProtocol):
 
     def _failed(self, failure: Failure) -> None:
         self._opening = None
-        if failure.check(TunnelError):
-            reason = failure.getErrorMessage()
-        else:
+        if failure.check(CancelledError):
+            return
+        reason = refusalText(failure)
+        if reason is None:
             reason = "internal error"
-            self.log.failure("forward to {node}:{port} failed", failure, **self._fields())
-        self.log.info(
-            "forward to {node}:{port} refused: {reason}", reason=reason, **self._fields()
-        )
+            self.log.failure("connection to {where} failed", failure, **self.describe())
+        self.log.info("connection to {where} refused: {reason}", reason=reason, **self.describe())
         if self.transport is not None:
             self.transport.loseConnection()
-
-    def _fields(self) -> dict[str, Any]:
-        return {"node": self.factory.node, "port": self.factory.port}
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
         opening, self._opening = getattr(self, "_opening", None), None
         if opening is not None:
             opening.cancel()
         super().connectionLost(reason)
+
+
+def refusalText(failure: Failure) -> str | None:
+    """
+    The one-line reason for an expected refusal (no agent, dial refused,
+    policy said no...), or L{None} for a bug, which deserves a traceback.
+    """
+    if failure.check(TunnelError):
+        return failure.getErrorMessage()
+    reason = getattr(failure.value, "reason", None)
+    status = getattr(failure.value, "status", None)
+    if isinstance(reason, str) and isinstance(status, int):
+        return f"{status} {reason}"
+    return None
+
+
+class ForwardProtocol(OpeningRelay):
+    """The local end of a static forward to one node port."""
+
+    factory: ForwardFactory
+
+    def openFarEnd(self, factory: Factory) -> Deferred[IProtocol]:
+        return self.factory.server.endpointForNode(self.factory.node, self.factory.port).connect(
+            factory
+        )
+
+    def describe(self) -> dict[str, Any]:
+        node, port = self.factory.node, self.factory.port
+        return {"where": f"{node}:{port}", "node": node, "port": port}
 
 
 class ForwardFactory(Factory):

@@ -26,12 +26,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from attrs import frozen
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import wrapClientTLS
-from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
+from twisted.internet.interfaces import IAddress, IProtocol, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from .config import ProxyConfig
+from .forward import OpeningRelay
+from .origdst import originalDestination
 from .policy import (
     Carrier,
     ForwardingDecision,
@@ -248,3 +251,47 @@ class ProxyRouter:
             raise RoutingRefused(failure.value.status, failure.value.reason)
 
         return decide(policy, request).addCallbacks(decided, refusedByPolicy)
+
+
+class RawProxyProtocol(OpeningRelay):
+    """
+    A connection at the raw TCP listener: routed by its original
+    destination (it has no Host header), then relayed as it is.
+    """
+
+    factory: RawProxyFactory
+    _target: Target | None = None
+
+    def openFarEnd(self, factory: Factory) -> Deferred[IProtocol]:
+        transport = self.transport
+        assert transport is not None
+        local = transport.getHost()
+        listener = (getattr(local, "host", None), getattr(local, "port", None))
+        destination = originalDestination(transport)
+        if destination is None or destination == listener:
+            return fail(
+                RoutingRefused(
+                    400,
+                    "raw TCP is routed by original destination; this connection was not DNATed",
+                )
+            )
+        self._target = targetOf(destination, None, None)
+        routing = self.factory.router.route(self._target, peer=transport.getPeer())
+        return routing.addCallback(lambda routed: routed.endpoint.connect(factory))
+
+    def describe(self) -> dict[str, Any]:
+        return {"where": str(self._target or "an unknown destination"), "listener": "tcp"}
+
+
+class RawProxyFactory(Factory):
+    """The raw TCP listener (C{--tcp-proxy-endpoint}): C{tcp-proxy-ports}."""
+
+    noisy = False
+
+    def __init__(self, router: ProxyRouter) -> None:
+        self.router = router
+
+    def buildProtocol(self, addr: Any) -> RawProxyProtocol:  # type: ignore[override]
+        protocol = RawProxyProtocol()
+        protocol.factory = self
+        return protocol
