@@ -1,0 +1,1517 @@
+# -*- test-case-name: tests.test_httpproxy -*-
+"""
+An HTTP/1.1 forwarding engine for the server's proxy listeners.
+
+kube-apiserver, metrics-server and Prometheus send ordinary requests
+(C{GET /containerLogs/ns/pod/c?follow=true} with C{Host: <node-ip>:10250})
+to a proxy listener; TLS, when there is any, has been terminated before
+this protocol by a C{TLSMemoryBIOFactory} wrapper, so what arrives here is
+always plaintext HTTP.  This module reads those requests and carries each
+one to an upstream, with no knowledge of tunnels, nodes or policies: a
+I{router} callback, given the request head and the client's address,
+answers with a L{Route} (a key, and an C{IStreamClientEndpoint} to reach
+the upstream), or refuses with L{RouteRefused}.
+
+What "HTTP done right" means here:
+
+ - B{One upstream connection per client connection}, opened on the first
+   request and I{pinned} to the route's key.  Every later request on the
+   same client connection is routed again; if its key differs it gets
+   C{421 Misdirected Request} and the connection is closed, so a request
+   is never delivered to another node than the one the connection was
+   routed to.  (yurt-tunnel opened a new tunnel connection per request;
+   keep-alive reuse makes C{kubectl top} and Prometheus scrapes cheap.)
+   If the upstream ends its keep-alive between two requests, the next one
+   opens a new upstream connection for the same key; a request without a
+   body that finds its reused upstream closing under it is retried once on
+   a new connection, as browsers and Go's transport do.
+
+ - B{Streaming with back-pressure both ways.}  Request bodies go upstream
+   as they arrive and response bodies go to the client as they are
+   produced, each chunk written at once (C{kubectl logs -f} shows each
+   line when the kubelet writes it).  Each transport is registered as the
+   other's producer: a client that stops reading stops us reading the
+   upstream, and an upstream that stops reading stops us reading the
+   client, so nothing is buffered without bound.
+
+ - B{Upgrades} (C{Connection: Upgrade}: SPDY/3.1 for exec, attach and
+   port-forward, and WebSocket): C{Connection: Upgrade} and C{Upgrade} go
+   upstream; a C{101} is passed back and the connection becomes a raw
+   two-way relay, bytes either side had already sent ahead forwarded
+   first and half-closes passed on; any other answer is passed back as it
+   is and HTTP goes on.
+
+ - B{Hop-by-hop headers} are removed in both directions (RFC 9110
+   section 7.6.1): C{Connection} and every header it names, C{Keep-Alive},
+   C{Proxy-Connection}, C{TE}, C{Trailer}, C{Transfer-Encoding}, C{Upgrade}
+   (but when upgrading), C{Proxy-Authorization} and C{Proxy-Authenticate}.
+   Message framing is ours: h11 parses it on one side and writes it again
+   on the other, so a C{Connection} header naming C{Content-Length} cannot
+   make the two sides disagree about where a message ends.
+
+ - B{Every failure before a response} gets a status the client can act on,
+   its reason as a C{text/plain} body, and I{one} log line for the
+   operator (method, target, host, status, reason, peer), never a
+   traceback: L{RouteRefused} its own status; no agent C{503}; the agent
+   could not dial C{502}; the agent did not answer C{504}; any other
+   connection failure, or an upstream that closes before answering, C{502};
+   a malformed request C{400}; a head too large or with too many header
+   fields C{431}; a head not complete in time (slowloris) C{408}.  A
+   kept-alive connection that stays idle too long is closed quietly.
+
+Nothing here schedules on a global reactor: the clock is given to
+L{HTTPProxyFactory}.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Coroutine, Hashable, Iterable
+from http import HTTPStatus
+from typing import Any, Union
+
+import h11
+from attrs import frozen
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.error import TimeoutError as ConnectTimeoutError
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IReactorTime,
+    IStreamClientEndpoint,
+    ITransport,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout, TunnelClosed
+from .mux import noDelay
+
+__all__ = [
+    "HOP_BY_HOP_HEADERS",
+    "HTTPProxyFactory",
+    "HTTPProxyProtocol",
+    "Limits",
+    "RequestHead",
+    "Route",
+    "RouteRefused",
+    "Router",
+    "forwardedRequestHeaders",
+    "forwardedResponseHeaders",
+]
+
+#: Headers that belong to one connection, never forwarded as they are
+#: (RFC 9110 section 7.6.1, plus the C{Proxy-*} pair and C{Trailer}).  h11
+#: writes the framing (C{Transfer-Encoding}, C{Content-Length}) again on
+#: each side; C{Connection: Upgrade} and C{Upgrade} are made again when an
+#: upgrade is asked for.
+HOP_BY_HOP_HEADERS = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    }
+)
+
+# Methods whose request, without a body, may be sent again on a new
+# connection when a reused one closes before answering (RFC 9110 section 9.2.2).
+_RETRYABLE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+
+@frozen
+class RequestHead:
+    """
+    What a router sees of a request: its head, never its body.
+
+    @ivar method: e.g. C{b"GET"}.
+    @ivar target: the request target as sent, e.g.
+        C{b"/containerLogs/ns/pod/c?follow=true"}.
+    @ivar headers: the header fields in order, names lower-cased, values
+        stripped of surrounding whitespace (as h11 gives them).
+    @ivar httpVersion: e.g. C{b"1.1"}.
+    """
+
+    method: bytes
+    target: bytes
+    headers: Headers
+    httpVersion: bytes
+
+    def host(self) -> bytes | None:
+        """
+        The host the request is for, lower-cased and stripped: the authority
+        of an absolute-form target (C{GET http://10.0.0.7:10255/metrics}),
+        which RFC 9112 section 3.2.2 says wins over C{Host}, else the C{Host}
+        header; L{None} when there is neither (an HTTP/1.0 request may have
+        no C{Host}).
+        """
+        lowered = self.target.lower()
+        for scheme in (b"http://", b"https://"):
+            if lowered.startswith(scheme):
+                rest = lowered[len(scheme) :]
+                authority = rest.split(b"/", 1)[0].split(b"?", 1)[0]
+                return authority.rsplit(b"@", 1)[-1].strip() or None
+        value = self.header(b"host")
+        return value.strip().lower() if value is not None else None
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of the header C{name} (lower-case), or L{None}."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@frozen
+class Route:
+    """
+    Where a request goes.
+
+    @ivar key: what the client connection is pinned to, e.g.
+        C{("edge-1", 10250)}: a later request on the same connection whose
+        route has another key is refused with C{421}.
+    @ivar endpoint: how to reach the upstream (a tunnel stream, maybe
+        wrapped in client TLS).  It is connected on the first request, and
+        again only when the upstream closed its connection.
+    @ivar hostHeader: the C{Host} to send upstream; L{None} keeps the
+        client's.
+    @ivar description: how logs name the route, e.g.
+        C{"10.0.0.7:10250 via node edge-1 (https)"}.
+    """
+
+    key: Hashable
+    endpoint: IStreamClientEndpoint
+    hostHeader: bytes | None = None
+    description: str = ""
+
+
+class RouteRefused(Exception):
+    """
+    A router's refusal, answered with C{status} and C{reason} (as a
+    C{text/plain} body), logged as one line, and followed by the end of the
+    client connection.
+
+    E.g. C{RouteRefused(403, "port 22 is not forwarded")}, or C{503} for a
+    node without an agent.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+#: What a router may return: a route, or a Deferred or coroutine that gives one.
+RouteResult = Union[Route, "Deferred[Route]", Coroutine[Any, Any, Route]]
+
+#: Routes one request: called with the request head and the client's address.
+Router = Callable[[RequestHead, IAddress], RouteResult]
+
+
+@frozen
+class Limits:
+    """
+    What a client (or an upstream) may cost us.
+
+    @ivar maxHeaderBytes: the largest request head (request line and
+        header fields); larger ones get C{431}.
+    @ivar maxHeaders: the most header fields in a request; more get C{431}.
+    @ivar headerTimeout: seconds a request head may take to arrive, counted
+        from its first byte (or from the connection for the first request):
+        a client that trickles its head (slowloris) gets C{408}.
+    @ivar idleTimeout: seconds a kept-alive connection may stay idle between
+        requests before it is closed, quietly.
+    @ivar upstreamTimeout: seconds the upstream may take to connect, and
+        then to start its response once the whole request was sent; C{504}
+        after that.  L{None}: no limit here (tunnel streams have their own
+        open timeout, and a watch may legitimately wait long).
+    @ivar maxResponseHeaderBytes: the largest response head taken from an
+        upstream; larger is C{502}.
+    @ivar lingerTimeout: how long a connection being closed may take to be
+        read (an error response) or flushed before it is aborted.
+    """
+
+    maxHeaderBytes: int = 16384
+    maxHeaders: int = 100
+    headerTimeout: float = 30.0
+    idleTimeout: float = 90.0
+    upstreamTimeout: float | None = None
+    maxResponseHeaderBytes: int = 65536
+    lingerTimeout: float = 5.0
+
+
+# -- headers ---------------------------------------------------------------------
+
+
+def _connectionTokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """The lower-cased options of every C{Connection} field."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    tokens.discard(b"")
+    return tokens
+
+
+def _wantsUpgrade(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Does a message ask to switch protocols (C{Connection: Upgrade} and C{Upgrade})?"""
+    items = list(headers)
+    return b"upgrade" in _connectionTokens(items) and any(
+        name.lower() == b"upgrade" for name, _ in items
+    )
+
+
+def _endToEnd(
+    headers: Iterable[tuple[bytes, bytes]], *, upgrade: bool
+) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """
+    The end-to-end fields of a message (original case, original order), and
+    whether its body was chunked.  C{Content-Length} is kept unless the
+    message was chunked (then the length is unknown: C{Transfer-Encoding}
+    wins, RFC 9112 section 6.3); C{Host} is kept even if C{Connection} names
+    it, and so is C{Content-Length}: framing and routing are not options.
+    """
+    items = list(headers)
+    tokens = _connectionTokens(items)
+    chunked = any(name.lower() == b"transfer-encoding" for name, _ in items)
+    kept: list[tuple[bytes, bytes]] = []
+    for name, value in items:
+        lowered = name.lower()
+        if lowered == b"content-length":
+            if not chunked:
+                kept.append((name, value))
+        elif lowered == b"host":
+            kept.append((name, value))
+        elif lowered in HOP_BY_HOP_HEADERS or lowered in tokens:
+            continue
+        else:
+            kept.append((name, value))
+    if upgrade:
+        kept.append((b"Connection", b"Upgrade"))
+        kept.extend((name, value) for name, value in items if name.lower() == b"upgrade")
+    return kept, chunked
+
+
+def forwardedRequestHeaders(
+    headers: Iterable[tuple[bytes, bytes]],
+    *,
+    hostHeader: bytes | None = None,
+    defaultHost: bytes = b"",
+) -> list[tuple[bytes, bytes]]:
+    """
+    The header fields to send upstream for a request that had C{headers}.
+
+    Hop-by-hop fields are removed (L{HOP_BY_HOP_HEADERS} and those that
+    C{Connection} names), but C{Connection: Upgrade} and C{Upgrade} are
+    kept for a request that asks to upgrade; a chunked body stays chunked
+    (h11 writes the chunks again).  C{Host} becomes C{hostHeader} when that
+    is given, and C{defaultHost} when the request had none (HTTP/1.1 needs
+    one).
+    """
+    items = list(headers)
+    kept, chunked = _endToEnd(items, upgrade=_wantsUpgrade(items))
+    result: list[tuple[bytes, bytes]] = []
+    hasHost = False
+    for name, value in kept:
+        if name.lower() == b"host":
+            if hasHost:
+                continue
+            hasHost = True
+            value = hostHeader if hostHeader is not None else value
+        result.append((name, value))
+    if not hasHost:
+        result.insert(0, (b"Host", hostHeader if hostHeader is not None else defaultHost))
+    if chunked:
+        result.append((b"Transfer-Encoding", b"chunked"))
+    return result
+
+
+def forwardedResponseHeaders(
+    headers: Iterable[tuple[bytes, bytes]], *, upgrade: bool = False
+) -> list[tuple[bytes, bytes]]:
+    """
+    The header fields to send the client for a response that had
+    C{headers}: hop-by-hop fields removed, C{Connection: Upgrade} and
+    C{Upgrade} kept for a C{101}.  Framing is left to h11: without a
+    C{Content-Length} it chunks for HTTP/1.1 clients and closes for HTTP/1.0.
+    """
+    kept, _ = _endToEnd(headers, upgrade=upgrade)
+    return kept
+
+
+def _headSize(request: h11.Request) -> int:
+    """About how many bytes the head of C{request} took on the wire."""
+    size = len(request.method) + len(request.target) + len(b" HTTP/1.1\r\n") + 1 + 2
+    for name, value in request.headers.raw_items():
+        size += len(name) + len(value) + 4
+    return size
+
+
+def _errorResponse(status: int, reason: str, *, withBody: bool = True) -> bytes:
+    """
+    A complete response that ends the connection, its reason as a plain
+    text body.  Written by hand, not by h11: it must work whatever state
+    the parser is in (a malformed request leaves h11 unable to answer).
+    """
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    body = (reason + "\n").encode("utf-8", "replace")
+    lines = [
+        f"HTTP/1.1 {status} {phrase}",
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    ]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head + body if withBody else head
+
+
+# -- reading, paused for reasons -------------------------------------------------
+
+
+class _Reading:
+    """
+    Whether we read from one transport, paused for any number of reasons
+    at once (routing in progress, the other side pushing back, too much
+    pipelined ahead): it reads again only when no reason is left.
+    """
+
+    def __init__(self, transport: object) -> None:
+        # TCP, TLS and tunnel stream transports are all push producers,
+        # though not all of them declare it.
+        self._transport: IPushProducer = transport  # type: ignore[assignment]
+        self._reasons: set[str] = set()
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._reasons)
+
+    def pause(self, reason: str) -> None:
+        if not self._reasons:
+            self._transport.pauseProducing()
+        self._reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason not in self._reasons:
+            return
+        self._reasons.discard(reason)
+        if not self._reasons:
+            self._transport.resumeProducing()
+
+    def clear(self) -> None:
+        if self._reasons:
+            self._reasons.clear()
+            self._transport.resumeProducing()
+
+
+@implementer(IPushProducer)
+class _PushBack:
+    """
+    Registered as the producer of one transport, it pauses reading from the
+    other while the first one's send buffer is full.
+
+    C{stopProducing} does nothing: how the other side ends is decided by
+    whoever saw the first one end (see L{twisted_tunnel.relay._Reading}).
+    """
+
+    def __init__(self, reading: _Reading) -> None:
+        self._reading = reading
+
+    def pauseProducing(self) -> None:
+        self._reading.pause("pushed back")
+
+    def resumeProducing(self) -> None:
+        self._reading.resume("pushed back")
+
+    def stopProducing(self) -> None:
+        pass
+
+
+# -- the upstream ------------------------------------------------------------------
+
+
+@implementer(IHalfCloseableProtocol)
+class _Upstream(Protocol):
+    """
+    One upstream connection, speaking HTTP/1.1 as a client (h11) for the
+    L{HTTPProxyProtocol} that owns it, or relaying raw bytes after an
+    upgrade.  Everything it hears goes to its owner; once detached (owner
+    L{None}) it only closes.
+    """
+
+    def __init__(self, owner: HTTPProxyProtocol) -> None:
+        self.owner: HTTPProxyProtocol | None = owner
+        self.clock = owner.clock
+        self.lingerTimeout = owner.limits.lingerTimeout
+        self.h11 = h11.Connection(
+            h11.CLIENT, max_incomplete_event_size=owner.limits.maxResponseHeaderBytes
+        )
+        self.exchanges = 0
+        self.receivedThisExchange = 0
+        self.readClosed = False
+        self.writeClosed = False
+        self.lost = False
+        self.producerRegistered = False
+        self.reading: _Reading | None = None
+        self._closeTimer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        noDelay(self.transport)
+        self.reading = _Reading(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.receivedThisExchange += len(data)
+        if self.owner is not None:
+            self.owner._upstreamData(self, data)
+
+    def readConnectionLost(self) -> None:
+        self.readClosed = True
+        if self.owner is not None:
+            self.owner._upstreamEOF(self)
+        else:
+            self.closeIfShut()
+
+    def writeConnectionLost(self) -> None:
+        self.writeClosed = True
+        self.closeIfShut()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self.lost = True
+        self.connected = False
+        timer, self._closeTimer = self._closeTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        if self.owner is not None:
+            self.owner._upstreamLost(self, reason)
+
+    def send(self, event: h11.Event) -> None:
+        """Write one HTTP event to the upstream."""
+        data = self.h11.send(event)
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def closeIfShut(self) -> None:
+        """Both halves are shut: TCP will not close such a connection by itself."""
+        if self.readClosed and self.writeClosed and not self.lost:
+            self.close()
+
+    def close(self, abort: bool = False) -> None:
+        """
+        Detach from the owner and close: gracefully (with an abort if that
+        takes longer than the linger timeout), or at once.
+        """
+        self.owner = None
+        transport = self.transport
+        if self.lost or transport is None:
+            return
+        if self.producerRegistered:
+            self.producerRegistered = False
+            transport.unregisterProducer()  # type: ignore[attr-defined]
+        abortConnection = getattr(transport, "abortConnection", None)
+        if abort and abortConnection is not None:
+            abortConnection()
+            return
+        transport.loseConnection()
+        if abortConnection is not None and self._closeTimer is None and not self.lost:
+            self._closeTimer = self.clock.callLater(self.lingerTimeout, self._closeTimedOut)
+
+    def _closeTimedOut(self) -> None:
+        self._closeTimer = None
+        if not self.lost and self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+
+class _UpstreamFactory(Factory):
+    """Builds the upstream end of one client connection.  Quiet: one per connection."""
+
+    noisy = False
+
+    def __init__(self, owner: HTTPProxyProtocol) -> None:
+        self.owner = owner
+
+    def buildProtocol(self, addr: Any) -> _Upstream:
+        upstream = _Upstream(self.owner)
+        upstream.factory = self
+        return upstream
+
+
+# -- the client connection ---------------------------------------------------------
+
+
+class _Phase(enum.Enum):
+    HEAD = "waiting for a request head"
+    ROUTING = "routing the request and connecting the upstream"
+    FORWARDING = "forwarding a request and its response"
+    RELAYING = "relaying an upgraded connection"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+@implementer(IHalfCloseableProtocol)
+class HTTPProxyProtocol(Protocol):
+    """
+    One client connection of a proxy listener: reads requests (h11, server
+    role), routes each, forwards it to the upstream the connection is
+    pinned to, and passes the response back (h11, client role, then server
+    role again) or, after a C{101}, relays raw bytes.
+
+    One request is in flight at a time (HTTP/1.1 has no multiplexing); what
+    a client pipelines behind it waits in h11's buffer, and we stop reading
+    once that exceeds a request head's worth.
+    """
+
+    def __init__(self, factory: HTTPProxyFactory) -> None:
+        self.factory = factory
+        self.proxy = factory
+        self.router: Router = factory.router
+        self.clock = factory.clock
+        self.limits = factory.limits
+        self.log = factory.log
+        self._phase = _Phase.HEAD
+        self._server = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self.limits.maxHeaderBytes
+        )
+        self._reading: _Reading | None = None
+        self._peerAddress: IAddress | None = None
+        self._peer = "-"
+        self._timer: IDelayedCall | None = None
+        self._timerKind = ""
+        self._upstreamTimer: IDelayedCall | None = None
+        self._upstreamTimedOut = False
+        self._pending: Deferred[Any] | None = None
+        self._pinned = False
+        self._pinnedKey: Hashable = None
+        self._pinnedDescription = ""
+        self._route: Route | None = None
+        self._upstream: _Upstream | None = None
+        self._processingClient = False
+        self._processingUpstream = False
+        self._clientReadClosed = False
+        self._clientWriteClosed = False
+        self._resetExchange()
+
+    def _resetExchange(self) -> None:
+        """Forget the request that was in flight: a new cycle begins."""
+        self._request: h11.Request | None = None
+        self._head: RequestHead | None = None
+        self._requestDone = False
+        self._requestBodyBytes = 0
+        self._requestChunked = False
+        self._responseStarted = False
+        self._responseDone = False
+        self._responseChunked = False
+        self._responseFramed = False
+        self._closeAfterResponse = False
+        self._retried = False
+        self._replaying = False
+        self._pipelined = 0
+
+    # -- the client connection -----------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        self.router = self.proxy.routerFor(transport)
+        noDelay(transport)
+        self._reading = _Reading(transport)
+        self._peerAddress = transport.getPeer()
+        self._peer = _label(self._peerAddress)
+        # the first request head must arrive in time, too: a client that
+        # connects and says nothing holds a connection like any slowloris
+        self._setTimer("header", self.limits.headerTimeout, self._headerTimedOut)
+
+    def dataReceived(self, data: bytes) -> None:
+        phase = self._phase
+        if phase is _Phase.RELAYING:
+            upstream = self._upstream
+            if upstream is not None and upstream.transport is not None:
+                upstream.transport.write(data)
+            return
+        if phase is _Phase.CLOSING or phase is _Phase.CLOSED:
+            return  # drained and dropped, so that the client reads our answer
+        if phase is _Phase.HEAD and self._timerKind == "idle":
+            # the first byte of the next request: its head must now be
+            # complete within the header timeout
+            self._setTimer("header", self.limits.headerTimeout, self._headerTimedOut)
+        self._server.receive_data(data)
+        if phase is _Phase.ROUTING or self._requestDone:
+            # sent ahead of what we can forward now (a body while the route is
+            # being found, or the next request, pipelined): held by h11 until
+            # then; stop reading before that costs much
+            self._pipelined += len(data)
+            if self._pipelined > self.limits.maxHeaderBytes and self._reading is not None:
+                self._reading.pause("ahead")
+        self._processClient()
+
+    def readConnectionLost(self) -> None:
+        self._clientReadClosed = True
+        phase = self._phase
+        if phase is _Phase.RELAYING:
+            upstream = self._upstream
+            if upstream is not None:
+                _halfClose(upstream.transport)
+            self._closeIfShut()
+        elif phase is _Phase.CLOSING:
+            self._loseClient()
+        elif phase is _Phase.HEAD:
+            # h11 decides what the EOF means: a client done with the
+            # connection, or a truncated request head
+            self._server.receive_data(b"")
+            self._processClient()
+        elif phase is not _Phase.CLOSED:
+            # An HTTP client does not half-close while it waits for an answer
+            # (nginx and Go's server read an EOF the same way): it has left.
+            # Stop whatever was going on for it upstream.
+            request = self._request
+            self.log.debug(
+                "client {peer} left before the response to {method} {target} was complete",
+                peer=self._peer,
+                method=_text(request.method if request else b"-"),
+                target=_text(request.target if request else b"-"),
+            )
+            self._loseClient()
+
+    def writeConnectionLost(self) -> None:
+        self._clientWriteClosed = True
+        if self._phase is _Phase.RELAYING:
+            self._closeIfShut()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        phase, self._phase = self._phase, _Phase.CLOSED
+        self.connected = False
+        self._cancelTimer()
+        self._cancelUpstreamTimer()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+        upstream, self._upstream = self._upstream, None
+        if upstream is None:
+            return
+        if phase is _Phase.FORWARDING and self._responseStarted and not self._responseDone:
+            self.log.debug(
+                "client {peer} left during the response to {method} {target}",
+                peer=self._peer,
+                method=_text(self._request.method if self._request else b"-"),
+                target=_text(self._request.target if self._request else b"-"),
+            )
+        # a clean end is passed on as a clean end (a relayed EOF, a stream
+        # CLOSE); anything else aborts the other side too
+        upstream.close(abort=not reason.check(ConnectionDone))
+
+    # -- requests --------------------------------------------------------------------
+
+    def _processClient(self) -> None:
+        """Act on every event h11 can give now, until a request needs waiting for."""
+        if self._processingClient:
+            return  # the loop further up the stack picks up whatever is new
+        self._processingClient = True
+        try:
+            while self._phase is _Phase.HEAD or self._phase is _Phase.FORWARDING:
+                try:
+                    event = self._server.next_event()
+                except h11.RemoteProtocolError as e:
+                    self._badRequest(e)
+                    return
+                if event is h11.NEED_DATA or event is h11.PAUSED:
+                    return
+                if isinstance(event, h11.Request):
+                    self._requestReceived(event)
+                elif isinstance(event, h11.Data):
+                    self._requestBodyBytes += len(event.data)
+                    self._toUpstream(h11.Data(data=event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    self._requestEnded(event)
+                elif isinstance(event, h11.ConnectionClosed):
+                    if self._phase is _Phase.HEAD:
+                        # the client is done with the connection
+                        self._loseClient()
+                    return
+        finally:
+            self._processingClient = False
+
+    def _requestReceived(self, request: h11.Request) -> None:
+        self._cancelTimer()
+        self._request = request
+        self._head = RequestHead(
+            method=request.method,
+            target=request.target,
+            headers=tuple((name, value) for name, value in request.headers),
+            httpVersion=request.http_version,
+        )
+        self._requestChunked = any(name == b"transfer-encoding" for name, _ in request.headers)
+        limits = self.limits
+        if len(request.headers) > limits.maxHeaders:
+            self._refuse(
+                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                f"more than {limits.maxHeaders} header fields",
+            )
+            return
+        if _headSize(request) > limits.maxHeaderBytes:
+            self._refuse(
+                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                f"request head larger than {limits.maxHeaderBytes} bytes",
+            )
+            return
+        if request.method == b"CONNECT":
+            self._refuse(
+                HTTPStatus.METHOD_NOT_ALLOWED,
+                "this proxy forwards requests to a node; CONNECT is not supported here",
+            )
+            return
+        # We keep reading while the request is routed and its upstream
+        # connected (up to a head's worth, see dataReceived): a socket the
+        # reactor does not read cannot tell us that the client has left, and
+        # we must know that to cancel the connection attempt.
+        self._phase = _Phase.ROUTING
+        routing = _route(self.router, self._head, self._peerAddress)
+        self._pending = routing
+        routing.addCallbacks(self._routed, self._routingFailed)
+
+    def _routed(self, route: object) -> None:
+        self._pending = None
+        if self._phase is not _Phase.ROUTING:
+            return
+        if not isinstance(route, Route):
+            self.log.error(
+                "the router of an HTTP proxy returned {route!r}, not a Route",
+                route=route,
+            )
+            self._refuse(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
+            return
+        if self._pinned and route.key != self._pinnedKey:
+            self._route = route
+            self._refuse(
+                HTTPStatus.MISDIRECTED_REQUEST,
+                f"this connection goes to {self._pinnedDescription or repr(self._pinnedKey)}; "
+                f"open a new connection for {route.description or repr(route.key)}",
+            )
+            return
+        if not self._pinned:
+            self._pinned = True
+            self._pinnedKey = route.key
+            self._pinnedDescription = route.description
+        self._route = route
+        upstream = self._upstream
+        if upstream is not None and not upstream.lost:
+            self._sendRequest()
+        else:
+            self._connect()
+
+    def _routingFailed(self, failure: Failure) -> None:
+        self._pending = None
+        if self._phase is not _Phase.ROUTING:
+            return  # the client left; the routing was cancelled
+        known = _knownFailure(failure.value)
+        if known is not None:
+            self._refuse(*known)
+            return
+        self.log.failure(
+            "the router of an HTTP proxy failed on {method} {target} from {peer}",
+            failure,
+            method=_text(self._head.method if self._head else b"-"),
+            target=_text(self._head.target if self._head else b"-"),
+            peer=self._peer,
+        )
+        self._refuse(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
+
+    # -- the upstream connection ----------------------------------------------------
+
+    def _connect(self) -> None:
+        route = self._route
+        assert route is not None
+        self._upstreamTimedOut = False
+        self._startUpstreamTimer()
+        try:
+            connecting: Deferred[Any] = route.endpoint.connect(_UpstreamFactory(self))
+        except Exception:
+            connecting = fail()
+        self._pending = connecting
+        connecting.addCallbacks(self._upstreamConnected, self._connectFailed)
+
+    def _upstreamConnected(self, upstream: _Upstream) -> None:
+        self._pending = None
+        self._cancelUpstreamTimer()
+        if self._phase is not _Phase.ROUTING:
+            upstream.close()  # the client left as the connection came up
+            return
+        if upstream.lost or upstream.transport is None:
+            self._refuse(HTTPStatus.BAD_GATEWAY, f"{self._routeName()} closed at once")
+            return
+        transport = self.transport
+        assert transport is not None and upstream.reading is not None
+        assert self._reading is not None
+        self._upstream = upstream
+        # each side's send buffer paces reading from the other
+        upstream.transport.registerProducer(_PushBack(self._reading), True)  # type: ignore[attr-defined]
+        upstream.producerRegistered = True
+        transport.registerProducer(_PushBack(upstream.reading), True)  # type: ignore[attr-defined]
+        self._sendRequest()
+
+    def _connectFailed(self, failure: Failure) -> None:
+        self._pending = None
+        self._cancelUpstreamTimer()
+        if self._phase is not _Phase.ROUTING:
+            return
+        name = self._routeName()
+        if failure.check(CancelledError) and self._upstreamTimedOut:
+            self._refuse(
+                HTTPStatus.GATEWAY_TIMEOUT,
+                f"{name} did not connect within {self.limits.upstreamTimeout:g}s",
+            )
+            return
+        error = failure.value
+        known = _knownFailure(error)
+        if known is not None:
+            self._refuse(*known)
+        elif isinstance(error, ConnectTimeoutError):
+            self._refuse(HTTPStatus.GATEWAY_TIMEOUT, f"cannot connect to {name}: timed out")
+        else:
+            self._refuse(HTTPStatus.BAD_GATEWAY, f"cannot connect to {name}: {_describe(error)}")
+
+    def _sendRequest(self) -> None:
+        """Send the head of the request in flight upstream, then its body as it comes."""
+        request, route, upstream = self._request, self._route, self._upstream
+        assert request is not None and route is not None and upstream is not None
+        headers = forwardedRequestHeaders(
+            request.headers.raw_items(),
+            hostHeader=route.hostHeader,
+            defaultHost=_hostOf(upstream.transport),
+        )
+        try:
+            upstream.send(
+                h11.Request(method=request.method, target=request.target, headers=headers)
+            )
+        except h11.LocalProtocolError as e:
+            self._refuse(HTTPStatus.BAD_REQUEST, f"cannot forward this request: {e}")
+            return
+        self._phase = _Phase.FORWARDING
+        assert self._reading is not None
+        self._pipelined = 0
+        self._reading.resume("ahead")
+        if self._replaying:
+            # the request (without a body) was complete before: send it all
+            self._toUpstream(h11.EndOfMessage())
+            self._startUpstreamTimer()
+        self._processClient()
+
+    def _toUpstream(self, event: h11.Event) -> None:
+        upstream = self._upstream
+        if upstream is None or upstream.lost:
+            return  # answered early and gone: what is left of the body is dropped
+        try:
+            upstream.send(event)
+        except h11.LocalProtocolError as e:
+            self._internalError(f"cannot forward the request body: {e}")
+
+    def _requestEnded(self, end: h11.EndOfMessage) -> None:
+        self._requestDone = True
+        trailers = end.headers if self._requestChunked else []
+        self._toUpstream(h11.EndOfMessage(headers=list(trailers)))
+        if self._responseDone:
+            self._exchangeEnded()
+        elif not self._responseStarted:
+            self._startUpstreamTimer()
+
+    def _upstreamData(self, upstream: _Upstream, data: bytes) -> None:
+        if upstream is not self._upstream:
+            return
+        if self._phase is _Phase.RELAYING:
+            if self.transport is not None:
+                self.transport.write(data)
+            return
+        if self._phase is not _Phase.FORWARDING:
+            # an upstream speaks only when spoken to
+            self.log.debug(
+                "{route} sent {size} bytes between requests; closing it",
+                route=self._routeName(),
+                size=len(data),
+            )
+            self._detachUpstream()
+            return
+        upstream.h11.receive_data(data)
+        self._processUpstream()
+
+    def _upstreamEOF(self, upstream: _Upstream) -> None:
+        if upstream is not self._upstream:
+            upstream.closeIfShut()
+            return
+        if self._phase is _Phase.RELAYING:
+            _halfClose(self.transport)
+            upstream.closeIfShut()
+            return
+        # an upstream that stopped sending cannot serve another request; the
+        # EOF may end a connection-delimited response (HTTP/1.0 style)
+        upstream.h11.receive_data(b"")
+        if self._phase is _Phase.FORWARDING:
+            self._processUpstream()
+        if upstream is self._upstream:
+            self._detachUpstream(lost=True)
+            self._upstreamGone(upstream, None)
+
+    def _upstreamLost(self, upstream: _Upstream, reason: Failure) -> None:
+        if upstream is not self._upstream:
+            return
+        if self._phase is _Phase.RELAYING:
+            # end the client the way the upstream ended
+            self._detachUpstream(lost=True)
+            if reason.check(ConnectionDone):
+                self._loseClient()
+            else:
+                self._abortClient()
+            return
+        if self._phase is _Phase.FORWARDING and not upstream.readClosed:
+            upstream.readClosed = True
+            upstream.h11.receive_data(b"")
+            self._processUpstream()
+        if upstream is self._upstream:
+            self._detachUpstream(lost=True)
+            self._upstreamGone(upstream, reason)
+
+    def _upstreamGone(self, upstream: _Upstream, reason: Failure | None) -> None:
+        """
+        The upstream closed with a request in flight and its response not
+        done: retry, answer C{502}, or cut a response short.
+        """
+        if self._phase is not _Phase.FORWARDING:
+            return  # idle: a kept-alive upstream may close whenever it likes
+        why = ""
+        if reason is not None and not reason.check(ConnectionDone):
+            why = f": {_describe(reason.value)}"
+        request = self._request
+        assert request is not None
+        if not self._responseStarted:
+            if (
+                upstream.exchanges > 0
+                and upstream.receivedThisExchange == 0
+                and self._requestDone
+                and self._requestBodyBytes == 0
+                and request.method in _RETRYABLE_METHODS
+                and not self._retried
+            ):
+                self.log.debug(
+                    "{route} closed a kept-alive connection as {method} {target} was sent; "
+                    "sending it again on a new connection",
+                    route=self._routeName(),
+                    method=_text(request.method),
+                    target=_text(request.target),
+                )
+                self._retried = True
+                self._replaying = True
+                self._phase = _Phase.ROUTING
+                self._connect()
+                return
+            self._refuse(
+                HTTPStatus.BAD_GATEWAY,
+                f"{self._routeName()} closed the connection before answering{why}",
+            )
+            return
+        self.log.warn(
+            "{route} ended the response to {method} {target} from {peer} before its end{why}",
+            route=self._routeName(),
+            method=_text(request.method),
+            target=_text(request.target),
+            peer=self._peer,
+            why=why,
+        )
+        self._cutShort()
+
+    # -- responses -------------------------------------------------------------------
+
+    def _processUpstream(self) -> None:
+        if self._processingUpstream:
+            return
+        self._processingUpstream = True
+        try:
+            while self._phase is _Phase.FORWARDING:
+                upstream = self._upstream
+                if upstream is None:
+                    return
+                try:
+                    event = upstream.h11.next_event()
+                except h11.RemoteProtocolError as e:
+                    if upstream.readClosed:
+                        return  # its EOF came too early: for _upstreamGone to say
+                    self._badResponse(f"{self._routeName()} sent a malformed response: {e}")
+                    return
+                if event is h11.NEED_DATA or event is h11.PAUSED:
+                    return
+                if isinstance(event, h11.InformationalResponse):
+                    if event.status_code == HTTPStatus.SWITCHING_PROTOCOLS:
+                        self._switchProtocols(upstream, event)
+                        return
+                    self._toClient(
+                        h11.InformationalResponse(
+                            status_code=event.status_code,
+                            headers=forwardedResponseHeaders(event.headers.raw_items()),
+                            reason=event.reason,
+                        )
+                    )
+                elif isinstance(event, h11.Response):
+                    self._responseReceived(event)
+                elif isinstance(event, h11.Data):
+                    self._toClient(h11.Data(data=event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    self._responseEnded(event)
+                elif isinstance(event, h11.ConnectionClosed):
+                    return
+        finally:
+            self._processingUpstream = False
+
+    def _responseReceived(self, response: h11.Response) -> None:
+        self._cancelUpstreamTimer()
+        request = self._request
+        assert request is not None
+        headers = forwardedResponseHeaders(response.headers.raw_items())
+        if not self._requestDone:
+            # answered before the whole request came (a 413, a 401): the
+            # rest of the body may never be read, so this is the last
+            # response on the connection
+            headers.append((b"Connection", b"close"))
+            self._closeAfterResponse = True
+        hasLength = any(name.lower() == b"content-length" for name, _ in headers)
+        self._responseFramed = hasLength or self._server.their_http_version == b"1.1"
+        self._responseChunked = (
+            request.method != b"HEAD"
+            and response.status_code not in (204, 304)
+            and not hasLength
+            and self._server.their_http_version == b"1.1"
+        )
+        self._responseStarted = True
+        self.log.debug(
+            "{method} {target} from {peer} to {route}: {status}",
+            method=_text(request.method),
+            target=_text(request.target),
+            peer=self._peer,
+            route=self._routeName(),
+            status=response.status_code,
+        )
+        self._toClient(
+            h11.Response(status_code=response.status_code, headers=headers, reason=response.reason)
+        )
+
+    def _responseEnded(self, end: h11.EndOfMessage) -> None:
+        trailers = list(end.headers) if self._responseChunked else []
+        self._toClient(h11.EndOfMessage(headers=trailers))
+        self._responseDone = True
+        if self._phase is _Phase.FORWARDING:
+            self._exchangeEnded()
+
+    def _exchangeEnded(self) -> None:
+        """The response is out: keep both connections for the next request, or close."""
+        if self._closeAfterResponse and not self._requestDone:
+            self._closeClient()
+            return
+        upstream = self._upstream
+        if upstream is not None:
+            upstream.exchanges += 1
+            upstream.receivedThisExchange = 0
+            if upstream.h11.our_state is h11.DONE and upstream.h11.their_state is h11.DONE:
+                upstream.h11.start_next_cycle()
+            else:
+                self._detachUpstream()  # it said Connection: close, or spoke HTTP/1.0
+        server = self._server
+        if server.our_state is not h11.DONE or server.their_state is not h11.DONE:
+            # Connection: close, HTTP/1.0, or the client's EOF
+            self._closeClient()
+            return
+        server.start_next_cycle()
+        self._resetExchange()
+        self._phase = _Phase.HEAD
+        assert self._reading is not None
+        self._reading.resume("ahead")
+        if server.trailing_data[0]:
+            self._setTimer("header", self.limits.headerTimeout, self._headerTimedOut)
+        else:
+            self._setTimer("idle", self.limits.idleTimeout, self._idleTimedOut)
+        self._processClient()
+
+    def _toClient(self, event: h11.Event) -> None:
+        try:
+            data = self._server.send(event)
+        except h11.LocalProtocolError as e:
+            self._internalError(f"cannot pass the response on: {e}")
+            return
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def _switchProtocols(self, upstream: _Upstream, switch: h11.InformationalResponse) -> None:
+        """
+        The upstream said C{101}: pass it on, then relay raw bytes, first
+        those either side had sent ahead (they sit in the h11 buffers).
+        """
+        self._cancelUpstreamTimer()
+        headers = forwardedResponseHeaders(switch.headers.raw_items(), upgrade=True)
+        try:
+            data = self._server.send(
+                h11.InformationalResponse(status_code=101, headers=headers, reason=switch.reason)
+            )
+        except h11.LocalProtocolError as e:
+            self._refuse(
+                HTTPStatus.BAD_GATEWAY,
+                f"{self._routeName()} switched protocols unasked: {e}",
+            )
+            return
+        transport = self.transport
+        assert transport is not None and self._reading is not None
+        request = self._request
+        self.log.debug(
+            "{method} {target} from {peer} to {route}: upgraded to {protocol}",
+            method=_text(request.method if request else b"-"),
+            target=_text(request.target if request else b"-"),
+            peer=self._peer,
+            route=self._routeName(),
+            protocol=_text(b", ".join(v for n, v in switch.headers if n == b"upgrade")),
+        )
+        clientAhead, clientEOF = self._server.trailing_data
+        upstreamAhead, upstreamEOF = upstream.h11.trailing_data
+        self._phase = _Phase.RELAYING
+        self._cancelTimer()
+        self._reading.resume("ahead")
+        transport.write(data)
+        if upstreamAhead:
+            transport.write(upstreamAhead)
+        if clientAhead and upstream.transport is not None:
+            upstream.transport.write(clientAhead)
+        if clientEOF:
+            _halfClose(upstream.transport)
+        if upstreamEOF:
+            _halfClose(transport)
+            upstream.closeIfShut()
+        self._closeIfShut()
+
+    # -- relaying --------------------------------------------------------------------
+
+    def _closeIfShut(self) -> None:
+        if self._clientReadClosed and self._clientWriteClosed:
+            self._loseClient()
+
+    # -- timers ------------------------------------------------------------------------
+
+    def _setTimer(self, kind: str, delay: float, call: Callable[[], None]) -> None:
+        self._cancelTimer()
+        self._timerKind = kind
+        self._timer = self.clock.callLater(delay, call)
+
+    def _cancelTimer(self) -> None:
+        timer, self._timer = self._timer, None
+        self._timerKind = ""
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _headerTimedOut(self) -> None:
+        self._timer = None
+        self._timerKind = ""
+        if self._phase is _Phase.HEAD:
+            self._refuse(
+                HTTPStatus.REQUEST_TIMEOUT,
+                f"no complete request head within {self.limits.headerTimeout:g}s",
+            )
+
+    def _idleTimedOut(self) -> None:
+        self._timer = None
+        self._timerKind = ""
+        if self._phase is _Phase.HEAD:
+            self.log.debug(
+                "client {peer} idle for {timeout:g}s; closing",
+                peer=self._peer,
+                timeout=self.limits.idleTimeout,
+            )
+            self._closeClient()
+
+    def _startUpstreamTimer(self) -> None:
+        timeout = self.limits.upstreamTimeout
+        self._cancelUpstreamTimer()
+        if timeout is not None:
+            self._upstreamTimer = self.clock.callLater(timeout, self._upstreamTimerFired)
+
+    def _cancelUpstreamTimer(self) -> None:
+        timer, self._upstreamTimer = self._upstreamTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _upstreamTimerFired(self) -> None:
+        self._upstreamTimer = None
+        if self._phase is _Phase.ROUTING and self._pending is not None:
+            self._upstreamTimedOut = True
+            self._pending.cancel()  # _connectFailed answers 504
+        elif self._phase is _Phase.FORWARDING and not self._responseStarted:
+            self._refuse(
+                HTTPStatus.GATEWAY_TIMEOUT,
+                f"{self._routeName()} did not answer within {self.limits.upstreamTimeout:g}s",
+            )
+
+    # -- ending ----------------------------------------------------------------------
+
+    def _badRequest(self, error: h11.RemoteProtocolError) -> None:
+        status = error.error_status_hint
+        if status == HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE:
+            reason = f"request head larger than {self.limits.maxHeaderBytes} bytes"
+        elif self._clientReadClosed:
+            reason = f"the client closed the connection within a request ({error})"
+        else:
+            reason = f"bad request: {error}"
+        self._refuse(status, reason)
+
+    def _badResponse(self, reason: str) -> None:
+        if self._responseStarted:
+            self.log.warn(
+                "{reason}; cutting the response to {peer} short",
+                reason=reason,
+                peer=self._peer,
+            )
+            self._cutShort()
+        else:
+            self._refuse(HTTPStatus.BAD_GATEWAY, reason)
+
+    def _cutShort(self) -> None:
+        """
+        End a response that cannot be completed so that the client knows it
+        is incomplete.  When its length is known (or it is chunked), a close
+        after what we have does: the client keeps the lines a log stream
+        already gave and sees the missing end.  A connection-delimited body
+        (to an HTTP/1.0 client) would look complete if closed: that one is
+        aborted.
+        """
+        if self._responseFramed:
+            self._loseClient()
+        else:
+            self._abortClient()
+
+    def _internalError(self, reason: str) -> None:
+        self.log.error(
+            "HTTP proxy: {reason} (client {peer}, upstream {route})",
+            reason=reason,
+            peer=self._peer,
+            route=self._routeName(),
+        )
+        self._abortClient()
+
+    def _refuse(self, status: int, reason: str) -> None:
+        """
+        Answer C{status} with C{reason}, log it as one line, and close the
+        connection (the upstream's too): the request was not forwarded, or
+        not answered.
+        """
+        status = int(status)
+        head = self._head
+        route = self._route
+        log = self.log.warn if status >= 500 else self.log.info
+        log(
+            "HTTP proxy: {method} {target} (Host {host}) from {peer}: {status} {reason}",
+            method=_text(head.method) if head else "-",
+            target=_text(head.target) if head else "-",
+            host=_text(head.host() or b"-") if head else "-",
+            peer=self._peer,
+            status=status,
+            reason=reason,
+            route=route.description if route is not None else "-",
+        )
+        if self._responseStarted:
+            self._cutShort()
+            return
+        transport = self.transport
+        if transport is None or self._phase in (_Phase.CLOSING, _Phase.CLOSED):
+            return
+        transport.write(
+            _errorResponse(status, reason, withBody=head is None or head.method != b"HEAD")
+        )
+        self._closeClient()
+
+    def _detachUpstream(self, *, lost: bool = False) -> None:
+        """Let go of the upstream connection (closing it unless it is already lost)."""
+        upstream, self._upstream = self._upstream, None
+        if upstream is None:
+            return
+        transport = self.transport
+        if transport is not None:
+            transport.unregisterProducer()  # type: ignore[attr-defined]
+        if self._reading is not None:
+            self._reading.resume("pushed back")
+        if lost:
+            upstream.owner = None
+        upstream.close()
+
+    def _closeClient(self) -> None:
+        """
+        Close the client connection once what we wrote is out: shut our
+        sending side and keep reading (and dropping) until the client
+        closes, or until the linger timeout.  Closing with unread input
+        would reset the connection, and the client could lose our answer.
+        """
+        if self._phase is _Phase.CLOSED:
+            return
+        self._phase = _Phase.CLOSING
+        self._cancelUpstreamTimer()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+        self._detachUpstream()
+        transport = self.transport
+        assert transport is not None and self._reading is not None
+        if self._clientReadClosed:
+            self._loseClient()
+            return
+        # the timer first: a transport may report its loss at once
+        self._setTimer("linger", self.limits.lingerTimeout, self._abortClient)
+        self._reading.clear()
+        _halfClose(transport)
+
+    def _loseClient(self) -> None:
+        if self._phase is _Phase.CLOSED:
+            return
+        self._phase = _Phase.CLOSING
+        self._detachUpstream()
+        transport = self.transport
+        assert transport is not None
+        # the timer first: a half-closed TCP transport reports its loss at once
+        self._setTimer("linger", self.limits.lingerTimeout, self._abortClient)
+        transport.loseConnection()
+
+    def _abortClient(self) -> None:
+        self._cancelTimer()
+        if self._phase is _Phase.CLOSED:
+            return
+        self._phase = _Phase.CLOSING
+        self._detachUpstream()
+        transport = self.transport
+        assert transport is not None
+        abort = getattr(transport, "abortConnection", transport.loseConnection)
+        abort()
+
+    def _routeName(self) -> str:
+        route = self._route
+        if route is None:
+            return "the upstream"
+        return route.description or f"the upstream for {route.key!r}"
+
+
+class HTTPProxyFactory(Factory):
+    """
+    Listen with this (wrapped in C{TLSMemoryBIOFactory} for HTTPS) to
+    forward HTTP requests wherever C{router} says.
+
+    @ivar router: routes each request (see L{Router}).
+    @ivar clock: times heads, idle connections and upstreams.
+    @ivar limits: see L{Limits}.
+    @ivar log: where refusals go, one line each.
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        router: Router,
+        clock: IReactorTime,
+        *,
+        limits: Limits = Limits(),  # noqa: B008 (frozen, so shared safely)
+        log: Logger | None = None,
+    ) -> None:
+        self.router = router
+        self.clock = clock
+        self.limits = limits
+        self.log = log if log is not None else Logger(namespace=__name__)
+
+    def routerFor(self, transport: ITransport) -> Router:
+        """
+        The router for the requests of one client connection:
+        L{router} here.
+
+        Override it to route by something only the connection knows, e.g.
+        the original destination of a DNATed connection (C{SO_ORIGINAL_DST}
+        on C{transport.getHandle()}; under TLS, on C{transport.transport}).
+        It is called once per connection, at C{connectionMade}.
+        """
+        return self.router
+
+    def buildProtocol(self, addr: Any) -> HTTPProxyProtocol:
+        return HTTPProxyProtocol(self)
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def _route(router: Router, head: RequestHead, peer: IAddress | None) -> Deferred[Any]:
+    """Call C{router} and make whatever it returns (or raises) a Deferred."""
+    try:
+        result = router(head, peer)  # type: ignore[arg-type]
+    except Exception:
+        return fail()
+    if isinstance(result, Deferred):
+        return result
+    if isinstance(result, Coroutine):
+        return ensureDeferred(result)
+    return succeed(result)
+
+
+def _knownFailure(error: BaseException | None) -> tuple[int, str] | None:
+    """The status and reason for a failure we expect, or L{None}."""
+    if isinstance(error, RouteRefused):
+        return error.status, error.reason
+    if isinstance(error, (NodeNotConnected, TunnelClosed)):
+        return HTTPStatus.SERVICE_UNAVAILABLE, str(error)
+    if isinstance(error, StreamOpenFailed):
+        return HTTPStatus.BAD_GATEWAY, error.text
+    if isinstance(error, StreamOpenTimeout):
+        return HTTPStatus.GATEWAY_TIMEOUT, str(error) or "the agent did not answer in time"
+    return None
+
+
+def _halfClose(transport: object) -> None:
+    """
+    Pass an EOF on: half-close a transport that can (TCP, tunnel streams),
+    close one that cannot once its buffer is out (TLS has no half-close).
+
+    The method is looked up on the class: C{TLSMemoryBIOProtocol} passes
+    unknown attributes to the TCP transport under it, and a TCP half-close
+    there would end the TLS session without its C{close_notify}.
+    """
+    if transport is None:
+        return
+    if getattr(type(transport), "loseWriteConnection", None) is not None:
+        transport.loseWriteConnection()  # type: ignore[attr-defined]
+    else:
+        transport.loseConnection()  # type: ignore[attr-defined]
+
+
+def _describe(error: BaseException | None) -> str:
+    return str(error).strip() or error.__class__.__name__
+
+
+def _hostOf(transport: object) -> bytes:
+    """C{host:port} of a transport's peer, for a request that had no C{Host}."""
+    getPeer = getattr(transport, "getPeer", None)
+    peer = getPeer() if getPeer is not None else None
+    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+    if not isinstance(host, str) or not isinstance(port, int):
+        return b""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{port}".encode("ascii", "replace")
+
+
+def _label(address: Any) -> str:
+    host = getattr(address, "host", None)
+    if host is not None:
+        return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
+    name = getattr(address, "name", None)
+    if name is not None:
+        return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+    return str(address)
+
+
+def _text(raw: bytes) -> str:
+    text = raw.decode("ascii", "replace")
+    return text if len(text) <= 200 else text[:197] + "..."
