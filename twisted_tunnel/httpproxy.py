@@ -91,6 +91,7 @@ from zope.interface import implementer
 
 from .errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout, TunnelClosed
 from .mux import noDelay
+from .relay import halfClose
 
 __all__ = [
     "HOP_BY_HOP_HEADERS",
@@ -663,7 +664,7 @@ class HTTPProxyProtocol(Protocol):
         if phase is _Phase.RELAYING:
             upstream = self._upstream
             if upstream is not None:
-                _halfClose(upstream.transport)
+                halfClose(upstream.transport)
             self._closeIfShut()
         elif phase is _Phase.CLOSING:
             self._loseClient()
@@ -950,7 +951,7 @@ class HTTPProxyProtocol(Protocol):
             upstream.closeIfShut()
             return
         if self._phase is _Phase.RELAYING:
-            _halfClose(self.transport)
+            halfClose(self.transport)
             upstream.closeIfShut()
             return
         # an upstream that stopped sending cannot serve another request; the
@@ -1187,9 +1188,9 @@ class HTTPProxyProtocol(Protocol):
         if clientAhead and upstream.transport is not None:
             upstream.transport.write(clientAhead)
         if clientEOF:
-            _halfClose(upstream.transport)
+            halfClose(upstream.transport)
         if upstreamEOF:
-            _halfClose(transport)
+            halfClose(transport)
             upstream.closeIfShut()
         self._closeIfShut()
 
@@ -1368,7 +1369,7 @@ class HTTPProxyProtocol(Protocol):
         # the timer first: a transport may report its loss at once
         self._setTimer("linger", self.limits.lingerTimeout, self._abortClient)
         self._reading.clear()
-        _halfClose(transport)
+        halfClose(transport)
 
     def _loseClient(self) -> None:
         if self._phase is _Phase.CLOSED:
@@ -1468,23 +1469,6 @@ def _knownFailure(error: BaseException | None) -> tuple[int, str] | None:
     if isinstance(error, StreamOpenTimeout):
         return HTTPStatus.GATEWAY_TIMEOUT, str(error) or "the agent did not answer in time"
     return None
-
-
-def _halfClose(transport: object) -> None:
-    """
-    Pass an EOF on: half-close a transport that can (TCP, tunnel streams),
-    close one that cannot once its buffer is out (TLS has no half-close).
-
-    The method is looked up on the class: C{TLSMemoryBIOProtocol} passes
-    unknown attributes to the TCP transport under it, and a TCP half-close
-    there would end the TLS session without its C{close_notify}.
-    """
-    if transport is None:
-        return
-    if getattr(type(transport), "loseWriteConnection", None) is not None:
-        transport.loseWriteConnection()  # type: ignore[attr-defined]
-    else:
-        transport.loseConnection()  # type: ignore[attr-defined]
 
 
 def _describe(error: BaseException | None) -> str:

@@ -119,12 +119,15 @@ def halfClose(transport: ITransport | None) -> None:
     """
     Pass an EOF on: half-close when the transport can (TCP, streams), or
     close once its buffer is flushed when it cannot (TLS has no half-close).
+
+    The method is looked up on the class: C{TLSMemoryBIOProtocol} passes
+    unknown attributes on to the TCP transport under it, and a TCP
+    half-close there would end the TLS session without its C{close_notify}.
     """
     if transport is None:
         return
-    loseWrite = getattr(transport, "loseWriteConnection", None)
-    if loseWrite is not None:
-        loseWrite()
+    if getattr(type(transport), "loseWriteConnection", None) is not None:
+        transport.loseWriteConnection()  # type: ignore[attr-defined]
     else:
         transport.loseConnection()
 
