@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import os
 import sys
 from typing import Any
 
@@ -250,6 +251,50 @@ class ServerMakeServiceTests(FatalTestCase):
         self.patch(tapserver, "serverOptions", spy)
         return made
 
+    def test_proxyListenersCanBeTurnedOff(self) -> None:
+        service = self.make(
+            "--https-proxy-endpoint=none",
+            "--http-proxy-endpoint=none",
+            "--tcp-proxy-endpoint=none",
+        )
+        self.assertEqual(
+            [child.name for child in service], ["--tunnel-endpoint", "--connect-endpoint"]
+        )
+
+    def test_proxyListenerDefaults(self) -> None:
+        """The yurt-tunnel ports: 10263 for HTTPS, 10264 for HTTP; ours for raw TCP."""
+        options = self.options()
+        self.assertEqual(
+            (
+                options["https-proxy-endpoint"],
+                options["http-proxy-endpoint"],
+                options["tcp-proxy-endpoint"],
+            ),
+            ("tcp:10263", "tcp:10264", "tcp:10268"),
+        )
+
+    def test_configWatcher(self) -> None:
+        """With --config, the configuration is loaded now and watched from then on."""
+        path = os.path.join(self.directory, "cfg.yaml")
+        with open(path, "w") as f:
+            f.write("apiVersion: v1\nkind: ConfigMap\ndata:\n  http-proxy-ports: '9051'\n")
+        service = self.make("--config", path)
+        self.assertIn("--config", [child.name for child in service])
+
+    def test_badConfigStopsStartup(self) -> None:
+        path = os.path.join(self.directory, "cfg.yaml")
+        with open(path, "w") as f:
+            f.write("apiVersion: v1\nkind: ConfigMap\ndata:\n  http-proxy-ports: '70000'\n")
+        line = self.assertFatal("edge-tunnel-server", self.make, "--config", path)
+        self.assertIn("--config", line)
+        self.assertIn("70000", line)
+
+    def test_proxyClientPairs(self) -> None:
+        for args in (["--proxy-client-cert", "x.pem"], ["--proxy-serving-key", "k.pem"]):
+            with self.assertRaises(UsageError) as caught:
+                self.options(*args)
+            self.assertIn("go together", str(caught.exception))
+
     def test_listeners(self) -> None:
         service = self.make(
             "--server-id",
@@ -269,6 +314,9 @@ class ServerMakeServiceTests(FatalTestCase):
                 "--connect-endpoint",
                 "--forward edge-1:9100",
                 "--forward edge-2:22",
+                "--https-proxy-endpoint",
+                "--http-proxy-endpoint",
+                "--tcp-proxy-endpoint",
             ],
         )
         server = service.tunnelServer

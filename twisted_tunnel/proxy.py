@@ -34,6 +34,7 @@ from twisted.logger import Logger
 
 from .config import ProxyConfig
 from .forward import OpeningRelay
+from .httpproxy import HTTPProxyFactory, RequestHead, Route, Router, RouteRefused
 from .origdst import originalDestination
 from .policy import (
     Carrier,
@@ -59,13 +60,8 @@ _BUILTIN_FOR_PROTOCOL: Mapping[str, IForwardingPolicy] = {
 }
 
 
-class RoutingRefused(Exception):
+class RoutingRefused(RouteRefused):
     """Routing said no: answer C{status} with C{reason} (and log it)."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 @frozen
@@ -105,7 +101,7 @@ def parseHost(host: bytes | None) -> Target:
 
 def targetOf(
     originalDestination: tuple[str, int] | None,
-    listenerAddress: tuple[str, int] | None,
+    listenerAddress: tuple[object, object] | None,
     host: bytes | None,
 ) -> Target:
     """
@@ -295,3 +291,47 @@ class RawProxyFactory(Factory):
         protocol = RawProxyProtocol()
         protocol.factory = self
         return protocol
+
+
+class ProxyListenerFactory(HTTPProxyFactory):
+    """
+    An HTTP proxy listener (C{--http-proxy-endpoint}, and under TLS
+    C{--https-proxy-endpoint}): every request is routed by L{ProxyRouter},
+    by the connection's original destination when iptables DNATed it, else
+    by its C{Host}.  A connection stays with the node it was first routed
+    to (L{Routed.key}); the engine refuses a later request for another one.
+    """
+
+    def __init__(self, router: ProxyRouter, clock: Any, **kw: Any) -> None:
+        super().__init__(self._unused, clock, **kw)
+        self.proxyRouter = router
+
+    @staticmethod
+    def _unused(head: RequestHead, peer: IAddress) -> Route:
+        raise AssertionError("routerFor makes a router per connection")
+
+    def routerFor(self, transport: Any) -> Router:
+        destination = originalDestination(transport)
+        local = transport.getHost()
+        listener = (getattr(local, "host", None), getattr(local, "port", None))
+        router = self.proxyRouter
+
+        def route(head: RequestHead, peer: IAddress) -> Deferred[Route]:
+            target = targetOf(destination, listener, head.host())
+            routing = router.route(
+                target,
+                method=head.method,
+                requestTarget=head.target,
+                headers=head.headers,
+                peer=peer,
+            )
+            return routing.addCallback(
+                lambda routed: Route(
+                    key=routed.key,
+                    endpoint=routed.endpoint,
+                    hostHeader=routed.decision.hostHeader,
+                    description=routed.describe(),
+                )
+            )
+
+        return route

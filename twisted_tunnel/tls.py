@@ -27,7 +27,7 @@ import datetime
 import ipaddress
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from attrs import frozen
@@ -57,6 +57,8 @@ __all__ = [
     "Credentials",
     "PeerIdentity",
     "agentOptions",
+    "proxyClientOptions",
+    "proxyServingOptions",
     "enableReleaseBuffers",
     "identityOfCertificate",
     "loadCredentials",
@@ -374,6 +376,60 @@ def agentOptions(creds: Credentials, serverName: str) -> IOpenSSLClientConnectio
             **_ownCertificateOptions(creds),
         },
     )
+
+
+#: The HTTPS proxy listener speaks HTTP/1.1 on both of its TLS legs.
+HTTP_1_1 = [b"http/1.1"]
+
+
+def proxyServingOptions(creds: Credentials) -> CertificateOptions:
+    """
+    TLS options for the HTTPS proxy listener, which kube-apiserver takes for
+    the kubelet: it presents C{creds.certificate} (C{--proxy-serving-cert})
+    and offers only HTTP/1.1 in ALPN, as the requests are relayed as
+    HTTP/1.1.  Client certificates are not asked for.
+    """
+    options = CertificateOptions(
+        raiseMinimumTo=MINIMUM_TLS_VERSION,
+        acceptableProtocols=HTTP_1_1,
+        **_ownCertificateOptions(creds),
+    )
+    enableReleaseBuffers(options.getContext())
+    return options
+
+
+def proxyClientOptions(creds: Credentials, *, verify: bool) -> Callable[[str], Any]:
+    """
+    TLS towards a node for the https policy: present C{creds.certificate}
+    (C{--proxy-client-cert}, the identity the kubelet authorizes) and, when
+    C{verify}, check the kubelet's certificate against C{creds.authority}
+    (C{--proxy-client-ca}) for the address dialed.  Without it, like
+    kube-apiserver without C{--kubelet-certificate-authority}, the kubelet
+    is not verified.
+
+    @return: the connection creator to use for a given dialed host.
+    """
+    if verify:
+
+        def verified(host: str) -> IOpenSSLClientConnectionCreator:
+            return optionsForClientTLS(
+                host,
+                trustRoot=trustRootFromCertificates(creds.authority),
+                acceptableProtocols=HTTP_1_1,
+                extraCertificateOptions={
+                    "raiseMinimumTo": MINIMUM_TLS_VERSION,
+                    **_ownCertificateOptions(creds),
+                },
+            )
+
+        return verified
+    shared = CertificateOptions(
+        verify=False,
+        raiseMinimumTo=MINIMUM_TLS_VERSION,
+        acceptableProtocols=HTTP_1_1,
+        **_ownCertificateOptions(creds),
+    )
+    return lambda host: shared
 
 
 @frozen

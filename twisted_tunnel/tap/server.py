@@ -10,6 +10,7 @@ C{--forward} listeners.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -25,11 +26,26 @@ from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
+from ..config import (
+    DEFAULT_HTTP_LISTENER_PORT,
+    ConfigError,
+    ConfigWatcher,
+    ProxyConfig,
+    loadConfig,
+    parseConfigData,
+)
 from ..connect import ConnectDoorFactory, refuseAgentCertificates
 from ..errors import CredentialsError
 from ..forward import ForwardFactory, parseForward
+from ..proxy import ProxyListenerFactory, ProxyRouter, RawProxyFactory
 from ..server import DEFAULT_OPEN_TIMEOUT, TunnelServer
-from ..tls import loadCredentials, serverOptions
+from ..tls import (
+    Credentials,
+    loadCredentials,
+    proxyClientOptions,
+    proxyServingOptions,
+    serverOptions,
+)
 from ._common import TunnelOptions, fatal, positiveFloat, positiveInt
 
 PROGRAM = "edge-tunnel-server"
@@ -51,6 +67,57 @@ class Options(TunnelOptions):
             "refuses agents' (system:node:*) certificates.",
         ],
         ["connect-ca", None, None, "CA for CONNECT clients' certificates (default: --ca)."],
+        [
+            "https-proxy-endpoint",
+            None,
+            "tcp:10263",
+            "HTTPS proxy listener: the DNAT target for 10250 and https-proxy-ports "
+            "(Twisted endpoint, or 'none').",
+        ],
+        [
+            "http-proxy-endpoint",
+            None,
+            "tcp:10264",
+            "HTTP proxy listener: the DNAT target for 10255, http-proxy-ports and "
+            "dnat-ports-pair (Twisted endpoint, or 'none').",
+        ],
+        [
+            "tcp-proxy-endpoint",
+            None,
+            "tcp:10268",
+            "Raw TCP proxy listener, routed by original destination: the DNAT target for "
+            "tcp-proxy-ports (Twisted endpoint, or 'none').",
+        ],
+        [
+            "proxy-serving-cert",
+            None,
+            None,
+            "Certificate the HTTPS proxy listener presents (default: --cert).",
+        ],
+        ["proxy-serving-key", None, None, "Its key (default: --key)."],
+        [
+            "proxy-client-cert",
+            None,
+            None,
+            "Client certificate presented to nodes by the https policy (the identity the "
+            "kubelet authorizes). Without it, https ports answer 502.",
+        ],
+        ["proxy-client-key", None, None, "Its key."],
+        [
+            "proxy-client-ca",
+            None,
+            None,
+            "CA to verify nodes' serving certificates with (default: not verified, like "
+            "kube-apiserver without --kubelet-certificate-authority).",
+        ],
+        [
+            "config",
+            None,
+            None,
+            "The edge-tunnel-server-cfg ConfigMap: a manifest file, or the directory it is "
+            "mounted as. Reloaded live.",
+        ],
+        ["config-interval", None, 2.0, "Seconds between checks of --config.", positiveFloat],
         ["server-id", None, None, "This replica's id (default: random)."],
         ["server-count", None, 1, "How many server replicas run.", positiveInt],
         [
@@ -65,6 +132,13 @@ class Options(TunnelOptions):
     def __init__(self) -> None:
         super().__init__()
         self["forward"] = []
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if bool(self["proxy-client-cert"]) != bool(self["proxy-client-key"]):
+            raise usage.UsageError("--proxy-client-cert and --proxy-client-key go together")
+        if bool(self["proxy-serving-cert"]) != bool(self["proxy-serving-key"]):
+            raise usage.UsageError("--proxy-serving-cert and --proxy-serving-key go together")
 
     def opt_forward(self, spec: str) -> None:
         """
@@ -169,4 +243,93 @@ def makeService(options: Options) -> IService:
     )
     for node, port, description in options["forward"]:
         listen(description, ForwardFactory(server, node, port), f"--forward {node}:{port}")
+    _proxyListeners(options, server, top, endpoint, listen)
     return top
+
+
+def _credentials(options: Options, ca: str | None, cert: str, key: str) -> Credentials:
+    try:
+        return loadCredentials(
+            options[ca] if ca and options[ca] else options["ca"],
+            options[cert] or options["cert"],
+            options[key] or options["key"],
+            caOption=f"--{ca}" if ca and options[ca] else "--ca",
+            certOption=f"--{cert}" if options[cert] else "--cert",
+            keyOption=f"--{key}" if options[key] else "--key",
+        )
+    except CredentialsError as e:
+        fatal(PROGRAM, str(e))
+
+
+def _proxyListeners(
+    options: Options,
+    server: TunnelServer,
+    top: MultiService,
+    endpoint: Callable[[str, str], IStreamServerEndpoint],
+    listen: Callable[[str, Any, str], None],
+) -> None:
+    """
+    The proxy listeners, their routers, and the configuration they share
+    (reloaded live: each new route uses the configuration in force).
+    """
+    from twisted.internet import reactor
+
+    httpDescription = options["http-proxy-endpoint"]
+    httpPort = DEFAULT_HTTP_LISTENER_PORT
+    if httpDescription != "none":
+        httpPort = getattr(endpoint(httpDescription, "--http-proxy-endpoint"), "_port", httpPort)
+    path = options["config"]
+    try:
+        initial = loadConfig(path, httpListenerPort=httpPort) if path else parseConfigData({})
+    except ConfigError as e:
+        fatal(PROGRAM, f"--config {e}")
+    state = _ConfigState(initial)
+    if path:
+        watcher = ConfigWatcher(
+            path,
+            reactor,
+            initial,
+            state.changed,
+            interval=options["config-interval"],
+            httpListenerPort=httpPort,
+        )
+        watcher.setName("--config")
+        watcher.setServiceParent(top)
+    upstreamTLS = None
+    if options["proxy-client-cert"]:
+        client = _credentials(options, "proxy-client-ca", "proxy-client-cert", "proxy-client-key")
+        upstreamTLS = proxyClientOptions(client, verify=bool(options["proxy-client-ca"]))
+
+    def router(kind: str) -> ProxyRouter:
+        return ProxyRouter(server, kind, state.current, upstreamTLS=upstreamTLS)
+
+    if options["https-proxy-endpoint"] != "none":
+        serving = _credentials(options, None, "proxy-serving-cert", "proxy-serving-key")
+        listen(
+            options["https-proxy-endpoint"],
+            TLSMemoryBIOFactory(
+                proxyServingOptions(serving), False, ProxyListenerFactory(router("https"), reactor)
+            ),
+            "--https-proxy-endpoint",
+        )
+    if httpDescription != "none":
+        listen(
+            httpDescription, ProxyListenerFactory(router("http"), reactor), "--http-proxy-endpoint"
+        )
+    if options["tcp-proxy-endpoint"] != "none":
+        listen(
+            options["tcp-proxy-endpoint"], RawProxyFactory(router("tcp")), "--tcp-proxy-endpoint"
+        )
+
+
+class _ConfigState:
+    """The configuration in force, replaced as a whole when a reload succeeds."""
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+
+    def current(self) -> ProxyConfig:
+        return self.config
+
+    def changed(self, config: ProxyConfig) -> None:
+        self.config = config
