@@ -1024,3 +1024,51 @@ class DocumentationTests(SynchronousTestCase):
                 loadConfig(path)
             line = str(caught.exception).replace(path, "/etc/edge-tunnel/cfg.yaml")
             self.assertIn(f"| `{line}` |", doc)
+
+
+class PolicyPortsTests(SynchronousTestCase):
+    """C{policy-ports}, our extension: custom policies bound to forwarded ports."""
+
+    def test_bindings(self) -> None:
+        config = parseConfigData(
+            {
+                "http-proxy-ports": "9100, 9200",
+                "policy-ports": "9200=mytools.policies:strict,9100 = metrics-only",
+            }
+        )
+        self.assertEqual(
+            config.policyPorts, ((9100, "metrics-only"), (9200, "mytools.policies:strict"))
+        )
+        self.assertEqual(config.policyName(9100), "metrics-only")
+        self.assertIsNone(config.policyName(10250))
+        self.assertIn("policies 9100=metrics-only", config.describe())
+
+    def test_refused(self) -> None:
+        for value, words in [
+            ("9100", "entry '9100' is not PORT=POLICY"),
+            ("9100=", "entry '9100=' is not PORT=POLICY"),
+            ("x=metrics-only", "'x' is not a port number"),
+            ("9300=metrics-only", "port 9300 is not forwarded"),
+            ("9100=a, 9100=b", "port 9100 is bound twice"),
+        ]:
+            with self.assertRaises(ConfigError) as caught:
+                parseConfigData({"http-proxy-ports": "9100", "policy-ports": value})
+            self.assertEqual(caught.exception.key, "policy-ports", value)
+            self.assertIn(words, str(caught.exception), value)
+
+    def test_unknownPolicyRefused(self) -> None:
+        """A binding the resolver cannot find refuses the configuration, naming the entry."""
+
+        def resolve(name: str) -> object:
+            raise LookupError(f"no policy named {name!r}")
+
+        with self.assertRaises(ConfigError) as caught:
+            parseConfigData(
+                {"http-proxy-ports": "9100", "policy-ports": "9100=nosuch"}, resolvePolicy=resolve
+            )
+        self.assertIn("entry '9100=nosuch': no policy named 'nosuch'", str(caught.exception))
+
+    def test_changesFrom(self) -> None:
+        old = parseConfigData({"http-proxy-ports": "9100"})
+        new = parseConfigData({"http-proxy-ports": "9100", "policy-ports": "9100=m"})
+        self.assertEqual(new.changesFrom(old), "policies none → 9100=m")

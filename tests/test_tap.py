@@ -289,6 +289,17 @@ class ServerMakeServiceTests(FatalTestCase):
         self.assertIn("--config", line)
         self.assertIn("70000", line)
 
+    def test_unknownPolicyStopsStartup(self) -> None:
+        """A policy-ports binding to a policy that does not exist stops startup, naming it."""
+        path = os.path.join(self.directory, "cfg.yaml")
+        with open(path, "w") as f:
+            f.write(
+                "apiVersion: v1\nkind: ConfigMap\ndata:\n"
+                "  http-proxy-ports: '9051'\n  policy-ports: '9051=nosuch'\n"
+            )
+        line = self.assertFatal("edge-tunnel-server", self.make, "--config", path)
+        self.assertIn("no policy named 'nosuch'", line)
+
     def test_proxyClientPairs(self) -> None:
         for args in (["--proxy-client-cert", "x.pem"], ["--proxy-serving-key", "k.pem"]):
             with self.assertRaises(UsageError) as caught:

@@ -46,6 +46,7 @@ HTTPS_PROXY_PORTS = "https-proxy-ports"
 LOCALHOST_PROXY_PORTS = "localhost-proxy-ports"
 DNAT_PORTS_PAIR = "dnat-ports-pair"
 TCP_PROXY_PORTS = "tcp-proxy-ports"
+POLICY_PORTS = "policy-ports"
 
 #: Every data key we accept, in the order they are checked (so that, of
 #: several problems, the same one is always reported).
@@ -55,6 +56,7 @@ KNOWN_KEYS = (
     LOCALHOST_PROXY_PORTS,
     DNAT_PORTS_PAIR,
     TCP_PROXY_PORTS,
+    POLICY_PORTS,
 )
 
 #: The kubelet's port: always forwarded, always HTTPS.
@@ -144,6 +146,14 @@ def _formatPorts(ports: frozenset[int]) -> str:
     return ", ".join(str(port) for port in sorted(ports)) or "none"
 
 
+def _sortedPairs(pairs: Iterable[tuple[int, str]]) -> tuple[tuple[int, str], ...]:
+    return tuple(sorted(pairs))
+
+
+def _formatPolicies(pairs: tuple[tuple[int, str], ...]) -> str:
+    return ", ".join(f"{port}={name}" for port, name in pairs) or "none"
+
+
 @frozen
 class ProxyConfig:
     """
@@ -163,6 +173,9 @@ class ProxyConfig:
         HTTP through the HTTP listener, like C{httpPorts}.
     @ivar tcpPorts: raw TCP by original destination (C{tcp-proxy-ports}, our
         extension).
+    @ivar policyPorts: ports bound to a custom forwarding policy, by name or
+        import path (C{policy-ports: "9100=metrics-only"}, our extension),
+        sorted by port.
     """
 
     httpPorts: frozenset[int] = field(default=frozenset(), converter=_withHTTP)
@@ -170,6 +183,7 @@ class ProxyConfig:
     localhostPorts: frozenset[int] = field(default=DEFAULT_LOCALHOST_PORTS, converter=_portSet)
     dnatPorts: frozenset[int] = field(default=frozenset(), converter=_portSet)
     tcpPorts: frozenset[int] = field(default=frozenset(), converter=_portSet)
+    policyPorts: tuple[tuple[int, str], ...] = field(default=(), converter=_sortedPairs)
 
     def __attrs_post_init__(self) -> None:
         # parseConfigData reports these with the key and value at fault; this
@@ -200,6 +214,13 @@ class ProxyConfig:
             return "tcp"
         return None
 
+    def policyName(self, port: int) -> str | None:
+        """The custom policy bound to C{port}, if any (else the built-in one applies)."""
+        for bound, name in self.policyPorts:
+            if bound == port:
+                return name
+        return None
+
     def isLocalhost(self, port: int) -> bool:
         """Whether the agent dials the node's loopback rather than its IP."""
         return port in self.localhostPorts
@@ -210,18 +231,25 @@ class ProxyConfig:
 
     def describe(self) -> str:
         """One line for logs, every set in full (fixed ports included)."""
-        return "; ".join(f"{label} {_formatPorts(ports)}" for label, ports in self._labelled())
+        described = [f"{label} {_formatPorts(ports)}" for label, ports in self._labelled()]
+        if self.policyPorts:
+            described.append(f"policies {_formatPolicies(self.policyPorts)}")
+        return "; ".join(described)
 
     def changesFrom(self, old: ProxyConfig) -> str:
         """
         One line saying what differs from C{old}, e.g.
         C{"http ports 9051, 10255 → 9051, 9100, 10255"}; empty if nothing.
         """
-        return "; ".join(
+        changes = [
             f"{label} ports {_formatPorts(before)} → {_formatPorts(after)}"
             for (label, after), (_, before) in zip(self._labelled(), old._labelled(), strict=True)
             if after != before
-        )
+        ]
+        if self.policyPorts != old.policyPorts:
+            before, after = _formatPolicies(old.policyPorts), _formatPolicies(self.policyPorts)
+            changes.append(f"policies {before} → {after}")
+        return "; ".join(changes)
 
     def _labelled(self) -> list[tuple[str, frozenset[int]]]:
         return [
@@ -293,7 +321,10 @@ def _unknownKey(key: str, value: str) -> ConfigError:
 
 
 def parseConfigData(
-    data: Mapping[str, str], *, httpListenerPort: int = DEFAULT_HTTP_LISTENER_PORT
+    data: Mapping[str, str],
+    *,
+    httpListenerPort: int = DEFAULT_HTTP_LISTENER_PORT,
+    resolvePolicy: Callable[[str], object] | None = None,
 ) -> ProxyConfig:
     """
     Check and interpret a ConfigMap's C{data}.
@@ -306,7 +337,12 @@ def parseConfigData(
         between commas, an unknown key, the same port under two protocols
         (http and https, or tcp and any HTTP key), 10250 as anything but
         HTTPS or 10255 as anything but HTTP, or a DNAT pair that is not
-        C{P=Q} or whose C{Q} is not C{httpListenerPort}.
+        C{P=Q} or whose C{Q} is not C{httpListenerPort}; a C{policy-ports}
+        entry that is not C{PORT=POLICY}, binds a port no other key
+        forwards, or names a policy C{resolvePolicy} cannot find.
+    @param resolvePolicy: finds a policy by name or import path, raising
+        when there is none; so a configuration naming a missing policy is
+        refused like any other bad value.
     """
     if not 1 <= httpListenerPort <= 65535:
         raise ValueError(f"httpListenerPort {httpListenerPort} is outside 1-65535")
@@ -375,13 +411,48 @@ def parseConfigData(
                     data[TCP_PROXY_PORTS],
                     f"port {port} is also under {key}; a port has one protocol",
                 )
+    forwarded = http | https | frozenset(dnat) | tcp
+    policies = _policyPairs(data.get(POLICY_PORTS, ""), forwarded, resolvePolicy)
     return ProxyConfig(
         httpPorts=http,
         httpsPorts=https,
         localhostPorts=localhost,
         dnatPorts=frozenset(dnat),
         tcpPorts=tcp,
+        policyPorts=policies,
     )
+
+
+def _policyPairs(
+    value: str, forwarded: frozenset[int], resolvePolicy: Callable[[str], object] | None
+) -> tuple[tuple[int, str], ...]:
+    """
+    C{policy-ports}: C{PORT=POLICY} entries, each port forwarded by another
+    key (which decides the listener that serves it) and bound once.
+    """
+    pairs: dict[int, str] = {}
+    for item in _items(POLICY_PORTS, value):
+        left, equals, name = item.partition("=")
+        name = name.strip()
+        if not equals or not name:
+            raise ConfigError(POLICY_PORTS, value, f"entry {item!r} is not PORT=POLICY")
+        port = _port(POLICY_PORTS, value, left.strip())
+        if port not in forwarded:
+            raise ConfigError(
+                POLICY_PORTS,
+                value,
+                f"entry {item!r}: port {port} is not forwarded; list it under "
+                f"{HTTP_PROXY_PORTS}, {HTTPS_PROXY_PORTS} or {TCP_PROXY_PORTS} too",
+            )
+        if port in pairs:
+            raise ConfigError(POLICY_PORTS, value, f"port {port} is bound twice")
+        if resolvePolicy is not None:
+            try:
+                resolvePolicy(name)
+            except Exception as e:
+                raise ConfigError(POLICY_PORTS, value, f"entry {item!r}: {e}") from None
+        pairs[port] = name
+    return tuple(sorted(pairs.items()))
 
 
 @frozen
@@ -567,11 +638,20 @@ def _manifestData(content: bytes) -> dict[str, str]:
     }
 
 
-def _parseSource(source: _Source, httpListenerPort: int) -> ProxyConfig:
-    return parseConfigData(source.data(), httpListenerPort=httpListenerPort)
+def _parseSource(
+    source: _Source, httpListenerPort: int, resolvePolicy: Callable[[str], object] | None
+) -> ProxyConfig:
+    return parseConfigData(
+        source.data(), httpListenerPort=httpListenerPort, resolvePolicy=resolvePolicy
+    )
 
 
-def loadConfig(path: str, *, httpListenerPort: int = DEFAULT_HTTP_LISTENER_PORT) -> ProxyConfig:
+def loadConfig(
+    path: str,
+    *,
+    httpListenerPort: int = DEFAULT_HTTP_LISTENER_PORT,
+    resolvePolicy: Callable[[str], object] | None = None,
+) -> ProxyConfig:
     """
     Load the ConfigMap from C{path}.
 
@@ -588,7 +668,7 @@ def loadConfig(path: str, *, httpListenerPort: int = DEFAULT_HTTP_LISTENER_PORT)
         one.
     """
     try:
-        return _parseSource(_readSource(path), httpListenerPort)
+        return _parseSource(_readSource(path), httpListenerPort, resolvePolicy)
     except ConfigError as e:
         raise e.withPath(path) from None
 
@@ -627,8 +707,10 @@ class ConfigWatcher(Service):
         *,
         interval: float = 2.0,
         httpListenerPort: int = DEFAULT_HTTP_LISTENER_PORT,
+        resolvePolicy: Callable[[str], object] | None = None,
     ) -> None:
         self.path = path
+        self.resolvePolicy = resolvePolicy
         self.clock = clock
         self.onChange = onChange
         self.interval = interval
@@ -688,7 +770,7 @@ class ConfigWatcher(Service):
             return
         self._fingerprint = source.fingerprint
         try:
-            new = _parseSource(source, self.httpListenerPort)
+            new = _parseSource(source, self.httpListenerPort, self.resolvePolicy)
         except ConfigError as e:
             self._refuse(e)
             return

@@ -37,6 +37,7 @@ from ..config import (
 from ..connect import ConnectDoorFactory, refuseAgentCertificates
 from ..errors import CredentialsError
 from ..forward import ForwardFactory, parseForward
+from ..policy import IForwardingPolicy, findPolicy, pluginPolicies
 from ..proxy import ProxyListenerFactory, ProxyRouter, RawProxyFactory
 from ..server import DEFAULT_OPEN_TIMEOUT, TunnelServer
 from ..tls import (
@@ -279,11 +280,20 @@ def _proxyListeners(
     if httpDescription != "none":
         httpPort = getattr(endpoint(httpDescription, "--http-proxy-endpoint"), "_port", httpPort)
     path = options["config"]
+    plugins = pluginPolicies()
+
+    def resolve(name: str) -> IForwardingPolicy:
+        return findPolicy(name, plugins)
+
     try:
-        initial = loadConfig(path, httpListenerPort=httpPort) if path else parseConfigData({})
+        initial = (
+            loadConfig(path, httpListenerPort=httpPort, resolvePolicy=resolve)
+            if path
+            else parseConfigData({})
+        )
     except ConfigError as e:
         fatal(PROGRAM, f"--config {e}")
-    state = _ConfigState(initial)
+    state = _ConfigState(initial, resolve)
     if path:
         watcher = ConfigWatcher(
             path,
@@ -292,6 +302,7 @@ def _proxyListeners(
             state.changed,
             interval=options["config-interval"],
             httpListenerPort=httpPort,
+            resolvePolicy=resolve,
         )
         watcher.setName("--config")
         watcher.setServiceParent(top)
@@ -301,7 +312,9 @@ def _proxyListeners(
         upstreamTLS = proxyClientOptions(client, verify=bool(options["proxy-client-ca"]))
 
     def router(kind: str) -> ProxyRouter:
-        return ProxyRouter(server, kind, state.current, upstreamTLS=upstreamTLS)
+        return ProxyRouter(
+            server, kind, state.current, customPolicies=state.custom, upstreamTLS=upstreamTLS
+        )
 
     if options["https-proxy-endpoint"] != "none":
         serving = _credentials(options, None, "proxy-serving-cert", "proxy-serving-key")
@@ -323,13 +336,21 @@ def _proxyListeners(
 
 
 class _ConfigState:
-    """The configuration in force, replaced as a whole when a reload succeeds."""
+    """
+    The configuration in force and its custom policies, replaced as a whole
+    when a reload succeeds (the names were checked while loading).
+    """
 
-    def __init__(self, config: ProxyConfig) -> None:
-        self.config = config
+    def __init__(self, config: ProxyConfig, resolve: Callable[[str], IForwardingPolicy]) -> None:
+        self.resolve = resolve
+        self.changed(config)
 
     def current(self) -> ProxyConfig:
         return self.config
 
+    def custom(self) -> dict[int, IForwardingPolicy]:
+        return self.policies
+
     def changed(self, config: ProxyConfig) -> None:
+        self.policies = {port: self.resolve(name) for port, name in config.policyPorts}
         self.config = config
