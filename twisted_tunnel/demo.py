@@ -70,7 +70,12 @@ def main() -> int:
     site.mkdir()
     (site / "index.html").write_text(f"hello from the kubelet stand-in on {NODE}\n")
 
-    tunnelPort, doorPort, servicePort, forwardPort = (freePort() for _ in range(4))
+    tunnelPort, doorPort, servicePort, forwardPort, proxyPort = (freePort() for _ in range(5))
+    # the edge-tunnel-server-cfg ConfigMap, as kubectl would apply it: open the service's port
+    (work / "edge-tunnel-server-cfg.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: edge-tunnel-server-cfg\n"
+        f'  namespace: kube-system\ndata:\n  http-proxy-ports: "{servicePort}"\n'
+    )
     python = sys.executable
     # twisted.scripts.twistd has no __main__ block, so "-m" would do nothing
     twistd = [python, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
@@ -113,6 +118,10 @@ def main() -> int:
             f"--tunnel-endpoint=tcp:{tunnelPort}:interface=127.0.0.1",
             f"--connect-endpoint=tcp:{doorPort}:interface=127.0.0.1",
             f"--forward={NODE}:{servicePort}=tcp:{forwardPort}:interface=127.0.0.1",
+            f"--http-proxy-endpoint=tcp:{proxyPort}:interface=127.0.0.1",
+            "--https-proxy-endpoint=none",
+            "--tcp-proxy-endpoint=none",
+            f"--config={work / 'edge-tunnel-server-cfg.yaml'}",
             f"--ca={work / 'ca.pem'}",
             f"--cert={work / 'server.pem'}",
             f"--key={work / 'server-key.pem'}",
@@ -165,8 +174,18 @@ def main() -> int:
         with urllib.request.urlopen(f"http://127.0.0.1:{forwardPort}/", timeout=5) as r:
             print(f"\n$ GET http://127.0.0.1:{forwardPort}/  (static forward to {target})")
             print(f"HTTP {r.status}: {r.read().decode().rstrip()}")
+        proxied = urllib.request.Request(
+            f"http://127.0.0.1:{proxyPort}/", headers={"Host": f"{NODE}:{servicePort}"}
+        )
+        with urllib.request.urlopen(proxied, timeout=5) as r:
+            print(
+                f"\n$ GET / with Host: {target} at the HTTP proxy listener 127.0.0.1:{proxyPort}"
+            )
+            print(f"HTTP {r.status}: {r.read().decode().rstrip()}")
         print(
             "\nTry it yourself:\n"
+            f"  curl -H 'Host: {NODE}:{servicePort}' http://127.0.0.1:{proxyPort}/\n"
+            f"  curl -H 'Host: {NODE}:22' http://127.0.0.1:{proxyPort}/   # 403: not configured\n"
             f"  curl -p -x http://127.0.0.1:{doorPort} http://{NODE}:{servicePort}/\n"
             f"  curl http://127.0.0.1:{forwardPort}/\n"
             f"  curl -p -x http://127.0.0.1:{doorPort} http://nowhere:80/   # 503: no such node\n"
