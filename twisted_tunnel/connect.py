@@ -45,7 +45,6 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IDelayedCall,
     IProtocol,
-    IPushProducer,
     IReactorTime,
     ITransport,
 )
@@ -53,6 +52,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ._transports import addressLabel, pushProducer
 from .errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout, TunnelClosed
 from .mux import noDelay
 from .relay import RelayProtocol, halfClose, splice
@@ -223,7 +223,7 @@ class ConnectProtocol(RelayProtocol):
         # Not RelayProtocol's: we read the request head before pausing.
         assert self.transport is not None
         noDelay(self.transport)
-        self._peer = _label(self.transport.getPeer())
+        self._peer = addressLabel(self.transport.getPeer())
         self._timer = self.door.clock.callLater(self.door.requestTimeout, self._requestTimedOut)
 
     def dataReceived(self, data: bytes) -> None:
@@ -330,7 +330,7 @@ class ConnectProtocol(RelayProtocol):
         self._pendingSize += len(data)
         if self._pendingSize > self.door.maxPendingBytes and not self._readingPaused:
             self._readingPaused = True
-            _producer(self.transport).pauseProducing()
+            pushProducer(self.transport).pauseProducing()
 
     def _requestTimedOut(self) -> None:
         self._timer = None
@@ -448,7 +448,7 @@ class ConnectProtocol(RelayProtocol):
         halfClose(transport)
         if self._readingPaused:
             self._readingPaused = False
-            _producer(transport).resumeProducing()
+            pushProducer(transport).resumeProducing()
         self._timer = self.door.clock.callLater(self.door.lingerTimeout, self._lingerEnded)
 
     def _lingerEnded(self) -> None:
@@ -529,21 +529,6 @@ def refuseAgentCertificates(transport: ITransport | None) -> str | None:
     return None
 
 
-def _label(address: Any) -> str:
-    host = getattr(address, "host", None)
-    if host is not None:
-        return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
-    name = getattr(address, "name", None)
-    if name is not None:
-        return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
-    return str(address)
-
-
 def _shown(raw: bytes) -> str:
     text = raw.decode("ascii", "replace")
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _producer(transport: object) -> IPushProducer:
-    # TCP, TLS and Unix transports are push producers, though not all declare it.
-    return transport  # type: ignore[return-value]

@@ -89,6 +89,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._transports import addressLabel
 from .errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout, TunnelClosed
 from .mux import noDelay
 from .relay import halfClose
@@ -630,7 +631,7 @@ class HTTPProxyProtocol(Protocol):
         noDelay(transport)
         self._reading = _Reading(transport)
         self._peerAddress = transport.getPeer()
-        self._peer = _label(self._peerAddress)
+        self._peer = addressLabel(self._peerAddress)
         # the first request head must arrive in time, too: a client that
         # connects and says nothing holds a connection like any slowloris
         self._setTimer("header", self.limits.headerTimeout, self._headerTimedOut)
@@ -1484,16 +1485,6 @@ def _hostOf(transport: object) -> bytes:
         return b""
     shown = f"[{host}]" if ":" in host else host
     return f"{shown}:{port}".encode("ascii", "replace")
-
-
-def _label(address: Any) -> str:
-    host = getattr(address, "host", None)
-    if host is not None:
-        return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
-    name = getattr(address, "name", None)
-    if name is not None:
-        return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
-    return str(address)
 
 
 def _text(raw: bytes) -> str:

@@ -22,6 +22,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._transports import pushProducer
 from .mux import noDelay
 
 
@@ -57,7 +58,7 @@ class RelayProtocol(Protocol):
         elif peer is not None and peer.connected:
             splice(self, peer)
         else:
-            _producer(self.transport).pauseProducing()
+            pushProducer(self.transport).pauseProducing()
 
     def dataReceived(self, data: bytes) -> None:
         if self.spliced and self.peer is not None:
@@ -112,7 +113,7 @@ def splice(a: RelayProtocol, b: RelayProtocol) -> None:
             halfClose(other.transport)
     for end in (a, b):
         if end.connected and end.transport is not None:
-            _producer(end.transport).resumeProducing()
+            pushProducer(end.transport).resumeProducing()
 
 
 def halfClose(transport: ITransport | None) -> None:
@@ -157,7 +158,7 @@ class _Reading:
     """
 
     def __init__(self, transport: object) -> None:
-        self._transport = _producer(transport)
+        self._transport = pushProducer(transport)
 
     def pauseProducing(self) -> None:
         self._transport.pauseProducing()
@@ -167,9 +168,3 @@ class _Reading:
 
     def stopProducing(self) -> None:
         pass
-
-
-def _producer(transport: object) -> IPushProducer:
-    # TCP, TLS and stream transports are all push producers, though not
-    # all of them declare it.
-    return transport  # type: ignore[return-value]
