@@ -297,13 +297,16 @@ async def plainTunnel(
     node: str,
     *,
     openTimeout: float = DEFAULT_OPEN_TIMEOUT,
+    ips: Sequence[str] = ("127.0.0.1",),
     reactor: Any = _globalReactor,
 ) -> tuple[TunnelServer, TunnelAgent, Tunnel]:
     """
     A L{TunnelServer} without TLS, listening on 127.0.0.1, that takes every
-    peer for the agent of C{node}; and a L{TunnelAgent} for C{node} (its IP:
-    127.0.0.1) connected to it over plain TCP.  The server, the agent, and
-    the agent's tunnel once it is up.
+    peer for the agent of C{node}; and a L{TunnelAgent} for C{node} (its IPs:
+    C{ips}, 127.0.0.1 unless told otherwise; another loopback address such
+    as 127.0.0.2 makes a "node IP" distinct from the node's loopback)
+    connected to it over plain TCP.  The server, the agent, and the agent's
+    tunnel once it is up.
 
     The cleanup stops the agent and the listener, then waits until every
     socket opened since this call is closed (see
@@ -322,7 +325,7 @@ async def plainTunnel(
         None,
         ("127.0.0.1", tunnelPort),
         node,
-        ["127.0.0.1"],
+        list(ips),
         endpoint=TCP4ClientEndpoint(reactor, "127.0.0.1", tunnelPort),
     )
     agent.startService()
