@@ -27,7 +27,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import h11
-import pytest
 from attrs import frozen
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
@@ -525,18 +524,6 @@ class ListenerTestCase(TestCase):
         self.assertTrue(logged, f"no log line for the {status}: {self.refusals}")
 
 
-#: Why the tests of a kubelet that ends TLS first are expected to fail:
-#: trial fails a test that logs a traceback, and this one is logged.
-REENTRANT_CONNECTION_LOST = (
-    "mux.Stream.loseConnection/abortConnection call the protocol's connectionLost "
-    "synchronously (Stream._sendClose/_reset -> _lose), from inside the protocol's own "
-    "call; TLSMemoryBIOProtocol (wrapClientTLS over a tunnel stream: the https carrier) "
-    "then uses its _tlsConnection after connectionLost set it to None, and the stream "
-    "logs 'stream N protocol raised; resetting the stream' (AttributeError: 'NoneType' "
-    "object has no attribute 'bio_read') whenever the kubelet ends TLS first"
-)
-
-
 class HTTPSTests(ListenerTestCase):
     async def test_kubeletAcceptsTheProxyClientCertificate(self) -> None:
         """
@@ -562,7 +549,6 @@ class HTTPSTests(ListenerTestCase):
         )
         self.assertEqual(site.connectionsMade, 1)
 
-    @pytest.mark.xfail(strict=True, reason=REENTRANT_CONNECTION_LOST)
     async def test_kubeletRefusesAnotherCA(self) -> None:
         """
         With a proxy client certificate of another CA the kubelet refuses
@@ -581,7 +567,6 @@ class HTTPSTests(ListenerTestCase):
         )
         self.assertEqual(kubelet.seen, [])
 
-    @pytest.mark.xfail(strict=True, reason=REENTRANT_CONNECTION_LOST)
     async def test_kubeletClosesItsConnection(self) -> None:
         """
         A kubelet that ends its connection after a response (as it does

@@ -983,6 +983,38 @@ class EndingTests(TunnelTestCase):
         opener.lostReason.trap(ConnectionDone)
         self.assertForgotten()
 
+    def test_connectionLostAfterTheProtocolReturns(self) -> None:
+        """
+        A protocol that closes (or aborts) its stream from inside one of its
+        own methods hears connectionLost only once that method has returned,
+        as with TCP: TLSMemoryBIOProtocol run over a stream relies on it.
+        """
+        pair = self.pair
+        events: list[str] = []
+
+        class Closer(Recorder):
+            def dataReceived(self, data: bytes) -> None:
+                events.append("dataReceived: in")
+                self.transport.loseConnection()  # type: ignore[union-attr]
+                events.append("dataReceived: out")
+
+            def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+                events.append("connectionLost")
+                super().connectionLost(reason)
+
+        class Aborter(Closer):
+            def dataReceived(self, data: bytes) -> None:
+                events.append("dataReceived: in")
+                self.transport.abortConnection()  # type: ignore[union-attr]
+                events.append("dataReceived: out")
+
+        for protocol in (Closer(), Aborter()):
+            del events[:]
+            opener, _ = pair.open(pair.client, protocol)
+            streamOf(opener).write(b"one")
+            pair.pump()
+            self.assertEqual(events, ["dataReceived: in", "dataReceived: out", "connectionLost"])
+
     def test_framesForForgottenStreamIgnored(self) -> None:
         peer = Raw(isClient=False)
         peer.feed(Open(1, "10.0.0.7", 80))

@@ -230,6 +230,8 @@ class Stream:
         self._heldCredit = 0
         self._remoteReset: tuple[int, str] | None = None
         self._lost = False
+        self._calling = 0
+        self._lossPending: Failure | None = None
         self.queuedToSend = False
 
     def __repr__(self) -> str:
@@ -547,8 +549,16 @@ class Stream:
         if producer is not None and self._streamingProducer:
             producer.stopProducing()
         protocol = self.protocol
-        if protocol is not None:
-            self._call(protocol.connectionLost, reason)
+        if protocol is None:
+            return
+        if self._calling:
+            # The protocol is still inside one of its own methods (it closed
+            # or aborted its stream from dataReceived, say): like TCP, tell it
+            # only once it has returned.  TLSMemoryBIOProtocol, run over a
+            # stream, depends on that.
+            self._lossPending = reason
+            return
+        self._call(protocol.connectionLost, reason)
 
     def _tunnelLost(self, reason: Failure) -> None:
         self._sentTerminal = self._gotTerminal = True
@@ -559,6 +569,7 @@ class Stream:
         """
         Call into the stream's protocol; a bug there resets this stream only.
         """
+        self._calling += 1
         try:
             f(*args)
         except Exception:
@@ -569,6 +580,14 @@ class Stream:
                 self._reset(ErrorCode.INTERNAL_ERROR, "application error")
             if f != getattr(self.protocol, "connectionLost", None):
                 self._lose(Failure())
+        finally:
+            self._calling -= 1
+        pending = self._lossPending
+        if pending is not None and not self._calling:
+            self._lossPending = None
+            protocol = self.protocol
+            assert protocol is not None
+            self._call(protocol.connectionLost, pending)
 
     @property
     def bufferedBytes(self) -> int:
