@@ -72,6 +72,25 @@ class AgentRegistry:
     def __init__(self) -> None:
         self._byNode: dict[str, AgentRecord] = {}
         self._byIP: dict[str, str] = {}
+        self._observers: list[Callable[[], object]] = []
+
+    def subscribe(self, observer: Callable[[], object]) -> Callable[[], None]:
+        """
+        Call C{observer} (without arguments) after every change: an agent
+        connected, was replaced, or went away.  The iptables rules and the
+        hosts file follow the registry this way.
+
+        @return: a function that unsubscribes it.
+        """
+        self._observers.append(observer)
+        return lambda: self._observers.remove(observer)
+
+    def _changed(self) -> None:
+        for observer in list(self._observers):
+            try:
+                observer()
+            except Exception:
+                self.log.failure("a registry observer failed")
 
     def __len__(self) -> int:
         return len(self._byNode)
@@ -101,6 +120,7 @@ class AgentRegistry:
         self._byNode[record.node] = record
         for ip in record.ips:
             self._byIP[ip] = record.node
+        self._changed()
         return replaced
 
     def unregister(self, tunnel: Tunnel) -> AgentRecord | None:
@@ -109,6 +129,7 @@ class AgentRegistry:
             if record.tunnel is tunnel:
                 del self._byNode[record.node]
                 self._forgetIPs(record)
+                self._changed()
                 return record
         return None
 
