@@ -300,6 +300,21 @@ class ServerMakeServiceTests(FatalTestCase):
         line = self.assertFatal("edge-tunnel-server", self.make, "--config", path)
         self.assertIn("no policy named 'nosuch'", line)
 
+    def test_hostsFile(self) -> None:
+        path = os.path.join(self.directory, "hosts")
+        service = self.make("--hosts-file", path, "--hosts-address", "10.96.0.50")
+        hosts = service.getServiceNamed("--hosts-file")
+        self.assertEqual((hosts.path, hosts.address), (path, "10.96.0.50"))
+
+    def test_hostsFileNeedsAnAddress(self) -> None:
+        for args, words in [
+            (["--hosts-file", "/tmp/h"], "needs --hosts-address"),
+            (["--hosts-file", "/tmp/h", "--hosts-address", "tunnel"], "is not an IP address"),
+        ]:
+            with self.assertRaises(UsageError) as caught:
+                self.options(*args)
+            self.assertIn(words, str(caught.exception))
+
     def test_proxyClientPairs(self) -> None:
         for args in (["--proxy-client-cert", "x.pem"], ["--proxy-serving-key", "k.pem"]):
             with self.assertRaises(UsageError) as caught:

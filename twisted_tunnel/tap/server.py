@@ -37,6 +37,7 @@ from ..config import (
 from ..connect import ConnectDoorFactory, refuseAgentCertificates
 from ..errors import CredentialsError
 from ..forward import ForwardFactory, parseForward
+from ..hostsfile import HostsFile
 from ..policy import IForwardingPolicy, findPolicy, pluginPolicies
 from ..proxy import ProxyListenerFactory, ProxyRouter, RawProxyFactory
 from ..server import DEFAULT_OPEN_TIMEOUT, TunnelServer
@@ -119,6 +120,20 @@ class Options(TunnelOptions):
             "mounted as. Reloaded live.",
         ],
         ["config-interval", None, 2.0, "Seconds between checks of --config.", positiveFloat],
+        [
+            "hosts-file",
+            None,
+            None,
+            "Keep this hosts-format file ('<hosts-address> <node-name>' per connected node) "
+            "for CoreDNS's hosts plugin.",
+        ],
+        [
+            "hosts-address",
+            None,
+            None,
+            "The address node names resolve to in --hosts-file: where clients reach this "
+            "server's proxy listeners (e.g. its Service IP).",
+        ],
         ["server-id", None, None, "This replica's id (default: random)."],
         ["server-count", None, 1, "How many server replicas run.", positiveInt],
         [
@@ -140,6 +155,17 @@ class Options(TunnelOptions):
             raise usage.UsageError("--proxy-client-cert and --proxy-client-key go together")
         if bool(self["proxy-serving-cert"]) != bool(self["proxy-serving-key"]):
             raise usage.UsageError("--proxy-serving-cert and --proxy-serving-key go together")
+        if self["hosts-file"] and not self["hosts-address"]:
+            raise usage.UsageError(
+                "--hosts-file needs --hosts-address (the address to resolve to)"
+            )
+        if self["hosts-address"]:
+            try:
+                ipaddress.ip_address(self["hosts-address"])
+            except ValueError:
+                raise usage.UsageError(
+                    f"--hosts-address {self['hosts-address']!r} is not an IP address"
+                ) from None
 
     def opt_forward(self, spec: str) -> None:
         """
@@ -245,6 +271,12 @@ def makeService(options: Options) -> IService:
     for node, port, description in options["forward"]:
         listen(description, ForwardFactory(server, node, port), f"--forward {node}:{port}")
     _proxyListeners(options, server, top, endpoint, listen)
+    if options["hosts-file"]:
+        hosts = HostsFile(
+            options["hosts-file"], options["hosts-address"], server.registry, reactor
+        )
+        hosts.setName("--hosts-file")
+        hosts.setServiceParent(top)
     return top
 
 
