@@ -357,6 +357,10 @@ def startOurs(setup: Setup, httpPort: int, iperfPort: int) -> None:
             f"--key={pki}/server-key.pem",
             f"--forward={NODE}:{httpPort}=tcp:{tHttp}:interface=127.0.0.1",
             f"--forward={NODE}:{iperfPort}=tcp:{tIperf}:interface=127.0.0.1",
+            "--https-proxy-endpoint=none",
+            "--http-proxy-endpoint=none",
+            "--tcp-proxy-endpoint=none",
+            "--no-iptables",
         ),
         env=env,
     )

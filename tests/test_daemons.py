@@ -137,6 +137,11 @@ class TunnelProcessesTestCase(TestCase):
                 "unix:" + connectSocket,
                 "--forward",
                 f"edge-1:{edgePort}=tcp:0:interface=127.0.0.1",
+                # the proxy listeners on loopback, and the host's iptables left alone
+                "--https-proxy-endpoint=tcp:0:interface=127.0.0.1",
+                "--http-proxy-endpoint=tcp:0:interface=127.0.0.1",
+                "--tcp-proxy-endpoint=none",
+                "--no-iptables",
                 *keepalive,
             ],
             cwd=directory,

@@ -33,6 +33,7 @@ from zope.interface.verify import verifyObject
 from twisted_tunnel.agent import TunnelAgent
 from twisted_tunnel.connect import ConnectDoorFactory
 from twisted_tunnel.forward import ForwardFactory
+from twisted_tunnel.iptables import IptablesManager, checkAvailable
 from twisted_tunnel.server import TunnelServer
 from twisted_tunnel.tap import agent as tapagent
 from twisted_tunnel.tap import server as tapserver
@@ -256,6 +257,7 @@ class ServerMakeServiceTests(FatalTestCase):
             "--https-proxy-endpoint=none",
             "--http-proxy-endpoint=none",
             "--tcp-proxy-endpoint=none",
+            "--no-iptables",
         )
         self.assertEqual(
             [child.name for child in service], ["--tunnel-endpoint", "--connect-endpoint"]
@@ -300,6 +302,25 @@ class ServerMakeServiceTests(FatalTestCase):
         line = self.assertFatal("edge-tunnel-server", self.make, "--config", path)
         self.assertIn("no policy named 'nosuch'", line)
 
+    def test_iptablesRequired(self) -> None:
+        """
+        --iptables makes the manager part of the service (it starts with
+        it), or stops startup with one line when iptables cannot be used.
+        """
+        reason = checkAvailable()
+        if reason is None:
+            service = self.make("--iptables")
+            manager = service.getServiceNamed("--iptables")
+            self.assertIsInstance(manager, IptablesManager)
+            self.assertFalse(manager.running)
+        else:
+            line = self.assertFatal("edge-tunnel-server", self.make, "--iptables")
+            self.assertIn(reason, line)
+
+    def test_iptablesFlagsContradict(self) -> None:
+        with self.assertRaises(UsageError):
+            self.options("--iptables", "--no-iptables")
+
     def test_hostsFile(self) -> None:
         path = os.path.join(self.directory, "hosts")
         service = self.make("--hosts-file", path, "--hosts-address", "10.96.0.50")
@@ -331,6 +352,7 @@ class ServerMakeServiceTests(FatalTestCase):
             "edge-1:9100=tcp:19100:interface=127.0.0.1",
             "--forward",
             "edge-2:22=unix:/run/ssh-edge-2.sock",
+            "--no-iptables",
         )
         names = [child.name for child in service]
         self.assertEqual(

@@ -121,6 +121,7 @@ def main() -> int:
             f"--http-proxy-endpoint=tcp:{proxyPort}:interface=127.0.0.1",
             "--https-proxy-endpoint=none",
             "--tcp-proxy-endpoint=none",
+            "--no-iptables",  # a demo on loopback leaves the host's iptables alone
             f"--config={work / 'edge-tunnel-server-cfg.yaml'}",
             f"--ca={work / 'ca.pem'}",
             f"--cert={work / 'server.pem'}",

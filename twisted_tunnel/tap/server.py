@@ -23,6 +23,7 @@ from twisted.internet.endpoints import (
     serverFromString,
 )
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
@@ -38,6 +39,7 @@ from ..connect import ConnectDoorFactory, refuseAgentCertificates
 from ..errors import CredentialsError
 from ..forward import ForwardFactory, parseForward
 from ..hostsfile import HostsFile
+from ..iptables import IptablesManager, checkAvailable, listenerAddress
 from ..policy import IForwardingPolicy, findPolicy, pluginPolicies
 from ..proxy import ProxyListenerFactory, ProxyRouter, RawProxyFactory
 from ..server import DEFAULT_OPEN_TIMEOUT, TunnelServer
@@ -51,9 +53,25 @@ from ..tls import (
 from ._common import TunnelOptions, fatal, positiveFloat, positiveInt
 
 PROGRAM = "edge-tunnel-server"
+_log = Logger(namespace="twisted_tunnel.tap.server")
 
 
 class Options(TunnelOptions):
+    optFlags = [
+        [
+            "iptables",
+            None,
+            "DNAT connected nodes' ports to the proxy listeners; fail if not possible.",
+        ],
+        ["no-iptables", None, "Do not touch iptables (default: on when this process may)."],
+        [
+            "iptables-prerouting",
+            None,
+            "Also DNAT traffic routed through this host (PREROUTING), not only traffic born "
+            "on it (OUTPUT).",
+        ],
+    ]
+
     synopsis = (
         "[options] --ca CA.pem --cert SERVER.pem --key SERVER-KEY.pem\n"
         "Accept edge agents over mutual TLS and carry streams to their nodes."
@@ -121,6 +139,13 @@ class Options(TunnelOptions):
         ],
         ["config-interval", None, 2.0, "Seconds between checks of --config.", positiveFloat],
         [
+            "iptables-interval",
+            None,
+            60.0,
+            "Seconds between full iptables resyncs (changes apply at once).",
+            positiveFloat,
+        ],
+        [
             "hosts-file",
             None,
             None,
@@ -155,6 +180,8 @@ class Options(TunnelOptions):
             raise usage.UsageError("--proxy-client-cert and --proxy-client-key go together")
         if bool(self["proxy-serving-cert"]) != bool(self["proxy-serving-key"]):
             raise usage.UsageError("--proxy-serving-cert and --proxy-serving-key go together")
+        if self["iptables"] and self["no-iptables"]:
+            raise usage.UsageError("--iptables and --no-iptables contradict each other")
         if self["hosts-file"] and not self["hosts-address"]:
             raise usage.UsageError(
                 "--hosts-file needs --hosts-address (the address to resolve to)"
@@ -365,6 +392,54 @@ def _proxyListeners(
         listen(
             options["tcp-proxy-endpoint"], RawProxyFactory(router("tcp")), "--tcp-proxy-endpoint"
         )
+    manager = _iptablesManager(options, server, state, endpoint)
+    if manager is not None:
+        manager.setName("--iptables")
+        manager.setServiceParent(top)
+        state.observers.append(manager.configChanged)
+
+
+def _iptablesManager(
+    options: Options,
+    server: TunnelServer,
+    state: _ConfigState,
+    endpoint: Callable[[str, str], IStreamServerEndpoint],
+) -> IptablesManager | None:
+    """
+    The iptables manager, unless turned off: required with C{--iptables},
+    on by default when this process may change iptables, and otherwise
+    off with one line saying why.
+    """
+    from twisted.internet import reactor
+
+    if options["no-iptables"]:
+        return None
+    reason = checkAvailable()
+    if reason is not None:
+        if options["iptables"]:
+            fatal(PROGRAM, f"--iptables: {reason}")
+        _log.warn(
+            "iptables interception is off: {reason} (run with CAP_NET_ADMIN, or pass "
+            "--no-iptables to say so)",
+            reason=reason,
+        )
+        return None
+    listeners = {
+        kind: listenerAddress(
+            endpoint(options[f"{kind}-proxy-endpoint"], f"--{kind}-proxy-endpoint")
+        )
+        if options[f"{kind}-proxy-endpoint"] != "none"
+        else None
+        for kind in ("https", "http", "tcp")
+    }
+    return IptablesManager(
+        reactor,
+        listeners,
+        state.current,
+        server.registry,
+        prerouting=options["iptables-prerouting"],
+        interval=options["iptables-interval"],
+    )
 
 
 class _ConfigState:
@@ -375,6 +450,7 @@ class _ConfigState:
 
     def __init__(self, config: ProxyConfig, resolve: Callable[[str], IForwardingPolicy]) -> None:
         self.resolve = resolve
+        self.observers: list[Callable[[], object]] = []
         self.changed(config)
 
     def current(self) -> ProxyConfig:
@@ -386,3 +462,5 @@ class _ConfigState:
     def changed(self, config: ProxyConfig) -> None:
         self.policies = {port: self.resolve(name) for port, name in config.policyPorts}
         self.config = config
+        for observer in self.observers:
+            observer()
