@@ -49,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from attrs import frozen
@@ -71,7 +71,7 @@ __all__ = [
     "Scope",
     "World",
     "nodeIP",
-    "serverHasOption",
+    "normalizedTable",
 ]
 
 #: The server's address in the cloud namespace (its proxy listeners bind it).
@@ -111,16 +111,21 @@ class Scope(Protocol):
     def fail(self, msg: Any = None) -> Any: ...
 
 
-def serverHasOption(name: str) -> bool:
-    """Does C{twistd edge-tunnel-server} take C{--<name>}?"""
-    from twisted_tunnel.tap.server import Options
-
-    return any(option.rstrip("=") == name for option in Options().longOpt)
-
-
 def nodeIP(index: int) -> str:
     """The private node address of edge C{index} (1, 2...)."""
     return f"172.30.{index}.10"
+
+
+def normalizedTable(saved: str) -> list[str]:
+    """
+    C{iptables-save} output without what changes by itself: its comment
+    lines (with a timestamp) and the packet and byte counters.
+    """
+    return [
+        re.sub(r" \[\d+:\d+\]$", "", line)
+        for line in saved.splitlines()
+        if line and not line.startswith("#")
+    ]
 
 
 class Process:
@@ -288,14 +293,22 @@ class World:
 
     # Building.
 
-    def build(self) -> World:
-        """Make the namespaces, links and processes; return when all agents are up."""
+    def build(self, beforeServer: Callable[[Namespace], object] | None = None) -> World:
+        """
+        Make the namespaces, links and processes; return when all agents are up.
+
+        @param beforeServer: Called with the cloud namespace once its
+            network is up, before the server starts (to lay down iptables
+            rules of other owners, say).
+        """
         self.directory = tempfile.mkdtemp(prefix="twisted-tunnel-e2e-")
         self.scope.addCleanup(shutil.rmtree, self.directory, ignore_errors=True)
         self._credentials()
         self._network()
         self.configPath = os.path.join(self.directory, "edge-tunnel-server-cfg.yaml")
         self.writeConfig(BASE_CONFIG)
+        if beforeServer is not None:
+            beforeServer(self.cloud)
         self.startServer()
         self.haproxy = self._startHAProxy()
         for edge in self.edges:
@@ -482,6 +495,35 @@ class World:
             return bool(result.stdout.strip())
 
         pollUntil(listening, STARTUP_TIMEOUT, f"{what} to listen on {port}", interval=0.02)
+
+    # The cloud's nat table.
+
+    def nat(self) -> str:
+        """What C{iptables-save -t nat} prints in the cloud namespace."""
+        return self.cloud.iptablesSave("nat")
+
+    def waitForNat(
+        self, condition: Callable[[str], bool], what: str, timeout: float = 10.0
+    ) -> str:
+        """
+        Poll the cloud's nat table until C{condition} holds of it.
+
+        @return: The table, as C{iptables-save -t nat} printed it then.
+        """
+        seen: list[str] = []
+
+        def holds() -> bool:
+            seen[:] = [self.nat()]
+            return condition(seen[0])
+
+        try:
+            pollUntil(holds, timeout, what, interval=0.05)
+        except AssertionError as e:
+            server = self.server.log() if self.server is not None else ""
+            raise AssertionError(
+                f"{e}; the nat table:\n{seen[0]}\nthe server's log:\n{server}"
+            ) from None
+        return seen[0]
 
     # The ConfigMap.
 

@@ -9,15 +9,22 @@ through HAProxy, and a kubelet stand-in (L{tests.e2e_kubelet}).
 
 Every request is made from the cloud namespace with plain C{curl} (no
 proxy settings), as kube-apiserver and metrics-server make theirs, or, for
-an upgraded connection, which curl cannot drive, with L{tests.e2e_client}.
-Here they reach the proxy listeners by address and name their target with
-C{Host} (or C{--connect-to}, which sets C{Host} as a DNATed client would).
+an upgraded connection, which curl cannot drive, with L{tests.e2e_client}:
+
+    - L{ProxyListenersEndToEndTests}: the server runs with C{--no-iptables};
+      clients reach the proxy listeners by address and name their target
+      with C{Host} (or C{--connect-to}, which sets it);
+    - L{TransparentInterceptionEndToEndTests}: the server runs with
+      C{--iptables}; clients dial C{<edge-node-ip>:<port>} itself, and the
+      server's DNAT rules in the cloud's nat table bring them to its
+      listeners.
 
 Each test builds its own world (about a second) and tears it down,
 processes killed by PID and namespaces deleted, passed or failed.  The
-suite needs root, C{ip}, C{iptables}, C{haproxy}, C{curl} and C{ss}: it
-skips without them, with the reason, except under C{CI=true}, where it
-fails (L{tests.netns.requireNetns}).
+suite needs root, C{ip}, C{iptables}, C{haproxy}, C{curl} and C{ss} (and,
+for the DNAT tests, C{iptables-save}, C{iptables-restore} and
+C{conntrack}): it skips without them, with the reason, except under
+C{CI=true}, where it fails (L{tests.netns.requireNetns}).
 
 Nothing sleeps: every wait polls a condition with a deadline.
 """
@@ -28,6 +35,7 @@ import hashlib
 import json
 import os
 import signal
+from collections.abc import Sequence
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -40,7 +48,7 @@ from tests.e2e_world import (
     CurlResult,
     Edge,
     World,
-    serverHasOption,
+    normalizedTable,
 )
 from tests.netns import requireNetns
 
@@ -80,14 +88,12 @@ def viaHTTPSListener(edge: Edge, port: int, path: str) -> list[str]:
 class ProxyListenersEndToEndTests(SynchronousTestCase):
     """
     From the cloud, through the server's proxy listeners, by C{Host}: the
-    listeners as they work without any iptables rule (the server runs with
-    C{--no-iptables} where it has that option).
+    listeners as they work without any iptables rule (C{--no-iptables}).
     """
 
     def setUp(self) -> None:
         requireNetns(self, *COMMANDS)
-        arguments = ["--no-iptables"] if serverHasOption("no-iptables") else []
-        self.world = World(self, serverArguments=arguments).build()
+        self.world = World(self, serverArguments=["--no-iptables"]).build()
         self.edges = self.world.edges
 
     def assertAnswer(
@@ -290,3 +296,213 @@ class ProxyListenersEndToEndTests(SynchronousTestCase):
             result = self.world.curl("-k", url)
             self.assertEqual(result.exitCode, 7, result.describe())
             self.assertLess(result.elapsed, PROMPT)
+
+
+#: Rules of other owners in the cloud's nat table, laid down before the
+#: server starts: they must come out of every sync, stop and crash
+#: recovery exactly as they went in.
+FOREIGN_NAT_RULES = """\
+*nat
+:KUBE-SERVICES - [0:0]
+-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m tcp --dport 443 -j RETURN
+-A OUTPUT -d 192.0.2.7/32 -p tcp -m tcp --dport 10250 -j RETURN
+COMMIT
+"""
+
+#: Our chains' names start with this.
+CHAIN = "EDGE-TUNNEL"
+
+
+def ours(saved: str) -> list[str]:
+    """The lines of C{iptables-save} output that name a chain of ours."""
+    return [line for line in saved.splitlines() if CHAIN in line]
+
+
+def dnatLines(saved: str, address: str) -> list[str]:
+    """Our rules that DNAT connections to C{address}."""
+    return [line for line in ours(saved) if f"-d {address}/32 " in line and "DNAT" in line]
+
+
+class TransparentInterceptionEndToEndTests(SynchronousTestCase):
+    """
+    From the cloud, straight to the edge addresses, with plain curl and no
+    proxy settings: the server (C{--iptables}) DNATs the connected nodes'
+    ports to its proxy listeners in the cloud namespace's nat table, and
+    takes its rules away when a node goes and when it stops.
+    """
+
+    def setUp(self) -> None:
+        requireNetns(self, *COMMANDS, "iptables-save", "iptables-restore", "conntrack")
+        self.world = World(self, serverArguments=["--iptables"])
+        self.world.build(beforeServer=lambda cloud: cloud.iptablesRestore(FOREIGN_NAT_RULES))
+        self.edges = self.world.edges
+        self.foreign = [line for line in normalizedTable(FOREIGN_NAT_RULES) if line != "COMMIT"]
+        self.waitForNodes(self.edges)
+
+    def waitForNodes(self, present: Sequence[Edge], absent: Sequence[Edge] = ()) -> str:
+        """Wait until the nat table DNATs exactly the C{present} nodes' addresses."""
+
+        def matches(saved: str) -> bool:
+            return all(dnatLines(saved, e.nodeIP) for e in present) and not any(
+                dnatLines(saved, e.nodeIP) for e in absent
+            )
+
+        names = ", ".join(e.name for e in present) or "no node"
+        return self.world.waitForNat(matches, f"DNAT rules for {names} only")
+
+    def assertAnswer(self, result: CurlResult, status: int, node: str | None = None) -> None:
+        message = f"{result.describe()}\n{self.world.logs()}\n{self.world.nat()}"
+        self.assertEqual((result.exitCode, result.status), (0, status), message)
+        if node is not None:
+            self.assertEqual(result.body, f"{node}\n".encode(), message)
+            self.assertEqual(result.headers.get("x-node"), node, message)
+
+    def assertRefused(self, result: CurlResult) -> None:
+        """Refused at once, as without the tunnel (the load balancer's reset)."""
+        message = f"{result.describe()}\n{self.world.nat()}"
+        self.assertEqual(result.exitCode, 7, message)
+        self.assertLess(result.elapsed, PROMPT, message)
+
+    def assertForeignRulesIntact(self, saved: str) -> None:
+        lines = normalizedTable(saved)
+        for line in self.foreign:
+            self.assertEqual(lines.count(line), 1, f"{line!r} in:\n{saved}")
+
+    def test_kubeletPortByDNAT(self) -> None:
+        """
+        C{curl -k https://<node-ip>:10250/pods}, as kube-apiserver dials a
+        kubelet: DNATed to the HTTPS listener and answered by that node's
+        kubelet, which saw the proxy client certificate.
+        """
+        for edge in self.edges:
+            result = self.world.curl("-k", f"https://{edge.nodeIP}:10250/pods")
+            self.assertAnswer(result, 200, edge.name)
+            self.assertEqual(result.headers["x-client-cn"], PROXY_CLIENT_NAME)
+
+    def test_upgradeByDNAT(self) -> None:
+        """
+        C{kubectl exec}'s upgraded connection to C{<node-ip>:10250}, DNATed:
+        the C{101} and the echoed round trips come back intact.
+        """
+        for edge in self.edges:
+            completed = self.world.runInCloud(
+                "-m", "tests.e2e_client",
+                "--connect", f"{edge.nodeIP}:10250", "--tls",
+                "--host", f"{edge.nodeIP}:10250",
+            )  # fmt: skip
+            message = f"{completed}\n{self.world.logs()}"
+            self.assertEqual(completed.returncode, 0, message)
+            result = json.loads(completed.stdout)
+            self.assertEqual(result["status"], 101, message)
+            self.assertEqual(result["headers"]["x-node"], edge.name, message)
+            self.assertEqual(result["echoed"], [len(m) for m in MESSAGES], message)
+
+    def test_readOnlyPortByDNAT(self) -> None:
+        """C{curl http://<node-ip>:10255/healthz}: answered by that node."""
+        for edge in self.edges:
+            self.assertAnswer(
+                self.world.curl(f"http://{edge.nodeIP}:10255/healthz"), 200, edge.name
+            )
+
+    def test_configChangeByDNAT(self) -> None:
+        """
+        A port the ConfigMap does not forward is not DNATed (refused as
+        without the tunnel); once the ConfigMap lists it, it is, at once.
+        """
+        edge = self.edges[0]
+        self.assertRefused(self.world.curl(f"http://{edge.nodeIP}:9051/"))
+        self.world.applyConfig({"http-proxy-ports": "9051, 10267"})
+        self.world.waitForNat(
+            lambda saved: any("--dport 9051" in line for line in ours(saved)),
+            "a rule for port 9051",
+        )
+        result = self.world.curl(f"http://{edge.nodeIP}:9051/")
+        self.assertAnswer(result, 200, edge.name)
+        self.assertEqual(result.headers["x-served-on"], f"{edge.nodeIP}:9051")
+
+    def test_rawTCPPortByDNAT(self) -> None:
+        """
+        A C{tcp-proxy-ports} port is DNATed to the raw TCP listener, which
+        needs no Host: it carries the bytes to the original destination's
+        node as they are (here, an HTTP exchange it does not parse).
+        """
+        edge = self.edges[1]
+        self.world.applyConfig({"http-proxy-ports": "10267", "tcp-proxy-ports": "9051"})
+        self.world.waitForNat(
+            lambda saved: any("--dport 9051" in line for line in ours(saved)),
+            "a rule for port 9051",
+        )
+        result = self.world.curl(f"http://{edge.nodeIP}:9051/")
+        self.assertAnswer(result, 200, edge.name)
+        self.assertEqual(result.headers["x-served-on"], f"{edge.nodeIP}:9051")
+
+    def test_agentStoppedByDNAT(self) -> None:
+        """
+        When an agent stops, its node's rules go, and requests for it fail
+        as they would without the tunnel: refused at once.  The other node
+        is still answered, and the node is again once its agent is back.
+        """
+        stopped, other = self.edges[1], self.edges[0]
+        self.world.agents[stopped.name].stop(signal.SIGTERM)
+        self.waitForNodes([other], [stopped])
+        self.assertRefused(self.world.curl(f"http://{stopped.nodeIP}:10255/healthz"))
+        self.assertRefused(self.world.curl("-k", f"https://{stopped.nodeIP}:10250/pods"))
+        self.assertAnswer(self.world.curl(f"http://{other.nodeIP}:10255/healthz"), 200, other.name)
+        server = self.world.server
+        assert server is not None
+        mark = server.mark()
+        self.world.startAgent(stopped)
+        self.world.waitForAgent(stopped, serverMark=mark)
+        self.waitForNodes(self.edges)
+        self.assertAnswer(
+            self.world.curl(f"http://{stopped.nodeIP}:10255/healthz"), 200, stopped.name
+        )
+
+    def test_noRulesLeftAfterStop(self) -> None:
+        """
+        A server that stops (SIGTERM) takes every rule and chain of its own
+        away, and leaves the other owners' rules as they were; the edge
+        addresses are then refused as without the tunnel.
+        """
+        server = self.world.server
+        assert server is not None
+        self.assertForeignRulesIntact(self.world.nat())
+        server.stop(signal.SIGTERM)
+        saved = self.world.nat()
+        self.assertEqual(ours(saved), [], f"{saved}\n{server.log()}")
+        self.assertForeignRulesIntact(saved)
+        self.assertRefused(self.world.curl(f"http://{self.edges[0].nodeIP}:10255/healthz"))
+
+    def test_restartAfterKill(self) -> None:
+        """
+        A server killed with SIGKILL cannot clean up: its rules stay.  The
+        next one replaces them (one copy of each, the other owners' rules
+        untouched), serves the nodes once their agents are back, and
+        cleans up when it stops.
+        """
+        first = self.world.server
+        assert first is not None
+        first.stop(signal.SIGKILL)
+        leftovers = self.world.nat()
+        self.assertNotEqual(dnatLines(leftovers, self.edges[0].nodeIP), [], leftovers)
+        second = self.world.startServer()
+        self.world.waitForServer()
+        for edge in self.edges:
+            self.world.waitForAgent(edge)
+        second.waitForLine(r"leftovers of a previous run")
+        saved = self.waitForNodes(self.edges)
+        lines = normalizedTable(saved)
+        self.assertEqual(len(lines), len(set(lines)), f"a line twice in:\n{saved}")
+        self.assertForeignRulesIntact(saved)
+        for edge in self.edges:
+            self.assertAnswer(
+                self.world.curl(f"http://{edge.nodeIP}:10255/healthz"), 200, edge.name
+            )
+            self.assertAnswer(
+                self.world.curl("-k", f"https://{edge.nodeIP}:10250/pods"), 200, edge.name
+            )
+        second.stop(signal.SIGTERM)
+        saved = self.world.nat()
+        self.assertEqual(ours(saved), [], f"{saved}\n{second.log()}")
+        self.assertForeignRulesIntact(saved)
