@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.ssl import CertificateOptions
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from twisted_tunnel.config import parseConfigData
@@ -145,6 +146,24 @@ class RouterTests(TestCase):
         refused = await self.refused(self.router("https").route(Target(NODE, 9052)))
         self.assertEqual(refused.status, 502)
         self.assertIn("--proxy-client-cert", refused.reason)
+
+    async def test_kubeletVerifiedAgainstTheAddressAskedFor(self) -> None:
+        """
+        The HTTPS carrier checks the kubelet's certificate against the node
+        name or IP the client asked for, even when the localhost policy has
+        the agent dial 127.0.0.1 (10250 by default).
+        """
+        asked: list[str] = []
+
+        def upstreamTLS(host: str) -> Any:
+            asked.append(host)
+            return CertificateOptions()
+
+        router = ProxyRouter(self.server, "https", lambda: self.config, upstreamTLS=upstreamTLS)
+        routed = await router.route(Target(NODE, 10250))
+        self.assertEqual(routed.decision.host, "127.0.0.1")
+        await router.route(Target("127.0.0.1", 9052))
+        self.assertEqual(asked, [NODE, "127.0.0.1"])
 
     async def test_customPolicy(self) -> None:
         self.custom[9051] = _NoPosts()  # type: ignore[assignment]

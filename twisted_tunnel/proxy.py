@@ -146,7 +146,8 @@ class ProxyRouter:
         a route uses the one in force when it is made).
     @param customPolicies: returns the ports bound to custom policies.
     @param upstreamTLS: makes the client TLS creator for the HTTPS carrier,
-        given the host the agent dials (the kubelet sees this identity).
+        given the node address the client asked for (what the kubelet's
+        certificate is verified against, when it is).
     """
 
     log = Logger()
@@ -235,7 +236,11 @@ class ProxyRouter:
                     raise RoutingRefused(
                         502, "the https policy needs --proxy-client-cert and --proxy-client-key"
                     )
-                endpoint = wrapClientTLS(self.upstreamTLS(decision.host), endpoint)
+                # Verify the kubelet against the address the client asked for
+                # (node IP or name), as kube-apiserver would: with the
+                # localhost policy the agent dials 127.0.0.1, which no
+                # kubelet serving certificate names.
+                endpoint = wrapClientTLS(self.upstreamTLS(target.address), endpoint)
             elif decision.carrier is Carrier.RAW and self.listener != "tcp":
                 raise RoutingRefused(
                     502, f"policy {policy.name} chose raw TCP for an HTTP request"
