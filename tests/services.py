@@ -20,6 +20,8 @@ from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IProto
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 __all__ = [
@@ -182,3 +184,44 @@ async def connectRecordingClient(
 
     testCase.addCleanup(abort)
     return client
+
+
+class Lines(Resource):
+    """
+    Writes C{count} lines, one every C{interval} seconds, chunked: a
+    C{kubectl logs -f}.  C{text(n)} makes line C{n}.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        count: int = 10,
+        interval: float = 0.1,
+        text: Callable[[int], str] = lambda n: f"line {n}\n",
+    ) -> None:
+        super().__init__()
+        self.count = count
+        self.interval = interval
+        self.text = text
+
+    def render_GET(self, request: Request) -> Any:
+        request.setHeader(b"content-type", b"text/plain")
+        pending: list[Any] = []
+
+        def line(n: int) -> None:
+            pending.clear()
+            request.write(self.text(n).encode())
+            if n + 1 < self.count:
+                pending.append(_globalReactor.callLater(self.interval, line, n + 1))
+            else:
+                request.finish()
+
+        def gone(_: object) -> None:
+            for call in pending:
+                if call.active():
+                    call.cancel()
+
+        request.notifyFinish().addErrback(gone)
+        line(0)
+        return NOT_DONE_YET

@@ -64,6 +64,7 @@ from twisted_tunnel.httpproxy import (
 )
 
 from .pki import TestPKI
+from .services import Lines
 
 reactor: Any = _reactor
 
@@ -181,36 +182,8 @@ class NoContent(Resource):
         return b""
 
 
-class Lines(Resource):
-    """Writes C{count} lines, one every C{interval} seconds, chunked."""
-
-    isLeaf = True
-
-    def __init__(self, count: int = 10, interval: float = 0.1) -> None:
-        super().__init__()
-        self.count = count
-        self.interval = interval
-
-    def render_GET(self, request: Request) -> Any:
-        request.setHeader(b"content-type", b"text/plain")
-        pending: list[Any] = []
-
-        def line(n: int) -> None:
-            pending.clear()
-            request.write(f"line {n} at {time.monotonic():.3f}\n".encode())
-            if n + 1 < self.count:
-                pending.append(reactor.callLater(self.interval, line, n + 1))
-            else:
-                request.finish()
-
-        def gone(_: object) -> None:
-            for call in pending:
-                if call.active():
-                    call.cancel()
-
-        request.notifyFinish().addErrback(gone)
-        line(0)
-        return NOT_DONE_YET
+def _stampedLine(n: int) -> str:
+    return f"line {n} at {time.monotonic():.3f}\n"
 
 
 class Upload(Resource):
@@ -279,7 +252,7 @@ def webRoot() -> Resource:
     root = Resource()
     root.putChild(b"headers", Headers())
     root.putChild(b"nocontent", NoContent())
-    root.putChild(b"stream", Lines())
+    root.putChild(b"stream", Lines(text=_stampedLine))
     root.putChild(b"upload", Upload())
     return root
 

@@ -59,7 +59,7 @@ from twisted_tunnel.tls import (
 
 from .pki import TestPKI, temporaryDirectory
 from .realnet import REPO_ROOT, plainTunnel, waitUntil
-from .services import listen
+from .services import Lines, listen
 
 reactor: Any = _reactor
 
@@ -157,38 +157,6 @@ class Hello(Resource):
         if self.close:
             request.setHeader(b"connection", b"close")
         return f"{self.name}: {request.method.decode()} {request.path.decode()}\n".encode()
-
-
-class Lines(Resource):
-    """Writes C{count} lines, one every C{interval} seconds (a C{kubectl logs -f})."""
-
-    isLeaf = True
-
-    def __init__(self, count: int = 10, interval: float = 0.1) -> None:
-        super().__init__()
-        self.count = count
-        self.interval = interval
-
-    def render_GET(self, request: Request) -> Any:
-        request.setHeader(b"content-type", b"text/plain")
-        pending: list[Any] = []
-
-        def line(n: int) -> None:
-            pending.clear()
-            request.write(f"line {n}\n".encode())
-            if n + 1 < self.count:
-                pending.append(reactor.callLater(self.interval, line, n + 1))
-            else:
-                request.finish()
-
-        def gone(_: object) -> None:
-            for call in pending:
-                if call.active():
-                    call.cancel()
-
-        request.notifyFinish().addErrback(gone)
-        line(0)
-        return NOT_DONE_YET
 
 
 class Feed(Resource):
