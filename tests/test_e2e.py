@@ -437,6 +437,74 @@ class TransparentInterceptionEndToEndTests(SynchronousTestCase):
         self.assertAnswer(result, 200, edge.name)
         self.assertEqual(result.headers["x-served-on"], f"{edge.nodeIP}:9051")
 
+    def test_localhostPortByDNAT(self) -> None:
+        """
+        C{curl http://<node-ip>:10267/}: 10267 is under C{http-proxy-ports}
+        and a localhost port by default, so the DNATed request is answered
+        by the service on the node's loopback only.
+        """
+        self.world.waitForNat(
+            lambda saved: any("--dport 10267" in line for line in ours(saved)),
+            "a rule for port 10267",
+        )
+        for edge in self.edges:
+            result = self.world.curl(f"http://{edge.nodeIP}:10267/")
+            self.assertAnswer(result, 200, edge.name)
+            self.assertEqual(result.headers["x-served-on"], "127.0.0.1:10267")
+
+    def test_dnatPortsPairByDNAT(self) -> None:
+        """
+        ACK Edge's 1.18 ConfigMap, C{dnat-ports-pair: '9051=10264'}: once
+        the server has reloaded it, 9051 is DNATed and answered by the
+        node's 9051 service.
+        """
+        edge = self.edges[0]
+        self.assertRefused(self.world.curl(f"http://{edge.nodeIP}:9051/"))
+        self.world.applyConfig({"dnat-ports-pair": "9051=10264"})
+        self.world.waitForNat(
+            lambda saved: any("--dport 9051" in line for line in ours(saved)),
+            "a rule for port 9051",
+        )
+        result = self.world.curl(f"http://{edge.nodeIP}:9051/")
+        self.assertAnswer(result, 200, edge.name)
+        self.assertEqual(result.headers["x-served-on"], f"{edge.nodeIP}:9051")
+
+    def test_streamingByDNAT(self) -> None:
+        """
+        C{kubectl logs -f} by DNAT, through 10255 and 10250: the lines
+        arrive as the kubelet writes them, the first well before the last.
+        """
+        path = "/containerLogs/default/pod/c?follow=true"
+        for arguments in [
+            [f"http://{self.edges[0].nodeIP}:10255{path}"],
+            ["-k", f"https://{self.edges[1].nodeIP}:10250{path}"],
+        ]:
+            lines, exitCode, error = self.world.curlLines(*arguments)
+            self.assertEqual(exitCode, 0, f"{error}\n{self.world.logs()}")
+            self.assertEqual([line for _, line in lines], [logLine(n) for n in range(LOG_LINES)])
+            first, last = lines[0][0], lines[-1][0]
+            self.assertGreater(last - first, (LOG_LINES - 1) * LOG_INTERVAL / 2, lines)
+
+    def test_bigTransferByDNAT(self) -> None:
+        """
+        10 MiB by DNAT come through byte for byte, from 10255 (plain HTTP)
+        and from 10250 (HTTPS, TLS ended at the server and made again).
+        """
+        big = bigBody()
+        expected = hashlib.sha256(big).hexdigest()
+        for edge, arguments in [
+            (self.edges[0], [f"http://{self.edges[0].nodeIP}:10255/big"]),
+            (self.edges[1], ["-k", f"https://{self.edges[1].nodeIP}:10250/big"]),
+        ]:
+            path = os.path.join(self.world.directory, f"big-dnat-{edge.name}")
+            result = self.world.curl("-o", path, *arguments, timeout=30)
+            self.assertAnswer(result, 200)
+            self.assertEqual(result.headers.get("x-node"), edge.name, result.describe())
+            with open(path, "rb") as f:
+                received = f.read()
+            self.assertEqual(len(received), len(big))
+            self.assertEqual(hashlib.sha256(received).hexdigest(), expected)
+
     def test_agentStoppedByDNAT(self) -> None:
         """
         When an agent stops, its node's rules go, and requests for it fail
