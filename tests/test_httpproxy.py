@@ -46,8 +46,6 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
-from wsproto import ConnectionType, WSConnection
-from wsproto import events as ws
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -63,8 +61,10 @@ from twisted_tunnel.httpproxy import (
     forwardedResponseHeaders,
 )
 
+from . import websocket
 from .pki import TestPKI
 from .services import Lines
+from .websocket import WebSocketClient
 
 reactor: Any = _reactor
 
@@ -344,12 +344,12 @@ class ScriptedServer(Factory):
         return ScriptedConnection(self)
 
 
-class WebSocketEcho(Protocol):
-    """A WebSocket server (wsproto) that echoes text messages."""
+class WebSocketEcho(websocket.WebSocketEcho):
+    """The WebSocket echo, counted in C{tracked}."""
 
     def __init__(self, tracked: Tracked) -> None:
+        super().__init__()
         self.tracked = tracked
-        self.ws = WSConnection(ConnectionType.SERVER)
 
     def connectionMade(self) -> None:
         self.tracked.live.add(self)
@@ -357,18 +357,6 @@ class WebSocketEcho(Protocol):
 
     def connectionLost(self, reason: Failure) -> None:
         self.tracked.live.discard(self)
-
-    def dataReceived(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.ws.receive_data(data)
-        for event in self.ws.events():
-            if isinstance(event, ws.Request):
-                self.transport.write(self.ws.send(ws.AcceptConnection()))
-            elif isinstance(event, ws.TextMessage):
-                self.transport.write(self.ws.send(ws.Message(data="echo: " + event.data)))
-            elif isinstance(event, ws.CloseConnection):
-                self.transport.write(self.ws.send(event.response()))
-                self.transport.loseConnection()
 
 
 @implementer(IHalfCloseableProtocol)
@@ -592,36 +580,6 @@ class RawClient(Protocol):
     def connectionLost(self, reason: Failure) -> None:
         self.isLost = True
         self.reason = reason
-        self.lost.callback(None)
-
-
-class WebSocketClient(Protocol):
-    def __init__(self, host: str) -> None:
-        self.host = host
-        self.ws = WSConnection(ConnectionType.CLIENT)
-        self.accepted = False
-        self.messages: list[str] = []
-        self.isLost = False
-        self.lost: Deferred[None] = Deferred()
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(self.ws.send(ws.Request(host=self.host, target="/ws")))
-
-    def dataReceived(self, data: bytes) -> None:
-        self.ws.receive_data(data)
-        for event in self.ws.events():
-            if isinstance(event, ws.AcceptConnection):
-                self.accepted = True
-            elif isinstance(event, ws.TextMessage):
-                self.messages.append(event.data)
-
-    def sendText(self, text: str) -> None:
-        assert self.transport is not None
-        self.transport.write(self.ws.send(ws.Message(data=text)))
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.isLost = True
         self.lost.callback(None)
 
 

@@ -41,8 +41,6 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
-from wsproto import ConnectionType, WSConnection
-from wsproto import events as ws
 from zope.interface import implementer
 
 from twisted_tunnel.certs import Issued, mintCA, mintClient, mintServer
@@ -59,7 +57,8 @@ from twisted_tunnel.tls import (
 
 from .pki import TestPKI, temporaryDirectory
 from .realnet import REPO_ROOT, plainTunnel, waitUntil
-from .services import Lines, listen
+from .services import Lines, OneProtocolFactory, listen
+from .websocket import WebSocketClient, WebSocketEcho
 
 reactor: Any = _reactor
 
@@ -184,25 +183,6 @@ class Feed(Resource):
             request.finish()
 
 
-class WebSocketEcho(Protocol):
-    """A WebSocket server (wsproto) that echoes text messages."""
-
-    def __init__(self) -> None:
-        self.ws = WSConnection(ConnectionType.SERVER)
-
-    def dataReceived(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.ws.receive_data(data)
-        for event in self.ws.events():
-            if isinstance(event, ws.Request):
-                self.transport.write(self.ws.send(ws.AcceptConnection()))
-            elif isinstance(event, ws.TextMessage):
-                self.transport.write(self.ws.send(ws.Message(data="echo: " + event.data)))
-            elif isinstance(event, ws.CloseConnection):
-                self.transport.write(self.ws.send(event.response()))
-                self.transport.loseConnection()
-
-
 class CountingFactory(Factory):
     noisy = False
 
@@ -303,48 +283,6 @@ class HTTPClient(Protocol):
         if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
             self.conn.start_next_cycle()
         return Exchange(status, b"".join(data for _, data in chunks), chunks)
-
-
-class WebSocketClient(Protocol):
-    """A WebSocket client (wsproto) that records the text messages it gets."""
-
-    def __init__(self, host: str) -> None:
-        self.host = host
-        self.ws = WSConnection(ConnectionType.CLIENT)
-        self.accepted = False
-        self.messages: list[str] = []
-        self.isLost = False
-        self.lost: Deferred[None] = Deferred()
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(self.ws.send(ws.Request(host=self.host, target="/ws")))
-
-    def dataReceived(self, data: bytes) -> None:
-        self.ws.receive_data(data)
-        for event in self.ws.events():
-            if isinstance(event, ws.AcceptConnection):
-                self.accepted = True
-            elif isinstance(event, ws.TextMessage):
-                self.messages.append(event.data)
-
-    def sendText(self, text: str) -> None:
-        assert self.transport is not None
-        self.transport.write(self.ws.send(ws.Message(data=text)))
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.isLost = True
-        self.lost.callback(None)
-
-
-class _One(Factory):
-    noisy = False
-
-    def __init__(self, protocol: Protocol) -> None:
-        self.protocol_ = protocol
-
-    def buildProtocol(self, addr: Any) -> Protocol:
-        return self.protocol_
 
 
 # -- the config file ---------------------------------------------------------------------
@@ -460,7 +398,7 @@ class ListenerTestCase(TestCase):
 
     async def connect(self, listener: str, protocol: Any) -> Any:
         """Connect C{protocol} to a listener; the cleanup aborts it if it is still open."""
-        await self.listenerEndpoint(listener).connect(_One(protocol))
+        await self.listenerEndpoint(listener).connect(OneProtocolFactory(protocol))
 
         async def abort() -> None:
             if not protocol.isLost:
