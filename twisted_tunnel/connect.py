@@ -52,6 +52,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ._http import errorResponse
 from ._transports import addressLabel, pushProducer
 from .errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout, TunnelClosed
 from .mux import noDelay
@@ -148,23 +149,6 @@ def parseTarget(raw: bytes) -> ConnectTarget:
     if not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
         raise BadTarget(f"bad target {shown!r}: {port!r} is not a port number")
     return ConnectTarget(node, int(port))
-
-
-def errorResponse(status: int, text: str, headers: Sequence[tuple[str, str]] = ()) -> bytes:
-    """
-    A complete error response that ends the connection, its reason as a
-    plain text body (curl and Go's proxy dialer show the status line; a
-    human with C{nc} reads the body).
-    """
-    body = (text + "\n").encode("utf-8", "replace")
-    lines = [
-        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
-        "Content-Type: text/plain; charset=utf-8",
-        f"Content-Length: {len(body)}",
-        "Connection: close",
-        *(f"{name}: {value}" for name, value in headers),
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 class _State(enum.Enum):

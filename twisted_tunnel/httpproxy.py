@@ -89,6 +89,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._http import errorResponse
 from ._transports import addressLabel
 from .errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout, TunnelClosed
 from .mux import noDelay
@@ -359,27 +360,6 @@ def _headSize(request: h11.Request) -> int:
     for name, value in request.headers.raw_items():
         size += len(name) + len(value) + 4
     return size
-
-
-def _errorResponse(status: int, reason: str, *, withBody: bool = True) -> bytes:
-    """
-    A complete response that ends the connection, its reason as a plain
-    text body.  Written by hand, not by h11: it must work whatever state
-    the parser is in (a malformed request leaves h11 unable to answer).
-    """
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Error"
-    body = (reason + "\n").encode("utf-8", "replace")
-    lines = [
-        f"HTTP/1.1 {status} {phrase}",
-        "Content-Type: text/plain; charset=utf-8",
-        f"Content-Length: {len(body)}",
-        "Connection: close",
-    ]
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    return head + body if withBody else head
 
 
 # -- reading, paused for reasons -------------------------------------------------
@@ -1329,7 +1309,7 @@ class HTTPProxyProtocol(Protocol):
         if transport is None or self._phase in (_Phase.CLOSING, _Phase.CLOSED):
             return
         transport.write(
-            _errorResponse(status, reason, withBody=head is None or head.method != b"HEAD")
+            errorResponse(status, reason, withBody=head is None or head.method != b"HEAD")
         )
         self._closeClient()
 

@@ -1,0 +1,38 @@
+"""
+The one HTTP response the front doors write by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from http import HTTPStatus
+
+
+def errorResponse(
+    status: int,
+    text: str,
+    headers: Sequence[tuple[str, str]] = (),
+    *,
+    withBody: bool = True,
+) -> bytes:
+    """
+    A complete error response that ends the connection, its reason as a
+    plain text body (curl and Go's proxy dialer show the status line; a
+    human with C{nc} reads the body).  Written by hand, not by h11: it must
+    work whatever state a parser is in (a malformed request leaves h11
+    unable to answer).  C{withBody=False} for the answer to a C{HEAD}.
+    """
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    body = (text + "\n").encode("utf-8", "replace")
+    lines = [
+        f"HTTP/1.1 {status} {phrase}",
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *(f"{name}: {value}" for name, value in headers),
+    ]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head + body if withBody else head
