@@ -321,6 +321,16 @@ class ServerMakeServiceTests(FatalTestCase):
         with self.assertRaises(UsageError):
             self.options("--iptables", "--no-iptables")
 
+    def test_servingClientCA(self) -> None:
+        """--proxy-serving-client-ca is loaded at startup; a missing file stops it."""
+        service = self.make("--proxy-serving-client-ca", self.paths.ca, "--no-iptables")
+        self.assertIn("--https-proxy-endpoint", [child.name for child in service])
+        missing = os.path.join(self.directory, "nope.pem")
+        line = self.assertFatal(
+            "edge-tunnel-server", self.make, "--proxy-serving-client-ca", missing, "--no-iptables"
+        )
+        self.assertIn("--proxy-serving-client-ca", line)
+
     def test_hostsFile(self) -> None:
         path = os.path.join(self.directory, "hosts")
         service = self.make("--hosts-file", path, "--hosts-address", "10.96.0.50")

@@ -382,16 +382,27 @@ def agentOptions(creds: Credentials, serverName: str) -> IOpenSSLClientConnectio
 HTTP_1_1 = [b"http/1.1"]
 
 
-def proxyServingOptions(creds: Credentials) -> CertificateOptions:
+def proxyServingOptions(
+    creds: Credentials, *, requireClientCertificate: bool = False
+) -> CertificateOptions:
     """
     TLS options for the HTTPS proxy listener, which kube-apiserver takes for
     the kubelet: it presents C{creds.certificate} (C{--proxy-serving-cert})
     and offers only HTTP/1.1 in ALPN, as the requests are relayed as
-    HTTP/1.1.  Client certificates are not asked for.
+    HTTP/1.1.
+
+    With C{requireClientCertificate}, a client must present a certificate
+    signed by one of C{creds.authority} (C{--proxy-serving-client-ca}), as
+    a kubelet would demand of kube-apiserver: the listener lends out the
+    proxy client certificate, so who may use it matters.
     """
+    extra: dict[str, Any] = {}
+    if requireClientCertificate:
+        extra["trustRoot"] = trustRootFromCertificates(creds.authority)
     options = CertificateOptions(
         raiseMinimumTo=MINIMUM_TLS_VERSION,
         acceptableProtocols=HTTP_1_1,
+        **extra,
         **_ownCertificateOptions(creds),
     )
     enableReleaseBuffers(options.getContext())

@@ -116,6 +116,13 @@ class Options(TunnelOptions):
         ],
         ["proxy-serving-key", None, None, "Its key (default: --key)."],
         [
+            "proxy-serving-client-ca",
+            None,
+            None,
+            "Require clients of the HTTPS proxy listener to present a certificate signed by "
+            "this CA (e.g. kube-apiserver's kubelet client certificate). Default: not asked.",
+        ],
+        [
             "proxy-client-cert",
             None,
             None,
@@ -376,12 +383,15 @@ def _proxyListeners(
         )
 
     if options["https-proxy-endpoint"] != "none":
-        serving = _credentials(options, None, "proxy-serving-cert", "proxy-serving-key")
+        serving = _credentials(
+            options, "proxy-serving-client-ca", "proxy-serving-cert", "proxy-serving-key"
+        )
+        tls = proxyServingOptions(
+            serving, requireClientCertificate=bool(options["proxy-serving-client-ca"])
+        )
         listen(
             options["https-proxy-endpoint"],
-            TLSMemoryBIOFactory(
-                proxyServingOptions(serving), False, ProxyListenerFactory(router("https"), reactor)
-            ),
+            TLSMemoryBIOFactory(tls, False, ProxyListenerFactory(router("https"), reactor)),
             "--https-proxy-endpoint",
         )
     if httpDescription != "none":
