@@ -170,6 +170,12 @@ def _pkiDirectoryOption(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _daysOption(parser: argparse.ArgumentParser, default: int = 365) -> None:
+    parser.add_argument(
+        "--days", type=int, default=default, help=f"validity in days (default: {default})"
+    )
+
+
 def _caPaths(directory: str) -> tuple[str, str]:
     return os.path.join(directory, "ca.pem"), os.path.join(directory, "ca-key.pem")
 
@@ -264,7 +270,7 @@ def _addCerts(subparsers: SubParsers) -> None:
         metavar="NAME",
         help="the CA's common name",
     )
-    init.add_argument("--days", type=int, default=3650, help="validity in days (default: 3650)")
+    _daysOption(init, default=3650)
     init.set_defaults(run=_certsInit)
 
     server = kinds.add_parser(
@@ -290,7 +296,7 @@ def _addCerts(subparsers: SubParsers) -> None:
         metavar="IP",
         help="an IP address of the server; repeat for several",
     )
-    server.add_argument("--days", type=int, default=365, help="validity in days (default: 365)")
+    _daysOption(server)
     server.set_defaults(run=_certsServer)
 
     agent = kinds.add_parser(
@@ -309,7 +315,7 @@ def _addCerts(subparsers: SubParsers) -> None:
         metavar="IP",
         help="an IP address of the node; repeat for several",
     )
-    agent.add_argument("--days", type=int, default=365, help="validity in days (default: 365)")
+    _daysOption(agent)
     agent.set_defaults(run=_certsAgent)
 
     client = kinds.add_parser(
@@ -321,7 +327,7 @@ def _addCerts(subparsers: SubParsers) -> None:
     )
     client.add_argument("name", metavar="NAME", help="the client's name (common name)")
     _pkiDirectoryOption(client)
-    client.add_argument("--days", type=int, default=365, help="validity in days (default: 365)")
+    _daysOption(client)
     client.set_defaults(run=_certsClient)
 
 
