@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,9 +42,26 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 BIG_BYTES = 10 * 1024 * 1024
 NODE = "edge-1"
+# The edge node's IP: the agent announces it (--node-ip), the proxy listeners
+# route a Host of 127.0.0.2:PORT to it, and its agent dials it.  nginx listens
+# on it as well as on 127.0.0.1 (which the direct and ssh -R paths use).
+NODE_IP = "127.0.0.2"
 
-PATHS = ("direct", "ssh", "ours")
-LABELS = {"direct": "direct", "ssh": "OpenSSH ssh -R", "ours": "twisted-tunnel"}
+# What --only selects: the three ways to reach the edge.
+TUNNELS = ("direct", "ssh", "ours")
+# The rows of the table: twisted-tunnel is measured twice, through its
+# proxy listeners (the path the targets refer to) and through --forward
+# static listeners (the same shape as ssh -R).
+ROWS_OF = {"direct": ("direct",), "ssh": ("ssh",), "ours": ("ours", "fwd")}
+ROWS = tuple(row for tunnel in TUNNELS for row in ROWS_OF[tunnel])
+LABELS = {
+    "direct": "direct",
+    "ssh": "OpenSSH ssh -R",
+    "ours": "twisted-tunnel (proxy listeners)",
+    "fwd": "twisted-tunnel (--forward)",
+}
+SHORT = {"direct": "direct", "ssh": "ssh -R", "ours": "ours: proxy", "fwd": "ours: --forward"}
+COLOURS = {"direct": "#9e9e9e", "ssh": "#1f77b4", "ours": "#d62728", "fwd": "#ff9896"}
 
 
 @dataclass(frozen=True)
@@ -51,28 +69,47 @@ class Metric:
     key: str
     header: str
     higherIsBetter: bool = True
+    unit: str = "req/s"
 
 
 METRICS = (
-    Metric("bulk", "bulk MB/s (iperf3, 1 stream)"),
+    Metric("bulk", "bulk MB/s (iperf3, 1 stream)", unit="MB/s"),
     Metric("ka1", "req/s keep-alive c=1"),
     Metric("ka64", "req/s keep-alive c=64"),
     Metric("newc", "req/s new connection each, c=16"),
-    Metric("big", "MB/s 10 MiB GETs c=4"),
-    Metric("p50", "stream open p50 ms", higherIsBetter=False),
-    Metric("p99", "stream open p99 ms", higherIsBetter=False),
+    Metric("big", "MB/s 10 MiB GETs c=4", unit="MB/s"),
+    Metric("p50", "stream open p50 ms", higherIsBetter=False, unit="ms"),
+    Metric("p99", "stream open p99 ms", higherIsBetter=False, unit="ms"),
+    Metric("tka1", "HTTPS req/s keep-alive c=1"),
+    Metric("tka64", "HTTPS req/s keep-alive c=64"),
+    Metric("tnewc", "HTTPS req/s new connection each, c=16"),
 )
 
 TUNNEL_PROCESSES = {"ssh": ("sshd", "ssh"), "ours": ("edge-tunnel-server", "edge-tunnel-agent")}
 
 # The workloads, in the order they run; "open" yields both p50 and p99.
-WORKLOADS = ("bulk", "ka1", "ka64", "newc", "big", "open")
+WORKLOADS = ("bulk", "ka1", "ka64", "newc", "big", "open", "tka1", "tka64", "tnewc")
+WORKLOAD_NAMES = {
+    "bulk": "bulk",
+    "ka1": "keep-alive c=1",
+    "ka64": "keep-alive c=64",
+    "newc": "new connection c=16",
+    "big": "10 MiB GETs c=4",
+    "open": "stream open (sequential)",
+    "tka1": "HTTPS keep-alive c=1",
+    "tka64": "HTTPS keep-alive c=64",
+    "tnewc": "HTTPS new connection c=16",
+}
 
 LATENCY_REQUESTS = 300
 LATENCY_WARMUP = 10
 READY_DEADLINE = 30.0
 STOP_GRACE = 5.0
 FOREIGN_NOTE = 0.2  # note a measurement during which other processes used 20% of a core
+
+
+def keysOf(workload: str) -> tuple[str, ...]:
+    return ("p50", "p99") if workload == "open" else (workload,)
 
 
 class BenchError(Exception):
@@ -163,17 +200,43 @@ def freePort() -> int:
         return int(s.getsockname()[1])
 
 
-def tcpOpen(port: int) -> bool:
+def tcpOpen(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
+        with socket.create_connection((host, port), timeout=1):
             return True
     except OSError:
         return False
 
 
-def httpOK(port: int) -> bool:
+@dataclass(frozen=True)
+class Target:
+    """
+    Where a load tool sends its HTTP(S) requests: always a loopback port,
+    and for the proxy listeners a C{Host} header naming the node and port
+    (they route by it, as iptables did not redirect the connection).
+    """
+
+    scheme: str  # "http" or "https"
+    port: int
+    host: str | None = None  # the Host header, if not the URL's
+
+    def url(self, path: str = "/") -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
+
+    def hostHeader(self) -> str:
+        return self.host or f"127.0.0.1:{self.port}"
+
+    def describe(self) -> str:
+        return self.url() + (f" with Host: {self.host}" if self.host else "")
+
+
+def httpOK(target: Target) -> bool:
+    """Does C{target} answer C{GET /} with a 2xx?  (The TLS certificate is not checked.)"""
+    argv = ["curl", "-sfk", "-m", "2", "-o", "/dev/null"]
+    if target.host:
+        argv += ["-H", f"Host: {target.host}"]
     result = subprocess.run(
-        ["curl", "-sf", "-m", "2", "-o", "/dev/null", f"http://127.0.0.1:{port}/"],
+        [*argv, target.url()],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -213,31 +276,88 @@ def tool(name: str) -> str:
 
 
 @dataclass
+class Row:
+    """How the load tools reach the edge on one row of the table, and what that needs."""
+
+    http: Target
+    https: Target
+    iperfPort: int | None  # None: no bulk measurement on this row
+    watch: list[str]  # processes it needs
+    cpuRoots: list[str]  # the tunnel processes, whose CPU is accounted
+
+
+@dataclass
+class Edge:
+    """The edge services' ports: nginx plain and TLS, and one iperf3 sink per tunnel."""
+
+    http: int = 0
+    https: int = 0
+    iperf: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class Setup:
     work: Path
     procs: Processes
-    httpPort: dict[str, int] = field(default_factory=dict)  # path -> port the load tools hit
-    iperfPort: dict[str, int] = field(default_factory=dict)
-    watch: dict[str, list[str]] = field(default_factory=dict)  # path -> processes it needs
-    cpuRoots: dict[str, list[str]] = field(default_factory=dict)  # path -> tunnel processes
+    edge: Edge = field(default_factory=Edge)
+    rows: dict[str, Row] = field(default_factory=dict)
     extraPorts: dict[str, int] = field(default_factory=dict)
 
 
-def startEdge(setup: Setup, paths: Sequence[str]) -> tuple[int, dict[str, int]]:
+def mintPKI(work: Path) -> Path:
     """
-    The "edge" services: nginx (a small reply on /, a 10 MiB file on /big)
-    and one iperf3 sink per path, so that an iperf3 server left busy by one
-    path's failed test cannot spoil the others.
+    Two private CAs minted with twisted_tunnel.certs: the tunnel's (server,
+    agent, and the client certificate the https policy presents to nodes),
+    and the edge's, which signs nginx's serving certificate as a cluster CA
+    signs kubelets' (given to the server as --proxy-client-ca).
+    """
+    from twisted_tunnel.certs import mintAgent, mintCA, mintClient, mintServer, writePair
+
+    pki = work / "pki"
+    pki.mkdir()
+    ca = mintCA()
+    writePair(ca, pki / "ca.pem", pki / "ca-key.pem")
+    writePair(
+        mintServer(ca, ["localhost", "127.0.0.1"]), pki / "server.pem", pki / "server-key.pem"
+    )
+    writePair(mintAgent(ca, NODE, [NODE_IP]), pki / "agent.pem", pki / "agent-key.pem")
+    writePair(
+        mintClient(ca, "kube-apiserver-kubelet-client"),
+        pki / "proxy-client.pem",
+        pki / "proxy-client-key.pem",
+    )
+    edgeCA = mintCA("edge kubelet CA")
+    writePair(edgeCA, pki / "edge-ca.pem", pki / "edge-ca-key.pem")
+    writePair(
+        mintServer(edgeCA, [NODE_IP, "127.0.0.1", "localhost"]),
+        pki / "edge.pem",
+        pki / "edge-key.pem",
+    )
+    return pki
+
+
+def startEdge(setup: Setup, tunnels: Sequence[str], pki: Path) -> None:
+    """
+    The "edge" services: nginx (a small reply on /, a 10 MiB file on /big),
+    in plain HTTP and over TLS, on 127.0.0.1 and on the node IP 127.0.0.2;
+    and one iperf3 sink per tunnel, so that an iperf3 server left busy by
+    one path's failed test cannot spoil the others.
     """
     work = setup.work
-    httpPort = freePort()
+    edge = setup.edge
+    edge.http, edge.https = freePort(), freePort()
     (work / "big.bin").write_bytes(os.urandom(BIG_BYTES))
     (work / "big.bin").chmod(0o644)
+    listen = "".join(
+        f"listen {address}:{edge.http}; listen {address}:{edge.https} ssl; "
+        for address in ("127.0.0.1", NODE_IP)
+    )
     (work / "nginx.conf").write_text(
         f"""worker_processes 1; daemon off; pid {work}/nginx.pid; error_log {work}/nginx.err;
 events {{ worker_connections 4096; }}
 http {{ access_log off;
-  server {{ listen 127.0.0.1:{httpPort};
+  ssl_certificate {pki}/edge.pem; ssl_certificate_key {pki}/edge-key.pem;
+  server {{ {listen}
     location = / {{ return 200 "ok-from-edge\\n"; }}
     location = /big {{ alias {work}/big.bin; }} }} }}
 """
@@ -245,37 +365,58 @@ http {{ access_log off;
     setup.procs.start(
         "nginx", [tool("nginx"), "-e", f"{work}/nginx.err", "-c", f"{work}/nginx.conf"]
     )
-    iperfPorts = {}
-    for path in paths:
+    for tunnel in tunnels:
+        # Each sink listens where its tunnel delivers: the agent dials the node IP.
         port = freePort()
-        setup.procs.start(f"iperf3-{path}", [tool("iperf3"), "-s", "-p", str(port)])
-        iperfPorts[path] = port
-    waitFor("nginx", lambda: httpOK(httpPort), setup.procs, ["nginx"])
-    for path, port in iperfPorts.items():
-        waitFor(f"iperf3 -s for {path}", partial(tcpOpen, port), setup.procs, [f"iperf3-{path}"])
-    setup.extraPorts["nginx"] = httpPort
-    for path, port in iperfPorts.items():
-        setup.extraPorts[f"iperf3 -s ({path})"] = port
-    return httpPort, iperfPorts
+        address = NODE_IP if tunnel == "ours" else "127.0.0.1"
+        setup.procs.start(
+            f"iperf3-{tunnel}", [tool("iperf3"), "-s", "-B", address, "-p", str(port)]
+        )
+        edge.iperf[tunnel] = port
+    for target in (Target("http", edge.http), Target("https", edge.https)):
+        waitFor(f"nginx ({target.scheme})", partial(httpOK, target), setup.procs, ["nginx"])
+        waitFor(
+            f"nginx ({target.scheme}) on {NODE_IP}",
+            partial(tcpOpen, target.port, NODE_IP),
+            setup.procs,
+            ["nginx"],
+        )
+    for tunnel, port in edge.iperf.items():
+        address = NODE_IP if tunnel == "ours" else "127.0.0.1"
+        waitFor(
+            f"iperf3 -s for {tunnel}",
+            partial(tcpOpen, port, address),
+            setup.procs,
+            [f"iperf3-{tunnel}"],
+        )
+    setup.extraPorts["nginx HTTP (127.0.0.1 and 127.0.0.2)"] = edge.http
+    setup.extraPorts["nginx HTTPS (127.0.0.1 and 127.0.0.2)"] = edge.https
+    for tunnel, port in edge.iperf.items():
+        setup.extraPorts[f"iperf3 -s ({tunnel})"] = port
 
 
-def startDirect(setup: Setup, httpPort: int, iperfPort: int) -> None:
-    setup.httpPort["direct"] = httpPort
-    setup.iperfPort["direct"] = iperfPort
-    setup.watch["direct"] = ["nginx", "iperf3-direct"]
-    setup.cpuRoots["direct"] = []
+def startDirect(setup: Setup, pki: Path) -> None:
+    edge = setup.edge
+    setup.rows["direct"] = Row(
+        http=Target("http", edge.http),
+        https=Target("https", edge.https),
+        iperfPort=edge.iperf["direct"],
+        watch=["nginx", "iperf3-direct"],
+        cpuRoots=[],
+    )
 
 
-def startSSH(setup: Setup, httpPort: int, iperfPort: int) -> None:
+def startSSH(setup: Setup, pki: Path) -> None:
     """sshd plays the cloud side, C{ssh -R} the agent dialling out: as in openssh-baseline.sh."""
-    work = setup.work
-    sshPort, tHttp, tIperf = freePort(), freePort(), freePort()
+    work, edge = setup.work, setup.edge
+    sshPort, tHttp, tHttps, tIperf = freePort(), freePort(), freePort(), freePort()
     Path("/run/sshd").mkdir(parents=True, exist_ok=True)
     for key in ("host", "user"):
         subprocess.run(
             [tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", str(work / key)],
             check=True,
             stdin=subprocess.DEVNULL,
+            timeout=30,
         )
     shutil.copy(work / "user.pub", work / "authorized_keys")
     (work / "sshd_config").write_text(
@@ -299,18 +440,24 @@ PidFile {work}/sshd.pid
         " -o BatchMode=yes -o ExitOnForwardFailure=yes"
     )
     forwards = [
-        *("-R", f"127.0.0.1:{tHttp}:127.0.0.1:{httpPort}"),
-        *("-R", f"127.0.0.1:{tIperf}:127.0.0.1:{iperfPort}"),
+        *("-R", f"127.0.0.1:{tHttp}:127.0.0.1:{edge.http}"),
+        # TLS end to end: the ssh channel carries nginx's TLS as it is.
+        *("-R", f"127.0.0.1:{tHttps}:127.0.0.1:{edge.https}"),
+        *("-R", f"127.0.0.1:{tIperf}:127.0.0.1:{edge.iperf['ssh']}"),
     ]
     login = f"{getpass.getuser()}@127.0.0.1"
     identity = ["-i", str(work / "user"), "-p", str(sshPort)]
     setup.procs.start("ssh", [tool("ssh"), "-N", *options.split(), *identity, *forwards, login])
-    took = waitFor("ssh -R", lambda: httpOK(tHttp), setup.procs, ["sshd", "ssh"])
+    http, https = Target("http", tHttp), Target("https", tHttps)
+    took = waitFor("ssh -R", lambda: httpOK(http) and httpOK(https), setup.procs, ["sshd", "ssh"])
     log(f"ssh -R ready after {took:.1f} s")
-    setup.httpPort["ssh"] = tHttp
-    setup.iperfPort["ssh"] = tIperf
-    setup.watch["ssh"] = ["nginx", "iperf3-ssh", "sshd", "ssh"]
-    setup.cpuRoots["ssh"] = ["sshd", "ssh"]
+    setup.rows["ssh"] = Row(
+        http=http,
+        https=https,
+        iperfPort=tIperf,
+        watch=["nginx", "iperf3-ssh", "sshd", "ssh"],
+        cpuRoots=["sshd", "ssh"],
+    )
     setup.extraPorts["sshd"] = sshPort
 
 
@@ -325,21 +472,33 @@ def twistd(*args: str) -> list[str]:
     return [sys.executable, "-c", TWISTD, "-n", "--pidfile=", *args]
 
 
-def startOurs(setup: Setup, httpPort: int, iperfPort: int) -> None:
-    """The cloud side (edge-tunnel-server with two --forward listeners) and one agent."""
-    from twisted_tunnel.certs import mintAgent, mintCA, mintServer, writePair
+def startOurs(setup: Setup, pki: Path) -> None:
+    """
+    The cloud side (edge-tunnel-server) and one agent for node edge-1 at
+    127.0.0.2.  The server serves the two rows of twisted-tunnel at once:
 
-    work = setup.work
-    pki = work / "pki"
-    pki.mkdir()
-    ca = mintCA()
-    writePair(ca, pki / "ca.pem", pki / "ca-key.pem")
-    writePair(
-        mintServer(ca, ["localhost", "127.0.0.1"]), pki / "server.pem", pki / "server-key.pem"
+     - its HTTP and HTTPS proxy listeners, which route by the request's
+       C{Host: 127.0.0.2:PORT} (no iptables here) with the http and https
+       policies, for the ports the ConfigMap (C{--config}) lists under
+       http-proxy-ports and https-proxy-ports.  The HTTPS listener ends the
+       client's TLS and makes a new TLS connection to nginx, presenting the
+       proxy client certificate and verifying nginx against the edge CA;
+     - three C{--forward} static listeners (nginx plain, nginx TLS carried
+       end to end, iperf3), the shape of C{ssh -R}; iperf3 is not HTTP, so
+       bulk goes this way for both rows.
+    """
+    work, edge = setup.work, setup.edge
+    tunnelPort, connectPort = freePort(), freePort()
+    httpProxy, httpsProxy = freePort(), freePort()
+    tHttp, tHttps, tIperf = freePort(), freePort(), freePort()
+    # The edge-tunnel-server-cfg ConfigMap, as a manifest file (docs/config.md).
+    # nginx's ports are not in localhost-proxy-ports, so the agent dials the
+    # node IP, 127.0.0.2.
+    config = work / "edge-tunnel-server-cfg.yaml"
+    config.write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: edge-tunnel-server-cfg\n"
+        f'data:\n  http-proxy-ports: "{edge.http}"\n  https-proxy-ports: "{edge.https}"\n'
     )
-    writePair(mintAgent(ca, NODE, ["127.0.0.1"]), pki / "agent.pem", pki / "agent-key.pem")
-
-    tunnelPort, connectPort, tHttp, tIperf = freePort(), freePort(), freePort(), freePort()
     # The repository root on PYTHONPATH, so that twistd finds the plugins in
     # <repo>/twisted/plugins whichever way the venv installed the package.
     env = dict(
@@ -355,11 +514,18 @@ def startOurs(setup: Setup, httpPort: int, iperfPort: int) -> None:
             f"--ca={pki}/ca.pem",
             f"--cert={pki}/server.pem",
             f"--key={pki}/server-key.pem",
-            f"--forward={NODE}:{httpPort}=tcp:{tHttp}:interface=127.0.0.1",
-            f"--forward={NODE}:{iperfPort}=tcp:{tIperf}:interface=127.0.0.1",
-            "--https-proxy-endpoint=none",
-            "--http-proxy-endpoint=none",
+            f"--http-proxy-endpoint=tcp:{httpProxy}:interface=127.0.0.1",
+            f"--https-proxy-endpoint=tcp:{httpsProxy}:interface=127.0.0.1",
             "--tcp-proxy-endpoint=none",
+            f"--proxy-serving-cert={pki}/server.pem",
+            f"--proxy-serving-key={pki}/server-key.pem",
+            f"--proxy-client-cert={pki}/proxy-client.pem",
+            f"--proxy-client-key={pki}/proxy-client-key.pem",
+            f"--proxy-client-ca={pki}/edge-ca.pem",
+            f"--config={config}",
+            f"--forward={NODE}:{edge.http}=tcp:{tHttp}:interface=127.0.0.1",
+            f"--forward={NODE}:{edge.https}=tcp:{tHttps}:interface=127.0.0.1",
+            f"--forward={NODE}:{edge.iperf['ours']}=tcp:{tIperf}:interface=127.0.0.1",
             "--no-iptables",
         ),
         env=env,
@@ -373,22 +539,40 @@ def startOurs(setup: Setup, httpPort: int, iperfPort: int) -> None:
             f"--ca={pki}/ca.pem",
             f"--cert={pki}/agent.pem",
             f"--key={pki}/agent-key.pem",
+            f"--node-ip={NODE_IP}",
         ),
         env=env,
     )
+    rows = {
+        "ours": Row(
+            http=Target("http", httpProxy, f"{NODE_IP}:{edge.http}"),
+            https=Target("https", httpsProxy, f"{NODE_IP}:{edge.https}"),
+            iperfPort=tIperf,
+            watch=["nginx", "iperf3-ours", "edge-tunnel-server", "edge-tunnel-agent"],
+            cpuRoots=["edge-tunnel-server", "edge-tunnel-agent"],
+        ),
+        "fwd": Row(
+            http=Target("http", tHttp),
+            https=Target("https", tHttps),
+            iperfPort=None,
+            watch=["nginx", "edge-tunnel-server", "edge-tunnel-agent"],
+            cpuRoots=["edge-tunnel-server", "edge-tunnel-agent"],
+        ),
+    }
+    targets = [t for row in rows.values() for t in (row.http, row.https)]
     took = waitFor(
         "twisted-tunnel",
-        lambda: httpOK(tHttp),
+        lambda: all(httpOK(t) for t in targets),
         setup.procs,
         ["edge-tunnel-server", "edge-tunnel-agent"],
     )
     log(f"twisted-tunnel ready after {took:.1f} s")
-    setup.httpPort["ours"] = tHttp
-    setup.iperfPort["ours"] = tIperf
-    setup.watch["ours"] = ["nginx", "iperf3-ours", "edge-tunnel-server", "edge-tunnel-agent"]
-    setup.cpuRoots["ours"] = ["edge-tunnel-server", "edge-tunnel-agent"]
+    setup.rows.update(rows)
     setup.extraPorts["edge-tunnel-server agents (--tunnel-endpoint)"] = tunnelPort
     setup.extraPorts["edge-tunnel-server CONNECT (--connect-endpoint)"] = connectPort
+    setup.extraPorts["edge-tunnel-server --http-proxy-endpoint"] = httpProxy
+    setup.extraPorts["edge-tunnel-server --https-proxy-endpoint"] = httpsProxy
+    setup.extraPorts["edge-tunnel-server --forward iperf3"] = tIperf
 
 
 # -- CPU accounting ---------------------------------------------------------------------------
@@ -533,19 +717,11 @@ def bulk(port: int, seconds: int) -> tuple[float, list[str]]:
     return report["end"]["sum_received"]["bits_per_second"] / 8e6, []
 
 
-def keepAlive(port: int, seconds: int, connections: int) -> tuple[float, list[str]]:
-    out = runTool(
-        [
-            tool("wrk"),
-            "-t1",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--timeout",
-            "5s",
-            f"http://127.0.0.1:{port}/",
-        ],
-        seconds + 30,
-    )
+def keepAlive(target: Target, seconds: int, connections: int) -> tuple[float, list[str]]:
+    argv = [tool("wrk"), "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s"]
+    if target.host:
+        argv += ["-H", f"Host: {target.host}"]
+    out = runTool([*argv, target.url()], seconds + 30)
     match = re.search(r"Requests/sec:\s*([\d.]+)", out)
     if not match:
         raise BenchError(f"wrk: no Requests/sec in {out!r}")
@@ -561,10 +737,13 @@ def keepAlive(port: int, seconds: int, connections: int) -> tuple[float, list[st
     return float(match.group(1)), problems
 
 
-def hey(url: str, seconds: int, connections: int, *extra: str) -> tuple[float, list[str]]:
-    out = runTool(
-        [tool("hey"), "-z", f"{seconds}s", "-c", str(connections), *extra, url], seconds + 60
-    )
+def hey(
+    target: Target, path: str, seconds: int, connections: int, *extra: str
+) -> tuple[float, list[str]]:
+    argv = [tool("hey"), "-z", f"{seconds}s", "-c", str(connections), *extra]
+    if target.host:
+        argv += ["-host", target.host]
+    out = runTool([*argv, target.url(path)], seconds + 60)
     match = re.search(r"Requests/sec:\s*([\d.]+)", out)
     if not match:
         raise BenchError(f"hey: no Requests/sec in {out[-300:]!r}")
@@ -578,23 +757,26 @@ def hey(url: str, seconds: int, connections: int, *extra: str) -> tuple[float, l
     return float(match.group(1)), problems
 
 
-def newConnections(port: int, seconds: int) -> tuple[float, list[str]]:
-    return hey(f"http://127.0.0.1:{port}/", seconds, 16, "-disable-keepalive")
+def newConnections(target: Target, seconds: int) -> tuple[float, list[str]]:
+    return hey(target, "/", seconds, 16, "-disable-keepalive")
 
 
-def bigGets(port: int, seconds: int) -> tuple[float, list[str]]:
-    rate, problems = hey(f"http://127.0.0.1:{port}/big", seconds, 4)
+def bigGets(target: Target, seconds: int) -> tuple[float, list[str]]:
+    rate, problems = hey(target, "/big", seconds, 4)
     return rate * BIG_BYTES / 1e6, problems
 
 
-def openLatency(port: int) -> tuple[tuple[float, float], list[str]]:
+def openLatency(target: Target) -> tuple[tuple[float, float], list[str]]:
     """
     Time from connect() to the first byte of the answer, for fresh
     connections made one after another: for a tunnel this is accepting the
-    local connection, opening a stream to the node, the agent dialling nginx,
-    and the request and the first byte of the reply crossing the tunnel.
+    local connection, (for the proxy listener) reading the request and
+    routing it, opening a stream to the node, the agent dialling nginx, and
+    the request and the first byte of the reply crossing the tunnel.
     """
-    request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    request = (
+        f"GET / HTTP/1.1\r\nHost: {target.hostHeader()}\r\nConnection: close\r\n\r\n"
+    ).encode()
     samples: list[float] = []
     failures: list[str] = []
     deadline = time.monotonic() + 60
@@ -607,16 +789,20 @@ def openLatency(port: int) -> tuple[tuple[float, float], list[str]]:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             s.settimeout(5)
             start = time.perf_counter()
-            s.connect(("127.0.0.1", port))
+            s.connect(("127.0.0.1", target.port))
             s.sendall(request)
             first = s.recv(65536)
             elapsed = time.perf_counter() - start
             if not first:
                 raise BenchError("closed before answering")
+            reply = first
+            while chunk := s.recv(65536):  # read the rest, until the server closes
+                reply += chunk
+            if not reply.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 ")):
+                status = reply.split(b"\r\n", 1)[0]
+                raise BenchError(f"answered {status!r}")
             if i >= LATENCY_WARMUP:
                 samples.append(elapsed)
-            while s.recv(65536):  # read the rest, until the server closes
-                pass
         except (OSError, BenchError) as e:
             failures.append(f"request {i}: {e}")
         finally:
@@ -632,6 +818,36 @@ def openLatency(port: int) -> tuple[tuple[float, float], list[str]]:
     return (p50, p99), problems
 
 
+def runWorkload(
+    row: Row, workload: str, seconds: int
+) -> tuple[float | tuple[float, float], list[str]]:
+    if workload == "bulk":
+        assert row.iperfPort is not None
+        return bulk(row.iperfPort, seconds)
+    if workload == "ka1":
+        return keepAlive(row.http, seconds, 1)
+    if workload == "ka64":
+        return keepAlive(row.http, seconds, 64)
+    if workload == "newc":
+        return newConnections(row.http, seconds)
+    if workload == "big":
+        return bigGets(row.http, seconds)
+    if workload == "open":
+        return openLatency(row.http)
+    if workload == "tka1":
+        return keepAlive(row.https, seconds, 1)
+    if workload == "tka64":
+        return keepAlive(row.https, seconds, 64)
+    if workload == "tnewc":
+        return newConnections(row.https, seconds)
+    raise AssertionError(workload)
+
+
+def measures(row: Row, workload: str) -> bool:
+    """Does this row take part in this workload?  (Bulk needs an iperf3 path.)"""
+    return workload != "bulk" or row.iperfPort is not None
+
+
 # -- the run ------------------------------------------------------------------------------------
 
 
@@ -645,6 +861,9 @@ class Results:
     def add(self, path: str, key: str, value: float | None) -> None:
         self.values.setdefault(path, {}).setdefault(key, []).append(value)
 
+    def measured(self, path: str, key: str) -> bool:
+        return bool(self.values.get(path, {}).get(key))
+
     def median(self, path: str, key: str) -> float | None:
         got = [v for v in self.values.get(path, {}).get(key, []) if v is not None]
         return statistics.median(got) if got else None
@@ -652,29 +871,20 @@ class Results:
     def failed(self, path: str, key: str) -> int:
         return sum(v is None for v in self.values.get(path, {}).get(key, []))
 
+    def toJSON(self) -> dict[str, object]:
+        return {"values": self.values, "cpu": self.cpu, "foreign": self.foreign}
+
 
 def measure(
     setup: Setup, results: Results, path: str, workload: str, seconds: int, run: int
 ) -> None:
-    httpPort, iperfPort = setup.httpPort[path], setup.iperfPort[path]
-    roots = [setup.procs.get(name).process.pid for name in setup.cpuRoots[path]]
-    keys = ("p50", "p99") if workload == "open" else (workload,)
+    row = setup.rows[path]
+    roots = [setup.procs.get(name).process.pid for name in row.cpuRoots]
+    keys = keysOf(workload)
     try:
-        setup.procs.checkAlive(setup.watch[path])
+        setup.procs.checkAlive(row.watch)
         statsBefore, clockBefore = snapshot(), time.monotonic()
-        value: float | tuple[float, float]
-        if workload == "bulk":
-            value, problems = bulk(iperfPort, seconds)
-        elif workload == "ka1":
-            value, problems = keepAlive(httpPort, seconds, 1)
-        elif workload == "ka64":
-            value, problems = keepAlive(httpPort, seconds, 64)
-        elif workload == "newc":
-            value, problems = newConnections(httpPort, seconds)
-        elif workload == "big":
-            value, problems = bigGets(httpPort, seconds)
-        else:
-            value, problems = openLatency(httpPort)
+        value, problems = runWorkload(row, workload, seconds)
         statsAfter, elapsed = snapshot(), time.monotonic() - clockBefore
         if roots:
             busy = tunnelCPU(statsBefore, statsAfter, roots) / elapsed
@@ -698,7 +908,7 @@ def measure(
         results.add(path, key, v)
     shown = ", ".join(f"{k}={fmt(v)}" for k, v in zip(keys, values, strict=True))
     log(
-        f"run {run} {path:6} {workload:4}: {shown}"
+        f"run {run} {path:6} {workload:5}: {shown}"
         + (f"  ({'; '.join(problems)})" if problems else "")
     )
     for problem in problems:
@@ -717,6 +927,15 @@ def fmt(value: float | None) -> str:
     return f"{value:.3f}"
 
 
+# Ratio rows: (numerator row, denominator row).
+RATIOS = (("ours", "ssh"), ("ours", "direct"), ("fwd", "ssh"))
+
+
+def ratio(results: Results, top: str, bottom: str, key: str) -> float | None:
+    ours, other = results.median(top, key), results.median(bottom, key)
+    return ours / other if ours is not None and other else None
+
+
 def table(results: Results, paths: Sequence[str]) -> str:
     lines = [
         "| path | " + " | ".join(m.header for m in METRICS) + " |",
@@ -725,18 +944,21 @@ def table(results: Results, paths: Sequence[str]) -> str:
     for path in paths:
         cells = []
         for m in METRICS:
+            if not results.measured(path, m.key):
+                cells.append("-")
+                continue
             cell = fmt(results.median(path, m.key))
             if results.failed(path, m.key) and results.median(path, m.key) is not None:
                 cell += f" ({results.failed(path, m.key)} failed)"
             cells.append(cell)
         lines.append(f"| {LABELS[path]} | " + " | ".join(cells) + " |")
-    for base in ("ssh", "direct"):
-        if "ours" in paths and base in paths:
+    for top, bottom in RATIOS:
+        if top in paths and bottom in paths:
             cells = []
             for m in METRICS:
-                ours, other = results.median("ours", m.key), results.median(base, m.key)
-                cells.append(f"{ours / other:.2f}x" if ours is not None and other else "-")
-            lines.append(f"| twisted-tunnel / {LABELS[base]} | " + " | ".join(cells) + " |")
+                got = ratio(results, top, bottom, m.key)
+                cells.append(f"{got:.2f}x" if got is not None else "-")
+            lines.append(f"| {LABELS[top]} / {LABELS[bottom]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -744,16 +966,8 @@ def cpuTable(results: Results, paths: Sequence[str]) -> str:
     tunnels = [p for p in paths if p in results.cpu]
     if not tunnels:
         return ""
-    names = {
-        "bulk": "bulk",
-        "ka1": "keep-alive c=1",
-        "ka64": "keep-alive c=64",
-        "newc": "new connection c=16",
-        "big": "10 MiB GETs c=4",
-        "open": "stream open (sequential)",
-    }
     lines = [
-        "| tunnel | " + " | ".join(names[w] for w in WORKLOADS) + " |",
+        "| tunnel | " + " | ".join(WORKLOAD_NAMES[w] for w in WORKLOADS) + " |",
         "|---|" + "---|" * len(WORKLOADS),
     ]
     for path in tunnels:
@@ -770,8 +984,79 @@ def rawRuns(results: Results, paths: Sequence[str]) -> str:
     for path in paths:
         for m in METRICS:
             runs = results.values.get(path, {}).get(m.key, [])
-            lines.append(f"| {LABELS[path]} | {m.header} | {', '.join(fmt(v) for v in runs)} |")
+            if runs:
+                lines.append(
+                    f"| {LABELS[path]} | {m.header} | {', '.join(fmt(v) for v in runs)} |"
+                )
     return "\n".join(lines)
+
+
+def plot(
+    results: Results,
+    paths: Sequence[str],
+    args: argparse.Namespace,
+    info: dict[str, str],
+    png: Path,
+) -> bool:
+    """
+    One bar chart per column of the table (throughput, request rates,
+    latency), a bar per path, each labelled with its median and, for
+    twisted-tunnel's proxy listeners, the ratio to ssh -R.  Returns False
+    (and says why) if matplotlib is missing: the report does not need it.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed (pip install '.[bench]'): no plot")
+        return False
+    columns = 5
+    rowsOfPanels = math.ceil(len(METRICS) / columns)
+    fig, axes = plt.subplots(
+        rowsOfPanels, columns, figsize=(3.4 * columns, 3.6 * rowsOfPanels), squeeze=False
+    )
+    for ax, m in zip(axes.flat, METRICS, strict=False):
+        shown = [p for p in paths if results.measured(p, m.key)]
+        values = [results.median(p, m.key) for p in shown]
+        xs = list(range(len(shown)))
+        bars = ax.bar(xs, [v or 0.0 for v in values], color=[COLOURS[p] for p in shown], width=0.7)
+        for bar, path, v in zip(bars, shown, values, strict=True):
+            label = fmt(v)
+            if path == "ours" and "ssh" in paths:
+                got = ratio(results, "ours", "ssh", m.key)
+                if got is not None:
+                    label += f"\n{got:.2f}x ssh"
+            ax.annotate(
+                label,
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
+        better = "higher" if m.higherIsBetter else "lower"
+        ax.set_title(textwrap.fill(f"{m.header} ({better} is better)", 34), fontsize=9)
+        ax.set_ylabel(m.unit, fontsize=8)
+        ax.set_xticks(xs, [SHORT[p] for p in shown], rotation=30, ha="right", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.margins(y=0.25)
+        ax.spines[["top", "right"]].set_visible(False)
+    for ax in list(axes.flat)[len(METRICS) :]:
+        ax.set_visible(False)
+    fig.suptitle(
+        f"twisted-tunnel vs OpenSSH ssh -R vs direct, loopback; {info['date']}; "
+        f"{info['cpu']}; commit {info['commit']}; medians of {args.runs} runs x "
+        f"{args.seconds} s",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    return True
 
 
 def machine() -> dict[str, str]:
@@ -829,7 +1114,11 @@ def quietness(results: Results) -> str:
 
 
 def report(
-    results: Results, paths: Sequence[str], args: argparse.Namespace, info: dict[str, str]
+    results: Results,
+    paths: Sequence[str],
+    args: argparse.Namespace,
+    info: dict[str, str],
+    png: Path | None,
 ) -> str:
     entry = os.environ.get("BENCH_ENTRY", f"{sys.executable} bench/bench.py")
     command = " ".join([entry, *map(shlex.quote, sys.argv[1:])])
@@ -839,7 +1128,8 @@ def report(
         f"- date: {info['date']}",
         f"- machine: `{info['uname']}`",
         f"- CPU: {info['cpu']}",
-        f"- command: `{command}` ({args.runs} runs of {args.seconds} s per workload; medians)",
+        f"- command: `{command}` ({args.runs} run{'s' if args.runs != 1 else ''} of "
+        f"{args.seconds} s per workload; medians)",
         f"- twisted-tunnel commit: {info['commit']}; Python {info['python']}",
         f"- tools: {info['tools']}",
         f"- {quietness(results)}",
@@ -847,11 +1137,19 @@ def report(
         "Medians over the runs. Throughput and req/s: higher is better. Stream-open latency",
         "(connect() to the first byte of the reply, a fresh connection each, one at a time):",
         "lower is better.",
-        "Ratio rows divide twisted-tunnel's median by the other row's.",
+        "",
+        "twisted-tunnel (proxy listeners): HTTP requests go to the server's HTTP proxy",
+        f"listener with `Host: {NODE_IP}:<nginx port>`, HTTPS requests to its HTTPS proxy",
+        "listener (TLS ended there and made again to nginx); bulk (iperf3 is not HTTP) goes",
+        "through a `--forward` listener. twisted-tunnel (--forward): static listeners, the",
+        "shape of `ssh -R`, TLS carried end to end as through ssh. Ratio rows divide the",
+        "first row's median by the second's.",
         "",
         table(results, paths),
         "",
     ]
+    if png is not None:
+        parts += [f"![the table as bar charts]({png.name})", ""]
     cpu = cpuTable(results, paths)
     if cpu:
         parts += [
@@ -886,9 +1184,10 @@ def parseArgs(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        choices=PATHS,
+        choices=TUNNELS,
         action="append",
-        help="measure only this path (repeatable): direct, ssh or ours",
+        help="measure only this path (repeatable): direct, ssh or ours (ours: both its "
+        "proxy-listener and its --forward rows)",
     )
     parser.add_argument(
         "--keep",
@@ -916,7 +1215,7 @@ def ourTrouble(setup: Setup, results: Results) -> None:
         )
         results.notes.append(note)
         log(note)
-    failed = any(results.failed("ours", m.key) for m in METRICS)
+    failed = any(results.failed(row, m.key) for row in ROWS_OF["ours"] for m in METRICS)
     for name in TUNNEL_PROCESSES["ours"]:
         entry = setup.procs.get(name)
         lines = entry.logPath.read_text(errors="replace").count("\n")
@@ -933,30 +1232,33 @@ def printKept(setup: Setup) -> None:
     print("\nprocesses left running (--keep):")
     for entry in setup.procs.started:
         print(f"  {entry.name:20} pid {entry.process.pid:7}  log {entry.logPath}")
-    print("ports:")
-    for path in setup.httpPort:
-        print(f"  {LABELS[path]:20} HTTP {setup.httpPort[path]}  iperf3 {setup.iperfPort[path]}")
+    print("where the load tools go:")
+    for path, row in setup.rows.items():
+        print(f"  {LABELS[path]}:")
+        print(f"    HTTP  {row.http.describe()}")
+        print(f"    HTTPS {row.https.describe()}")
+        if row.iperfPort is not None:
+            print(f"    iperf3 -c 127.0.0.1 -p {row.iperfPort}")
+    print("other ports:")
     for name, port in setup.extraPorts.items():
         print(f"  {name}: {port}")
     pids = " ".join(str(e.process.pid) for e in reversed(setup.procs.started))
-    print(
-        f"e.g. py-spy top --pid {setup.procs.get('edge-tunnel-server').process.pid}"
-        if "ours" in setup.httpPort
-        else ""
-    )
+    if "ours" in setup.rows:
+        print(f"e.g. py-spy top --pid {setup.procs.get('edge-tunnel-server').process.pid}")
     print(f"stop them with: kill {pids}; rm -rf {setup.work}", flush=True)
 
 
 def main(argv: Sequence[str]) -> int:
     args = parseArgs(argv)
-    paths = [p for p in PATHS if not args.only or p in args.only]
+    tunnels = [t for t in TUNNELS if not args.only or t in args.only]
+    paths = [row for t in tunnels for row in ROWS_OF[t]]
     for name in (
         "nginx",
         "iperf3",
         "wrk",
         "hey",
         "curl",
-        *(("sshd", "ssh", "ssh-keygen") if "ssh" in paths else ()),
+        *(("sshd", "ssh", "ssh-keygen") if "ssh" in tunnels else ()),
     ):
         tool(name)
 
@@ -969,15 +1271,16 @@ def main(argv: Sequence[str]) -> int:
     results = Results()
     keep = False
     try:
-        httpPort, iperfPorts = startEdge(setup, paths)
+        pki = mintPKI(work)
+        startEdge(setup, tunnels, pki)
         starters = {"direct": startDirect, "ssh": startSSH, "ours": startOurs}
-        for path in paths:
+        for tunnel in tunnels:
             try:
-                starters[path](setup, httpPort, iperfPorts[path])
+                starters[tunnel](setup, pki)
             except BenchError as e:
-                log(f"{LABELS[path]} did not start: {e}")
+                log(f"{tunnel} did not start: {e}")
                 for entry in setup.procs.started:
-                    if entry.name in TUNNEL_PROCESSES.get(path, ()):
+                    if entry.name in TUNNEL_PROCESSES.get(tunnel, ()):
                         print(
                             f"--- tail of {entry.logPath.name} ---\n{tail(entry.logPath)}",
                             file=sys.stderr,
@@ -988,11 +1291,11 @@ def main(argv: Sequence[str]) -> int:
             keep = True
             printKept(setup)
 
+        plan = [(w, p) for w in WORKLOADS for p in paths if measures(setup.rows[p], w)]
         if args.runs:
-            total = args.runs * len(WORKLOADS) * len(paths)
             log(
-                f"measuring {', '.join(paths)}: {args.runs} runs x {len(WORKLOADS)} workloads, "
-                f"about {total * (args.seconds + 1) // 60 + 1} min"
+                f"measuring {', '.join(paths)}: {args.runs} runs x {len(plan)} measurements, "
+                f"about {args.runs * len(plan) * (args.seconds + 1.5) / 60:.0f} min"
             )
         for run in range(1, args.runs + 1):
             # Rotate the order of the paths from run to run, so that none is
@@ -1000,22 +1303,28 @@ def main(argv: Sequence[str]) -> int:
             order = paths[(run - 1) % len(paths) :] + paths[: (run - 1) % len(paths)]
             for workload in WORKLOADS:
                 for path in order:
-                    measure(setup, results, path, workload, args.seconds, run)
-                    time.sleep(0.3)
+                    if measures(setup.rows[path], workload):
+                        measure(setup, results, path, workload, args.seconds, run)
+                        time.sleep(0.3)
 
-        if "ours" in paths and args.runs:
+        if "ours" in tunnels and args.runs:
             ourTrouble(setup, results)
         if args.runs:
             log(quietness(results))
             print(table(results, paths), flush=True)
-            text = report(results, paths, args, machine())
-            if set(paths) == set(PATHS):
+            info = machine()
+            if set(tunnels) == set(TUNNELS):
                 target = RESULTS / "latest.md"
             else:  # a partial (profiling) run must not replace the full comparison
-                target = RESULTS / "tmp" / f"latest-{'-'.join(paths)}.md"
+                target = RESULTS / "tmp" / f"latest-{'-'.join(tunnels)}.md"
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
-            log(f"wrote {target.relative_to(REPO)}")
+            png = target.with_suffix(".png")
+            drawn = plot(results, paths, args, info, png)
+            target.write_text(report(results, paths, args, info, png if drawn else None))
+            target.with_suffix(".json").write_text(
+                json.dumps({"info": info, **results.toJSON()}, indent=1) + "\n"
+            )
+            log(f"wrote {target.relative_to(REPO)}" + (f" and {png.name}" if drawn else ""))
             if results.notes:
                 where = target.relative_to(REPO)
                 log(f"{len(results.notes)} notes (errors, failures): see {where}")

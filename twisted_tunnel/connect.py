@@ -344,11 +344,6 @@ class ConnectProtocol(RelayProtocol):
         self._state = _State.RELAYING
         self._readingPaused = False
         self.transport.write(ESTABLISHED)
-        self.door.log.debug(
-            "CONNECT {target} from {peer} established",
-            target=str(self._target),
-            peer=self._peer,
-        )
         # writes what each side sent ahead (the client's first), resumes both
         splice(self, streamEnd)
 

@@ -1073,14 +1073,6 @@ class HTTPProxyProtocol(Protocol):
             and self._server.their_http_version == b"1.1"
         )
         self._responseStarted = True
-        self.log.debug(
-            "{method} {target} from {peer} to {route}: {status}",
-            method=_text(request.method),
-            target=_text(request.target),
-            peer=self._peer,
-            route=self._routeName(),
-            status=response.status_code,
-        )
         self._toClient(
             h11.Response(status_code=response.status_code, headers=headers, reason=response.reason)
         )
