@@ -26,6 +26,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
 from typing import Any
 
 from twisted.application.service import Service
@@ -94,6 +95,18 @@ class Allowlist:
         parts = [str(ip) for ip in sorted(self.nodeIPs | self.loopback, key=str)]
         parts += [str(net) for net in self.networks]
         return ", ".join(parts)
+
+
+@lru_cache(maxsize=1024)
+def _parseIP(host: str) -> _IPAddress | None:
+    """
+    The IP address in C{host}, or L{None}: cached, since a server asks for the
+    same few addresses (node IPs, loopback) on every stream open.
+    """
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
 
 
 def backoffPolicy(
@@ -430,9 +443,8 @@ class TunnelAgent(Service):
             with the connected target; fails with L{StreamOpenFailed}.
         """
         result: Deferred[IProtocol] = Deferred()
-        try:
-            ip = ipaddress.ip_address(address.host.strip("[]"))
-        except ValueError:
+        ip = _parseIP(address.host)
+        if ip is None:
             self.log.warn(
                 "refused to dial {host}:{port}: not an IP address",
                 host=address.host,

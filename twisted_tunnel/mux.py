@@ -655,7 +655,8 @@ class Tunnel(Protocol):
         self._accepting: dict[int, Deferred[IProtocol]] = {}
         self._nextStreamId = 1 if isClient else 2
         self._highestPeerStream = 0
-        self._peerOpened = 0
+        self._peerOpened = 0  # the peer's streams in _streams
+        self._ownOpen = 0  # ours, pending opens included
         self._waitingToSend: deque[Stream] = deque()
         self._transportPaused = False
         self._pausedControl = 0
@@ -723,6 +724,7 @@ class Tunnel(Protocol):
         for stream in list(self._streams.values()):
             stream._tunnelLost(Failure(ConnectionLost(why)))
         self._streams.clear()
+        self._ownOpen = self._peerOpened = 0
         self._waitingToSend.clear()
         self._established.fire(Failure(TunnelClosed(why)))
         try:
@@ -804,7 +806,7 @@ class Tunnel(Protocol):
             )
         assert self.peerSettings is not None
         # pending opens are in _streams already: count them once
-        if self._ownStreams() >= self.peerSettings.maxStreams:
+        if self._ownOpen >= self.peerSettings.maxStreams:
             return _failed(
                 StreamOpenFailed(
                     OpenFailReason.TOO_MANY_STREAMS,
@@ -831,13 +833,10 @@ class Tunnel(Protocol):
         if timeout is not None:
             call = self.clock.callLater(timeout, self._openTimedOut, streamId, timeout)
         self._streams[streamId] = stream
+        self._ownOpen += 1
         self._pending[streamId] = _PendingOpen(stream, factory, result, call)
         self._sendFrame(wire.Open(streamId, host, port))
         return result
-
-    def _ownStreams(self) -> int:
-        parity = 1 if self.isClient else 0
-        return sum(1 for s in self._streams if s % 2 == parity)
 
     def _openTimedOut(self, streamId: int, timeout: float) -> None:
         pending = self._pending.pop(streamId, None)
@@ -1079,8 +1078,7 @@ class Tunnel(Protocol):
                     port=address.port,
                 )
                 reason, text = OpenFailReason.INTERNAL, "internal error"
-            self._streams.pop(streamId, None)
-            self._peerOpened -= 1
+            self._forget(streamId)
             self._refuse(streamId, reason, text)
             self._closeIfIdle()
 
@@ -1146,7 +1144,7 @@ class Tunnel(Protocol):
         pending.cancelTimeout()
         stream = pending.stream
         stream._sentTerminal = stream._gotTerminal = True
-        self._streams.pop(frame.streamId, None)
+        self._forget(frame.streamId)
         pending.result.errback(StreamOpenFailed(frame.reason, frame.text))
         self._closeIfIdle()
 
@@ -1172,10 +1170,16 @@ class Tunnel(Protocol):
 
     def _maybeForget(self, stream: Stream) -> None:
         if stream._sentTerminal and stream._gotTerminal:
-            if self._streams.pop(stream.streamId, None) is not None:
-                if (stream.streamId % 2 == 1) != self.isClient:
-                    self._peerOpened -= 1
+            self._forget(stream.streamId)
             self._closeIfIdle()
+
+    def _forget(self, streamId: int) -> None:
+        """Drop a stream id, keeping the per-side counts the stream limits use."""
+        if self._streams.pop(streamId, None) is not None:
+            if (streamId % 2 == 1) == self.isClient:
+                self._ownOpen -= 1
+            else:
+                self._peerOpened -= 1
 
     def _pingReceived(self, ping: wire.Ping) -> None:
         if self._transportPaused:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from functools import lru_cache
 from typing import Any
 
 from attrs import frozen
@@ -147,7 +148,10 @@ class AgentRegistry:
         return self._byNode.get(node) if node is not None else None
 
 
+@lru_cache(maxsize=4096)
 def _normalIP(text: str) -> str | None:
+    # cached: every stream open looks its node up by the address asked for,
+    # and parsing an address costs more than the rest of the lookup
     try:
         return str(ipaddress.ip_address(text.strip("[]")))
     except ValueError:

@@ -488,7 +488,11 @@ class FrameDecoder:
                 if available < HEADER_SIZE + length:
                     break
                 start = self._offset + HEADER_SIZE
-                payload = bytes(buffer[start : start + length])
+                # one copy, straight out of the buffer (slicing the bytearray
+                # first would copy twice); the view must be gone before the
+                # next feed() grows the buffer
+                with memoryview(buffer) as view:
+                    payload = bytes(view[start : start + length])
                 self._offset = start + length
                 yield self._parse(kind, streamId, payload)
         except ProtocolError as e:
