@@ -474,6 +474,42 @@ class OpenTests(TunnelTestCase):
         self.failureResultOf(first, TunnelClosed)
         self.failureResultOf(second, TunnelClosed)
 
+    def test_streamSlotsComeBack(self) -> None:
+        """
+        A stream counts against the limit until it is over: a refused open
+        and a closed stream each give their slot back, and streams the peer
+        opened to us never count against ours.
+        """
+        pair = TunnelPair(serverSettings=Settings(maxStreams=2))
+        pair.establish()
+        incoming = pair.server.openStream("127.0.0.1", 9, ProtocolFactory())
+        refused = pair.client.openStream("10.0.0.7", 1, ProtocolFactory())
+        kept = pair.client.openStream("10.0.0.7", 2, ProtocolFactory())
+        pair.pump()
+        pair.clientHandler.accept(Recorder())
+        pair.serverHandler.fail(StreamOpenFailed(OpenFailReason.REFUSED, "no"), index=0)
+        pair.serverHandler.accept(Recorder(), index=1)
+        pair.pump()
+        self.successResultOf(incoming)
+        self.failureResultOf(refused, StreamOpenFailed)
+        keptProtocol = self.successResultOf(kept)
+        again = pair.client.openStream("10.0.0.7", 3, ProtocolFactory())
+        full = pair.client.openStream("10.0.0.7", 4, ProtocolFactory())
+        self.assertEqual(
+            self.failureResultOf(full, StreamOpenFailed).value.reason,
+            OpenFailReason.TOO_MANY_STREAMS,
+        )
+        pair.pump()
+        pair.serverHandler.accept(Recorder())
+        pair.pump()
+        self.successResultOf(again)
+        keptProtocol.transport.loseConnection()
+        pair.pump()
+        last = pair.client.openStream("10.0.0.7", 5, ProtocolFactory())
+        self.assertNoResult(last)  # not refused: the closed stream gave its slot back
+        self.endPair(pair)
+        self.failureResultOf(last, TunnelClosed)
+
     def test_tooManyStreamsAtTheAcceptor(self) -> None:
         peer = Raw(isClient=False, settings=Settings(maxStreams=1))
         peer.feed(Open(1, "10.0.0.7", 80), Open(3, "10.0.0.7", 80))
