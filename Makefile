@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.stamp
 
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint types demo bench docs clean distclean
+.PHONY: venv test lint types demo bench bench-scale docs clean distclean
 
 venv: $(STAMP)
 
@@ -38,6 +38,11 @@ demo: venv
 
 bench: venv
 	bash bench/run.sh
+
+# One server process, 1,000 then 5,000 then 10,000 simulated agents (see bench/results/scale.md).
+bench-scale: venv
+	$(PY) bench/agents.py --agents 1000 5000 10000 --idle-seconds 60 --opens 200 \
+	    --report bench/results/tmp/scale-latest.md
 
 docs: venv
 	$(VENV)/bin/pydoctor --project-name=twisted-tunnel --docformat=epytext \
