@@ -101,6 +101,7 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     from ..agent import backoffPolicy
+    from ..eager import EagerTCPReactor
 
     credentials = options.credentials(PROGRAM)
     identity = credentials.identity()
@@ -119,7 +120,8 @@ def makeService(options: Options) -> IService:
         )
     nodeIPs = options["node-ip"] or list(identity.ipAddresses)
     return TunnelAgent(
-        reactor,
+        # its tunnel and the connections it dials send small writes at once
+        EagerTCPReactor(reactor),
         credentials,
         options["server-address"],
         nodeName,

@@ -36,6 +36,7 @@ from ..config import (
     parseConfigData,
 )
 from ..connect import ConnectDoorFactory, refuseAgentCertificates
+from ..eager import EagerTCPReactor
 from ..errors import CredentialsError
 from ..forward import ForwardFactory, parseForward
 from ..hostsfile import HostsFile
@@ -280,10 +281,12 @@ def makeService(options: Options) -> IService:
         openTimeout=options["open-timeout"],
     )
     top = _ServerService(server)
+    # every listener's connections send small writes at once (see eager.py)
+    tcpReactor = EagerTCPReactor(reactor)
 
     def endpoint(description: str, name: str) -> IStreamServerEndpoint:
         try:
-            built: IStreamServerEndpoint = serverFromString(reactor, description)
+            built: IStreamServerEndpoint = serverFromString(tcpReactor, description)
         except Exception as e:  # any failure to parse is a configuration error
             fatal(PROGRAM, f"{name} {description!r}: {e or type(e).__name__}")
         return built
