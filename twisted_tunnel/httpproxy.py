@@ -543,6 +543,9 @@ class _Phase(enum.Enum):
     CLOSED = "closed"
 
 
+_ENDED = frozenset({_Phase.CLOSING, _Phase.CLOSED})  # an aborted client gets nothing more
+
+
 @implementer(IHalfCloseableProtocol)
 class HTTPProxyProtocol(Protocol):
     """
@@ -582,6 +585,11 @@ class HTTPProxyProtocol(Protocol):
         self._upstream: _Upstream | None = None
         self._processingClient = False
         self._processingUpstream = False
+        # while the upstream's bytes are turned into events, what they make
+        # for the client is collected here and written once (one send, not
+        # one per head, body and end); every other write and every close
+        # flushes it first, so nothing overtakes it
+        self._clientOut: list[bytes] | None = None
         self._clientReadClosed = False
         self._clientWriteClosed = False
         self._resetExchange()
@@ -1017,6 +1025,7 @@ class HTTPProxyProtocol(Protocol):
         if self._processingUpstream:
             return
         self._processingUpstream = True
+        self._clientOut = []
         try:
             while self._phase is _Phase.FORWARDING:
                 upstream = self._upstream
@@ -1052,6 +1061,7 @@ class HTTPProxyProtocol(Protocol):
                     return
         finally:
             self._processingUpstream = False
+            self._flushClient()
 
     def _responseReceived(self, response: h11.Response) -> None:
         self._cancelUpstreamTimer()
@@ -1120,7 +1130,16 @@ class HTTPProxyProtocol(Protocol):
             self._internalError(f"cannot pass the response on: {e}")
             return
         if data and self.transport is not None:
-            self.transport.write(data)
+            if self._clientOut is not None:
+                self._clientOut.append(data)
+            else:
+                self.transport.write(data)
+
+    def _flushClient(self) -> None:
+        """Write what the response processing collected for the client."""
+        out, self._clientOut = self._clientOut, None
+        if out and self.transport is not None and self._phase not in _ENDED:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _switchProtocols(self, upstream: _Upstream, switch: h11.InformationalResponse) -> None:
         """
@@ -1139,6 +1158,7 @@ class HTTPProxyProtocol(Protocol):
                 f"{self._routeName()} switched protocols unasked: {e}",
             )
             return
+        self._flushClient()
         transport = self.transport
         assert transport is not None and self._reading is not None
         request = self._request
@@ -1297,6 +1317,7 @@ class HTTPProxyProtocol(Protocol):
         if self._responseStarted:
             self._cutShort()
             return
+        self._flushClient()
         transport = self.transport
         if transport is None or self._phase in (_Phase.CLOSING, _Phase.CLOSED):
             return
@@ -1328,6 +1349,7 @@ class HTTPProxyProtocol(Protocol):
         """
         if self._phase is _Phase.CLOSED:
             return
+        self._flushClient()
         self._phase = _Phase.CLOSING
         self._cancelUpstreamTimer()
         pending, self._pending = self._pending, None
@@ -1347,6 +1369,7 @@ class HTTPProxyProtocol(Protocol):
     def _loseClient(self) -> None:
         if self._phase is _Phase.CLOSED:
             return
+        self._flushClient()
         self._phase = _Phase.CLOSING
         self._detachUpstream()
         transport = self.transport
