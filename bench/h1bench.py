@@ -57,7 +57,7 @@ def exchanges(m: ModuleType, n: int) -> tuple[float, bytes, bytes]:
     Request, Response, Data, EndOfMessage = m.Request, m.Response, m.Data, m.EndOfMessage
     NEED_DATA = m.NEED_DATA
     upstream = downstream = b""
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(n):
         server.receive_data(REQUEST)
         request = server.next_event()
@@ -86,7 +86,7 @@ def exchanges(m: ModuleType, n: int) -> tuple[float, bytes, bytes]:
         client.start_next_cycle()
         server.start_next_cycle()
         assert server.next_event() is NEED_DATA
-    return time.perf_counter() - start, upstream, downstream
+    return time.process_time() - start, upstream, downstream
 
 
 def main() -> None:

@@ -174,15 +174,15 @@ _STATUS_LINE_RE: Final = re.compile(_VERSION + rb" ([0-9]{3})(?: ((?:[ \t]|[^\x0
 # Field lines are parsed with one findall of this: one match per line,
 # anchored at the line start and running to its LF, so that the lines are
 # all valid iff there are as many matches as LFs, no byte a field may not
-# hold (NUL, VT, FF: see _FIELD_BYTES) and no CR but before an LF.  The value
-# is then stripped of trailing blanks and that CR.  (This is h11's
+# hold (NUL, VT, FF: see _FIELD_BYTES) and no CR but before an LF; the value
+# comes without the blanks around it, nor that CR.  (This is h11's
 # "name: OWS value OWS" line: sre is slow on negated character classes,
 # about 10 ns a byte, and fast on ".", so the bytes are checked apart.)
-_FIELD_LINE_RE: Final = re.compile(rb"^(" + _TOKEN + rb"):[ \t]*(.*)\n", re.MULTILINE)
+_FIELD_LINE_RE: Final = re.compile(
+    rb"^(" + _TOKEN + rb"):[ \t]*((?:.*[^ \t\r\n])?)[ \t\r]*\n", re.MULTILINE
+)
 # every byte but those no field line may hold (CR and LF are counted apart)
 _FIELD_BYTES: Final = bytes(b for b in range(256) if b not in (0, 0x0B, 0x0C))
-# every byte but those no field value may hold (LF is counted apart)
-_VALUE_BYTES: Final = bytes(b for b in range(256) if b not in (0, 0x0B, 0x0C, 0x0D))
 # h11's field line, for a line at a time (errors; fields given by hand)
 _FIELD_LINE_ALONE_RE: Final = re.compile(
     rb"(" + _TOKEN + rb"):[ \t]*((?:" + _FIELD_CONTENT + rb")?)[ \t]*"
@@ -228,6 +228,12 @@ def _commaValues(value: bytes) -> list[bytes]:
 
 _Pair = tuple[bytes, bytes]
 
+# what Headers._flags says
+_CHUNKED_FLAG = 1
+_CLOSE_FLAG = 2
+_UPGRADE_FLAG = 4
+_EXPECT_FLAG = 8
+
 
 class Headers(Sequence[_Pair]):
     """
@@ -239,27 +245,24 @@ class Headers(Sequence[_Pair]):
 
     __slots__ = (
         "_pairs",
+        "_names",
         "_raw",
         "_length",
-        "_chunked",
-        "_close",
-        "_upgrade",
-        "_expect",
+        "_flags",
         "_hosts",
     )
 
-    _pairs: list[_Pair]
+    #: (lower-case name, value): made when first asked for (the engine
+    #: reads most heads through raw_items only)
+    _pairs: list[_Pair] | None
+    _names: list[bytes]
     _raw: list[_Pair]
     #: the Content-Length, if there is one
     _length: int | None
     #: Transfer-Encoding: chunked
-    _chunked: bool
-    #: Connection: close
-    _close: bool
-    #: an Upgrade field with a value
-    _upgrade: bool
-    #: Expect: 100-continue
-    _expect: bool
+    #: _CHUNKED (Transfer-Encoding: chunked), _CLOSE (Connection: close),
+    #: _UPGRADE (an Upgrade with a value), _EXPECT (Expect: 100-continue)
+    _flags: int
     #: how many Host fields
     _hosts: int
 
@@ -268,11 +271,17 @@ class Headers(Sequence[_Pair]):
         for name in Headers.__slots__:
             setattr(self, name, getattr(other, name))
 
+    def _items(self) -> list[_Pair]:
+        pairs = self._pairs
+        if pairs is None:
+            pairs = self._pairs = list(zip(self._names, map(_second, self._raw), strict=True))
+        return pairs
+
     def __len__(self) -> int:
-        return len(self._pairs)
+        return len(self._raw)
 
     def __bool__(self) -> bool:
-        return bool(self._pairs)
+        return bool(self._raw)
 
     @overload
     def __getitem__(self, index: int) -> _Pair: ...
@@ -281,22 +290,22 @@ class Headers(Sequence[_Pair]):
     def __getitem__(self, index: slice) -> list[_Pair]: ...
 
     def __getitem__(self, index: int | slice) -> _Pair | list[_Pair]:
-        return self._pairs[index]
+        return self._items()[index]
 
     def __iter__(self) -> Iterator[_Pair]:
-        return iter(self._pairs)
+        return iter(self._items())
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Headers):
-            return self._pairs == other._pairs
+            return self._items() == other._items()
         if isinstance(other, Iterable):
-            return self._pairs == list(other)
+            return self._items() == list(other)
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"<Headers({self._pairs!r})>"
+        return f"<Headers({self._items()!r})>"
 
     def raw_items(self) -> list[_Pair]:
         """The fields with their names as written (values normalized)."""
@@ -312,9 +321,10 @@ def _headers(raw: list[_Pair], names: list[bytes]) -> Headers:
     """
     h = object.__new__(Headers)
     h._raw = raw
-    h._pairs = list(zip(names, map(_second, raw), strict=True))
+    h._pairs = None
+    h._names = names
     h._length = None
-    h._chunked = h._close = h._upgrade = h._expect = False
+    h._flags = 0
     h._hosts = names.count(b"host")
     present = _SPECIAL.intersection(names)
     if not present:
@@ -333,14 +343,17 @@ def _headers(raw: list[_Pair], names: list[bytes]) -> Headers:
         elif name == b"transfer-encoding":
             if value != b"chunked":
                 return _headersSlowly(h, raw, names)
-            h._chunked = True
+            h._flags |= _CHUNKED_FLAG
         elif name == b"connection":
-            h._close = b"close" in _commaValues(value)
+            if b"close" in _commaValues(value):
+                h._flags |= _CLOSE_FLAG
         elif name == b"upgrade":
-            h._upgrade = bool(_commaValues(value))
+            if _commaValues(value):
+                h._flags |= _UPGRADE_FLAG
         elif name == b"expect":
-            h._expect = b"100-continue" in _commaValues(value)
-    if h._chunked and h._length is not None:
+            if b"100-continue" in _commaValues(value):
+                h._flags |= _EXPECT_FLAG
+    if h._flags & _CHUNKED_FLAG and h._length is not None:
         raise LocalProtocolError(_BOTH_LENGTHS)
     return h
 
@@ -393,11 +406,14 @@ def _headersSlowly(h: Headers, raw: list[_Pair], names: list[bytes]) -> Headers:
         raise LocalProtocolError(_BOTH_LENGTHS)
     h._raw = newRaw
     h._pairs = pairs
+    h._names = [name for name, _ in pairs]
     h._length = int(length) if length is not None else None
-    h._chunked = chunked
-    h._close = close
-    h._upgrade = upgrade
-    h._expect = expect
+    h._flags = (
+        (_CHUNKED_FLAG if chunked else 0)
+        | (_CLOSE_FLAG if close else 0)
+        | (_UPGRADE_FLAG if upgrade else 0)
+        | (_EXPECT_FLAG if expect else 0)
+    )
     return h
 
 
@@ -418,10 +434,11 @@ def _validated(items: HeaderTypes | None) -> Headers:
     through L{_NAME_CACHE}, values all at once), then normalized.  A
     L{Headers} is taken as it is: it was validated when made.
     """
-    if items is None:
+    kind = type(items)
+    if kind is Headers:
+        return items  # type: ignore[return-value]
+    if items is None or (kind is list and not items):
         return _EMPTY_HEADERS
-    if isinstance(items, Headers):
-        return items
     raw: list[_Pair] = [(name, value) for name, value in items]  # type: ignore[misc]
     if not raw:
         return _EMPTY_HEADERS
@@ -430,13 +447,17 @@ def _validated(items: HeaderTypes | None) -> Headers:
     if None in names or {*map(type, values)} != {bytes}:
         return _validatedSlowly(raw)
     # all the values at once: joined with LFs (counted, as a value may not
-    # hold one), no byte a value may not hold, no blank before or after one
+    # hold one), no byte a value may not hold (memchr is fast), no blank
+    # before or after one (strip gives the very object when it strips nothing)
     joined = b"\n".join(values)
-    if joined.count(b"\n") != len(values) - 1 or joined.translate(None, _VALUE_BYTES):
-        return _validatedSlowly(raw)
-    if b" \n" in joined or b"\t\n" in joined or b"\n " in joined or b"\n\t" in joined:
-        return _validatedSlowly(raw)
-    if joined and (joined[0] in (0x20, 0x09) or joined[-1] in (0x20, 0x09)):
+    if (
+        joined.count(b"\n") != len(values) - 1
+        or b"\r" in joined
+        or b"\x00" in joined
+        or b"\x0b" in joined
+        or b"\x0c" in joined
+        or [v.strip(b" \t") for v in values] != values
+    ):
         return _validatedSlowly(raw)
     return _headers(raw, names)  # type: ignore[arg-type]
 
@@ -738,11 +759,11 @@ def _writeHead(startLine: bytes, h: Headers) -> bytes:
     raw = h._raw
     if not raw:
         return startLine + b"\r\n\r\n"
-    if h._hosts and (h._hosts > 1 or h._pairs[0][0] != b"host"):
+    if h._hosts and (h._hosts > 1 or h._names[0] != b"host"):
         # RFC 9110 section 7.2: a user agent SHOULD send Host first
-        pairs = h._pairs
-        order = [i for i, (n, _) in enumerate(pairs) if n == b"host"]
-        order += [i for i, (n, _) in enumerate(pairs) if n != b"host"]
+        names = h._names
+        order = [i for i, n in enumerate(names) if n == b"host"]
+        order += [i for i, n in enumerate(names) if n != b"host"]
         raw = [raw[i] for i in order]
     return b"%b\r\n%b\r\n\r\n" % (startLine, b"\r\n".join([n + b": " + v for n, v in raw]))
 
@@ -884,6 +905,7 @@ class Connection:
         """Update the states for an event sent (by us) or received (from them)."""
         kind = type(event)
         oldClient, oldServer = self._client, self._server
+        request: Request
         if kind is Data:
             # SEND_BODY to SEND_BODY: nothing else changes
             if (oldClient if role is CLIENT else oldServer) is not SEND_BODY:
@@ -904,13 +926,41 @@ class Connection:
             self._settle()
             self._stateChanged(oldClient, oldServer, event)
             return
+        if kind is Request and role is CLIENT and oldClient is IDLE and oldServer is IDLE:
+            # the usual request: IDLE to SEND_BODY and SEND_RESPONSE, which no
+            # state-triggered transition starts from (no need to settle)
+            request = event  # type: ignore[assignment]
+            h = request.headers
+            if request.method == b"CONNECT":
+                self._pendingConnect = True
+            if h._flags & _UPGRADE_FLAG:
+                self._pendingUpgrade = True
+            self._client = SEND_BODY
+            self._server = SEND_RESPONSE
+            self._requestMethod = request.method
+            version = request.http_version
+            if h._flags & _CLOSE_FLAG or version < b"1.1":
+                self._keepAlive = False
+            if h._flags & _EXPECT_FLAG and version >= b"1.1":
+                self.client_is_waiting_for_100_continue = True
+            if self._weAreClient:
+                self._writer, self._writeLeft = self._framing(request)
+                self._reader = _RESPONSE_HEAD
+            else:
+                self.their_http_version = version
+                self._reader, self._readLeft = self._framing(request)
+                self._readTotal = self._readLeft
+                self._readDiscard = b""
+                self._readTrailer = False
+                self._writer = _WRITE_RESPONSE
+            return
         switch: Sentinel | None = None
         if kind is Request:
             if role is CLIENT:
-                request: Request = event  # type: ignore[assignment]
+                request = event  # type: ignore[assignment]
                 if request.method == b"CONNECT":
                     self._pendingConnect = True
-                if request.headers._upgrade:
+                if request.headers._flags & _UPGRADE_FLAG:
                     self._pendingUpgrade = True
                 if self._pendingConnect or self._pendingUpgrade:
                     self._settle()
@@ -939,11 +989,11 @@ class Connection:
             if role is self.their_role:
                 self.their_http_version = head.http_version
             if kind is not InformationalResponse:
-                if head.headers._close or head.http_version < b"1.1":
+                if head.headers._flags & _CLOSE_FLAG or head.http_version < b"1.1":
                     self._keepAlive = False
                     self._settle()
                 if kind is Request:
-                    if head.headers._expect and head.http_version >= b"1.1":
+                    if head.headers._flags & _EXPECT_FLAG and head.http_version >= b"1.1":
                         self.client_is_waiting_for_100_continue = True
                 else:
                     self.client_is_waiting_for_100_continue = False
@@ -1005,7 +1055,7 @@ class Connection:
         elif type(event) is not Request:  # pragma: no cover - by the transitions
             raise LocalProtocolError("a body without a head")
         h: Headers = event.headers
-        if h._chunked:
+        if h._flags & _CHUNKED_FLAG:
             return _CHUNKED, 0
         if h._length is not None:
             return _CONTENT_LENGTH, h._length
@@ -1411,11 +1461,11 @@ class Connection:
                     needClose = True
             else:
                 added.append((b"Transfer-Encoding", b"chunked"))
-            names = [name for name, _ in h._pairs]
+            names = h._names
             raw, names = _withFields(raw, names, {b"content-length", b"transfer-encoding"}, added)
         if not self._keepAlive or needClose:
             if names is None:
-                names = [name for name, _ in h._pairs]
+                names = h._names
             options: set[bytes] = set()
             for name, (_, value) in zip(names, raw, strict=True):
                 if name == b"connection":
@@ -1445,10 +1495,7 @@ def _fields(buf: bytes | bytearray, start: int, end: int) -> Headers:
         or block.translate(None, _FIELD_BYTES)
     ):
         _badFields(block)
-    return _headers(
-        [(name, value.rstrip(b" \t\r")) for name, value in found],
-        [name.lower() for name, _ in found],
-    )
+    return _headers(found, [name.lower() for name, _ in found])
 
 
 def _withFields(
