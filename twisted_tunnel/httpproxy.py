@@ -45,7 +45,7 @@ What "HTTP done right" means here:
    section 7.6.1): C{Connection} and every header it names, C{Keep-Alive},
    C{Proxy-Connection}, C{TE}, C{Trailer}, C{Transfer-Encoding}, C{Upgrade}
    (but when upgrading), C{Proxy-Authorization} and C{Proxy-Authenticate}.
-   Message framing is ours: h11 parses it on one side and writes it again
+   Message framing is ours: h1 parses it on one side and writes it again
    on the other, so a C{Connection} header naming C{Content-Length} cannot
    make the two sides disagree about where a message ends.
 
@@ -70,7 +70,6 @@ from collections.abc import Callable, Coroutine, Hashable, Iterable
 from http import HTTPStatus
 from typing import Any, Union
 
-import h11
 from attrs import frozen
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
 from twisted.internet.error import ConnectionDone
@@ -89,6 +88,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from . import h1
 from ._http import errorResponse
 from ._transports import addressLabel
 from .errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout, TunnelClosed
@@ -109,7 +109,7 @@ __all__ = [
 ]
 
 #: Headers that belong to one connection, never forwarded as they are
-#: (RFC 9110 section 7.6.1, plus the C{Proxy-*} pair and C{Trailer}).  h11
+#: (RFC 9110 section 7.6.1, plus the C{Proxy-*} pair and C{Trailer}).  h1
 #: writes the framing (C{Transfer-Encoding}, C{Content-Length}) again on
 #: each side; C{Connection: Upgrade} and C{Upgrade} are made again when an
 #: upgrade is asked for.
@@ -143,7 +143,7 @@ class RequestHead:
     @ivar target: the request target as sent, e.g.
         C{b"/containerLogs/ns/pod/c?follow=true"}.
     @ivar headers: the header fields in order, names lower-cased, values
-        stripped of surrounding whitespace (as h11 gives them).
+        stripped of surrounding whitespace (as h1 gives them).
     @ivar httpVersion: e.g. C{b"1.1"}.
     """
 
@@ -319,7 +319,7 @@ def forwardedRequestHeaders(
     Hop-by-hop fields are removed (L{HOP_BY_HOP_HEADERS} and those that
     C{Connection} names), but C{Connection: Upgrade} and C{Upgrade} are
     kept for a request that asks to upgrade; a chunked body stays chunked
-    (h11 writes the chunks again).  C{Host} becomes C{hostHeader} when that
+    (h1 writes the chunks again).  C{Host} becomes C{hostHeader} when that
     is given, and C{defaultHost} when the request had none (HTTP/1.1 needs
     one).
     """
@@ -347,14 +347,14 @@ def forwardedResponseHeaders(
     """
     The header fields to send the client for a response that had
     C{headers}: hop-by-hop fields removed, C{Connection: Upgrade} and
-    C{Upgrade} kept for a C{101}.  Framing is left to h11: without a
+    C{Upgrade} kept for a C{101}.  Framing is left to h1: without a
     C{Content-Length} it chunks for HTTP/1.1 clients and closes for HTTP/1.0.
     """
     kept, _ = _endToEnd(headers, upgrade=upgrade)
     return kept
 
 
-def _headSize(request: h11.Request) -> int:
+def _headSize(request: h1.Request) -> int:
     """About how many bytes the head of C{request} took on the wire."""
     size = len(request.method) + len(request.target) + len(b" HTTP/1.1\r\n") + 1 + 2
     for name, value in request.headers.raw_items():
@@ -429,7 +429,7 @@ class _PushBack:
 @implementer(IHalfCloseableProtocol)
 class _Upstream(Protocol):
     """
-    One upstream connection, speaking HTTP/1.1 as a client (h11) for the
+    One upstream connection, speaking HTTP/1.1 as a client (h1) for the
     L{HTTPProxyProtocol} that owns it, or relaying raw bytes after an
     upgrade.  Everything it hears goes to its owner; once detached (owner
     L{None}) it only closes.
@@ -439,8 +439,8 @@ class _Upstream(Protocol):
         self.owner: HTTPProxyProtocol | None = owner
         self.clock = owner.clock
         self.lingerTimeout = owner.limits.lingerTimeout
-        self.h11 = h11.Connection(
-            h11.CLIENT, max_incomplete_event_size=owner.limits.maxResponseHeaderBytes
+        self.codec = h1.Connection(
+            h1.CLIENT, max_incomplete_event_size=owner.limits.maxResponseHeaderBytes
         )
         self.exchanges = 0
         self.receivedThisExchange = 0
@@ -480,9 +480,9 @@ class _Upstream(Protocol):
         if self.owner is not None:
             self.owner._upstreamLost(self, reason)
 
-    def send(self, event: h11.Event) -> None:
+    def send(self, event: h1.Event) -> None:
         """Write one HTTP event to the upstream."""
-        data = self.h11.send(event)
+        data = self.codec.send(event)
         if data and self.transport is not None:
             self.transport.write(data)
 
@@ -549,13 +549,13 @@ _ENDED = frozenset({_Phase.CLOSING, _Phase.CLOSED})  # an aborted client gets no
 @implementer(IHalfCloseableProtocol)
 class HTTPProxyProtocol(Protocol):
     """
-    One client connection of a proxy listener: reads requests (h11, server
+    One client connection of a proxy listener: reads requests (h1, server
     role), routes each, forwards it to the upstream the connection is
-    pinned to, and passes the response back (h11, client role, then server
+    pinned to, and passes the response back (h1, client role, then server
     role again) or, after a C{101}, relays raw bytes.
 
     One request is in flight at a time (HTTP/1.1 has no multiplexing); what
-    a client pipelines behind it waits in h11's buffer, and we stop reading
+    a client pipelines behind it waits in h1's buffer, and we stop reading
     once that exceeds a request head's worth.
     """
 
@@ -567,8 +567,8 @@ class HTTPProxyProtocol(Protocol):
         self.limits = factory.limits
         self.log = factory.log
         self._phase = _Phase.HEAD
-        self._server = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=self.limits.maxHeaderBytes
+        self._server = h1.Connection(
+            h1.SERVER, max_incomplete_event_size=self.limits.maxHeaderBytes
         )
         self._reading: _Reading | None = None
         self._peerAddress: IAddress | None = None
@@ -596,7 +596,7 @@ class HTTPProxyProtocol(Protocol):
 
     def _resetExchange(self) -> None:
         """Forget the request that was in flight: a new cycle begins."""
-        self._request: h11.Request | None = None
+        self._request: h1.Request | None = None
         self._head: RequestHead | None = None
         self._requestDone = False
         self._requestBodyBytes = 0
@@ -640,7 +640,7 @@ class HTTPProxyProtocol(Protocol):
         self._server.receive_data(data)
         if phase is _Phase.ROUTING or self._requestDone:
             # sent ahead of what we can forward now (a body while the route is
-            # being found, or the next request, pipelined): held by h11 until
+            # being found, or the next request, pipelined): held by h1 until
             # then; stop reading before that costs much
             self._pipelined += len(data)
             if self._pipelined > self.limits.maxHeaderBytes and self._reading is not None:
@@ -658,7 +658,7 @@ class HTTPProxyProtocol(Protocol):
         elif phase is _Phase.CLOSING:
             self._loseClient()
         elif phase is _Phase.HEAD:
-            # h11 decides what the EOF means: a client done with the
+            # h1 decides what the EOF means: a client done with the
             # connection, or a truncated request head
             self._server.receive_data(b"")
             self._processClient()
@@ -705,7 +705,7 @@ class HTTPProxyProtocol(Protocol):
     # -- requests --------------------------------------------------------------------
 
     def _processClient(self) -> None:
-        """Act on every event h11 can give now, until a request needs waiting for."""
+        """Act on every event h1 can give now, until a request needs waiting for."""
         if self._processingClient:
             return  # the loop further up the stack picks up whatever is new
         self._processingClient = True
@@ -713,19 +713,19 @@ class HTTPProxyProtocol(Protocol):
             while self._phase is _Phase.HEAD or self._phase is _Phase.FORWARDING:
                 try:
                     event = self._server.next_event()
-                except h11.RemoteProtocolError as e:
+                except h1.RemoteProtocolError as e:
                     self._badRequest(e)
                     return
-                if event is h11.NEED_DATA or event is h11.PAUSED:
+                if event is h1.NEED_DATA or event is h1.PAUSED:
                     return
-                if isinstance(event, h11.Request):
+                if isinstance(event, h1.Request):
                     self._requestReceived(event)
-                elif isinstance(event, h11.Data):
+                elif isinstance(event, h1.Data):
                     self._requestBodyBytes += len(event.data)
-                    self._toUpstream(h11.Data(data=event.data))
-                elif isinstance(event, h11.EndOfMessage):
+                    self._toUpstream(h1.Data(data=event.data))
+                elif isinstance(event, h1.EndOfMessage):
                     self._requestEnded(event)
-                elif isinstance(event, h11.ConnectionClosed):
+                elif isinstance(event, h1.ConnectionClosed):
                     if self._phase is _Phase.HEAD:
                         # the client is done with the connection
                         self._loseClient()
@@ -733,7 +733,7 @@ class HTTPProxyProtocol(Protocol):
         finally:
             self._processingClient = False
 
-    def _requestReceived(self, request: h11.Request) -> None:
+    def _requestReceived(self, request: h1.Request) -> None:
         self._cancelTimer()
         self._request = request
         self._head = RequestHead(
@@ -883,9 +883,9 @@ class HTTPProxyProtocol(Protocol):
         )
         try:
             upstream.send(
-                h11.Request(method=request.method, target=request.target, headers=headers)
+                h1.Request(method=request.method, target=request.target, headers=headers)
             )
-        except h11.LocalProtocolError as e:
+        except h1.LocalProtocolError as e:
             self._refuse(HTTPStatus.BAD_REQUEST, f"cannot forward this request: {e}")
             return
         self._phase = _Phase.FORWARDING
@@ -894,23 +894,23 @@ class HTTPProxyProtocol(Protocol):
         self._reading.resume("ahead")
         if self._replaying:
             # the request (without a body) was complete before: send it all
-            self._toUpstream(h11.EndOfMessage())
+            self._toUpstream(h1.EndOfMessage())
             self._startUpstreamTimer()
         self._processClient()
 
-    def _toUpstream(self, event: h11.Event) -> None:
+    def _toUpstream(self, event: h1.Event) -> None:
         upstream = self._upstream
         if upstream is None or upstream.lost:
             return  # answered early and gone: what is left of the body is dropped
         try:
             upstream.send(event)
-        except h11.LocalProtocolError as e:
+        except h1.LocalProtocolError as e:
             self._internalError(f"cannot forward the request body: {e}")
 
-    def _requestEnded(self, end: h11.EndOfMessage) -> None:
+    def _requestEnded(self, end: h1.EndOfMessage) -> None:
         self._requestDone = True
         trailers = end.headers if self._requestChunked else []
-        self._toUpstream(h11.EndOfMessage(headers=list(trailers)))
+        self._toUpstream(h1.EndOfMessage(headers=list(trailers)))
         if self._responseDone:
             self._exchangeEnded()
         elif not self._responseStarted:
@@ -932,7 +932,7 @@ class HTTPProxyProtocol(Protocol):
             )
             self._detachUpstream()
             return
-        upstream.h11.receive_data(data)
+        upstream.codec.receive_data(data)
         self._processUpstream()
 
     def _upstreamEOF(self, upstream: _Upstream) -> None:
@@ -945,7 +945,7 @@ class HTTPProxyProtocol(Protocol):
             return
         # an upstream that stopped sending cannot serve another request; the
         # EOF may end a connection-delimited response (HTTP/1.0 style)
-        upstream.h11.receive_data(b"")
+        upstream.codec.receive_data(b"")
         if self._phase is _Phase.FORWARDING:
             self._processUpstream()
         if upstream is self._upstream:
@@ -965,7 +965,7 @@ class HTTPProxyProtocol(Protocol):
             return
         if self._phase is _Phase.FORWARDING and not upstream.readClosed:
             upstream.readClosed = True
-            upstream.h11.receive_data(b"")
+            upstream.codec.receive_data(b"")
             self._processUpstream()
         if upstream is self._upstream:
             self._detachUpstream(lost=True)
@@ -1032,38 +1032,38 @@ class HTTPProxyProtocol(Protocol):
                 if upstream is None:
                     return
                 try:
-                    event = upstream.h11.next_event()
-                except h11.RemoteProtocolError as e:
+                    event = upstream.codec.next_event()
+                except h1.RemoteProtocolError as e:
                     if upstream.readClosed:
                         return  # its EOF came too early: for _upstreamGone to say
                     self._badResponse(f"{self._routeName()} sent a malformed response: {e}")
                     return
-                if event is h11.NEED_DATA or event is h11.PAUSED:
+                if event is h1.NEED_DATA or event is h1.PAUSED:
                     return
-                if isinstance(event, h11.InformationalResponse):
+                if isinstance(event, h1.InformationalResponse):
                     if event.status_code == HTTPStatus.SWITCHING_PROTOCOLS:
                         self._switchProtocols(upstream, event)
                         return
                     self._toClient(
-                        h11.InformationalResponse(
+                        h1.InformationalResponse(
                             status_code=event.status_code,
                             headers=forwardedResponseHeaders(event.headers.raw_items()),
                             reason=event.reason,
                         )
                     )
-                elif isinstance(event, h11.Response):
+                elif isinstance(event, h1.Response):
                     self._responseReceived(event)
-                elif isinstance(event, h11.Data):
-                    self._toClient(h11.Data(data=event.data))
-                elif isinstance(event, h11.EndOfMessage):
+                elif isinstance(event, h1.Data):
+                    self._toClient(h1.Data(data=event.data))
+                elif isinstance(event, h1.EndOfMessage):
                     self._responseEnded(event)
-                elif isinstance(event, h11.ConnectionClosed):
+                elif isinstance(event, h1.ConnectionClosed):
                     return
         finally:
             self._processingUpstream = False
             self._flushClient()
 
-    def _responseReceived(self, response: h11.Response) -> None:
+    def _responseReceived(self, response: h1.Response) -> None:
         self._cancelUpstreamTimer()
         request = self._request
         assert request is not None
@@ -1084,12 +1084,12 @@ class HTTPProxyProtocol(Protocol):
         )
         self._responseStarted = True
         self._toClient(
-            h11.Response(status_code=response.status_code, headers=headers, reason=response.reason)
+            h1.Response(status_code=response.status_code, headers=headers, reason=response.reason)
         )
 
-    def _responseEnded(self, end: h11.EndOfMessage) -> None:
+    def _responseEnded(self, end: h1.EndOfMessage) -> None:
         trailers = list(end.headers) if self._responseChunked else []
-        self._toClient(h11.EndOfMessage(headers=trailers))
+        self._toClient(h1.EndOfMessage(headers=trailers))
         self._responseDone = True
         if self._phase is _Phase.FORWARDING:
             self._exchangeEnded()
@@ -1103,12 +1103,12 @@ class HTTPProxyProtocol(Protocol):
         if upstream is not None:
             upstream.exchanges += 1
             upstream.receivedThisExchange = 0
-            if upstream.h11.our_state is h11.DONE and upstream.h11.their_state is h11.DONE:
-                upstream.h11.start_next_cycle()
+            if upstream.codec.our_state is h1.DONE and upstream.codec.their_state is h1.DONE:
+                upstream.codec.start_next_cycle()
             else:
                 self._detachUpstream()  # it said Connection: close, or spoke HTTP/1.0
         server = self._server
-        if server.our_state is not h11.DONE or server.their_state is not h11.DONE:
+        if server.our_state is not h1.DONE or server.their_state is not h1.DONE:
             # Connection: close, HTTP/1.0, or the client's EOF
             self._closeClient()
             return
@@ -1123,10 +1123,10 @@ class HTTPProxyProtocol(Protocol):
             self._setTimer("idle", self.limits.idleTimeout, self._idleTimedOut)
         self._processClient()
 
-    def _toClient(self, event: h11.Event) -> None:
+    def _toClient(self, event: h1.Event) -> None:
         try:
             data = self._server.send(event)
-        except h11.LocalProtocolError as e:
+        except h1.LocalProtocolError as e:
             self._internalError(f"cannot pass the response on: {e}")
             return
         if data and self.transport is not None:
@@ -1141,18 +1141,18 @@ class HTTPProxyProtocol(Protocol):
         if out and self.transport is not None and self._phase not in _ENDED:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
-    def _switchProtocols(self, upstream: _Upstream, switch: h11.InformationalResponse) -> None:
+    def _switchProtocols(self, upstream: _Upstream, switch: h1.InformationalResponse) -> None:
         """
         The upstream said C{101}: pass it on, then relay raw bytes, first
-        those either side had sent ahead (they sit in the h11 buffers).
+        those either side had sent ahead (they sit in the h1 buffers).
         """
         self._cancelUpstreamTimer()
         headers = forwardedResponseHeaders(switch.headers.raw_items(), upgrade=True)
         try:
             data = self._server.send(
-                h11.InformationalResponse(status_code=101, headers=headers, reason=switch.reason)
+                h1.InformationalResponse(status_code=101, headers=headers, reason=switch.reason)
             )
-        except h11.LocalProtocolError as e:
+        except h1.LocalProtocolError as e:
             self._refuse(
                 HTTPStatus.BAD_GATEWAY,
                 f"{self._routeName()} switched protocols unasked: {e}",
@@ -1171,7 +1171,7 @@ class HTTPProxyProtocol(Protocol):
             protocol=_text(b", ".join(v for n, v in switch.headers if n == b"upgrade")),
         )
         clientAhead, clientEOF = self._server.trailing_data
-        upstreamAhead, upstreamEOF = upstream.h11.trailing_data
+        upstreamAhead, upstreamEOF = upstream.codec.trailing_data
         self._phase = _Phase.RELAYING
         self._cancelTimer()
         self._reading.resume("ahead")
@@ -1250,7 +1250,7 @@ class HTTPProxyProtocol(Protocol):
 
     # -- ending ----------------------------------------------------------------------
 
-    def _badRequest(self, error: h11.RemoteProtocolError) -> None:
+    def _badRequest(self, error: h1.RemoteProtocolError) -> None:
         status = error.error_status_hint
         if status == HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE:
             reason = f"request head larger than {self.limits.maxHeaderBytes} bytes"
