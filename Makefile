@@ -39,6 +39,12 @@ demo: venv
 bench: venv
 	bash bench/run.sh
 
+# Many streams at once (bench/streams.py): 2,000 streams of 5 MiB over 10 agents, every byte
+# checked, and a stalled reader; a Markdown report on stdout.  Options: BENCH_STREAMS_ARGS=...
+.PHONY: bench-streams
+bench-streams: venv
+	$(PY) bench/streams.py $(BENCH_STREAMS_ARGS)
+
 # One server process, 1,000 then 5,000 then 10,000 simulated agents (see bench/results/scale.md).
 bench-scale: venv
 	$(PY) bench/agents.py --agents 1000 5000 10000 --idle-seconds 60 --opens 200 \

@@ -1,0 +1,145 @@
+"""
+A smoke test of C{bench/streams.py}, the many-streams benchmark: its pieces,
+small, against real processes (a server, two agents, the edge service), so
+that the tool keeps working as the library changes.  It asserts that every
+byte arrived and nothing failed, never how fast: timings belong to the
+benchmark's report, not to a test on a shared machine.
+
+Also, without processes: the check of each stream does catch wrong bytes,
+extra bytes and an early end, so that a clean report means something.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.realnet import REPO_ROOT
+
+
+def _loadStreams() -> Any:
+    """bench/ is not a package: load bench/streams.py by its path."""
+    path = Path(REPO_ROOT) / "bench" / "streams.py"
+    spec = importlib.util.spec_from_file_location("bench_streams", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+streams = _loadStreams()
+
+
+class SmallRunTests(SynchronousTestCase):
+    """Both phases, small, through real twistd processes."""
+
+    def test_smallRun(self) -> None:
+        """
+        40 streams of 256 KiB over 2 agents all arrive byte-exact, and the
+        stalled-reader phase runs with its flood held (it stalls) and no
+        echo stream failing.
+        """
+        size = 256 * 1024
+        config = streams.Config(
+            streams=40, agents=2, bytes=size, pingers=10, stallSeconds=2.0, deadline=60.0
+        )
+        results, world = streams.run(config)
+
+        many = results.streams
+        self.assertEqual(many.errors.counts, {})
+        self.assertEqual((many.ok, many.verifiedBytes), (40, 40 * size))
+        self.assertEqual(many.peakOpen, 40)
+        self.assertEqual(len(many.completion), 40)
+
+        stall = results.stall
+        self.assertEqual(stall.errors.counts, {})
+        (round,) = stall.rounds
+        self.assertTrue(round.baseline and round.stalled)
+        self.assertGreater(round.held.sent, 0)
+        self.assertEqual(results.edgeErrors, {})
+        self.assertEqual(results.errors, 0)
+        self.assertIn("Errors in total: 0", streams.report(results, world, []))
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class CheckTests(SynchronousTestCase):
+    """L{Fetch} compares every chunk with the pool and names what went wrong."""
+
+    def deliver(self, *chunks: bytes, eof: bool = True, count: int = 1000) -> Any:
+        async def go() -> Any:
+            pool = streams.poolBytes(count + 100)
+            world = streams.World(None, [], connectPort=0, tunnelPort=0, pool=pool, window=1 << 20)
+            node = streams.Node("edge-01", "127.0.0.11", 1234)
+            fetch = streams.Fetch(world, node, 10, count, 1e12, 0.0)
+            transport = FakeTransport()
+            fetch.connection_made(transport)
+            fetch.data_received(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            for chunk in chunks:
+                fetch.data_received(chunk(pool) if callable(chunk) else chunk)
+            if eof:
+                fetch.eof_received()
+            else:
+                fetch.connection_lost(None)
+            self.assertEqual(transport.written[-1], streams.REQUEST.pack(b"S", 10, count))
+            return fetch.outcome
+
+        return asyncio.run(go())
+
+    def test_exact(self) -> None:
+        outcome = self.deliver(lambda pool: pool[10:500], lambda pool: pool[500:1010])
+        self.assertEqual((outcome.kind, outcome.received), ("", 1000))
+
+    def test_wrongByte(self) -> None:
+        def corrupt(pool: bytes) -> bytes:
+            chunk = bytearray(pool[500:1010])
+            chunk[123] ^= 1
+            return bytes(chunk)
+
+        outcome = self.deliver(lambda pool: pool[10:500], corrupt)
+        self.assertEqual(outcome.kind, "wrong bytes")
+        self.assertIn("first wrong byte at 613 of 1000", outcome.detail)
+
+    def test_wrongStream(self) -> None:
+        """Another stream's bytes (another offset into the pool) do not pass."""
+        outcome = self.deliver(lambda pool: pool[11:1011])
+        self.assertEqual(outcome.kind, "wrong bytes")
+
+    def test_tooMany(self) -> None:
+        outcome = self.deliver(lambda pool: pool[10:1010] + b"x")
+        self.assertEqual(outcome.kind, "more bytes than asked for")
+
+    def test_early(self) -> None:
+        self.assertEqual(self.deliver(lambda pool: pool[10:900]).kind, "EOF early")
+        outcome = self.deliver(lambda pool: pool[10:900], eof=False)
+        self.assertEqual(outcome.kind, "closed early")
+
+    def test_refused(self) -> None:
+        async def go() -> Any:
+            world = streams.World(None, [], connectPort=0, tunnelPort=0, pool=b"", window=1 << 20)
+            fetch = streams.Fetch(world, streams.Node("edge-01", "127.0.0.11", 1), 0, 1, 1e12, 0)
+            fetch.connection_made(FakeTransport())
+            fetch.data_received(b"HTTP/1.1 503 Service Unavailable\r\n\r\nno agent")
+            return fetch.outcome
+
+        self.assertEqual(asyncio.run(go()).kind, "CONNECT 503")
