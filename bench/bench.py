@@ -678,6 +678,38 @@ def foreignCPU(before: Snapshot, after: Snapshot) -> tuple[float, list[tuple[flo
     return max(named, (after.busy - before.busy) - ours), used[:3]
 
 
+@dataclass(frozen=True)
+class TCPMemory:
+    pages: int  # memory the kernel's TCP sockets hold, in pages
+    low: int  # net.ipv4.tcp_mem: below low the kernel leaves memory pressure...
+    pressure: int  # ...and above pressure it enters it, clamping every socket's buffers
+    sockets: int  # TCP sockets in use on the machine
+
+    def strained(self) -> bool:
+        return self.pages > self.low
+
+    def describe(self) -> str:
+        return (
+            f"the kernel's TCP memory was {self.pages} pages with {self.sockets} TCP sockets "
+            f"in use (net.ipv4.tcp_mem: memory pressure from {self.pressure} pages until "
+            f"back below {self.low}): under pressure every socket's buffers are clamped, "
+            "and throughput on every path can fall 10-50x"
+        )
+
+
+def tcpMemory() -> TCPMemory | None:
+    """The machine's TCP memory use, from /proc (None if it cannot be read)."""
+    try:
+        sockstat = Path("/proc/net/sockstat").read_text()
+        low, pressure, _high = map(int, Path("/proc/sys/net/ipv4/tcp_mem").read_text().split())
+    except (OSError, ValueError):
+        return None
+    tcp = re.search(r"^TCP: inuse (\d+) .*\bmem (\d+)", sockstat, re.M)
+    if not tcp:
+        return None
+    return TCPMemory(int(tcp.group(2)), low, pressure, int(tcp.group(1)))
+
+
 # -- workloads ---------------------------------------------------------------------------------
 
 
@@ -856,6 +888,7 @@ class Results:
     values: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
     cpu: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     foreign: list[float] = field(default_factory=list)  # % of a core, per measurement
+    strained: int = 0  # measurements during which the kernel's TCP memory was strained
     notes: list[str] = field(default_factory=list)
 
     def add(self, path: str, key: str, value: float | None) -> None:
@@ -883,12 +916,19 @@ def measure(
     keys = keysOf(workload)
     try:
         setup.procs.checkAlive(row.watch)
+        memoryBefore = tcpMemory()
         statsBefore, clockBefore = snapshot(), time.monotonic()
         value, problems = runWorkload(row, workload, seconds)
         statsAfter, elapsed = snapshot(), time.monotonic() - clockBefore
         if roots:
             busy = tunnelCPU(statsBefore, statsAfter, roots) / elapsed
             results.cpu.setdefault(path, {}).setdefault(workload, []).append(busy * 100)
+        memory = max(
+            filter(None, (memoryBefore, tcpMemory())), key=lambda m: m.pages, default=None
+        )
+        if memory is not None and memory.strained():
+            results.strained += 1
+            problems.append(memory.describe())
         foreign, top = foreignCPU(statsBefore, statsAfter)
         results.foreign.append(foreign / elapsed * 100)
         if foreign / elapsed > FOREIGN_NOTE:
@@ -1105,11 +1145,18 @@ def quietness(results: Results) -> str:
         return "other processes: not measured"
     median, worst = statistics.median(results.foreign), max(results.foreign)
     disturbed = sum(f >= FOREIGN_NOTE * 100 for f in results.foreign)
+    strained = (
+        f"; in {results.strained} the kernel's TCP memory was above net.ipv4.tcp_mem's low "
+        "mark (other programs' sockets: buffers clamped, throughput NOT meaningful)"
+        if results.strained
+        else ""
+    )
     return (
         f"other processes (not started by the benchmark) used {median:.0f}% of a core during "
         f"the median measurement, {worst:.0f}% at most; {disturbed} of {len(results.foreign)} "
         f"measurements had more than {FOREIGN_NOTE:.0%} of a core taken by others"
         + (" (listed in the notes)" if disturbed else "")
+        + strained
     )
 
 
@@ -1291,6 +1338,9 @@ def main(argv: Sequence[str]) -> int:
             keep = True
             printKept(setup)
 
+        memory = tcpMemory()
+        if memory is not None and memory.strained():
+            log(f"warning: {memory.describe()}; wait until the machine is quiet")
         plan = [(w, p) for w in WORKLOADS for p in paths if measures(setup.rows[p], w)]
         if args.runs:
             log(
