@@ -28,6 +28,7 @@ import ipaddress
 import os
 import stat
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import Any
 
 from attrs import frozen
@@ -409,6 +410,10 @@ def proxyServingOptions(
     return options
 
 
+#: How many nodes' verifying TLS client contexts the https policy keeps.
+PROXY_CLIENT_CONTEXTS = 4096
+
+
 def proxyClientOptions(creds: Credentials, *, verify: bool) -> Callable[[str], Any]:
     """
     TLS towards a node for the https policy: present C{creds.certificate}
@@ -421,16 +426,19 @@ def proxyClientOptions(creds: Credentials, *, verify: bool) -> Callable[[str], A
     @return: the connection creator to use for a given dialed host.
     """
     if verify:
+        trustRoot = trustRootFromCertificates(creds.authority)
+        own = _ownCertificateOptions(creds)
 
+        # One creator (and so one OpenSSL context, with its key, certificate
+        # and trust store loaded) per node address, not one per request:
+        # building them is far dearer than the request itself.
+        @lru_cache(maxsize=PROXY_CLIENT_CONTEXTS)
         def verified(host: str) -> IOpenSSLClientConnectionCreator:
             return optionsForClientTLS(
                 host,
-                trustRoot=trustRootFromCertificates(creds.authority),
+                trustRoot=trustRoot,
                 acceptableProtocols=HTTP_1_1,
-                extraCertificateOptions={
-                    "raiseMinimumTo": MINIMUM_TLS_VERSION,
-                    **_ownCertificateOptions(creds),
-                },
+                extraCertificateOptions={"raiseMinimumTo": MINIMUM_TLS_VERSION, **own},
             )
 
         return verified
