@@ -91,6 +91,8 @@ OPEN_PHASE_DEADLINE = 120.0
 OPEN_WARMUP = 10
 #: Bytes sent through each opened stream and expected back.
 ECHO_BYTES = 1024
+#: Seconds the server may take to process every agent's departure.
+DEPARTURE_DEADLINE = 120.0
 #: Seconds to let the last handshakes' work settle before measuring memory and idle CPU.
 SETTLE_SECONDS = 3.0
 #: File descriptors this process and the server need beyond one per agent.
@@ -587,6 +589,22 @@ async def _stopOne(agent: Any) -> None:
         await stopped
 
 
+async def waitForDepartures(reactor: Any, server: ServerProcess, count: int) -> float | None:
+    """
+    Wait until the server has logged C{count} agents as disconnected: our
+    side of a connection is gone long before the server has processed its
+    end, and its memory is only worth reading once it has.
+
+    @return: seconds waited, or L{None} at the deadline.
+    """
+    started = time.monotonic()
+    while server.logCount(" disconnected: ") < count:
+        if time.monotonic() - started > DEPARTURE_DEADLINE:
+            return None
+        await sleep(reactor, 0.5)
+    return time.monotonic() - started
+
+
 # -- stream opens through the CONNECT door ---------------------------------------------------
 
 
@@ -760,6 +778,7 @@ class SizeResult:
     memoryAfterOpens: dict[str, int] = field(default_factory=dict)
     memoryLeft: dict[str, int] = field(default_factory=dict)
     loadMemoryConnected: dict[str, int] = field(default_factory=dict)
+    departSeconds: float | None = None
     idle: IdleResult | None = None
     opens: OpenResult | None = None
     serverConnectedLines: int = 0
@@ -826,8 +845,12 @@ async def runSize(
                 random.Random(options.seed),
             )
         result.memoryAfterOpens = server.memory()
+        departing = time.monotonic()
         result.agentsNotStopped = await stopAgents(reactor, agents)
         agents = []
+        result.departSeconds = await waitForDepartures(reactor, server, connect.connected)
+        if result.departSeconds is not None:
+            result.departSeconds = time.monotonic() - departing
         await sleep(reactor, options.settleSeconds)
         result.memoryLeft = server.memory()
     except Exception as e:
@@ -901,6 +924,7 @@ def memoryRow(r: SizeResult) -> list[str]:
         mib(connected),
         perAgent,
         mib(hwm),
+        "-" if r.departSeconds is None else f"{r.departSeconds:.1f}",
         mib(r.memoryLeft.get("VmRSS")),
         mib(r.loadMemoryConnected.get("VmRSS")),
     ]
@@ -953,6 +977,7 @@ def resultsTable(results: Sequence[SizeResult]) -> str:
             "server RSS connected MiB",
             "KiB per agent",
             "server VmHWM MiB",
+            "s until the server saw all leave",
             "server RSS after they left MiB",
             "load process RSS MiB",
         ],
@@ -989,6 +1014,11 @@ def problems(results: Sequence[SizeResult]) -> str:
             ]
         if r.opens is not None:
             found += [f"- {n} opens failed: {why}" for why, n in r.opens.failures.items()]
+        if r.connect is not None and r.connect.connected and r.departSeconds is None:
+            found.append(
+                f"- the server had not logged every agent's departure {DEPARTURE_DEADLINE:g}s "
+                "after they left"
+            )
         if r.agentsNotStopped:
             found.append(f"- {r.agentsNotStopped} agents had not closed 60 s after stopping")
         if r.connect is not None and r.serverConnectedLines != r.connect.connected:

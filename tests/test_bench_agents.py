@@ -74,6 +74,7 @@ class SmokeTests(TestCase):
             self.assertEqual((len(result.opens.opened), len(result.opens.echoed)), (20, 20))
             self.assertEqual(dict(result.opens.failures), {})
             self.assertEqual(result.agentsNotStopped, 0)
+            self.assertIsNotNone(result.departSeconds)
             self.assertIn(result.serverExit, agents.CLEAN_EXITS)
             self.assertEqual(result.serverProblems, [])
             self.assertTrue(result.ok)
