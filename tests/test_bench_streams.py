@@ -47,7 +47,13 @@ class SmallRunTests(SynchronousTestCase):
         """
         size = 256 * 1024
         config = streams.Config(
-            streams=40, agents=2, bytes=size, pingers=10, stallSeconds=2.0, deadline=60.0
+            streams=40,
+            agents=2,
+            bytes=size,
+            pingers=10,
+            stallSeconds=2.0,
+            stallRounds=1,
+            deadline=60.0,
         )
         results, world = streams.run(config)
 
