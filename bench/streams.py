@@ -95,6 +95,7 @@ PING_SIZE = 64
 MAX_HEAD = 16 * 1024
 READY_DEADLINE = 60.0
 STOP_GRACE = 5.0
+COMPLAINT = re.compile(r"#(warn|error|critical)\]|Traceback|Unhandled| refused| failed| abandoned")
 DEFAULT_WINDOW = 1 * MiB  # twisted_tunnel.mux.Settings().window, the daemons' default
 
 
@@ -273,13 +274,25 @@ class Processes:
             parts.append(f"--- {entry.name} (pid {entry.process.pid}):\n" + "\n".join(text))
         return "\n".join(parts)
 
-    def logLines(self, prefix: str) -> int:
-        """How many lines the processes whose names start with C{prefix} logged."""
-        return sum(
-            len(e.logPath.read_bytes().splitlines())
-            for e in self.started
-            if e.name.startswith(prefix)
-        )
+    def logSizes(self) -> dict[str, int]:
+        return {e.name: e.logPath.stat().st_size for e in self.started}
+
+    def complaints(self, since: dict[str, int]) -> Errors:
+        """
+        Every warning, error or traceback the processes logged after
+        C{since} (their log sizes then), and every line about a refused,
+        failed or abandoned stream (the daemons log those at info level):
+        a second count of failures, from the tunnel's side.
+        """
+        found = Errors()
+        for entry in self.started:
+            with open(entry.logPath, "rb") as logFile:
+                logFile.seek(since.get(entry.name, 0))
+                text = logFile.read().decode("utf-8", "replace")
+            for line in text.splitlines():
+                if COMPLAINT.search(line):
+                    found.add(f"{entry.name} logged", line[:300])
+        return found
 
 
 def raiseFileLimit(needed: int) -> None:
@@ -365,15 +378,6 @@ async def waitFor(
         await asyncio.sleep(0.1)
 
 
-async def tcpOpen(host: str, port: int) -> bool:
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    return True
-
-
 async def startEdge(cfg: Config, work: Path, procs: Processes, nodes: list[Node]) -> list[Node]:
     ready = work / "edge-ready.json"
     argv = [sys.executable, __file__, "edge", f"--sndbuf={cfg.edgeSndbuf}"]
@@ -409,10 +413,13 @@ async def startTunnel(
         "--no-iptables",
         *window,
     )
-    procs.start("edge-tunnel-server", server, env=daemonEnv())
-    await waitFor(
-        "edge-tunnel-server", lambda: tcpOpen("127.0.0.1", tunnelPort), procs, READY_DEADLINE
-    )
+    started = procs.start("edge-tunnel-server", server, env=daemonEnv())
+
+    async def listening() -> bool:
+        # its log says so; a test connection would be logged as a failed agent
+        return b"ConnectDoorFactory starting on" in started.logPath.read_bytes()
+
+    await waitFor("edge-tunnel-server", listening, procs, READY_DEADLINE)
     for node in nodes:
         agent = twistd(
             "edge-tunnel-agent",
@@ -1177,11 +1184,11 @@ class Results:
     streams: StreamsResult | None = None
     stall: StallResult | None = None
     edgeErrors: dict[str, int] = field(default_factory=dict)
-    logLines: dict[str, int] = field(default_factory=dict)
+    logged: Errors = field(default_factory=Errors)  # warnings and errors in the logs
 
     @property
     def errors(self) -> int:
-        total = sum(self.edgeErrors.values())
+        total = sum(self.edgeErrors.values()) + self.logged.total
         total += self.streams.errors.total if self.streams else 0
         total += self.stall.errors.total if self.stall else 0
         return total
@@ -1345,7 +1352,9 @@ def report(results: Results, world: World, argv: Sequence[str]) -> str:
     if results.stall is not None:
         lines += stallReport(results.stall, world, cfg) + [""]
     edge = ", ".join(f"{n} x {k}" for k, n in results.edgeErrors.items()) or "none"
-    lines.append(f"Errors the edge service saw: {edge}.  Log lines: {results.logLines}.")
+    lines.append(f"Errors the edge service saw: {edge}.")
+    lines += ["", "Warnings and errors the processes logged during the phases:"]
+    lines += results.logged.lines() + [""]
     lines.append(f"**Errors in total: {results.errors}.**")
     return "\n".join(lines)
 
@@ -1374,6 +1383,7 @@ def commit() -> str:
 
 async def runPhases(cfg: Config, work: Path, procs: Processes) -> tuple[Results, World]:
     world = await startWorld(cfg, work, procs)
+    logSizes = procs.logSizes()  # start-up (and its readiness probes) is not judged
     results = Results(cfg)
     if cfg.stallSeconds > 0 and cfg.pingers:
         log(f"stalled reader: {cfg.pingers} echo streams, alone then next to a stalled reader")
@@ -1387,10 +1397,7 @@ async def runPhases(cfg: Config, work: Path, procs: Processes) -> tuple[Results,
         log(f"many streams: done in {done.seconds:.1f} s, {done.errors.total} errors")
     stats = await edgeStats(world.nodes[0])
     results.edgeErrors = dict(stats["errors"])  # type: ignore[call-overload]
-    results.logLines = {
-        "server": procs.logLines("edge-tunnel-server"),
-        "agents": procs.logLines("agent-"),
-    }
+    results.logged = procs.complaints(logSizes)
     return results, world
 
 
@@ -1483,6 +1490,7 @@ def toJSON(results: Results) -> str:
         raise TypeError(type(o))
 
     raw = asdict(results)
+    raw["logged"] = default(results.logged)
     for phase in ("streams", "stall"):
         if getattr(results, phase) is not None:
             raw[phase]["errors"] = default(getattr(results, phase).errors)

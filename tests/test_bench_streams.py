@@ -149,3 +149,23 @@ class CheckTests(SynchronousTestCase):
             return fetch.outcome
 
         self.assertEqual(asyncio.run(go()).kind, "CONNECT 503")
+
+
+class ComplaintsTests(SynchronousTestCase):
+    """The daemons' warnings and failed streams count as errors; start-up does not."""
+
+    def test_complaints(self) -> None:
+        work = Path(self.mktemp())
+        work.mkdir()
+        log = work / "edge-tunnel-server.log"
+        log.write_text("[twisted_tunnel.connect#info] CONNECT edge-01:1 refused: 503 (start-up)\n")
+        procs = streams.Processes(work)
+        procs.started.append(streams.Started("edge-tunnel-server", None, log))
+        since = procs.logSizes()
+        with open(log, "a") as f:
+            f.write("[twisted_tunnel.server._ServerSide#info] agent edge-01 connected\n")
+            f.write("[twisted_tunnel.mux.Tunnel#warn] closing tunnel: protocol error\n")
+            f.write("[twisted_tunnel.connect#info] CONNECT edge-01:1 refused: 504 late\n")
+        found = procs.complaints(since)
+        self.assertEqual(found.counts, {"edge-tunnel-server logged": 2})
+        self.assertIn("protocol error", found.examples["edge-tunnel-server logged"][0])
