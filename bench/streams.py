@@ -149,7 +149,12 @@ async def serveEdge(poolPath: Path, ips: Sequence[str], readyPath: Path, sndbuf:
     kernel: gigabytes, which on one machine push all of TCP into memory
     pressure (see L{KernelTCP}) and starve the tunnel's own connection.
     """
-    stats: dict[str, object] = {"connections": 0, "floodBytes": 0, "errors": Counter()}
+    stats: dict[str, object] = {
+        "connections": 0,
+        "floodBytes": 0,  # sent by all floods so far
+        "floods": {},  # the floods running: the agent's end ("ip:port") -> ours
+        "errors": Counter(),
+    }
     loop = asyncio.get_running_loop()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -190,15 +195,20 @@ async def serveEdge(poolPath: Path, ips: Sequence[str], readyPath: Path, sndbuf:
 async def flood(writer: asyncio.StreamWriter, poolPath: Path, stats: dict[str, object]) -> None:
     """Send the pool over and over, as fast as the connection takes it, until the peer leaves."""
     loop = asyncio.get_running_loop()
-    stats["floodPeer"] = "{}:{}".format(*writer.get_extra_info("peername"))
-    stats["floodLocal"] = "{}:{}".format(*writer.get_extra_info("sockname"))
+    peer = "{}:{}".format(*writer.get_extra_info("peername"))
+    floods: dict[str, str] = stats["floods"]  # type: ignore[assignment]
+    floods[peer] = "{}:{}".format(*writer.get_extra_info("sockname"))
     size = poolPath.stat().st_size
     offset = 0
-    with open(poolPath, "rb") as pool:
-        while True:
-            sent = await loop.sendfile(writer.transport, pool, offset, FLOOD_CHUNK, fallback=False)
-            stats["floodBytes"] += sent  # type: ignore[operator]
-            offset = (offset + sent) % (size - FLOOD_CHUNK)
+    try:
+        with open(poolPath, "rb") as pool:
+            while True:
+                chunk = FLOOD_CHUNK
+                sent = await loop.sendfile(writer.transport, pool, offset, chunk, fallback=False)
+                stats["floodBytes"] += sent  # type: ignore[operator]
+                offset = (offset + sent) % (size - FLOOD_CHUNK)
+    finally:
+        del floods[peer]
 
 
 def edgeMain(argv: Sequence[str]) -> None:
@@ -751,12 +761,9 @@ def sockets(info: bool = False) -> list[tuple[str, str, int, int, str]]:
     return result
 
 
-def queued(local: str, peer: str) -> tuple[int, int]:
-    """(Recv-Q, Send-Q) of the connection from C{local} to C{peer}, (0, 0) if not found."""
-    for here, there, recvQ, sendQ, _ in sockets():
-        if (here, there) == (local, peer):
-            return recvQ, sendQ
-    return 0, 0
+def queues() -> dict[tuple[str, str], tuple[int, int]]:
+    """(Recv-Q, Send-Q) of each established connection, by (local, peer) address."""
+    return {(here, there): (recvQ, sendQ) for here, there, recvQ, sendQ, _ in sockets()}
 
 
 def tunnelRetransmits(tunnelPort: int) -> tuple[int, int]:
@@ -1020,21 +1027,23 @@ class StallRound:
     stalled: list[float]
     baselineUsage: PhaseUsage
     stalledUsage: PhaseUsage
-    held: FloodHeld  # where the flood's bytes were once it stalled
-    floodAtEnd: int  # bytes sent by the flood's edge service at the end of the phase
+    held: FloodHeld  # where the floods' bytes were once they stalled
+    floodAtEnd: int  # bytes sent by the floods' edge service at the end of the phase
     stallSeconds: float  # how long the flood took to stall
 
 
 @dataclass
 class FloodHeld:
     """
-    Where the bytes that the flood's edge service sent are, once it can
+    Where the bytes that the floods' edge service sent are, once it can
     send no more: in the kernel on each side of the tunnel (from C{ss} and
     FIONREAD), and the rest inside the tunnel (agent and server memory, and
     the tunnel's own TCP connection), which flow control bounds by the
-    stream's window (plus about a read of slack on each side).
+    streams' windows (plus about a read of slack on each side).  Sums over
+    the C{streams} flooded streams.
     """
 
+    streams: int
     sent: int
     edgeSendQ: int  # the edge service's socket to the agent
     agentRecvQ: int  # the agent's socket from the edge service
@@ -1047,18 +1056,19 @@ class FloodHeld:
 
 
 async def floodHeld(
-    world: World, node: Node, flooded: asyncio.StreamWriter, sent: int
+    world: World, node: Node, flooded: list[asyncio.StreamWriter], sent: int
 ) -> FloodHeld:
-    stats = await edgeStats(node)
-    edgeSide, agentSide = str(stats["floodLocal"]), str(stats["floodPeer"])
-    client = "{}:{}".format(*flooded.get_extra_info("sockname"))
+    floods: dict[str, str] = (await edgeStats(node))["floods"]  # type: ignore[assignment]
+    kernel = queues()
     server = f"127.0.0.1:{world.connectPort}"
+    clients = ["{}:{}".format(*writer.get_extra_info("sockname")) for writer in flooded]
     return FloodHeld(
+        streams=len(flooded),
         sent=sent,
-        edgeSendQ=queued(edgeSide, agentSide)[1],
-        agentRecvQ=queued(agentSide, edgeSide)[0],
-        serverSendQ=queued(server, client)[1],
-        clientRecvQ=unreadBytes(flooded),
+        edgeSendQ=sum(kernel.get((edge, agent), (0, 0))[1] for agent, edge in floods.items()),
+        agentRecvQ=sum(kernel.get((agent, edge), (0, 0))[0] for agent, edge in floods.items()),
+        serverSendQ=sum(kernel.get((server, client), (0, 0))[1] for client in clients),
+        clientRecvQ=sum(unreadBytes(writer) for writer in flooded),
     )
 
 
@@ -1079,8 +1089,8 @@ class StallResult:
 
 async def waitForStall(node: Node, deadline: float, errors: Errors) -> tuple[int, float]:
     """
-    Wait until the flood's edge service can send no more (its count stays
-    put for 1 s): what the tunnel holds for the stalled stream is then at
+    Wait until the floods' edge service can send no more (its count stays
+    put for 1 s): what the tunnel holds for the stalled streams is then at
     its maximum.  Returns that count and how long it took; a flood that
     never stalls (the window does not hold) is counted as an error.
     """
@@ -1100,9 +1110,10 @@ async def waitForStall(node: Node, deadline: float, errors: Errors) -> tuple[int
 async def stalledReader(cfg: Config, world: World) -> StallResult:
     """
     Round trips of C{cfg.pingers} echo streams on the first node's tunnel,
-    first alone, then next to a stream that its edge service floods and
-    whose client never reads.  Per-stream flow control should hold the
-    flood to its window, and leave the others' latency alone.
+    first alone, then next to C{cfg.floods} streams (one by default) that
+    their edge service floods and whose clients never read.  Per-stream flow
+    control should hold each flood to its window, and leave the others'
+    latency alone.
     """
     node = world.nodes[0]
     errors = Errors()
@@ -1138,15 +1149,21 @@ async def stallRound(
     watch = Watch(world)
     watch.start()
     before = await floodBytes(node)
-    _, flooded = await openStream(world, node, REQUEST.pack(FLOOD, 0, 0), deadline)
-    flooded.transport.pause_reading()  # and never read
+    request = REQUEST.pack(FLOOD, 0, 0)
+    opened = await asyncio.gather(
+        *(openStream(world, node, request, deadline) for _ in range(cfg.floods))
+    )
+    flooded = [writer for _, writer in opened]
+    for writer in flooded:
+        writer.transport.pause_reading()  # and never read
     try:
         atStall, took = await waitForStall(node, min(deadline, time.monotonic() + 30), errors)
         held = await floodHeld(world, node, flooded, atStall - before)
         stalled = await bounce(pingers, cfg.stallSeconds, errors)
         atEnd = await floodBytes(node)
     finally:
-        flooded.close()
+        for writer in flooded:
+            writer.close()
     stalledUsage = watch.stop()
     return StallRound(
         baseline,
@@ -1173,6 +1190,7 @@ class Config:
     agentMaxStreams: int = 1024
     edgeSndbuf: int = 128 * 1024
     pingers: int = 50
+    floods: int = 1
     stallSeconds: float = 10.0
     stallRounds: int = 3
     deadline: float = 600.0
@@ -1284,6 +1302,8 @@ def stallReport(s: StallResult, world: World, cfg: Config) -> list[str]:
     p99b, p99s = percentile(base, 0.99), percentile(stalled, 0.99)
     ratio = p99s / p99b if p99b else math.nan
     verdict = "met" if ratio <= 2 else "MISSED"
+    floods = cfg.floods
+    readers = "a stalled reader" if floods == 1 else f"{floods} stalled readers"
     lines = [
         f"### Stalled reader: {s.pingers} echo streams of {PING_SIZE} bytes on {s.node}'s "
         f"tunnel, {s.seconds:g} s per phase, {len(s.rounds)} round(s)",
@@ -1291,7 +1311,7 @@ def stallReport(s: StallResult, world: World, cfg: Config) -> list[str]:
         "| phase | round trips | p50 ms | p99 ms | max ms |",
         "|---|---|---|---|---|",
         f"| alone | {len(base)} | {ms(percentile(base, 0.5))} | {ms(p99b)} | {ms(max(base))} |",
-        f"| next to a stalled reader | {len(stalled)} | {ms(percentile(stalled, 0.5))} "
+        f"| next to {readers} | {len(stalled)} | {ms(percentile(stalled, 0.5))} "
         f"| {ms(p99s)} | {ms(max(stalled))} |",
         "",
         f"p99 ratio (stalled / alone): {ratio:.2f}x (target at most 2x: {verdict}).",
@@ -1300,7 +1320,7 @@ def stallReport(s: StallResult, world: World, cfg: Config) -> list[str]:
         *s.errors.lines(),
         "",
         "| round | p99 alone ms | p99 stalled ms | other processes' CPU alone / stalled "
-        "| server RSS before / peak MiB | agent RSS before / peak MiB |",
+        "| server RSS before / peak / growth MiB | agent RSS before / peak / growth MiB |",
         "|---|---|---|---|---|---|",
     ]
     agent = f"agent-{s.node}"
@@ -1311,14 +1331,16 @@ def stallReport(s: StallResult, world: World, cfg: Config) -> list[str]:
             f"| {i} | {ms(percentile(r.baseline, 0.99))} | {ms(percentile(r.stalled, 0.99))} "
             f"| {percent(alone.otherCpu, alone.seconds)} "
             f"/ {percent(next_.otherCpu, next_.seconds)} "
-            f"| {mib(server.before)} / {mib(server.peak)} "
-            f"| {mib(agentMemory.before)} / {mib(agentMemory.peak)} |"
+            f"| {mib(server.before)} / {mib(server.peak)} / {server.growth / MiB:.1f} "
+            f"| {mib(agentMemory.before)} / {mib(agentMemory.peak)} "
+            f"/ {agentMemory.growth / MiB:.1f} |"
         )
     lines += [
         "",
-        f"Where the flood's bytes were once it stalled (MiB; the stream's window is "
-        f"{size(world.window)}; the edge service's SO_SNDBUF {size(cfg.edgeSndbuf)}, "
-        "doubled by the kernel):",
+        f"Where the floods' bytes were once they stalled (MiB, over {floods} stream(s) of "
+        f"{size(world.window)} window each: inside the tunnel should stay under "
+        f"{floods} x {size(world.window)} plus a read or two of slack; the edge service's "
+        f"SO_SNDBUF is {size(cfg.edgeSndbuf)}, doubled by the kernel):",
         "",
         "| round | stalled after s | sent by the edge service | edge socket Send-Q "
         "| agent socket Recv-Q | inside the tunnel | server socket Send-Q "
@@ -1452,6 +1474,12 @@ def parseArgs(argv: Sequence[str]) -> tuple[Config, str | None]:
         help="echo streams of the stalled-reader phase (0: skip it)",
     )
     add(
+        "--floods",
+        type=int,
+        default=1,
+        help="stalled readers next to them (1; more to see the windows bound memory)",
+    )
+    add(
         "--stall-seconds",
         type=float,
         default=10.0,
@@ -1476,6 +1504,7 @@ def parseArgs(argv: Sequence[str]) -> tuple[Config, str | None]:
         agentMaxStreams=args.agent_max_streams,
         edgeSndbuf=args.edge_sndbuf,
         pingers=args.pingers,
+        floods=max(1, args.floods),
         stallSeconds=args.stall_seconds,
         stallRounds=max(1, args.stall_rounds),
         deadline=args.deadline,
