@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -155,8 +156,9 @@ class ComplaintsTests(SynchronousTestCase):
     """The daemons' warnings and failed streams count as errors; start-up does not."""
 
     def test_complaints(self) -> None:
-        work = Path(self.mktemp())
-        work.mkdir()
+        directory = tempfile.TemporaryDirectory()
+        self.addCleanup(directory.cleanup)
+        work = Path(directory.name)
         log = work / "edge-tunnel-server.log"
         log.write_text("[twisted_tunnel.connect#info] CONNECT edge-01:1 refused: 503 (start-up)\n")
         procs = streams.Processes(work)
