@@ -862,7 +862,7 @@ class PhaseUsage:
         return [m for name, m in self.memory.items() if name.startswith("agent-")]
 
 
-# -- phase 1: many streams ----------------------------------------------------------------------
+# -- many streams -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -936,7 +936,7 @@ async def manyStreams(cfg: Config, world: World) -> StreamsResult:
     )
 
 
-# -- phase 2: a stalled reader next to small request/response streams -------------------------
+# -- a stalled reader next to small request/response streams ----------------------------------
 
 
 class StreamFailed(BenchError):
