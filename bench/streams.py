@@ -989,7 +989,9 @@ async def bounce(
                 raise StreamFailed("wrong echo", f"stream {index}, message {count}")
             count += 1
 
-    async def guarded(index: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):  # noqa: ANN202
+    async def guarded(
+        index: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         try:
             await asyncio.wait_for(one(index, reader, writer), seconds + 30)
         except StreamFailed as e:
