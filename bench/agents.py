@@ -833,7 +833,11 @@ async def runSize(
         if options.atIdle is not None:
             options.atIdle(server)
         result.idle = idle = await measureIdle(reactor, server, options.idleSeconds, frames)
-        log(f"N={count}: idle for {idle.seconds:.0f}s: {idle.cpu}, agents sent {dict(idle.sent)}")
+        cpu, sent = idle.cpu, {kind: n for kind, n in idle.sent.items() if n}
+        log(
+            f"N={count}: idle for {idle.seconds:.0f}s: CPU server {cpu.server:.1f}%,"
+            f" load {cpu.load:.1f}%, others {cpu.others:.1f}%; the agents sent {sent}"
+        )
         nodes = [agent.nodeName for agent in agents]
         if nodes:
             result.opens = await openStreams(
