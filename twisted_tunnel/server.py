@@ -73,6 +73,7 @@ class AgentRegistry:
     def __init__(self) -> None:
         self._byNode: dict[str, AgentRecord] = {}
         self._byIP: dict[str, str] = {}
+        self._byTunnel: dict[Tunnel, AgentRecord] = {}  # the current tunnels only
         self._observers: list[Callable[[], object]] = []
 
     def subscribe(self, observer: Callable[[], object]) -> Callable[[], None]:
@@ -118,7 +119,9 @@ class AgentRegistry:
         replaced = self._byNode.get(record.node)
         if replaced is not None:
             self._forgetIPs(replaced)
+            del self._byTunnel[replaced.tunnel]
         self._byNode[record.node] = record
+        self._byTunnel[record.tunnel] = record
         for ip in record.ips:
             self._byIP[ip] = record.node
         self._changed()
@@ -126,13 +129,15 @@ class AgentRegistry:
 
     def unregister(self, tunnel: Tunnel) -> AgentRecord | None:
         """Forget the agent on C{tunnel}, unless a newer tunnel replaced it."""
-        for record in self._byNode.values():
-            if record.tunnel is tunnel:
-                del self._byNode[record.node]
-                self._forgetIPs(record)
-                self._changed()
-                return record
-        return None
+        # by the tunnel, not by a scan of every record: ten thousand agents
+        # leaving at once would make that quadratic
+        record = self._byTunnel.pop(tunnel, None)
+        if record is None:
+            return None
+        del self._byNode[record.node]
+        self._forgetIPs(record)
+        self._changed()
+        return record
 
     def _forgetIPs(self, record: AgentRecord) -> None:
         for ip in record.ips:
