@@ -1134,6 +1134,137 @@ class KeepaliveTests(TunnelTestCase):
         self.assertEqual(len(pair.clientHandler.lost), 1)
         self.assertNoDelayedCalls(pair.clock)
 
+    def test_serverNeverPingsALiveAgent(self) -> None:
+        """
+        The agent keeps the tunnel alive; the server only answers: a minute
+        of idle tunnel is six PINGs one way and six PONGs back.
+        """
+        pair = TunnelPair(keepalive=Keepalive(interval=10, misses=3))
+        pair.establish()
+        written: dict[str, list[bytes]] = {"client": [], "server": []}
+        for side, transport in (
+            ("client", pair.clientTransport),
+            ("server", pair.serverTransport),
+        ):
+            write = transport.write
+            transport.write = lambda data, side=side, write=write: (  # type: ignore[method-assign]
+                written[side].append(data),
+                write(data),
+            )
+        for _ in range(60):
+            pair.clock.advance(1)
+            pair.pump()
+        clientFrames = wire.decodeAll(b"".join(written["client"]))
+        serverFrames = wire.decodeAll(b"".join(written["server"]))
+        self.assertEqual([type(f) for f in clientFrames], [Ping] * 6)
+        self.assertEqual([type(f) for f in serverFrames], [Pong] * 6)
+        self.assertTrue(pair.server.established and pair.client.established)
+        self.endPair(pair)
+
+    def test_serverProbesASilentAgentOnce(self) -> None:
+        """
+        The server pings a silent agent once, C{interval * (misses - 1)}
+        after it last heard from it, and gives up at the deadline.
+        """
+        peer = Raw(isClient=False)
+        peer.tunnel.keepalive = Keepalive(interval=10, misses=3)
+        peer.clock.advance(19.9)
+        self.assertEqual(peer.sent(), [])
+        peer.clock.advance(0.1)
+        self.assertEqual([type(f) for f in peer.sent()], [Ping])
+        peer.clock.advance(9.9)
+        self.assertEqual(peer.sent(), [])
+        peer.clock.advance(0.1)
+        self.assertGoAway(peer.sent(), ErrorCode.KEEPALIVE_TIMEOUT)
+        self.assertTrue(peer.transport.disconnected)
+        peer.end()
+
+    def test_pingsRepeatWhileSilent(self) -> None:
+        """The agent pings every C{interval} while nothing comes back."""
+        peer = Raw(isClient=True)
+        peer.tunnel.keepalive = Keepalive(interval=10, misses=4)
+        sent: list[type] = []
+        for _ in range(39):
+            peer.clock.advance(1)
+            sent += [type(f) for f in peer.sent()]
+        self.assertEqual(sent, [Ping, Ping, Ping])
+        self.assertTrue(peer.tunnel.established)
+        peer.clock.advance(1)
+        self.assertGoAway(peer.sent(), ErrorCode.KEEPALIVE_TIMEOUT)
+        peer.end()
+
+
+class KeepaliveSweepTests(TunnelTestCase):
+    def sweptPair(self, sweep: mux.KeepaliveSweep, clock: Clock) -> TunnelPair:
+        """A pair whose server side is kept by C{sweep}, not by its own timer."""
+        pair = TunnelPair(clock=clock, keepalive=Keepalive(interval=10, misses=3), connect=False)
+        pair.server = Tunnel(
+            pair.serverHandler,
+            clock,
+            isClient=False,
+            keepalive=Keepalive(interval=10, misses=3),
+            keepaliveSweep=sweep,
+        )
+        pair.connect()
+        pair.establish()
+        return pair
+
+    def test_oneTimerForAllTunnels(self) -> None:
+        clock = Clock()
+        sweep = mux.KeepaliveSweep(clock, 2.5)
+        pairs = [self.sweptPair(sweep, clock) for _ in range(3)]
+        self.assertEqual(len(sweep), 3)
+        # three agents' own timers, and the sweep's one
+        self.assertEqual(len(clock.getDelayedCalls()), 4)
+        for pair in pairs:
+            pair.lose(Failure(ConnectionDone()))
+        self.assertEqual(len(sweep), 0)
+        self.assertNoDelayedCalls(clock)
+
+    def test_silentAgentFoundWithinAPeriodOfTheDeadline(self) -> None:
+        clock = Clock()
+        sweep = mux.KeepaliveSweep(clock, 2.5)
+        silent = self.sweptPair(sweep, clock)
+        alive = self.sweptPair(sweep, clock)
+        silent.clientToServer = False
+        with capturedLogs() as events:
+            for _ in range(int(29.5 / 0.5)):
+                clock.advance(0.5)
+                silent.pump()
+                alive.pump()
+            self.assertTrue(silent.server.established)  # silent for 29.5 s: alive
+            for _ in range(int(3 / 0.5)):
+                clock.advance(0.5)
+                silent.pump()
+                alive.pump()
+        self.assertTrue(silent.lost)
+        self.assertTrue(silent.serverTransport.disconnected)
+        self.assertEqual([e["log_format"] for e in events if e.get("silent")], [mux.Tunnel.DEAD])
+        self.assertTrue(alive.server.established and alive.client.established)
+        self.assertEqual(len(sweep), 1)
+        self.endPair(alive)
+        self.assertNoDelayedCalls(clock)
+
+    def test_lateSweepJudgesNobody(self) -> None:
+        """
+        A sweep that fires long after it was due (the reactor was stalled)
+        declares nobody dead: the peers' bytes may be waiting to be read.
+        The next sweep on time does.
+        """
+        clock = Clock()
+        sweep = mux.KeepaliveSweep(clock, 2.5)
+        pair = self.sweptPair(sweep, clock)
+        pair.clientToServer = False
+        pair.serverToClient = False
+        clock.advance(60)  # one stalled reactor turn, a minute long
+        self.assertTrue(pair.server.established)
+        self.assertFalse(pair.serverTransport.disconnected)
+        with capturedLogs():
+            clock.advance(2.5)
+        self.assertTrue(pair.serverTransport.disconnected)
+        pair.lose(Failure(ConnectionLost()))
+        self.assertEqual(len(sweep), 0)
+
 
 class DrainTests(TunnelTestCase):
     def test_drain(self) -> None:

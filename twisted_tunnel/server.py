@@ -39,7 +39,15 @@ from zope.interface import implementer
 
 from . import __version__
 from .errors import NodeNotConnected, StreamOpenFailed
-from .mux import ITunnelHandler, Keepalive, Refused, Settings, Tunnel, TunnelAddress
+from .mux import (
+    ITunnelHandler,
+    Keepalive,
+    KeepaliveSweep,
+    Refused,
+    Settings,
+    Tunnel,
+    TunnelAddress,
+)
 from .tls import Credentials, PeerIdentity, peerIdentity, serverOptions
 from .wire import ErrorCode, OpenFailReason
 
@@ -280,6 +288,7 @@ class _TunnelFactory(Factory):
             isClient=False,
             settings=server.settings,
             keepalive=server.keepalive,
+            keepaliveSweep=server.keepaliveSweep,
         )
 
 
@@ -311,6 +320,8 @@ class TunnelServer:
         self.serverCount = serverCount
         self.settings = settings
         self.keepalive = keepalive
+        # one timer checks every agent's keepalive, a quarter interval apart
+        self.keepaliveSweep = KeepaliveSweep(clock, keepalive.interval / 4)
         self.openTimeout = openTimeout
         self.identify = identify or _peerIdentity
         self.registry = AgentRegistry()
