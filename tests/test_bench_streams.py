@@ -57,12 +57,14 @@ class SmallRunTests(SynchronousTestCase):
             deadline=60.0,
         )
         results, world = streams.run(config)
+        report = streams.report(results, world, [])
+        self.assertEqual(results.errors, 0, report)  # the report says which, and where
 
         many = results.streams
         self.assertEqual(many.errors.counts, {})
         self.assertEqual((many.ok, many.verifiedBytes), (40, 40 * size))
-        self.assertEqual(many.peakOpen, 40)
         self.assertEqual(len(many.completion), 40)
+        # (not how many were open at once: a quick stream may end before the last one opens)
 
         stall = results.stall
         self.assertEqual(stall.errors.counts, {})
@@ -70,8 +72,7 @@ class SmallRunTests(SynchronousTestCase):
         self.assertTrue(round.baseline and round.stalled)
         self.assertGreater(round.held.sent, 0)
         self.assertEqual(results.edgeErrors, {})
-        self.assertEqual(results.errors, 0)
-        self.assertIn("Errors in total: 0", streams.report(results, world, []))
+        self.assertIn("Errors in total: 0", report)
 
 
 class FakeTransport(asyncio.Transport):
