@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import ipaddress
 import os
+import subprocess
 import sys
 from typing import Any
 
@@ -23,6 +24,7 @@ from twisted.internet.endpoints import (
     UNIXServerEndpoint,
     serverFromString,
 )
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
 from twisted.plugin import getPlugins
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -212,6 +214,43 @@ def isLocal(description: str) -> bool:
     except Exception:  # makeService stops with one line for these
         return False
     return tapserver.connectDoorIsLocal(endpoint)
+
+
+class ListenBacklogTests(SynchronousTestCase):
+    def test_addedToTCP(self) -> None:
+        self.assertEqual(
+            tapserver.withListenBacklog("tcp:10261:interface=127.0.0.1"),
+            "tcp:10261:interface=127.0.0.1:backlog=1024",
+        )
+        self.assertEqual(tapserver.withListenBacklog("tcp6:10262"), "tcp6:10262:backlog=1024")
+
+    def test_operatorsChoiceKept(self) -> None:
+        for description in ("tcp:10261:backlog=10", "unix:/run/edge.sock", "ssl:443"):
+            self.assertEqual(tapserver.withListenBacklog(description), description)
+
+    def test_theKernelGetsIt(self) -> None:
+        """
+        A listener built from a plain C{tcp:} description really listens
+        with the larger backlog (C{ss} shows it as the Send-Q of a
+        listening socket).
+        """
+        from twisted.internet import reactor
+
+        endpoint = serverFromString(
+            reactor, tapserver.withListenBacklog("tcp:0:interface=127.0.0.1")
+        )
+        port = self.successResultOf(endpoint.listen(Factory.forProtocol(Protocol)))
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        shown = subprocess.run(
+            ["ss", "-Hltn", f"sport = :{number}"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        self.assertEqual(shown[2], str(min(1024, somaxconn())), shown)
+
+
+def somaxconn() -> int:
+    with open("/proc/sys/net/core/somaxconn") as f:
+        return int(f.read())
 
 
 class ServerMakeServiceTests(FatalTestCase):

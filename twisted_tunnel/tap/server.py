@@ -213,6 +213,27 @@ class Options(TunnelOptions):
             raise usage.UsageError(str(e)) from None
 
 
+#: The listen backlog our TCP listeners ask for unless told otherwise.
+LISTEN_BACKLOG = 1024
+
+
+def withListenBacklog(description: str) -> str:
+    """
+    C{description} with a listen backlog of L{LISTEN_BACKLOG}, if it is a
+    TCP endpoint that names none.
+
+    Twisted's default of 50 overflows under a burst of connections: 2,000
+    C{kubectl exec} sessions opened at once through the CONNECT door (the
+    kernel drops the excess, and clients retry after 1 and 3 s), or
+    thousands of agents coming back after a restart.  The kernel caps it at
+    C{net.core.somaxconn}.
+    """
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind in ("tcp", "tcp6") and "backlog=" not in description:
+        return f"{description}:backlog={LISTEN_BACKLOG}"
+    return description
+
+
 def connectDoorIsLocal(endpoint: IStreamServerEndpoint) -> bool:
     """
     Is a CONNECT endpoint reachable only from this host (a unix socket or a
@@ -286,7 +307,9 @@ def makeService(options: Options) -> IService:
 
     def endpoint(description: str, name: str) -> IStreamServerEndpoint:
         try:
-            built: IStreamServerEndpoint = serverFromString(tcpReactor, description)
+            built: IStreamServerEndpoint = serverFromString(
+                tcpReactor, withListenBacklog(description)
+            )
         except Exception as e:  # any failure to parse is a configuration error
             fatal(PROGRAM, f"{name} {description!r}: {e or type(e).__name__}")
         return built
