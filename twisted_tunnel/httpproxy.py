@@ -71,7 +71,7 @@ from http import HTTPStatus
 from typing import Any, Union
 
 from attrs import frozen
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail
 from twisted.internet.error import ConnectionDone
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import (
@@ -767,9 +767,19 @@ class HTTPProxyProtocol(Protocol):
         # reactor does not read cannot tell us that the client has left, and
         # we must know that to cancel the connection attempt.
         self._phase = _Phase.ROUTING
-        routing = _route(self.router, self._head, self._peerAddress)
-        self._pending = routing
-        routing.addCallbacks(self._routed, self._routingFailed)
+        try:
+            route = self.router(self._head, self._peerAddress)  # type: ignore[arg-type]
+        except Exception:
+            self._routingFailed(Failure())
+            return
+        if isinstance(route, Coroutine):
+            route = ensureDeferred(route)
+        if isinstance(route, Deferred):
+            self._pending = route
+            route.addCallbacks(self._routed, self._routingFailed)
+        else:
+            # decided at once (every built-in policy does): no Deferred
+            self._routed(route)
 
     def _routed(self, route: object) -> None:
         self._pending = None
@@ -1439,19 +1449,6 @@ class HTTPProxyFactory(Factory):
 
 
 # -- helpers -----------------------------------------------------------------------
-
-
-def _route(router: Router, head: RequestHead, peer: IAddress | None) -> Deferred[Any]:
-    """Call C{router} and make whatever it returns (or raises) a Deferred."""
-    try:
-        result = router(head, peer)  # type: ignore[arg-type]
-    except Exception:
-        return fail()
-    if isinstance(result, Deferred):
-        return result
-    if isinstance(result, Coroutine):
-        return ensureDeferred(result)
-    return succeed(result)
 
 
 def _knownFailure(error: BaseException | None) -> tuple[int, str] | None:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from attrs import frozen
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IAddress, IProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
@@ -46,7 +46,7 @@ from .policy import (
     IForwardingPolicy,
     LocalhostPolicy,
     TCPPolicy,
-    decide,
+    decideNow,
 )
 from .server import TunnelServer
 
@@ -195,28 +195,49 @@ class ProxyRouter:
             L{ForwardingRefused}.
         """
         try:
-            config = self.config()
-            protocol = config.protocolFor(target.port)
-            if protocol is None:
-                raise RoutingRefused(
-                    403,
-                    f"port {target.port} is not forwarded (add it to http-proxy-ports, "
-                    "https-proxy-ports or tcp-proxy-ports)",
-                )
-            if protocol != LISTENER_PROTOCOLS[self.listener]:
-                raise RoutingRefused(
-                    403,
-                    f"port {target.port} is forwarded as {protocol}, not from the "
-                    f"{self.listener} listener",
-                )
-            record = self.server.registry.lookup(target.address)
-            if record is None or not record.tunnel.established:
-                raise RoutingRefused(503, f"no agent connected for node {target.address!r}")
-            policy = self.policyFor(target.port, config)
-        except RoutingRefused as refused:
-            failed: Deferred[Routed] = Deferred()
-            failed.errback(refused)
-            return failed
+            routed = self.routeNow(
+                target, method=method, requestTarget=requestTarget, headers=headers, peer=peer
+            )
+        except Exception:
+            return fail()
+        if isinstance(routed, Deferred):
+            return routed
+        return succeed(routed)
+
+    def routeNow(
+        self,
+        target: Target,
+        *,
+        method: bytes | None = None,
+        requestTarget: bytes | None = None,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+        peer: IAddress | None = None,
+    ) -> Routed | Deferred[Routed]:
+        """
+        L{route}, but the route itself when the policy decides at once (the
+        built-in ones do), without a L{Deferred} on the way: the HTTP proxy
+        routes every request.
+
+        @raise RoutingRefused: for everything the client should be told.
+        """
+        config = self.config()
+        protocol = config.protocolFor(target.port)
+        if protocol is None:
+            raise RoutingRefused(
+                403,
+                f"port {target.port} is not forwarded (add it to http-proxy-ports, "
+                "https-proxy-ports or tcp-proxy-ports)",
+            )
+        if protocol != LISTENER_PROTOCOLS[self.listener]:
+            raise RoutingRefused(
+                403,
+                f"port {target.port} is forwarded as {protocol}, not from the "
+                f"{self.listener} listener",
+            )
+        record = self.server.registry.lookup(target.address)
+        if record is None or not record.tunnel.established:
+            raise RoutingRefused(503, f"no agent connected for node {target.address!r}")
+        policy = self.policyFor(target.port, config)
         request = ForwardingRequest(
             node=record.node,
             nodeIPs=record.ips,
@@ -251,7 +272,13 @@ class ProxyRouter:
             failure.trap(ForwardingRefused)
             raise RoutingRefused(failure.value.status, failure.value.reason)
 
-        return decide(policy, request).addCallbacks(decided, refusedByPolicy)
+        try:
+            decision = decideNow(policy, request)
+        except ForwardingRefused as refused:
+            raise RoutingRefused(refused.status, refused.reason) from None
+        if isinstance(decision, Deferred):
+            return decision.addCallbacks(decided, refusedByPolicy)
+        return decided(decision)
 
 
 class RawProxyProtocol(OpeningRelay):
@@ -321,22 +348,27 @@ class ProxyListenerFactory(HTTPProxyFactory):
         listener = (getattr(local, "host", None), getattr(local, "port", None))
         router = self.proxyRouter
 
-        def route(head: RequestHead, peer: IAddress) -> Deferred[Route]:
+        def route(head: RequestHead, peer: IAddress) -> Route | Deferred[Route]:
             target = targetOf(destination, listener, head.host())
-            routing = router.route(
+            routed = router.routeNow(
                 target,
                 method=head.method,
                 requestTarget=head.target,
                 headers=head.headers,
                 peer=peer,
             )
-            return routing.addCallback(
-                lambda routed: Route(
-                    key=routed.key,
-                    endpoint=routed.endpoint,
-                    hostHeader=routed.decision.hostHeader,
-                    description=routed.describe(),
-                )
-            )
+            if isinstance(routed, Deferred):
+                return routed.addCallback(_asRoute)
+            return _asRoute(routed)
 
         return route
+
+
+def _asRoute(routed: Routed) -> Route:
+    """What the HTTP engine needs of a route."""
+    return Route(
+        key=routed.key,
+        endpoint=routed.endpoint,
+        hostHeader=routed.decision.hostHeader,
+        description=routed.describe(),
+    )
