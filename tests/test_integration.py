@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import socket
 import struct
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,6 +27,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import optionsForClientTLS, trustRootFromCertificates
 from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -34,9 +36,10 @@ from zope.interface import implementer
 from tests.pki import TestPKI
 from tests.realnet import waitUntil
 from tests.services import OneProtocolFactory, listenAndAbortAtCleanup
+from twisted_tunnel import mux
 from twisted_tunnel.agent import TunnelAgent
 from twisted_tunnel.errors import NodeNotConnected, StreamOpenFailed
-from twisted_tunnel.mux import Settings, Stream, Tunnel
+from twisted_tunnel.mux import Keepalive, Settings, Stream, Tunnel
 from twisted_tunnel.server import TunnelServer
 from twisted_tunnel.tls import Credentials
 from twisted_tunnel.wire import ErrorCode, OpenFailReason
@@ -413,6 +416,32 @@ class AgentServiceTests(TunnelTestCase):
         stopped.append(agent.stopService())
         await waitUntil(lambda: lost.called, 2.0, "the tunnel to end")
         await waitUntil(lambda: len(server.registry) == 0, DEADLINE, "the server to forget it")
+
+
+class TCPKeepaliveTests(TunnelTestCase):
+    async def test_bothEndsAskTheKernelToWatch(self) -> None:
+        """
+        The TCP socket under each end's TLS carries keepalive probes and a
+        user timeout that follow the tunnel's keepalive settings (10 s x 3
+        by default): the kernel ends a connection whose sent data goes
+        unacknowledged for 30 s.
+        """
+        server, serverPort = self.startServer()
+        agentSide = await self.connectedAgent(serverPort, "edge-1")
+        record = server.registry.lookup("edge-1")
+        assert record is not None
+        for tunnel in (agentSide, record.tunnel):
+            sock = mux._tcpSocket(tunnel.transport)
+            assert sock is not None, tunnel
+            self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 10)
+            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL), 10)
+            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT), 3)
+            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT), 30_000)
+
+    def test_noSocketNoOptions(self) -> None:
+        """In memory (or on a unix socket) there is nothing to set."""
+        self.assertFalse(mux.tcpKeepalive(StringTransport(), Keepalive()))
 
 
 class ManyStreamsTests(TunnelTestCase):
