@@ -21,7 +21,7 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -113,12 +113,15 @@ class TunnelProcessesTestCase(TestCase):
         factory = DripFactory()
         return factory, listenAndAbortAtCleanup(self, factory)
 
-    async def startTunnel(self) -> tuple[DripFactory, Daemon, Daemon, list[Receiver]]:
+    async def startTunnel(
+        self, *serverOptions: str
+    ) -> tuple[DripFactory, Daemon, Daemon, list[Receiver]]:
         """
-        Start an edge service, the server (keepalive 1 s, 3 misses) with a
-        forward listener to the edge service, and the agent; connect three
-        clients through the forward listener and three through the CONNECT
-        door, and wait until all of them are receiving.
+        Start an edge service, the server (keepalive 1 s, 3 misses, and
+        C{serverOptions}) with a forward listener to the edge service, and
+        the agent; connect three clients through the forward listener and
+        three through the CONNECT door, and wait until all of them are
+        receiving.
         """
         directory = temporaryDirectory(self)
         serverPaths = pki.paths(pki.server, directory, stem="server")
@@ -143,6 +146,7 @@ class TunnelProcessesTestCase(TestCase):
                 "--tcp-proxy-endpoint=none",
                 "--no-iptables",
                 *keepalive,
+                *serverOptions,
             ],
             cwd=directory,
             name="server",
@@ -259,9 +263,39 @@ class StopTests(TunnelProcessesTestCase):
         await self.assertAllClosedWithin(5.0, stoppedAt, clients)
 
     async def test_serverStopsOnSigterm(self) -> None:
-        edge, server, agent, clients = await self.startTunnel()
+        """With C{--drain-timeout 0} the server closes everything at once."""
+        edge, server, agent, clients = await self.startTunnel("--drain-timeout", "0")
         await self.assertStopsOnSigterm(server, clients)
         await agent.waitForLine(rb"tunnel lost", 5.0)
+        self.assertTrue(agent.running)
+
+    async def test_serverDrainsOnSigterm(self) -> None:
+        """
+        SIGTERM to the server: its listeners close at once, the agent is
+        told to drain, the streams in flight keep flowing for the drain
+        timeout, then the rest are closed and the server exits cleanly.
+        """
+        edge, server, agent, clients = await self.startTunnel("--drain-timeout", "6")
+        stoppedAt = time.monotonic()
+        server.kill(signal.SIGTERM)
+        await server.waitForLine(rb"draining 1 agent\(s\): streams in flight have 6s", 5.0)
+        await agent.waitForLine(rb"is draining our tunnel", 5.0)
+        before = [c.received for c in clients]
+        await deferLater(reactor, 1.0, lambda: None)
+        self.assertTrue(time.monotonic() - stoppedAt < 3.0, "the test machine is too slow to tell")
+        self.assertTrue(all(c.lostAt is None for c in clients), "closed before the timeout")
+        self.assertTrue(
+            all(c.received > b for c, b in zip(clients, before, strict=True)),
+            "a stream stopped flowing during the drain",
+        )
+        await server.waitForLine(rb"drain timeout of 6s: closing 6 stream\(s\) still open", 10.0)
+        slowest = await self.assertAllClosedWithin(6.0 + 5.0, stoppedAt, clients)
+        self.assertGreater(slowest, 5.5)
+        await waitUntil(lambda: not server.running, 10.0, "the server to exit")
+        assert server.status is not None
+        ended = server.status.value
+        self.assertIn((ended.exitCode, ended.signal), [(0, None), (None, signal.SIGTERM)])
+        self.assertNotIn("Traceback", server.output())
         self.assertTrue(agent.running)
 
     async def test_agentStopsOnSigterm(self) -> None:

@@ -418,6 +418,38 @@ class AgentServiceTests(TunnelTestCase):
         await waitUntil(lambda: len(server.registry) == 0, DEADLINE, "the server to forget it")
 
 
+class DrainTests(TunnelTestCase):
+    async def test_streamsInFlightFinish(self) -> None:
+        """
+        C{drainWithin}: the stream in flight completes byte-exact, a new
+        open is refused at once (the agent was told), and the tunnel closes
+        as soon as it is idle, long before the timeout.
+        """
+        events = self.captureLogs()
+        server, serverPort = self.startServer()
+        agentSide = await self.connectedAgent(serverPort, "edge-1")
+        edge, edgePort = self.listenEdge()
+        client = await self.openStream(
+            server, edgePort, ExchangeClient(0, 4 * 1024 * 1024, 0, 4 * 1024 * 1024)
+        )
+        drained = server.drainWithin(30.0)
+        refused = await self.assertFailure(
+            self.openStream(server, edgePort, ExchangeClient(0, 10, 0, 10)), StreamOpenFailed
+        )
+        self.assertEqual(refused.reason, OpenFailReason.GOING_AWAY)
+        await client.done
+        await drained
+        self.assertFalse(agentSide.established)
+        self.assertEqual(len(server.registry), 0)
+        texts = [logText(e) for e in events if "log_format" in e]
+        self.assertTrue(any(t.startswith("drained in") for t in texts), texts)
+        self.assertFalse(any("drain timeout" in t for t in texts), texts)
+
+    def test_nothingToDrain(self) -> None:
+        server, _ = self.startServer()
+        self.successResultOf(server.drainWithin(30.0))
+
+
 class TCPKeepaliveTests(TunnelTestCase):
     async def test_bothEndsAskTheKernelToWatch(self) -> None:
         """

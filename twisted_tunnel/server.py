@@ -23,7 +23,7 @@ from functools import lru_cache
 from typing import Any
 
 from attrs import frozen
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
@@ -363,9 +363,45 @@ class TunnelServer:
 
     def drain(self, text: str = "server shutting down") -> Deferred[list[Any]]:
         """Drain every tunnel; fires when all are gone."""
-        from twisted.internet.defer import gatherResults
-
         return gatherResults([record.tunnel.drain(text) for record in self.registry])
+
+    def drainWithin(self, timeout: float, text: str = "server shutting down") -> Deferred[None]:
+        """
+        Drain every tunnel (GOAWAY: the agents open no new streams here, and
+        each tunnel closes once its streams are done), and after C{timeout}
+        seconds close whatever is still open.  Fires when every tunnel is
+        gone.
+        """
+        agents = len(self.registry)
+        if not agents:
+            return succeed(None)
+        if timeout <= 0:
+            self.closeAll(text)
+            return self.drain(text).addCallback(lambda _: None)
+        self.log.info(
+            "draining {agents} agent(s): streams in flight have {timeout:g}s to finish",
+            agents=agents,
+            timeout=timeout,
+        )
+        started = self.clock.seconds()
+
+        def late() -> None:
+            open_ = sum(record.tunnel.streamCount for record in self.registry)
+            self.log.warn(
+                "drain timeout of {timeout:g}s: closing {streams} stream(s) still open",
+                timeout=timeout,
+                streams=open_,
+            )
+            self.closeAll(f"{text}: drain timeout")
+
+        call = self.clock.callLater(timeout, late)
+
+        def done(_: object) -> None:
+            if call.active():
+                call.cancel()
+                self.log.info("drained in {seconds:.1f}s", seconds=self.clock.seconds() - started)
+
+        return self.drain(text).addCallback(done)
 
 
 def _peerIdentity(transport: ITransport | None) -> PeerIdentity | None:

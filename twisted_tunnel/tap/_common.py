@@ -24,6 +24,13 @@ def positiveFloat(text: str) -> float:
     return value
 
 
+def nonNegativeFloat(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError(f"{text} is not a number of at least 0")
+    return value
+
+
 def positiveInt(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -33,6 +40,7 @@ def positiveInt(text: str) -> int:
 
 positiveFloat.coerceDoc = "Must be a positive number."  # type: ignore[attr-defined]
 positiveInt.coerceDoc = "Must be a positive integer."  # type: ignore[attr-defined]
+nonNegativeFloat.coerceDoc = "Must be a number of at least 0."  # type: ignore[attr-defined]
 
 
 class TunnelOptions(usage.Options):

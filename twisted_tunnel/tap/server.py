@@ -15,7 +15,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import (
     TCP4ServerEndpoint,
     TCP6ServerEndpoint,
@@ -51,9 +51,12 @@ from ..tls import (
     proxyServingOptions,
     serverOptions,
 )
-from ._common import TunnelOptions, fatal, positiveFloat, positiveInt
+from ._common import TunnelOptions, fatal, nonNegativeFloat, positiveFloat, positiveInt
 
 PROGRAM = "edge-tunnel-server"
+
+#: Default of --drain-timeout: below Kubernetes' default grace period of 30 s.
+DEFAULT_DRAIN_TIMEOUT = 20.0
 _log = Logger(namespace="twisted_tunnel.tap.server")
 
 
@@ -176,6 +179,15 @@ class Options(TunnelOptions):
             "Seconds an agent has to answer a stream open.",
             positiveFloat,
         ],
+        [
+            "drain-timeout",
+            None,
+            DEFAULT_DRAIN_TIMEOUT,
+            "On SIGTERM: seconds to let streams in flight finish (agents are told to open new "
+            "ones elsewhere at once) before closing what is left. Keep it below the pod's "
+            "terminationGracePeriodSeconds. 0: close at once.",
+            nonNegativeFloat,
+        ],
     ]
 
     def __init__(self) -> None:
@@ -276,16 +288,22 @@ def _connectDoorFactory(
 
 
 class _ServerService(MultiService):
-    """The listeners, and on stop a GOAWAY to every agent before the exit."""
+    """
+    The listeners; on stop, the listeners close first (no new agents, no
+    new clients), then every agent is told to drain (GOAWAY: no new
+    streams here) and the streams in flight get C{drainTimeout} seconds to
+    finish before the rest are closed.  twistd waits for all of it.
+    """
 
-    def __init__(self, server: TunnelServer) -> None:
+    def __init__(self, server: TunnelServer, drainTimeout: float) -> None:
         super().__init__()
         self.tunnelServer = server
+        self.drainTimeout = drainTimeout
 
     def stopService(self) -> Deferred[None]:
         stopped: Deferred[None] = super().stopService()
-        self.tunnelServer.closeAll()
-        return stopped
+        drained = self.tunnelServer.drainWithin(self.drainTimeout)
+        return gatherResults([stopped, drained]).addCallback(lambda _: None)
 
 
 def makeService(options: Options) -> IService:
@@ -301,7 +319,7 @@ def makeService(options: Options) -> IService:
         keepalive=options.keepalive(),
         openTimeout=options["open-timeout"],
     )
-    top = _ServerService(server)
+    top = _ServerService(server, options["drain-timeout"])
     # every listener's connections send small writes at once (see eager.py)
     tcpReactor = EagerTCPReactor(reactor)
 
