@@ -36,6 +36,7 @@ from twisted_tunnel.agent import TunnelAgent
 from twisted_tunnel.connect import ConnectDoorFactory
 from twisted_tunnel.forward import ForwardFactory
 from twisted_tunnel.iptables import IptablesManager, checkAvailable
+from twisted_tunnel.rotation import CredentialsWatcher
 from twisted_tunnel.server import TunnelServer
 from twisted_tunnel.tap import agent as tapagent
 from twisted_tunnel.tap import server as tapserver
@@ -299,8 +300,22 @@ class ServerMakeServiceTests(FatalTestCase):
             "--no-iptables",
         )
         self.assertEqual(
-            [child.name for child in service], ["--tunnel-endpoint", "--connect-endpoint"]
+            [child.name for child in service],
+            ["--tunnel-endpoint", "--connect-endpoint", "--tls-reload-interval"],
         )
+
+    def test_certificateRotation(self) -> None:
+        """
+        The server watches its --ca, --cert and --key files every 10 s by
+        default; --tls-reload-interval 0 turns that off.
+        """
+        service = self.make("--no-iptables")
+        watcher = service.getServiceNamed("--tls-reload-interval")
+        assert isinstance(watcher, CredentialsWatcher)
+        self.assertEqual(watcher.interval, 10.0)
+        self.assertEqual(watcher.paths, (self.paths.ca, self.paths.cert, self.paths.key))
+        off = self.make("--no-iptables", "--tls-reload-interval", "0")
+        self.assertNotIn("--tls-reload-interval", [child.name for child in off])
 
     def test_proxyListenerDefaults(self) -> None:
         """The yurt-tunnel ports: 10263 for HTTPS, 10264 for HTTP; ours for raw TCP."""
@@ -414,6 +429,7 @@ class ServerMakeServiceTests(FatalTestCase):
                 "--https-proxy-endpoint",
                 "--http-proxy-endpoint",
                 "--tcp-proxy-endpoint",
+                "--tls-reload-interval",
             ],
         )
         server = service.tunnelServer

@@ -62,6 +62,7 @@ from . import __version__
 from .errors import StreamOpenFailed
 from .mux import ITunnelHandler, Keepalive, Settings, Tunnel, TunnelAddress
 from .relay import RelayProtocol
+from .rotation import CredentialsWatcher, watchCredentials
 from .tls import Credentials, agentOptions
 from .wire import ErrorCode, OpenFailReason
 
@@ -343,12 +344,28 @@ class Reconnector:
             self._retry = self.clock.callLater(delay, self._connect)
 
 
+@implementer(IStreamClientEndpoint)
+class _DialWithCurrentCredentials:
+    """The agent's server endpoint, made afresh for each dial."""
+
+    def __init__(self, agent: TunnelAgent) -> None:
+        self.agent = agent
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        connecting: Deferred[IProtocol] = self.agent._tlsEndpoint().connect(protocolFactory)
+        return connecting
+
+
 class TunnelAgent(Service):
     """
     The agent as a service: holds one tunnel to the server, forever.
 
     Stopping it closes the tunnel with GOAWAY, so the server knows at once
     (without waiting for its keepalive) and the process exits promptly.
+
+    With a C{reloadInterval}, the files its credentials came from are
+    checked that often, and a rotated set is used from the next dial on
+    (see L{twisted_tunnel.rotation}).
     """
 
     log = Logger()
@@ -368,6 +385,7 @@ class TunnelAgent(Service):
         dialTimeout: float = DEFAULT_DIAL_TIMEOUT,
         retryPolicy: Callable[[int], float] | None = None,
         endpoint: IStreamClientEndpoint | None = None,
+        reloadInterval: float = 0.0,
     ) -> None:
         self.reactor = reactor
         self.credentials = credentials
@@ -383,21 +401,43 @@ class TunnelAgent(Service):
         self.serverId = ""
         self._endpoint = endpoint
         self._reconnector: Reconnector | None = None
+        self.reloadInterval = reloadInterval
+        self._watcher: CredentialsWatcher | None = None
 
     def serverEndpoint(self) -> IStreamClientEndpoint:
-        """Where to dial: TLS to the server (or the load balancer in front)."""
+        """
+        Where to dial: TLS to the server (or the load balancer in front),
+        with the credentials current at each dial (see L{updateCredentials}).
+        """
         if self._endpoint is not None:
             return self._endpoint
         if self.credentials is None:
             raise ValueError("an agent without credentials cannot dial a server over TLS")
+        return _DialWithCurrentCredentials(self)
+
+    def _tlsEndpoint(self) -> IStreamClientEndpoint:
+        assert self.credentials is not None
         host, port = self.server
         return wrapClientTLS(
             agentOptions(self.credentials, self.serverName),
             HostnameEndpoint(self.reactor, host, port, timeout=10),
         )
 
+    def updateCredentials(self, credentials: Credentials) -> None:
+        """
+        Dial with C{credentials} from now on (a rotated certificate, key or
+        CA); the tunnel already up keeps its connection.
+        """
+        self.credentials = credentials
+
     def startService(self) -> None:
         super().startService()
+        if self.credentials is not None and self._endpoint is None:
+            self._watcher = watchCredentials(
+                self.credentials, self.updateCredentials, self.reactor, self.reloadInterval
+            )
+            if self._watcher is not None:
+                self._watcher.startService()
         self.log.info(
             "agent for node {node} dialing {host}:{port}; may dial {allowed}",
             node=self.nodeName,
@@ -417,6 +457,9 @@ class TunnelAgent(Service):
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.stopService()
         reconnector, self._reconnector = self._reconnector, None
         if reconnector is not None:
             return reconnector.stop()

@@ -48,7 +48,8 @@ from .mux import (
     Tunnel,
     TunnelAddress,
 )
-from .tls import Credentials, PeerIdentity, peerIdentity, serverOptions
+from .rotation import RotatingServerOptions
+from .tls import Credentials, PeerIdentity, peerIdentity
 from .wire import ErrorCode, OpenFailReason
 
 #: How long an open may wait for the agent's answer by default.
@@ -325,14 +326,27 @@ class TunnelServer:
         self.openTimeout = openTimeout
         self.identify = identify or _peerIdentity
         self.registry = AgentRegistry()
+        self._tls: RotatingServerOptions | None = None
 
     def tunnelFactory(self) -> IProtocolFactory:
         """
         The factory to listen with for agents: mutual TLS around L{Tunnel}.
+        New handshakes use the credentials of the last L{updateCredentials}.
         """
         if self.credentials is None:
             raise ValueError("a server without credentials cannot accept agents over TLS")
-        return TLSMemoryBIOFactory(serverOptions(self.credentials), False, _TunnelFactory(self))
+        if self._tls is None:
+            self._tls = RotatingServerOptions(self.credentials)
+        return TLSMemoryBIOFactory(self._tls, False, _TunnelFactory(self))
+
+    def updateCredentials(self, credentials: Credentials) -> None:
+        """
+        Use C{credentials} for agents' handshakes from now on (a rotated
+        certificate, key or CA); tunnels already up keep theirs.
+        """
+        self.credentials = credentials
+        if self._tls is not None:
+            self._tls.update(credentials)
 
     def plainTunnelFactory(self) -> IProtocolFactory:
         """

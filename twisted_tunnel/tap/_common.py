@@ -11,6 +11,7 @@ from twisted.python import usage
 
 from ..errors import CredentialsError
 from ..mux import Keepalive, Settings
+from ..rotation import DEFAULT_RELOAD_INTERVAL
 from ..tls import Credentials, loadCredentials
 
 #: What the protocol can carry in a HELLO setting (see docs/protocol.md).
@@ -71,6 +72,14 @@ class TunnelOptions(usage.Options):
             Settings().maxStreams,
             "Streams the peer may have open at once on one tunnel.",
             positiveInt,
+        ],
+        [
+            "tls-reload-interval",
+            None,
+            DEFAULT_RELOAD_INTERVAL,
+            "Seconds between checks of the --ca, --cert and --key files for a rotation "
+            "(new handshakes use the new files; a broken set is refused and logged). 0: never.",
+            nonNegativeFloat,
         ],
     ]
 

@@ -130,6 +130,7 @@ def makeService(options: Options) -> IService:
         allow=options["allow"],
         settings=options.settings(),
         keepalive=options.keepalive(),
+        reloadInterval=options["tls-reload-interval"],
         dialTimeout=options["dial-timeout"],
         retryPolicy=backoffPolicy(maxDelay=options["max-backoff"]),
     )

@@ -43,6 +43,7 @@ from ..hostsfile import HostsFile
 from ..iptables import IptablesManager, checkAvailable, listenerAddress
 from ..policy import IForwardingPolicy, findPolicy, pluginPolicies
 from ..proxy import ProxyListenerFactory, ProxyRouter, RawProxyFactory
+from ..rotation import watchCredentials
 from ..server import DEFAULT_OPEN_TIMEOUT, TunnelServer
 from ..tls import (
     Credentials,
@@ -355,6 +356,13 @@ def makeService(options: Options) -> IService:
         )
         hosts.setName("--hosts-file")
         hosts.setServiceParent(top)
+    # the agent port's certificate follows its files (Secret volumes, cert-manager)
+    watcher = watchCredentials(
+        credentials, server.updateCredentials, reactor, options["tls-reload-interval"]
+    )
+    if watcher is not None:
+        watcher.setName("--tls-reload-interval")
+        watcher.setServiceParent(top)
     return top
 
 

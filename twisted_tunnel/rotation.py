@@ -1,0 +1,165 @@
+"""
+Certificate rotation without downtime.
+
+Kubernetes Secret volumes and cert-manager rotate certificates by replacing
+the files under a running process.  L{CredentialsWatcher} notices (by the
+files' contents, checked every few seconds), loads and checks the new set
+with L{loadCredentials}, and hands it over; a set that does not load
+(garbage, a key that does not match its certificate, an expired
+certificate, a half-written rotation) is refused with one log line naming
+the file, and the credentials in use stay in use.  L{RotatingServerOptions}
+is what a TLS listener holds so that each new handshake uses the newest
+credentials while established connections keep theirs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+
+from OpenSSL import SSL
+from twisted.application.service import Service
+from twisted.internet.interfaces import IDelayedCall, IOpenSSLContextFactory, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from .errors import CredentialsError
+from .tls import Credentials, loadCredentials, serverOptions
+
+#: How often the files are checked by default, in seconds.
+DEFAULT_RELOAD_INTERVAL = 10.0
+
+
+@implementer(IOpenSSLContextFactory)
+class RotatingServerOptions:
+    """
+    TLS server options whose credentials can be replaced: every new
+    connection asks for the context (old-style context factory), so it gets
+    the newest; connections already up keep the context they started with.
+    """
+
+    def __init__(self, credentials: Credentials) -> None:
+        self._options = serverOptions(credentials)
+
+    def update(self, credentials: Credentials) -> None:
+        self._options = serverOptions(credentials)
+
+    def getContext(self) -> SSL.Context:
+        return self._options.getContext()
+
+
+class CredentialsWatcher(Service):
+    """
+    Re-read a set of credential files when their contents change.
+
+    @param load: loads and checks the files (L{loadCredentials} with the
+        daemon's paths); raises L{CredentialsError} to refuse them.
+    @param paths: the files to watch (CA bundle, certificate, key).
+    @param onChange: called with the new credentials once they loaded.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        load: Callable[[], Credentials],
+        paths: Sequence[str],
+        onChange: Callable[[Credentials], object],
+        clock: IReactorTime,
+        *,
+        interval: float = DEFAULT_RELOAD_INTERVAL,
+    ) -> None:
+        self.load = load
+        self.paths = tuple(paths)
+        self.onChange = onChange
+        self.clock = clock
+        self.interval = interval
+        self._fingerprint = self._read()
+        self._call: IDelayedCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._call = self.clock.callLater(self.interval, self._tick)
+
+    def stopService(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        super().stopService()
+
+    def _tick(self) -> None:
+        self._call = None
+        try:
+            self.poll()
+        except Exception:
+            self.log.failure("checking the certificate files failed")
+        finally:
+            if self.running:
+                self._call = self.clock.callLater(self.interval, self._tick)
+
+    def poll(self) -> bool:
+        """
+        Check the files once, now; load them if they changed.
+
+        A refused set is not tried again until the files change again, so
+        a bad rotation costs one log line, not one per poll.
+
+        @return: whether new credentials were taken into use.
+        """
+        fingerprint = self._read()
+        if fingerprint == self._fingerprint:
+            return False
+        self._fingerprint = fingerprint
+        try:
+            credentials = self.load()
+        except CredentialsError as e:
+            self.log.error(
+                "certificate rotation refused, keeping the certificates in use: {reason}",
+                reason=str(e),
+            )
+            return False
+        self.onChange(credentials)
+        self.log.info(
+            "certificates reloaded: {identity}, valid until {expiry}",
+            identity=credentials.identity().describe(),
+            expiry=credentials.certificate.original.to_cryptography().not_valid_after_utc.isoformat(
+                timespec="seconds"
+            ),
+        )
+        return True
+
+    def _read(self) -> bytes:
+        """A digest of the files' contents (a missing file reads as empty)."""
+        digest = hashlib.sha256()
+        for path in self.paths:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError:
+                data = b""
+            digest.update(len(data).to_bytes(8, "big"))
+            digest.update(data)
+        return digest.digest()
+
+
+def watchCredentials(
+    credentials: Credentials,
+    onChange: Callable[[Credentials], object],
+    clock: IReactorTime,
+    interval: float = DEFAULT_RELOAD_INTERVAL,
+) -> CredentialsWatcher | None:
+    """
+    A watcher for the files C{credentials} were loaded from (L{None} if
+    they were not loaded from files, or C{interval} is 0).
+    """
+    paths = (credentials.caPath, credentials.certPath, credentials.keyPath)
+    if interval <= 0 or not all(paths):
+        return None
+    caPath, certPath, keyPath = paths
+    return CredentialsWatcher(
+        lambda: loadCredentials(caPath, certPath, keyPath),
+        paths,
+        onChange,
+        clock,
+        interval=interval,
+    )
