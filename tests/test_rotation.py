@@ -19,8 +19,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_tunnel.agent import TunnelAgent
 from twisted_tunnel.certs import Issued
-from twisted_tunnel.rotation import CredentialsWatcher, watchCredentials
-from twisted_tunnel.tls import Credentials, loadCredentials
+from twisted_tunnel.rotation import (
+    CredentialsWatcher,
+    RotatingClientOptions,
+    RotatingServerOptions,
+    watchCredentials,
+)
+from twisted_tunnel.tls import Credentials, loadCredentials, serverOptions
 from twisted_tunnel.wire import ErrorCode
 
 from .pki import CredentialPaths, TestPKI, temporaryDirectory
@@ -129,6 +134,34 @@ class CredentialsWatcherTests(SynchronousTestCase):
         self.assertIsNone(watchCredentials(pki.credentials(pki.server), print, Clock()))
         paths = self.rotation.paths
         self.assertIsNone(watchCredentials(paths.load(), print, Clock(), interval=0))
+
+
+class RotatingOptionsTests(SynchronousTestCase):
+    def test_serverOptionsBuiltFromTheNewCredentials(self) -> None:
+        """The listener's own way of building its options is used again on rotation."""
+        built: list[Credentials] = []
+
+        def build(credentials: Credentials) -> Any:
+            built.append(credentials)
+            return serverOptions(credentials)
+
+        first, second = pki.credentials(pki.server), pki.credentials(pki.serverFor("b.example"))
+        options = RotatingServerOptions(first, build)
+        before = options.getContext()
+        options.update(second)
+        self.assertEqual(built, [first, second])
+        self.assertIsNot(options.getContext(), before)
+
+    def test_clientOptionsForgetTheirCache(self) -> None:
+        """
+        The https policy's creators are cached per address; a rotation
+        makes new ones, from the new credentials.
+        """
+        options = RotatingClientOptions(pki.credentials(pki.client()), verify=True)
+        before = options("10.0.0.5")
+        self.assertIs(options("10.0.0.5"), before)
+        options.update(pki.credentials(pki.client("other-apiserver")))
+        self.assertIsNot(options("10.0.0.5"), before)
 
 
 class LiveRotationTests(TunnelTestCase):

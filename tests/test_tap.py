@@ -301,7 +301,7 @@ class ServerMakeServiceTests(FatalTestCase):
         )
         self.assertEqual(
             [child.name for child in service],
-            ["--tunnel-endpoint", "--connect-endpoint", "--tls-reload-interval"],
+            ["--tunnel-endpoint", "--connect-endpoint", "tls:--cert"],
         )
 
     def test_certificateRotation(self) -> None:
@@ -310,12 +310,12 @@ class ServerMakeServiceTests(FatalTestCase):
         default; --tls-reload-interval 0 turns that off.
         """
         service = self.make("--no-iptables")
-        watcher = service.getServiceNamed("--tls-reload-interval")
+        watcher = service.getServiceNamed("tls:--cert")
         assert isinstance(watcher, CredentialsWatcher)
         self.assertEqual(watcher.interval, 10.0)
         self.assertEqual(watcher.paths, (self.paths.ca, self.paths.cert, self.paths.key))
         off = self.make("--no-iptables", "--tls-reload-interval", "0")
-        self.assertNotIn("--tls-reload-interval", [child.name for child in off])
+        self.assertEqual([c for c in off if (c.name or "").startswith("tls:")], [])
 
     def test_proxyListenerDefaults(self) -> None:
         """The yurt-tunnel ports: 10263 for HTTPS, 10264 for HTTP; ours for raw TCP."""
@@ -426,10 +426,11 @@ class ServerMakeServiceTests(FatalTestCase):
                 "--connect-endpoint",
                 "--forward edge-1:9100",
                 "--forward edge-2:22",
+                "tls:--proxy-serving-cert",
                 "--https-proxy-endpoint",
                 "--http-proxy-endpoint",
                 "--tcp-proxy-endpoint",
-                "--tls-reload-interval",
+                "tls:--cert",
             ],
         )
         server = service.tunnelServer
@@ -492,6 +493,10 @@ class ServerMakeServiceTests(FatalTestCase):
         )
         # the door still presents the server's own certificate
         self.assertEqual(creds.certificate.original.to_cryptography(), pki.server.certificate)
+        # and follows those files when they are rotated
+        watcher = service.getServiceNamed("tls:--connect-endpoint")
+        assert isinstance(watcher, CredentialsWatcher)
+        self.assertEqual(watcher.paths, (other.cert, self.paths.cert, self.paths.key))
 
     def test_missingConnectCA(self) -> None:
         options = self.options(

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from OpenSSL import SSL
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IOpenSSLContextFactory, IReactorTime
+from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from .errors import CredentialsError
-from .tls import Credentials, loadCredentials, serverOptions
+from .tls import Credentials, loadCredentials, proxyClientOptions, serverOptions
 
 #: How often the files are checked by default, in seconds.
 DEFAULT_RELOAD_INTERVAL = 10.0
@@ -36,16 +38,42 @@ class RotatingServerOptions:
     TLS server options whose credentials can be replaced: every new
     connection asks for the context (old-style context factory), so it gets
     the newest; connections already up keep the context they started with.
+
+    @param build: makes the options from credentials (L{serverOptions} for
+        the agent port; the proxy listener passes its own).
     """
 
-    def __init__(self, credentials: Credentials) -> None:
-        self._options = serverOptions(credentials)
+    def __init__(
+        self,
+        credentials: Credentials,
+        build: Callable[[Credentials], CertificateOptions] = serverOptions,
+    ) -> None:
+        self._build = build
+        self._options = build(credentials)
 
     def update(self, credentials: Credentials) -> None:
-        self._options = serverOptions(credentials)
+        self._options = self._build(credentials)
 
     def getContext(self) -> SSL.Context:
         return self._options.getContext()
+
+
+class RotatingClientOptions:
+    """
+    The https policy's TLS towards kubelets (L{proxyClientOptions}: a
+    connection creator per dialed address), rebuilt when its credentials
+    are replaced.
+    """
+
+    def __init__(self, credentials: Credentials, *, verify: bool) -> None:
+        self._verify = verify
+        self._creator = proxyClientOptions(credentials, verify=verify)
+
+    def update(self, credentials: Credentials) -> None:
+        self._creator = proxyClientOptions(credentials, verify=self._verify)
+
+    def __call__(self, host: str) -> Any:
+        return self._creator(host)
 
 
 class CredentialsWatcher(Service):

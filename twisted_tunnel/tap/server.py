@@ -13,6 +13,7 @@ import ipaddress
 from collections.abc import Callable
 from typing import Any
 
+from attrs import frozen
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, gatherResults
@@ -43,12 +44,15 @@ from ..hostsfile import HostsFile
 from ..iptables import IptablesManager, checkAvailable, listenerAddress
 from ..policy import IForwardingPolicy, findPolicy, pluginPolicies
 from ..proxy import ProxyListenerFactory, ProxyRouter, RawProxyFactory
-from ..rotation import watchCredentials
+from ..rotation import (
+    CredentialsWatcher,
+    RotatingClientOptions,
+    RotatingServerOptions,
+)
 from ..server import DEFAULT_OPEN_TIMEOUT, TunnelServer
 from ..tls import (
     Credentials,
     loadCredentials,
-    proxyClientOptions,
     proxyServingOptions,
     serverOptions,
 )
@@ -270,21 +274,19 @@ def connectDoorIsLocal(endpoint: IStreamServerEndpoint) -> bool:
 
 
 def _connectDoorFactory(
-    options: Options, server: TunnelServer, door: ConnectDoorFactory, local: bool
+    options: Options,
+    server: TunnelServer,
+    door: ConnectDoorFactory,
+    local: bool,
+    top: MultiService,
 ) -> IProtocolFactory:
     if local:
         return door
-    assert server.credentials is not None
-    creds = server.credentials
-    if options["connect-ca"]:
-        try:
-            authority = loadCredentials(
-                options["connect-ca"], options["cert"], options["key"], caOption="--connect-ca"
-            )
-        except CredentialsError as e:
-            fatal(PROGRAM, str(e))
-        creds = authority
-    factory: IProtocolFactory = TLSMemoryBIOFactory(serverOptions(creds), False, door)
+    files = _files(options, "connect-ca", "cert", "key")
+    # serverOptions looked up here, in this module, so that tests can watch what it is given
+    tls = RotatingServerOptions(_credentials(options, "connect-ca", "cert", "key"), serverOptions)
+    _rotate(options, top, "tls:--connect-endpoint", files, tls.update)
+    factory: IProtocolFactory = TLSMemoryBIOFactory(tls, False, door)
     return factory
 
 
@@ -344,7 +346,7 @@ def makeService(options: Options) -> IService:
     door = ConnectDoorFactory(server, authorize=None if local else refuseAgentCertificates)
     listen(
         options["connect-endpoint"],
-        _connectDoorFactory(options, server, door, local),
+        _connectDoorFactory(options, server, door, local, top),
         "--connect-endpoint",
     )
     for node, port, description in options["forward"]:
@@ -357,27 +359,62 @@ def makeService(options: Options) -> IService:
         hosts.setName("--hosts-file")
         hosts.setServiceParent(top)
     # the agent port's certificate follows its files (Secret volumes, cert-manager)
-    watcher = watchCredentials(
-        credentials, server.updateCredentials, reactor, options["tls-reload-interval"]
+    _rotate(
+        options, top, "tls:--cert", _files(options, None, "cert", "key"), server.updateCredentials
     )
-    if watcher is not None:
-        watcher.setName("--tls-reload-interval")
-        watcher.setServiceParent(top)
     return top
 
 
 def _credentials(options: Options, ca: str | None, cert: str, key: str) -> Credentials:
+    """Load a set of certificate files (each option falling back to --ca, --cert, --key)."""
     try:
+        return _files(options, ca, cert, key).load()
+    except CredentialsError as e:
+        fatal(PROGRAM, str(e))
+
+
+@frozen
+class _Files:
+    """A set of certificate files: which they are, and how to (re)load them."""
+
+    paths: tuple[str, str, str]
+    load: Callable[[], Credentials]
+
+
+def _files(options: Options, ca: str | None, cert: str, key: str) -> _Files:
+    caPath = options[ca] if ca and options[ca] else options["ca"]
+    certPath = options[cert] or options["cert"]
+    keyPath = options[key] or options["key"]
+
+    def load() -> Credentials:
         return loadCredentials(
-            options[ca] if ca and options[ca] else options["ca"],
-            options[cert] or options["cert"],
-            options[key] or options["key"],
+            caPath,
+            certPath,
+            keyPath,
             caOption=f"--{ca}" if ca and options[ca] else "--ca",
             certOption=f"--{cert}" if options[cert] else "--cert",
             keyOption=f"--{key}" if options[key] else "--key",
         )
-    except CredentialsError as e:
-        fatal(PROGRAM, str(e))
+
+    return _Files((caPath, certPath, keyPath), load)
+
+
+def _rotate(
+    options: Options,
+    top: MultiService,
+    name: str,
+    files: _Files,
+    onChange: Callable[[Credentials], object],
+) -> None:
+    """Reload C{files} when they change (unless --tls-reload-interval is 0)."""
+    from twisted.internet import reactor
+
+    interval = options["tls-reload-interval"]
+    if interval <= 0:
+        return
+    watcher = CredentialsWatcher(files.load, files.paths, onChange, reactor, interval=interval)
+    watcher.setName(name)
+    watcher.setServiceParent(top)
 
 
 def _proxyListeners(
@@ -426,8 +463,12 @@ def _proxyListeners(
         watcher.setServiceParent(top)
     upstreamTLS = None
     if options["proxy-client-cert"]:
-        client = _credentials(options, "proxy-client-ca", "proxy-client-cert", "proxy-client-key")
-        upstreamTLS = proxyClientOptions(client, verify=bool(options["proxy-client-ca"]))
+        names = ("proxy-client-ca", "proxy-client-cert", "proxy-client-key")
+        client = _credentials(options, *names)
+        upstreamTLS = RotatingClientOptions(client, verify=bool(options["proxy-client-ca"]))
+        _rotate(
+            options, top, "tls:--proxy-client-cert", _files(options, *names), upstreamTLS.update
+        )
 
     def router(kind: str) -> ProxyRouter:
         return ProxyRouter(
@@ -435,12 +476,13 @@ def _proxyListeners(
         )
 
     if options["https-proxy-endpoint"] != "none":
-        serving = _credentials(
-            options, "proxy-serving-client-ca", "proxy-serving-cert", "proxy-serving-key"
+        names = ("proxy-serving-client-ca", "proxy-serving-cert", "proxy-serving-key")
+        required = bool(options["proxy-serving-client-ca"])
+        tls = RotatingServerOptions(
+            _credentials(options, *names),
+            lambda creds: proxyServingOptions(creds, requireClientCertificate=required),
         )
-        tls = proxyServingOptions(
-            serving, requireClientCertificate=bool(options["proxy-serving-client-ca"])
-        )
+        _rotate(options, top, "tls:--proxy-serving-cert", _files(options, *names), tls.update)
         listen(
             options["https-proxy-endpoint"],
             TLSMemoryBIOFactory(tls, False, ProxyListenerFactory(router("https"), reactor)),
