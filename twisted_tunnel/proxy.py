@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from attrs import frozen
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IAddress, IProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
@@ -194,15 +194,15 @@ class ProxyRouter:
             should be told (403, 503, 400), or with the policy's
             L{ForwardingRefused}.
         """
-        try:
-            routed = self.routeNow(
-                target, method=method, requestTarget=requestTarget, headers=headers, peer=peer
-            )
-        except Exception:
-            return fail()
-        if isinstance(routed, Deferred):
-            return routed
-        return succeed(routed)
+        routed: Deferred[Routed] = maybeDeferred(
+            self.routeNow,  # type: ignore[arg-type]
+            target,
+            method=method,
+            requestTarget=requestTarget,
+            headers=headers,
+            peer=peer,
+        )
+        return routed
 
     def routeNow(
         self,
