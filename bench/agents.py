@@ -60,7 +60,9 @@ from twisted.protocols.wire import Echo
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_procs.py, however loaded
+from _procs import REPO, TWISTD, daemonEnv  # noqa: E402
+
 sys.path.insert(0, str(REPO))  # run from anywhere, with the repository's twisted_tunnel
 
 from twisted_tunnel.agent import TunnelAgent  # noqa: E402
@@ -69,9 +71,6 @@ from twisted_tunnel.mux import Keepalive, Tunnel, TunnelAddress  # noqa: E402
 from twisted_tunnel.tls import Credentials, agentOptions, makeCredentials  # noqa: E402
 
 SERVER_NAME = "127.0.0.1"
-TWISTD = (
-    "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; sys.exit(run())"
-)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 #: Seconds a server may take to listen, and to exit after SIGTERM before SIGKILL.
@@ -411,12 +410,7 @@ def startServer(
         "--no-iptables",
         f"--keepalive-interval={keepaliveInterval:g}",
     ]
-    # The repository root on PYTHONPATH, so that twistd finds the plugins in
-    # <repo>/twisted/plugins whichever way the venv installed the package.
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    )
+    env = daemonEnv()
     logPath = work / f"server-{tunnelPort}.log"
     with open(logPath, "wb") as logFile:
         process = subprocess.Popen(

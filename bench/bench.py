@@ -38,7 +38,16 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_procs.py, however loaded
+from _procs import (  # noqa: E402
+    REPO,
+    BenchError,
+    Processes,
+    daemonEnv,
+    freePort,
+    twistd,
+)
+
 RESULTS = REPO / "bench" / "results"
 BIG_BYTES = 10 * 1024 * 1024
 NODE = "edge-1"
@@ -104,16 +113,11 @@ WORKLOAD_NAMES = {
 LATENCY_REQUESTS = 300
 LATENCY_WARMUP = 10
 READY_DEADLINE = 30.0
-STOP_GRACE = 5.0
 FOREIGN_NOTE = 0.2  # note a measurement during which other processes used 20% of a core
 
 
 def keysOf(workload: str) -> tuple[str, ...]:
     return ("p50", "p99") if workload == "open" else (workload,)
-
-
-class BenchError(Exception):
-    """A workload or a setup step failed; the message says what and where."""
 
 
 def log(message: str) -> None:
@@ -123,81 +127,12 @@ def log(message: str) -> None:
 # -- processes -------------------------------------------------------------------------------
 
 
-@dataclass
-class Started:
-    name: str
-    process: subprocess.Popen[bytes]
-    logPath: Path
-
-
-@dataclass
-class Processes:
-    """Every long-running process this script started, so that it stops exactly those."""
-
-    work: Path
-    started: list[Started] = field(default_factory=list)
-
-    def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Started:
-        logPath = self.work / f"{name}.log"
-        with open(logPath, "wb") as logFile:
-            process = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=logFile,
-                stderr=subprocess.STDOUT,
-                cwd=self.work,
-                env=env,
-                # Our own session: a Ctrl-C on the terminal reaches only this
-                # script, which then stops everything in its finally.
-                start_new_session=True,
-            )
-        entry = Started(name, process, logPath)
-        self.started.append(entry)
-        return entry
-
-    def get(self, name: str) -> Started:
-        for entry in self.started:
-            if entry.name == name:
-                return entry
-        raise KeyError(name)
-
-    def checkAlive(self, names: Sequence[str]) -> None:
-        for name in names:
-            entry = self.get(name)
-            code = entry.process.poll()
-            if code is not None:
-                raise BenchError(f"{name} (pid {entry.process.pid}) exited with status {code}")
-
-    def stopAll(self) -> None:
-        """SIGTERM each process we started (newest first), wait, then SIGKILL what is left."""
-        for entry in reversed(self.started):
-            if entry.process.poll() is None:
-                try:
-                    entry.process.terminate()
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + STOP_GRACE
-        for entry in reversed(self.started):
-            try:
-                entry.process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log(f"{entry.name} (pid {entry.process.pid}) ignored SIGTERM; killing it")
-                entry.process.kill()
-                entry.process.wait()
-
-
 def tail(path: Path, lines: int = 30) -> str:
     try:
         text = path.read_text(errors="replace").splitlines()
     except OSError as e:
         return f"(cannot read {path}: {e})"
     return "\n".join(text[-lines:]) if text else "(empty)"
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tcpOpen(port: int, host: str = "127.0.0.1") -> bool:
@@ -461,17 +396,6 @@ PidFile {work}/sshd.pid
     setup.extraPorts["sshd"] = sshPort
 
 
-TWISTD = (
-    "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; sys.exit(run())"
-)
-
-
-def twistd(*args: str) -> list[str]:
-    # "python -m twisted.scripts.twistd" does nothing at all (that module has
-    # no __main__ block), so call its run() the way the twistd script does.
-    return [sys.executable, "-c", TWISTD, "-n", "--pidfile=", *args]
-
-
 def startOurs(setup: Setup, pki: Path) -> None:
     """
     The cloud side (edge-tunnel-server) and one agent for node edge-1 at
@@ -499,12 +423,7 @@ def startOurs(setup: Setup, pki: Path) -> None:
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: edge-tunnel-server-cfg\n"
         f'data:\n  http-proxy-ports: "{edge.http}"\n  https-proxy-ports: "{edge.https}"\n'
     )
-    # The repository root on PYTHONPATH, so that twistd finds the plugins in
-    # <repo>/twisted/plugins whichever way the venv installed the package.
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    )
+    env = daemonEnv()
     setup.procs.start(
         "edge-tunnel-server",
         twistd(
@@ -1314,7 +1233,7 @@ def main(argv: Sequence[str]) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="twisted-tunnel-bench-"))
     work.chmod(0o755)  # nginx workers must read big.bin
-    setup = Setup(work, Processes(work))
+    setup = Setup(work, Processes(work, log))
     results = Results()
     keep = False
     try:

@@ -75,7 +75,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_procs.py, however loaded
+from _procs import (  # noqa: E402
+    REPO,
+    BenchError,
+    Processes,
+    daemonEnv,
+    freePort,
+    twistd,
+)
+
 MiB = 1024 * 1024
 
 #: The edge service's request, sent by the client right after CONNECT's 200:
@@ -94,13 +103,8 @@ FLOOD_CHUNK = 16 * 1024  # the granularity of the flood's byte count
 PING_SIZE = 64
 MAX_HEAD = 16 * 1024
 READY_DEADLINE = 60.0
-STOP_GRACE = 5.0
 COMPLAINT = re.compile(r"#(warn|error|critical)\]|Traceback|Unhandled| refused| failed| abandoned")
 DEFAULT_WINDOW = 1 * MiB  # twisted_tunnel.mux.Settings().window, the daemons' default
-
-
-class BenchError(Exception):
-    """Setting up or running a phase failed; the message says what and where."""
 
 
 def log(message: str) -> None:
@@ -225,57 +229,11 @@ def edgeMain(argv: Sequence[str]) -> None:
 
 
 @dataclass
-class Started:
-    name: str
-    process: subprocess.Popen[bytes]
-    logPath: Path
-
-
-@dataclass
-class Processes:
-    """Every process this script started, so that it stops exactly those (by PID)."""
-
-    work: Path
-    started: list[Started] = field(default_factory=list)
-
-    def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Started:
-        logPath = self.work / f"{name}.log"
-        with open(logPath, "wb") as logFile:
-            process = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=logFile,
-                stderr=subprocess.STDOUT,
-                cwd=self.work,
-                env=env,
-                start_new_session=True,  # a Ctrl-C reaches only us; we stop them
-            )
-        entry = Started(name, process, logPath)
-        self.started.append(entry)
-        return entry
+class Daemons(Processes):
+    """L{Processes}, and what this benchmark reads of their logs."""
 
     def pid(self, name: str) -> int:
-        return next(e.process.pid for e in self.started if e.name == name)
-
-    def checkAlive(self) -> None:
-        for entry in self.started:
-            code = entry.process.poll()
-            if code is not None:
-                raise BenchError(f"{entry.name} (pid {entry.process.pid}) exited with {code}")
-
-    def stopAll(self) -> None:
-        """SIGTERM each process we started (newest first), wait, then SIGKILL what is left."""
-        for entry in reversed(self.started):
-            if entry.process.poll() is None:
-                entry.process.terminate()
-        deadline = time.monotonic() + STOP_GRACE
-        for entry in reversed(self.started):
-            try:
-                entry.process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log(f"{entry.name} (pid {entry.process.pid}) ignored SIGTERM; killing it")
-                entry.process.kill()
-                entry.process.wait()
+        return self.get(name).process.pid
 
     def logTails(self, lines: int = 15) -> str:
         parts = []
@@ -315,22 +273,6 @@ def raiseFileLimit(needed: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-TWISTD = (
-    "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; sys.exit(run())"
-)
-
-
-def twistd(*args: str) -> list[str]:
-    # As bench/bench.py: twisted.scripts.twistd has no __main__ block.
-    return [sys.executable, "-c", TWISTD, "-n", "--pidfile=", *args]
-
-
 # -- the world: PKI, edge service, server, agents -----------------------------------------------
 
 
@@ -343,7 +285,7 @@ class Node:
 
 @dataclass
 class World:
-    procs: Processes
+    procs: Daemons
     nodes: list[Node]
     connectPort: int
     tunnelPort: int
@@ -370,14 +312,8 @@ def mintPKI(pki: Path, nodes: Sequence[Node]) -> None:
         writePair(agent, pki / f"{node.name}.pem", pki / f"{node.name}-key.pem")
 
 
-def daemonEnv() -> dict[str, str]:
-    """The repository root on PYTHONPATH, so that twistd finds the plugins in <repo>/twisted."""
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return dict(os.environ, PYTHONPATH=path)
-
-
 async def waitFor(
-    what: str, condition: Callable[[], Awaitable[bool]], procs: Processes, deadline: float
+    what: str, condition: Callable[[], Awaitable[bool]], procs: Daemons, deadline: float
 ) -> None:
     """Poll the async C{condition} until it is true; fail if a process dies or time runs out."""
     end = time.monotonic() + deadline
@@ -388,7 +324,7 @@ async def waitFor(
         await asyncio.sleep(0.1)
 
 
-async def startEdge(cfg: Config, work: Path, procs: Processes, nodes: list[Node]) -> list[Node]:
+async def startEdge(cfg: Config, work: Path, procs: Daemons, nodes: list[Node]) -> list[Node]:
     ready = work / "edge-ready.json"
     argv = [sys.executable, __file__, "edge", f"--sndbuf={cfg.edgeSndbuf}"]
     argv += ["--pool", str(work / "pool.bin")]
@@ -403,7 +339,7 @@ async def startEdge(cfg: Config, work: Path, procs: Processes, nodes: list[Node]
 
 
 async def startTunnel(
-    cfg: Config, work: Path, procs: Processes, nodes: list[Node]
+    cfg: Config, work: Path, procs: Daemons, nodes: list[Node]
 ) -> tuple[int, int]:
     """The server (CONNECT door only: no proxy listeners, no iptables) and one agent per node."""
     pki = work / "pki"
@@ -445,7 +381,7 @@ async def startTunnel(
     return connectPort, tunnelPort
 
 
-async def startWorld(cfg: Config, work: Path, procs: Processes) -> World:
+async def startWorld(cfg: Config, work: Path, procs: Daemons) -> World:
     nodes = [Node(f"edge-{i + 1:02d}", f"127.0.0.{11 + i}") for i in range(cfg.agents)]
     pool = poolBytes(cfg.bytes + SPAN)
     (work / "pool.bin").write_bytes(pool)
@@ -1405,7 +1341,7 @@ def commit() -> str:
 # -- running it ---------------------------------------------------------------------------------
 
 
-async def runPhases(cfg: Config, work: Path, procs: Processes) -> tuple[Results, World]:
+async def runPhases(cfg: Config, work: Path, procs: Daemons) -> tuple[Results, World]:
     world = await startWorld(cfg, work, procs)
     logSizes = procs.logSizes()  # start-up (and its readiness probes) is not judged
     results = Results(cfg)
@@ -1429,7 +1365,7 @@ def run(cfg: Config) -> tuple[Results, World]:
     """Start everything, run the phases, stop exactly what was started, remove the temp dir."""
     raiseFileLimit(2 * cfg.streams + cfg.pingers + 1024)
     work = Path(tempfile.mkdtemp(prefix="streams-bench-"))
-    procs = Processes(work)
+    procs = Daemons(work, log)
     try:
         return asyncio.run(runPhases(cfg, work, procs))
     except BaseException:

@@ -162,8 +162,9 @@ class ComplaintsTests(SynchronousTestCase):
         work = Path(directory.name)
         log = work / "edge-tunnel-server.log"
         log.write_text("[twisted_tunnel.connect#info] CONNECT edge-01:1 refused: 503 (start-up)\n")
-        procs = streams.Processes(work)
-        procs.started.append(streams.Started("edge-tunnel-server", None, log))
+        procs = streams.Daemons(work)
+        # Started comes from bench/_procs.py, which loading streams.py imported
+        procs.started.append(sys.modules["_procs"].Started("edge-tunnel-server", None, log))
         since = procs.logSizes()
         with open(log, "a") as f:
             f.write("[twisted_tunnel.server._ServerSide#info] agent edge-01 connected\n")
