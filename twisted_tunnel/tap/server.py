@@ -284,7 +284,7 @@ def _connectDoorFactory(
         return door
     files = _files(options, "connect-ca", "cert", "key")
     # serverOptions looked up here, in this module, so that tests can watch what it is given
-    tls = RotatingServerOptions(_credentials(options, "connect-ca", "cert", "key"), serverOptions)
+    tls = RotatingServerOptions(_credentials(files), serverOptions)
     _rotate(options, top, "tls:--connect-endpoint", files, tls.update)
     factory: IProtocolFactory = TLSMemoryBIOFactory(tls, False, door)
     return factory
@@ -365,10 +365,10 @@ def makeService(options: Options) -> IService:
     return top
 
 
-def _credentials(options: Options, ca: str | None, cert: str, key: str) -> Credentials:
-    """Load a set of certificate files (each option falling back to --ca, --cert, --key)."""
+def _credentials(files: _Files) -> Credentials:
+    """Load a set of certificate files, or stop the program with one line saying why."""
     try:
-        return _files(options, ca, cert, key).load()
+        return files.load()
     except CredentialsError as e:
         fatal(PROGRAM, str(e))
 
@@ -382,6 +382,7 @@ class _Files:
 
 
 def _files(options: Options, ca: str | None, cert: str, key: str) -> _Files:
+    """The files named by these options, each falling back to --ca, --cert, --key."""
     caPath = options[ca] if ca and options[ca] else options["ca"]
     certPath = options[cert] or options["cert"]
     keyPath = options[key] or options["key"]
@@ -463,12 +464,11 @@ def _proxyListeners(
         watcher.setServiceParent(top)
     upstreamTLS = None
     if options["proxy-client-cert"]:
-        names = ("proxy-client-ca", "proxy-client-cert", "proxy-client-key")
-        client = _credentials(options, *names)
-        upstreamTLS = RotatingClientOptions(client, verify=bool(options["proxy-client-ca"]))
-        _rotate(
-            options, top, "tls:--proxy-client-cert", _files(options, *names), upstreamTLS.update
+        clientFiles = _files(options, "proxy-client-ca", "proxy-client-cert", "proxy-client-key")
+        upstreamTLS = RotatingClientOptions(
+            _credentials(clientFiles), verify=bool(options["proxy-client-ca"])
         )
+        _rotate(options, top, "tls:--proxy-client-cert", clientFiles, upstreamTLS.update)
 
     def router(kind: str) -> ProxyRouter:
         return ProxyRouter(
@@ -476,13 +476,15 @@ def _proxyListeners(
         )
 
     if options["https-proxy-endpoint"] != "none":
-        names = ("proxy-serving-client-ca", "proxy-serving-cert", "proxy-serving-key")
+        servingFiles = _files(
+            options, "proxy-serving-client-ca", "proxy-serving-cert", "proxy-serving-key"
+        )
         required = bool(options["proxy-serving-client-ca"])
         tls = RotatingServerOptions(
-            _credentials(options, *names),
+            _credentials(servingFiles),
             lambda creds: proxyServingOptions(creds, requireClientCertificate=required),
         )
-        _rotate(options, top, "tls:--proxy-serving-cert", _files(options, *names), tls.update)
+        _rotate(options, top, "tls:--proxy-serving-cert", servingFiles, tls.update)
         listen(
             options["https-proxy-endpoint"],
             TLSMemoryBIOFactory(tls, False, ProxyListenerFactory(router("https"), reactor)),
