@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import reactor
@@ -114,12 +115,12 @@ class TunnelProcessesTestCase(TestCase):
         return factory, listenAndAbortAtCleanup(self, factory)
 
     async def startTunnel(
-        self, *serverOptions: str
+        self, *serverOptions: str, agentOptions: Sequence[str] = ()
     ) -> tuple[DripFactory, Daemon, Daemon, list[Receiver]]:
         """
         Start an edge service, the server (keepalive 1 s, 3 misses, and
         C{serverOptions}) with a forward listener to the edge service, and
-        the agent; connect three clients through the forward listener and
+        the agent (with C{agentOptions}); connect three clients through the forward listener and
         three through the CONNECT door, and wait until all of them are
         receiving.
         """
@@ -159,7 +160,13 @@ class TunnelProcessesTestCase(TestCase):
         agent = spawnTwistd(
             self,
             AGENT,
-            [*agentPaths.options(), "--server", f"127.0.0.1:{tunnelPort}", *keepalive],
+            [
+                *agentPaths.options(),
+                "--server",
+                f"127.0.0.1:{tunnelPort}",
+                *keepalive,
+                *agentOptions,
+            ],
             cwd=directory,
             name="agent",
         )
@@ -167,6 +174,7 @@ class TunnelProcessesTestCase(TestCase):
         await server.waitForLine(rb"agent edge-1 connected from")
 
         clients: list[Receiver] = []
+        self.forwardPort = forwardPort
         forward = TCP4ClientEndpoint(reactor, "127.0.0.1", forwardPort)
         door = UNIXClientEndpoint(reactor, connectSocket)
         for endpoint, client in [(forward, Receiver()) for _ in range(3)] + [
@@ -255,12 +263,38 @@ class StopTests(TunnelProcessesTestCase):
         stoppedAt = time.monotonic()
         daemon.kill(signal.SIGTERM)
         await waitUntil(lambda: not daemon.running, 5.0, f"the {daemon.name} to exit")
+        self.assertExitedCleanly(daemon)
+        await self.assertAllClosedWithin(5.0, stoppedAt, clients)
+
+    def assertExitedCleanly(self, daemon: Daemon) -> None:
         assert daemon.status is not None
         # twistd ends by re-raising the signal it stopped on (or exits 0).
         ended = daemon.status.value
         self.assertIn((ended.exitCode, ended.signal), [(0, None), (None, signal.SIGTERM)])
         self.assertNotIn("Traceback", daemon.output())
-        await self.assertAllClosedWithin(5.0, stoppedAt, clients)
+
+    async def assertDrains(
+        self, daemon: Daemon, timeout: float, stoppedAt: float, clients: list[Receiver]
+    ) -> None:
+        """
+        C{daemon}, sent SIGTERM at C{stoppedAt} with C{--drain-timeout
+        timeout}: its streams keep flowing, then at the timeout they are
+        closed, and it exits cleanly.
+        """
+        before = [c.received for c in clients]
+        await deferLater(reactor, 1.0, lambda: None)
+        self.assertTrue(time.monotonic() - stoppedAt < 3.0, "the test machine is too slow to tell")
+        self.assertTrue(all(c.lostAt is None for c in clients), "closed before the timeout")
+        self.assertTrue(
+            all(c.received > b for c, b in zip(clients, before, strict=True)),
+            "a stream stopped flowing during the drain",
+        )
+        timedOut = rf"drain timeout of {timeout:g}s: closing 6 stream\(s\) still open"
+        await daemon.waitForLine(timedOut.encode(), 10.0)
+        slowest = await self.assertAllClosedWithin(timeout + 5.0, stoppedAt, clients)
+        self.assertGreater(slowest, timeout - 0.5)
+        await waitUntil(lambda: not daemon.running, 10.0, f"the {daemon.name} to exit")
+        self.assertExitedCleanly(daemon)
 
     async def test_serverStopsOnSigterm(self) -> None:
         """With C{--drain-timeout 0} the server closes everything at once."""
@@ -280,28 +314,36 @@ class StopTests(TunnelProcessesTestCase):
         server.kill(signal.SIGTERM)
         await server.waitForLine(rb"draining 1 agent\(s\): streams in flight have 6s", 5.0)
         await agent.waitForLine(rb"is draining our tunnel", 5.0)
-        before = [c.received for c in clients]
-        await deferLater(reactor, 1.0, lambda: None)
-        self.assertTrue(time.monotonic() - stoppedAt < 3.0, "the test machine is too slow to tell")
-        self.assertTrue(all(c.lostAt is None for c in clients), "closed before the timeout")
-        self.assertTrue(
-            all(c.received > b for c, b in zip(clients, before, strict=True)),
-            "a stream stopped flowing during the drain",
-        )
-        await server.waitForLine(rb"drain timeout of 6s: closing 6 stream\(s\) still open", 10.0)
-        slowest = await self.assertAllClosedWithin(6.0 + 5.0, stoppedAt, clients)
-        self.assertGreater(slowest, 5.5)
-        await waitUntil(lambda: not server.running, 10.0, "the server to exit")
-        assert server.status is not None
-        ended = server.status.value
-        self.assertIn((ended.exitCode, ended.signal), [(0, None), (None, signal.SIGTERM)])
-        self.assertNotIn("Traceback", server.output())
+        await self.assertDrains(server, 6.0, stoppedAt, clients)
         self.assertTrue(agent.running)
 
     async def test_agentStopsOnSigterm(self) -> None:
-        edge, server, agent, clients = await self.startTunnel()
+        """With C{--drain-timeout 0} the agent closes everything at once."""
+        drain = ["--drain-timeout", "0"]
+        edge, server, agent, clients = await self.startTunnel(agentOptions=drain)
         await self.assertStopsOnSigterm(agent, clients)
         await server.waitForLine(rb"agent edge-1 disconnected", 5.0)
+
+    async def test_agentDrainsOnSigterm(self) -> None:
+        """
+        SIGTERM to the agent: it tells the server, which stops routing new
+        streams to the node at once (a new client is turned away), while
+        the streams in flight keep flowing for the drain timeout; then the
+        rest are closed and the agent exits cleanly.
+        """
+        drain = ["--drain-timeout", "4"]
+        edge, server, agent, clients = await self.startTunnel(agentOptions=drain)
+        stoppedAt = time.monotonic()
+        agent.kill(signal.SIGTERM)
+        await server.waitForLine(rb"agent edge-1 is draining", 5.0)
+        latecomer = Receiver()
+        forward = TCP4ClientEndpoint(reactor, "127.0.0.1", self.forwardPort)
+        await connectProtocol(forward, latecomer)
+        self.addCleanup(_abort, latecomer)
+        await waitUntil(lambda: latecomer.lostAt is not None, 5.0, "the latecomer to be closed")
+        self.assertEqual(latecomer.received, 0)
+        await self.assertDrains(agent, 4.0, stoppedAt, clients)
+        self.assertTrue(server.running)
 
 
 def _abort(client: Protocol) -> None:

@@ -651,6 +651,7 @@ class AgentOptionsTests(SynchronousTestCase):
             ("--dial-timeout", "0"),
             ("--max-backoff", "-1"),
             ("--stream-window", "1024"),
+            ("--drain-timeout", "-1"),
         ]:
             self.assertUsageError(["--server", "t:1", option, value])
 
@@ -683,6 +684,7 @@ class AgentMakeServiceTests(FatalTestCase):
         self.assertEqual(agent.server, ("::1", 10262))
         self.assertEqual(agent.serverName, "::1")
         self.assertIsNotNone(agent.credentials)
+        self.assertEqual(agent.drainTimeout, tapagent.DEFAULT_DRAIN_TIMEOUT)
 
     def test_explicit(self) -> None:
         agent = self.make(
@@ -700,8 +702,11 @@ class AgentMakeServiceTests(FatalTestCase):
             "7",
             "--stream-window",
             "131072",
+            "--drain-timeout",
+            "3",
         )
         self.assertEqual(agent.nodeIPs, ("192.0.2.10",))
+        self.assertEqual(agent.drainTimeout, 3.0)
         self.assertEqual(agent.serverName, "tunnel.example.com")
         self.assertEqual(agent.dialTimeout, 2.5)
         self.assertEqual(agent.settings.window, 131072)

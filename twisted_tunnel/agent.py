@@ -8,7 +8,9 @@ one that decides what may be reached: by default its own node IPs and the
 loopback addresses, nothing else (L{Allowlist}).  A request for anything
 else is refused with OPEN_FAIL C{not allowed} and a log line.
 
-It reconnects forever, with exponential backoff and jitter (so that a
+It holds a tunnel to every server replica behind its one server address
+(the load balancer), so that any replica can reach the node, and it
+reconnects forever, with exponential backoff and jitter (so that a
 thousand agents coming back after a server restart do not arrive in step).
 A server that refuses our HELLO counts as a failed attempt, not a
 connection, so a refused agent backs off instead of hammering the server.
@@ -30,7 +32,7 @@ from functools import lru_cache
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -54,13 +56,13 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import __version__
 from .errors import StreamOpenFailed
-from .mux import ITunnelHandler, Keepalive, Settings, Tunnel, TunnelAddress
+from .mux import MAX_SERVERS, ITunnelHandler, Keepalive, Settings, Tunnel, TunnelAddress
 from .relay import RelayProtocol
 from .rotation import CredentialsWatcher, watchCredentials
 from .tls import Credentials, agentOptions
@@ -162,23 +164,19 @@ class _AgentSide:
         return {
             "node": self.agent.nodeName,
             "ips": list(self.agent.nodeIPs),
+            # the replicas we hold already: one of them refuses a second tunnel
+            "servers": self.agent.servers(),
             "software": f"twisted-tunnel {__version__}",
         }
 
     def helloReceived(self, tunnel: Tunnel, info: dict[str, Any]) -> None:
         tunnel.nodeName = self.agent.nodeName
-        self.agent.serverId = str(info.get("server_id", ""))
-        self.log.info(
-            "tunnel up to server {server_id} at {peer}",
-            server_id=self.agent.serverId,
-            peer=tunnel._peerLabel(),
-        )
 
     def openRequested(self, tunnel: Tunnel, address: TunnelAddress) -> Deferred[IProtocol]:
         return self.agent.dial(address)
 
     def tunnelDraining(self, tunnel: Tunnel) -> None:
-        self.log.info("server {server_id} is draining our tunnel", server_id=self.agent.serverId)
+        self.agent._tunnelDraining(tunnel)
 
     def tunnelLost(self, tunnel: Tunnel, reason: Failure) -> None:
         if tunnel.version is not None:
@@ -215,11 +213,20 @@ class _AgentTunnelFactory(Factory):
 
 class Reconnector:
     """
-    Keeps one tunnel up, forever: dial, wait for HELLO both ways, and when
-    the attempt fails or the tunnel is lost, wait as C{retryPolicy} says and
-    dial again.
+    Keeps a tunnel up to every server replica behind one address, forever.
 
-    @ivar tunnel: the tunnel that is up, if any.
+    The replicas sit behind one load balancer, so the only way to reach a
+    particular one is to dial and see who answers.  It dials one connection
+    at a time: after each new server it dials again at once, until it
+    holds as many distinct servers as their HELLOs announce
+    (C{server_count}).  A replica it already holds refuses the extra
+    connection (C{DUPLICATE}), which counts as a miss, so the search backs
+    off like a failure and never hammers the servers; holding all of them,
+    it stops dialing until a tunnel is lost or drained.  A failed attempt or
+    a lost tunnel waits as C{retryPolicy} says, then dials again.
+
+    @ivar tunnels: the tunnels that are up and not draining, by server id.
+    @ivar failures: attempts in a row that brought no new server.
     """
 
     log = Logger()
@@ -237,23 +244,44 @@ class Reconnector:
         self.factory = factory
         self.retryPolicy = retryPolicy
         self.describe = describe
-        self.tunnel: Tunnel | None = None
+        self.tunnels: dict[str, Tunnel] = {}
         self.failures = 0
+        self._lastWanted = 1
+        self._draining: set[Tunnel] = set()
         self._running = False
         self._attempt: Deferred[Tunnel] | None = None
         self._handshaking: Tunnel | None = None
         self._retry: IDelayedCall | None = None
         self._waiting: list[tuple[Deferred[Tunnel], int | None]] = []
 
+    @property
+    def tunnel(self) -> Tunnel | None:
+        """A tunnel that is up (the oldest), if any."""
+        return next(iter(self.tunnels.values()), None)
+
+    @property
+    def wanted(self) -> int:
+        """
+        How many servers there are to hold: the largest C{server_count}
+        that a server we hold announced (after a scale-down every replica
+        announces the new count), else the last one known.
+        """
+        if self.tunnels:
+            self._lastWanted = max(_serverCount(t) for t in self.tunnels.values())
+        return self._lastWanted
+
     def start(self) -> None:
         if not self._running:
             self._running = True
             self._connect()
 
-    def stop(self, reason: str = "agent stopping") -> Deferred[None]:
+    def stop(self, reason: str = "agent stopping", drainTimeout: float = 0.0) -> Deferred[None]:
         """
-        Stop dialing; close the tunnel, telling the server why.  Fires
-        when the connection is gone.
+        Stop dialing and end every tunnel, telling each server why.  With a
+        C{drainTimeout}, drain them (GOAWAY: the servers route no new
+        streams here, and the streams in flight have that long to finish)
+        instead of closing them at once.  Fires when every connection is
+        gone.
         """
         self._running = False
         if self._retry is not None and self._retry.active():
@@ -262,30 +290,83 @@ class Reconnector:
         waiting, self._waiting = self._waiting, []
         for d, _ in waiting:
             d.errback(CancelledError("the agent stopped"))
-        tunnel, self.tunnel = self.tunnel, None
-        if tunnel is None:
+        tunnels = [*self.tunnels.values(), *self._draining]
+        self.tunnels.clear()
+        self._draining.clear()
+        if self._handshaking is not None:
             # connected but HELLO not done yet: that tunnel must end too
-            tunnel, self._handshaking = self._handshaking, None
+            tunnels.append(self._handshaking)
+            self._handshaking = None
         if self._attempt is not None:
             self._attempt.cancel()
-        if tunnel is None:
+        if not tunnels:
             return succeed(None)
-        lost = tunnel.whenLost()
-        tunnel.close(ErrorCode.SHUTTING_DOWN, reason)
-        return lost
+        lost = gatherResults([tunnel.whenLost() for tunnel in tunnels])
+        if drainTimeout <= 0:
+            for tunnel in tunnels:
+                tunnel.close(ErrorCode.SHUTTING_DOWN, reason)
+            return lost.addCallback(lambda _: None)
+        for tunnel in tunnels:
+            tunnel.drain(reason)
+
+        def late() -> None:
+            self.log.warn(
+                "drain timeout of {timeout:g}s: closing {streams} stream(s) still open",
+                timeout=drainTimeout,
+                streams=sum(tunnel.streamCount for tunnel in tunnels),
+            )
+            for tunnel in tunnels:
+                tunnel.close(ErrorCode.SHUTTING_DOWN, f"{reason}: drain timeout")
+
+        call = self.clock.callLater(drainTimeout, late)
+
+        def done(_: object) -> None:
+            if call.active():
+                call.cancel()
+
+        return lost.addCallback(done)
 
     def whenConnected(self, failAfterFailures: int | None = None) -> Deferred[Tunnel]:
         """
-        The tunnel that is up, or the next one to come up.
+        A tunnel that is up, or the next one to come up.
 
         @param failAfterFailures: fail with the reason of the last attempt
             after this many more failed attempts (L{None}: never fail).
         """
-        if self.tunnel is not None:
-            return succeed(self.tunnel)
+        tunnel = self.tunnel
+        if tunnel is not None:
+            return succeed(tunnel)
         d: Deferred[Tunnel] = Deferred()
         self._waiting.append((d, failAfterFailures))
         return d
+
+    def draining(self, tunnel: Tunnel) -> None:
+        """
+        C{tunnel}'s server is draining it (it is shutting down): stop
+        counting it, let its streams finish, and find its replacement.
+        """
+        serverId = _serverId(tunnel)
+        if self.tunnels.get(serverId) is tunnel:
+            del self.tunnels[serverId]
+            self._draining.add(tunnel)
+            tunnel.whenLost().addCallback(lambda _: self._draining.discard(tunnel))
+            self._dialIfShort(self.retryPolicy(0), f"server {serverId} is draining our tunnel")
+
+    def _dialIfShort(self, delay: float, why: str) -> None:
+        """Dial in C{delay} seconds if a server is missing and no dial is under way."""
+        if not self._running or self._retry is not None or self._attempt is not None:
+            return
+        if len(self.tunnels) >= self.wanted:
+            return
+        self.log.info(
+            "{why}; dialing {server} in {delay:.1f}s ({held} of {wanted} servers held)",
+            why=why,
+            server=self.describe,
+            delay=delay,
+            held=len(self.tunnels),
+            wanted=self.wanted,
+        )
+        self._retry = self.clock.callLater(delay, self._connect)
 
     def _connect(self) -> None:
         self._retry = None
@@ -304,44 +385,80 @@ class Reconnector:
             tunnel.close(ErrorCode.SHUTTING_DOWN, "agent stopping")
             return
         self.failures = 0
-        self.tunnel = tunnel
+        serverId = _serverId(tunnel)
+        old = self.tunnels.pop(serverId, None)
+        self.tunnels[serverId] = tunnel
+        if old is not None:
+            # the server accepted a second tunnel, so it no longer had the
+            # first (it replaced it, or restarted under the same id)
+            old.close(ErrorCode.REPLACED, "a newer tunnel to the same server")
         tunnel.whenLost().addCallback(self._lost, tunnel)
+        self.log.info(
+            "tunnel up to server {server_id} at {peer} ({held} of {wanted} servers)",
+            server_id=serverId or "(unnamed)",
+            peer=tunnel._peerLabel(),
+            held=len(self.tunnels),
+            wanted=self.wanted,
+        )
         waiting, self._waiting = self._waiting, []
         for d, _ in waiting:
             d.callback(tunnel)
+        self._dialIfShort(0.0, "looking for the other servers")
 
     def _failed(self, failure: Failure) -> None:
-        self._attempt = self._handshaking = None
+        attempted, self._handshaking = self._handshaking, None
+        self._attempt = None
         if not self._running:
             return
         self.failures += 1
+        delay = self.retryPolicy(self.failures)
+        goaway = attempted.peerGoAway if attempted is not None else None
+        if goaway is not None and goaway[0] == ErrorCode.DUPLICATE:
+            self.log.debug(
+                "reached a server we already hold ({reason}); dialing again in {delay:.1f}s",
+                reason=goaway[1],
+                delay=delay,
+            )
+        else:
+            self._failWaiting(failure)
+            self.log.emit(
+                LogLevel.info if self.tunnels else LogLevel.warn,
+                "no tunnel to {server}: {reason}; retrying in {delay:.1f}s "
+                "({held} of {wanted} servers held)",
+                server=self.describe,
+                reason=goaway[1] if goaway is not None else failure.getErrorMessage(),
+                delay=delay,
+                failures=self.failures,
+                held=len(self.tunnels),
+                wanted=self.wanted,
+            )
+        self._retry = self.clock.callLater(delay, self._connect)
+
+    def _failWaiting(self, failure: Failure) -> None:
         waiting, self._waiting = self._waiting, []
         for d, remaining in waiting:
             if remaining is not None and remaining <= 1:
                 d.errback(failure)
             else:
                 self._waiting.append((d, None if remaining is None else remaining - 1))
-        delay = self.retryPolicy(self.failures)
-        self.log.warn(
-            "no tunnel to {server}: {reason}; retrying in {delay:.1f}s",
-            server=self.describe,
-            reason=failure.getErrorMessage(),
-            delay=delay,
-            failures=self.failures,
-        )
-        self._retry = self.clock.callLater(delay, self._connect)
 
     def _lost(self, _: None, tunnel: Tunnel) -> None:
-        if self.tunnel is tunnel:
-            self.tunnel = None
-        if self._running and self._retry is None and self._attempt is None:
-            delay = self.retryPolicy(0)
-            self.log.info(
-                "tunnel to {server} lost; reconnecting in {delay:.1f}s",
-                server=self.describe,
-                delay=delay,
-            )
-            self._retry = self.clock.callLater(delay, self._connect)
+        serverId = _serverId(tunnel)
+        if self.tunnels.get(serverId) is tunnel:
+            del self.tunnels[serverId]
+            self._dialIfShort(self.retryPolicy(0), f"tunnel to server {serverId} lost")
+
+
+def _serverId(tunnel: Tunnel) -> str:
+    return str(tunnel.peerInfo.get("server_id", ""))
+
+
+def _serverCount(tunnel: Tunnel) -> int:
+    """The C{server_count} in a server's HELLO: 1 if absent or absurd."""
+    count = tunnel.peerInfo.get("server_count", 1)
+    if isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= MAX_SERVERS:
+        return count
+    return 1
 
 
 @implementer(IStreamClientEndpoint)
@@ -358,10 +475,13 @@ class _DialWithCurrentCredentials:
 
 class TunnelAgent(Service):
     """
-    The agent as a service: holds one tunnel to the server, forever.
+    The agent as a service: holds a tunnel to every server replica behind
+    its server address, forever (see L{Reconnector}).
 
-    Stopping it closes the tunnel with GOAWAY, so the server knows at once
-    (without waiting for its keepalive) and the process exits promptly.
+    Stopping it sends GOAWAY on every tunnel, so the servers know at once
+    (without waiting for their keepalive) and route no new streams here.
+    With a C{drainTimeout}, the streams in flight have that long to finish;
+    without, they are closed at once.
 
     With a C{reloadInterval}, the files its credentials came from are
     checked that often, and a rotated set is used from the next dial on
@@ -386,6 +506,7 @@ class TunnelAgent(Service):
         retryPolicy: Callable[[int], float] | None = None,
         endpoint: IStreamClientEndpoint | None = None,
         reloadInterval: float = 0.0,
+        drainTimeout: float = 0.0,
     ) -> None:
         self.reactor = reactor
         self.credentials = credentials
@@ -398,7 +519,7 @@ class TunnelAgent(Service):
         self.keepalive = keepalive
         self.dialTimeout = dialTimeout
         self.retryPolicy = retryPolicy or backoffPolicy()
-        self.serverId = ""
+        self.drainTimeout = drainTimeout
         self._endpoint = endpoint
         self._reconnector: Reconnector | None = None
         self.reloadInterval = reloadInterval
@@ -462,7 +583,7 @@ class TunnelAgent(Service):
             watcher.stopService()
         reconnector, self._reconnector = self._reconnector, None
         if reconnector is not None:
-            return reconnector.stop()
+            return reconnector.stop(drainTimeout=self.drainTimeout)
         return None
 
     def whenConnected(self, failAfterFailures: int | None = None) -> Deferred[Tunnel]:
@@ -475,8 +596,31 @@ class TunnelAgent(Service):
 
     @property
     def tunnel(self) -> Tunnel | None:
-        """The tunnel that is up, if any."""
+        """A tunnel that is up (to the server held longest), if any."""
         return self._reconnector.tunnel if self._reconnector is not None else None
+
+    @property
+    def tunnels(self) -> dict[str, Tunnel]:
+        """The tunnels that are up and not draining, by server id."""
+        return dict(self._reconnector.tunnels) if self._reconnector is not None else {}
+
+    @property
+    def serverId(self) -> str:
+        """The id of the server that L{tunnel} leads to ("" if none)."""
+        tunnel = self.tunnel
+        return str(tunnel.peerInfo.get("server_id", "")) if tunnel is not None else ""
+
+    def servers(self) -> list[str]:
+        """The ids of the server replicas we hold a tunnel to."""
+        return list(self._reconnector.tunnels) if self._reconnector is not None else []
+
+    def serversWanted(self) -> int:
+        """How many server replicas there are to hold (see L{Reconnector.wanted})."""
+        return self._reconnector.wanted if self._reconnector is not None else 1
+
+    def _tunnelDraining(self, tunnel: Tunnel) -> None:
+        if self._reconnector is not None:
+            self._reconnector.draining(tunnel)
 
     def dial(self, address: TunnelAddress) -> Deferred[IProtocol]:
         """

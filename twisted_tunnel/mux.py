@@ -48,7 +48,7 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
@@ -65,6 +65,15 @@ CLOSE_TIMEOUT = 5.0
 #: How many PONGs we answer while the connection is pushing back before we
 #: decide the peer is flooding us (the HTTP/2 control-frame cap, in spirit).
 MAX_PENDING_CONTROL = 1000
+
+#: Refusals that are part of normal operation, logged at debug level: an
+#: agent that reaches, through the load balancer, a server replica it
+#: already holds a tunnel to is refused with DUPLICATE and dials again.
+ROUTINE_REFUSALS = frozenset({ErrorCode.DUPLICATE})
+
+#: The most server replicas behind one address: a bound on HELLO's
+#: C{server_count} and on the C{servers} an agent names.
+MAX_SERVERS = 64
 
 
 @frozen
@@ -659,6 +668,8 @@ class Tunnel(Protocol):
         self.nodeName = nodeName
         self.version: int | None = None
         self.peerInfo: dict[str, Any] = {}
+        #: the peer's first GOAWAY (code, text): why it began to end
+        self.peerGoAway: tuple[int, str] | None = None
         self.peerSettings: Settings | None = None
 
         self._decoder = wire.FrameDecoder(max(settings.maxFrame, wire.DEFAULT_MAX_FRAME))
@@ -1031,7 +1042,8 @@ class Tunnel(Protocol):
         try:
             self.handler.helloReceived(self, hello.info)
         except Refused as refused:
-            self.log.warn(
+            self.log.emit(
+                LogLevel.debug if refused.code in ROUTINE_REFUSALS else LogLevel.warn,
                 "refusing tunnel from {peer}: {reason}",
                 peer=self._peerLabel(),
                 reason=refused.text,
@@ -1212,6 +1224,8 @@ class Tunnel(Protocol):
 
     def _goAwayReceived(self, goaway: wire.GoAway) -> None:
         code, text = goaway.code, goaway.text
+        if self.peerGoAway is None:
+            self.peerGoAway = (code, text)
         if code in (ErrorCode.NO_ERROR, ErrorCode.SHUTTING_DOWN) and self.version is not None:
             self.log.info(
                 "tunnel to {node} is draining: {reason}", node=self.nodeName, reason=text
@@ -1221,7 +1235,8 @@ class Tunnel(Protocol):
                 self.handler.tunnelDraining(self)
             self._closeIfIdle()
             return
-        self.log.warn(
+        self.log.emit(
+            LogLevel.debug if code in ROUTINE_REFUSALS else LogLevel.warn,
             "tunnel to {node} closed by peer ({code}): {reason}",
             node=self.nodeName or self._peerLabel(),
             code=ErrorCode.named(code),

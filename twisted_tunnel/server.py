@@ -40,6 +40,7 @@ from zope.interface import implementer
 from . import __version__
 from .errors import NodeNotConnected, StreamOpenFailed
 from .mux import (
+    MAX_SERVERS,
     ITunnelHandler,
     Keepalive,
     KeepaliveSweep,
@@ -219,6 +220,7 @@ class _ServerSide:
                 f"does not carry (it carries {', '.join(identity.ipAddresses)})",
             )
         node = node.lower()
+        self._refuseDuplicate(node, info.get("servers", []))
         tunnel.nodeName = node
         record = AgentRecord(
             node=node,
@@ -243,6 +245,32 @@ class _ServerSide:
             peer=record.peer,
             ips=", ".join(ips) or "(none)",
         )
+
+    def _refuseDuplicate(self, node: str, held: object) -> None:
+        """
+        Refuse a second tunnel from an agent that says it already holds one
+        to this server (HELLO C{servers}), if that tunnel is indeed up here.
+
+        An agent reaches every replica through one load-balanced address,
+        so it keeps dialing until it holds a tunnel to each, and it lands on
+        replicas it already holds along the way.  Without this refusal the
+        replacement rule would close its working tunnel (and its streams)
+        for the new one.  If this server has no live tunnel for the node
+        (it restarted under the same id, say), the agent's old one is dead:
+        the new one is accepted and the agent drops the old.
+        """
+        if not isinstance(held, list) or len(held) > MAX_SERVERS:
+            raise Refused(
+                ErrorCode.PROTOCOL_ERROR, f"HELLO servers must be a list of at most {MAX_SERVERS}"
+            )
+        if self.server.serverId not in held:
+            return
+        current = self.server.registry.lookup(node)
+        if current is not None and current.tunnel.established:
+            raise Refused(
+                ErrorCode.DUPLICATE,
+                f"agent {node!r} already holds a tunnel to server {self.server.serverId}",
+            )
 
     def openRequested(self, tunnel: Tunnel, address: TunnelAddress) -> Deferred[IProtocol]:
         d: Deferred[IProtocol] = Deferred()

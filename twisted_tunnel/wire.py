@@ -85,6 +85,7 @@ class ErrorCode(IntEnum):
     SHUTTING_DOWN = 9
     CANCEL = 10
     TOO_MANY_STREAMS = 11
+    DUPLICATE = 12
 
     @classmethod
     def named(cls, value: int) -> str:

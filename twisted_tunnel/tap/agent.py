@@ -2,9 +2,9 @@
 """
 C{twistd edge-tunnel-agent}: the edge side.
 
-It dials C{--server} (the load balancer in front of the servers), proves
-its node identity with its certificate, and dials targets for the server
-within its allowlist.
+It dials C{--server} (the load balancer in front of the servers) until it
+holds a tunnel to every server replica, proves its node identity with its
+certificate, and dials targets for the servers within its allowlist.
 """
 
 from __future__ import annotations
@@ -15,9 +15,13 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from ..agent import DEFAULT_DIAL_TIMEOUT, TunnelAgent
-from ._common import TunnelOptions, fatal, positiveFloat
+from ._common import TunnelOptions, fatal, nonNegativeFloat, positiveFloat
 
 PROGRAM = "edge-tunnel-agent"
+
+#: Default of --drain-timeout: long enough for a scrape or an API call in
+#: flight, short enough that a restarting agent is soon replaced.
+DEFAULT_DRAIN_TIMEOUT = 10.0
 
 
 def parseServer(text: str) -> tuple[str, int]:
@@ -65,6 +69,15 @@ class Options(TunnelOptions):
             positiveFloat,
         ],
         ["max-backoff", None, 30.0, "Longest wait between reconnect attempts.", positiveFloat],
+        [
+            "drain-timeout",
+            None,
+            DEFAULT_DRAIN_TIMEOUT,
+            "On SIGTERM: seconds to let streams in flight finish (the servers route new ones "
+            "elsewhere at once) before closing what is left. While it lasts, new requests for "
+            "this node fail (503) until the next agent is up: keep it short. 0: close at once.",
+            nonNegativeFloat,
+        ],
     ]
 
     def __init__(self) -> None:
@@ -133,4 +146,5 @@ def makeService(options: Options) -> IService:
         reloadInterval=options["tls-reload-interval"],
         dialTimeout=options["dial-timeout"],
         retryPolicy=backoffPolicy(maxDelay=options["max-backoff"]),
+        drainTimeout=options["drain-timeout"],
     )

@@ -176,7 +176,14 @@ class Options(TunnelOptions):
             "server's proxy listeners (e.g. its Service IP).",
         ],
         ["server-id", None, None, "This replica's id (default: random)."],
-        ["server-count", None, 1, "How many server replicas run.", positiveInt],
+        [
+            "server-count",
+            None,
+            1,
+            "How many server replicas run behind the agents' address; agents hold a tunnel "
+            "to each.",
+            positiveInt,
+        ],
         [
             "open-timeout",
             None,
