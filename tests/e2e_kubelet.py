@@ -21,10 +21,11 @@ was served (C{X-Served-On: <local address>:<port>}) and, over TLS, who the
 client was (C{X-Client-CN}).  Paths:
 
     - C{/healthz}, C{/pods}, anything else: the node name and a newline;
-    - C{/containerLogs/...?follow=true}: C{LOG_LINES} lines, chunked, one
-      every C{LOG_INTERVAL} seconds (like C{kubectl logs -f}); without
-      C{follow}, all of them at once;
-    - C{/big}: L{bigBody}, C{BIG_SIZE} deterministic bytes;
+    - C{/containerLogs/...?follow=true}: C{LOG_LINES} lines (C{lines=N}:
+      N), chunked, one every C{LOG_INTERVAL} seconds (like C{kubectl logs
+      -f}); without C{follow}, all of them at once;
+    - C{/big}: L{bigBody}, C{BIG_SIZE} deterministic bytes (C{size=N}: the
+      first N of them, which are C{bigBody(N)});
     - any request with C{Connection: Upgrade} and C{Upgrade}: C{101}, then
       every byte received is echoed until the client's EOF.
 
@@ -110,22 +111,23 @@ class StandInHandler(http.server.BaseHTTPRequestHandler):
         if "upgrade" in connection and self.headers.get("Upgrade"):
             self._echo()
         elif url.path.startswith("/containerLogs/"):
-            self._logs(follow=query.get("follow") == ["true"])
+            lines = int(query.get("lines", [str(LOG_LINES)])[0])
+            self._logs(follow=query.get("follow") == ["true"], lines=lines)
         elif url.path == "/big":
-            self._answer(self.server.big)
+            self._answer(self.server.big[: int(query.get("size", [str(BIG_SIZE)])[0])])
         else:
             self._answer(f"{self.server.node}\n".encode())
 
-    def _logs(self, follow: bool) -> None:
+    def _logs(self, follow: bool, lines: int = LOG_LINES) -> None:
         if not follow:
-            self._answer(b"".join(logLine(n) for n in range(LOG_LINES)))
+            self._answer(b"".join(logLine(n) for n in range(lines)))
             return
         self.send_response(200)
         self._commonHeaders()
         self.send_header("Content-Type", "text/plain")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        for n in range(LOG_LINES):
+        for n in range(lines):
             if n:
                 time.sleep(LOG_INTERVAL)
             line = logLine(n)

@@ -218,14 +218,24 @@ class Process:
         """
         start = time.monotonic()
         self.sendSignal(number)
+        self.waitForExit(timeout, f"signal {number}")
+        return time.monotonic() - start
+
+    def waitForExit(self, timeout: float = EXIT_TIMEOUT, after: str = "") -> None:
+        """
+        Wait until it has exited.
+
+        @param after: What should have made it exit, for the failure message.
+        @raise AssertionError: It still runs after C{timeout} seconds; the
+            message has its log.
+        """
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError(
-                f"{self.name} still runs {timeout:g}s after signal {number}; its log:\n"
-                f"{self.log()}"
+                f"{self.name} still runs {timeout:g}s after {after or 'we began to wait'}; "
+                f"its log:\n{self.log()}"
             ) from None
-        return time.monotonic() - start
 
 
 @frozen
@@ -309,11 +319,11 @@ class World:
         self.writeConfig(BASE_CONFIG)
         if beforeServer is not None:
             beforeServer(self.cloud)
-        self.startServer()
-        self.haproxy = self._startHAProxy()
+        self.startServers()
+        self.haproxy = self.startHAProxy()
         for edge in self.edges:
             self.kubelets[edge.name] = self._startKubelet(edge)
-        self.waitForServer()
+        self.waitForServers()
         self.waitListening(self.lb, TUNNEL_PORT, "HAProxy")
         for edge in self.edges:
             self.kubelets[edge.name].waitForLine(r"^ready$")
@@ -359,7 +369,7 @@ class World:
         scope = self.scope
         self.cloud = Namespace.create(scope, "tt-e2e-cloud")
         self.lb = Namespace.create(scope, "tt-e2e-lb")
-        link(self.cloud, self.lb, f"{CLOUD_ADDRESS}/24", f"{LB_CLOUD_SIDE}/24")
+        self.cloudLink = link(self.cloud, self.lb, f"{CLOUD_ADDRESS}/24", f"{LB_CLOUD_SIDE}/24")
         self.cloud.addRoute("default", via=LB_CLOUD_SIDE)
         self.lb.addDummy(f"{LB_ADDRESS}/32")
         # The load balancer's way out (to "the internet"): a default route,
@@ -397,17 +407,36 @@ class World:
 
     # The processes.
 
-    def startServer(self, arguments: Sequence[str] = ()) -> Process:
+    def startServers(self) -> None:
+        """Start the servers the world begins with: here one, L{server}."""
+        self.startServer()
+
+    def waitForServers(self) -> None:
+        """Wait until every server L{startServers} started listens."""
+        self.waitForServer()
+
+    def startServer(
+        self,
+        arguments: Sequence[str] = (),
+        *,
+        name: str = "server",
+        address: str = CLOUD_ADDRESS,
+        tunnelEndpoint: str = f"tcp:{TUNNEL_PORT}",
+    ) -> Process:
         """
         Start C{twistd edge-tunnel-server} in the cloud namespace (it becomes
         L{server}); L{waitForServer} waits until it listens.
+
+        @param name: What to call it in messages and log file names.
+        @param address: The address its proxy listeners bind.
+        @param tunnelEndpoint: Where it listens for agents.
         """
         options = [
             "--ca", self.tunnelCA, "--cert", self.serverCert, "--key", self.serverKey,
-            "--tunnel-endpoint", f"tcp:{TUNNEL_PORT}",
-            "--https-proxy-endpoint", f"tcp:{HTTPS_LISTENER_PORT}:interface={CLOUD_ADDRESS}",
-            "--http-proxy-endpoint", f"tcp:{HTTP_LISTENER_PORT}:interface={CLOUD_ADDRESS}",
-            "--tcp-proxy-endpoint", f"tcp:{TCP_LISTENER_PORT}:interface={CLOUD_ADDRESS}",
+            "--tunnel-endpoint", tunnelEndpoint,
+            "--https-proxy-endpoint", f"tcp:{HTTPS_LISTENER_PORT}:interface={address}",
+            "--http-proxy-endpoint", f"tcp:{HTTP_LISTENER_PORT}:interface={address}",
+            "--tcp-proxy-endpoint", f"tcp:{TCP_LISTENER_PORT}:interface={address}",
             "--proxy-client-cert", self.proxyClientCert,
             "--proxy-client-key", self.proxyClientKey,
             "--config", self.configPath, "--config-interval", "0.1",
@@ -416,37 +445,46 @@ class World:
         ]  # fmt: skip
         self.server = self._spawn(
             self.cloud,
-            "server",
+            name,
             twistdCommand("edge-tunnel-server", options),
             env=daemonEnvironment(),
             cwd=self.directory,
         )
         return self.server
 
-    def waitForServer(self) -> None:
-        """Wait until the server's tunnel and proxy listeners listen."""
-        assert self.server is not None
+    def waitForServer(self, server: Process | None = None) -> None:
+        """Wait until C{server}'s (L{server}'s) tunnel and proxy listeners listen."""
+        server = server or self.server
+        assert server is not None
         for port in (TUNNEL_PORT, HTTPS_LISTENER_PORT, HTTP_LISTENER_PORT, TCP_LISTENER_PORT):
-            self.server.waitForLine(rf"starting on {port}\b")
+            server.waitForLine(rf"starting on {port}\b")
 
-    def _startHAProxy(self) -> Process:
-        config = os.path.join(self.directory, "haproxy.cfg")
-        with open(config, "w") as f:
-            f.write(
-                "global\n"
-                "    maxconn 256\n"
-                "defaults\n"
-                "    mode tcp\n"
-                "    timeout connect 5s\n"
-                "    timeout client 1h\n"
-                "    timeout server 1h\n"
-                "frontend tunnel\n"
-                f"    bind {LB_ADDRESS}:{TUNNEL_PORT}\n"
-                "    default_backend servers\n"
-                "backend servers\n"
-                f"    server cloud {CLOUD_ADDRESS}:{TUNNEL_PORT}\n"
-            )
-        return self._spawn(self.lb, "haproxy", ["haproxy", "-f", config, "-db"])
+    def haproxyConfig(self) -> str:
+        """The load balancer's configuration: the SLB address, in front of the server."""
+        return (
+            "global\n"
+            "    maxconn 256\n"
+            "defaults\n"
+            "    mode tcp\n"
+            "    timeout connect 5s\n"
+            "    timeout client 1h\n"
+            "    timeout server 1h\n"
+            "frontend tunnel\n"
+            f"    bind {LB_ADDRESS}:{TUNNEL_PORT}\n"
+            "    default_backend servers\n"
+            "backend servers\n"
+            f"    server cloud {CLOUD_ADDRESS}:{TUNNEL_PORT}\n"
+        )
+
+    def startHAProxy(self, name: str = "haproxy", config: str | None = None) -> Process:
+        """
+        Start HAProxy in the load balancer's namespace with C{config} (by
+        default L{haproxyConfig}), written to C{<name>.cfg}.
+        """
+        path = os.path.join(self.directory, f"{name}.cfg")
+        with open(path, "w") as f:
+            f.write(self.haproxyConfig() if config is None else config)
+        return self._spawn(self.lb, name, ["haproxy", "-f", path, "-db"])
 
     def _startKubelet(self, edge: Edge) -> Process:
         cert, key = self.kubeletCerts[edge.name]
@@ -459,14 +497,18 @@ class World:
             edge.namespace, f"kubelet-{edge.name}", argv, env=daemonEnvironment(), cwd=REPO_ROOT
         )
 
-    def startAgent(self, edge: Edge) -> Process:
-        """Start C{twistd edge-tunnel-agent} in C{edge}'s namespace, dialing the load balancer."""
+    def startAgent(self, edge: Edge, arguments: Sequence[str] = ()) -> Process:
+        """
+        Start C{twistd edge-tunnel-agent} in C{edge}'s namespace, dialing the
+        load balancer, with extra options C{arguments} (a later option wins).
+        """
         ca, cert, key = edge.agentCredentials
         options = [
             "--ca", ca, "--cert", cert, "--key", key,
             "--server", f"{LB_ADDRESS}:{TUNNEL_PORT}", "--server-name", SERVER_NAME,
             "--node-ip", edge.nodeIP,
             "--max-backoff", "0.5",
+            *arguments,
         ]  # fmt: skip
         agent = self._spawn(
             edge.namespace,
