@@ -50,9 +50,9 @@ bench-scale: venv
 	$(PY) bench/agents.py --agents 1000 5000 10000 --idle-seconds 60 --opens 200 \
 	    --report bench/results/tmp/scale-latest.md
 
+# API docs in build/apidocs; the settings are tox.ini's [pydoctor] section, as for `tox -e docs`.
 docs: venv
-	$(VENV)/bin/pydoctor --project-name=twisted-tunnel --docformat=epytext \
-	    --html-output=build/apidocs twisted_tunnel
+	$(VENV)/bin/pydoctor --config=tox.ini
 
 clean:
 	rm -rf build dist .eggs *.egg-info _trial_temp* .hypothesis .mypy_cache \
