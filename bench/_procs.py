@@ -35,8 +35,17 @@ class BenchError(Exception):
 
 
 def twistd(*args: str) -> list[str]:
-    """The command line of a daemon in the foreground, with no pid file."""
-    return [sys.executable, "-c", TWISTD, "-n", "--pidfile=", *args]
+    """
+    The command line of a daemon in the foreground, with no pid file, and
+    its meta listener on a free loopback port unless C{args} choose one
+    (the default ports would clash between daemons started side by side).
+    """
+    meta = [] if any(a.startswith("--meta-endpoint") for a in args) else [META_ENDPOINT]
+    return [sys.executable, "-c", TWISTD, "-n", "--pidfile=", *args, *meta]
+
+
+#: Where benchmark daemons serve /healthz, /readyz and /metrics.
+META_ENDPOINT = "--meta-endpoint=tcp:0:interface=127.0.0.1"
 
 
 def daemonEnv() -> dict[str, str]:

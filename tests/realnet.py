@@ -88,11 +88,13 @@ async def waitUntil(
 
 def twistdCommand(plugin: str, arguments: Sequence[str]) -> list[str]:
     """
-    The command line that runs C{twistd -n <plugin> <arguments>} with this Python.
+    The command line that runs C{twistd -n <plugin> <arguments>} with this
+    Python (and L{META_ENDPOINT} unless C{arguments} name one).
 
     C{python -m twisted.scripts.twistd} would not do: that module has no
     C{__main__} block, so it exits 0 at once, doing nothing.
     """
+    meta = [] if any(a.startswith("--meta-endpoint") for a in arguments) else [META_ENDPOINT]
     return [
         sys.executable,
         "-c",
@@ -101,7 +103,14 @@ def twistdCommand(plugin: str, arguments: Sequence[str]) -> list[str]:
         "--pidfile=",
         plugin,
         *arguments,
+        *meta,
     ]
+
+
+#: Where the tests' daemons serve /healthz, /readyz and /metrics unless told:
+#: a free loopback port, as the default ports would clash between daemons
+#: started side by side (and with anything else on this machine).
+META_ENDPOINT = "--meta-endpoint=tcp:0:interface=127.0.0.1"
 
 
 def daemonEnvironment() -> dict[str, str]:

@@ -128,7 +128,7 @@ class TunnelProcessesTestCase(TestCase):
         serverPaths = pki.paths(pki.server, directory, stem="server")
         agentPaths = pki.paths(pki.agent("edge-1"), directory, stem="agent-edge-1")
         edge, edgePort = self.listenEdge()
-        connectSocket = os.path.join(directory, "connect.sock")
+        connectSocket = self.connectSocket = os.path.join(directory, "connect.sock")
         keepalive = ["--keepalive-interval", "1", "--keepalive-misses", "3"]
         server = spawnTwistd(
             self,

@@ -669,7 +669,9 @@ class AgentMakeServiceTests(FatalTestCase):
         return options
 
     def make(self, *args: str) -> TunnelAgent:
-        agent = tapagent.makeService(self.options(*args))
+        top = tapagent.makeService(self.options(*args))
+        assert isinstance(top, MultiService)
+        agent = top.getServiceNamed("agent")
         self.assertIsInstance(agent, TunnelAgent)
         assert isinstance(agent, TunnelAgent)
         self.assertFalse(agent.running)

@@ -62,6 +62,7 @@ from zope.interface import implementer
 
 from . import __version__
 from .errors import StreamOpenFailed
+from .metrics import AgentMetrics, handshakeFailureReason
 from .mux import MAX_SERVERS, ITunnelHandler, Keepalive, Settings, Tunnel, TunnelAddress
 from .relay import RelayProtocol
 from .rotation import CredentialsWatcher, watchCredentials
@@ -208,6 +209,7 @@ class _AgentTunnelFactory(Factory):
             settings=agent.settings,
             keepalive=agent.keepalive,
             nodeName=agent.nodeName,
+            meter=agent.metrics.meter,
         )
 
 
@@ -227,6 +229,7 @@ class Reconnector:
 
     @ivar tunnels: the tunnels that are up and not draining, by server id.
     @ivar failures: attempts in a row that brought no new server.
+    @ivar report: told how each attempt ended (see L{attemptResult}).
     """
 
     log = Logger()
@@ -238,12 +241,14 @@ class Reconnector:
         factory: IProtocolFactory,
         retryPolicy: Callable[[int], float],
         describe: str,
+        report: Callable[[str], object] = lambda result: None,
     ) -> None:
         self.clock = clock
         self.endpoint = endpoint
         self.factory = factory
         self.retryPolicy = retryPolicy
         self.describe = describe
+        self.report = report
         self.tunnels: dict[str, Tunnel] = {}
         self.failures = 0
         self._lastWanted = 1
@@ -385,6 +390,7 @@ class Reconnector:
             tunnel.close(ErrorCode.SHUTTING_DOWN, "agent stopping")
             return
         self.failures = 0
+        self.report("ok")
         serverId = _serverId(tunnel)
         old = self.tunnels.pop(serverId, None)
         self.tunnels[serverId] = tunnel
@@ -413,6 +419,7 @@ class Reconnector:
         self.failures += 1
         delay = self.retryPolicy(self.failures)
         goaway = attempted.peerGoAway if attempted is not None else None
+        self.report(attemptResult(failure, goaway))
         if goaway is not None and goaway[0] == ErrorCode.DUPLICATE:
             self.log.debug(
                 "reached a server we already hold ({reason}); dialing again in {delay:.1f}s",
@@ -447,6 +454,23 @@ class Reconnector:
         if self.tunnels.get(serverId) is tunnel:
             del self.tunnels[serverId]
             self._dialIfShort(self.retryPolicy(0), f"tunnel to server {serverId} lost")
+
+
+def attemptResult(failure: Failure, goaway: tuple[int, str] | None) -> str:
+    """
+    How a failed connection to the server ended, for metrics: C{duplicate},
+    C{refused} (any other GOAWAY), C{connect_refused}, C{connect_timeout},
+    C{dns}, or a TLS handshake failure's reason.
+    """
+    if goaway is not None:
+        return "duplicate" if goaway[0] == ErrorCode.DUPLICATE else "refused"
+    if failure.check(ConnectionRefusedError):
+        return "connect_refused"
+    if failure.check(TimeoutError, TCPTimedOutError):
+        return "connect_timeout"
+    if failure.check(DNSLookupError):
+        return "dns"
+    return handshakeFailureReason(failure.getErrorMessage())
 
 
 def _serverId(tunnel: Tunnel) -> str:
@@ -520,6 +544,7 @@ class TunnelAgent(Service):
         self.dialTimeout = dialTimeout
         self.retryPolicy = retryPolicy or backoffPolicy()
         self.drainTimeout = drainTimeout
+        self.metrics = AgentMetrics(self)
         self._endpoint = endpoint
         self._reconnector: Reconnector | None = None
         self.reloadInterval = reloadInterval
@@ -573,6 +598,7 @@ class TunnelAgent(Service):
             _AgentTunnelFactory(self),
             self.retryPolicy,
             f"{host}:{port}",
+            self.metrics.connectAttempted,
         )
         self._reconnector.start()
 
@@ -637,6 +663,7 @@ class TunnelAgent(Service):
                 host=address.host,
                 port=address.port,
             )
+            self.metrics.dialed("not_allowed")
             result.errback(
                 StreamOpenFailed(
                     OpenFailReason.NOT_ALLOWED, f"{address.host!r} is not an IP address"
@@ -650,6 +677,7 @@ class TunnelAgent(Service):
                 port=address.port,
                 allowed=self.allowlist.describe(),
             )
+            self.metrics.dialed("not_allowed")
             result.errback(
                 StreamOpenFailed(
                     OpenFailReason.NOT_ALLOWED,
@@ -664,12 +692,14 @@ class TunnelAgent(Service):
 
         def connected(target: IProtocol) -> IProtocol:
             assert isinstance(target, RelayProtocol)
+            self.metrics.dialed("ok")
             return RelayProtocol(peer=target)
 
         def failed(failure: Failure) -> Failure:
             if failure.check(CancelledError):
                 return failure
             error = _dialFailure(failure, address, self.dialTimeout)
+            self.metrics.dialed(OpenFailReason(error.reason).name.lower())
             self.log.info(
                 "dial {host}:{port} failed: {reason}",
                 host=address.host,

@@ -4,16 +4,17 @@ The C{edge-tunnel} command: operator tools that are not daemons.
 
 The daemons themselves run under C{twistd} (C{twistd edge-tunnel-server},
 C{twistd edge-tunnel-agent}); this command is for everything around them.
-For now that is C{edge-tunnel certs}, which bootstraps the tunnel's private
-PKI in a directory (C{./pki} by default)::
+C{edge-tunnel status} shows a server's agents (L{twisted_tunnel.status}), and
+C{edge-tunnel certs} bootstraps the tunnel's private PKI in a directory
+(C{./pki} by default)::
 
     edge-tunnel certs init                       # ca.pem, ca-key.pem
     edge-tunnel certs server --name tunnel.example.com --ip 203.0.113.10
     edge-tunnel certs agent edge-1 --ip 192.168.1.20
     edge-tunnel certs client kube-apiserver
 
-Each subcommand registers itself with L{command}, so that more (say
-C{status}) can be added by defining a function, without touching L{main}.
+Each subcommand registers itself with L{command}, so that more can be
+added by defining a function, without touching L{main}.
 
 Expected failures (no CA in the directory, a bad node name, an unwritable
 file) are one line on standard error and exit status 2, never a traceback.
@@ -106,6 +107,8 @@ def command(name: str) -> Callable[[Adder], Adder]:
 
 def buildParser() -> argparse.ArgumentParser:
     """Build the C{edge-tunnel} argument parser, with every registered subcommand."""
+    from . import status  # noqa: F401  (its subcommand registers itself)
+
     parser = argparse.ArgumentParser(
         prog=PROGRAM, description="Tools for twisted-tunnel edge tunnels."
     )
@@ -343,4 +346,8 @@ def _ipAddresses(texts: Sequence[str] | None) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run as the package's module, so that subcommands registering with
+    # twisted_tunnel.cli (status) are found
+    from twisted_tunnel.cli import main as _main
+
+    sys.exit(_main())

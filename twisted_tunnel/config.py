@@ -690,6 +690,8 @@ class ConfigWatcher(Service):
         not stale.
     @ivar lastLoaded: clock time of the last successful load (construction
         time for the initial configuration).
+    @ivar reloads: changed configurations taken into force (for metrics).
+    @ivar refusals: configurations refused (for metrics).
     """
 
     log = Logger()
@@ -719,6 +721,8 @@ class ConfigWatcher(Service):
         self.stale = False
         self.staleReason: str | None = None
         self.lastLoaded = clock.seconds()
+        self.reloads = 0
+        self.refusals = 0
         # None: parse whatever the next poll reads (the initial configuration
         # came from elsewhere, and the file may have changed since).
         self._fingerprint: bytes | None = None
@@ -792,6 +796,7 @@ class ConfigWatcher(Service):
 
     def _refuse(self, error: ConfigError) -> None:
         error = error.withPath(self.path)
+        self.refusals += 1
         self.stale = True
         self.staleReason = str(error)
         self.log.warn(
@@ -818,6 +823,7 @@ class ConfigWatcher(Service):
                 self.log.debug("config {path} re-read: no effective change", path=self.path)
             return
         self.current = new
+        self.reloads += 1
         self.log.info(
             "config reloaded from {path}: {changes}",
             path=self.path,

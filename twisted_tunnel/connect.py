@@ -303,7 +303,7 @@ class ConnectProtocol(RelayProtocol):
         self._parser = None  # its buffer held a copy of the trailing bytes
         if trailing:
             self._hold(trailing)
-        endpoint = self.door.server.endpointForNode(target.node, target.port)
+        endpoint = self.door.server.endpointForNode(target.node, target.port, policy="connect")
         opening = maybeDeferred(endpoint.connect, _streamEnds)
         self._opening = opening
         opening.addCallbacks(self._opened, self._openFailed)

@@ -100,9 +100,9 @@ class ForwardProtocol(OpeningRelay):
     factory: ForwardFactory
 
     def openFarEnd(self, factory: Factory) -> Deferred[IProtocol]:
-        return self.factory.server.endpointForNode(self.factory.node, self.factory.port).connect(
-            factory
-        )
+        return self.factory.server.endpointForNode(
+            self.factory.node, self.factory.port, policy="forward"
+        ).connect(factory)
 
     def describe(self) -> dict[str, Any]:
         node, port = self.factory.node, self.factory.port

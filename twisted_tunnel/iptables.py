@@ -696,6 +696,7 @@ class IptablesManager(Service):
 
     @ivar lastSyncDuration: seconds the last successful sync took, or
         L{None} before the first.
+    @ivar syncSeconds: seconds all successful syncs took, together.
     @ivar syncErrors: how many syncs (and stop cleanups) have failed.
     @ivar ruleCount: rules in our chains after the last successful sync.
     @ivar syncCount: how many syncs have ended, successful or not.
@@ -765,6 +766,7 @@ class IptablesManager(Service):
         self.stopTimeout = stopTimeout
 
         self.lastSyncDuration: float | None = None
+        self.syncSeconds = 0.0
         self.syncErrors = 0
         self.ruleCount = 0
         self.syncCount = 0
@@ -943,6 +945,7 @@ class IptablesManager(Service):
             self._failed("unexpected error (see the traceback above)")
             return False
         self.lastSyncDuration = self._clock.seconds() - started
+        self.syncSeconds += self.lastSyncDuration
         self.log.debug(
             "iptables sync: {rules} rules for {nodes} node IPs and {ports} ports, "
             "{change}, {removed} destinations removed, in {duration:.3f}s",

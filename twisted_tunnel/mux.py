@@ -196,6 +196,27 @@ class ITunnelHandler(Interface):
         """The connection is gone; every stream has been told."""
 
 
+class ITunnelMeter(Interface):
+    """
+    What metrics need to hear from a tunnel: the few events that counting
+    on the fly cannot see.  Streams count their own bytes; a meter reads
+    them when scraped, and is told when a stream is gone so that its
+    counts are kept.
+    """
+
+    def tunnelStarted(tunnel: Tunnel) -> None:
+        """C{tunnel} is connected (HELLO not done yet)."""
+
+    def streamRetired(tunnel: Tunnel, stream: Stream) -> None:
+        """C{stream} is gone; its byte counts are final."""
+
+    def tunnelEnded(tunnel: Tunnel) -> None:
+        """C{tunnel}'s connection is gone, and so are all its streams."""
+
+    def keepaliveTimedOut(tunnel: Tunnel) -> None:
+        """C{tunnel} was declared dead: nothing heard for too long."""
+
+
 @implementer(ITransport, IConsumer, IPushProducer)
 class Stream:
     """
@@ -215,11 +236,17 @@ class Stream:
 
     disconnecting = False
 
+    #: what opened it, for metrics (a policy's name on the server)
+    label = ""
+
     def __init__(self, tunnel: Tunnel, streamId: int, address: TunnelAddress) -> None:
         self._tunnel = tunnel
         self.streamId = streamId
         self._address = address
         self.protocol: IProtocol | None = None
+        #: DATA bytes sent and received: plain counts, read when metrics are scraped
+        self.bytesSent = 0
+        self.bytesReceived = 0
 
         # outbound
         self._credit = 0
@@ -358,6 +385,7 @@ class Stream:
                 self._backlogOffset = offset + size
             self._backlogSize -= size
             self._credit -= size
+            self.bytesSent += size
             tunnel._sendData(self.streamId, chunk)
         if self._backlog:
             if self._credit > 0:
@@ -461,6 +489,7 @@ class Stream:
                 ErrorCode.FLOW_CONTROL_ERROR,
             )
         self._window -= size
+        self.bytesReceived += size
         if self._sentTerminal or self._lost:
             return
         self._received.append(data)
@@ -659,8 +688,10 @@ class Tunnel(Protocol):
         keepalive: Keepalive = Keepalive(),
         nodeName: str = "",
         keepaliveSweep: KeepaliveSweep | None = None,
+        meter: ITunnelMeter | None = None,
     ) -> None:
         self.handler = handler
+        self.meter = meter
         self.clock = clock
         self.isClient = isClient
         self.settings = settings
@@ -697,6 +728,9 @@ class Tunnel(Protocol):
         self._abortCall: IDelayedCall | None = None
         self._established: _Outcome[Tunnel] = _Outcome()
         self._lost: _Outcome[None] = _Outcome()
+        #: DATA bytes of this tunnel's streams that are gone (see L{bytesSent})
+        self._retiredSent = 0
+        self._retiredReceived = 0
 
     # -- life cycle ----------------------------------------------------------
 
@@ -711,6 +745,8 @@ class Tunnel(Protocol):
             self._keepaliveSweep.add(self)
         else:
             self._scheduleKeepalive(self.keepalive.interval)
+        if self.meter is not None:
+            self.meter.tunnelStarted(self)
         if self.isClient:
             low, high = wire.SUPPORTED_VERSIONS[0], wire.SUPPORTED_VERSIONS[-1]
             self._sendFrame(wire.Hello(low, high, self._helloInfo()))
@@ -732,6 +768,26 @@ class Tunnel(Protocol):
     @property
     def streamCount(self) -> int:
         return len(self._streams)
+
+    def streams(self) -> list[Stream]:
+        """The streams open now."""
+        return list(self._streams.values())
+
+    @property
+    def bytesSent(self) -> int:
+        """DATA bytes sent on all streams, ever."""
+        return self._retiredSent + sum(s.bytesSent for s in self._streams.values())
+
+    @property
+    def bytesReceived(self) -> int:
+        """DATA bytes received on all streams, ever."""
+        return self._retiredReceived + sum(s.bytesReceived for s in self._streams.values())
+
+    def _retire(self, stream: Stream) -> None:
+        self._retiredSent += stream.bytesSent
+        self._retiredReceived += stream.bytesReceived
+        if self.meter is not None:
+            self.meter.streamRetired(self, stream)
 
     def _helloInfo(self) -> dict[str, Any]:
         info = dict(self.handler.helloInfo())
@@ -756,10 +812,14 @@ class Tunnel(Protocol):
         self._accepting.clear()
         for stream in list(self._streams.values()):
             stream._tunnelLost(Failure(ConnectionLost(why)))
+        for stream in self._streams.values():
+            self._retire(stream)
         self._streams.clear()
         self._ownOpen = self._peerOpened = 0
         self._waitingToSend.clear()
         self._established.fire(Failure(TunnelClosed(why)))
+        if self.meter is not None:
+            self.meter.tunnelEnded(self)
         try:
             self.handler.tunnelLost(self, reason)
         finally:
@@ -1209,7 +1269,9 @@ class Tunnel(Protocol):
 
     def _forget(self, streamId: int) -> None:
         """Drop a stream id, keeping the per-side counts the stream limits use."""
-        if self._streams.pop(streamId, None) is not None:
+        stream = self._streams.pop(streamId, None)
+        if stream is not None:
+            self._retire(stream)
             if (streamId % 2 == 1) == self.isClient:
                 self._ownOpen -= 1
             else:
@@ -1281,6 +1343,8 @@ class Tunnel(Protocol):
                 node=self.nodeName or self._peerLabel(),
                 silent=silent,
             )
+            if self.meter is not None:
+                self.meter.keepaliveTimedOut(self)
             self.close(ErrorCode.KEEPALIVE_TIMEOUT, f"nothing heard for {silent:.1f}s")
             self._abortNow()
             return None

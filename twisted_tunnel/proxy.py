@@ -236,6 +236,7 @@ class ProxyRouter:
             )
         record = self.server.registry.lookup(target.address)
         if record is None or not record.tunnel.established:
+            self.server.metrics.openFailures["unknown_node"] += 1
             raise RoutingRefused(503, f"no agent connected for node {target.address!r}")
         policy = self.policyFor(target.port, config)
         request = ForwardingRequest(
@@ -251,7 +252,9 @@ class ProxyRouter:
         )
 
         def decided(decision: ForwardingDecision) -> Routed:
-            endpoint = self.server.endpointForNode(record.node, decision.port, host=decision.host)
+            endpoint = self.server.endpointForNode(
+                record.node, decision.port, host=decision.host, policy=policy.name
+            )
             if decision.carrier is Carrier.HTTPS:
                 if self.upstreamTLS is None:
                     raise RoutingRefused(
@@ -270,11 +273,13 @@ class ProxyRouter:
 
         def refusedByPolicy(failure: Any) -> Any:
             failure.trap(ForwardingRefused)
+            self.server.metrics.openFailures["policy_refused"] += 1
             raise RoutingRefused(failure.value.status, failure.value.reason)
 
         try:
             decision = decideNow(policy, request)
         except ForwardingRefused as refused:
+            self.server.metrics.openFailures["policy_refused"] += 1
             raise RoutingRefused(refused.status, refused.reason) from None
         if isinstance(decision, Deferred):
             return decision.addCallbacks(decided, refusedByPolicy)

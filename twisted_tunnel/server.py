@@ -23,7 +23,7 @@ from functools import lru_cache
 from typing import Any
 
 from attrs import frozen
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
@@ -39,6 +39,7 @@ from zope.interface import implementer
 
 from . import __version__
 from .errors import NodeNotConnected, StreamOpenFailed
+from .metrics import ServerMetrics, handshakeFailureReason
 from .mux import (
     MAX_SERVERS,
     ITunnelHandler,
@@ -46,6 +47,7 @@ from .mux import (
     KeepaliveSweep,
     Refused,
     Settings,
+    Stream,
     Tunnel,
     TunnelAddress,
 )
@@ -190,6 +192,13 @@ class _ServerSide:
         }
 
     def helloReceived(self, tunnel: Tunnel, info: dict[str, Any]) -> None:
+        try:
+            self._admit(tunnel, info)
+        except Refused as refused:
+            self.server.metrics.helloRefusals[ErrorCode.named(refused.code)] += 1
+            raise
+
+    def _admit(self, tunnel: Tunnel, info: dict[str, Any]) -> None:
         identity = self.server.identify(tunnel.transport)
         node = info.get("node")
         if identity is None:
@@ -287,11 +296,13 @@ class _ServerSide:
         if tunnel.version is None and not tunnel._closing:
             # the TLS handshake failed (wrong CA, no client certificate,
             # expired) or the peer never sent HELLO: one line saying why
+            message = reason.getErrorMessage()
+            self.server.metrics.handshakeFailures[handshakeFailureReason(message)] += 1
             self.log.warn(
                 "refused agent connection from {peer}: no tunnel established "
                 "(TLS handshake or HELLO failed): {reason}",
                 peer=tunnel._peerLabel(),
-                reason=reason.getErrorMessage(),
+                reason=message,
             )
             return
         self.server.registry.unregister(tunnel)
@@ -318,6 +329,7 @@ class _TunnelFactory(Factory):
             settings=server.settings,
             keepalive=server.keepalive,
             keepaliveSweep=server.keepaliveSweep,
+            meter=server.metrics.meter,
         )
 
 
@@ -327,6 +339,8 @@ class TunnelServer:
     L{tunnelFactory}, and reach edge nodes with L{endpointForNode}.
 
     @ivar registry: the connected agents.
+    @ivar metrics: its Prometheus metrics (L{ServerMetrics}).
+    @ivar draining: whether it is draining (shutting down).
     """
 
     log = Logger()
@@ -342,6 +356,7 @@ class TunnelServer:
         keepalive: Keepalive = Keepalive(),
         openTimeout: float = DEFAULT_OPEN_TIMEOUT,
         identify: Callable[[ITransport | None], PeerIdentity | None] | None = None,
+        metricsPerNode: bool = False,
     ) -> None:
         self.clock = clock
         self.credentials = credentials
@@ -354,6 +369,8 @@ class TunnelServer:
         self.openTimeout = openTimeout
         self.identify = identify or _peerIdentity
         self.registry = AgentRegistry()
+        self.draining = False
+        self.metrics = ServerMetrics(self, perNode=metricsPerNode)
         self._tls: RotatingServerOptions | None = None
 
     def tunnelFactory(self) -> IProtocolFactory:
@@ -383,7 +400,13 @@ class TunnelServer:
         return _TunnelFactory(self)
 
     def endpointForNode(
-        self, node: str, port: int, host: str | None = None, timeout: float | None = None
+        self,
+        node: str,
+        port: int,
+        host: str | None = None,
+        timeout: float | None = None,
+        *,
+        policy: str = "endpoint",
     ) -> IStreamClientEndpoint:
         """
         An endpoint that connects to C{port} on edge node C{node} through
@@ -392,8 +415,10 @@ class TunnelServer:
         @param node: the node's name or one of its IPs.
         @param host: what the agent dials; by default the node IP that was
             asked for, else the node's first announced IP, else its loopback.
+        @param policy: what the streams count as in the metrics (the
+            forwarding policy's name, say).
         """
-        return NodeEndpoint(self, node, port, host, timeout or self.openTimeout)
+        return NodeEndpoint(self, node, port, host, timeout or self.openTimeout, policy)
 
     def agents(self) -> Iterable[AgentRecord]:
         return iter(self.registry)
@@ -405,6 +430,7 @@ class TunnelServer:
 
     def drain(self, text: str = "server shutting down") -> Deferred[list[Any]]:
         """Drain every tunnel; fires when all are gone."""
+        self.draining = True
         return gatherResults([record.tunnel.drain(text) for record in self.registry])
 
     def drainWithin(self, timeout: float, text: str = "server shutting down") -> Deferred[None]:
@@ -414,6 +440,7 @@ class TunnelServer:
         seconds close whatever is still open.  Fires when every tunnel is
         gone.
         """
+        self.draining = True
         agents = len(self.registry)
         if not agents:
             return succeed(None)
@@ -461,17 +488,26 @@ class NodeEndpoint:
     """
 
     def __init__(
-        self, server: TunnelServer, node: str, port: int, host: str | None, timeout: float
+        self,
+        server: TunnelServer,
+        node: str,
+        port: int,
+        host: str | None,
+        timeout: float,
+        policy: str = "endpoint",
     ) -> None:
         self.server = server
         self.node = node
         self.port = port
         self.host = host
         self.timeout = timeout
+        self.policy = policy
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        metrics = self.server.metrics
         record = self.server.registry.lookup(self.node)
         if record is None or not record.tunnel.established:
+            metrics.openFailures["unknown_node"] += 1
             d: Deferred[IProtocol] = Deferred()
             d.errback(NodeNotConnected(self.node))
             return d
@@ -479,4 +515,20 @@ class NodeEndpoint:
         if host is None:
             asked = _normalIP(self.node)
             host = asked or (record.ips[0] if record.ips else "127.0.0.1")
-        return record.tunnel.openStream(host, self.port, protocolFactory, self.timeout)
+        clock = self.server.clock
+        started = clock.seconds()
+        opening = record.tunnel.openStream(host, self.port, protocolFactory, self.timeout)
+
+        def opened(protocol: IProtocol) -> IProtocol:
+            stream = getattr(protocol, "transport", None)
+            if isinstance(stream, Stream):
+                stream.label = self.policy
+            metrics.openSucceeded(self.policy, clock.seconds() - started)
+            return protocol
+
+        def failed(failure: Failure) -> Failure:
+            if not failure.check(CancelledError):
+                metrics.openFailed(failure)
+            return failure
+
+        return opening.addCallbacks(opened, failed)

@@ -5,11 +5,21 @@ Options both daemons share, and how they report a fatal configuration error.
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from collections.abc import Callable
+from typing import IO, Any, NoReturn
 
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
+from twisted.logger import ILogObserver, LogEvent, eventAsJSON, formatEvent
 from twisted.python import usage
+from twisted.python.components import Componentized
+from twisted.web.resource import Resource
+from zope.interface import implementer
 
 from ..errors import CredentialsError
+from ..meta import Check, Heartbeat, metaSite
 from ..mux import Keepalive, Settings
 from ..rotation import DEFAULT_RELOAD_INTERVAL
 from ..tls import Credentials, loadCredentials
@@ -39,6 +49,13 @@ def positiveInt(text: str) -> int:
     return value
 
 
+def logFormat(text: str) -> str:
+    if text not in ("text", "json"):
+        raise ValueError(f"{text!r} is not text or json")
+    return text
+
+
+logFormat.coerceDoc = "One of: text, json."  # type: ignore[attr-defined]
 positiveFloat.coerceDoc = "Must be a positive number."  # type: ignore[attr-defined]
 positiveInt.coerceDoc = "Must be a positive integer."  # type: ignore[attr-defined]
 nonNegativeFloat.coerceDoc = "Must be a number of at least 0."  # type: ignore[attr-defined]
@@ -81,6 +98,14 @@ class TunnelOptions(usage.Options):
             "(new handshakes use the new files; a broken set is refused and logged). 0: never.",
             nonNegativeFloat,
         ],
+        [
+            "log-format",
+            None,
+            "text",
+            "text: lines for people; json: one JSON object per line on stdout, with every "
+            "structured field (node, peer, stream, policy, reason...).",
+            logFormat,
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -115,3 +140,82 @@ def fatal(program: str, message: str) -> NoReturn:
     sys.stderr.write(f"{program}: {message}\n")
     sys.stderr.flush()
     raise SystemExit(2)
+
+
+class DaemonService(MultiService):
+    """
+    A daemon's top service: its children, plus the meta listener, which
+    starts before them and stops after them (after a drain), so that
+    probes and scrapes are answered for as long as the process lives.
+
+    With C{--log-format json}, it also sets the application's log observer
+    (twistd asks the application for one after building it).
+    """
+
+    def __init__(self, logFormat: str = "text") -> None:
+        super().__init__()
+        self.logFormat = logFormat
+        self.meta: IService | None = None
+        self.heartbeat: Heartbeat | None = None
+        self.checks: list[Check] = []
+
+    def setServiceParent(self, parent: Any) -> None:
+        if self.logFormat == "json" and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, JSONLines(sys.stdout))
+        super().setServiceParent(parent)
+
+    def serveMeta(
+        self,
+        endpoint: IStreamServerEndpoint,
+        clock: IReactorTime,
+        registry: Any,
+        summary: Callable[[], str],
+        extra: dict[bytes, Resource] | None = None,
+    ) -> None:
+        """Serve the meta listener (L{twisted_tunnel.meta}) on C{endpoint}."""
+        self.heartbeat = Heartbeat(clock)
+        site = metaSite(self.heartbeat, registry, self.checks, summary, extra)
+        service = StreamServerEndpointService(endpoint, site)
+        service._raiseSynchronously = True  # a port in use stops startup, loudly
+        service.setName("--meta-endpoint")
+        self.meta = service
+
+    def startService(self) -> None:
+        if self.meta is not None and self.heartbeat is not None:
+            self.meta.startService()
+            self.heartbeat.start()
+        super().startService()
+
+    def stopChildren(self) -> Deferred[None]:
+        """Stop the children (override to drain as well)."""
+        stopped: Deferred[None] = super().stopService()
+        return stopped
+
+    def stopService(self) -> Deferred[None]:
+        stopping = maybeDeferred(self.stopChildren)
+
+        def stopMeta(result: object) -> object:
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
+            if self.meta is None:
+                return result
+            return maybeDeferred(self.meta.stopService).addCallback(lambda _: result)
+
+        return stopping.addBoth(stopMeta)
+
+
+@implementer(ILogObserver)
+class JSONLines:
+    """
+    One JSON object per line: twisted.logger's own serialization (every
+    structured field, the format, the level and time), plus the formatted
+    C{text}, so that a log pipeline need not know Twisted's format syntax.
+    """
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+
+    def __call__(self, event: LogEvent) -> None:
+        line = eventAsJSON(dict(event, text=formatEvent(event)))
+        self.out.write(line + "\n")
+        self.out.flush()

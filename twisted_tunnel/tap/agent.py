@@ -12,10 +12,11 @@ from __future__ import annotations
 import ipaddress
 
 from twisted.application.service import IService
+from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from ..agent import DEFAULT_DIAL_TIMEOUT, TunnelAgent
-from ._common import TunnelOptions, fatal, nonNegativeFloat, positiveFloat
+from ._common import DaemonService, TunnelOptions, fatal, nonNegativeFloat, positiveFloat
 
 PROGRAM = "edge-tunnel-agent"
 
@@ -69,6 +70,12 @@ class Options(TunnelOptions):
             positiveFloat,
         ],
         ["max-backoff", None, 30.0, "Longest wait between reconnect attempts.", positiveFloat],
+        [
+            "meta-endpoint",
+            None,
+            "tcp:10266:interface=127.0.0.1",
+            "Where to serve /healthz, /readyz and /metrics (Twisted endpoint, or 'none').",
+        ],
         [
             "drain-timeout",
             None,
@@ -132,7 +139,7 @@ def makeService(options: Options) -> IService:
             "does not carry that name; the server would refuse it",
         )
     nodeIPs = options["node-ip"] or list(identity.ipAddresses)
-    return TunnelAgent(
+    agent = TunnelAgent(
         # its tunnel and the connections it dials send small writes at once
         EagerTCPReactor(reactor),
         credentials,
@@ -148,3 +155,25 @@ def makeService(options: Options) -> IService:
         retryPolicy=backoffPolicy(maxDelay=options["max-backoff"]),
         drainTimeout=options["drain-timeout"],
     )
+    agent.setName("agent")
+    top = DaemonService(options["log-format"])
+    agent.setServiceParent(top)
+    if options["meta-endpoint"] != "none":
+        try:
+            meta = serverFromString(reactor, options["meta-endpoint"])
+        except Exception as e:  # any failure to parse is a configuration error
+            fatal(PROGRAM, f"--meta-endpoint {options['meta-endpoint']!r}: {e}")
+        top.checks.append(lambda: _allServersHeld(agent))
+        top.serveMeta(meta, reactor, agent.metrics.registry, lambda: _held(agent))
+    return top
+
+
+def _held(agent: TunnelAgent) -> str:
+    return f"holding tunnels to {len(agent.servers())} of {agent.serversWanted()} servers"
+
+
+def _allServersHeld(agent: TunnelAgent) -> str | None:
+    """Ready once the agent holds a tunnel to every server it knows of."""
+    if agent.servers() and len(agent.servers()) >= agent.serversWanted():
+        return None
+    return _held(agent)

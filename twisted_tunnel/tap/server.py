@@ -42,6 +42,7 @@ from ..errors import CredentialsError
 from ..forward import ForwardFactory, parseForward
 from ..hostsfile import HostsFile
 from ..iptables import IptablesManager, checkAvailable, listenerAddress
+from ..meta import JSONResource, agentsDocument
 from ..policy import IForwardingPolicy, findPolicy, pluginPolicies
 from ..proxy import ProxyListenerFactory, ProxyRouter, RawProxyFactory
 from ..rotation import (
@@ -56,7 +57,14 @@ from ..tls import (
     proxyServingOptions,
     serverOptions,
 )
-from ._common import TunnelOptions, fatal, nonNegativeFloat, positiveFloat, positiveInt
+from ._common import (
+    DaemonService,
+    TunnelOptions,
+    fatal,
+    nonNegativeFloat,
+    positiveFloat,
+    positiveInt,
+)
 
 PROGRAM = "edge-tunnel-server"
 
@@ -78,6 +86,11 @@ class Options(TunnelOptions):
             None,
             "Also DNAT traffic routed through this host (PREROUTING), not only traffic born "
             "on it (OUTPUT).",
+        ],
+        [
+            "metrics-per-node",
+            None,
+            "Also label metrics by node (one series per node and metric: mind a large fleet).",
         ],
     ]
 
@@ -174,6 +187,13 @@ class Options(TunnelOptions):
             None,
             "The address node names resolve to in --hosts-file: where clients reach this "
             "server's proxy listeners (e.g. its Service IP).",
+        ],
+        [
+            "meta-endpoint",
+            None,
+            "tcp:10265",
+            "Where to serve /healthz, /readyz, /metrics and /agents (Twisted endpoint, or "
+            "'none').",
         ],
         ["server-id", None, None, "This replica's id (default: random)."],
         [
@@ -297,23 +317,42 @@ def _connectDoorFactory(
     return factory
 
 
-class _ServerService(MultiService):
+class _ServerService(DaemonService):
     """
     The listeners; on stop, the listeners close first (no new agents, no
     new clients), then every agent is told to drain (GOAWAY: no new
     streams here) and the streams in flight get C{drainTimeout} seconds to
-    finish before the rest are closed.  twistd waits for all of it.
+    finish before the rest are closed.  twistd waits for all of it.  The
+    meta listener answers until the end (see L{DaemonService}).
     """
 
-    def __init__(self, server: TunnelServer, drainTimeout: float) -> None:
-        super().__init__()
+    def __init__(self, server: TunnelServer, drainTimeout: float, logFormat: str) -> None:
+        super().__init__(logFormat)
         self.tunnelServer = server
         self.drainTimeout = drainTimeout
+        self.checks += [self._listenersUp, self._notDraining]
 
-    def stopService(self) -> Deferred[None]:
-        stopped: Deferred[None] = super().stopService()
+    def stopChildren(self) -> Deferred[None]:
+        stopped = super().stopChildren()
         drained = self.tunnelServer.drainWithin(self.drainTimeout)
         return gatherResults([stopped, drained]).addCallback(lambda _: None)
+
+    def _listenersUp(self) -> str | None:
+        if self.tunnelServer.draining:
+            return None  # closed on purpose: _notDraining says why
+        down = [
+            str(service.name)
+            for service in self
+            if isinstance(service, StreamServerEndpointService) and not service.running
+        ]
+        return f"listeners not up: {', '.join(down)}" if down else None
+
+    def _notDraining(self) -> str | None:
+        return "draining: shutting down" if self.tunnelServer.draining else None
+
+    def summary(self) -> str:
+        agents = len(self.tunnelServer.registry)
+        return f"{agents} agent(s) connected" if agents else "no agent connected yet"
 
 
 def makeService(options: Options) -> IService:
@@ -328,8 +367,9 @@ def makeService(options: Options) -> IService:
         settings=options.settings(),
         keepalive=options.keepalive(),
         openTimeout=options["open-timeout"],
+        metricsPerNode=options["metrics-per-node"],
     )
-    top = _ServerService(server, options["drain-timeout"])
+    top = _ServerService(server, options["drain-timeout"], options["log-format"])
     # every listener's connections send small writes at once (see eager.py)
     tcpReactor = EagerTCPReactor(reactor)
 
@@ -348,6 +388,14 @@ def makeService(options: Options) -> IService:
         service.setName(name)
         service.setServiceParent(top)
 
+    if options["meta-endpoint"] != "none":
+        top.serveMeta(
+            endpoint(options["meta-endpoint"], "--meta-endpoint"),
+            reactor,
+            server.metrics.registry,
+            top.summary,
+            {b"agents": JSONResource(lambda: agentsDocument(server))},
+        )
     listen(options["tunnel-endpoint"], server.tunnelFactory(), "--tunnel-endpoint")
     local = connectDoorIsLocal(endpoint(options["connect-endpoint"], "--connect-endpoint"))
     door = ConnectDoorFactory(server, authorize=None if local else refuseAgentCertificates)
@@ -428,7 +476,7 @@ def _rotate(
 def _proxyListeners(
     options: Options,
     server: TunnelServer,
-    top: MultiService,
+    top: _ServerService,
     endpoint: Callable[[str, str], IStreamServerEndpoint],
     listen: Callable[[str, Any, str], None],
 ) -> None:
@@ -469,6 +517,10 @@ def _proxyListeners(
         )
         watcher.setName("--config")
         watcher.setServiceParent(top)
+        server.metrics.watchConfig(watcher)
+        top.checks.append(
+            lambda: f"config stale: {watcher.staleReason}" if watcher.stale else None
+        )
     upstreamTLS = None
     if options["proxy-client-cert"]:
         clientFiles = _files(options, "proxy-client-ca", "proxy-client-cert", "proxy-client-key")
@@ -509,6 +561,7 @@ def _proxyListeners(
     if manager is not None:
         manager.setName("--iptables")
         manager.setServiceParent(top)
+        server.metrics.watchIptables(manager)
         state.observers.append(manager.configChanged)
 
 
