@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -397,6 +398,25 @@ class CommandLineTests(SynchronousTestCase):
             "unix:" + os.path.join(self.directory, "connect.sock"),
         )
         self.assertOneLineError(result, "--cert", missing)
+
+    def test_portInUse(self) -> None:
+        """A port that is taken stops startup with one line naming the option and the port."""
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        paths = pki.paths(pki.server, self.directory, stem="server")
+        for option in ("--tunnel-endpoint", "--meta-endpoint"):
+            result = self.run_(
+                SERVER,
+                *paths.options(),
+                "--tunnel-endpoint=tcp:0:interface=127.0.0.1",
+                "--connect-endpoint=unix:" + os.path.join(self.directory, "connect.sock"),
+                "--no-iptables",
+                f"{option}=tcp:{port}:interface=127.0.0.1",
+            )
+            self.assertOneLineError(result, option, f"127.0.0.1:{port}", "in use")
 
     def test_agentMissingCertificate(self) -> None:
         paths = pki.paths(pki.agent("edge-1"), self.directory, stem="agent")

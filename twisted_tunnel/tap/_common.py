@@ -9,8 +9,9 @@ from collections.abc import Callable
 from typing import IO, Any, NoReturn
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import ILogObserver, LogEvent, eventAsJSON, formatEvent
 from twisted.python import usage
@@ -131,14 +132,18 @@ class TunnelOptions(usage.Options):
             fatal(program, str(e))
 
 
-def fatal(program: str, message: str) -> NoReturn:
+def fatal(program: str, message: str, out: IO[str] | None = None) -> NoReturn:
     """
     Stop at startup with one line on stderr and a non-zero exit status: a
     configuration error is not a crash, and a traceback would hide the line
     that matters.
+
+    @param out: where to write, if not C{sys.stderr} (once twistd has
+        begun logging, C{sys.stderr} leads into the log).
     """
-    sys.stderr.write(f"{program}: {message}\n")
-    sys.stderr.flush()
+    out = out or sys.stderr
+    out.write(f"{program}: {message}\n")
+    out.flush()
     raise SystemExit(2)
 
 
@@ -152,8 +157,9 @@ class DaemonService(MultiService):
     (twistd asks the application for one after building it).
     """
 
-    def __init__(self, logFormat: str = "text") -> None:
+    def __init__(self, program: str, logFormat: str = "text") -> None:
         super().__init__()
+        self.program = program
         self.logFormat = logFormat
         self.meta: IService | None = None
         self.heartbeat: Heartbeat | None = None
@@ -180,11 +186,28 @@ class DaemonService(MultiService):
         service.setName("--meta-endpoint")
         self.meta = service
 
+    def _everyService(self) -> list[IService]:
+        return [*([self.meta] if self.meta is not None else []), *self]
+
+    def privilegedStartService(self) -> None:
+        # where twistd listens: a port in use is one line, not a traceback
+        for service in self._everyService():
+            try:
+                service.privilegedStartService()
+            except CannotListenError as e:
+                where = f"{e.interface or '*'}:{e.port}"
+                fatal(
+                    self.program,
+                    f"{service.name} {where}: cannot listen: {e.socketError}",
+                    sys.__stderr__,
+                )
+
     def startService(self) -> None:
-        if self.meta is not None and self.heartbeat is not None:
-            self.meta.startService()
+        Service.startService(self)
+        for service in self._everyService():
+            service.startService()
+        if self.heartbeat is not None:
             self.heartbeat.start()
-        super().startService()
 
     def stopChildren(self) -> Deferred[None]:
         """Stop the children (override to drain as well)."""

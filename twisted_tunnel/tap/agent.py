@@ -156,7 +156,7 @@ def makeService(options: Options) -> IService:
         drainTimeout=options["drain-timeout"],
     )
     agent.setName("agent")
-    top = DaemonService(options["log-format"])
+    top = DaemonService(PROGRAM, options["log-format"])
     agent.setServiceParent(top)
     if options["meta-endpoint"] != "none":
         try:

@@ -327,7 +327,7 @@ class _ServerService(DaemonService):
     """
 
     def __init__(self, server: TunnelServer, drainTimeout: float, logFormat: str) -> None:
-        super().__init__(logFormat)
+        super().__init__(PROGRAM, logFormat)
         self.tunnelServer = server
         self.drainTimeout = drainTimeout
         self.checks += [self._listenersUp, self._notDraining]
