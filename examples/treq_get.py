@@ -20,41 +20,15 @@ from typing import Any
 
 from _standins import NODE, ThrowawayPKI, kubeletStandIn, listenOnLoopback, showLogs, startAgent
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import wrapClientTLS
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import react
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web.client import URI, Agent
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from twisted_tunnel import NodeNotConnected, TunnelServer
-
-
-class _NoNagle(ProtocolWrapper):
-    """A stream transport that ignores C{setTcpNoDelay} (it has no Nagle to turn off)."""
-
-    def setTcpNoDelay(self, enabled: bool) -> None:
-        pass
-
-
-@implementer(IStreamClientEndpoint)
-class _IgnoringTCPOptions:
-    """
-    Work-around: twisted.web's HTTP client calls C{setTcpNoDelay} on any
-    TLS transport, and TLS passes the call down to the tunnel stream, which
-    (for now) has no such method.  This layer between the two answers it.
-    """
-
-    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
-        self.endpoint = endpoint
-
-    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
-        wrapping = WrappingFactory(factory)
-        wrapping.protocol = _NoNagle
-        return self.endpoint.connect(wrapping).addCallback(lambda shim: shim.wrappedProtocol)
 
 
 @implementer(IAgentEndpointFactory)
@@ -74,7 +48,7 @@ class ThroughTheTunnel:
         endpoint = self.server.endpointForNode(node, uri.port)
         if uri.scheme == b"https":
             tls = optionsForClientTLS(node, trustRoot=self.trustRoot)
-            endpoint = wrapClientTLS(tls, _IgnoringTCPOptions(endpoint))
+            endpoint = wrapClientTLS(tls, endpoint)
         return endpoint
 
 

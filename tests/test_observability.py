@@ -167,7 +167,8 @@ class JSONLogTests(TunnelProcessesTestCase):
             events: list[dict[str, Any]] = [json.loads(line) for line in daemon.lines]
             self.assertTrue(events, daemon.name)
             for event in events:
-                self.assertIn("log_level", event)
+                self.assertIn(event["log_level"], ("debug", "info", "warn", "error", "critical"))
+                self.assertIsInstance(event["log_time"], float)
                 self.assertIn("text", event)
         (up,) = [e for e in map(json.loads, agent.lines) if "tunnel up to" in e["text"]]
         self.assertEqual((up["held"], up["wanted"]), (1, 1))

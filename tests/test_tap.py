@@ -464,6 +464,11 @@ class ServerMakeServiceTests(FatalTestCase):
             self.assertIsInstance(door.factory, ConnectDoorFactory, description)
         self.assertEqual(made, [])
 
+    def test_noDoor(self) -> None:
+        """C{--connect-endpoint none}: no CONNECT door at all."""
+        service = self.make("--connect-endpoint", "none")
+        self.assertNotIn("--connect-endpoint", [s.name for s in service])
+
     def test_exposedDoorRequiresCertificates(self) -> None:
         """
         A CONNECT door on a non-loopback address is wrapped in TLS that

@@ -320,6 +320,22 @@ class Stream:
         """
         self._reset(ErrorCode.CANCEL, "aborted")
 
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """
+        Nothing to do: the tunnel's own socket sends small writes at once
+        already.  twisted.web's HTTP client asks this of any TLS transport,
+        and TLS asks the stream below it.
+        """
+
+    def getTcpNoDelay(self) -> bool:
+        return True
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        """Nothing to do: the tunnel's keepalive covers every stream."""
+
+    def getTcpKeepAlive(self) -> bool:
+        return True
+
     def getPeer(self) -> TunnelAddress:
         return self._address
 

@@ -231,14 +231,21 @@ class DaemonService(MultiService):
 class JSONLines:
     """
     One JSON object per line: twisted.logger's own serialization (every
-    structured field, the format, the level and time), plus the formatted
-    C{text}, so that a log pipeline need not know Twisted's format syntax.
+    structured field, the format, the time), the level as a plain name,
+    and the formatted C{text}, so that a log pipeline need not know
+    Twisted's format syntax.  The logger and source objects are left out:
+    they are Python objects, not data.
     """
 
     def __init__(self, out: IO[str]) -> None:
         self.out = out
 
     def __call__(self, event: LogEvent) -> None:
-        line = eventAsJSON(dict(event, text=formatEvent(event)))
+        flat = {k: v for k, v in event.items() if k not in ("log_logger", "log_source")}
+        level = event.get("log_level")
+        if level is not None:
+            flat["log_level"] = level.name  # a plain "info", not a serialized constant
+        flat["text"] = formatEvent(event)
+        line = eventAsJSON(flat)
         self.out.write(line + "\n")
         self.out.flush()

@@ -106,7 +106,7 @@ class Options(TunnelOptions):
             "tcp:10261:interface=127.0.0.1",
             "HTTP CONNECT front door (Twisted endpoint). Plain on unix sockets and loopback; "
             "anywhere else it requires client certificates signed by --connect-ca, and "
-            "refuses agents' (system:node:*) certificates.",
+            "refuses agents' (system:node:*) certificates. 'none': no CONNECT door.",
         ],
         ["connect-ca", None, None, "CA for CONNECT clients' certificates (default: --ca)."],
         [
@@ -397,13 +397,14 @@ def makeService(options: Options) -> IService:
             {b"agents": JSONResource(lambda: agentsDocument(server))},
         )
     listen(options["tunnel-endpoint"], server.tunnelFactory(), "--tunnel-endpoint")
-    local = connectDoorIsLocal(endpoint(options["connect-endpoint"], "--connect-endpoint"))
-    door = ConnectDoorFactory(server, authorize=None if local else refuseAgentCertificates)
-    listen(
-        options["connect-endpoint"],
-        _connectDoorFactory(options, server, door, local, top),
-        "--connect-endpoint",
-    )
+    if options["connect-endpoint"] != "none":
+        local = connectDoorIsLocal(endpoint(options["connect-endpoint"], "--connect-endpoint"))
+        door = ConnectDoorFactory(server, authorize=None if local else refuseAgentCertificates)
+        listen(
+            options["connect-endpoint"],
+            _connectDoorFactory(options, server, door, local, top),
+            "--connect-endpoint",
+        )
     for node, port, description in options["forward"]:
         listen(description, ForwardFactory(server, node, port), f"--forward {node}:{port}")
     _proxyListeners(options, server, top, endpoint, listen)
