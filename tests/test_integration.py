@@ -28,7 +28,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import optionsForClientTLS, trustRootFromCertificates
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.testing import StringTransport
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
@@ -776,6 +776,23 @@ class RefusalTests(TunnelTestCase):
         client = await self.plainTLSClient(serverPort)
         await client.lost
         await self.assertServerLoggedHandshakeFailure(events)
+
+    async def test_tcpHealthCheckIsNoWarning(self) -> None:
+        """
+        A connection that opens and closes without a TLS word (a load
+        balancer's TCP health check) is counted, and logged at debug level
+        only; a failed handshake is a warning (above).
+        """
+        events = self.captureLogs()
+        server, serverPort = self.startServer()
+        probe = Protocol()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", serverPort), probe)
+        assert probe.transport is not None
+        probe.transport.loseConnection()
+        closed = server.metrics.handshakeFailures
+        await waitUntil(lambda: closed["connection_closed"] == 1, 5.0, "the probe to be counted")
+        warnings = [logText(e) for e in serverEvents(events) if e["log_level"] > LogLevel.info]
+        self.assertEqual(warnings, [])
 
     async def test_agentLogsWhyItsAttemptFailed(self) -> None:
         """

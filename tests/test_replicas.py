@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from twisted_tunnel import wire
-from twisted_tunnel.agent import TunnelAgent
+from twisted_tunnel.agent import SEARCH_PATIENCE, SEARCH_SLOWDOWN, TunnelAgent
 from twisted_tunnel.errors import NodeNotConnected
 from twisted_tunnel.mux import Tunnel
 from twisted_tunnel.server import TunnelServer
@@ -198,6 +198,36 @@ class ReplicaTests(SynchronousTestCase):
         self.lb.routeTo(self.replicas["srv-2"])
         self.assertEqual(agent.servers(), ["srv-1", "srv-2"])
         self.assertEqual(agent._reconnector.failures, 0)  # type: ignore[union-attr]
+
+    def test_searchSlowsDownForAReplicaThatStaysMissing(self) -> None:
+        """
+        After SEARCH_PATIENCE duplicates in a row the search for the missing
+        replica waits SEARCH_SLOWDOWN times longer; a replica found makes it
+        search at the normal pace again.
+        """
+        agent = self.startAgent()
+        kept = self.lb.routeTo(self.replicas["srv-1"])
+        for attempt in range(1, SEARCH_PATIENCE + 1):
+            self.lb.routeTo(self.replicas["srv-1"])
+            delay = self.nextDial(agent)
+            slowdown = SEARCH_SLOWDOWN if attempt >= SEARCH_PATIENCE else 1
+            self.assertEqual(delay, 10.0 * (attempt + 1) * slowdown, attempt)
+            for _ in range(int(delay)):  # a second at a time, so that keepalives flow
+                self.clock.advance(1.0)
+                self.lb.pumpAll()
+        self.assertFalse(kept.lost)
+        self.assertEqual(agent.servers(), ["srv-1"])
+        self.lb.routeTo(self.replicas["srv-2"])
+        self.clock.advance(0)
+        self.lb.routeTo(self.replicas["srv-2"])
+        self.assertEqual(self.nextDial(agent), 20.0, "the pace is back to normal")
+
+    def nextDial(self, agent: TunnelAgent) -> float:
+        """Seconds until the agent dials again."""
+        reconnector = agent._reconnector
+        assert reconnector is not None
+        (call,) = [c for c in self.clock.getDelayedCalls() if c.func == reconnector._connect]
+        return call.getTime() - self.clock.seconds()
 
     def test_lostReplicaIsLookedForAgain(self) -> None:
         """A tunnel lost (a replica died): dial after C{retryPolicy(0)}, find its replacement."""

@@ -75,6 +75,12 @@ _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: How long the agent waits for a target to accept a connection.
 DEFAULT_DIAL_TIMEOUT = 5.0
 
+#: After this many DUPLICATE refusals in a row, the search for a missing
+#: server replica slows down by L{SEARCH_SLOWDOWN}: with the default 30 s
+#: backoff cap, from every 15-30 s to every 2.5-5 minutes.
+SEARCH_PATIENCE = 10
+SEARCH_SLOWDOWN = 10.0
+
 
 class Allowlist:
     """
@@ -104,7 +110,7 @@ class Allowlist:
 @lru_cache(maxsize=1024)
 def _parseIP(host: str) -> _IPAddress | None:
     """
-    The IP address in C{host}, or L{None}: cached, since a server asks for the
+    The IP address in C{host}, or C{None}: cached, since a server asks for the
     same few addresses (node IPs, loopback) on every stream open.
     """
     try:
@@ -251,6 +257,7 @@ class Reconnector:
         self.report = report
         self.tunnels: dict[str, Tunnel] = {}
         self.failures = 0
+        self._duplicates = 0  # DUPLICATE refusals in a row
         self._lastWanted = 1
         self._draining: set[Tunnel] = set()
         self._running = False
@@ -336,7 +343,7 @@ class Reconnector:
         A tunnel that is up, or the next one to come up.
 
         @param failAfterFailures: fail with the reason of the last attempt
-            after this many more failed attempts (L{None}: never fail).
+            after this many more failed attempts (C{None}: never fail).
         """
         tunnel = self.tunnel
         if tunnel is not None:
@@ -353,6 +360,7 @@ class Reconnector:
         serverId = _serverId(tunnel)
         if self.tunnels.get(serverId) is tunnel:
             del self.tunnels[serverId]
+            self._duplicates = 0
             self._draining.add(tunnel)
             tunnel.whenLost().addCallback(lambda _: self._draining.discard(tunnel))
             self._dialIfShort(self.retryPolicy(0), f"server {serverId} is draining our tunnel")
@@ -389,7 +397,7 @@ class Reconnector:
         if not self._running:
             tunnel.close(ErrorCode.SHUTTING_DOWN, "agent stopping")
             return
-        self.failures = 0
+        self.failures = self._duplicates = 0
         self.report("ok")
         serverId = _serverId(tunnel)
         old = self.tunnels.pop(serverId, None)
@@ -421,6 +429,21 @@ class Reconnector:
         goaway = attempted.peerGoAway if attempted is not None else None
         self.report(attemptResult(failure, goaway))
         if goaway is not None and goaway[0] == ErrorCode.DUPLICATE:
+            self._duplicates += 1
+            if self._duplicates >= SEARCH_PATIENCE:
+                # a replica that stays missing (gone for good, or a
+                # --server-count above the replicas running): do not make
+                # every agent of the fleet handshake with the others forever
+                delay *= SEARCH_SLOWDOWN
+                if self._duplicates == SEARCH_PATIENCE:
+                    self.log.info(
+                        "still holding {held} of {wanted} servers after {tries} tries; "
+                        "looking every few minutes from now on (does --server-count match "
+                        "the replicas running?)",
+                        held=len(self.tunnels),
+                        wanted=self.wanted,
+                        tries=self._duplicates,
+                    )
             self.log.debug(
                 "reached a server we already hold ({reason}); dialing again in {delay:.1f}s",
                 reason=goaway[1],
@@ -453,6 +476,7 @@ class Reconnector:
         serverId = _serverId(tunnel)
         if self.tunnels.get(serverId) is tunnel:
             del self.tunnels[serverId]
+            self._duplicates = 0  # something changed: search at the normal pace again
             self._dialIfShort(self.retryPolicy(0), f"tunnel to server {serverId} lost")
 
 

@@ -162,7 +162,7 @@ def validateNodeName(nodeName: str) -> str:
 
 
 def _parseIP(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """Parse C{text} as an IP address literal, or return L{None} if it is not one."""
+    """Parse C{text} as an IP address literal, or return C{None} if it is not one."""
     try:
         return ipaddress.ip_address(text)
     except ValueError:

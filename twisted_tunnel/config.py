@@ -82,8 +82,8 @@ class ConfigError(TunnelError):
     fields.
 
     @ivar key: the data key at fault (or a manifest field such as C{kind}),
-        or L{None} when the problem is the document or path as a whole.
-    @ivar value: the offending value as text, or L{None}.
+        or C{None} when the problem is the document or path as a whole.
+    @ivar value: the offending value as text, or C{None}.
     @ivar reason: why it is refused.
     @ivar path: the file or directory it was read from, when known.
     """
@@ -203,7 +203,7 @@ class ProxyConfig:
 
     def protocolFor(self, port: int) -> PortProtocol | None:
         """
-        How a connection for C{port} on a node is carried, or L{None} when the
+        How a connection for C{port} on a node is carried, or C{None} when the
         proxy listeners must refuse it (the port is not configured).
         """
         if port in self.httpsPorts:
@@ -556,7 +556,7 @@ def _yamlProblem(error: Exception) -> str:
 def _scalarTexts(node: yaml.Node | None) -> tuple[dict[str, str], str | None]:
     """
     For a mapping node: each scalar value's source text by key, and the first
-    key that appears twice (L{yaml.safe_load} silently keeps the last one,
+    key that appears twice (C{yaml.safe_load} silently keeps the last one,
     which would hide an operator's mistake).
     """
     texts: dict[str, str] = {}
@@ -686,7 +686,7 @@ class ConfigWatcher(Service):
     @ivar current: the configuration in force.
     @ivar stale: whether the path holds something other than C{current}
         (refused, or missing), so operators can be told.
-    @ivar staleReason: why, one line (the L{ConfigError} text); L{None} when
+    @ivar staleReason: why, one line (the L{ConfigError} text); C{None} when
         not stale.
     @ivar lastLoaded: clock time of the last successful load (construction
         time for the initial configuration).

@@ -457,7 +457,7 @@ class ConnectDoorFactory(Factory):
         opens before we stop reading from it.
     @ivar lingerTimeout: how long an error response may take to be read.
     @ivar authorize: given a client's transport, the reason to refuse it
-        (C{403}), or L{None} to let it in; see L{refuseAgentCertificates}.
+        (C{403}), or C{None} to let it in; see L{refuseAgentCertificates}.
     """
 
     noisy = False

@@ -1,7 +1,7 @@
 """
 TCP transports that send small writes at once.
 
-Twisted's L{FileDescriptor.write} only queues: the bytes leave when the
+Twisted's C{FileDescriptor.write} only queues: the bytes leave when the
 reactor next finds the socket writable.  For each burst of writes that costs
 an C{epoll_ctl} to watch for writability, a trip round the reactor loop, the
 C{send}, and another C{epoll_ctl} to stop watching.  A tunnel hop forwards
@@ -18,7 +18,7 @@ are better served by one big C{send} per reactor turn than by one per write
 (a TLS layer writes each 16 KiB record separately).
 
 L{EagerTCPReactor} wraps a reactor so that endpoints built on it
-(C{serverFromString}, L{TCP4ClientEndpoint}, L{HostnameEndpoint}) make
+(C{serverFromString}, C{TCP4ClientEndpoint}, C{HostnameEndpoint}) make
 these transports; everything else is the wrapped reactor's.
 """
 
@@ -35,7 +35,7 @@ EAGER_LIMIT = 16 * 1024
 
 class _SendAtOnce:
     """
-    Mixed into a L{tcp.Connection} subclass: C{write} tries C{send()} first.
+    Mixed into a C{tcp.Connection} subclass: C{write} tries C{send()} first.
     """
 
     def write(self, data: bytes) -> None:

@@ -83,7 +83,7 @@ class OpeningRelay(RelayProtocol):
 def refusalText(failure: Failure) -> str | None:
     """
     The one-line reason for an expected refusal (no agent, dial refused,
-    policy said no...), or L{None} for a bug, which deserves a traceback.
+    policy said no...), or C{None} for a bug, which deserves a traceback.
     """
     if failure.check(TunnelError):
         return failure.getErrorMessage()

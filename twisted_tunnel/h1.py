@@ -1135,7 +1135,7 @@ class Connection:
         """
         Take a complete head from the buffer, as h11 finds one: (the
         buffer, where the head starts, where its start line ends (before the
-        CR LF), where its field lines start, where they end), or L{None}.
+        CR LF), where its field lines start, where they end), or C{None}.
         """
         buf, pos = self._buf, self._pos
         size = len(buf)
@@ -1366,7 +1366,7 @@ class Connection:
 
     def send(self, event: Event) -> bytes | None:
         """
-        The bytes that say C{event} to the peer (L{None} for
+        The bytes that say C{event} to the peer (C{None} for
         L{ConnectionClosed}).
 
         @raise LocalProtocolError: the event cannot be sent now (our state

@@ -157,7 +157,7 @@ class RequestHead:
         The host the request is for, lower-cased and stripped: the authority
         of an absolute-form target (C{GET http://10.0.0.7:10255/metrics}),
         which RFC 9112 section 3.2.2 says wins over C{Host}, else the C{Host}
-        header; L{None} when there is neither (an HTTP/1.0 request may have
+        header; C{None} when there is neither (an HTTP/1.0 request may have
         no C{Host}).
         """
         lowered = self.target.lower()
@@ -170,7 +170,7 @@ class RequestHead:
         return value.strip().lower() if value is not None else None
 
     def header(self, name: bytes) -> bytes | None:
-        """The first value of the header C{name} (lower-case), or L{None}."""
+        """The first value of the header C{name} (lower-case), or C{None}."""
         for key, value in self.headers:
             if key == name:
                 return value
@@ -188,7 +188,7 @@ class Route:
     @ivar endpoint: how to reach the upstream (a tunnel stream, maybe
         wrapped in client TLS).  It is connected on the first request, and
         again only when the upstream closed its connection.
-    @ivar hostHeader: the C{Host} to send upstream; L{None} keeps the
+    @ivar hostHeader: the C{Host} to send upstream; C{None} keeps the
         client's.
     @ivar description: how logs name the route, e.g.
         C{"10.0.0.7:10250 via node edge-1 (https)"}.
@@ -238,7 +238,7 @@ class Limits:
         requests before it is closed, quietly.
     @ivar upstreamTimeout: seconds the upstream may take to connect, and
         then to start its response once the whole request was sent; C{504}
-        after that.  L{None}: no limit here (tunnel streams have their own
+        after that.  C{None}: no limit here (tunnel streams have their own
         open timeout, and a watch may legitimately wait long).
     @ivar maxResponseHeaderBytes: the largest response head taken from an
         upstream; larger is C{502}.
@@ -432,7 +432,7 @@ class _Upstream(Protocol):
     One upstream connection, speaking HTTP/1.1 as a client (h1) for the
     L{HTTPProxyProtocol} that owns it, or relaying raw bytes after an
     upgrade.  Everything it hears goes to its owner; once detached (owner
-    L{None}) it only closes.
+    C{None}) it only closes.
     """
 
     def __init__(self, owner: HTTPProxyProtocol) -> None:
@@ -1452,7 +1452,7 @@ class HTTPProxyFactory(Factory):
 
 
 def _knownFailure(error: BaseException | None) -> tuple[int, str] | None:
-    """The status and reason for a failure we expect, or L{None}."""
+    """The status and reason for a failure we expect, or C{None}."""
     if isinstance(error, RouteRefused):
         return error.status, error.reason
     if isinstance(error, (NodeNotConnected, TunnelClosed)):

@@ -174,7 +174,7 @@ def listenerAddress(endpoint: object) -> ListenerAddress | None:
     """
     The address a server endpoint built by C{serverFromString} listens on,
     for the manager's C{listeners}: C{("0.0.0.0", 10264)} for C{tcp:10264},
-    C{("127.0.0.1", 10264)} for C{tcp:10264:interface=127.0.0.1}; L{None}
+    C{("127.0.0.1", 10264)} for C{tcp:10264:interface=127.0.0.1}; C{None}
     for anything but TCP (a UNIX socket cannot be a DNAT target).
 
     It reads the endpoint's private C{_interface} and C{_port}, as
@@ -193,7 +193,7 @@ def _dnatTarget(
 ) -> tuple[str | None, list[str]]:
     """
     The target part of a node rule for a listener (C{-j DNAT ...}), or
-    L{None} when no IPv4 rule can reach that listener; and notes for the log.
+    C{None} when no IPv4 rule can reach that listener; and notes for the log.
 
     A listener on every interface is DNATed to C{127.0.0.1}: C{0.0.0.0} is
     not an address one can send to, and the loopback address is the one
@@ -321,7 +321,7 @@ def renderRules(
         as it would without the tunnel instead of going to a listener that
         can only refuse it.  IPv6 addresses are skipped (with a note).
     @param listeners: C{{kind: (host, port)}} for C{"https"}, C{"http"},
-        C{"tcp"}; a kind that is absent or L{None} (C{--...-endpoint none})
+        C{"tcp"}; a kind that is absent or C{None} (C{--...-endpoint none})
         gets no chain and no rules.
     @param prerouting: whether C{PREROUTING} is hooked too, which changes
         the target for listeners on every interface (see L{_dnatTarget}).
@@ -503,7 +503,7 @@ def _hookJump(chain: str) -> str:
 def restoreText(desired: Ruleset, current: NatState) -> str | None:
     """
     The input of one C{iptables-restore --noflush} that turns C{current}
-    into C{desired}, or L{None} when they are the same already.
+    into C{desired}, or C{None} when they are the same already.
 
     C{:<chain> - [0:0]} creates each of our chains, or flushes it if it
     exists, and the C{-A} lines refill it: C{iptables-restore} commits a
@@ -559,7 +559,7 @@ def cleanupText(current: NatState) -> str | None:
     The input of one C{iptables-restore --noflush} that removes everything
     of ours: every rule that jumps to our chains (wherever it is: a chain
     cannot be deleted while referenced), then our chains, flushed first (a
-    chain must be empty to be deleted).  L{None} when there is nothing.
+    chain must be empty to be deleted).  C{None} when there is nothing.
     """
     if current.empty:
         return None
@@ -588,7 +588,7 @@ def checkAvailable(
     timeout: float = 10.0,
 ) -> str | None:
     """
-    Why this process cannot manage iptables, or L{None} if it can.
+    Why this process cannot manage iptables, or C{None} if it can.
 
     It runs C{iptables-save -t nat}, which needs what changing the rules
     needs (root, or C{CAP_NET_ADMIN} in the network namespace) and loads the
@@ -616,7 +616,7 @@ def checkAvailable(
 
 @frozen
 class _Output:
-    """How a command ended: C{status} is L{None} when a signal ended it."""
+    """How a command ended: C{status} is C{None} when a signal ended it."""
 
     status: int | None
     out: bytes
@@ -695,7 +695,7 @@ class IptablesManager(Service):
     listener.
 
     @ivar lastSyncDuration: seconds the last successful sync took, or
-        L{None} before the first.
+        C{None} before the first.
     @ivar syncSeconds: seconds all successful syncs took, together.
     @ivar syncErrors: how many syncs (and stop cleanups) have failed.
     @ivar ruleCount: rules in our chains after the last successful sync.
@@ -704,7 +704,7 @@ class IptablesManager(Service):
         with nothing to change runs none).
     @ivar conntrackErrors: how many C{conntrack -D} failed (other than for
         finding nothing to delete).
-    @ivar lastError: the last failure's line, or L{None}.
+    @ivar lastError: the last failure's line, or C{None}.
     """
 
     log = Logger()
@@ -728,7 +728,7 @@ class IptablesManager(Service):
         stopTimeout: float = 10.0,
     ) -> None:
         """
-        @param reactor: a clock that can spawn processes (L{IReactorProcess}).
+        @param reactor: a clock that can spawn processes (C{IReactorProcess}).
         @param listeners: C{{"https"|"http"|"tcp": (host, port) or None}};
             see L{listenerAddress} and L{renderRules}.
         @param config: the configuration in force, asked at each sync.
@@ -740,7 +740,7 @@ class IptablesManager(Service):
             burst of changes (agents reconnecting) becomes one sync.
         @param commandPrefix: put before every command, e.g. C{["ip",
             "netns", "exec", "ns1"]} to manage another network namespace.
-        @param conntrack: the conntrack command, or L{None} not to flush.
+        @param conntrack: the conntrack command, or C{None} not to flush.
         @param commandTimeout: a command still running after this is killed
             (and the sync counted as failed).
         @param stopTimeout: L{stopService} gives up on the cleanup after this.

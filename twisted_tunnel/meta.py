@@ -39,7 +39,7 @@ HEARTBEAT = 1.0
 #: How late the heartbeat may be before C{/healthz} says the reactor stalled.
 STALL_LIMIT = 10.0
 
-#: A readiness check: L{None} when fine, else why not (one line).
+#: A readiness check: C{None} when fine, else why not (one line).
 Check = Callable[[], str | None]
 
 

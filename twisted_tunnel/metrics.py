@@ -4,10 +4,10 @@ Prometheus metrics of a server or an agent, each in a registry of its own.
 
 No global registry: two servers in one process (or in one test run) do not
 mix their numbers.  Counting on the hot path is plain arithmetic on objects
-that exist anyway (streams count their bytes, a few L{collections.Counter}
+that exist anyway (streams count their bytes, a few C{collections.Counter}
 tallies); the Prometheus families are built only when C{/metrics} is
 scraped, by collectors that read that state.  The one exception is the
-stream-open latency, a real L{Histogram}, observed once per open.
+stream-open latency, a real C{Histogram}, observed once per open.
 
 Labels stay low-cardinality: policies, reasons, directions and server ids.
 Nothing is labelled by URL path or stream id, and per-node series exist
@@ -184,7 +184,7 @@ class ServerMetrics:
         self._config = watcher
 
     def watchIptables(self, sync: Any) -> None:
-        """Report C{sync}'s syncs, their duration and errors (an L{IptablesSync})."""
+        """Report C{sync}'s syncs, their duration and errors (an C{IptablesSync})."""
         self._iptables = sync
 
 

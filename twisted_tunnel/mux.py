@@ -1342,9 +1342,9 @@ class Tunnel(Protocol):
         Act on the silence so far: end a connection silent for the
         deadline, or send a PING when one is due (see L{Keepalive}).
 
-        @param judge: L{False} to send PINGs but declare nobody dead (for a
+        @param judge: C{False} to send PINGs but declare nobody dead (for a
             check that ran late: the silence it sees may be its own).
-        @return: seconds until something is due, or L{None} once the
+        @return: seconds until something is due, or C{None} once the
             connection is closing.
         """
         if self._done or self._closing:
@@ -1388,7 +1388,7 @@ class KeepaliveSweep:
     One timer for the keepalive of many tunnels, instead of one each.
 
     A server holds a tunnel per edge node.  With a timer per tunnel, ten
-    thousand idle agents kept ten thousand L{IDelayedCall}s in the
+    thousand idle agents kept ten thousand C{IDelayedCall}s in the
     reactor's heap and rescheduled one every millisecond: a quarter of an
     idle server's CPU (C{bench/agents.py}).  The sweep looks at every
     tunnel once per C{period} instead, so a dead peer is found between

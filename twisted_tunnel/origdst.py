@@ -61,8 +61,8 @@ def _socketOf(transport: object) -> socket.socket | None:
     """
     The socket under C{transport}, if there is one.
 
-    A TCP transport's C{getHandle()} is its socket.  A L{ProtocolWrapper}
-    acting as a transport (L{twisted.protocols.tls.TLSMemoryBIOProtocol}
+    A TCP transport's C{getHandle()} is its socket.  A C{ProtocolWrapper}
+    acting as a transport (C{twisted.protocols.tls.TLSMemoryBIOProtocol}
     among others) has a handle of its own (for TLS, the C{OpenSSL}
     connection), so we look at the transport it wraps.  Only wrappers are
     looked through: an object that merely has a C{transport} attribute (a
@@ -142,7 +142,7 @@ def originalDestination(transport: object) -> tuple[str, int] | None:
 
     @param transport: The connection's transport: a TCP transport, or a
         wrapper around one such as the TLS transport of
-        L{twisted.protocols.tls.TLSMemoryBIOFactory}.  Works before, during
+        C{twisted.protocols.tls.TLSMemoryBIOFactory}.  Works before, during
         and after a TLS handshake.
 
     @return: C{(ip, port)}, the address as text (IPv4 dotted, IPv6
@@ -153,7 +153,7 @@ def originalDestination(transport: object) -> tuple[str, int] | None:
         says), conntrack has no entry for it or the option is missing
         (C{ENOENT}, C{ENOPROTOOPT}), the system is not Linux, or the
         transport has no socket (a stream inside the tunnel, a
-        L{StringTransport<twisted.internet.testing.StringTransport>}, a
+        C{StringTransport}, a
         closed connection).  It never raises.
     """
     if not _isLinux:

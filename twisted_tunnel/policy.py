@@ -118,7 +118,7 @@ class IForwardingPolicy(Interface):
         """
         Decide.
 
-        @return: a L{ForwardingDecision}, or a L{Deferred} or a coroutine
+        @return: a L{ForwardingDecision}, or a C{Deferred} or a coroutine
             that gives one; raise (or fail with) L{ForwardingRefused} to say
             no.  Called for every HTTP request, so keep it cheap.
         """
@@ -205,7 +205,7 @@ def decideNow(
 ) -> ForwardingDecision | Deferred[ForwardingDecision]:
     """
     Like L{decide}, but a policy that answers at once (every built-in one
-    does) gets its checked decision back at once, not in a L{Deferred}: the
+    does) gets its checked decision back at once, not in a C{Deferred}: the
     HTTP proxy asks once per request, and a chain of Deferreds was a tenth
     of its CPU per request.  Whatever the policy raises, this raises.
     """

@@ -215,7 +215,7 @@ class ProxyRouter:
     ) -> Routed | Deferred[Routed]:
         """
         L{route}, but the route itself when the policy decides at once (the
-        built-in ones do), without a L{Deferred} on the way: the HTTP proxy
+        built-in ones do), without a C{Deferred} on the way: the HTTP proxy
         routes every request.
 
         @raise RoutingRefused: for everything the client should be told.

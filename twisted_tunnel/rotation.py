@@ -177,7 +177,7 @@ def watchCredentials(
     interval: float = DEFAULT_RELOAD_INTERVAL,
 ) -> CredentialsWatcher | None:
     """
-    A watcher for the files C{credentials} were loaded from (L{None} if
+    A watcher for the files C{credentials} were loaded from (C{None} if
     they were not loaded from files, or C{interval} is 0).
     """
     paths = (credentials.caPath, credentials.certPath, credentials.keyPath)

@@ -32,7 +32,7 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -297,8 +297,12 @@ class _ServerSide:
             # the TLS handshake failed (wrong CA, no client certificate,
             # expired) or the peer never sent HELLO: one line saying why
             message = reason.getErrorMessage()
-            self.server.metrics.handshakeFailures[handshakeFailureReason(message)] += 1
-            self.log.warn(
+            why = handshakeFailureReason(message)
+            self.server.metrics.handshakeFailures[why] += 1
+            # a connection that just closed, with no TLS error, is most often
+            # a load balancer's TCP health check: not worth a warning each time
+            self.log.emit(
+                LogLevel.debug if why == "connection_closed" else LogLevel.warn,
                 "refused agent connection from {peer}: no tunnel established "
                 "(TLS handshake or HELLO failed): {reason}",
                 peer=tunnel._peerLabel(),

@@ -295,10 +295,10 @@ def enableReleaseBuffers(context: SSL.Context) -> bool:
 
     That is OpenSSL's C{SSL_MODE_RELEASE_BUFFERS}: some 34 KiB less per idle
     connection, which adds up over ten thousand agents that mostly sit idle.
-    Twisted's L{CertificateOptions} already sets it on every context it makes;
+    Twisted's C{CertificateOptions} already sets it on every context it makes;
     this is for contexts made some other way, and to check that it is on.
 
-    @return: Whether the mode is now set (L{False} if this pyOpenSSL does not
+    @return: Whether the mode is now set (C{False} if this pyOpenSSL does not
         expose the flag).
     """
     flag: int | None = getattr(SSL, "MODE_RELEASE_BUFFERS", None)
@@ -309,10 +309,10 @@ def enableReleaseBuffers(context: SSL.Context) -> bool:
 
 def _ownCertificateOptions(creds: Credentials) -> dict[str, Any]:
     """
-    The L{CertificateOptions} arguments that present C{creds.certificate}.
+    The C{CertificateOptions} arguments that present C{creds.certificate}.
 
     They are handed over as C{cryptography} objects, not pyOpenSSL ones:
-    L{CertificateOptions} only passes them on to C{Context.use_certificate}
+    C{CertificateOptions} only passes them on to C{Context.use_certificate}
     and friends, and pyOpenSSL deprecates its own C{X509} and C{PKey} there
     (a C{DeprecationWarning} per context).  Twisted's annotations still say
     pyOpenSSL types, hence the C{Any}.
@@ -331,7 +331,7 @@ def serverOptions(creds: Credentials) -> CertificateOptions:
     TLS options for the server's agent port (and other mutually authenticated front doors).
 
     A client must present a certificate signed by one of C{creds.authority}:
-    the C{trustRoot} makes L{CertificateOptions} verify the peer and fail the
+    the C{trustRoot} makes C{CertificateOptions} verify the peer and fail the
     handshake when it sends no certificate (C{VERIFY_FAIL_IF_NO_PEER_CERT}).
     No session tickets or session cache: every connection does a full
     handshake, so every connection checks a certificate.
@@ -339,7 +339,7 @@ def serverOptions(creds: Credentials) -> CertificateOptions:
     The OpenSSL context is built here, eagerly, rather than lazily on the
     first connection: a problem with the credentials surfaces at startup, and
     L{enableReleaseBuffers} is applied to the one cached context that
-    L{CertificateOptions.getContext} hands to every connection.  (Twisted
+    C{CertificateOptions.getContext} hands to every connection.  (Twisted
     already sets that mode; doing it here needs no subclass reaching into
     the private C{_makeContext}, and keeps it set should Twisted ever stop.)
     """
@@ -365,7 +365,7 @@ def agentOptions(creds: Credentials, serverName: str) -> IOpenSSLClientConnectio
     Release-buffers mode is on: Twisted sets it on every context it makes.
 
     The client certificate goes in through C{extraCertificateOptions} rather
-    than C{clientCertificate=}, which is exactly what L{optionsForClientTLS}
+    than C{clientCertificate=}, which is exactly what C{optionsForClientTLS}
     does with it, minus pyOpenSSL's deprecation warnings (see
     L{_ownCertificateOptions}).
     """
@@ -469,7 +469,7 @@ class PeerIdentity:
 
     def nodeName(self) -> str | None:
         """
-        The node named by a C{system:node:<name>} common name, or L{None}.
+        The node named by a C{system:node:<name>} common name, or C{None}.
 
         Only the common name counts here, as for Kubernetes' node authorizer:
         a DNS subjectAltName alone does not make a node certificate.
@@ -551,7 +551,7 @@ def peerIdentity(transport: object) -> PeerIdentity | None:
     Call it once the handshake has completed (C{handshakeCompleted}, or any
     data received after it): before that there is no certificate yet.
 
-    @return: L{None} if C{transport} is not a TLS transport or the peer
+    @return: C{None} if C{transport} is not a TLS transport or the peer
         presented no certificate.
     """
     tls = ISSLTransport(transport, None)
