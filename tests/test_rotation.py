@@ -88,6 +88,8 @@ class CredentialsWatcherTests(SynchronousTestCase):
         )
         self.assertEqual([e["log_level"] for e in events], [LogLevel.info])
         self.assertIn("certificates reloaded", formatEvent(events[0]))
+        # which certificate is now in use: an operator can tell
+        self.assertIn(f"serial {rotated.certificate.serial_number:#x}", formatEvent(events[0]))
         # and only once
         self.assertEqual(self.rotation.pollLogged(), [])
         self.assertEqual(len(self.rotation.changes), 1)

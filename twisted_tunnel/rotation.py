@@ -147,12 +147,11 @@ class CredentialsWatcher(Service):
             )
             return False
         self.onChange(credentials)
+        identity = credentials.identity()
         self.log.info(
-            "certificates reloaded: {identity}, valid until {expiry}",
-            identity=credentials.identity().describe(),
-            expiry=credentials.certificate.original.to_cryptography().not_valid_after_utc.isoformat(
-                timespec="seconds"
-            ),
+            "certificates reloaded: {identity}, {certificate}",
+            identity=identity.describe(),
+            certificate=identity.certificate(),
         )
         return True
 

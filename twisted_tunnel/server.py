@@ -249,10 +249,11 @@ class _ServerSide:
             )
             replaced.tunnel.close(ErrorCode.REPLACED, "a newer connection for this node")
         self.log.info(
-            "agent {node} connected from {peer} with IPs {ips}",
+            "agent {node} connected from {peer} with IPs {ips} ({certificate})",
             node=node,
             peer=record.peer,
             ips=", ".join(ips) or "(none)",
+            certificate=identity.certificate(),
         )
 
     def _refuseDuplicate(self, node: str, held: object) -> None:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
-from attrs import frozen
+from attrs import field, frozen
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -460,12 +460,17 @@ class PeerIdentity:
     @ivar dnsNames: The DNS names in its subjectAltName.
     @ivar ipAddresses: The IP addresses in its subjectAltName, as text.
     @ivar organizations: The subject organizations (Kubernetes groups).
+    @ivar serial: The certificate's serial number, for logs (which one is in use).
+    @ivar notAfter: When the certificate expires, for logs.
     """
 
     commonName: str | None
     dnsNames: tuple[str, ...] = ()
     ipAddresses: tuple[str, ...] = ()
     organizations: tuple[str, ...] = ()
+    # which certificate carried the identity: for logs, not part of who it is
+    serial: int | None = field(default=None, eq=False)
+    notAfter: datetime.datetime | None = field(default=None, eq=False)
 
     def nodeName(self) -> str | None:
         """
@@ -495,6 +500,12 @@ class PeerIdentity:
         if node is not None and node.lower() == wanted:
             return True
         return any(dnsName.lower() == wanted for dnsName in self.dnsNames)
+
+    def certificate(self) -> str:
+        """The certificate's serial and expiry, for logs: C{serial 0x1f.., valid until 2027-..}."""
+        serial = f"serial {self.serial:#x}" if self.serial is not None else "no serial"
+        until = f", valid until {self.notAfter:%Y-%m-%d %H:%M}Z" if self.notAfter else ""
+        return serial + until
 
     def describe(self) -> str:
         """A short description, for logs: C{node edge-1} or C{CN=kube-apiserver}."""
@@ -536,6 +547,8 @@ def identityOfCertificate(certificate: x509.Certificate) -> PeerIdentity:
         dnsNames=tuple(dnsNames),
         ipAddresses=tuple(str(address) for address in ipAddresses),
         organizations=tuple(_text(o.value) for o in organizations),
+        serial=certificate.serial_number,
+        notAfter=certificate.not_valid_after_utc,
     )
 
 
