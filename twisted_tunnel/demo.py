@@ -14,6 +14,7 @@ This is a plain blocking script on purpose: it only orchestrates processes.
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import socket
@@ -25,6 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from .certs import mintAgent, mintCA, mintServer, writePair
+from .status import readStatus, render
 
 NODE = "edge-1"
 
@@ -70,7 +72,9 @@ def main() -> int:
     site.mkdir()
     (site / "index.html").write_text(f"hello from the kubelet stand-in on {NODE}\n")
 
-    tunnelPort, doorPort, servicePort, forwardPort, proxyPort = (freePort() for _ in range(5))
+    tunnelPort, doorPort, servicePort, forwardPort, proxyPort, serverMeta, agentMeta = (
+        freePort() for _ in range(7)
+    )
     # the edge-tunnel-server-cfg ConfigMap, as kubectl would apply it: open the service's port
     (work / "edge-tunnel-server-cfg.yaml").write_text(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: edge-tunnel-server-cfg\n"
@@ -122,6 +126,7 @@ def main() -> int:
             "--https-proxy-endpoint=none",
             "--tcp-proxy-endpoint=none",
             "--no-iptables",  # a demo on loopback leaves the host's iptables alone
+            f"--meta-endpoint=tcp:{serverMeta}:interface=127.0.0.1",
             f"--config={work / 'edge-tunnel-server-cfg.yaml'}",
             f"--ca={work / 'ca.pem'}",
             f"--cert={work / 'server.pem'}",
@@ -134,6 +139,7 @@ def main() -> int:
         + [
             "edge-tunnel-agent",
             f"--server=127.0.0.1:{tunnelPort}",
+            f"--meta-endpoint=tcp:{agentMeta}:interface=127.0.0.1",
             f"--ca={work / 'ca.pem'}",
             f"--cert={work / 'agent.pem'}",
             f"--key={work / 'agent-key.pem'}",
@@ -183,6 +189,10 @@ def main() -> int:
                 f"\n$ GET / with Host: {target} at the HTTP proxy listener 127.0.0.1:{proxyPort}"
             )
             print(f"HTTP {r.status}: {r.read().decode().rstrip()}")
+        print(f"\n$ edge-tunnel status --server http://127.0.0.1:{serverMeta}")
+        now = datetime.datetime.now(datetime.UTC)
+        for line in render(readStatus(f"http://127.0.0.1:{serverMeta}"), now):
+            print(line)
         print(
             "\nTry it yourself:\n"
             f"  curl -H 'Host: {NODE}:{servicePort}' http://127.0.0.1:{proxyPort}/\n"
@@ -190,6 +200,9 @@ def main() -> int:
             f"  curl -p -x http://127.0.0.1:{doorPort} http://{NODE}:{servicePort}/\n"
             f"  curl http://127.0.0.1:{forwardPort}/\n"
             f"  curl -p -x http://127.0.0.1:{doorPort} http://nowhere:80/   # 503: no such node\n"
+            f"  curl http://127.0.0.1:{serverMeta}/readyz    # and /healthz, /metrics, /agents\n"
+            f"  curl http://127.0.0.1:{agentMeta}/metrics\n"
+            f"  edge-tunnel status --server http://127.0.0.1:{serverMeta}\n"
             "\nRunning until interrupted (Ctrl-C)."
         )
         while all(p.poll() is None for p in processes):
