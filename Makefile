@@ -50,6 +50,13 @@ bench-scale: venv
 	$(PY) bench/agents.py --agents 1000 5000 10000 --idle-seconds 60 --opens 200 \
 	    --report bench/results/tmp/scale-latest.md
 
+# Reconnect storm (issue 6): 1,000 agents, the server killed and a fresh one started on the same
+# ports, three times (see bench/results/storm.md).  Options: BENCH_STORM_ARGS=--signal term ...
+.PHONY: bench-storm
+bench-storm: venv
+	$(PY) bench/agents.py --storm --agents 1000 1000 1000 --keep-going $(BENCH_STORM_ARGS) \
+	    --report bench/results/tmp/storm-latest.md
+
 # API docs in build/apidocs; the settings are tox.ini's [pydoctor] section, as for `tox -e docs`.
 docs: venv
 	$(VENV)/bin/pydoctor --config=tox.ini

@@ -15,16 +15,33 @@ C{127.1.x.y}, minted in memory from one CA), and measures:
  - the latency of opening a stream to a random agent through the server's
    CONNECT door and echoing a payload byte-exact through it.
 
+With C{--storm} (issue 6, "reconnect storms stay calm"), for each size
+(default 1,000) it connects the agents, each with the library's own
+reconnect behaviour (L{TunnelAgent}'s default backoff: exponential with
+equal jitter, capped at 30 s), stops the server by PID (C{--signal kill}, a
+crash, or C{term}, a graceful restart), starts a fresh one on the same
+ports, and measures:
+
+ - when each agent is back (HELLO done) after the new server listens:
+   p50, p90, max, and how many came back in each second;
+ - that none gave up: each still running, each back;
+ - that the server answers throughout: a health check every 0.25 s from a
+   separate process (L{HealthProbe}), C{CONNECT} to a node that does not
+   exist through the CONNECT door, answered (any status) within 1 s;
+ - the server's CPU and memory during the storm.
+
 The agents are the library's own L{TunnelAgent}s (with L{agentOptions} and
 L{makeCredentials}), not a second implementation of the protocol: what is
 measured is what real agents would make the server do.  Everything listens
 and connects on 127.0.0.0/8 only.  Every phase has a deadline; the tool
-stops exactly the server processes it started (by PID) and removes its
-temporary directory.
+stops exactly the processes it started (by PID) and removes its temporary
+directory.
 
     usage: agents.py [--agents N ...] [--idle-seconds S] [--opens K] [--keep-going]
+           agents.py --storm [--agents N ...] [--signal kill|term] [--storm-outage S]
 
-See C{bench/results/scale.md} for results and how to read them.
+See C{bench/results/scale.md} and C{bench/results/storm.md} for results and
+how to read them.
 """
 
 from __future__ import annotations
@@ -32,10 +49,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import json
 import os
 import platform
 import random
 import resource
+import select
 import shutil
 import signal
 import socket
@@ -44,24 +63,30 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater, react
-from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogBeginner
+from twisted.internet.task import LoopingCall, deferLater, react
+from twisted.logger import (
+    ILogObserver,
+    LogLevel,
+    formatEvent,
+    globalLogBeginner,
+    globalLogPublisher,
+)
 from twisted.protocols.wire import Echo
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_procs.py, however loaded
-from _procs import REPO, TWISTD, daemonEnv  # noqa: E402
+from _procs import META_ENDPOINT, REPO, TWISTD, daemonEnv, freePort  # noqa: E402
 
 sys.path.insert(0, str(REPO))  # run from anywhere, with the repository's twisted_tunnel
 
@@ -343,13 +368,6 @@ def _serverDescriptorLimit() -> None:
 # -- the server process ----------------------------------------------------------------------
 
 
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @dataclass
 class ServerProcess:
     """One C{twistd edge-tunnel-server}, started by us, stopped by PID."""
@@ -386,7 +404,12 @@ _PROBLEMS = ("#warn]", "#error]", "#critical]", "Traceback")
 
 
 def startServer(
-    work: Path, pki: dict[str, Path], keepaliveInterval: float, bootstrap: str = TWISTD
+    work: Path,
+    pki: dict[str, Path],
+    keepaliveInterval: float,
+    bootstrap: str = TWISTD,
+    ports: tuple[int, int] | None = None,
+    logName: str | None = None,
 ) -> ServerProcess:
     """
     C{twistd -n edge-tunnel-server} on loopback, proxy listeners off,
@@ -394,8 +417,12 @@ def startServer(
 
     @param bootstrap: the C{python -c} program that runs twistd; profiling
         scripts pass one that sets up e.g. C{tracemalloc} first.
+    @param ports: the agent port and the CONNECT door's port, e.g. those of
+        a server this one replaces; by default two free ones.
+    @param logName: the log file's name in C{work}; by default
+        C{server-<agent port>.log}.
     """
-    tunnelPort, connectPort = freePort(), freePort()
+    tunnelPort, connectPort = ports if ports is not None else (freePort(), freePort())
     argv = [
         sys.executable,
         *("-c", bootstrap, "-n", "--pidfile=", "edge-tunnel-server"),
@@ -409,9 +436,10 @@ def startServer(
         "--tcp-proxy-endpoint=none",
         "--no-iptables",
         f"--keepalive-interval={keepaliveInterval:g}",
+        META_ENDPOINT,
     ]
     env = daemonEnv()
-    logPath = work / f"server-{tunnelPort}.log"
+    logPath = work / (logName or f"server-{tunnelPort}.log")
     with open(logPath, "wb") as logFile:
         process = subprocess.Popen(
             argv,
@@ -431,11 +459,11 @@ async def sleep(reactor: Any, seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
 
 
-async def waitForListening(reactor: Any, server: ServerProcess) -> None:
+async def waitForListening(reactor: Any, server: ServerProcess, poll: float = 0.1) -> None:
     """
-    Poll until the CONNECT door accepts, or fail at the deadline.  The
-    agent port is opened before it; probing that one would log a refused
-    agent (no TLS handshake) in the server's log.
+    Poll every C{poll} seconds until the CONNECT door accepts, or fail at
+    the deadline.  The agent port is opened before it; probing that one
+    would log a refused agent (no TLS handshake) in the server's log.
     """
     deadline = time.monotonic() + SERVER_START_DEADLINE
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", server.connectPort, timeout=1)
@@ -449,21 +477,27 @@ async def waitForListening(reactor: Any, server: ServerProcess) -> None:
                 raise RuntimeError(
                     f"the server did not listen within {SERVER_START_DEADLINE:g}s"
                 ) from None
-            await sleep(reactor, 0.1)
+            await sleep(reactor, poll)
         else:
             probe.transport.loseConnection()
             return
 
 
-async def stopServer(reactor: Any, server: ServerProcess) -> int | None:
-    """SIGTERM, then SIGKILL after a grace period; only this PID, never by name."""
+async def stopServer(
+    reactor: Any, server: ServerProcess, sig: int = signal.SIGTERM, poll: float = 0.1
+) -> int | None:
+    """
+    C{sig} (SIGTERM), then SIGKILL after a grace period; only this PID,
+    never by name.  Looks every C{poll} seconds whether it is gone.
+    """
     if server.alive():
-        server.process.send_signal(signal.SIGTERM)
+        server.process.send_signal(sig)
         deadline = time.monotonic() + SERVER_STOP_GRACE
         while server.alive() and time.monotonic() < deadline:
-            await sleep(reactor, 0.1)
+            await sleep(reactor, poll)
     if server.alive():
-        log(f"server {server.pid} still running {SERVER_STOP_GRACE:g}s after SIGTERM: SIGKILL")
+        name = signal.Signals(sig).name
+        log(f"server {server.pid} still running {SERVER_STOP_GRACE:g}s after {name}: SIGKILL")
         server.process.kill()
     return server.process.wait(timeout=10)
 
@@ -1048,7 +1082,8 @@ def libraryVersion() -> str:
     return f"commit {commit}" + (" with uncommitted changes in twisted_tunnel/" if dirty else "")
 
 
-def report(results: Sequence[SizeResult], argv: Sequence[str], warnings: int) -> str:
+def reportHeader(argv: Sequence[str], warnings: int) -> list[str]:
+    """A report's title and what was measured where: machine, library, command."""
     cpu = "?"
     try:
         with open("/proc/cpuinfo") as f:
@@ -1059,14 +1094,20 @@ def report(results: Sequence[SizeResult], argv: Sequence[str], warnings: int) ->
         pass
     commit = libraryVersion()
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return [
+        f"# bench/agents.py, {when}",
+        "",
+        f"- machine: `{' '.join(platform.uname())}`, {cpu}, {os.cpu_count()} CPUs",
+        f"- library: {commit}",
+        f"- command: `{' '.join(['bench/agents.py', *argv])}`",
+        f"- warnings logged by the agents in this process: {warnings}",
+    ]
+
+
+def report(results: Sequence[SizeResult], argv: Sequence[str], warnings: int) -> str:
     return "\n".join(
         [
-            f"# bench/agents.py, {when}",
-            "",
-            f"- machine: `{' '.join(platform.uname())}`, {cpu}, {os.cpu_count()} CPUs",
-            f"- library: {commit}",
-            f"- command: `{' '.join(['bench/agents.py', *argv])}`",
-            f"- warnings logged by the agents in this process: {warnings}",
+            *reportHeader(argv, warnings),
             "",
             resultsTable(results),
             "",
@@ -1078,6 +1119,680 @@ def report(results: Sequence[SizeResult], argv: Sequence[str], warnings: int) ->
     )
 
 
+# -- the reconnect storm ---------------------------------------------------------------------
+
+#: The issue's bound: every agent is back this many seconds after the new server listens.
+STORM_BOUND = 30.0
+#: Seconds between two health checks, and how long one may take to be answered.
+HEALTH_INTERVAL = 0.25
+HEALTH_DEADLINE = 1.0
+#: What a health check asks the CONNECT door for: a node that never exists, so that
+#: the server answers (C{503}) by itself, from its registry, without any agent's help.
+HEALTH_TARGET = "storm-probe.invalid:1"
+#: Seconds the health-check process lives at most, whatever becomes of us.
+HEALTH_PROBE_LIFETIME = 900.0
+#: Seconds the health-check process may take to report its first check.
+HEALTH_PROBE_START_DEADLINE = 30.0
+#: Seconds between two samples of the new server's CPU and memory.
+SERVER_SAMPLE_INTERVAL = 0.25
+
+
+@dataclass(frozen=True)
+class HealthSample:
+    """
+    One health check: when it started (C{time.monotonic()}, one clock for
+    every process on the machine), how long it took, and the answer: the
+    status code (C{"503"}), or what went wrong (C{"ConnectionRefusedError"},
+    C{"TimeoutError"}, ...).
+    """
+
+    started: float
+    seconds: float
+    answer: str
+
+    @property
+    def answered(self) -> bool:
+        return self.answer.isdigit()
+
+
+def checkHealth(port: int, deadline: float, target: str = HEALTH_TARGET) -> HealthSample:
+    """
+    One health check with a blocking socket: C{CONNECT target} to the door
+    on 127.0.0.1:C{port}.  Answered once a status line is back, whatever its
+    code; failed (C{TimeoutError}) if that takes more than C{deadline}
+    seconds in all, connecting included.
+    """
+    started = time.monotonic()
+    request = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode("ascii")
+    received = b""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=deadline) as s:
+            s.sendall(request)
+            while b"\r\n" not in received:
+                remaining = started + deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                s.settimeout(remaining)
+                chunk = s.recv(4096)
+                if not chunk:
+                    return HealthSample(started, time.monotonic() - started, "closed, no answer")
+                received += chunk
+    except OSError as e:
+        return HealthSample(started, time.monotonic() - started, type(e).__name__)
+    seconds = time.monotonic() - started
+    words = received.split(b"\r\n", 1)[0].split()
+    if len(words) >= 2 and words[0].startswith(b"HTTP/") and words[1].isdigit():
+        return HealthSample(started, seconds, words[1].decode("ascii"))
+    return HealthSample(started, seconds, f"not HTTP: {received[:40]!r}")
+
+
+def runHealthProbe(port: int, interval: float, deadline: float, out: IO[str]) -> None:
+    """
+    The health-check process (C{agents.py --health-probe PORT}): a check
+    starts every C{interval} seconds, or at once after one that took longer
+    (so that at any moment a check is under way or due within C{interval});
+    one JSON line per check on C{out}, until our stdin closes (the storm is
+    over) or L{HEALTH_PROBE_LIFETIME} has passed.
+    """
+    begun = tick = time.monotonic()
+    stdin = sys.stdin.fileno()
+    while time.monotonic() - begun < HEALTH_PROBE_LIFETIME:
+        sample = checkHealth(port, deadline)
+        out.write(json.dumps([sample.started, sample.seconds, sample.answer]) + "\n")
+        out.flush()
+        now = time.monotonic()
+        tick = max(tick + interval, now)
+        ready, _, _ = select.select([stdin], [], [], tick - now)
+        if ready and not os.read(stdin, 4096):
+            return
+
+
+@dataclass
+class HealthProbe:
+    """
+    The health-check process, started by us and stopped by PID.
+
+    Why a process of its own: the checks measure the server, but this
+    process is busy with a thousand agents' TLS handshakes.  A check run by
+    this reactor would start late and see its answer late whenever the
+    agents keep the reactor busy, and a thread here would wait for the GIL
+    behind them; either would blame the server for our own slowness (or
+    hide how slow it is, if checks are skipped).  A separate process with
+    a blocking socket only competes for a core, like the server does.
+    """
+
+    process: subprocess.Popen[bytes]
+    outPath: Path
+
+    def samples(self) -> list[HealthSample]:
+        found = []
+        with open(self.outPath) as f:
+            for line in f:
+                try:
+                    started, seconds, answer = json.loads(line)
+                except ValueError:
+                    continue  # a line being written as we read
+                found.append(HealthSample(float(started), float(seconds), str(answer)))
+        return found
+
+    async def firstSample(self, reactor: Any) -> None:
+        deadline = time.monotonic() + HEALTH_PROBE_START_DEADLINE
+        while not self.samples():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the health-check process exited ({self.process.returncode})")
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"no health check within {HEALTH_PROBE_START_DEADLINE:g}s of starting"
+                )
+            await sleep(reactor, 0.05)
+
+    async def stop(self, reactor: Any) -> list[HealthSample]:
+        """Close its stdin (it stops after the check in hand), SIGKILL it if it lingers."""
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            self.process.stdin.close()
+        deadline = time.monotonic() + HEALTH_DEADLINE + 5.0
+        while self.process.poll() is None and time.monotonic() < deadline:
+            await sleep(reactor, 0.05)
+        if self.process.poll() is None:
+            log(f"health-check process {self.process.pid} still running: SIGKILL")
+            self.process.kill()
+        self.process.wait(timeout=10)
+        return self.samples()
+
+
+def startHealthProbe(work: Path, port: int, interval: float, deadline: float) -> HealthProbe:
+    outPath = work / f"health-{port}.jsonl"
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        *("--health-probe", str(port)),
+        *(f"--health-interval={interval:g}", f"--health-deadline={deadline:g}"),
+    ]
+    with open(outPath, "wb") as out:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+            cwd=work,
+            start_new_session=True,
+        )
+    _started.append(process)
+    return HealthProbe(process, outPath)
+
+
+def isRetryEvent(event: dict[str, Any]) -> bool:
+    """The reconnecting agent's "no tunnel to ...; retrying in ..." warning."""
+    return "failures" in event and "delay" in event
+
+
+@implementer(ILogObserver)
+class RetryCounter:
+    """
+    The agents' failed attempts, from their log events (the retry warning
+    carries C{failures}, the agent's failed attempts in a row, and C{delay},
+    the backoff before the next): when each failed and why, how far into
+    its backoff each agent went, the longest delay chosen.
+    """
+
+    def __init__(self) -> None:
+        self.failed: list[tuple[float, str]] = []
+        self.deepest: dict[object, int] = {}
+        self.longestDelay = 0.0
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if not isRetryEvent(event):
+            return
+        self.failed.append((time.monotonic(), str(event.get("reason"))))
+        source = event.get("log_source")
+        self.deepest[source] = max(self.deepest.get(source, 0), int(event["failures"]))
+        self.longestDelay = max(self.longestDelay, float(event["delay"]))
+
+    def reasons(self, start: float, end: float) -> Counter[str]:
+        """Why the attempts that failed in [C{start}, C{end}) failed."""
+        return Counter(why for when, why in self.failed if start <= when < end)
+
+    def byFailures(self, agents: int) -> Counter[int]:
+        """How many agents failed 0, 1, 2, ... attempts in a row before they were back."""
+        counts = Counter(self.deepest.values())
+        counts[0] += agents - len(self.deepest)
+        return counts
+
+
+async def reconnection(reactor: Any, agent: TunnelAgent, before: Tunnel) -> float:
+    """
+    When (C{time.monotonic()}) C{agent} is connected again, HELLO done, after
+    losing C{before}.  Fails if the agent stops trying (its
+    L{TunnelAgent.whenConnected} fails when it stops).
+    """
+    await before.whenLost()
+    while True:
+        tunnel = await agent.whenConnected()
+        if tunnel is not before:
+            return time.monotonic()
+        await sleep(reactor, 0.01)
+
+
+@dataclass(frozen=True)
+class ServerSample:
+    wall: float
+    cpu: float
+    rss: int
+
+
+def peakCPU(samples: Sequence[ServerSample], window: float = 1.0) -> float | None:
+    """The busiest C{window} seconds' CPU, in % of one core."""
+    best = None
+    for i, first in enumerate(samples):
+        for last in samples[i + 1 :]:
+            if last.wall - first.wall >= window:
+                share = 100 * (last.cpu - first.cpu) / (last.wall - first.wall)
+                best = share if best is None else max(best, share)
+                break
+    return best
+
+
+def histogram(values: Sequence[float], width: float = 1.0) -> list[tuple[float, int]]:
+    """
+    (bin start, count) for every C{width}-second bin from 0 to the last one
+    used, the empty ones too, so that the spread shows.  A value below 0
+    counts in the first bin.
+    """
+    if not values:
+        return []
+    counts = Counter(max(0, int(v // width)) for v in values)
+    return [(b * width, counts[b]) for b in range(max(counts) + 1)]
+
+
+@dataclass
+class StormOptions:
+    """
+    @ivar signal: what restarts the server: C{SIGKILL} (a crash) or
+        C{SIGTERM} (a graceful restart: GOAWAY, drain, exit).
+    @ivar outageSeconds: how long to wait, once the old server is gone,
+        before starting the new one (a restart that takes longer, e.g. a
+        pod rescheduled): the agents go deeper into their backoff.
+    @ivar waitSeconds: how long after the new server listens to wait for
+        the last agent before giving up on it (the bound checked is
+        L{STORM_BOUND}; waiting longer shows by how much it was missed).
+    @ivar baselineSeconds: how long the health checks run against the old
+        server, every agent connected, before the restart.
+    @ivar holdSeconds: how long the health checks go on once every agent
+        is back.
+    @ivar bootstrap: the servers' C{python -c} program (see L{startServer}).
+    """
+
+    signal: signal.Signals = signal.SIGKILL
+    inFlight: int = 32
+    keepaliveInterval: float = Keepalive().interval
+    outageSeconds: float = 0.0
+    waitSeconds: float = 120.0
+    baselineSeconds: float = 2.0
+    holdSeconds: float = 5.0
+    settleSeconds: float = SETTLE_SECONDS
+    healthInterval: float = HEALTH_INTERVAL
+    healthDeadline: float = HEALTH_DEADLINE
+    bootstrap: str = TWISTD
+
+
+@dataclass
+class StormResult:
+    """
+    One storm.  The instants are C{time.monotonic()}: C{signalled} the old
+    server was sent the signal, C{exited} it was gone, C{started} the new
+    one was started on the same ports, C{listening} its CONNECT door first
+    accepted a connection (the agent port opens just before), C{ended} the
+    health checks stopped.  C{back} holds when each agent that came back
+    had its tunnel up again.
+    """
+
+    agents: int
+    signal: str
+    connect: ConnectResult | None = None
+    signalled: float | None = None
+    exited: float | None = None
+    started: float | None = None
+    listening: float | None = None
+    ended: float | None = None
+    oldExit: int | None = None
+    back: list[float] = field(default_factory=list)
+    gaveUp: Counter[str] = field(default_factory=Counter)
+    notBack: int = 0
+    notRunning: int = 0
+    withoutTunnel: int = 0
+    failedWhileDown: Counter[str] = field(default_factory=Counter)
+    failedAfterListening: Counter[str] = field(default_factory=Counter)
+    byFailures: Counter[int] = field(default_factory=Counter)
+    longestDelay: float = 0.0
+    health: list[HealthSample] = field(default_factory=list)
+    serverSamples: list[ServerSample] = field(default_factory=list)
+    cpu: CPUShare | None = None
+    memoryBefore: dict[str, int] = field(default_factory=dict)
+    memoryAfter: dict[str, int] = field(default_factory=dict)
+    serverConnectedLines: int = 0
+    serverProblems: list[str] = field(default_factory=list)
+    agentsNotStopped: int = 0
+    serverExit: int | None = None
+    error: str | None = None
+
+    @property
+    def reconnectSeconds(self) -> list[float]:
+        """Per agent back: seconds from the new server listening to its tunnel up."""
+        if self.listening is None:
+            return []
+        return sorted(t - self.listening for t in self.back)
+
+    @property
+    def allBackSeconds(self) -> float | None:
+        seconds = self.reconnectSeconds
+        return seconds[-1] if seconds and len(seconds) == self.agents else None
+
+    def healthIn(self, start: float | None, end: float | None) -> list[HealthSample]:
+        """The checks that started in [C{start}, C{end})."""
+        if start is None or end is None:
+            return []
+        return [s for s in self.health if start <= s.started < end]
+
+    @property
+    def healthDuring(self) -> list[HealthSample]:
+        """The checks from the new server listening to the end: all must be answered."""
+        return self.healthIn(self.listening, self.ended)
+
+    @property
+    def healthBefore(self) -> list[HealthSample]:
+        """The checks against the old server, all agents connected."""
+        first = self.health[0].started if self.health else None
+        return self.healthIn(first, self.signalled)
+
+    def verdict(self) -> list[str]:
+        """What the issue asks that did not hold (empty: the storm stayed calm)."""
+        found = []
+        if self.error is not None:
+            found.append(f"the run failed: {self.error}")
+        allBack = self.allBackSeconds
+        if allBack is None:
+            found.append(f"{self.agents - len(self.back)} of {self.agents} agents not back")
+        elif allBack > STORM_BOUND:
+            found.append(f"the last agent was back {allBack:.1f}s after listening")
+        if self.gaveUp or self.notRunning:
+            found.append(
+                f"agents gave up: {self.notRunning} not running, reasons {dict(self.gaveUp)}"
+            )
+        during = self.healthDuring
+        unanswered = [s for s in during if not s.answered]
+        if not during:
+            found.append("no health check while the new server ran")
+        elif unanswered:
+            answers = Counter(s.answer for s in unanswered)
+            found.append(
+                f"{len(unanswered)} of {len(during)} health checks not answered: {dict(answers)}"
+            )
+        return found
+
+    @property
+    def ok(self) -> bool:
+        return not self.verdict()
+
+
+async def runStorm(
+    reactor: Any, fleet: Fleet, count: int, options: StormOptions, work: Path
+) -> StormResult:
+    """
+    A server and C{count} agents with the library's reconnect behaviour;
+    the server restarted with C{options.signal} (by PID) and a fresh one
+    started on the same ports; then wait for every agent to be back, with
+    health checks throughout (L{HealthProbe}).  Everything stopped at the end.
+    """
+    result = StormResult(count, options.signal.name)
+    fleet.grow(count)
+    keepalive = Keepalive(interval=options.keepaliveInterval)
+    pki = fleet.writeServerPKI(work / "pki")
+    server = startServer(
+        work, pki, options.keepaliveInterval, options.bootstrap, logName="server-before.log"
+    )
+    servers = [server]
+    retries = RetryCounter()
+    probe: HealthProbe | None = None
+    samples: list[ServerSample] = []
+    sampler: LoopingCall | None = None
+    agents: list[Any] = []
+    back: dict[int, float] = {}
+    gaveUp: dict[int, str] = {}
+    try:
+        await waitForListening(reactor, server)
+        await sleep(reactor, options.settleSeconds)
+        connect = await connectAgents(
+            reactor, fleet.agents[:count], server, options.inFlight, keepalive
+        )
+        result.connect, agents = connect, connect.agents
+        if connect.connected < count:
+            raise RuntimeError(f"{connect.connected} of {count} agents connected at first")
+        log(f"storm N={count}: {count} connected in {connect.seconds:.1f}s")
+        await sleep(reactor, options.settleSeconds)
+        result.memoryBefore = server.memory()
+        probe = startHealthProbe(
+            work, server.connectPort, options.healthInterval, options.healthDeadline
+        )
+        await probe.firstSample(reactor)
+        await sleep(reactor, options.baselineSeconds)
+
+        def watch(index: int, agent: TunnelAgent) -> None:
+            before = agent.tunnel
+            assert before is not None, f"{agent.nodeName} has no tunnel"
+            waiting = Deferred.fromCoroutine(reconnection(reactor, agent, before))
+            waiting.addCallbacks(
+                lambda when: back.__setitem__(index, when),
+                lambda failure: gaveUp.__setitem__(index, failure.getErrorMessage()),
+            )
+
+        for index, agent in enumerate(agents):
+            watch(index, agent)
+        globalLogPublisher.addObserver(retries)
+        result.signalled = time.monotonic()
+        result.oldExit = await stopServer(reactor, server, options.signal, poll=0.02)
+        result.exited = time.monotonic()
+        await sleep(reactor, options.outageSeconds)
+        server = startServer(
+            work,
+            pki,
+            options.keepaliveInterval,
+            options.bootstrap,
+            ports=(server.tunnelPort, server.connectPort),
+            logName="server-after.log",
+        )
+        servers.append(server)
+        result.started = time.monotonic()
+        await waitForListening(reactor, server, poll=0.02)
+        result.listening = time.monotonic()
+        log(
+            f"storm N={count}: {options.signal.name}; the old server was gone after"
+            f" {result.exited - result.signalled:.2f}s, the new one listened"
+            f" {result.listening - result.started:.2f}s after its start"
+        )
+        atListening = sampleCPU(server.pid)
+        newServer = server
+
+        def sample() -> None:
+            try:
+                cpu, rss = processCPU(newServer.pid), newServer.memory()["VmRSS"]
+            except (OSError, KeyError):
+                return  # it exited: the end of the run says so
+            samples.append(ServerSample(time.monotonic(), cpu, rss))
+
+        sampler = LoopingCall(sample)
+        sampler.clock = reactor
+        sampler.start(SERVER_SAMPLE_INTERVAL)
+        deadline = result.listening + options.waitSeconds
+        while len(back) + len(gaveUp) < count and time.monotonic() < deadline:
+            await sleep(reactor, 0.05)
+        result.cpu = CPUShare.between(atListening, sampleCPU(server.pid))
+        result.memoryAfter = server.memory()
+        log(f"storm N={count}: {len(back)} back, {len(gaveUp)} gave up; holding")
+        await sleep(reactor, options.holdSeconds)
+        result.ended = time.monotonic()
+        result.notRunning = sum(1 for agent in agents if not agent.running)
+        result.withoutTunnel = sum(1 for agent in agents if agent.tunnel is None)
+    except Exception as e:
+        result.error = f"{type(e).__name__}: {e}"
+        log(f"storm N={count}: {result.error}")
+    finally:
+        globalLogPublisher.removeObserver(retries)
+        if sampler is not None and sampler.running:
+            sampler.stop()
+        if probe is not None:
+            result.health = await probe.stop(reactor)
+        result.back = sorted(back.values())
+        result.gaveUp = Counter(gaveUp.values())
+        result.notBack = count - len(back) - len(gaveUp) if agents else count
+        if agents:
+            result.agentsNotStopped = await stopAgents(reactor, agents)
+        for old in servers[:-1]:
+            await stopServer(reactor, old)
+        result.serverExit = await stopServer(reactor, servers[-1])
+        if len(servers) > 1:
+            result.serverConnectedLines = servers[-1].logCount("connected from")
+        result.serverProblems = [line for s in servers for line in s.logProblems()]
+    result.serverSamples = samples
+    listening = result.listening if result.listening is not None else float("inf")
+    result.failedWhileDown = retries.reasons(float("-inf"), listening)
+    result.failedAfterListening = retries.reasons(listening, float("inf"))
+    result.byFailures = retries.byFailures(count)
+    result.longestDelay = retries.longestDelay
+    return result
+
+
+def seconds3(values: Sequence[float]) -> str:
+    """p50 / p90 / max of durations in seconds."""
+    if not values:
+        return "-"
+    return " / ".join(
+        f"{v:.2f}" for v in (percentile(values, 0.5), percentile(values, 0.9), max(values))
+    )
+
+
+def stormRows(r: StormResult) -> tuple[list[str], list[str]]:
+    """A row of the reconnecting table and one of the server table."""
+    outage = "-"
+    if r.signalled is not None and r.listening is not None and r.exited is not None:
+        assert r.started is not None
+        outage = (
+            f"{r.listening - r.signalled:.2f} ({r.exited - r.signalled:.2f} + "
+            f"{r.started - r.exited:.2f} + {r.listening - r.started:.2f})"
+        )
+    allBack = r.allBackSeconds
+    steps = " / ".join(str(r.byFailures[k]) for k in range(max(r.byFailures, default=0) + 1))
+    reconnecting = [
+        f"{r.agents:,}",
+        r.signal,
+        f"{len(r.back):,}",
+        str(sum(r.gaveUp.values()) + r.notRunning),
+        outage,
+        "-" if allBack is None else f"{allBack:.2f}",
+        seconds3(r.reconnectSeconds),
+        f"{r.failedWhileDown.total()} / {r.failedAfterListening.total()}",
+        steps or "-",
+        f"{r.longestDelay:.1f}",
+    ]
+    during, before = r.healthDuring, r.healthBefore
+    answered = [s for s in during if s.answered]
+    starts = [s.started for s in during]
+    gap = max((b - a for a, b in zip(starts, starts[1:], strict=False)), default=None)
+    answers = Counter(s.answer for s in during)
+    peak = peakCPU(r.serverSamples)
+    cpu = r.cpu
+    server = [
+        f"{r.agents:,}",
+        f"{len(answered)} / {len(during)}",
+        "-" if not during else f"{1000 * max(s.seconds for s in during):.0f}",
+        "-" if not answered else f"{1000 * percentile([s.seconds for s in answered], 0.5):.1f}",
+        ", ".join(f"{a}: {n}" for a, n in answers.most_common()) or "-",
+        "-" if gap is None else f"{gap:.2f}",
+        f"{sum(s.answered for s in before)} / {len(before)}",
+        "-" if cpu is None else f"{cpu.server:.0f} / {cpu.load:.0f} / {cpu.others:.0f}",
+        "-" if peak is None else f"{peak:.0f}",
+        f"{mib(r.memoryBefore.get('VmRSS'))} / {mib(r.memoryAfter.get('VmRSS'))}"
+        f" / {mib(r.memoryAfter.get('VmHWM'))}",
+    ]
+    return reconnecting, server
+
+
+def stormTables(results: Sequence[StormResult]) -> str:
+    rows = [stormRows(r) for r in results]
+    reconnecting = markdownTable(
+        [
+            "agents",
+            "signal",
+            "back",
+            "gave up",
+            "outage s (old gone + down + new listening)",
+            "all back s after listening",
+            "reconnect p50 / p90 / max s",
+            "failed attempts while down / after listening",
+            "agents by failed attempts in a row 0 / 1 / 2 ...",
+            "longest backoff s",
+        ],
+        [row for row, _ in rows],
+    )
+    server = markdownTable(
+        [
+            "agents",
+            "health checks answered / total",
+            "worst ms",
+            "p50 ms",
+            "answers",
+            "longest gap between checks s",
+            "before the restart answered / total",
+            "CPU server / load / others % (listening to all back)",
+            "server CPU peak % (1 s)",
+            "server RSS before / all back / VmHWM MiB",
+        ],
+        [row for _, row in rows],
+    )
+    return "\n\n".join([reconnecting, server])
+
+
+def _milliseconds(seconds: float) -> str:
+    return "unanswered" if seconds == float("inf") else f"{1000 * seconds:.0f}"
+
+
+def stormHistogram(r: StormResult, width: float = 1.0) -> str:
+    """
+    Per second after the new server listened: the agents back in it (with a
+    bar), and the health checks started in it (how many, the slowest), up
+    to the end of the checks.
+    """
+    if r.listening is None:
+        return "(the new server never listened)"
+    listening = r.listening
+    back = dict(histogram(r.reconnectSeconds, width))
+    checks: dict[float, list[float]] = {}
+    for sample in r.healthDuring:
+        start = (sample.started - listening) // width * width
+        checks.setdefault(start, []).append(sample.seconds if sample.answered else float("inf"))
+    starts = sorted(set(back) | set(checks))
+    if not starts:
+        return "(no agent back, no health check)"
+    scale = max(back.values(), default=0) / 50 or 1
+    rows = []
+    for start in [b * width for b in range(round(starts[-1] / width) + 1)]:
+        n, latencies = back.get(start, 0), checks.get(start, [])
+        slowest = max(latencies, default=None)
+        rows.append(
+            [
+                f"{start:g}-{start + width:g}",
+                str(n),
+                "#" * round(n / scale),
+                str(len(latencies)),
+                "-" if slowest is None else _milliseconds(slowest),
+            ]
+        )
+    return markdownTable(
+        ["s after listening", "agents back", "", "health checks", "slowest ms"], rows
+    )
+
+
+def stormProblems(r: StormResult) -> str:
+    found = [f"- {line}" for line in r.verdict()]
+    found += [
+        f"- {n} attempts failed after the new server listened: {why}"
+        for why, n in r.failedAfterListening.most_common()
+    ]
+    if r.withoutTunnel:
+        found.append(f"- {r.withoutTunnel} agents had no tunnel at the end")
+    if r.agentsNotStopped:
+        found.append(f"- {r.agentsNotStopped} agents had not closed 60 s after stopping")
+    if r.back and r.serverConnectedLines != len(r.back):
+        found.append(
+            f"- the new server logged {r.serverConnectedLines} 'connected' lines"
+            f" for {len(r.back)} agents back"
+        )
+    if r.oldExit not in (-signal.Signals[r.signal], *CLEAN_EXITS, None):
+        found.append(f"- the old server exited with status {r.oldExit}")
+    if r.serverExit not in (*CLEAN_EXITS, None):
+        found.append(f"- the new server exited with status {r.serverExit}")
+    if r.serverProblems:
+        found.append(f"- the servers logged {len(r.serverProblems)} warnings or errors, e.g.:")
+        found += [f"  `{line[:200]}`" for line in r.serverProblems[:5]]
+    return "\n".join(found) or "none"
+
+
+def stormReport(results: Sequence[StormResult], argv: Sequence[str], warnings: int) -> str:
+    lines = [*reportHeader(argv, warnings), "", stormTables(results), ""]
+    for index, r in enumerate(results, 1):
+        lines += [
+            f"## Storm {index}: {r.agents:,} agents, {r.signal}",
+            "",
+            stormHistogram(r),
+            "",
+            "Attempts that failed while no server listened (expected): "
+            + (", ".join(f"{n} {why}" for why, n in r.failedWhileDown.most_common()) or "none"),
+            "",
+            "Problems: " + stormProblems(r),
+            "",
+        ]
+    return "\n".join(lines)
+
+
 # -- the command line ------------------------------------------------------------------------
 
 
@@ -1086,15 +1801,21 @@ class WarningCounter:
     """
     This process's log: 10,000 agents' info lines would cost CPU and
     memory for nothing, so only warnings and errors count, and the first
-    few are shown.
+    few are shown.  Those C{expected} says are part of the run (an agent's
+    retry warning in a reconnect storm) are not counted here.
     """
 
-    def __init__(self, show: int = 10) -> None:
+    def __init__(
+        self, show: int = 10, expected: Callable[[dict[str, Any]], bool] | None = None
+    ) -> None:
         self.count = 0
         self.show = show
+        self.expected = expected
 
     def __call__(self, event: dict[str, Any]) -> None:
         if event.get("log_level", LogLevel.info) < LogLevel.warn:
+            return
+        if self.expected is not None and self.expected(event):
             return
         self.count += 1
         if self.count <= self.show:
@@ -1106,7 +1827,10 @@ def parseArgs(argv: Sequence[str]) -> argparse.Namespace:
         prog="bench/agents.py", description=__doc__.split("\n\n")[0].strip()
     )
     parser.add_argument(
-        "--agents", type=int, nargs="+", default=[1000, 5000, 10000], help="sizes to run"
+        "--agents",
+        type=int,
+        nargs="+",
+        help="sizes to run (default 1000 5000 10000; with --storm, 1000)",
     )
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--opens", type=int, default=200, help="sequential stream opens per size")
@@ -1119,7 +1843,72 @@ def parseArgs(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--keep-going", action="store_true", help="run the next size even if one failed"
     )
-    return parser.parse_args(argv)
+    storm = parser.add_argument_group(
+        "reconnect storm",
+        "Connect the agents, restart the server (same ports), measure how they come back.",
+    )
+    storm.add_argument(
+        "--storm", action="store_true", help="a storm per size instead of the scale run"
+    )
+    storm.add_argument(
+        "--signal",
+        choices=["kill", "term"],
+        default="kill",
+        help="restart by SIGKILL (a crash, the default) or SIGTERM (graceful)",
+    )
+    storm.add_argument(
+        "--storm-outage",
+        type=float,
+        default=StormOptions.outageSeconds,
+        help="seconds between the old server gone and the new one started",
+    )
+    storm.add_argument(
+        "--storm-wait",
+        type=float,
+        default=StormOptions.waitSeconds,
+        help="seconds after listening to wait for the last agent",
+    )
+    storm.add_argument(
+        "--storm-hold",
+        type=float,
+        default=StormOptions.holdSeconds,
+        help="seconds of health checks once all are back",
+    )
+    storm.add_argument("--health-interval", type=float, default=HEALTH_INTERVAL)
+    storm.add_argument("--health-deadline", type=float, default=HEALTH_DEADLINE)
+    storm.add_argument("--health-probe", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.agents is None:
+        args.agents = [1000] if args.storm else [1000, 5000, 10000]
+    return args
+
+
+_Result = TypeVar("_Result", SizeResult, StormResult)
+
+
+async def eachSize(
+    args: argparse.Namespace,
+    run: Callable[[Fleet, int], Awaitable[_Result]],
+    table: Callable[[Sequence[_Result]], str],
+) -> list[_Result]:
+    """
+    Mint the largest fleet once, then C{run} each size in turn; stop at
+    the first that fails unless C{--keep-going}.
+    """
+    started = time.monotonic()
+    fleet = newFleet()
+    fleet.grow(max(args.agents))
+    log(f"minted {len(fleet.agents)} agent certificates in {time.monotonic() - started:.1f}s")
+    gc.freeze()  # the certificates live to the end: keep them out of every collection
+    results = []
+    for count in args.agents:
+        result = await run(fleet, count)
+        results.append(result)
+        print(table([result]), file=sys.stderr, flush=True)
+        if not result.ok and not args.keep_going:
+            log(f"N={count} failed; stopping (--keep-going runs the next sizes anyway)")
+            break
+    return results
 
 
 async def runAll(reactor: Any, args: argparse.Namespace, work: Path) -> list[SizeResult]:
@@ -1130,35 +1919,49 @@ async def runAll(reactor: Any, args: argparse.Namespace, work: Path) -> list[Siz
         keepaliveInterval=args.keepalive_interval,
         seed=args.seed,
     )
-    started = time.monotonic()
-    fleet = newFleet()
-    fleet.grow(max(args.agents))
-    log(f"minted {len(fleet.agents)} agent certificates in {time.monotonic() - started:.1f}s")
-    gc.freeze()  # the certificates live to the end: keep them out of every collection
-    results = []
-    for count in args.agents:
-        result = await runSize(reactor, fleet, count, options, work)
-        results.append(result)
-        print(resultsTable([result]), file=sys.stderr, flush=True)
-        if not result.ok and not args.keep_going:
-            log(f"N={count} failed; stopping (--keep-going runs the next sizes anyway)")
-            break
-    return results
+
+    def run(fleet: Fleet, count: int) -> Awaitable[SizeResult]:
+        return runSize(reactor, fleet, count, options, work)
+
+    return await eachSize(args, run, resultsTable)
+
+
+async def runStorms(reactor: Any, args: argparse.Namespace, work: Path) -> list[StormResult]:
+    options = StormOptions(
+        signal=signal.SIGKILL if args.signal == "kill" else signal.SIGTERM,
+        inFlight=args.in_flight,
+        keepaliveInterval=args.keepalive_interval,
+        outageSeconds=args.storm_outage,
+        waitSeconds=args.storm_wait,
+        holdSeconds=args.storm_hold,
+        healthInterval=args.health_interval,
+        healthDeadline=args.health_deadline,
+    )
+
+    def run(fleet: Fleet, count: int) -> Awaitable[StormResult]:
+        return runStorm(reactor, fleet, count, options, work)
+
+    return await eachSize(args, run, stormTables)
 
 
 def main(argv: Sequence[str]) -> int:
     args = parseArgs(argv)
+    if args.health_probe is not None:
+        runHealthProbe(args.health_probe, args.health_interval, args.health_deadline, sys.stdout)
+        return 0
     limit = raiseDescriptorLimit(max(args.agents) + SPARE_DESCRIPTORS)
     if limit < max(args.agents) + SPARE_DESCRIPTORS:
         log(f"RLIMIT_NOFILE is {limit}: too low for {max(args.agents)} agents")
         return 2
-    warnings = WarningCounter()
+    warnings = WarningCounter(expected=isRetryEvent if args.storm else None)
     globalLogBeginner.beginLoggingTo([warnings], redirectStandardIO=False)
     work = Path(tempfile.mkdtemp(prefix="bench-agents-"))
-    outcome: dict[str, list[SizeResult]] = {}
+    runs: Callable[[Any, argparse.Namespace, Path], Awaitable[Sequence[SizeResult | StormResult]]]
+    runs, write = (runStorms, stormReport) if args.storm else (runAll, report)
+    outcome: dict[str, Sequence[Any]] = {}
 
     async def body(reactor: Any) -> None:
-        outcome["results"] = await runAll(reactor, args, work)
+        outcome["results"] = await runs(reactor, args, work)
 
     try:
         react(lambda reactor: Deferred.fromCoroutine(body(reactor)))
@@ -1168,7 +1971,7 @@ def main(argv: Sequence[str]) -> int:
         stopLeftovers()
         shutil.rmtree(work, ignore_errors=True)
     results = outcome.get("results", [])
-    text = report(results, argv, warnings.count)
+    text = write(results, argv, warnings.count)
     print(text)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
