@@ -28,6 +28,10 @@ class DemoTests(SynchronousTestCase):
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=dict(daemonEnvironment(), PYTHONUNBUFFERED="1"),
+            # unbuffered, so that select() sees every line not yet read: a
+            # buffered reader would take several lines in one read and leave
+            # select() waiting for more
+            bufsize=0,
         )
         self.addCleanup(self.stop, demo)
         assert demo.stdout is not None
