@@ -626,9 +626,17 @@ class AgentOptionsTests(SynchronousTestCase):
         )
         self.assertEqual(options["node-ip"], ["192.0.2.10", "fd00::10"])
 
+    def test_nodeIPsCommaSeparated(self) -> None:
+        """As the downward API's status.hostIPs gives a dual-stack node's addresses."""
+        options = self.parse("--server", "t:1", "--node-ip", "192.0.2.10,FD00:0::10")
+        self.assertEqual(options["node-ip"], ["192.0.2.10", "fd00::10"])
+
     def test_badNodeIP(self) -> None:
         for bad in ["edge-1", "192.0.2.256", "10.0.0.0/8", ""]:
             self.assertUsageError(["--server", "t:1", "--node-ip", bad], "--node-ip", repr(bad))
+        self.assertUsageError(
+            ["--server", "t:1", "--node-ip", "192.0.2.10,edge-1"], "--node-ip", "'edge-1'"
+        )
 
     def test_allow(self) -> None:
         options = self.parse(
@@ -711,9 +719,12 @@ class AgentMakeServiceTests(FatalTestCase):
             "131072",
             "--drain-timeout",
             "3",
+            "--connect-timeout",
+            "4",
         )
         self.assertEqual(agent.nodeIPs, ("192.0.2.10",))
         self.assertEqual(agent.drainTimeout, 3.0)
+        self.assertEqual(agent.connectTimeout, 4.0)
         self.assertEqual(agent.serverName, "tunnel.example.com")
         self.assertEqual(agent.dialTimeout, 2.5)
         self.assertEqual(agent.settings.window, 131072)

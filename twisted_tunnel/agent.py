@@ -75,6 +75,9 @@ _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: How long the agent waits for a target to accept a connection.
 DEFAULT_DIAL_TIMEOUT = 5.0
 
+#: How long the agent waits for its TCP connection to the server address.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
 #: After this many DUPLICATE refusals in a row, the search for a missing
 #: server replica slows down by L{SEARCH_SLOWDOWN}: with the default 30 s
 #: backoff cap, from every 15-30 s to every 2.5-5 minutes.
@@ -555,6 +558,7 @@ class TunnelAgent(Service):
         endpoint: IStreamClientEndpoint | None = None,
         reloadInterval: float = 0.0,
         drainTimeout: float = 0.0,
+        connectTimeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         self.reactor = reactor
         self.credentials = credentials
@@ -568,6 +572,7 @@ class TunnelAgent(Service):
         self.dialTimeout = dialTimeout
         self.retryPolicy = retryPolicy or backoffPolicy()
         self.drainTimeout = drainTimeout
+        self.connectTimeout = connectTimeout
         self.metrics = AgentMetrics(self)
         self._endpoint = endpoint
         self._reconnector: Reconnector | None = None
@@ -590,7 +595,7 @@ class TunnelAgent(Service):
         host, port = self.server
         return wrapClientTLS(
             agentOptions(self.credentials, self.serverName),
-            HostnameEndpoint(self.reactor, host, port, timeout=10),
+            HostnameEndpoint(self.reactor, host, port, timeout=self.connectTimeout),
         )
 
     def updateCredentials(self, credentials: Credentials) -> None:

@@ -15,7 +15,7 @@ from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from ..agent import DEFAULT_DIAL_TIMEOUT, TunnelAgent
+from ..agent import DEFAULT_CONNECT_TIMEOUT, DEFAULT_DIAL_TIMEOUT, TunnelAgent
 from ._common import DaemonService, TunnelOptions, fatal, nonNegativeFloat, positiveFloat
 
 PROGRAM = "edge-tunnel-agent"
@@ -71,6 +71,14 @@ class Options(TunnelOptions):
         ],
         ["max-backoff", None, 30.0, "Longest wait between reconnect attempts.", positiveFloat],
         [
+            "connect-timeout",
+            None,
+            DEFAULT_CONNECT_TIMEOUT,
+            "Seconds to wait for the TCP connection to --server (a silent path is given up "
+            "on after this, and dialed again with backoff).",
+            positiveFloat,
+        ],
+        [
             "meta-endpoint",
             None,
             "tcp:10266:interface=127.0.0.1",
@@ -92,12 +100,17 @@ class Options(TunnelOptions):
         self["node-ip"] = []
         self["allow"] = []
 
-    def opt_node_ip(self, ip: str) -> None:
-        """This node's IP (repeatable; default: the IP addresses in the certificate)."""
-        try:
-            self["node-ip"].append(str(ipaddress.ip_address(ip)))
-        except ValueError:
-            raise usage.UsageError(f"--node-ip {ip!r} is not an IP address") from None
+    def opt_node_ip(self, ips: str) -> None:
+        """
+        This node's IP (repeatable, or comma-separated as the downward API's
+        status.hostIPs gives them for a dual-stack node; default: the IP
+        addresses in the certificate).
+        """
+        for ip in ips.split(","):
+            try:
+                self["node-ip"].append(str(ipaddress.ip_address(ip.strip())))
+            except ValueError:
+                raise usage.UsageError(f"--node-ip {ip!r} is not an IP address") from None
 
     def opt_allow(self, network: str) -> None:
         """
@@ -154,6 +167,7 @@ def makeService(options: Options) -> IService:
         dialTimeout=options["dial-timeout"],
         retryPolicy=backoffPolicy(maxDelay=options["max-backoff"]),
         drainTimeout=options["drain-timeout"],
+        connectTimeout=options["connect-timeout"],
     )
     agent.setName("agent")
     top = DaemonService(PROGRAM, options["log-format"])
