@@ -236,8 +236,9 @@ class Stream:
 
     disconnecting = False
 
-    #: what opened it, for metrics (a policy's name on the server)
-    label = ""
+    #: what opened it, for metrics: a policy's name, or a front door's
+    #: (L{twisted_tunnel.server.NodeEndpoint} sets it)
+    label = "other"
 
     def __init__(self, tunnel: Tunnel, streamId: int, address: TunnelAddress) -> None:
         self._tunnel = tunnel
