@@ -32,7 +32,7 @@ from functools import lru_cache
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -63,7 +63,15 @@ from zope.interface import implementer
 from . import __version__
 from .errors import StreamOpenFailed
 from .metrics import AgentMetrics, handshakeFailureReason
-from .mux import MAX_SERVERS, ITunnelHandler, Keepalive, Settings, Tunnel, TunnelAddress
+from .mux import (
+    MAX_SERVERS,
+    ITunnelHandler,
+    Keepalive,
+    Settings,
+    Tunnel,
+    TunnelAddress,
+    drainTunnels,
+)
 from .relay import RelayProtocol
 from .rotation import CredentialsWatcher, watchCredentials
 from .tls import Credentials, agentOptions
@@ -316,30 +324,8 @@ class Reconnector:
             self._attempt.cancel()
         if not tunnels:
             return succeed(None)
-        lost = gatherResults([tunnel.whenLost() for tunnel in tunnels])
-        if drainTimeout <= 0:
-            for tunnel in tunnels:
-                tunnel.close(ErrorCode.SHUTTING_DOWN, reason)
-            return lost.addCallback(lambda _: None)
-        for tunnel in tunnels:
-            tunnel.drain(reason)
-
-        def late() -> None:
-            self.log.warn(
-                "drain timeout of {timeout:g}s: closing {streams} stream(s) still open",
-                timeout=drainTimeout,
-                streams=sum(tunnel.streamCount for tunnel in tunnels),
-            )
-            for tunnel in tunnels:
-                tunnel.close(ErrorCode.SHUTTING_DOWN, f"{reason}: drain timeout")
-
-        call = self.clock.callLater(drainTimeout, late)
-
-        def done(_: object) -> None:
-            if call.active():
-                call.cancel()
-
-        return lost.addCallback(done)
+        ended = drainTunnels(self.clock, tunnels, drainTimeout, reason, self.log)
+        return ended.addCallback(lambda _: None)
 
     def whenConnected(self, failAfterFailures: int | None = None) -> Deferred[Tunnel]:
         """
@@ -663,7 +649,7 @@ class TunnelAgent(Service):
     def serverId(self) -> str:
         """The id of the server that L{tunnel} leads to ("" if none)."""
         tunnel = self.tunnel
-        return str(tunnel.peerInfo.get("server_id", "")) if tunnel is not None else ""
+        return _serverId(tunnel) if tunnel is not None else ""
 
     def servers(self) -> list[str]:
         """The ids of the server replicas we hold a tunnel to."""

@@ -50,6 +50,7 @@ from .mux import (
     Stream,
     Tunnel,
     TunnelAddress,
+    drainTunnels,
 )
 from .rotation import RotatingServerOptions
 from .tls import Credentials, PeerIdentity, peerIdentity
@@ -442,40 +443,27 @@ class TunnelServer:
         """
         Drain every tunnel (GOAWAY: the agents open no new streams here, and
         each tunnel closes once its streams are done), and after C{timeout}
-        seconds close whatever is still open.  Fires when every tunnel is
-        gone.
+        seconds close whatever is still open (0: at once; see
+        L{drainTunnels}).  Fires when every tunnel is gone.
         """
         self.draining = True
         agents = len(self.registry)
         if not agents:
             return succeed(None)
-        if timeout <= 0:
-            self.closeAll(text)
-            return self.drain(text).addCallback(lambda _: None)
-        self.log.info(
-            "draining {agents} agent(s): streams in flight have {timeout:g}s to finish",
-            agents=agents,
-            timeout=timeout,
-        )
-        started = self.clock.seconds()
-
-        def late() -> None:
-            open_ = sum(record.tunnel.streamCount for record in self.registry)
-            self.log.warn(
-                "drain timeout of {timeout:g}s: closing {streams} stream(s) still open",
+        if timeout > 0:
+            self.log.info(
+                "draining {agents} agent(s): streams in flight have {timeout:g}s to finish",
+                agents=agents,
                 timeout=timeout,
-                streams=open_,
             )
-            self.closeAll(f"{text}: drain timeout")
+        started = self.clock.seconds()
+        tunnels = [record.tunnel for record in self.registry]
 
-        call = self.clock.callLater(timeout, late)
-
-        def done(_: object) -> None:
-            if call.active():
-                call.cancel()
+        def done(drained: bool) -> None:
+            if drained:
                 self.log.info("drained in {seconds:.1f}s", seconds=self.clock.seconds() - started)
 
-        return self.drain(text).addCallback(done)
+        return drainTunnels(self.clock, tunnels, timeout, text, self.log).addCallback(done)
 
 
 def _peerIdentity(transport: ITransport | None) -> PeerIdentity | None:
