@@ -4,9 +4,11 @@ A custom forwarding policy, found, bound to a port and applied.
 The policy is the one of C{docs/policies.md}, in C{metrics_only.py} beside
 this file: on its port, only C{GET /metrics} reaches the node.  Here it is
 
- 1. found by import path, C{metrics_only:policy}, as the server finds a
-    name in the ConfigMap's C{policy-ports} (installed as a Twisted plugin
-    it would be found by its name, C{metrics-only}, the same way);
+ 1. loaded by import path, C{metrics_only:policy}, by this program's own
+    code, as the server daemon loads C{--policy metrics-only=metrics_only:policy}
+    once at start-up; a configuration then I{names} it, C{metrics-only},
+    and never imports anything itself (installed as a Twisted plugin it
+    would be known by that name too);
  2. asked directly, once, to show what it decides;
  3. bound to the port of a stand-in node-exporter by a configuration
     (C{http-proxy-ports} and C{policy-ports}), and applied by an HTTP proxy
@@ -36,6 +38,8 @@ from twisted_tunnel import (
     ProxyRouter,
     TunnelServer,
     findPolicy,
+    knownPolicies,
+    loadPolicy,
     parseConfigData,
 )
 
@@ -53,9 +57,11 @@ async def main(reactor: Any) -> None:
     agent = await startAgent(reactor, pki, agents.getHost().port)
     port = exporter.getHost().port
 
-    # 1. found by import path (this directory is on sys.path)
-    policy = findPolicy(POLICY)
+    # 1. loaded by import path (this directory is on sys.path), once, by our
+    # own code; configurations may then name it, and only name it
+    policy = loadPolicy(POLICY)
     print(f"{POLICY} is policy {policy.name!r}")
+    known = knownPolicies(named={policy.name: policy})
 
     # 2. what it decides
     for method, target in [(b"GET", b"/metrics?x=1"), (b"POST", b"/metrics")]:
@@ -75,10 +81,10 @@ async def main(reactor: Any) -> None:
 
     # 3. bound to the exporter's port, and applied by an HTTP proxy listener
     config = parseConfigData(
-        {"http-proxy-ports": str(port), "policy-ports": f"{port}={POLICY}"},
-        resolvePolicy=findPolicy,
+        {"http-proxy-ports": str(port), "policy-ports": f"{port}={policy.name}"},
+        resolvePolicy=lambda name: findPolicy(name, known),
     )
-    policies = {bound: findPolicy(name) for bound, name in config.policyPorts}
+    policies = {bound: findPolicy(name, known) for bound, name in config.policyPorts}
     router = ProxyRouter(server, "http", lambda: config, customPolicies=lambda: policies)
     listener = await listenOnLoopback(reactor, ProxyListenerFactory(router, reactor))
 

@@ -605,8 +605,15 @@ class ManifestTests(SynchronousTestCase):
         self.assertIn("YAML does not parse", error.reason)
 
     def test_deeplyNested(self) -> None:
+        """
+        Refused at the cap while the events are walked, before anything
+        recurses; deeper still, the parser itself refuses.
+        """
+        error = self.refused("[" * 40 + "]" * 40)
+        self.assertIn("YAML refused: nested deeper than 32 levels", error.reason)
         error = self.refused("[" * 100_000)
-        self.assertIn("YAML does not parse", error.reason)
+        self.assertIn("YAML", error.reason)
+        self.assertIn("nest", error.reason)
 
     def test_tooLarge(self) -> None:
         error = self.refused(SEED_1_18 + "#" * (1024 * 1024))
@@ -868,18 +875,29 @@ class WatcherTests(SynchronousTestCase):
         self.assertEqual(self.changes.calls, [ProxyConfig(httpPorts={9100})])
 
     def test_callbackFails(self) -> None:
-        """A failing callback is logged; polling goes on."""
+        """
+        A callback that fails on the new configuration refuses it: logged
+        once, stale, the callback handed the last good one back, which
+        stays in force; polling goes on.
+        """
+        new = ProxyConfig(httpPorts={9100})
 
         def broken(config: ProxyConfig) -> None:
-            raise RuntimeError("boom")
+            self.changes(config)
+            if config == new:
+                raise RuntimeError("boom")
 
         self.watcher.onChange = broken
         self.write({"http-proxy-ports": "9100"})
         events = self.poll()
         [critical] = levels(events, LogLevel.critical)
-        self.assertIn("applying the config", formatEvent(critical))
+        self.assertIn("config refused, the last good one stays active", formatEvent(critical))
+        self.assertIn("applying it failed: RuntimeError: boom", formatEvent(critical))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
-        self.assertEqual(self.watcher.current, ProxyConfig(httpPorts={9100}))
+        self.assertEqual(self.changes.calls, [new, EXPECTED_1_20])
+        self.assertEqual(self.watcher.current, EXPECTED_1_20)
+        self.assertTrue(self.watcher.stale)
+        self.assertEqual(self.watcher.refusals, 1)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
 
     def test_pollNow(self) -> None:

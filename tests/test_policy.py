@@ -153,8 +153,17 @@ class FindingTests(SynchronousTestCase):
         self.assertIs(findPolicy("https", plugins={}), BUILTIN_POLICIES["https"])
 
     def test_byImportPath(self) -> None:
-        policy = findPolicy("metrics_only:policy", plugins={})
+        """L{loadPolicy} (for C{--policy}, never for the ConfigMap) imports a policy."""
+        policy = loadPolicy("metrics_only:policy")
         self.assertEqual(policy.name, "metrics-only")
+
+    def test_importPathIsNotAName(self) -> None:
+        """L{findPolicy} only looks names up: an import path is an unknown name."""
+        with self.assertRaises(PolicyError) as caught:
+            findPolicy("metrics_only:policy", plugins={})
+        self.assertIn("no policy named 'metrics_only:policy'", str(caught.exception))
+        self.assertIn("--policy NAME=package.module:attribute", str(caught.exception))
+        self.assertNotIn("metrics_only", sys.modules)
 
     def test_factoryByImportPath(self) -> None:
         """An attribute that is a class (or any factory) is called to make the policy."""
@@ -162,15 +171,22 @@ class FindingTests(SynchronousTestCase):
 
     def test_badSpecs(self) -> None:
         for spec, words in [
-            ("metrics_only", "no policy named 'metrics_only'"),
+            ("metrics_only", "expected package.module:attribute"),
             ("nosuchmodule_xyz:policy", "cannot import nosuchmodule_xyz"),
             ("metrics_only:nothing", "metrics_only has no nothing"),
             ("os:sep", "does not provide IForwardingPolicy"),
             (":policy", "expected package.module:attribute"),
         ]:
             with self.assertRaises(PolicyError) as caught:
-                findPolicy(spec, plugins={})
+                loadPolicy(spec)
             self.assertIn(words, str(caught.exception), spec)
+
+    def test_unknownName(self) -> None:
+        with self.assertRaises(PolicyError) as caught:
+            findPolicy("metrics_only", plugins={})
+        self.assertEqual(
+            str(caught.exception), "no policy named 'metrics_only' (known: http, https, tcp)"
+        )
 
     def test_byPluginName(self) -> None:
         """A policy shipped as a Twisted plugin is found by its name."""

@@ -69,20 +69,24 @@ Register a forwarding policy
 
 A policy provides L{IForwardingPolicy}: a C{name} and C{decide(request)},
 which gets a L{ForwardingRequest} and returns a L{ForwardingDecision}, or
-says no with C{raise refuse(status, reason)} (L{refuse}).  The server finds
-it by import path (C{package.module:attribute}, L{loadPolicy}) or as a
-Twisted plugin (L{pluginPolicies}); L{findPolicy} tries the built-in names,
-then both.  A
-configuration binds it to a port (C{policy-ports: "9100=metrics-only"}, see
-L{parseConfigData}), and the proxy listeners apply it: in the daemon, or in
-your process with a L{ProxyRouter} and a L{ProxyListenerFactory}
-(C{examples/custom_policy.py})::
+says no with C{raise refuse(status, reason)} (L{refuse}).  It is installed
+as a Twisted plugin (L{pluginPolicies}), or loaded by import path
+(C{package.module:attribute}, L{loadPolicy}) by the operator's own choice:
+the daemon's C{--policy NAME=package.module:attribute}, or your program's
+code.  A configuration only I{names} policies (a ConfigMap must never make
+the server import anything): it binds a name to a port (C{policy-ports:
+"9100=metrics-only"}, see L{parseConfigData}), L{findPolicy} looks the name
+up among the built-ins and L{knownPolicies}, and the proxy listeners apply
+it: in the daemon, or in your process with a L{ProxyRouter} and a
+L{ProxyListenerFactory} (C{examples/custom_policy.py})::
 
+    policy = loadPolicy("metrics_only:policy")
+    known = knownPolicies(named={policy.name: policy})
     config = parseConfigData(
-        {"http-proxy-ports": "9100", "policy-ports": "9100=metrics_only:policy"},
-        resolvePolicy=findPolicy,
+        {"http-proxy-ports": "9100", "policy-ports": "9100=metrics-only"},
+        resolvePolicy=lambda name: findPolicy(name, known),
     )
-    policies = {port: findPolicy(name) for port, name in config.policyPorts}
+    policies = {port: findPolicy(name, known) for port, name in config.policyPorts}
     router = ProxyRouter(server, "http", lambda: config, customPolicies=lambda: policies)
     serverFromString(reactor, "tcp:10264").listen(ProxyListenerFactory(router, reactor))
 
@@ -99,7 +103,8 @@ All the names
     L{Settings}, L{Keepalive}.
   - Policies: L{IForwardingPolicy}, L{ForwardingRequest},
     L{ForwardingDecision}, L{ForwardingRefused}, L{Carrier}, L{refuse},
-    L{findPolicy}, L{loadPolicy}, L{pluginPolicies}, L{PolicyError}.
+    L{findPolicy}, L{knownPolicies}, L{loadPolicy}, L{pluginPolicies},
+    L{PolicyError}.
   - Configuration: L{ProxyConfig}, L{parseConfigData}, L{loadConfig},
     L{ConfigError}.
   - Front doors: L{ProxyRouter}, L{ProxyListenerFactory},
@@ -150,6 +155,7 @@ if TYPE_CHECKING:
         IForwardingPolicy,
         PolicyError,
         findPolicy,
+        knownPolicies,
         loadPolicy,
         pluginPolicies,
         refuse,
@@ -177,6 +183,7 @@ _SOURCES = {
     "Carrier": "policy",
     "refuse": "policy",
     "findPolicy": "policy",
+    "knownPolicies": "policy",
     "loadPolicy": "policy",
     "pluginPolicies": "policy",
     "PolicyError": "policy",
@@ -225,6 +232,7 @@ __all__ = [
     "__version__",
     "backoffPolicy",
     "findPolicy",
+    "knownPolicies",
     "loadConfig",
     "loadCredentials",
     "loadPolicy",

@@ -26,9 +26,11 @@ Three layers, so each can be tested and reused alone:
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
 import os
 import re
+import reprlib
 import stat
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
@@ -38,8 +40,10 @@ from attrs import field, frozen
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from .errors import TunnelError
+from .files import FileRefused, readFile
 
 HTTP_PROXY_PORTS = "http-proxy-ports"
 HTTPS_PROXY_PORTS = "https-proxy-ports"
@@ -69,6 +73,23 @@ DEFAULT_LOCALHOST_PORTS = frozenset({10250, 10255, 10266, 10267})
 DEFAULT_HTTP_LISTENER_PORT = 10264
 #: Kubernetes refuses ConfigMaps larger than this; so do we, before parsing.
 MAX_CONFIG_BYTES = 1024 * 1024
+#: Entries in a ConfigMap-volume directory (C{..} entries aside) past which
+#: it is refused unread: a ConfigMap here has six keys at most.
+MAX_CONFIG_FILES = 64
+#: Comma-separated entries under one key past which the value is refused
+#: (real ones list a handful of ports): bounds the work a value makes.
+MAX_ENTRIES_PER_KEY = 1024
+#: YAML nodes (scalars, lists, mappings) in a manifest past which it is
+#: refused while composing, before anything is built: a ConfigMap manifest,
+#: even C{kubectl get -o yaml}'s with its C{managedFields}, has a few hundred.
+MAX_YAML_NODES = 10_000
+#: How deeply YAML collections may nest (a manifest needs 5 or 6 levels).
+MAX_YAML_DEPTH = 32
+#: The most of a value kept in L{ConfigError.value} (a structured log
+#: field); the message itself shows at most 120 characters of it.
+MAX_VALUE_FIELD = 4096
+#: The most of a refusal's reason kept: one log line stays one short line.
+MAX_REASON = 600
 
 PortProtocol = Literal["https", "http", "tcp"]
 
@@ -91,14 +112,17 @@ class ConfigError(TunnelError):
     def __init__(
         self, key: str | None, value: str | None, reason: str, *, path: str | None = None
     ) -> None:
-        self.key = key
-        self.value = value
-        self.reason = _oneLine(reason)
+        # Every part is bounded: a value may be a mebibyte long, and a key
+        # too (a file name, a YAML key), and this ends up in log lines.
+        self.key = None if key is None else _clip(key, MAX_VALUE_FIELD)
+        self.value = None if value is None else _clip(value, MAX_VALUE_FIELD)
+        self.reason = _clip(_oneLine(reason), MAX_REASON)
         self.path = path
         parts = [] if path is None else [path]
         if key is not None:
+            shownKey = _quote(key, 80)
             parts.append(
-                f"key {key!r}" if value is None else f"key {key!r}, value {_quote(value)}"
+                f"key {shownKey}" if value is None else f"key {shownKey}, value {_quote(value)}"
             )
         parts.append(self.reason)
         super().__init__(": ".join(parts))
@@ -128,6 +152,24 @@ def _quote(text: str, limit: int = 120) -> str:
     if len(text) > limit:
         return repr(text[:limit]) + "..."
     return repr(text)
+
+
+def _clip(text: str, limit: int) -> str:
+    """C{text}, cut to C{limit} characters (marked with C{...}) if longer."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+#: Renders any YAML value in a bounded number of characters, however large
+#: or nested (C{str()} of a nested list renders every element).
+_shortRepr = reprlib.Repr()
+_shortRepr.maxlevel, _shortRepr.maxstring, _shortRepr.maxother = 2, 40, 40
+
+
+def _render(value: object) -> str:
+    """Any value as text for a refusal: strings as they are, the rest bounded."""
+    if isinstance(value, str):
+        return _clip(value, MAX_VALUE_FIELD)
+    return _clip(_shortRepr.repr(value), 200)
 
 
 def _withHTTP(ports: Iterable[int]) -> frozenset[int]:
@@ -173,9 +215,10 @@ class ProxyConfig:
         HTTP through the HTTP listener, like C{httpPorts}.
     @ivar tcpPorts: raw TCP by original destination (C{tcp-proxy-ports}, our
         extension).
-    @ivar policyPorts: ports bound to a custom forwarding policy, by name or
-        import path (C{policy-ports: "9100=metrics-only"}, our extension),
-        sorted by port.
+    @ivar policyPorts: ports bound to a custom forwarding policy, by name
+        (C{policy-ports: "9100=metrics-only"}, our extension), sorted by
+        port.  Only a name: what it names is up to the operator (a plugin,
+        or C{--policy NAME=module:attribute}), never the ConfigMap.
     """
 
     httpPorts: frozenset[int] = field(default=frozenset(), converter=_withHTTP)
@@ -279,6 +322,8 @@ def _items(key: str, value: str) -> list[str]:
     """Comma-separated items, spaces optional; an empty value is no items."""
     if not value.strip():
         return []
+    if value.count(",") >= MAX_ENTRIES_PER_KEY:
+        raise ConfigError(key, value, f"more than {MAX_ENTRIES_PER_KEY} entries")
     items = [item.strip() for item in value.split(",")]
     if "" in items:
         raise ConfigError(key, value, "an empty entry between commas")
@@ -307,7 +352,7 @@ def _dnatPairs(value: str, httpListenerPort: int) -> dict[int, str]:
             raise ConfigError(
                 DNAT_PORTS_PAIR,
                 value,
-                f"pair {pair!r}: the right side must be the HTTP proxy listener's port "
+                f"pair {_quote(pair, 40)}: the right side must be the HTTP proxy listener's port "
                 f"{httpListenerPort}, not {listener}",
             )
         pairs[port] = pair
@@ -315,7 +360,7 @@ def _dnatPairs(value: str, httpListenerPort: int) -> dict[int, str]:
 
 
 def _unknownKey(key: str, value: str) -> ConfigError:
-    close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
+    close = difflib.get_close_matches(key, KNOWN_KEYS, n=1) if len(key) <= 64 else []
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ConfigError(key, value, f"unknown key{hint}; the keys are {', '.join(KNOWN_KEYS)}")
 
@@ -340,16 +385,18 @@ def parseConfigData(
         C{P=Q} or whose C{Q} is not C{httpListenerPort}; a C{policy-ports}
         entry that is not C{PORT=POLICY}, binds a port no other key
         forwards, or names a policy C{resolvePolicy} cannot find.
-    @param resolvePolicy: finds a policy by name or import path, raising
-        when there is none; so a configuration naming a missing policy is
-        refused like any other bad value.
+    @param resolvePolicy: finds a policy by name among those the operator
+        installed or named, raising when there is none; so a configuration
+        naming a missing policy is refused like any other bad value.  It
+        must only look names up (see L{twisted_tunnel.policy.findPolicy}):
+        whoever may edit the ConfigMap must not choose code to run.
     """
     if not 1 <= httpListenerPort <= 65535:
         raise ValueError(f"httpListenerPort {httpListenerPort} is outside 1-65535")
     for key in sorted(data):
         value = data[key]
         if not isinstance(value, str):
-            raise ConfigError(str(key), repr(value), "the value must be a string")
+            raise ConfigError(_render(key), _render(value), "the value must be a string")
         if key not in KNOWN_KEYS:
             raise _unknownKey(key, value)
 
@@ -380,7 +427,8 @@ def parseConfigData(
             raise ConfigError(
                 DNAT_PORTS_PAIR,
                 data[DNAT_PORTS_PAIR],
-                f"pair {pair!r}: port {port} is always HTTPS, it cannot be DNATed as HTTP",
+                f"pair {_quote(pair, 40)}: port {port} is always HTTPS, "
+                "it cannot be DNATed as HTTP",
             )
 
     both = http & https
@@ -396,7 +444,7 @@ def parseConfigData(
             raise ConfigError(
                 DNAT_PORTS_PAIR,
                 data[DNAT_PORTS_PAIR],
-                f"pair {pair!r} carries port {port} as HTTP, but it is also under "
+                f"pair {_quote(pair, 40)} carries port {port} as HTTP, but it is also under "
                 f"{HTTPS_PROXY_PORTS}",
             )
     for port in sorted(tcp):
@@ -434,23 +482,27 @@ def _policyPairs(
     for item in _items(POLICY_PORTS, value):
         left, equals, name = item.partition("=")
         name = name.strip()
+        entry = _quote(item, 60)
         if not equals or not name:
-            raise ConfigError(POLICY_PORTS, value, f"entry {item!r} is not PORT=POLICY")
+            raise ConfigError(POLICY_PORTS, value, f"entry {entry} is not PORT=POLICY")
         port = _port(POLICY_PORTS, value, left.strip())
         if port not in forwarded:
             raise ConfigError(
                 POLICY_PORTS,
                 value,
-                f"entry {item!r}: port {port} is not forwarded; list it under "
+                f"entry {entry}: port {port} is not forwarded; list it under "
                 f"{HTTP_PROXY_PORTS}, {HTTPS_PROXY_PORTS} or {TCP_PROXY_PORTS} too",
             )
         if port in pairs:
             raise ConfigError(POLICY_PORTS, value, f"port {port} is bound twice")
         if resolvePolicy is not None:
+            # A lookup among the policies the operator installed or named
+            # (see policy.findPolicy): the ConfigMap only names them, it
+            # never makes the server import or call anything.
             try:
                 resolvePolicy(name)
             except Exception as e:
-                raise ConfigError(POLICY_PORTS, value, f"entry {item!r}: {e}") from None
+                raise ConfigError(POLICY_PORTS, value, f"entry {entry}: {e}") from None
         pairs[port] = name
     return tuple(sorted(pairs.items()))
 
@@ -482,11 +534,39 @@ class _Source:
 
 
 def _readBounded(path: str, key: str | None) -> bytes:
-    with open(path, "rb") as f:
-        content = f.read(MAX_CONFIG_BYTES + 1)
-    if len(content) > MAX_CONFIG_BYTES:
-        raise ConfigError(key, None, "larger than a ConfigMap can be (1 MiB)")
-    return content
+    """
+    One file's bytes, read with L{readFile}: only a regular file (a FIFO or
+    a device swapped in under C{..data} is refused at once, never waited
+    on), and at most L{MAX_CONFIG_BYTES} of it.
+    """
+    try:
+        return readFile(path, MAX_CONFIG_BYTES)
+    except FileRefused as e:
+        if e.errno == errno.EFBIG:
+            raise ConfigError(key, None, "larger than a ConfigMap can be (1 MiB)") from None
+        raise ConfigError(key, None, e.strerror or str(e)) from None
+
+
+def _volumeEntries(root: str) -> list[str]:
+    """
+    The key files' names in a ConfigMap-volume directory, sorted, kubelet's
+    C{..} entries left out; refused past L{MAX_CONFIG_FILES} without
+    listing the rest.
+    """
+    names: list[str] = []
+    with os.scandir(root) as entries:
+        for entry in entries:
+            if entry.name.startswith(".."):
+                continue
+            names.append(entry.name)
+            if len(names) > MAX_CONFIG_FILES:
+                raise ConfigError(
+                    None,
+                    None,
+                    f"more than {MAX_CONFIG_FILES} files; a ConfigMap volume holds one file "
+                    f"per key, and there are {len(KNOWN_KEYS)} keys",
+                )
+    return sorted(names)
 
 
 def _readSource(path: str) -> _Source:
@@ -513,9 +593,7 @@ def _readSource(path: str) -> _Source:
         files: dict[str, bytes] = {}
         digest = hashlib.sha256(b"directory\0")
         total = 0
-        for name in sorted(os.listdir(root)):
-            if name.startswith(".."):
-                continue
+        for name in _volumeEntries(root):
             entry = os.path.join(root, name)
             if stat.S_ISDIR(os.stat(entry).st_mode):
                 raise ConfigError(
@@ -543,6 +621,61 @@ def _osReason(path: str, error: OSError) -> str:
     return f"{os.fspath(error.filename)}: {reason}"
 
 
+class _Refused(yaml.MarkedYAMLError):
+    """YAML that parses, but that a ConfigMap manifest has no business holding."""
+
+
+#: libyaml's loader when PyYAML has it (its wheels do): some hundred times
+#: faster than the pure-Python one, which takes a second per mebibyte of
+#: YAML on the reactor thread.
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _checkEvents(content: bytes) -> None:
+    """
+    Walk the manifest's YAML events, before any node or value is built, and
+    refuse what a ConfigMap has no business holding.
+
+    An anchor (C{&name}) or an alias (C{*name}) is refused where the parser
+    first meets it: a ConfigMap has no use for them, and they are what
+    makes a "billion laughs" bomb, where a few hundred bytes of nested
+    aliases stand for hundreds of millions of values (a 366-byte one made
+    C{str()} of the value build gigabytes on the reactor thread, until the
+    kernel killed the server).  Refusing them outright, rather than capping
+    an expansion, means nothing downstream (construction, comparison,
+    rendering) ever sees a value larger than the file.  Values are counted
+    (L{MAX_YAML_NODES}) and nesting capped (L{MAX_YAML_DEPTH}: composing
+    recurses), which bounds the work a mebibyte of YAML can make.
+
+    @raise _Refused: for the first such event, with its position.
+    @raise yaml.YAMLError: if the YAML does not parse.
+    """
+    parser = _Loader(content)
+    nodes = depth = 0
+    try:
+        while parser.check_event():
+            event = parser.get_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                problem = "anchors (&) and aliases (*) are not accepted in a ConfigMap"
+            elif isinstance(event, yaml.NodeEvent):
+                nodes += 1
+                if isinstance(event, yaml.CollectionStartEvent):
+                    depth += 1
+                if nodes > MAX_YAML_NODES:
+                    problem = f"more than {MAX_YAML_NODES} values"
+                elif depth > MAX_YAML_DEPTH:
+                    problem = f"nested deeper than {MAX_YAML_DEPTH} levels"
+                else:
+                    continue
+            else:
+                if isinstance(event, yaml.CollectionEndEvent):
+                    depth -= 1
+                continue
+            raise _Refused(None, None, problem, event.start_mark)
+    finally:
+        parser.dispose()
+
+
 def _yamlProblem(error: Exception) -> str:
     if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
         mark = error.problem_mark
@@ -550,7 +683,7 @@ def _yamlProblem(error: Exception) -> str:
         return f"{context}{error.problem} (line {mark.line + 1}, column {mark.column + 1})"
     if isinstance(error, RecursionError):
         return "nested too deeply"
-    return str(error)
+    return str(error) or type(error).__name__
 
 
 def _scalarTexts(node: yaml.Node | None) -> tuple[dict[str, str], str | None]:
@@ -564,13 +697,20 @@ def _scalarTexts(node: yaml.Node | None) -> tuple[dict[str, str], str | None]:
     duplicate = None
     if isinstance(node, yaml.MappingNode):
         for keyNode, valueNode in node.value:
-            name = str(keyNode.value)
+            name = _nodeText(keyNode)
             if name in seen and duplicate is None:
                 duplicate = name
             seen.add(name)
             if isinstance(valueNode, yaml.ScalarNode):
                 texts[name] = valueNode.value
     return texts, duplicate
+
+
+def _nodeText(node: yaml.Node) -> str:
+    """A key node as text: a scalar's source, anything else bounded."""
+    if isinstance(node, yaml.ScalarNode):
+        return str(node.value)
+    return f"a YAML {type(node).__name__.removesuffix('Node').lower()}"
 
 
 def _valueText(key: str, value: object, source: str | None) -> str:
@@ -592,21 +732,43 @@ def _valueText(key: str, value: object, source: str | None) -> str:
         return source if source is not None else str(value)
     raise ConfigError(
         key,
-        source or repr(value),
+        source or _render(value),
         f'a YAML {type(value).__name__} where a string such as "9051, 9052" is expected',
     )
+
+
+def _composeManifest(content: bytes) -> tuple[yaml.Node | None, Any]:
+    """
+    The manifest's node tree and the values built from it, once
+    L{_checkEvents} found it bounded: the tree gives the source text of
+    values and catches duplicate keys, the values are what
+    C{yaml.safe_load} gives.
+    """
+    _checkEvents(content)
+    loader = _Loader(content)
+    try:
+        root = loader.get_single_node()
+        document = None if root is None else loader.construct_document(root)
+    finally:
+        loader.dispose()
+    return root, document
 
 
 def _manifestData(content: bytes) -> dict[str, str]:
     """The C{data} of a kubectl-style ConfigMap manifest, as text."""
     try:
-        # compose() builds nodes only (no objects): used for the source text
-        # of values and to catch duplicate keys that safe_load would hide.
-        root = yaml.compose(content, Loader=yaml.SafeLoader)
-        document: Any = yaml.safe_load(content)
+        root, document = _composeManifest(content)
+    except _Refused as e:
+        raise ConfigError(None, None, f"YAML refused: {_yamlProblem(e)}") from None
     except (yaml.YAMLError, RecursionError) as e:
         raise ConfigError(None, None, f"YAML does not parse: {_yamlProblem(e)}") from None
-    if not isinstance(document, dict) or root is None:
+    except (ValueError, ArithmeticError, TypeError) as e:
+        # What SafeConstructor lets through on odd scalars, e.g. an integer
+        # of more than 4300 digits, which int() refuses with advice for
+        # programmers after the colon.
+        problem = str(e).partition(":")[0] or type(e).__name__
+        raise ConfigError(None, None, f"YAML does not parse: {problem}") from None
+    if not isinstance(document, dict) or not isinstance(root, yaml.MappingNode):
         what = "empty" if document is None else f"a YAML {type(document).__name__}"
         raise ConfigError(None, None, f"not a ConfigMap manifest: the document is {what}")
     topTexts, duplicate = _scalarTexts(root)
@@ -617,7 +779,7 @@ def _manifestData(content: bytes) -> dict[str, str]:
         if found != expected:
             raise ConfigError(
                 name,
-                None if found is None else str(found),
+                None if found is None else _render(found),
                 f"not a ConfigMap manifest ({name}: {expected} expected)",
             )
     if document.get("binaryData"):
@@ -629,12 +791,13 @@ def _manifestData(content: bytes) -> dict[str, str]:
         raise ConfigError(
             "data", topTexts.get("data"), f"a YAML {type(data).__name__}, not a mapping"
         )
-    dataNode = next((v for k, v in root.value if str(k.value) == "data"), None)
+    dataNode = next((v for k, v in root.value if _nodeText(k) == "data"), None)
     texts, duplicate = _scalarTexts(dataNode)
     if duplicate is not None:
         raise ConfigError(duplicate, None, "appears twice under data")
     return {
-        str(key): _valueText(str(key), value, texts.get(str(key))) for key, value in data.items()
+        _render(key): _valueText(_render(key), value, texts.get(_render(key)))
+        for key, value in data.items()
     }
 
 
@@ -683,9 +846,19 @@ class ConfigWatcher(Service):
     directory), so a change is seen even within the same second, and an
     unchanged file is not parsed again.
 
+    Whatever goes wrong with new content leaves the last good configuration
+    in force and the watcher L{stale}, with one log line: a refusal (a
+    L{ConfigError}), and equally any exception at all while reading or
+    applying it (C{SystemExit} included: a C{BaseException} raised by a
+    callback must neither stop the server nor vanish into the reactor's
+    log).  If C{onChange} fails, it is handed the last good configuration
+    back (so a consumer that applied half of the new one returns to the
+    old), and the new content is tried again after a growing delay
+    (L{retryDelays}), in case what failed was passing.
+
     @ivar current: the configuration in force.
     @ivar stale: whether the path holds something other than C{current}
-        (refused, or missing), so operators can be told.
+        (refused, missing, or failed to apply), so operators can be told.
     @ivar staleReason: why, one line (the L{ConfigError} text); C{None} when
         not stale.
     @ivar lastLoaded: clock time of the last successful load (construction
@@ -699,6 +872,10 @@ class ConfigWatcher(Service):
     #: Consecutive polls that find the path missing before it counts as
     #: gone: one miss is retried, as it may be a rename in progress.
     missingPollsBeforeStale = 2
+
+    #: Seconds before content whose C{onChange} failed is tried again: the
+    #: first retry, then doubled at each failure up to the second.
+    retryDelays = (10.0, 300.0)
 
     def __init__(
         self,
@@ -728,6 +905,10 @@ class ConfigWatcher(Service):
         self._fingerprint: bytes | None = None
         self._missingPolls = 0
         self._call: IDelayedCall | None = None
+        # content whose onChange failed, how often in a row, and when to retry
+        self._failedFingerprint: bytes | None = None
+        self._applyFailures = 0
+        self._retryAt = 0.0
 
     def startService(self) -> None:
         super().startService()
@@ -757,7 +938,8 @@ class ConfigWatcher(Service):
         Check the path once, now, and apply a valid change.
 
         Called every C{interval} while the service runs; callable directly
-        too (on C{SIGHUP}, say).
+        too (on C{SIGHUP}, say).  Raises nothing but C{KeyboardInterrupt}
+        (after taking note of it like any other failure).
         """
         try:
             source = _readSource(self.path)
@@ -769,8 +951,14 @@ class ConfigWatcher(Service):
             if self.staleReason != str(e.withPath(self.path)):
                 self._refuse(e)
             return
+        except BaseException as e:
+            self._fingerprint = None
+            self._failed("reading it", e)
+            return
         self._missingPolls = 0
         if source.fingerprint == self._fingerprint:
+            return
+        if source.fingerprint == self._failedFingerprint and self.clock.seconds() < self._retryAt:
             return
         self._fingerprint = source.fingerprint
         try:
@@ -778,7 +966,12 @@ class ConfigWatcher(Service):
         except ConfigError as e:
             self._refuse(e)
             return
-        self._accept(new)
+        except BaseException as e:
+            # A bug (ours, or the policy resolver's): the same bytes would
+            # fail the same way, so they are not parsed again.
+            self._failed("reading it", e)
+            return
+        self._accept(new, source.fingerprint)
 
     def _missing(self, error: ConfigError) -> None:
         self._missingPolls += 1
@@ -794,25 +987,52 @@ class ConfigWatcher(Service):
             self._fingerprint = None
             self._refuse(error)
 
-    def _refuse(self, error: ConfigError) -> None:
+    def _refuse(self, error: ConfigError, failure: BaseException | None = None) -> None:
+        """
+        Take note of a refusal: stale, counted, and one log line (a warning;
+        with the traceback when C{failure}, an unexpected exception, is why).
+        """
         error = error.withPath(self.path)
         self.refusals += 1
         self.stale = True
         self.staleReason = str(error)
-        self.log.warn(
-            "config refused, the last good one stays active: {error}",
-            error=str(error),
-            path=self.path,
-            key=error.key,
-            value=error.value,
-            reason=error.reason,
-        )
+        fields: dict[str, Any] = {
+            "error": str(error),
+            "path": self.path,
+            "key": error.key,
+            "value": error.value,
+            "reason": error.reason,
+        }
+        if failure is None:
+            self.log.warn("config refused, the last good one stays active: {error}", **fields)
+        else:
+            self.log.failure(
+                "config refused, the last good one stays active: {error}",
+                Failure(failure, type(failure), failure.__traceback__),
+                **fields,
+            )
 
-    def _accept(self, new: ProxyConfig) -> None:
+    def _failed(self, doing: str, exception: BaseException) -> None:
+        """
+        An unexpected exception while reading or applying new content: a
+        refusal like any other, logged once per reason; C{KeyboardInterrupt}
+        is raised again once noted, so that Ctrl-C still stops a program
+        that polls by hand.
+        """
+        error = ConfigError(None, None, f"{doing} failed: {_describeException(exception)}")
+        if self.staleReason == str(error.withPath(self.path)):
+            self.log.debug("config {path}: {error} again", path=self.path, error=error.reason)
+        else:
+            self._refuse(error, exception)
+        if isinstance(exception, KeyboardInterrupt):
+            raise exception
+
+    def _accept(self, new: ProxyConfig, fingerprint: bytes) -> None:
         old, wasStale = self.current, self.stale
-        self.stale, self.staleReason = False, None
-        self.lastLoaded = self.clock.seconds()
         if new == old:
+            self.stale, self.staleReason = False, None
+            self.lastLoaded = self.clock.seconds()
+            self._forgetFailures()
             if wasStale:
                 self.log.info(
                     "config {path} is valid again, unchanged: {config}",
@@ -822,7 +1042,23 @@ class ConfigWatcher(Service):
             else:
                 self.log.debug("config {path} re-read: no effective change", path=self.path)
             return
+        try:
+            self.onChange(new)
+        except BaseException as e:
+            self._rollBack(old)
+            # tried again once the delay is over (poll skips it until then)
+            self._fingerprint = None
+            self._failedFingerprint = fingerprint
+            self._applyFailures += 1
+            first, most = self.retryDelays
+            delay = min(most, first * 2 ** min(self._applyFailures - 1, 16))
+            self._retryAt = self.clock.seconds() + delay
+            self._failed("applying it", e)
+            return
         self.current = new
+        self.stale, self.staleReason = False, None
+        self.lastLoaded = self.clock.seconds()
+        self._forgetFailures()
         self.reloads += 1
         self.log.info(
             "config reloaded from {path}: {changes}",
@@ -830,7 +1066,23 @@ class ConfigWatcher(Service):
             changes=new.changesFrom(old),
             config=new.describe(),
         )
+
+    def _forgetFailures(self) -> None:
+        self._failedFingerprint, self._applyFailures, self._retryAt = None, 0, 0.0
+
+    def _rollBack(self, old: ProxyConfig) -> None:
+        """Hand C{onChange} the configuration in force again, after it failed on a new one."""
         try:
-            self.onChange(new)
-        except Exception:
-            self.log.failure("applying the config reloaded from {path} failed", path=self.path)
+            self.onChange(old)
+        except BaseException:
+            self.log.failure(
+                "config {path}: restoring the last good configuration failed too",
+                path=self.path,
+            )
+
+
+def _describeException(exception: BaseException) -> str:
+    """C{"SystemExit: 3"}: the type and (bounded) message of an exception, on one line."""
+    text = _oneLine(str(exception))
+    name = type(exception).__name__
+    return f"{name}: {_clip(text, 200)}" if text else name

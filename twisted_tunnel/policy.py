@@ -9,8 +9,14 @@ C{tcp-proxy-ports} → L{TCPPolicy}); C{localhost-proxy-ports} wraps that
 choice in L{LocalhostPolicy}, which sends the agent to the node's loopback
 instead of its IP.  Other tools add their own policies, either as Twisted
 plugins (an C{IPlugin} that also provides L{IForwardingPolicy}, in a
-C{twisted/plugins/} module of any installed package) or by import path
-(C{package.module:attribute}); see C{docs/policies.md}.
+C{twisted/plugins/} module of any installed package) or named by the
+operator on the server's command line (C{--policy
+NAME=package.module:attribute}, loaded once with L{loadPolicy}); see
+C{docs/policies.md}.
+
+The ConfigMap only I{names} policies (L{findPolicy}): whoever may edit it
+must not choose code for the server to import and run.  An import path
+there used to be loaded, so C{9100=os:abort} killed the server.
 
 A policy only decides.  Carrying the bytes is the proxy listener's job,
 told by the decision's L{Carrier}.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from collections.abc import Mapping
 from enum import Enum
 from typing import Any
@@ -233,12 +240,26 @@ class PolicyError(ValueError):
     """A policy cannot be found or is not a policy; the message says which and why."""
 
 
+#: What a name given with C{--policy NAME=...} may look like: no C{:} or
+#: C{.}, so that no name can ever be mistaken for an import path.
+_POLICY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+
+#: Known names listed in a refusal at most (the rest are counted).
+_NAMES_SHOWN = 20
+
+
 def loadPolicy(spec: str) -> IForwardingPolicy:
     """
     Load a policy given as C{package.module:attribute}.  The attribute may
     be a policy or a callable without arguments that makes one.
 
-    @raise PolicyError: naming the spec and what is wrong with it.
+    This imports and runs code: call it only for what the operator wrote
+    (C{--policy} on the command line, or a program's own code), once at
+    start-up, never for what a ConfigMap says.
+
+    @raise PolicyError: naming the spec and what is wrong with it, whatever
+        importing the module or calling the factory raised (C{SystemExit}
+        included: a factory that calls C{sys.exit} is a broken policy).
     """
     moduleName, colon, attribute = spec.partition(":")
     if not colon or not moduleName or not attribute:
@@ -247,6 +268,10 @@ def loadPolicy(spec: str) -> IForwardingPolicy:
         module = importlib.import_module(moduleName)
     except ImportError as e:
         raise PolicyError(f"policy {spec!r}: cannot import {moduleName}: {e}") from None
+    except (Exception, SystemExit) as e:
+        raise PolicyError(
+            f"policy {spec!r}: importing {moduleName} failed: {_describe(e)}"
+        ) from None
     try:
         found: Any = module
         for part in attribute.split("."):
@@ -254,8 +279,21 @@ def loadPolicy(spec: str) -> IForwardingPolicy:
     except AttributeError:
         raise PolicyError(f"policy {spec!r}: {moduleName} has no {attribute}") from None
     if not IForwardingPolicy.providedBy(found) and callable(found):
-        found = found()
+        try:
+            found = found()
+        except (Exception, SystemExit) as e:
+            raise PolicyError(
+                f"policy {spec!r}: calling {attribute} failed: {_describe(e)}"
+            ) from None
     return _checked(found, spec)
+
+
+def _describe(exception: BaseException) -> str:
+    text = " ".join(str(exception).split())
+    name = type(exception).__name__
+    if len(text) > 200:
+        text = text[:200] + "..."
+    return f"{name}: {text}" if text else name
 
 
 def _checked(candidate: object, where: str) -> IForwardingPolicy:
@@ -272,7 +310,7 @@ def pluginPolicies(package: Any = None) -> dict[str, IForwardingPolicy]:
     """
     The policies installed as Twisted plugins, by name.  (Plugins are found
     by scanning C{twisted.plugins}, or C{package}; call this once, at
-    startup or reload, not per request.)
+    startup, not per request or per configuration.)
     """
     from twisted.plugin import getPlugins
 
@@ -283,23 +321,86 @@ def pluginPolicies(package: Any = None) -> dict[str, IForwardingPolicy]:
     return found
 
 
+def parsePolicyOption(text: str) -> tuple[str, str]:
+    """
+    The C{NAME} and C{package.module:attribute} of a C{--policy
+    NAME=package.module:attribute} option, checked but not loaded.
+
+    @raise PolicyError: one line saying what is wrong: not C{NAME=SPEC}, a
+        name with other than letters, digits, C{-} and C{_} (at most 63),
+        a built-in policy's name, or a spec that is not an import path.
+    """
+    name, equals, spec = text.partition("=")
+    name, spec = name.strip(), spec.strip()
+    if not equals or not name or not spec:
+        raise PolicyError(
+            f"--policy {text!r}: expected NAME=package.module:attribute, "
+            "e.g. metrics-only=metrics_only:policy"
+        )
+    if _POLICY_NAME.fullmatch(name) is None:
+        raise PolicyError(
+            f"--policy {text!r}: the name {name!r} may hold only letters, digits, '-' and '_' "
+            "(at most 63), so that it cannot look like an import path"
+        )
+    if name in BUILTIN_POLICIES:
+        raise PolicyError(f"--policy {text!r}: {name!r} is a built-in policy's name")
+    moduleName, colon, attribute = spec.partition(":")
+    if not colon or not moduleName or not attribute:
+        raise PolicyError(f"--policy {text!r}: expected package.module:attribute after '='")
+    return name, spec
+
+
+def knownPolicies(
+    plugins: Mapping[str, IForwardingPolicy] | None = None,
+    named: Mapping[str, IForwardingPolicy] | None = None,
+) -> dict[str, IForwardingPolicy]:
+    """
+    Every policy a configuration may name: the built-ins, then C{plugins}
+    (L{pluginPolicies}), then C{named} (the operator's C{--policy} ones,
+    which win over a plugin of the same name).  A plugin cannot take a
+    built-in's name.
+    """
+    known: dict[str, IForwardingPolicy] = {}
+    known.update(plugins or {})
+    known.update(named or {})
+    known.update(BUILTIN_POLICIES)
+    return known
+
+
 def findPolicy(
-    nameOrSpec: str, plugins: Mapping[str, IForwardingPolicy] | None = None
+    name: str, plugins: Mapping[str, IForwardingPolicy] | None = None
 ) -> IForwardingPolicy:
     """
-    A policy by built-in name, plugin name, or C{package.module:attribute}.
+    A policy by name: a built-in one, or one of C{plugins} (by default
+    L{pluginPolicies}; the server passes L{knownPolicies}, which also holds
+    the operator's C{--policy} ones).
 
-    @raise PolicyError: when there is no such policy.
+    Only a lookup: this never imports or calls anything a name says, since
+    the name comes from the ConfigMap.  C{package.module:attribute} is
+    refused like any unknown name, with a hint to name it with C{--policy}.
+
+    @raise PolicyError: when there is no such policy; the message lists the
+        known names (the first L{_NAMES_SHOWN}) and quotes at most 64
+        characters of C{name}.
     """
-    if nameOrSpec in BUILTIN_POLICIES:
-        return BUILTIN_POLICIES[nameOrSpec]
-    if ":" in nameOrSpec:
-        return loadPolicy(nameOrSpec)
+    if name in BUILTIN_POLICIES:
+        return BUILTIN_POLICIES[name]
     known = plugins if plugins is not None else pluginPolicies()
-    if nameOrSpec in known:
-        return known[nameOrSpec]
+    if name in known:
+        return known[name]
     names = sorted(set(BUILTIN_POLICIES) | set(known))
-    raise PolicyError(f"no policy named {nameOrSpec!r} (known: {', '.join(names)})")
+    listed = ", ".join(names[:_NAMES_SHOWN])
+    if len(names) > _NAMES_SHOWN:
+        listed += f" and {len(names) - _NAMES_SHOWN} more"
+    shown = repr(name[:64]) + ("..." if len(name) > 64 else "")
+    hint = ""
+    if ":" in name or "." in name:
+        hint = (
+            "; a configuration names policies, it does not import them: install the policy "
+            "as a plugin, or name it on the server's command line with "
+            "--policy NAME=package.module:attribute"
+        )
+    raise PolicyError(f"no policy named {shown} (known: {listed}){hint}")
 
 
 def refuse(status: int, reason: str) -> ForwardingRefused:
@@ -322,7 +423,9 @@ __all__ = [
     "decide",
     "decideNow",
     "findPolicy",
+    "knownPolicies",
     "loadPolicy",
+    "parsePolicyOption",
     "pluginPolicies",
     "refuse",
 ]

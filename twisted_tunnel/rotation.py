@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .errors import CredentialsError
+from .files import readFile
 from .tls import Credentials, loadCredentials, proxyClientOptions, serverOptions
 
 #: How often the files are checked by default, in seconds.
@@ -156,14 +157,22 @@ class CredentialsWatcher(Service):
         return True
 
     def _read(self) -> bytes:
-        """A digest of the files' contents (a missing file reads as empty)."""
+        """
+        A digest of the files' contents.  A file that cannot be read counts
+        by why (missing, not a regular file, too large...), so a change of
+        reason is a change, and L{load} then says what is wrong.
+
+        Read with L{readFile}, on the reactor thread every C{interval}: a
+        FIFO swapped in under C{..data} is refused at once instead of
+        blocking the reactor (C{/healthz} and the proxy froze), and
+        C{/dev/zero} or a huge file is never read past 1 MiB.
+        """
         digest = hashlib.sha256()
         for path in self.paths:
             try:
-                with open(path, "rb") as f:
-                    data = f.read()
-            except OSError:
-                data = b""
+                data = b"file\0" + readFile(path)
+            except OSError as e:
+                data = f"unreadable\0{type(e).__name__}\0{e.errno}".encode()
             digest.update(len(data).to_bytes(8, "big"))
             digest.update(data)
         return digest.digest()

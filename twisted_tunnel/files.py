@@ -1,0 +1,110 @@
+# -*- test-case-name: tests.test_security_config -*-
+"""
+Reading the small files an operator points the daemons at (certificates,
+keys, the ConfigMap) without ever blocking the reactor or running out of
+memory.
+
+Those files sit in Secret and ConfigMap volumes, where kubelet swaps a
+C{..data} symlink under the running process, so whatever the path leads to
+at the moment of reading is what gets read.  A plain C{open(path).read()}
+then trusts too much: a FIFO there blocks the reactor thread until someone
+writes to it (C{/healthz} and every proxied request froze), and
+C{/dev/zero} or a huge file is read until memory runs out.  L{readFile}
+reads only regular files, and at most C{limit} bytes of them:
+
+  - opened with C{O_NONBLOCK}, so opening a FIFO or a device returns at once
+    instead of waiting for a writer or a carrier; C{O_NOCTTY}, so a
+    terminal never becomes the daemon's controlling terminal;
+  - symlinks followed (Secret and ConfigMap volumes are made of them), and
+    the file I{opened} checked with C{fstat}, so a swap between checking and
+    opening cannot slip a FIFO past the check;
+  - read up to C{limit + 1} bytes, whatever C{st_size} says (C{/proc} files
+    report 0), and refused if there was more.
+
+Reading a regular file of a mebibyte at most from a local disk or tmpfs
+takes well under a millisecond, so it stays on the reactor thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+#: Kubernetes refuses Secrets and ConfigMaps larger than this (1 MiB), so no
+#: file they hold can be larger.
+MAX_VOLUME_FILE_BYTES = 1024 * 1024
+
+_KINDS = [
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+]
+
+
+class FileRefused(OSError):
+    """
+    The path is not something we read: not a regular file, or too large.
+
+    An C{OSError}, so that callers' existing handling (which names the file
+    and C{strerror} in one line) covers it; C{strerror} is that one line's
+    reason, e.g. C{"not a regular file (a FIFO)"}.
+    """
+
+
+def describeLimit(limit: int) -> str:
+    """C{limit} as operators read sizes: C{"1 MiB"}, C{"64 KiB"}, C{"100 bytes"}."""
+    for unit, size in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if limit >= size and limit % size == 0:
+            return f"{limit // size} {unit}"
+    return f"{limit} bytes"
+
+
+def _kind(mode: int) -> str:
+    for check, kind in _KINDS:
+        if check(mode):
+            return kind
+    return "not a file"
+
+
+def readFile(path: str, limit: int = MAX_VOLUME_FILE_BYTES) -> bytes:
+    """
+    The whole content of the regular file at C{path}, if it holds at most
+    C{limit} bytes.  Never blocks on a FIFO or device, never reads more
+    than C{limit + 1} bytes.
+
+    @raise FileRefused: C{path} leads to something other than a regular
+        file (a directory, a FIFO, a device, a socket), or to a file larger
+        than C{limit}.
+    @raise OSError: it cannot be opened or read (C{FileNotFoundError},
+        C{PermissionError}, ...), as C{open} would raise.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise FileRefused(errno.EINVAL, f"not a regular file ({_kind(status.st_mode)})", path)
+        chunks = []
+        remaining = limit + 1
+        # os.read allocates what it is asked for: ask for the size fstat
+        # gives (plus one, to see the end), not a large fixed chunk.
+        size = status.st_size + 1 if status.st_size else 64 * 1024
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        if remaining <= 0:
+            raise FileRefused(
+                errno.EFBIG, f"larger than {describeLimit(limit)}, the most accepted", path
+            )
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["MAX_VOLUME_FILE_BYTES", "FileRefused", "describeLimit", "readFile"]
