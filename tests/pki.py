@@ -37,13 +37,18 @@ What there is:
     - L{TestPKI.serverFor}: a server certificate for other names, e.g. one
       that does not carry the name an agent dials;
     - L{TestPKI.expiredAgent}, L{TestPKI.expiredServer}: certificates whose
-      validity ended yesterday.
+      validity ended yesterday;
+    - L{TestPKI.leaf}: a clientAuth certificate with any subject and
+      subjectAltNames, for hostile-agent tests (C{CN=system:node:EDGE-K},
+      a Kelvin sign, C{CN=edge-1-ops} with C{DNS:edge-1}, no
+      C{O=system:nodes}); L{TestPKI.shortLivedAgent} expires soon.
 """
 
 from __future__ import annotations
 
 import datetime
 import functools
+import ipaddress
 import os
 import shutil
 import tempfile
@@ -51,9 +56,13 @@ import unittest
 from collections.abc import Sequence
 
 from attrs import frozen
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from twisted_tunnel.certs import (
+    NODE_ORGANIZATION,
     Issued,
+    _mintLeaf,
     mintAgent,
     mintCA,
     mintClient,
@@ -206,6 +215,28 @@ def _expiredServer() -> Issued:
     return mintServer(_ca(), SERVER_NAMES, notBefore=notBefore, notAfter=notAfter)
 
 
+@functools.cache
+def _leaf(
+    commonName: str,
+    organizations: tuple[str, ...],
+    dnsNames: tuple[str, ...],
+    ips: tuple[str, ...],
+    notAfter: datetime.datetime | None,
+) -> Issued:
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+        + [x509.NameAttribute(NameOID.COMMON_NAME, commonName)]
+    )
+    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in dnsNames]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    notBefore = None
+    if notAfter is not None:
+        notBefore = min(notAfter, datetime.datetime.now(datetime.UTC)) - datetime.timedelta(days=1)
+    return _mintLeaf(
+        _ca(), subject, sans, [ExtendedKeyUsageOID.CLIENT_AUTH], 30, notBefore, notAfter
+    )
+
+
 class TestPKI:
     """
     The shared test PKI (see the module docstring).
@@ -235,7 +266,11 @@ class TestPKI:
         return _server(tuple(names))
 
     def agent(self, node: str = "edge-1", ips: Sequence[str] = ()) -> Issued:
-        """The agent certificate for C{node} (C{CN=system:node:<node>}), signed by L{ca}."""
+        """
+        The agent certificate for C{node} (C{CN=system:node:<node>,
+        O=system:nodes}), signed by L{ca}; it carries C{ips} as IP
+        subjectAltNames, none by default (as kubelet certificates do).
+        """
         return _agent(node, tuple(ips))
 
     def client(self, name: str = "kube-apiserver") -> Issued:
@@ -257,6 +292,40 @@ class TestPKI:
     def expiredServer(self) -> Issued:
         """The server certificate for L{SERVER_NAMES}, expired yesterday."""
         return _expiredServer()
+
+    def leaf(
+        self,
+        commonName: str,
+        *,
+        organizations: Sequence[str] = (NODE_ORGANIZATION,),
+        dnsNames: Sequence[str] = (),
+        ips: Sequence[str] = (),
+        notAfter: datetime.datetime | None = None,
+    ) -> Issued:
+        """
+        A clientAuth certificate signed by L{ca} with exactly this subject
+        (C{O=<organizations>, CN=<commonName>}) and these subjectAltNames,
+        whatever they say: what no C{edge-tunnel certs} command mints, for
+        tests of what the server does with it (C{CN=system:node:EDGE-K},
+        C{CN=edge-1-ops} with C{DNS:edge-1}, no C{O=system:nodes}).
+
+        @param notAfter: when it expires (it became valid a day before, or
+            a day before now if that is earlier); 30 days from now by default.
+        """
+        return _leaf(commonName, tuple(organizations), tuple(dnsNames), tuple(ips), notAfter)
+
+    def shortLivedAgent(self, node: str, notAfter: datetime.datetime) -> Issued:
+        """
+        A well-formed agent certificate for C{node}, signed by L{ca}, that
+        expires at C{notAfter} (a test makes one per use: not cached).
+        """
+        now = datetime.datetime.now(datetime.UTC)
+        return mintAgent(
+            _ca(),
+            node,
+            notBefore=min(now, notAfter) - datetime.timedelta(days=1),
+            notAfter=notAfter,
+        )
 
     def credentials(self, issued: Issued, *, ca: Issued | None = None) -> Credentials:
         """

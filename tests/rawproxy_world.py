@@ -116,9 +116,13 @@ class World:
         self.opens: list[list[Any]] = []
         self.echo = RecordingEchoFactory()
         self.ports: list[Any] = []
-        self.server = TunnelServer(
-            reactor, None, identify=lambda transport: PeerIdentity(f"system:node:{NODE}")
+        # a kubelet-style node certificate whose IP subjectAltName proves the node IP
+        identity = PeerIdentity(
+            f"system:node:{NODE}",
+            ipAddresses=(scenario["nodeIP"],),
+            organizations=("system:nodes",),
         )
+        self.server = TunnelServer(reactor, None, identify=lambda transport: identity)
         self.agent: TunnelAgent | None = None
 
     async def start(self) -> None:

@@ -190,6 +190,10 @@ class AgentTests(SynchronousTestCase):
             "system:node:edge",
             "édge",
             "a" * 254,
+            "a" * 64 + ".b",  # a label longer than DNS allows
+            "1",  # what inet_aton reads as 0.0.0.1: it would shadow an address
+            "127.0.0.3",
+            "edge-\u212a",  # a Kelvin sign, which lower-cases to "k"
         ]:
             with self.assertRaises(ValueError, msg=repr(bad)) as raised:
                 mintAgent(pki.ca, bad)
@@ -199,7 +203,8 @@ class AgentTests(SynchronousTestCase):
             self.assertNotIn("\n", message)
 
     def test_goodNodeNames(self) -> None:
-        for good in ["a", "edge-1", "node.zone-a.example", "1", "a" * 63 + "." + "b" * 189]:
+        longest = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])  # 253 characters
+        for good in ["a", "edge-1", "node.zone-a.example", "1a", longest]:
             self.assertEqual(validateNodeName(good), good)
 
     def test_longNodeName(self) -> None:

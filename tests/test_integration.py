@@ -311,12 +311,13 @@ class TunnelTestCase(TestCase):
         settings: Settings = Settings(),
     ) -> TunnelAgent:
         """
-        Start an agent for C{node} (with the certificate for C{node} unless
-        C{credentials} says otherwise); it does not retry if it fails.
+        Start an agent for C{node} (with the certificate for C{node} and
+        C{ips}, which proves them, unless C{credentials} says otherwise);
+        it does not retry if it fails.
         """
         agent = TunnelAgent(
             reactor,
-            credentials or pki.credentials(pki.agent(node)),
+            credentials or pki.credentials(pki.agent(node, ips)),
             ("127.0.0.1", serverPort),
             node,
             ips,

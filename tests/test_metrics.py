@@ -81,7 +81,9 @@ class ServerMetricsTests(SynchronousTestCase):
             self.clock,
             None,
             serverId="srv-a",
-            identify=lambda transport: PeerIdentity("system:node:edge-1"),
+            identify=lambda transport: PeerIdentity(
+                "system:node:edge-1", organizations=("system:nodes",)
+            ),
         )
         self.pair = TunnelPair(clock=self.clock, connect=False)
         tunnel = self.server.plainTunnelFactory().buildProtocol(IPv4Address("TCP", "10.0.0.1", 1))

@@ -37,9 +37,28 @@ class RegistryTests(SynchronousTestCase):
     def test_lookup(self) -> None:
         edge = record("edge-1", "10.0.0.5", "fd00::5")
         self.registry.register(edge)
-        for name in ("edge-1", "EDGE-1", "10.0.0.5", "fd00:0::5", "[fd00::5]"):
+        for name in ("edge-1", "10.0.0.5", "fd00:0::5", "[fd00::5]"):
             self.assertIs(self.registry.lookup(name), edge, name)
         self.assertIsNone(self.registry.lookup("10.0.0.6"))
+
+    def test_lookupIsExact(self) -> None:
+        """
+        Names match exactly, as Kubernetes names do: no case folding (the
+        registry used to lower-case lookups, and Unicode lower-casing turns
+        a Kelvin sign into "k").
+        """
+        edge = record("edge-k", "10.0.0.5")
+        self.registry.register(edge)
+        for name in ("EDGE-K", "edge-\u212a", "edge-k."):
+            self.assertIsNone(self.registry.lookup(name), name)
+
+    def test_invalidNamesAreNotRegistered(self) -> None:
+        """Only valid node names enter the registry: no IP literals, no upper case."""
+        for name in ("127.0.0.3", "127.1", "Edge-1", ""):
+            with self.assertRaises(Refused, msg=name):
+                self.registry.register(record(name))
+        self.assertEqual(len(self.registry), 0)
+        self.assertEqual(self.changes, 0)
 
     def test_observersFollowChanges(self) -> None:
         first = record("edge-1", "10.0.0.5")

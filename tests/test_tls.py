@@ -404,7 +404,7 @@ class IdentityTests(SynchronousTestCase):
         self.assertEqual(identity.nodeName(), "edge-1")
         self.assertTrue(identity.isNodeCertificate())
         self.assertTrue(identity.carriesNode("edge-1"))
-        self.assertTrue(identity.carriesNode("EDGE-1"))
+        self.assertFalse(identity.carriesNode("EDGE-1"))  # exact: no case folding
         self.assertFalse(identity.carriesNode("other"))
         self.assertFalse(identity.carriesNode("edge"))
         self.assertEqual(identity.describe(), "node edge-1")
@@ -416,16 +416,45 @@ class IdentityTests(SynchronousTestCase):
         self.assertFalse(identity.carriesNode("edge-1"))
 
     def test_commonNameForm(self) -> None:
-        """The common name alone is enough, with no subjectAltName."""
-        identity = PeerIdentity(commonName="system:node:Edge-9")
-        self.assertEqual(identity.nodeName(), "Edge-9")
+        """
+        The kubelet convention alone is enough, with no subjectAltName: the
+        common name system:node:<name> and the organization system:nodes.
+        """
+        identity = PeerIdentity(commonName="system:node:edge-9", organizations=("system:nodes",))
+        self.assertEqual(identity.nodeName(), "edge-9")
         self.assertTrue(identity.carriesNode("edge-9"))
         self.assertTrue(identity.isNodeCertificate())
 
+    def test_commonNameWithoutOrganization(self) -> None:
+        """
+        Without O=system:nodes the common name alone carries no node (it
+        used to), though the certificate still claims to be a node's, so
+        that the doors refuse it.
+        """
+        identity = PeerIdentity(commonName="system:node:edge-9")
+        self.assertFalse(identity.carriesNode("edge-9"))
+        self.assertIn("lacks O=system:nodes", identity.whyNotNode("edge-9") or "")
+        self.assertTrue(identity.isNodeCertificate())
+
+    def test_mixedCaseCommonName(self) -> None:
+        """
+        system:node:Edge-9 names no node: Kubernetes names are lower case,
+        and nothing is folded (this test used to expect it to carry edge-9).
+        """
+        identity = PeerIdentity(commonName="system:node:Edge-9", organizations=("system:nodes",))
+        self.assertIsNone(identity.nodeName())
+        self.assertFalse(identity.carriesNode("edge-9"))
+        self.assertFalse(identity.carriesNode("Edge-9"))
+        self.assertTrue(identity.isNodeCertificate())
+
     def test_subjectAltNameForm(self) -> None:
-        """A DNS subjectAltName carries a node, but does not make a node certificate."""
-        identity = PeerIdentity(commonName="edge agent", dnsNames=("Edge-3.example",))
-        self.assertTrue(identity.carriesNode("edge-3.example"))
+        """
+        A DNS subjectAltName carries no node, and does not make a node
+        certificate (it used to carry one: CN=edge-1-ops with DNS:edge-1
+        took over edge-1's tunnel).
+        """
+        identity = PeerIdentity(commonName="edge agent", dnsNames=("edge-3.example",))
+        self.assertFalse(identity.carriesNode("edge-3.example"))
         self.assertFalse(identity.carriesNode("edge-3"))
         self.assertIsNone(identity.nodeName())
         self.assertFalse(identity.isNodeCertificate())
@@ -439,9 +468,13 @@ class IdentityTests(SynchronousTestCase):
         self.assertEqual(identity.organizations, ())
 
     def test_emptyNodeName(self) -> None:
+        """
+        CN=system:node: names no node, but claims to be a node's certificate
+        (so the doors refuse it too).
+        """
         identity = PeerIdentity(commonName=NODE_COMMON_NAME_PREFIX)
         self.assertIsNone(identity.nodeName())
-        self.assertFalse(identity.isNodeCertificate())
+        self.assertTrue(identity.isNodeCertificate())
         self.assertFalse(identity.carriesNode(""))
 
     def test_describe(self) -> None:

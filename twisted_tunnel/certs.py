@@ -30,6 +30,7 @@ import ipaddress
 import os
 import re
 import secrets
+import socket
 from collections.abc import Sequence
 from typing import TypeAlias
 
@@ -47,11 +48,14 @@ __all__ = [
     "Issued",
     "PrivateKey",
     "isDNSName",
+    "isIPLiteral",
+    "isNodeName",
     "mintAgent",
     "mintCA",
     "mintClient",
     "mintServer",
     "readPair",
+    "validateClientName",
     "validateNodeName",
     "writePair",
 ]
@@ -88,8 +92,13 @@ Edge devices' clocks drift; a certificate minted in the cloud a few seconds
 "ahead" of an edge node's clock would otherwise be refused as not yet valid.
 """
 
-_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+# used with fullmatch (a "$" would let a trailing newline through), never with
+# IGNORECASE (under which [a-z] matches the Kelvin sign, U+212A)
+_DNS1123_SUBDOMAIN = re.compile(
+    r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", re.ASCII
+)
 _DNS1123_SUBDOMAIN_MAX = 253
+_DNS1123_LABEL_MAX = 63
 
 PRIVATE_KEY_TYPES = (
     ec.EllipticCurvePrivateKey,
@@ -139,24 +148,77 @@ def isDNSName(name: str) -> bool:
     Is C{name} a lowercase RFC 1123 DNS subdomain, as Kubernetes requires of node names?
 
     Kubernetes' C{IsDNS1123Subdomain} checks the whole name against this
-    pattern and a length of 253; we check exactly the same, so that every
-    name Kubernetes accepts for a node is accepted here too.
+    pattern and a length of 253; we check the same, and also that no label
+    is longer than the 63 characters DNS allows one (a node name must
+    resolve through the hosts file, and no longer label can).  The test is
+    exact: no case or Unicode folding, so C{EDGE-1} and C{edge-\u212a} (a
+    Kelvin sign) are not names, rather than other spellings of C{edge-1}
+    and C{edge-k}.
     """
-    return len(name) <= _DNS1123_SUBDOMAIN_MAX and _DNS1123_SUBDOMAIN.fullmatch(name) is not None
+    return (
+        len(name) <= _DNS1123_SUBDOMAIN_MAX
+        and _DNS1123_SUBDOMAIN.fullmatch(name) is not None
+        and all(len(label) <= _DNS1123_LABEL_MAX for label in name.split("."))
+    )
+
+
+def isIPLiteral(text: str) -> bool:
+    """
+    Could C{text} be read as an IP address by anything that routes?
+
+    That is a literal C{ipaddress} parses (C{10.0.0.5}, C{fd00::5}), and
+    also the legacy IPv4 spellings C{inet_aton} and so C{getaddrinfo}
+    accept (C{127.1}, C{0x7f000001}, C{2130706433}): a node named so
+    could be taken for an address by a client, a resolver or a log reader.
+    """
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    else:
+        return True
+    if not text or not text.isascii() or any(c.isspace() for c in text):
+        return False
+    try:
+        socket.inet_aton(text)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def isNodeName(name: str) -> bool:
+    """
+    Can C{name} name a node here: an exact DNS-1123 subdomain that is not an IP literal?
+
+    Node names and node IPs share one lookup (a client asks for
+    C{<node>:10250} or C{<node-ip>:10250}); a node named C{127.0.0.3}
+    would shadow, or be shadowed by, that address.
+    """
+    return isDNSName(name) and not isIPLiteral(name)
 
 
 def validateNodeName(nodeName: str) -> str:
     """
-    Check that C{nodeName} can name a Kubernetes node.
+    Check that C{nodeName} can name a node (L{isNodeName}).
+
+    This is the one check for every way a node name comes in: the
+    C{edge-tunnel certs agent} command, the agent's C{--node-name}, the
+    agent certificate's common name and the HELLO the agent sends.
 
     @return: C{nodeName}, unchanged.
     @raise ValueError: with a one-line message saying why it cannot.
     """
+    if isDNSName(nodeName) and isIPLiteral(nodeName):
+        raise ValueError(
+            f"invalid node name {nodeName!r}: it reads as an IP address, and a node "
+            "name must not shadow a node IP"
+        )
     if not isDNSName(nodeName):
         raise ValueError(
             f"invalid node name {nodeName!r}: a node name must be a lowercase RFC 1123 DNS "
             "subdomain (letters a-z, digits, '-' and '.', starting and ending with a letter "
-            f"or digit, at most {_DNS1123_SUBDOMAIN_MAX} characters)"
+            f"or digit, labels of at most {_DNS1123_LABEL_MAX} and names of at most "
+            f"{_DNS1123_SUBDOMAIN_MAX} characters)"
         )
     return nodeName
 
@@ -421,6 +483,32 @@ def mintAgent(
     )
 
 
+def validateClientName(name: str) -> str:
+    """
+    Check that C{name} can name a client of the doors (CONNECT, HTTPS listener).
+
+    A client is never an agent: the server takes a C{system:node:<name>}
+    certificate for the agent of that node, so a "client" certificate
+    with such a name would carry that node's tunnel, and the doors refuse
+    it anyway.  The prefix is refused in any case (C{System:Node:}, and
+    C{system:nodes}, the nodes' group), though only the exact
+    C{system:node:} is a node identity: one more guard against a typo
+    that makes a certificate mean something else than intended.
+
+    @return: C{name}, unchanged.
+    @raise ValueError: with a one-line message saying why it cannot.
+    """
+    if not name:
+        raise ValueError("a client certificate needs a name")
+    if name.casefold().startswith(NODE_COMMON_NAME_PREFIX.rstrip(":")):
+        raise ValueError(
+            f"client name {name!r} is a node identity ({NODE_COMMON_NAME_PREFIX}<node>, "
+            f"O={NODE_ORGANIZATION}): a client is never an agent; make an agent's "
+            "certificate with 'certs agent NODE' instead"
+        )
+    return name
+
+
 def mintClient(
     ca: Issued,
     name: str,
@@ -436,9 +524,10 @@ def mintClient(
     @param name: The subject common name; also a DNS subjectAltName if it is
         a valid DNS name (C{"kube-apiserver"} is, C{"Kube API"} is not).
     @param days: How long it is valid, from now.
+    @raise ValueError: If C{name} is empty or names a node
+        (L{validateClientName}).
     """
-    if not name:
-        raise ValueError("a client certificate needs a name")
+    validateClientName(name)
     sans: list[x509.GeneralName] = [x509.DNSName(name)] if isDNSName(name) else []
     return _mintLeaf(
         ca,

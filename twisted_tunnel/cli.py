@@ -39,6 +39,7 @@ from twisted_tunnel.certs import (
     mintClient,
     mintServer,
     readPair,
+    validateClientName,
     validateNodeName,
     writePair,
 )
@@ -236,8 +237,8 @@ def _certsAgent(options: argparse.Namespace, output: Output) -> int:
 
 
 def _certsClient(options: argparse.Namespace, output: Output) -> int:
-    name: str = options.name
-    if not name or "/" in name or name.startswith("."):
+    name: str = validateClientName(options.name)
+    if "/" in name or name.startswith("."):
         raise CommandError(f"invalid client name {name!r}: it is part of a file name")
     ca = _loadCA(options.directory)
     _write(output, mintClient(ca, name, days=options.days), options.directory, f"client-{name}")
@@ -323,9 +324,14 @@ def _addCerts(subparsers: SubParsers) -> None:
 
     client = kinds.add_parser(
         "client",
-        help="make a CONNECT client's certificate (DIR/client-NAME.pem, DIR/client-NAME-key.pem)",
+        help=(
+            "make a client certificate for the CONNECT door and the HTTPS proxy listener "
+            "(DIR/client-NAME.pem, DIR/client-NAME-key.pem)"
+        ),
         description=(
-            "Make the certificate of a client of the CONNECT front door, e.g. kube-apiserver."
+            "Make the certificate of a client of the CONNECT door and the HTTPS proxy "
+            "listener, e.g. kube-apiserver. A client is never a node: system:node:* names "
+            "are refused (use 'certs agent NODE')."
         ),
     )
     client.add_argument("name", metavar="NAME", help="the client's name (common name)")

@@ -12,19 +12,29 @@ agent for a node that is already connected completes its handshake, the
 new tunnel replaces the old one, whose streams are closed.  A reconnecting
 agent is by far the common case, and the old connection is then most
 likely dead (its keepalive would find out only later).
+
+Identity rules (issue 12, findings 1, 2, 9, 17, 19): an agent is exactly a
+C{CN=system:node:<name>, O=system:nodes} certificate for the node its HELLO
+names, compared exactly; node names are lower-case DNS-1123 names that are
+not IP literals; the IPs it announces route to it only once proven
+(L{INodeAddressProof}: by default the certificate's IP subjectAltNames);
+and a tunnel whose certificate expires, or stops passing the trust in force
+after a C{--ca} rotation, is closed.
 """
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import lru_cache
 from typing import Any
 
 from attrs import frozen
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IProtocol,
     IProtocolFactory,
     IReactorTime,
@@ -35,9 +45,10 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from . import __version__
+from .certs import isNodeName, validateNodeName
 from .errors import NodeNotConnected, StreamOpenFailed
 from .metrics import ServerMetrics, handshakeFailureReason
 from .mux import (
@@ -51,13 +62,132 @@ from .mux import (
     Tunnel,
     TunnelAddress,
     drainTunnels,
+    validServerId,
 )
+from .relay import DEFAULT_RELAY_TIMEOUTS, RelayReaper, RelayTimeouts
 from .rotation import RotatingServerOptions
-from .tls import Credentials, PeerIdentity, peerIdentity
+from .tls import Credentials, PeerIdentity, peerIdentity, verifyChain
 from .wire import ErrorCode, OpenFailReason
 
 #: How long an open may wait for the agent's answer by default.
 DEFAULT_OPEN_TIMEOUT = 10.0
+
+
+@frozen
+class AddressProof:
+    """
+    What an L{INodeAddressProof} made of the IPs an agent announced.
+
+    @ivar proven: the IPs proven to be the node's: they route to its tunnel.
+    @ivar unproven: the others, which route nothing.
+    @ivar why: why those are not proven, for the log line (e.g. "its
+        certificate carries no IP address").
+    """
+
+    proven: tuple[str, ...]
+    unproven: tuple[str, ...] = ()
+    why: str = ""
+
+
+class INodeAddressProof(Interface):
+    """
+    Decides which of the IPs an agent announces are its node's.
+
+    An announced IP is a claim: once registered, the server DNATs traffic
+    for it into the agent's tunnel, so an agent that could claim any IP
+    could take over another node's traffic, or a cloud address's (finding
+    1 of issue 12).  The server asks one of these, once per HELLO, and
+    routes only what it proves.  The default is L{CertificateAddressProof};
+    a second prover (the Node object's addresses, once the server watches
+    the Node API) plugs in here as C{TunnelServer(addressProof=...)}.
+
+    It is called on the reactor thread and must answer at once: a prover
+    that needs the API reads a watch cache, not the API itself.
+    """
+
+    def prove(node: str, identity: PeerIdentity, announced: Sequence[str]) -> AddressProof:
+        """
+        Which of C{announced} (normalized IP texts, no duplicates) are node
+        C{node}'s, whose agent presented C{identity}?  Anything returned in
+        C{proven} that was not announced is ignored.
+        """
+
+
+@implementer(INodeAddressProof)
+class CertificateAddressProof:
+    """
+    An IP is proven when the agent's certificate carries it as an IP
+    subjectAltName: the CA that signed it vouched for it.
+
+    Kubelet client certificates (from the CSR API) carry none: then no IP
+    is proven, and the node is reachable by name only (the hosts file,
+    CONNECT by name) until another prover (the Node API) proves its IPs.
+    """
+
+    def prove(self, node: str, identity: PeerIdentity, announced: Sequence[str]) -> AddressProof:
+        certified = {_normalIP(ip) for ip in identity.ipAddresses} - {None}
+        proven = tuple(ip for ip in announced if ip in certified)
+        unproven = tuple(ip for ip in announced if ip not in certified)
+        if not certified:
+            why = (
+                "its certificate carries no IP address (subjectAltName): the node is "
+                "reachable by name only (hosts file, CONNECT by name)"
+            )
+        else:
+            why = f"its certificate carries only {', '.join(identity.ipAddresses)}"
+        return AddressProof(proven, unproven, why)
+
+
+@implementer(INodeAddressProof)
+class TrustAnnouncedAddresses:
+    """
+    The explicit opt-in (C{--trust-announced-ips}): route every IP an agent
+    announces, proven or not, with a warning per agent that says which IPs
+    were taken on its word.
+
+    That is what this server did before issue 12, and it lets any holder
+    of any node certificate take over another node's IPs (the first to
+    connect wins) or a cloud address.  It exists for fleets of kubelet
+    certificates (no IP subjectAltNames) that must be reached by IP before
+    the Node API can prove addresses.  Even so, loopback, unspecified,
+    multicast and link-local addresses are never taken on trust: nothing
+    legitimate routes them to an edge node.
+
+    @param proof: proves what it can first (the certificate, by default).
+    """
+
+    log = Logger()
+
+    def __init__(self, proof: INodeAddressProof | None = None) -> None:
+        self.proof = proof or CertificateAddressProof()
+
+    def prove(self, node: str, identity: PeerIdentity, announced: Sequence[str]) -> AddressProof:
+        first = self.proof.prove(node, identity, announced)
+        special = tuple(ip for ip in first.unproven if _isSpecial(ip))
+        trusted = tuple(ip for ip in first.unproven if ip not in special)
+        if trusted:
+            self.log.warn(
+                "agent {node}: routing IPs {ips} on its word alone (--trust-announced-ips), "
+                "unproven because {why}",
+                node=node,
+                ips=", ".join(trusted),
+                why=first.why,
+            )
+        return AddressProof(
+            first.proven + trusted,
+            special,
+            "loopback, unspecified, multicast and link-local addresses are never trusted unproven",
+        )
+
+
+def _isSpecial(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    return (
+        address.is_loopback
+        or address.is_unspecified
+        or address.is_multicast
+        or address.is_link_local
+    )
 
 
 @frozen
@@ -78,7 +208,8 @@ class AgentRegistry:
 
     It enforces two rules: an IP belongs to one node at a time (an agent
     cannot claim another connected node's traffic), and a node has one
-    tunnel (a newer one replaces the older).
+    tunnel (a newer one replaces the older).  Node names are exact: only
+    valid node names (L{isNodeName}) are registered, and nothing is folded.
     """
 
     log = Logger()
@@ -119,8 +250,11 @@ class AgentRegistry:
 
         @return: the record it replaces, if its node was already connected;
             the caller closes that tunnel.
-        @raise Refused: one of its IPs belongs to another connected node.
+        @raise Refused: one of its IPs belongs to another connected node,
+            or its node name is not a valid node name.
         """
+        if not isNodeName(record.node):
+            raise Refused(ErrorCode.UNAUTHORIZED, f"{record.node!r} is not a valid node name")
         for ip in record.ips:
             owner = self._byIP.get(ip)
             if owner is not None and owner != record.node:
@@ -158,12 +292,19 @@ class AgentRegistry:
                 del self._byIP[ip]
 
     def lookup(self, nameOrIP: str) -> AgentRecord | None:
-        """The agent for a node name or one of its IPs, if connected."""
-        record = self._byNode.get(nameOrIP.lower())
-        if record is not None:
-            return record
-        node = self._byIP.get(_normalIP(nameOrIP) or "")
-        return self._byNode.get(node) if node is not None else None
+        """
+        The agent for a node name or one of its IPs, if connected.
+
+        What reads as an IP address is looked up as one, and only as one:
+        a name never shadows an address (node names that read as IPs are
+        never registered, either).  Names match exactly: they are
+        registered exactly as the certificates spell them, lower case.
+        """
+        ip = _normalIP(nameOrIP)
+        if ip is not None:
+            node = self._byIP.get(ip)
+            return self._byNode.get(node) if node is not None else None
+        return self._byNode.get(nameOrIP)
 
 
 @lru_cache(maxsize=4096)
@@ -188,6 +329,9 @@ class _ServerSide:
     def helloInfo(self) -> dict[str, Any]:
         return {
             "server_id": self.server.serverId,
+            # one per process: lets agents tell a replica that restarted
+            # under its id from two replicas given the same id
+            "instance": self.server.instance,
             "server_count": self.server.serverCount,
             "software": f"twisted-tunnel {__version__}",
         }
@@ -206,30 +350,24 @@ class _ServerSide:
             raise Refused(ErrorCode.UNAUTHORIZED, "no client certificate")
         if not isinstance(node, str) or not node:
             raise Refused(ErrorCode.UNAUTHORIZED, "HELLO does not name a node")
-        if not identity.carriesNode(node):
+        try:
+            validateNodeName(node)
+        except ValueError as e:
+            raise Refused(ErrorCode.UNAUTHORIZED, f"HELLO: {e}") from None
+        why = identity.whyNotNode(node)
+        if why is not None:
             raise Refused(
                 ErrorCode.UNAUTHORIZED,
                 f"agent announces node {node!r} but its certificate ({identity.describe()}) "
-                "does not carry that name",
+                f"does not carry that name: {why}",
             )
-        rawIPs = info.get("ips", [])
-        if not isinstance(rawIPs, list) or len(rawIPs) > 64:
-            raise Refused(ErrorCode.PROTOCOL_ERROR, "HELLO ips must be a list of at most 64")
-        ips = []
-        for raw in rawIPs:
-            ip = _normalIP(raw) if isinstance(raw, str) else None
-            if ip is None:
-                raise Refused(ErrorCode.PROTOCOL_ERROR, f"HELLO ips holds {raw!r}, not an IP")
-            ips.append(ip)
-        certified = {_normalIP(ip) for ip in identity.ipAddresses}
-        uncertified = [ip for ip in ips if certified and ip not in certified]
-        if uncertified:
+        expires = identity.expires()
+        if expires is not None and expires.timestamp() <= self.server.clock.seconds():
             raise Refused(
                 ErrorCode.UNAUTHORIZED,
-                f"agent {node!r} announces {', '.join(uncertified)}, which its certificate "
-                f"does not carry (it carries {', '.join(identity.ipAddresses)})",
+                f"agent {node!r}: its certificate expired at {expires:%Y-%m-%d %H:%M:%S}Z",
             )
-        node = node.lower()
+        ips = self._provenIPs(node, identity, info.get("ips", []))
         self._refuseDuplicate(node, info.get("servers", []))
         tunnel.nodeName = node
         record = AgentRecord(
@@ -241,6 +379,7 @@ class _ServerSide:
             peer=tunnel._peerLabel(),
         )
         replaced = self.server.registry.register(record)
+        self.server._watchExpiry(record)
         if replaced is not None:
             self.log.info(
                 "agent {node} reconnected from {peer}; replacing its tunnel from {old}",
@@ -257,6 +396,41 @@ class _ServerSide:
             certificate=identity.certificate(),
         )
 
+    def _provenIPs(self, node: str, identity: PeerIdentity, rawIPs: object) -> list[str]:
+        """
+        The IPs of HELLO C{ips} that the server's L{INodeAddressProof}
+        proves to be C{node}'s; the others are dropped with one warning line.
+
+        Dropped, not refused: the tunnel is accepted and routes by name.
+        Refusing would take down every node whose certificate has no IP
+        subjectAltName (the kubelet case) on upgrade, name routes included,
+        while dropping already closes the hole: an unproven IP never
+        reaches the registry, so it routes nothing.  A malformed list is
+        still a protocol error.
+        """
+        if not isinstance(rawIPs, list) or len(rawIPs) > 64:
+            raise Refused(ErrorCode.PROTOCOL_ERROR, "HELLO ips must be a list of at most 64")
+        ips: list[str] = []
+        for raw in rawIPs:
+            ip = _normalIP(raw) if isinstance(raw, str) else None
+            if ip is None:
+                raise Refused(ErrorCode.PROTOCOL_ERROR, f"HELLO ips holds {raw!r}, not an IP")
+            if ip not in ips:
+                ips.append(ip)
+        if not ips:
+            return ips
+        proof = self.server.addressProof.prove(node, identity, tuple(ips))
+        proven = set(proof.proven)
+        unproven = [ip for ip in ips if ip not in proven]
+        if unproven:
+            self.log.warn(
+                "agent {node}: not routing IPs {ips} it announces: unproven, because {why}",
+                node=node,
+                ips=", ".join(unproven),
+                why=proof.why or "no proof was found",
+            )
+        return [ip for ip in ips if ip in proven]
+
     def _refuseDuplicate(self, node: str, held: object) -> None:
         """
         Refuse a second tunnel from an agent that says it already holds one
@@ -270,9 +444,14 @@ class _ServerSide:
         (it restarted under the same id, say), the agent's old one is dead:
         the new one is accepted and the agent drops the old.
         """
-        if not isinstance(held, list) or len(held) > MAX_SERVERS:
+        if (
+            not isinstance(held, list)
+            or len(held) > MAX_SERVERS
+            or not all(validServerId(serverId) for serverId in held)
+        ):
             raise Refused(
-                ErrorCode.PROTOCOL_ERROR, f"HELLO servers must be a list of at most {MAX_SERVERS}"
+                ErrorCode.PROTOCOL_ERROR,
+                f"HELLO servers must be a list of at most {MAX_SERVERS} server ids",
             )
         if self.server.serverId not in held:
             return
@@ -295,6 +474,7 @@ class _ServerSide:
         self.server.registry.unregister(tunnel)
 
     def tunnelLost(self, tunnel: Tunnel, reason: Failure) -> None:
+        self.server._forgetExpiry(tunnel)
         if tunnel.version is None and not tunnel._closing:
             # the TLS handshake failed (wrong CA, no client certificate,
             # expired) or the peer never sent HELLO: one line saying why
@@ -312,6 +492,17 @@ class _ServerSide:
             )
             return
         self.server.registry.unregister(tunnel)
+        goaway = tunnel.peerGoAway
+        if goaway is not None and goaway[0] == ErrorCode.DUPLICATE_SERVER_ID:
+            # the agent holds a tunnel to another process announcing our id
+            self.log.error(
+                "another replica uses server id {server_id}: give each replica its own "
+                "--server-id (agent {node} at {peer} closed our tunnel: {reason})",
+                server_id=self.server.serverId,
+                node=tunnel.nodeName,
+                peer=tunnel._peerLabel(),
+                reason=goaway[1],
+            )
         if tunnel.nodeName:
             self.log.info(
                 "agent {node} disconnected: {reason}",
@@ -336,6 +527,8 @@ class _TunnelFactory(Factory):
             keepalive=server.keepalive,
             keepaliveSweep=server.keepaliveSweep,
             meter=server.metrics.meter,
+            # agents open no streams to a server: a flood of OPENs ends the tunnel
+            peerMayOpen=False,
         )
 
 
@@ -363,10 +556,24 @@ class TunnelServer:
         openTimeout: float = DEFAULT_OPEN_TIMEOUT,
         identify: Callable[[ITransport | None], PeerIdentity | None] | None = None,
         metricsPerNode: bool = False,
+        addressProof: INodeAddressProof | None = None,
+        relayTimeouts: RelayTimeouts = DEFAULT_RELAY_TIMEOUTS,
     ) -> None:
         self.clock = clock
         self.credentials = credentials
+        #: holds the front doors' relays (CONNECT, forwards) to their
+        #: idle and half-close deadlines
+        self.relayReaper = RelayReaper(clock, relayTimeouts)
         self.serverId = serverId or uuid.uuid4().hex[:12]
+        if not validServerId(self.serverId):
+            # agents refuse a HELLO with such an id (and echo the ids they hold)
+            raise ValueError(
+                f"server id {self.serverId[:64]!r}: use 1 to 253 letters, digits and . _ : -"
+            )
+        if not 1 <= serverCount <= MAX_SERVERS:
+            raise ValueError(f"server count {serverCount}: agents accept 1 to {MAX_SERVERS}")
+        #: this process's instance, announced in HELLO next to the id
+        self.instance = uuid.uuid4().hex[:16]
         self.serverCount = serverCount
         self.settings = settings
         self.keepalive = keepalive
@@ -374,7 +581,9 @@ class TunnelServer:
         self.keepaliveSweep = KeepaliveSweep(clock, keepalive.interval / 4)
         self.openTimeout = openTimeout
         self.identify = identify or _peerIdentity
+        self.addressProof: INodeAddressProof = addressProof or CertificateAddressProof()
         self.registry = AgentRegistry()
+        self._expiries: dict[Tunnel, IDelayedCall] = {}
         self.draining = False
         self.metrics = ServerMetrics(self, perNode=metricsPerNode)
         self._tls: RotatingServerOptions | None = None
@@ -393,11 +602,87 @@ class TunnelServer:
     def updateCredentials(self, credentials: Credentials) -> None:
         """
         Use C{credentials} for agents' handshakes from now on (a rotated
-        certificate, key or CA); tunnels already up keep theirs.
+        certificate, key or CA).  Tunnels already up keep their TLS
+        session; if the trusted authorities changed, each is checked
+        against the new ones and closed if it no longer passes
+        (L{revalidate}).
         """
+        previous = self.credentials
         self.credentials = credentials
         if self._tls is not None:
             self._tls.update(credentials)
+        if previous is None or _fingerprints(previous) != _fingerprints(credentials):
+            self.revalidate()
+
+    def revalidate(self) -> int:
+        """
+        Check every connected agent's certificate chain against the trust
+        in force (L{Credentials.authority}, at the clock's time) and close
+        the tunnels that would not pass a handshake now, with GOAWAY
+        UNAUTHORIZED and one warning line per node.
+
+        Called when the C{--ca} bundle is rotated: an agent whose CA was
+        removed must not go on serving on the strength of a handshake made
+        under the old trust.  Records without a chain (an C{identify}
+        function that made the identity by hand) are left alone.  The cost
+        is one chain verification per agent (some 0.1 ms for ECDSA P-256),
+        once per rotation of the CA.
+
+        @return: how many tunnels were closed.
+        """
+        if self.credentials is None:
+            return 0
+        authority = self.credentials.authority
+        when = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.UTC)
+        closed = 0
+        for record in self.registry:
+            identity = record.identity
+            if identity is None or not identity.chain:
+                continue
+            reason = verifyChain(identity.chain, authority, when)
+            if reason is None:
+                continue
+            self.log.warn(
+                "agent {node}: closing its tunnel: its certificate ({certificate}) no longer "
+                "passes the trusted CAs (--ca): {reason}",
+                node=record.node,
+                certificate=identity.certificate(),
+                reason=reason,
+            )
+            record.tunnel.close(
+                ErrorCode.UNAUTHORIZED,
+                f"the server no longer trusts this agent's certificate: {reason}",
+            )
+            closed += 1
+        return closed
+
+    def _watchExpiry(self, record: AgentRecord) -> None:
+        """
+        Close C{record}'s tunnel when its certificate chain expires: the
+        handshake proved the identity only for the chain's validity.
+        """
+        expires = record.identity.expires() if record.identity is not None else None
+        if expires is None:
+            return
+        self._forgetExpiry(record.tunnel)
+        delay = max(0.0, expires.timestamp() - self.clock.seconds())
+        self._expiries[record.tunnel] = self.clock.callLater(delay, self._expired, record)
+
+    def _forgetExpiry(self, tunnel: Tunnel) -> None:
+        call = self._expiries.pop(tunnel, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def _expired(self, record: AgentRecord) -> None:
+        self._expiries.pop(record.tunnel, None)
+        expires = record.identity.expires() if record.identity is not None else None
+        when = f"{expires:%Y-%m-%d %H:%M:%S}Z" if expires is not None else "now"
+        self.log.warn(
+            "agent {node}: closing its tunnel: its certificate expired at {when}",
+            node=record.node,
+            when=when,
+        )
+        record.tunnel.close(ErrorCode.UNAUTHORIZED, f"the agent's certificate expired at {when}")
 
     def plainTunnelFactory(self) -> IProtocolFactory:
         """
@@ -464,6 +749,11 @@ class TunnelServer:
                 self.log.info("drained in {seconds:.1f}s", seconds=self.clock.seconds() - started)
 
         return drainTunnels(self.clock, tunnels, timeout, text, self.log).addCallback(done)
+
+
+def _fingerprints(credentials: Credentials) -> set[bytes]:
+    """The trusted authorities of C{credentials}, comparable across reloads."""
+    return {ca.dump() for ca in credentials.authority}
 
 
 def _peerIdentity(transport: ITransport | None) -> PeerIdentity | None:

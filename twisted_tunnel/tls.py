@@ -37,7 +37,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
-from OpenSSL.crypto import X509, PKey
+from OpenSSL.crypto import X509, PKey, X509Store, X509StoreContext, X509StoreContextError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, ISSLTransport
 from twisted.internet.ssl import (
     Certificate,
@@ -50,7 +50,13 @@ from twisted.internet.ssl import (
 )
 from twisted.logger import Logger
 
-from twisted_tunnel.certs import NODE_COMMON_NAME_PREFIX, PRIVATE_KEY_TYPES, PrivateKey
+from twisted_tunnel.certs import (
+    NODE_COMMON_NAME_PREFIX,
+    NODE_ORGANIZATION,
+    PRIVATE_KEY_TYPES,
+    PrivateKey,
+    isNodeName,
+)
 from twisted_tunnel.errors import CredentialsError
 
 __all__ = [
@@ -60,12 +66,14 @@ __all__ = [
     "agentOptions",
     "proxyClientOptions",
     "proxyServingOptions",
+    "refuseNodeIdentity",
     "enableReleaseBuffers",
     "identityOfCertificate",
     "loadCredentials",
     "makeCredentials",
     "peerIdentity",
     "serverOptions",
+    "verifyChain",
 ]
 
 _log = Logger()
@@ -132,14 +140,22 @@ def makeCredentials(
 
 
 def _readFile(option: str, path: str) -> bytes:
-    """Read a whole credentials file, or explain in one line why it cannot be read."""
+    """
+    Read a whole credentials file, or explain in one line why it cannot be read.
+
+    Only a regular file of at most 1 MiB (a Secret's limit) is read, with
+    L{twisted_tunnel.files.readFile}: this runs on the reactor thread when a
+    rotation is picked up, where a FIFO swapped in under C{..data} would
+    block it and C{/dev/zero} would be read until memory ran out.
+    """
+    from twisted_tunnel.files import FileRefused, readFile
+
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return readFile(path)
     except FileNotFoundError:
         reason = "no such file"
-    except IsADirectoryError:
-        reason = "is a directory, not a file"
+    except FileRefused as e:
+        reason = f"{e.strerror}; a certificate or key file is expected"
     except PermissionError:
         reason = "permission denied (cannot read the file)"
     except OSError as e:
@@ -383,31 +399,88 @@ def agentOptions(creds: Credentials, serverName: str) -> IOpenSSLClientConnectio
 HTTP_1_1 = [b"http/1.1"]
 
 
-def proxyServingOptions(
-    creds: Credentials, *, requireClientCertificate: bool = False
-) -> CertificateOptions:
+def proxyServingOptions(creds: Credentials) -> CertificateOptions:
     """
     TLS options for the HTTPS proxy listener, which kube-apiserver takes for
     the kubelet: it presents C{creds.certificate} (C{--proxy-serving-cert})
     and offers only HTTP/1.1 in ALPN, as the requests are relayed as
     HTTP/1.1.
 
-    With C{requireClientCertificate}, a client must present a certificate
-    signed by one of C{creds.authority} (C{--proxy-serving-client-ca}), as
-    a kubelet would demand of kube-apiserver: the listener lends out the
-    proxy client certificate, so who may use it matters.
+    A client must present a certificate signed by one of C{creds.authority}
+    (C{--proxy-serving-client-ca}, by default C{--ca}), as a kubelet demands
+    of kube-apiserver, and never a node's (L{refuseNodeIdentity}): the
+    listener lends out the proxy client certificate that the kubelets
+    authorize, so an anonymous client, or an edge node holding an agent
+    certificate from the same CA, must not get to use it.  Both are refused
+    in the handshake, before any HTTP is read.
+
+    No session cache or tickets, as for L{serverOptions}: every connection
+    checks a certificate (a resumed session would skip the check, also
+    after the client CA was rotated).
     """
-    extra: dict[str, Any] = {}
-    if requireClientCertificate:
-        extra["trustRoot"] = trustRootFromCertificates(creds.authority)
     options = CertificateOptions(
+        trustRoot=trustRootFromCertificates(creds.authority),
         raiseMinimumTo=MINIMUM_TLS_VERSION,
         acceptableProtocols=HTTP_1_1,
-        **extra,
+        enableSessions=False,
+        enableSessionTickets=False,
         **_ownCertificateOptions(creds),
     )
-    enableReleaseBuffers(options.getContext())
+    context = options.getContext()
+    enableReleaseBuffers(context)
+    context.set_verify(context.get_verify_mode(), _refuseNodeCertificates)
     return options
+
+
+def refuseNodeIdentity(identity: PeerIdentity | None) -> str | None:
+    """
+    The rule of every door that serves kube-apiserver and other clients (the
+    CONNECT door over TLS, the HTTPS proxy listener): why a client holding
+    C{identity} is refused, or C{None} to let it in.
+
+    A node's certificate (C{CN=system:node:<name>} or C{O=system:nodes}, the
+    kubelet convention agents follow) is refused: agents' certificates come
+    from the same CA as kube-apiserver's, and prove only which node their
+    holder may carry.  A stolen edge node's key must not become a way to
+    reach every other node.
+    """
+    if identity is None:
+        return "no client certificate"
+    commonName = identity.commonName or ""
+    if (
+        identity.isNodeCertificate()
+        or commonName.startswith(NODE_COMMON_NAME_PREFIX)
+        or NODE_ORGANIZATION in identity.organizations
+    ):
+        return f"{identity.describe()} is an agent's certificate; agents may not use this door"
+    return None
+
+
+def _refuseNodeCertificates(
+    connection: SSL.Connection, certificate: X509, errno: int, depth: int, ok: int
+) -> bool:
+    """
+    OpenSSL's verify callback for the HTTPS proxy listener: what OpenSSL
+    verified stays verified, and the client's own certificate (depth 0)
+    must also pass L{refuseNodeIdentity}.
+    """
+    if not ok:
+        return False
+    if depth != 0:
+        return True
+    try:
+        reason = refuseNodeIdentity(identityOfCertificate(certificate.to_cryptography()))
+    except Exception as e:  # an unreadable certificate is refused, never let in
+        reason = f"unreadable client certificate ({type(e).__name__})"
+    if reason is None:
+        return True
+    peer: Any = getattr(connection.get_app_data(), "getPeer", lambda: None)()
+    _log.debug(
+        "HTTPS proxy listener: refused the TLS client {peer}: {reason}",
+        peer=f"{peer.host}:{peer.port}" if hasattr(peer, "host") else "?",
+        reason=reason,
+    )
+    return False
 
 
 #: How many nodes' verifying TLS client contexts the https policy keeps.
@@ -462,6 +535,11 @@ class PeerIdentity:
     @ivar organizations: The subject organizations (Kubernetes groups).
     @ivar serial: The certificate's serial number, for logs (which one is in use).
     @ivar notAfter: When the certificate expires, for logs.
+    @ivar chain: The certificates the identity was proven with, leaf first:
+        the chain the TLS handshake verified (up to the trust anchor) when
+        there is one, so that the server can check it again when its trust
+        changes (L{verifyChain}) and close the tunnel when any of them
+        expires (L{expires}).  Empty for an identity made by hand.
     """
 
     commonName: str | None
@@ -471,35 +549,85 @@ class PeerIdentity:
     # which certificate carried the identity: for logs, not part of who it is
     serial: int | None = field(default=None, eq=False)
     notAfter: datetime.datetime | None = field(default=None, eq=False)
+    chain: tuple[x509.Certificate, ...] = field(default=(), eq=False, repr=False)
 
     def nodeName(self) -> str | None:
         """
         The node named by a C{system:node:<name>} common name, or C{None}.
 
         Only the common name counts here, as for Kubernetes' node authorizer:
-        a DNS subjectAltName alone does not make a node certificate.
+        a DNS subjectAltName alone does not make a node certificate.  The
+        name must be a valid node name exactly as written (L{isNodeName}:
+        lower-case DNS-1123, not an IP literal); C{system:node:EDGE-1} names
+        no node, rather than C{edge-1}.
         """
         cn = self.commonName
         if cn is None or not cn.startswith(NODE_COMMON_NAME_PREFIX):
             return None
-        return cn[len(NODE_COMMON_NAME_PREFIX) :] or None
+        name = cn[len(NODE_COMMON_NAME_PREFIX) :]
+        return name if isNodeName(name) else None
 
     def isNodeCertificate(self) -> bool:
-        """Is this a node (agent) certificate, i.e. is its common name C{system:node:<name>}?"""
-        return self.nodeName() is not None
+        """
+        Does this certificate claim a node identity at all?
+
+        That is a C{system:node:} common name (valid node name or not) or
+        the C{system:nodes} organization.  The doors (CONNECT, the HTTPS
+        listener) refuse such certificates: a node's certificate is for its
+        own tunnel, never a way to reach other nodes.  Broader than
+        L{carriesNode} on purpose: a malformed node certificate is no
+        agent, and no client either.
+        """
+        cn = self.commonName or ""
+        return cn.startswith(NODE_COMMON_NAME_PREFIX) or NODE_ORGANIZATION in self.organizations
 
     def carriesNode(self, name: str) -> bool:
         """
         May the holder of this certificate carry the traffic of node C{name}?
 
-        Yes if the common name is C{system:node:<name>} or a DNS
-        subjectAltName is C{name}; DNS names compare case-insensitively.
+        Only if it is exactly a Kubernetes node client certificate for it:
+        common name C{system:node:<name>} and organization C{system:nodes},
+        the kubelet convention (L{whyNotNode} says why not).
         """
-        wanted = name.lower()
-        node = self.nodeName()
-        if node is not None and node.lower() == wanted:
-            return True
-        return any(dnsName.lower() == wanted for dnsName in self.dnsNames)
+        return self.whyNotNode(name) is None
+
+    def whyNotNode(self, name: str) -> str | None:
+        """
+        Why the holder of this certificate may not carry node C{name}'s
+        traffic, in words for a log line; C{None} if it may.
+
+        Names compare exactly, with no case or Unicode folding: Kubernetes
+        node names are exact lower-case DNS-1123 names, and anything else
+        (C{EDGE-1}, C{edge-\u212a} with a Kelvin sign) is refused rather than
+        taken for another spelling of a node.  A DNS subjectAltName does
+        not count: C{CN=edge-1-ops} with C{DNS:edge-1} is not edge-1's agent.
+        """
+        if not isNodeName(name):
+            return f"{name!r} is not a valid node name"
+        cn = self.commonName
+        if cn is None or not cn.startswith(NODE_COMMON_NAME_PREFIX):
+            return (
+                f"the certificate ({self.describe()}) is not a node certificate "
+                f"(CN={NODE_COMMON_NAME_PREFIX}<node>, O={NODE_ORGANIZATION})"
+            )
+        if cn != NODE_COMMON_NAME_PREFIX + name:
+            return f"the certificate is for {cn!r}, not {NODE_COMMON_NAME_PREFIX}{name}"
+        if NODE_ORGANIZATION not in self.organizations:
+            return (
+                f"the certificate (CN={cn}) lacks O={NODE_ORGANIZATION}, which every node "
+                "certificate carries"
+            )
+        return None
+
+    def expires(self) -> datetime.datetime | None:
+        """
+        When the identity stops being proven: the earliest end of validity
+        of L{chain} (the leaf, an intermediate or the trust anchor),
+        else L{notAfter}; C{None} if unknown.
+        """
+        if self.chain:
+            return min(c.not_valid_after_utc for c in self.chain)
+        return self.notAfter
 
     def certificate(self) -> str:
         """The certificate's serial and expiry, for logs: C{serial 0x1f.., valid until 2027-..}."""
@@ -521,12 +649,17 @@ class PeerIdentity:
         return "anonymous certificate"
 
 
-def identityOfCertificate(certificate: x509.Certificate) -> PeerIdentity:
+def identityOfCertificate(
+    certificate: x509.Certificate, chain: Sequence[x509.Certificate] = ()
+) -> PeerIdentity:
     """
     Read the identity out of a certificate.
 
     Used for the peer's certificate (L{peerIdentity}) and for our own: the
     agent takes its default node name from its certificate.
+
+    @param chain: the chain C{certificate} was verified with, C{certificate}
+        first (L{PeerIdentity.chain}); by default just C{certificate}.
     """
     commonNames = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     organizations = certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
@@ -549,6 +682,7 @@ def identityOfCertificate(certificate: x509.Certificate) -> PeerIdentity:
         organizations=tuple(_text(o.value) for o in organizations),
         serial=certificate.serial_number,
         notAfter=certificate.not_valid_after_utc,
+        chain=tuple(chain) or (certificate,),
     )
 
 
@@ -577,4 +711,57 @@ def peerIdentity(transport: object) -> PeerIdentity | None:
         peer = peer.to_cryptography()
     if not isinstance(peer, x509.Certificate):
         return None
-    return identityOfCertificate(peer)
+    return identityOfCertificate(peer, _verifiedChain(tls, peer))
+
+
+def _verifiedChain(tls: ISSLTransport, leaf: x509.Certificate) -> list[x509.Certificate]:
+    """
+    The chain the handshake verified C{leaf} with, leaf first, trust anchor
+    last (OpenSSL's C{SSL_get0_verified_chain}); just C{[leaf]} when the
+    transport cannot tell.  It costs nothing: the handshake built it.
+    """
+    getHandle = getattr(tls, "getHandle", None)
+    handle = getHandle() if getHandle is not None else None
+    verified = getattr(handle, "get_verified_chain", None)
+    chain = verified(as_cryptography=True) if verified is not None else None
+    if not chain or chain[0] != leaf:
+        return [leaf]
+    return list(chain)
+
+
+def verifyChain(
+    chain: Sequence[x509.Certificate],
+    authority: Sequence[Certificate],
+    when: datetime.datetime,
+) -> str | None:
+    """
+    Would C{chain} (leaf first, as in L{PeerIdentity.chain}) pass a TLS
+    handshake against C{authority} at C{when}?  For tunnels already up when
+    the trust changes (a rotated C{--ca} bundle): the handshake checked the
+    chain against the trust of its day only.
+
+    This is OpenSSL's own verification (C{X509_verify_cert}, through
+    pyOpenSSL's C{X509StoreContext}), as in the handshake, so that a chain
+    passes here exactly when a handshake would pass it: everything after
+    the leaf goes in as untrusted intermediates, the anchor must be in
+    C{authority}.  The leaf's purpose (clientAuth) is not checked again: it
+    is part of the certificate, which has not changed since the handshake.
+
+    @return: why it would not pass, in OpenSSL's words, or C{None} if it would.
+    """
+    if not chain:
+        return "no certificate to verify"
+    store = X509Store()
+    for ca in authority:
+        store.add_cert(ca.original)
+    store.set_time(when)
+    context = X509StoreContext(
+        store,
+        X509.from_cryptography(chain[0]),
+        [X509.from_cryptography(c) for c in chain[1:]],
+    )
+    try:
+        context.verify_certificate()
+    except X509StoreContextError as e:
+        return str(e)
+    return None
