@@ -53,12 +53,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ._http import errorResponse
+from ._text import printable
 from ._transports import addressLabel, pushProducer
 from .errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout, TunnelClosed
 from .mux import noDelay
 from .relay import RelayProtocol, halfClose, splice
 from .server import TunnelServer
-from .tls import peerIdentity
+from .tls import peerIdentity, refuseNodeIdentity
 from .wire import OpenFailReason
 
 __all__ = [
@@ -137,7 +138,9 @@ def parseTarget(raw: bytes) -> ConnectTarget:
         try:
             node = ipaddress.IPv6Address(address).compressed
         except ValueError:
-            raise BadTarget(f"bad target {shown!r}: {address!r} is not an IPv6 address") from None
+            raise BadTarget(
+                f"bad target {shown!r}: {address[:80]!r} is not an IPv6 address"
+            ) from None
     else:
         node, colon, port = text.rpartition(":")
         if not colon:
@@ -145,9 +148,9 @@ def parseTarget(raw: bytes) -> ConnectTarget:
         if ":" in node:
             raise BadTarget(f"bad target {shown!r}: write IPv6 addresses as [address]:port")
         if not _NAME.match(node):
-            raise BadTarget(f"bad target {shown!r}: {node!r} is not a node name or IP")
+            raise BadTarget(f"bad target {shown!r}: {node[:80]!r} is not a node name or IP")
     if not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
-        raise BadTarget(f"bad target {shown!r}: {port!r} is not a port number")
+        raise BadTarget(f"bad target {shown!r}: {port[:20]!r} is not a port number")
     return ConnectTarget(node, int(port))
 
 
@@ -243,6 +246,11 @@ class ConnectProtocol(RelayProtocol):
     # -- the request head ----------------------------------------------------
 
     def _parse(self, data: bytes) -> None:
+        if not data:
+            # h11 takes b"" for the end of the input, after which it answers
+            # ConnectionClosed for ever: found by the fuzzer (a transport may
+            # deliver an empty read), it spun the reactor
+            return
         parser = self._parser
         assert parser is not None
         self._fed += len(data)
@@ -251,6 +259,9 @@ class ConnectProtocol(RelayProtocol):
             while self._state is _State.READING:
                 event = parser.next_event()
                 if event is h11.NEED_DATA:
+                    return
+                if isinstance(event, h11.ConnectionClosed):
+                    self.readConnectionLost()
                     return
                 if isinstance(event, h11.Request):
                     self._requestReceived(event)
@@ -265,7 +276,7 @@ class ConnectProtocol(RelayProtocol):
 
     def _requestReceived(self, request: h11.Request) -> None:
         self._method = request.method.decode("ascii", "replace")
-        self._rawTarget = _shown(request.target)
+        self._rawTarget = printable(request.target, 80)
         if request.method != b"CONNECT":
             self._refuse(
                 HTTPStatus.METHOD_NOT_ALLOWED,
@@ -345,7 +356,7 @@ class ConnectProtocol(RelayProtocol):
         self._readingPaused = False
         self.transport.write(ESTABLISHED)
         # writes what each side sent ahead (the client's first), resumes both
-        splice(self, streamEnd)
+        splice(self, streamEnd, self.door.server.relayReaper)
 
     def _openFailed(self, failure: Failure) -> None:
         self._opening = None
@@ -403,7 +414,7 @@ class ConnectProtocol(RelayProtocol):
             node=None if target is None else target.node,
             port=None if target is None else target.port,
             status=int(status),
-            reason=reason,
+            reason=printable(reason, 500),
             peer=self._peer,
             **fields,
         )
@@ -498,16 +509,7 @@ def refuseAgentCertificates(transport: ITransport | None) -> str | None:
 
     Agents' certificates come from the same CA, and an agent's certificate
     proves only which node it may carry.  A stolen edge node's key must not
-    become a way to reach every other node through the door.
+    become a way to reach every other node through the door.  The rule is
+    L{refuseNodeIdentity}'s, shared with the HTTPS proxy listener.
     """
-    identity = peerIdentity(transport)
-    if identity is None:
-        return "no client certificate"
-    if identity.isNodeCertificate():
-        return f"{identity.describe()} is an agent's certificate; agents may not use this door"
-    return None
-
-
-def _shown(raw: bytes) -> str:
-    text = raw.decode("ascii", "replace")
-    return text if len(text) <= 80 else text[:77] + "..."
+    return refuseNodeIdentity(peerIdentity(transport))

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .errors import TunnelError
-from .relay import RelayProtocol, splice
+from .relay import RelayProtocol, RelayReaper, splice
 from .server import TunnelServer
 
 
@@ -53,13 +53,25 @@ class OpeningRelay(RelayProtocol):
         """Structured log fields naming where this connection goes (C{where} at least)."""
         raise NotImplementedError
 
+    def relayReaper(self) -> RelayReaper | None:
+        """
+        What holds the relay to its idle and half-close deadlines: the
+        server's (L{TunnelServer.relayReaper}).
+        """
+        server = getattr(getattr(self, "factory", None), "server", None)
+        if server is None:
+            router = getattr(getattr(self, "factory", None), "router", None)
+            server = getattr(router, "server", None)
+        reaper: RelayReaper | None = getattr(server, "relayReaper", None)
+        return reaper
+
     def _opened(self, streamEnd: IProtocol) -> None:
         self._opening = None
         assert isinstance(streamEnd, RelayProtocol)
         if not self.connected or self.transport is None:
             streamEnd.transport.loseConnection()  # type: ignore[union-attr]
             return
-        splice(self, streamEnd)
+        splice(self, streamEnd, self.relayReaper())
 
     def _failed(self, failure: Failure) -> None:
         self._opening = None

@@ -114,6 +114,8 @@ class TunnelMeter:
         self.tunnels: set[Tunnel] = set()
         self.retiredBytes: Counter[tuple[str, str]] = Counter()
         self.keepaliveTimeouts = 0
+        #: tunnels closed because their peer flooded them, by reason
+        self.floods: Counter[str] = Counter()
 
     def tunnelStarted(self, tunnel: Tunnel) -> None:
         self.tunnels.add(tunnel)
@@ -127,6 +129,9 @@ class TunnelMeter:
 
     def keepaliveTimedOut(self, tunnel: Tunnel) -> None:
         self.keepaliveTimeouts += 1
+
+    def floodDetected(self, tunnel: Tunnel, reason: str) -> None:
+        self.floods[reason] += 1
 
     def liveStreams(self) -> Iterator[tuple[Tunnel, Stream]]:
         for tunnel in list(self.tunnels):
@@ -170,6 +175,7 @@ class ServerMetrics:
         )
         self._config: Any = None
         self._iptables: Any = None
+        self._clientLimiters: list[Any] = []
         self.registry.register(_ServerCollector(self))
 
     def openSucceeded(self, policy: str, seconds: float) -> None:
@@ -186,6 +192,10 @@ class ServerMetrics:
     def watchIptables(self, sync: Any) -> None:
         """Report C{sync}'s syncs, their duration and errors (an C{IptablesSync})."""
         self._iptables = sync
+
+    def watchClientLimiter(self, limiter: Any) -> None:
+        """Report a front door's connections, memory held and limit hits (a C{ClientLimiter})."""
+        self._clientLimiters.append(limiter)
 
 
 class _ServerCollector(Collector):
@@ -269,8 +279,23 @@ class _ServerCollector(Collector):
             ),
             m.helloRefusals,
         )
+        yield GaugeMetricFamily(
+            "edge_tunnel_server_relays",
+            "Connections relayed now by the front doors (CONNECT, --forward, raw TCP).",
+            value=len(server.relayReaper),
+        )
+        yield _tally(
+            CounterMetricFamily(
+                "edge_tunnel_server_relays_reaped",
+                "Relayed connections closed for making no progress, by reason (idle, "
+                "half_closed, peer_reset).",
+                labels=["reason"],
+            ),
+            server.relayReaper.reaped,
+        )
         yield from self._config(m._config)
         yield from self._iptables(m._iptables)
+        yield from self._clients(m._clientLimiters)
         if m.perNode:
             yield from self._nodes(agents)
 
@@ -296,6 +321,34 @@ class _ServerCollector(Collector):
             "When the configuration in force was loaded (Unix time).",
             value=watcher.lastLoaded,
         )
+
+    def _clients(self, limiters: list[Any]) -> Iterator[Metric]:
+        if not limiters:
+            return
+        connections = GaugeMetricFamily(
+            "edge_tunnel_server_client_connections",
+            "Client connections open now at a front door, by listener.",
+            labels=["listener"],
+        )
+        buffered = GaugeMetricFamily(
+            "edge_tunnel_server_client_buffered_bytes",
+            "Bytes held in memory for a front door's clients that stopped reading, by listener.",
+            labels=["listener"],
+        )
+        hits = CounterMetricFamily(
+            "edge_tunnel_server_client_limit_hits",
+            "Client connections refused or closed by a front door's limits, by listener and "
+            "limit (connections, connections_per_address, buffered_bytes).",
+            labels=["listener", "limit"],
+        )
+        for limiter in limiters:
+            connections.add_metric([limiter.name], limiter.connections)
+            buffered.add_metric([limiter.name], limiter.bufferedBytes)
+            for limit in ("connections", "connections_per_address", "buffered_bytes"):
+                hits.add_metric([limiter.name, limit], limiter.hits[limit])
+        yield connections
+        yield buffered
+        yield hits
 
     def _iptables(self, sync: Any) -> Iterator[Metric]:
         if sync is None:
@@ -432,6 +485,36 @@ class _AgentCollector(Collector):
             "edge_tunnel_agent_keepalive_timeouts",
             "Tunnels declared dead: nothing heard for interval x misses.",
             value=m.meter.keepaliveTimeouts,
+        )
+        yield _tally(
+            CounterMetricFamily(
+                "edge_tunnel_agent_relays_reaped",
+                "Streams relayed to targets closed for making no progress, by reason (idle, "
+                "half_closed, peer_reset).",
+                labels=["reason"],
+            ),
+            agent.relayReaper.reaped,
+        )
+        budget = agent.budget
+        yield _tally(
+            CounterMetricFamily(
+                "edge_tunnel_agent_stream_refusals",
+                "Stream opens refused by the agent's limits across its tunnels, by limit "
+                "(streams, fds, buffer).",
+                labels=["limit"],
+            ),
+            budget.refusals,
+        )
+        yield GaugeMetricFamily(
+            "edge_tunnel_agent_stream_buffer_reserved_bytes",
+            "Bytes the open streams may make the agent hold (their receive windows).",
+            value=budget.reserved,
+        )
+        yield GaugeMetricFamily(
+            "edge_tunnel_agent_stream_limit",
+            "Streams the agent accepts at once across its tunnels: the least of "
+            "--max-streams-total, --max-buffered-mib / --stream-window and the open-file limit.",
+            value=budget.streamLimit(agent.settings.window),
         )
 
 

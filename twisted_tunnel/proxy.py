@@ -133,6 +133,21 @@ class Routed:
     def key(self) -> tuple[str, int]:
         return (self.node, self.target.port)
 
+    @property
+    def destination(self) -> tuple[object, ...]:
+        """
+        What an upstream connection made for this route reaches: the node,
+        what the agent dials, how it is carried, and for HTTPS the name the
+        kubelet's certificate is checked against.  A kept-alive upstream is
+        reused only for a request whose route has the same destination, so
+        a policy that routes each request (by path, say) is obeyed for each
+        one.  The decision's C{hostHeader} is not part of it: it is written
+        into each request, not into the connection.
+        """
+        d = self.decision
+        tlsName = self.target.address if d.carrier is Carrier.HTTPS else None
+        return (self.node, d.host, d.port, d.carrier, tlsName, self.policy)
+
     def describe(self) -> str:
         d = self.decision
         return f"{self.target} via node {self.node} to {d.host}:{d.port} ({self.policy})"
@@ -340,6 +355,9 @@ class ProxyListenerFactory(HTTPProxyFactory):
     """
 
     def __init__(self, router: ProxyRouter, clock: Any, **kw: Any) -> None:
+        # upgraded connections (exec, attach, port-forward) are relays like
+        # the CONNECT door's, held to the same deadlines
+        kw.setdefault("reaper", router.server.relayReaper)
         super().__init__(self._unused, clock, **kw)
         self.proxyRouter = router
 
@@ -376,4 +394,5 @@ def _asRoute(routed: Routed) -> Route:
         endpoint=routed.endpoint,
         hostHeader=routed.decision.hostHeader,
         description=routed.describe(),
+        destination=routed.destination,
     )
