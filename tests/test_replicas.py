@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from twisted_tunnel import wire
-from twisted_tunnel.agent import SEARCH_PATIENCE, SEARCH_SLOWDOWN, TunnelAgent
+from twisted_tunnel.agent import SEARCH_PATIENCE, SEARCH_SLOWDOWN, VERIFY_INTERVAL, TunnelAgent
 from twisted_tunnel.errors import NodeNotConnected
 from twisted_tunnel.mux import Tunnel
 from twisted_tunnel.server import TunnelServer
@@ -45,7 +45,9 @@ def replica(clock: MemoryReactorClock, serverId: str, count: int = 3) -> TunnelS
         None,
         serverId=serverId,
         serverCount=count,
-        identify=lambda transport: PeerIdentity(f"system:node:{NODE}"),
+        identify=lambda transport: PeerIdentity(
+            f"system:node:{NODE}", organizations=("system:nodes",)
+        ),
     )
 
 
@@ -171,8 +173,10 @@ class ReplicaTests(SynchronousTestCase):
             self.assertIs(agent.tunnels[name], pair.client, name)
             self.assertIs(self.registered(name), pair.server, name)
         self.assertEqual(self.lb.pending, [])
-        self.clock.advance(1000)
-        self.assertEqual(self.lb.pending, [], "holding every replica, it stops dialing")
+        self.clock.advance(VERIFY_INTERVAL / 2 - 1)
+        self.assertEqual(self.lb.pending, [], "holding every replica, it stops searching")
+        self.clock.advance(VERIFY_INTERVAL / 2 + 1)
+        self.assertEqual(len(self.lb.pending), 1, "but checks once in a while that none is missed")
         self.assertEqual(self.policy.asked, [])
 
     def test_duplicateIsRefusedAndTheHeldTunnelKept(self) -> None:

@@ -473,6 +473,31 @@ class MalformedFrameTests(SynchronousTestCase):
                 self.fail("deeply nested HELLO info accepted")
             self.assertRaises(ProtocolError, lambda d=decoder: list(d.feed(b"")))
 
+    # Found by tests/test_fuzz.py: both decoded into a Hello whose encode()
+    # raised ValueError (and whose text no UTF-8 log writer can write).
+    def test_helloNumberOutOfRange(self) -> None:
+        """
+        A number too large for a double would become infinity, which is
+        not JSON: refused.  The largest double is taken.
+        """
+        for number in (b"1e999", b"-1e999", b"1.5e400", b"-2e308"):
+            self.assertRejected(_raw(0x00, 0, b'\x00\x01\x00\x01{"window":' + number + b"}"))
+        [hello] = decodeAll(_raw(0x00, 0, b'\x00\x01\x00\x01{"a":1.7976931348623157e308}'))
+        self.assertEqual(hello, Hello(1, 1, {"a": 1.7976931348623157e308}))
+        self.assertEqual(decodeAll(hello.encode()), [hello])
+
+    def test_helloLoneSurrogate(self) -> None:
+        """
+        A string escape that spells half a surrogate pair is refused; a
+        whole pair is the character it spells.
+        """
+        for text in (b'"\\ud800"', b'"\\uDFFF x"', b'"a\\udc00\\ud800"', b'["\\ud83d"]'):
+            self.assertRejected(_raw(0x00, 0, b'\x00\x01\x00\x01{"node":' + text + b"}"))
+        [hello] = decodeAll(_raw(0x00, 0, b'\x00\x01\x00\x01{"node":"\\ud83d\\ude00\\u00e9"}'))
+        self.assertEqual(
+            hello, Hello(1, 1, {"node": "\N{GRINNING FACE}\N{LATIN SMALL LETTER E WITH ACUTE}"})
+        )
+
     def test_trailingBytes(self) -> None:
         self.assertRaises(ProtocolError, decodeAll, Eof(1).encode() + b"\x00\x00")
 
@@ -682,6 +707,9 @@ _frames = st.one_of(
     st.builds(Pong, st.binary(min_size=8, max_size=8)),
     st.builds(GoAway, _u16, _texts),
 )
+
+#: Any valid frame (tests/test_fuzz.py mutates them).
+frameStrategy = _frames
 
 
 @st.composite

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from typing import Any
@@ -61,18 +62,23 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import __version__
+from ._logthrottle import LogThrottle
 from .errors import StreamOpenFailed
 from .metrics import AgentMetrics, handshakeFailureReason
 from .mux import (
+    MAX_SERVER_ID,
     MAX_SERVERS,
     ITunnelHandler,
     Keepalive,
+    Refused,
     Settings,
+    StreamBudget,
     Tunnel,
     TunnelAddress,
     drainTunnels,
+    validServerId,
 )
-from .relay import RelayProtocol
+from .relay import DEFAULT_RELAY_TIMEOUTS, RelayProtocol, RelayReaper, RelayTimeouts
 from .rotation import CredentialsWatcher, watchCredentials
 from .tls import Credentials, agentOptions
 from .wire import ErrorCode, OpenFailReason
@@ -83,6 +89,16 @@ _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: How long the agent waits for a target to accept a connection.
 DEFAULT_DIAL_TIMEOUT = 5.0
 
+#: The most streams the agent holds at once across its tunnels to all the
+#: server replicas (each replica may open C{--max-streams} on its own).
+DEFAULT_MAX_STREAMS_TOTAL = 1024
+
+#: The most bytes streams may make the agent hold, across its tunnels: each
+#: stream reserves its receive window (1 MiB by default: 256 streams), the
+#: most a server can send it before its target reads.  A quarter of a small
+#: edge node's memory is already a lot for a sidecar.
+DEFAULT_MAX_BUFFER = 256 * 1024 * 1024
+
 #: How long the agent waits for its TCP connection to the server address.
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
@@ -91,6 +107,32 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 #: backoff cap, from every 15-30 s to every 2.5-5 minutes.
 SEARCH_PATIENCE = 10
 SEARCH_SLOWDOWN = 10.0
+
+#: Default of the most server replicas an agent holds tunnels to, whatever
+#: the servers announce (C{--max-servers}): a replica that announces 64
+#: makes the agent look for 64 and hold a tunnel to every id it is shown.
+#: Real deployments run a handful of replicas.
+DEFAULT_MAX_SERVERS = 16
+
+#: How long the C{server_count} announced by a server we held still counts
+#: after its tunnel is gone: one replica announcing a lower count (or one
+#: reached first after a network blip) cannot stop the search for the
+#: others meanwhile.  After a real scale-down, agents look for the replica
+#: that is gone this long (at the slowed-down pace), then forget it.
+COUNT_MEMORY = 300.0
+
+#: Holding every server it knows of, the agent still dials once in a
+#: while (every 7.5-15 minutes): the count it looks for is only what the
+#: servers it reached announced, and one that announces 1 (a hostile
+#: holder of a server certificate, reached first) must not stop the search
+#: for the others for good.  A dial that reaches a server already held is
+#: refused (DUPLICATE) at once; for 10,000 agents this costs about 15 TLS
+#: handshakes a second across the replicas.
+VERIFY_INTERVAL = 900.0
+
+#: Instances (HELLO C{instance}) remembered per server id to tell a replica
+#: that restarted under its id from two processes sharing it.
+_INSTANCES_PER_ID = 8
 
 
 class Allowlist:
@@ -188,6 +230,7 @@ class _AgentSide:
         }
 
     def helloReceived(self, tunnel: Tunnel, info: dict[str, Any]) -> None:
+        _checkServerHello(info)
         tunnel.nodeName = self.agent.nodeName
 
     def openRequested(self, tunnel: Tunnel, address: TunnelAddress) -> Deferred[IProtocol]:
@@ -227,6 +270,8 @@ class _AgentTunnelFactory(Factory):
             keepalive=agent.keepalive,
             nodeName=agent.nodeName,
             meter=agent.metrics.meter,
+            # one budget for the tunnels to every replica
+            budget=agent.budget,
         )
 
 
@@ -241,12 +286,31 @@ class Reconnector:
     (C{server_count}).  A replica it already holds refuses the extra
     connection (C{DUPLICATE}), which counts as a miss, so the search backs
     off like a failure and never hammers the servers; holding all of them,
-    it stops dialing until a tunnel is lost or drained.  A failed attempt or
-    a lost tunnel waits as C{retryPolicy} says, then dials again.
+    it dials only once every L{VERIFY_INTERVAL} or so, to check that no
+    server was missed, until a tunnel is lost or drained.  A failed attempt
+    or a lost tunnel waits as C{retryPolicy} says, then dials again.
+
+    What servers announce steers this search, so it is bounded: at most
+    C{maxServers} tunnels whatever they announce, ids checked before they
+    are held or echoed (L{_checkServerHello}), and a count that one server
+    cannot lower on its own, counted only among the servers that announce
+    it (see L{wanted} and L{held}).
+
+    Two server processes that announce one id (replicas given the same
+    C{--server-id}) would each accept the agent in turn, each replacing the
+    other's tunnel: a reconnect storm.  Every server process announces a
+    random C{instance}; a restarted replica comes back with a new one, and
+    an instance never comes back once its process is gone.  So when an
+    instance we replaced by another instance of the same id answers again,
+    two processes share that id: the agent keeps the tunnel it holds,
+    closes the new one with C{GOAWAY DUPLICATE_SERVER_ID} (the server logs
+    an error), logs an error naming the id, and dials again only after a
+    slowed-down backoff.
 
     @ivar tunnels: the tunnels that are up and not draining, by server id.
     @ivar failures: attempts in a row that brought no new server.
     @ivar report: told how each attempt ended (see L{attemptResult}).
+    @ivar maxServers: the most tunnels held at once.
     """
 
     log = Logger()
@@ -259,22 +323,36 @@ class Reconnector:
         retryPolicy: Callable[[int], float],
         describe: str,
         report: Callable[[str], object] = lambda result: None,
+        *,
+        maxServers: int = DEFAULT_MAX_SERVERS,
+        logThrottle: LogThrottle | None = None,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
+        if not 1 <= maxServers <= MAX_SERVERS:
+            raise ValueError(f"maxServers must be in 1..{MAX_SERVERS}")
         self.clock = clock
+        self.jitter = jitter
         self.endpoint = endpoint
         self.factory = factory
         self.retryPolicy = retryPolicy
         self.describe = describe
         self.report = report
+        self.maxServers = maxServers
+        self.logThrottle = logThrottle or LogThrottle(clock)
         self.tunnels: dict[str, Tunnel] = {}
         self.failures = 0
         self._duplicates = 0  # DUPLICATE refusals in a row
-        self._lastWanted = 1
+        # server id -> (server_count it announced, when its tunnel went),
+        # for servers no longer held; oldest first, at most maxServers
+        self._remembered: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        # server id -> instances of it that another instance replaced
+        self._replaced: OrderedDict[str, list[str]] = OrderedDict()
         self._draining: set[Tunnel] = set()
         self._running = False
         self._attempt: Deferred[Tunnel] | None = None
         self._handshaking: Tunnel | None = None
         self._retry: IDelayedCall | None = None
+        self._verifying = False  # whether _retry is a check that no server was missed
         self._waiting: list[tuple[Deferred[Tunnel], int | None]] = []
 
     @property
@@ -286,12 +364,49 @@ class Reconnector:
     def wanted(self) -> int:
         """
         How many servers there are to hold: the largest C{server_count}
-        that a server we hold announced (after a scale-down every replica
-        announces the new count), else the last one known.
+        announced by a server we hold, or held less than L{COUNT_MEMORY}
+        seconds ago, at most C{maxServers}; 1 if none.
+
+        The largest, not the latest or the most common: too low a count
+        locks the agent out of the replicas it stops looking for (their
+        requests for this node fail), while too high a count costs a search
+        that slows down to one dial every few minutes, bounded by
+        C{maxServers}.  So one server announcing 1 (a hostile one, or the
+        first reached after a network blip) cannot stop the search for the
+        others that announced 3; after a scale-down, every remaining replica
+        announces the new count, and the count of the replica that is gone
+        is forgotten after L{COUNT_MEMORY}.
         """
-        if self.tunnels:
-            self._lastWanted = max(_serverCount(t) for t in self.tunnels.values())
-        return self._lastWanted
+        now = self.clock.seconds()
+        remembered = self._remembered
+        while remembered and now - next(iter(remembered.values()))[1] >= COUNT_MEMORY:
+            remembered.popitem(last=False)
+        counts = [_serverCount(t) for t in self.tunnels.values()]
+        counts += [count for sid, (count, _) in remembered.items() if sid not in self.tunnels]
+        return min(max(counts, default=1), self.maxServers)
+
+    @property
+    def held(self) -> int:
+        """
+        How many of the servers held count toward L{wanted}: those that
+        announce at least that many replicas (all of them, unless servers
+        disagree).
+
+        A server that announces fewer (C{server_count: 1} from a hostile
+        holder of a server certificate, or an old replica during a change
+        of C{--server-count}) is held but not counted: the replicas that
+        announced more are still looked for, so that it cannot stand in for
+        one of them.
+        """
+        wanted = self.wanted
+        return sum(1 for t in self.tunnels.values() if _serverCount(t) >= wanted)
+
+    def _remember(self, serverId: str, tunnel: Tunnel) -> None:
+        """C{tunnel}, the one held for C{serverId}, is no longer held: remember its count."""
+        self._remembered.pop(serverId, None)
+        self._remembered[serverId] = (_serverCount(tunnel), self.clock.seconds())
+        while len(self._remembered) > self.maxServers:
+            self._remembered.popitem(last=False)
 
     def start(self) -> None:
         if not self._running:
@@ -349,29 +464,63 @@ class Reconnector:
         serverId = _serverId(tunnel)
         if self.tunnels.get(serverId) is tunnel:
             del self.tunnels[serverId]
+            self._remember(serverId, tunnel)
             self._duplicates = 0
             self._draining.add(tunnel)
             tunnel.whenLost().addCallback(lambda _: self._draining.discard(tunnel))
             self._dialIfShort(self.retryPolicy(0), f"server {serverId} is draining our tunnel")
 
+    @property
+    def _short(self) -> bool:
+        """Whether a server is missing, and one more could be held."""
+        return self.held < self.wanted and len(self.tunnels) < self.maxServers
+
     def _dialIfShort(self, delay: float, why: str) -> None:
-        """Dial in C{delay} seconds if a server is missing and no dial is under way."""
-        if not self._running or self._retry is not None or self._attempt is not None:
+        """
+        Dial in C{delay} seconds if a server is missing and no dial is under
+        way.  A dial planned later (the check that no server was missed, or
+        a slowed-down backoff, as after a duplicate server id or many
+        C{DUPLICATE} refusals) is brought forward: losing a tunnel is a
+        change, and the node may have no tunnel left at all.
+        """
+        if not self._running or self._attempt is not None:
             return
-        if len(self.tunnels) >= self.wanted:
+        short = self._short
+        retry = self._retry
+        if retry is not None:
+            if short and (self._verifying or retry.getTime() > self.clock.seconds() + delay):
+                retry.cancel()
+                self._retry = None
+                self._verifying = False
+            else:
+                return
+        if not short:
+            self._verifyLater()
             return
         self.log.info(
             "{why}; dialing {server} in {delay:.1f}s ({held} of {wanted} servers held)",
             why=why,
             server=self.describe,
             delay=delay,
-            held=len(self.tunnels),
+            held=self.held,
             wanted=self.wanted,
         )
         self._retry = self.clock.callLater(delay, self._connect)
 
+    def _verifyLater(self) -> None:
+        """
+        Holding every server known, dial once more after about
+        L{VERIFY_INTERVAL}, in case the servers held announced too few.
+        """
+        if not self._running or self._retry is not None or self._attempt is not None:
+            return
+        delay = VERIFY_INTERVAL * (1 + self.jitter()) / 2
+        self._retry = self.clock.callLater(delay, self._connect)
+        self._verifying = True
+
     def _connect(self) -> None:
         self._retry = None
+        self._verifying = False
         attempt: Deferred[Any] = self.endpoint.connect(self.factory)
         attempt.addCallback(self._handshake)
         self._attempt = attempt
@@ -386,21 +535,44 @@ class Reconnector:
         if not self._running:
             tunnel.close(ErrorCode.SHUTTING_DOWN, "agent stopping")
             return
+        serverId = _serverId(tunnel)
+        old = self.tunnels.get(serverId)
+        if old is not None and self._sharesId(serverId, old, tunnel):
+            self._refuseSharedId(serverId, old, tunnel)
+            return
+        if old is None and len(self.tunnels) >= self.maxServers:
+            # at the cap (the check that no server was missed found one
+            # more): what servers announce never makes the agent hold more
+            tunnel.close(ErrorCode.NO_ERROR, f"the agent holds its {self.maxServers} servers")
+            self._verifyLater()
+            return
         self.failures = self._duplicates = 0
         self.report("ok")
-        serverId = _serverId(tunnel)
-        old = self.tunnels.pop(serverId, None)
+        self.tunnels.pop(serverId, None)
         self.tunnels[serverId] = tunnel
+        self._remembered.pop(serverId, None)
         if old is not None:
             # the server accepted a second tunnel, so it no longer had the
             # first (it replaced it, or restarted under the same id)
+            self._replacedBy(serverId, old, tunnel)
             old.close(ErrorCode.REPLACED, "a newer tunnel to the same server")
         tunnel.whenLost().addCallback(self._lost, tunnel)
+        announced = _serverCount(tunnel)
+        if announced > self.maxServers:
+            self.logThrottle.emit(
+                self.log,
+                LogLevel.warn,
+                "server {server_id} announces {count} replicas, more than --max-servers "
+                "{max_servers}: holding tunnels to {max_servers} of them at most",
+                server_id=serverId,
+                count=announced,
+                max_servers=self.maxServers,
+            )
         self.log.info(
             "tunnel up to server {server_id} at {peer} ({held} of {wanted} servers)",
             server_id=serverId or "(unnamed)",
             peer=tunnel._peerLabel(),
-            held=len(self.tunnels),
+            held=self.held,
             wanted=self.wanted,
         )
         waiting, self._waiting = self._waiting, []
@@ -408,15 +580,84 @@ class Reconnector:
             d.callback(tunnel)
         self._dialIfShort(0.0, "looking for the other servers")
 
+    def _sharesId(self, serverId: str, held: Tunnel, new: Tunnel) -> bool:
+        """
+        Whether C{new} comes from a second process that announces
+        C{serverId}, which C{held} announces too: its instance is one that
+        another instance of the id replaced earlier, so it was alive all
+        along (a restarted process never comes back with its old instance).
+        """
+        instance = _instance(new)
+        return (
+            bool(instance)
+            and instance != _instance(held)
+            and (instance in self._replaced.get(serverId, ()))
+        )
+
+    def _replacedBy(self, serverId: str, old: Tunnel, new: Tunnel) -> None:
+        """Remember that C{old}'s instance of C{serverId} was replaced by another."""
+        instance = _instance(old)
+        if not instance or instance == _instance(new):
+            return
+        instances = self._replaced.pop(serverId, [])
+        if instance not in instances:
+            instances = [*instances, instance][-_INSTANCES_PER_ID:]
+        self._replaced[serverId] = instances
+        while len(self._replaced) > 2 * self.maxServers:
+            self._replaced.popitem(last=False)
+
+    def _refuseSharedId(self, serverId: str, held: Tunnel, new: Tunnel) -> None:
+        """
+        Two server processes announce C{serverId}: keep C{held}, close
+        C{new}, say so, and dial again only after a slowed-down backoff (a
+        count of replicas that share ids can never be reached).
+        """
+        self.failures += 1
+        self.report("duplicate_server_id")
+        self._replacedBy(serverId, held, new)  # whichever of the two comes next is refused
+        delay = self.retryPolicy(self.failures) * SEARCH_SLOWDOWN
+        new.close(
+            ErrorCode.DUPLICATE_SERVER_ID,
+            f"another server process uses server id {serverId} (the agent holds a tunnel to "
+            "it): give each replica its own --server-id",
+        )
+        self.logThrottle.emit(
+            self.log,
+            LogLevel.error,
+            "two server processes announce server id {server_id} (instance {held_instance} "
+            "at {held_peer}, held, and instance {new_instance} at {new_peer}, closed): give "
+            "each replica its own --server-id; dialing {server} again in {delay:.0f}s",
+            key=serverId,
+            server_id=serverId,
+            held_instance=_instance(held),
+            held_peer=held._peerLabel(),
+            new_instance=_instance(new),
+            new_peer=new._peerLabel(),
+            server=self.describe,
+            delay=delay,
+        )
+        if self._short:
+            self._retry = self.clock.callLater(delay, self._connect)
+
     def _failed(self, failure: Failure) -> None:
         attempted, self._handshaking = self._handshaking, None
         self._attempt = None
         if not self._running:
             return
-        self.failures += 1
-        delay = self.retryPolicy(self.failures)
         goaway = attempted.peerGoAway if attempted is not None else None
         self.report(attemptResult(failure, goaway))
+        if not self._short:
+            # a check that no server was missed: none was (or no answer)
+            self.log.debug(
+                "holding {held} of {wanted} servers, none missed: {reason}",
+                held=self.held,
+                wanted=self.wanted,
+                reason=goaway[1] if goaway is not None else failure.getErrorMessage(),
+            )
+            self._verifyLater()
+            return
+        self.failures += 1
+        delay = self.retryPolicy(self.failures)
         if goaway is not None and goaway[0] == ErrorCode.DUPLICATE:
             self._duplicates += 1
             if self._duplicates >= SEARCH_PATIENCE:
@@ -429,7 +670,7 @@ class Reconnector:
                         "still holding {held} of {wanted} servers after {tries} tries; "
                         "looking every few minutes from now on (does --server-count match "
                         "the replicas running?)",
-                        held=len(self.tunnels),
+                        held=self.held,
                         wanted=self.wanted,
                         tries=self._duplicates,
                     )
@@ -448,7 +689,7 @@ class Reconnector:
                 reason=goaway[1] if goaway is not None else failure.getErrorMessage(),
                 delay=delay,
                 failures=self.failures,
-                held=len(self.tunnels),
+                held=self.held,
                 wanted=self.wanted,
             )
         self._retry = self.clock.callLater(delay, self._connect)
@@ -465,6 +706,7 @@ class Reconnector:
         serverId = _serverId(tunnel)
         if self.tunnels.get(serverId) is tunnel:
             del self.tunnels[serverId]
+            self._remember(serverId, tunnel)
             self._duplicates = 0  # something changed: search at the normal pace again
             self._dialIfShort(self.retryPolicy(0), f"tunnel to server {serverId} lost")
 
@@ -486,16 +728,47 @@ def attemptResult(failure: Failure, goaway: tuple[int, str] | None) -> str:
     return handshakeFailureReason(failure.getErrorMessage())
 
 
+def _checkServerHello(info: dict[str, Any]) -> None:
+    """
+    Refuse a server HELLO whose C{server_id}, C{instance} or
+    C{server_count} is not what a real server sends.
+
+    The agent echoes the ids it holds in every later HELLO (C{servers}), and
+    counts the replicas by them: an unbounded id (two of 40 KB made every
+    real replica refuse our HELLO as too large) or an absurd count is a
+    hostile or broken server, and counts as a failed attempt.
+
+    @raise Refused: C{PROTOCOL_ERROR}, saying which key is wrong (the value
+        itself is not repeated: it may be anything).
+    """
+    for key in ("server_id", "instance"):
+        if key in info and not validServerId(info[key]):
+            raise Refused(
+                ErrorCode.PROTOCOL_ERROR,
+                f"server HELLO {key} is not 1 to {MAX_SERVER_ID} letters, digits and . _ : -",
+            )
+    count = info.get("server_count", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_SERVERS:
+        raise Refused(
+            ErrorCode.PROTOCOL_ERROR,
+            f"server HELLO server_count is not an integer in 1..{MAX_SERVERS}",
+        )
+
+
 def _serverId(tunnel: Tunnel) -> str:
+    """The C{server_id} in a server's HELLO ("" if absent; checked by L{_checkServerHello})."""
     return str(tunnel.peerInfo.get("server_id", ""))
 
 
+def _instance(tunnel: Tunnel) -> str:
+    """The C{instance} in a server's HELLO: one per server process ("" if absent)."""
+    return str(tunnel.peerInfo.get("instance", ""))
+
+
 def _serverCount(tunnel: Tunnel) -> int:
-    """The C{server_count} in a server's HELLO: 1 if absent or absurd."""
-    count = tunnel.peerInfo.get("server_count", 1)
-    if isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= MAX_SERVERS:
-        return count
-    return 1
+    """The C{server_count} in a server's HELLO: 1 if absent (checked by L{_checkServerHello})."""
+    count: int = tunnel.peerInfo.get("server_count", 1)
+    return count
 
 
 @implementer(IStreamClientEndpoint)
@@ -545,7 +818,19 @@ class TunnelAgent(Service):
         reloadInterval: float = 0.0,
         drainTimeout: float = 0.0,
         connectTimeout: float = DEFAULT_CONNECT_TIMEOUT,
+        maxServers: int = DEFAULT_MAX_SERVERS,
+        relayTimeouts: RelayTimeouts = DEFAULT_RELAY_TIMEOUTS,
+        budget: StreamBudget | None = None,
     ) -> None:
+        """
+        @param relayTimeouts: the idle and half-close deadlines of the
+            streams it relays to targets.
+        @param budget: the limits on streams across all its tunnels (by
+            default L{DEFAULT_MAX_STREAMS_TOTAL} streams and
+            L{DEFAULT_MAX_BUFFER} bytes, within the open-file limit).
+        """
+        if not 1 <= maxServers <= MAX_SERVERS:
+            raise ValueError(f"maxServers must be in 1..{MAX_SERVERS}")
         self.reactor = reactor
         self.credentials = credentials
         self.server = server
@@ -559,6 +844,16 @@ class TunnelAgent(Service):
         self.retryPolicy = retryPolicy or backoffPolicy()
         self.drainTimeout = drainTimeout
         self.connectTimeout = connectTimeout
+        self.maxServers = maxServers
+        self.relayReaper = RelayReaper(reactor, relayTimeouts)
+        if budget is None:
+            budget = StreamBudget.forProcess(
+                reactor, maxStreams=DEFAULT_MAX_STREAMS_TOTAL, maxBufferBytes=DEFAULT_MAX_BUFFER
+            )
+        self.budget = budget
+        # the server decides how often we refuse or fail a dial: one line
+        # per refusal, up to a few a minute, then a count
+        self.logThrottle = LogThrottle(reactor)
         self.metrics = AgentMetrics(self)
         self._endpoint = endpoint
         self._reconnector: Reconnector | None = None
@@ -614,6 +909,8 @@ class TunnelAgent(Service):
             self.retryPolicy,
             f"{host}:{port}",
             self.metrics.connectAttempted,
+            maxServers=self.maxServers,
+            logThrottle=self.logThrottle,
         )
         self._reconnector.start()
 
@@ -623,6 +920,7 @@ class TunnelAgent(Service):
         if watcher is not None:
             watcher.stopService()
         reconnector, self._reconnector = self._reconnector, None
+        self.logThrottle.flush()
         if reconnector is not None:
             return reconnector.stop(drainTimeout=self.drainTimeout)
         return None
@@ -673,7 +971,9 @@ class TunnelAgent(Service):
         result: Deferred[IProtocol] = Deferred()
         ip = _parseIP(address.host)
         if ip is None:
-            self.log.warn(
+            self.logThrottle.emit(
+                self.log,
+                LogLevel.warn,
                 "refused to dial {host}:{port}: not an IP address",
                 host=address.host,
                 port=address.port,
@@ -686,7 +986,9 @@ class TunnelAgent(Service):
             )
             return result
         if not self.allowlist.permits(ip):
-            self.log.warn(
+            self.logThrottle.emit(
+                self.log,
+                LogLevel.warn,
                 "refused to dial {host}:{port}: not allowed (may dial {allowed})",
                 host=str(ip),
                 port=address.port,
@@ -708,15 +1010,18 @@ class TunnelAgent(Service):
         def connected(target: IProtocol) -> IProtocol:
             assert isinstance(target, RelayProtocol)
             self.metrics.dialed("ok")
-            return RelayProtocol(peer=target)
+            return RelayProtocol(peer=target, reaper=self.relayReaper)
 
         def failed(failure: Failure) -> Failure:
             if failure.check(CancelledError):
                 return failure
             error = _dialFailure(failure, address, self.dialTimeout)
             self.metrics.dialed(OpenFailReason(error.reason).name.lower())
-            self.log.info(
+            self.logThrottle.emit(
+                self.log,
+                LogLevel.info,
                 "dial {host}:{port} failed: {reason}",
+                key=error.reason,
                 host=address.host,
                 port=address.port,
                 reason=error.text,

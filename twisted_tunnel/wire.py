@@ -20,6 +20,7 @@ with the error's code and text in a GOAWAY and in the log.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Iterator
 from enum import IntEnum
@@ -86,6 +87,9 @@ class ErrorCode(IntEnum):
     CANCEL = 10
     TOO_MANY_STREAMS = 11
     DUPLICATE = 12
+    #: two server processes announce one server id (a misconfiguration):
+    #: the agent keeps the tunnel it held and closes the newer one with this
+    DUPLICATE_SERVER_ID = 13
 
     @classmethod
     def named(cls, value: int) -> str:
@@ -330,6 +334,18 @@ def _noConstants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finiteFloat(text: str) -> float:
+    """
+    A JSON number with a fraction or an exponent, refused when it does not
+    fit in a double: C{1e999} would become C{inf}, which no JSON encoder
+    writes back (L{Hello.encode} would raise), and which no setting means.
+    """
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError("a number out of range")
+    return value
+
+
 def _parseHello(streamId: int, payload: bytes) -> Frame:
     if len(payload) < _VERSIONS.size:
         raise ProtocolError("HELLO payload too short")
@@ -338,8 +354,17 @@ def _parseHello(streamId: int, payload: bytes) -> Frame:
         raise ProtocolError(f"HELLO offers an empty version range {low}..{high}")
     try:
         text = payload[_VERSIONS.size :].decode("utf-8")
-        info = json.loads(text, parse_constant=_noConstants) if text else {}
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        info = (
+            json.loads(text, parse_constant=_noConstants, parse_float=_finiteFloat) if text else {}
+        )
+        if "\\u" in text:
+            # An escape may spell half a surrogate pair ("\ud800"), which
+            # json takes but no UTF-8 encoder writes: such a string would
+            # fail wherever it is logged or written.  Only escapes can make
+            # one (the UTF-8 decoder refuses encoded surrogates), so only a
+            # text with escapes pays for this check.
+            json.dumps(info, ensure_ascii=False).encode("utf-8")
+    except (UnicodeError, ValueError, RecursionError):
         raise ProtocolError("HELLO info is not a UTF-8 JSON object") from None
     if not isinstance(info, dict):
         raise ProtocolError("HELLO info is not a JSON object")

@@ -15,14 +15,39 @@ from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from ..agent import DEFAULT_CONNECT_TIMEOUT, DEFAULT_DIAL_TIMEOUT, TunnelAgent
-from ._common import DaemonService, TunnelOptions, fatal, nonNegativeFloat, positiveFloat
+from ..agent import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DIAL_TIMEOUT,
+    DEFAULT_MAX_BUFFER,
+    DEFAULT_MAX_SERVERS,
+    DEFAULT_MAX_STREAMS_TOTAL,
+    TunnelAgent,
+)
+from ..mux import MAX_SERVERS, StreamBudget
+from ..relay import DEFAULT_HALF_CLOSED_TIMEOUT, DEFAULT_IDLE_TIMEOUT, RelayTimeouts
+from ._common import (
+    DaemonService,
+    TunnelOptions,
+    fatal,
+    nonNegativeFloat,
+    positiveFloat,
+    positiveInt,
+)
+
+MiB = 1024 * 1024
 
 PROGRAM = "edge-tunnel-agent"
 
 #: Default of --drain-timeout: long enough for a scrape or an API call in
 #: flight, short enough that a restarting agent is soon replaced.
 DEFAULT_DRAIN_TIMEOUT = 10.0
+
+
+def _maxServers(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_SERVERS:
+        raise ValueError(f"{text} is not in 1..{MAX_SERVERS}")
+    return value
 
 
 def parseServer(text: str) -> tuple[str, int]:
@@ -71,12 +96,54 @@ class Options(TunnelOptions):
         ],
         ["max-backoff", None, 30.0, "Longest wait between reconnect attempts.", positiveFloat],
         [
+            "max-servers",
+            None,
+            DEFAULT_MAX_SERVERS,
+            "Hold tunnels to at most this many server replicas, whatever the servers "
+            f"announce (their --server-count; 1..{MAX_SERVERS}).",
+            _maxServers,
+        ],
+        [
             "connect-timeout",
             None,
             DEFAULT_CONNECT_TIMEOUT,
             "Seconds to wait for the TCP connection to --server (a silent path is given up "
             "on after this, and dialed again with backoff).",
             positiveFloat,
+        ],
+        [
+            "max-streams-total",
+            None,
+            DEFAULT_MAX_STREAMS_TOTAL,
+            "Streams open at once across the tunnels to all server replicas (--max-streams "
+            "bounds each tunnel); also bounded by the open-file limit (ulimit -n) less a "
+            "margin. More are refused (OPEN_FAIL TOO_MANY_STREAMS).",
+            positiveInt,
+        ],
+        [
+            "max-buffered-mib",
+            None,
+            DEFAULT_MAX_BUFFER // MiB,
+            "MiB that streams may make the agent hold across all its tunnels: each stream "
+            "reserves its --stream-window, so this allows max-buffered-mib / stream-window "
+            "streams at most.",
+            positiveInt,
+        ],
+        [
+            "relay-idle-timeout",
+            None,
+            DEFAULT_IDLE_TIMEOUT,
+            "Seconds a stream relayed to its target may move no byte either way before it "
+            "is closed; the default is the kubelet's streaming idle timeout. 0: never.",
+            nonNegativeFloat,
+        ],
+        [
+            "relay-half-close-timeout",
+            None,
+            DEFAULT_HALF_CLOSED_TIMEOUT,
+            "Seconds a relayed stream may move no byte once either side has sent its EOF, "
+            "closed or reset (seen even while it is paused) before it is closed. 0: never.",
+            nonNegativeFloat,
         ],
         [
             "meta-endpoint",
@@ -128,6 +195,11 @@ class Options(TunnelOptions):
             raise usage.UsageError("--server HOST:PORT is required")
         self["server-address"] = parseServer(self["server"])
         super().postOptions()
+        if self["max-buffered-mib"] * MiB < self["stream-window"]:
+            raise usage.UsageError(
+                "--max-buffered-mib must hold at least one --stream-window "
+                f"({self['stream-window']} bytes)"
+            )
 
 
 def makeService(options: Options) -> IService:
@@ -168,6 +240,15 @@ def makeService(options: Options) -> IService:
         retryPolicy=backoffPolicy(maxDelay=options["max-backoff"]),
         drainTimeout=options["drain-timeout"],
         connectTimeout=options["connect-timeout"],
+        maxServers=options["max-servers"],
+        relayTimeouts=RelayTimeouts(
+            idle=options["relay-idle-timeout"], halfClosed=options["relay-half-close-timeout"]
+        ),
+        budget=StreamBudget.forProcess(
+            reactor,
+            maxStreams=options["max-streams-total"],
+            maxBufferBytes=options["max-buffered-mib"] * MiB,
+        ),
     )
     agent.setName("agent")
     top = DaemonService(PROGRAM, options["log-format"])
