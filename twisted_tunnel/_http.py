@@ -7,6 +7,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from http import HTTPStatus
 
+from ._text import printable
+
+#: The longest reason an error body carries (about a line and a half).
+MAX_REASON = 1000
+
 
 def errorResponse(
     status: int,
@@ -21,12 +26,16 @@ def errorResponse(
     human with C{nc} reads the body).  Written by hand, not by h11: it must
     work whatever state a parser is in (a malformed request leaves h11
     unable to answer).  C{withBody=False} for the answer to a C{HEAD}.
+
+    C{text} often quotes what a client or an agent sent (a C{Host}, a
+    target, an agent's refusal): it goes through L{printable}, so that no
+    control character reaches the terminal of whoever reads the answer.
     """
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = "Error"
-    body = (text + "\n").encode("utf-8", "replace")
+    body = (printable(text, MAX_REASON) + "\n").encode("utf-8", "replace")
     lines = [
         f"HTTP/1.1 {status} {phrase}",
         "Content-Type: text/plain; charset=utf-8",

@@ -88,6 +88,20 @@ __all__ = [
 # -- errors ----------------------------------------------------------------------
 
 
+#: Bytes of a peer's input an error message quotes at most.
+_SHOWN_BYTES = 80
+
+
+def _shown(data: bytes | bytearray | memoryview) -> str:
+    """
+    The repr of at most L{_SHOWN_BYTES} of C{data}: an error message quotes
+    what was wrong, never all a peer sent (a line may be as long as
+    C{max_incomplete_event_size}, and the message ends in logs).
+    """
+    head = bytes(data[:_SHOWN_BYTES])
+    return repr(head) + ("..." if len(data) > _SHOWN_BYTES else "")
+
+
 class ProtocolError(Exception):
     """
     A violation of HTTP/1.1, by us (L{LocalProtocolError}) or by the peer
@@ -473,13 +487,13 @@ def _validatedSlowly(items: Iterable[tuple[bytes | str, bytes | str]]) -> Header
         lowered = cache.get(name)
         if lowered is None:
             if _TOKEN_RE.fullmatch(name) is None:
-                raise LocalProtocolError(f"Illegal header name {name!r}")
+                raise LocalProtocolError(f"Illegal header name {_shown(name)}")
             lowered = name.lower()
             if len(cache) >= _MAX_NAME_CACHE:
                 cache.clear()
             cache[name] = lowered
         if _FIELD_VALUE_RE.fullmatch(value) is None:
-            raise LocalProtocolError(f"Illegal header value {value!r}")
+            raise LocalProtocolError(f"Illegal header value {_shown(value)}")
         raw.append((name, value))
         names.append(lowered)
     return _headers(raw, names)
@@ -1086,6 +1100,11 @@ class Connection:
     # -- receiving ----------------------------------------------------------------------
 
     @property
+    def buffered(self) -> int:
+        """How many bytes are received but not parsed yet (L{trailing_data} without the copy)."""
+        return len(self._buf) - self._pos
+
+    @property
     def trailing_data(self) -> tuple[bytes, bool]:
         """The bytes received but not parsed, and whether the peer closed (EOF)."""
         return bytes(self._buf[self._pos :]), self._closed
@@ -1173,7 +1192,7 @@ class Connection:
         buf, pos, lineEnd, fieldsStart, fieldsEnd = found
         line = _REQUEST_LINE_RE.fullmatch(buf, pos, lineEnd)
         if line is None:
-            raise LocalProtocolError(f"illegal request line: {bytes(buf[pos:lineEnd])!r}")
+            raise LocalProtocolError(f"illegal request line: {_shown(buf[pos:lineEnd])}")
         method, target, version = line.groups()
         if version[0] != 49:  # b"1"
             raise LocalProtocolError(
@@ -1194,7 +1213,7 @@ class Connection:
         buf, pos, lineEnd, fieldsStart, fieldsEnd = found
         line = _STATUS_LINE_RE.fullmatch(buf, pos, lineEnd)
         if line is None:
-            raise LocalProtocolError(f"illegal status line: {bytes(buf[pos:lineEnd])!r}")
+            raise LocalProtocolError(f"illegal status line: {_shown(buf[pos:lineEnd])}")
         version, status, reason = line.groups()
         if version[0] != 49:
             raise LocalProtocolError(f"unsupported HTTP version {version.decode()}")
@@ -1249,9 +1268,7 @@ class Connection:
                 return None
             header = _CHUNK_HEADER_RE.fullmatch(buf, pos, lineEnd + 2)
             if header is None:
-                raise LocalProtocolError(
-                    f"illegal chunk header: {bytes(buf[pos : lineEnd + 2])!r}"
-                )
+                raise LocalProtocolError(f"illegal chunk header: {_shown(buf[pos : lineEnd + 2])}")
             self._pos = self._lineScan = self._headScan = lineEnd + 2
             self._readLeft = int(header.group(1), 16)
             if self._readLeft == 0:
@@ -1519,5 +1536,5 @@ def _badFields(block: bytes) -> None:
         if line.endswith(b"\r"):
             line = line[:-1]
         if _FIELD_LINE_ALONE_RE.fullmatch(line) is None:
-            raise LocalProtocolError(f"illegal header line: {line!r}")
+            raise LocalProtocolError(f"illegal header line: {_shown(line)}")
     raise LocalProtocolError("illegal header lines")  # pragma: no cover

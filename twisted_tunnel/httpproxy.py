@@ -15,12 +15,21 @@ the upstream), or refuses with L{RouteRefused}.
 What "HTTP done right" means here:
 
  - B{One upstream connection per client connection}, opened on the first
-   request and I{pinned} to the route's key.  Every later request on the
-   same client connection is routed again; if its key differs it gets
-   C{421 Misdirected Request} and the connection is closed, so a request
-   is never delivered to another node than the one the connection was
-   routed to.  (yurt-tunnel opened a new tunnel connection per request;
-   keep-alive reuse makes C{kubectl top} and Prometheus scrapes cheap.)
+   request; the client connection is I{pinned} to the route's key.  Every
+   later request on the same client connection is routed again; if its key
+   differs it gets C{421 Misdirected Request} and the connection is
+   closed, so a request is never delivered to another node than the one
+   the connection was routed to.  The upstream connection is reused only
+   when the new route has the same destination (L{Route.destination}); a
+   router that sends the next request elsewhere (a policy deciding by
+   path) gets a new upstream connection for it.  (yurt-tunnel opened a new
+   tunnel connection per request; keep-alive reuse makes C{kubectl top}
+   and Prometheus scrapes cheap.)
+
+ - B{The last request is the last}: after a request that ends the
+   connection (C{Connection: close}, or HTTP/1.0 without keep-alive),
+   nothing the client sends is parsed; that request is answered and the
+   connection closed, as nginx does.
    If the upstream ends its keep-alive between two requests, the next one
    opens a new upstream connection for the same key; a request without a
    body that finds its reused upstream closing under it is retried once on
@@ -90,10 +99,12 @@ from zope.interface import implementer
 
 from . import h1
 from ._http import errorResponse
+from ._text import printable
 from ._transports import addressLabel
 from .errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout, TunnelClosed
+from .limits import heldBytesOf
 from .mux import noDelay
-from .relay import halfClose
+from .relay import Relay, RelayReaper, halfClose
 
 __all__ = [
     "HOP_BY_HOP_HEADERS",
@@ -187,7 +198,15 @@ class Route:
         route has another key is refused with C{421}.
     @ivar endpoint: how to reach the upstream (a tunnel stream, maybe
         wrapped in client TLS).  It is connected on the first request, and
-        again only when the upstream closed its connection.
+        again when the upstream closed its connection or a request's route
+        has another C{destination}.
+    @ivar destination: what an upstream connection made for this route
+        reaches (for the proxy listeners: the node, what the agent dials,
+        the carrier and the name TLS verifies).  A request is sent on the
+        upstream connection of an earlier one only when their routes have
+        equal destinations; otherwise that connection is closed and a new
+        one is made from C{endpoint}, so a router that decides per request
+        (by path, say) is obeyed for every request.  C{None}: the C{key}.
     @ivar hostHeader: the C{Host} to send upstream; C{None} keeps the
         client's.
     @ivar description: how logs name the route, e.g.
@@ -198,6 +217,11 @@ class Route:
     endpoint: IStreamClientEndpoint
     hostHeader: bytes | None = None
     description: str = ""
+    destination: Hashable = None
+
+    def reaches(self) -> Hashable:
+        """What an upstream connection made for this route reaches: L{destination}, else L{key}."""
+        return self.key if self.destination is None else self.destination
 
 
 class RouteRefused(Exception):
@@ -422,6 +446,34 @@ class _PushBack:
     def stopProducing(self) -> None:
         pass
 
+    def heldBytes(self) -> int:
+        """
+        What the other transport holds in memory (a tunnel stream's buffer)
+        while this side does not take it: what a listener's limiter counts
+        for a client that does not read (L{twisted_tunnel.limits}).
+        """
+        return heldBytesOf(self._reading._transport)
+
+
+class _RelayEnd:
+    """
+    One side of an upgraded connection as a L{Relay} sees it: its
+    transport, and whether the other side's back-pressure paused reading
+    from it (L{twisted_tunnel.relay.RelayEnd}).
+    """
+
+    def __init__(self, protocol: Protocol, reading: _Reading | None) -> None:
+        self._protocol = protocol
+        self._reading = reading
+
+    @property
+    def transport(self) -> Any:
+        return self._protocol.transport
+
+    @property
+    def readingPaused(self) -> bool:
+        return self._reading is not None and self._reading.paused
+
 
 # -- the upstream ------------------------------------------------------------------
 
@@ -449,6 +501,8 @@ class _Upstream(Protocol):
         self.lost = False
         self.producerRegistered = False
         self.reading: _Reading | None = None
+        #: what this connection reaches (L{Route.reaches} of the route it was made for)
+        self.destination: Hashable = None
         self._closeTimer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
@@ -456,6 +510,8 @@ class _Upstream(Protocol):
         self.reading = _Reading(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
+        if not data:
+            return  # not the end of the input, which h1 would take it for
         self.receivedThisExchange += len(data)
         if self.owner is not None:
             self.owner._upstreamData(self, data)
@@ -571,6 +627,8 @@ class HTTPProxyProtocol(Protocol):
             h1.SERVER, max_incomplete_event_size=self.limits.maxHeaderBytes
         )
         self._reading: _Reading | None = None
+        #: the upgraded connection, held to its deadlines, while RELAYING
+        self._relay: Relay | None = None
         self._peerAddress: IAddress | None = None
         self._peer = "-"
         self._timer: IDelayedCall | None = None
@@ -625,14 +683,24 @@ class HTTPProxyProtocol(Protocol):
         self._setTimer("header", self.limits.headerTimeout, self._headerTimedOut)
 
     def dataReceived(self, data: bytes) -> None:
+        if not data:
+            # h1, like h11, takes b"" for the end of the input; an empty read
+            # is not one (found by the fuzzer: the next read then raised)
+            return
         phase = self._phase
         if phase is _Phase.RELAYING:
+            if self._relay is not None:
+                self._relay.moved += len(data)
             upstream = self._upstream
             if upstream is not None and upstream.transport is not None:
                 upstream.transport.write(data)
             return
         if phase is _Phase.CLOSING or phase is _Phase.CLOSED:
             return  # drained and dropped, so that the client reads our answer
+        if self._requestDone and self._server.their_state is h1.MUST_CLOSE:
+            # after a request that ends the connection (Connection: close,
+            # HTTP/1.0) nothing more is read as HTTP: dropped, as nginx does
+            return
         if phase is _Phase.HEAD and self._timerKind == "idle":
             # the first byte of the next request: its head must now be
             # complete within the header timeout
@@ -646,11 +714,24 @@ class HTTPProxyProtocol(Protocol):
             if self._pipelined > self.limits.maxHeaderBytes and self._reading is not None:
                 self._reading.pause("ahead")
         self._processClient()
+        if (
+            phase is _Phase.HEAD
+            and (self._phase is _Phase.ROUTING or self._requestDone)
+            and self._server.buffered > self.limits.maxHeaderBytes
+            and self._reading is not None
+        ):
+            # the read that completed a head brought more than a head's worth
+            # behind it: held by h1 until the route is found, so read no more
+            # (found by the fuzzer: the next read was taken whole as well)
+            self._pipelined = self._server.buffered
+            self._reading.pause("ahead")
 
     def readConnectionLost(self) -> None:
         self._clientReadClosed = True
         phase = self._phase
         if phase is _Phase.RELAYING:
+            if self._relay is not None:
+                self._relay.halfClose()
             upstream = self._upstream
             if upstream is not None:
                 halfClose(upstream.transport)
@@ -670,8 +751,8 @@ class HTTPProxyProtocol(Protocol):
             self.log.debug(
                 "client {peer} left before the response to {method} {target} was complete",
                 peer=self._peer,
-                method=_text(request.method if request else b"-"),
-                target=_text(request.target if request else b"-"),
+                method=printable(request.method if request else b"-"),
+                target=printable(request.target if request else b"-"),
             )
             self._loseClient()
 
@@ -685,6 +766,7 @@ class HTTPProxyProtocol(Protocol):
         self.connected = False
         self._cancelTimer()
         self._cancelUpstreamTimer()
+        self._forgetRelay()
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
@@ -695,8 +777,8 @@ class HTTPProxyProtocol(Protocol):
             self.log.debug(
                 "client {peer} left during the response to {method} {target}",
                 peer=self._peer,
-                method=_text(self._request.method if self._request else b"-"),
-                target=_text(self._request.target if self._request else b"-"),
+                method=printable(self._request.method if self._request else b"-"),
+                target=printable(self._request.target if self._request else b"-"),
             )
         # a clean end is passed on as a clean end (a relayed EOF, a stream
         # CLOSE); anything else aborts the other side too
@@ -710,9 +792,16 @@ class HTTPProxyProtocol(Protocol):
             return  # the loop further up the stack picks up whatever is new
         self._processingClient = True
         try:
+            server = self._server
             while self._phase is _Phase.HEAD or self._phase is _Phase.FORWARDING:
+                if self._requestDone and server.their_state is h1.MUST_CLOSE:
+                    # The client's last request is in (Connection: close, or
+                    # HTTP/1.0): what it sent after it is not parsed, so it
+                    # cannot turn the answer to that request into a 400.
+                    # Answer it, then close (nginx does the same).
+                    return
                 try:
-                    event = self._server.next_event()
+                    event = server.next_event()
                 except h1.RemoteProtocolError as e:
                     self._badRequest(e)
                     return
@@ -807,9 +896,20 @@ class HTTPProxyProtocol(Protocol):
         self._route = route
         upstream = self._upstream
         if upstream is not None and not upstream.lost:
-            self._sendRequest()
-        else:
-            self._connect()
+            if upstream.destination == route.reaches():
+                self._sendRequest()
+                return
+            # The router sent this request elsewhere than the last one (a
+            # policy that decides by path, say): never reuse a connection
+            # made for another destination.  It is idle (one request at a
+            # time), so it closes cleanly.
+            self.log.debug(
+                "{peer}: {route} is not where the previous request went; new upstream connection",
+                peer=self._peer,
+                route=self._routeName(),
+            )
+            self._detachUpstream()
+        self._connect()
 
     def _routingFailed(self, failure: Failure) -> None:
         self._pending = None
@@ -822,8 +922,8 @@ class HTTPProxyProtocol(Protocol):
         self.log.failure(
             "the router of an HTTP proxy failed on {method} {target} from {peer}",
             failure,
-            method=_text(self._head.method if self._head else b"-"),
-            target=_text(self._head.target if self._head else b"-"),
+            method=printable(self._head.method if self._head else b"-"),
+            target=printable(self._head.target if self._head else b"-"),
             peer=self._peer,
         )
         self._refuse(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
@@ -855,6 +955,8 @@ class HTTPProxyProtocol(Protocol):
         assert transport is not None and upstream.reading is not None
         assert self._reading is not None
         self._upstream = upstream
+        assert self._route is not None
+        upstream.destination = self._route.reaches()
         # each side's send buffer paces reading from the other
         upstream.transport.registerProducer(_PushBack(self._reading), True)  # type: ignore[attr-defined]
         upstream.producerRegistered = True
@@ -930,6 +1032,8 @@ class HTTPProxyProtocol(Protocol):
         if upstream is not self._upstream:
             return
         if self._phase is _Phase.RELAYING:
+            if self._relay is not None:
+                self._relay.moved += len(data)
             if self.transport is not None:
                 self.transport.write(data)
             return
@@ -950,6 +1054,8 @@ class HTTPProxyProtocol(Protocol):
             upstream.closeIfShut()
             return
         if self._phase is _Phase.RELAYING:
+            if self._relay is not None:
+                self._relay.halfClose()
             halfClose(self.transport)
             upstream.closeIfShut()
             return
@@ -966,7 +1072,9 @@ class HTTPProxyProtocol(Protocol):
         if upstream is not self._upstream:
             return
         if self._phase is _Phase.RELAYING:
-            # end the client the way the upstream ended
+            # end the client the way the upstream ended (bounded by the
+            # linger timer, not by the relay's deadlines any more)
+            self._forgetRelay()
             self._detachUpstream(lost=True)
             if reason.check(ConnectionDone):
                 self._loseClient()
@@ -1006,8 +1114,8 @@ class HTTPProxyProtocol(Protocol):
                     "{route} closed a kept-alive connection as {method} {target} was sent; "
                     "sending it again on a new connection",
                     route=self._routeName(),
-                    method=_text(request.method),
-                    target=_text(request.target),
+                    method=printable(request.method),
+                    target=printable(request.target),
                 )
                 self._retried = True
                 self._replaying = True
@@ -1022,10 +1130,10 @@ class HTTPProxyProtocol(Protocol):
         self.log.warn(
             "{route} ended the response to {method} {target} from {peer} before its end{why}",
             route=self._routeName(),
-            method=_text(request.method),
-            target=_text(request.target),
+            method=printable(request.method),
+            target=printable(request.target),
             peer=self._peer,
-            why=why,
+            why=printable(why, 500),
         )
         self._cutShort()
 
@@ -1174,17 +1282,27 @@ class HTTPProxyProtocol(Protocol):
         request = self._request
         self.log.debug(
             "{method} {target} from {peer} to {route}: upgraded to {protocol}",
-            method=_text(request.method if request else b"-"),
-            target=_text(request.target if request else b"-"),
+            method=printable(request.method if request else b"-"),
+            target=printable(request.target if request else b"-"),
             peer=self._peer,
             route=self._routeName(),
-            protocol=_text(b", ".join(v for n, v in switch.headers if n == b"upgrade")),
+            protocol=printable(b", ".join(v for n, v in switch.headers if n == b"upgrade")),
         )
         clientAhead, clientEOF = self._server.trailing_data
         upstreamAhead, upstreamEOF = upstream.codec.trailing_data
         self._phase = _Phase.RELAYING
         self._cancelTimer()
         self._reading.resume("ahead")
+        reaper = self.factory.reaper
+        if reaper is not None:
+            # no HTTP timer runs from now on: an exec session may be quiet
+            # for hours, and end by a close the paused side cannot see
+            self._relay = Relay(
+                _RelayEnd(self, self._reading), _RelayEnd(upstream, upstream.reading)
+            )
+            if clientEOF or upstreamEOF:
+                self._relay.halfClose()
+            reaper.add(self._relay)
         transport.write(data)
         if upstreamAhead:
             transport.write(upstreamAhead)
@@ -1198,6 +1316,13 @@ class HTTPProxyProtocol(Protocol):
         self._closeIfShut()
 
     # -- relaying --------------------------------------------------------------------
+
+    def _forgetRelay(self) -> None:
+        """The upgraded connection is ending: its deadlines no longer apply."""
+        relay, self._relay = self._relay, None
+        reaper = self.factory.reaper
+        if relay is not None and reaper is not None:
+            reaper.discard(relay)
 
     def _closeIfShut(self) -> None:
         if self._clientReadClosed and self._clientWriteClosed:
@@ -1274,7 +1399,7 @@ class HTTPProxyProtocol(Protocol):
         if self._responseStarted:
             self.log.warn(
                 "{reason}; cutting the response to {peer} short",
-                reason=reason,
+                reason=printable(reason, 500),
                 peer=self._peer,
             )
             self._cutShort()
@@ -1298,7 +1423,7 @@ class HTTPProxyProtocol(Protocol):
     def _internalError(self, reason: str) -> None:
         self.log.error(
             "HTTP proxy: {reason} (client {peer}, upstream {route})",
-            reason=reason,
+            reason=printable(reason, 500),
             peer=self._peer,
             route=self._routeName(),
         )
@@ -1316,12 +1441,12 @@ class HTTPProxyProtocol(Protocol):
         log = self.log.warn if status >= 500 else self.log.info
         log(
             "HTTP proxy: {method} {target} (Host {host}) from {peer}: {status} {reason}",
-            method=_text(head.method) if head else "-",
-            target=_text(head.target) if head else "-",
-            host=_text(head.host() or b"-") if head else "-",
+            method=printable(head.method) if head else "-",
+            target=printable(head.target) if head else "-",
+            host=printable(head.host() or b"-") if head else "-",
             peer=self._peer,
             status=status,
-            reason=reason,
+            reason=printable(reason, 500),
             route=route.description if route is not None else "-",
         )
         if self._responseStarted:
@@ -1415,6 +1540,9 @@ class HTTPProxyFactory(Factory):
     @ivar clock: times heads, idle connections and upstreams.
     @ivar limits: see L{Limits}.
     @ivar log: where refusals go, one line each.
+    @ivar reaper: holds upgraded connections (exec, attach, port-forward,
+        WebSocket), which relay raw bytes, to the idle and half-close
+        deadlines of every relay (L{RelayReaper}); C{None}: no deadlines.
     """
 
     noisy = False
@@ -1426,11 +1554,13 @@ class HTTPProxyFactory(Factory):
         *,
         limits: Limits = Limits(),  # noqa: B008 (frozen, so shared safely)
         log: Logger | None = None,
+        reaper: RelayReaper | None = None,
     ) -> None:
         self.router = router
         self.clock = clock
         self.limits = limits
         self.log = log if log is not None else Logger(namespace=__name__)
+        self.reaper = reaper
 
     def routerFor(self, transport: ITransport) -> Router:
         """
@@ -1477,8 +1607,3 @@ def _hostOf(transport: object) -> bytes:
         return b""
     shown = f"[{host}]" if ":" in host else host
     return f"{shown}:{port}".encode("ascii", "replace")
-
-
-def _text(raw: bytes) -> str:
-    text = raw.decode("ascii", "replace")
-    return text if len(text) <= 200 else text[:197] + "..."
