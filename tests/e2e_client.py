@@ -5,10 +5,12 @@ cloud namespace as its own process (curl cannot drive an upgraded
 connection)::
 
     python -m tests.e2e_client --connect 10.200.0.1:10263 --tls \\
+        --cert apiserver.pem --key apiserver-key.pem \\
         --host 172.30.1.10:10250 --path /exec/default/pod/c
 
 It connects to C{--connect} (over TLS with C{--tls}, not verifying the
-server: like C{curl -k}), sends C{GET <path>} with C{Host: <host>},
+server: like C{curl -k}; presenting C{--cert} if given, as the HTTPS proxy
+listener requires), sends C{GET <path>} with C{Host: <host>},
 C{Connection: Upgrade} and C{Upgrade: tt-echo}, reads the response head,
 and, on C{101}, makes C{ROUND_TRIPS} round trips of growing messages
 through the upgraded connection, each one waiting for its whole echo.  It
@@ -58,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connect", required=True, help="ADDRESS:PORT to connect to")
     parser.add_argument("--tls", action="store_true")
+    parser.add_argument("--cert", help="client certificate to present over TLS")
+    parser.add_argument("--key", help="its key")
     parser.add_argument("--host", required=True, help="the Host header")
     parser.add_argument("--path", default="/exec/default/pod/container")
     options = parser.parse_args(argv)
@@ -67,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+        if options.cert:
+            context.load_cert_chain(options.cert, options.key)
         connection = context.wrap_socket(connection)
     connection.sendall(
         f"GET {options.path} HTTP/1.1\r\nHost: {options.host}\r\n"

@@ -351,12 +351,17 @@ class World:
         self.serverCert, self.serverKey = self._write(
             _pki.serverFor(SERVER_NAME, LB_ADDRESS), "server"
         )
-        kubeletCA = mintCA("e2e kubelet CA")
+        kubeletCA = self.kubeletAuthority = mintCA("e2e kubelet CA")
         self.kubeletCA = os.path.join(self.directory, "kubelet-ca.pem")
         with open(self.kubeletCA, "wb") as f:
             f.write(kubeletCA.certificatePEM())
         self.proxyClientCert, self.proxyClientKey = self._write(
             mintClient(kubeletCA, "kube-apiserver-kubelet-client"), "proxy-client"
+        )
+        # what the clients in the cloud (curl, as kube-apiserver) present to the
+        # HTTPS proxy listener, which asks for one from the kubelet client CA
+        self.apiserverCert, self.apiserverKey = self._write(
+            mintClient(kubeletCA, "kube-apiserver"), "apiserver-client"
         )
         self.kubeletCerts: dict[str, tuple[str, str]] = {}
         for index in range(1, self.edgeCount + 1):
@@ -439,6 +444,7 @@ class World:
             "--tcp-proxy-endpoint", f"tcp:{TCP_LISTENER_PORT}:interface={address}",
             "--proxy-client-cert", self.proxyClientCert,
             "--proxy-client-key", self.proxyClientKey,
+            "--proxy-serving-client-ca", self.kubeletCA,
             "--config", self.configPath, "--config-interval", "0.1",
             *self.serverArguments,
             *arguments,
@@ -601,19 +607,31 @@ class World:
 
     # Clients.
 
-    def curl(self, *arguments: str, timeout: float = 10.0) -> CurlResult:
+    def clientCertificate(self) -> list[str]:
+        """
+        curl's options to present kube-apiserver's client certificate, as
+        the HTTPS proxy listener requires (ignored for plain HTTP).
+        """
+        return ["--cert", self.apiserverCert, "--key", self.apiserverKey]
+
+    def curl(
+        self, *arguments: str, timeout: float = 10.0, clientCertificate: bool = True
+    ) -> CurlResult:
         """
         Run C{curl} in the cloud namespace, with no proxy settings at all.
 
         @param arguments: URL and options (C{-H}, C{-k}, C{--connect-to}...).
         @param timeout: curl's C{--max-time}.
+        @param clientCertificate: present kube-apiserver's client certificate
+            (L{clientCertificate}).
         """
         self._headerFiles += 1
         headerPath = os.path.join(self.directory, f"curl-{self._headerFiles}.headers")
+        certificate = self.clientCertificate() if clientCertificate else []
         argv = self.cloud.command(
             "curl", "-sS", "--noproxy", "*", "--max-time", f"{timeout:g}",
             "-D", headerPath, "-w", "%{stderr}\ntt-http-code %{http_code}\n",
-            *arguments,
+            *certificate, *arguments,
         )  # fmt: skip
         environment = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         start = time.monotonic()
@@ -654,7 +672,8 @@ class World:
             curl's exit status; its error message.
         """
         argv = self.cloud.command(
-            "curl", "-sS", "-N", "--noproxy", "*", "--max-time", f"{timeout:g}", *arguments
+            "curl", "-sS", "-N", "--noproxy", "*", "--max-time", f"{timeout:g}",
+            *self.clientCertificate(), *arguments,
         )  # fmt: skip
         environment = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         start = time.monotonic()

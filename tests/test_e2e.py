@@ -51,6 +51,7 @@ from tests.e2e_world import (
     normalizedTable,
 )
 from tests.netns import requireNetns
+from twisted_tunnel.certs import mintAgent
 
 #: What the suite runs besides C{ip}.
 COMMANDS = ("iptables", "haproxy", "curl", "ss")
@@ -142,6 +143,25 @@ class ProxyListenersEndToEndTests(SynchronousTestCase):
         )
         self.assertNotEqual(withoutCertificate.returncode, 0, withoutCertificate)
 
+    def test_httpsListenerAsksForAClientCertificate(self) -> None:
+        """
+        The HTTPS listener lends out the proxy client certificate, so it
+        answers only clients with a certificate from its client CA, and
+        never a node's: without one, or with an agent's certificate from
+        that very CA, the handshake fails and nothing reaches the kubelet.
+        """
+        edge = self.edges[0]
+        request = viaHTTPSListener(edge, 10250, "/pods")
+        anonymous = self.world.curl(*request, clientCertificate=False)
+        self.assertEqual(anonymous.status, 0, anonymous.describe())
+        self.assertNotEqual(anonymous.exitCode, 0, anonymous.describe())
+        cert, key = self.world._write(
+            mintAgent(self.world.kubeletAuthority, "edge-2"), "agent-of-client-ca"
+        )
+        agent = self.world.curl("--cert", cert, "--key", key, *request, clientCertificate=False)
+        self.assertEqual(agent.status, 0, agent.describe())
+        self.assertNotEqual(agent.exitCode, 0, agent.describe())
+
     def test_kubeletPortOnlyFromHTTPSListener(self) -> None:
         """
         10250 asked of the plaintext HTTP listener is refused (403): it
@@ -222,6 +242,7 @@ class ProxyListenersEndToEndTests(SynchronousTestCase):
             completed = self.world.runInCloud(
                 "-m", "tests.e2e_client",
                 "--connect", f"{CLOUD_ADDRESS}:{HTTPS_LISTENER_PORT}", "--tls",
+                *self.world.clientCertificate(),
                 "--host", f"{edge.nodeIP}:10250",
                 "--path", "/exec/default/pod/c?command=cat&stdin=true&stdout=true",
             )  # fmt: skip
@@ -389,6 +410,7 @@ class TransparentInterceptionEndToEndTests(SynchronousTestCase):
             completed = self.world.runInCloud(
                 "-m", "tests.e2e_client",
                 "--connect", f"{edge.nodeIP}:10250", "--tls",
+                *self.world.clientCertificate(),
                 "--host", f"{edge.nodeIP}:10250",
             )  # fmt: skip
             message = f"{completed}\n{self.world.logs()}"

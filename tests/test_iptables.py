@@ -59,12 +59,22 @@ from twisted_tunnel.iptables import (
 )
 from twisted_tunnel.server import AgentRecord, AgentRegistry
 
-#: The daemon's default listeners: every interface, default ports.
+#: The daemon's default listeners: loopback, default ports.
 LISTENERS: dict[str, tuple[str, int] | None] = {
+    "https": ("127.0.0.1", 10263),
+    "http": ("127.0.0.1", 10264),
+    "tcp": ("127.0.0.1", 10268),
+}
+
+#: Listeners on every interface (an operator's explicit choice, e.g. for PREROUTING).
+EVERYWHERE: dict[str, tuple[str, int] | None] = {
     "https": ("0.0.0.0", 10263),
     "http": ("0.0.0.0", 10264),
     "tcp": ("0.0.0.0", 10268),
 }
+
+#: Routed traffic from everywhere: an explicit choice.
+ANYWHERE = {"preroutingSources": ["0.0.0.0/0"]}
 
 #: The example of docs/iptables.md: two nodes, the default configuration
 #: plus http-proxy-ports 9100.
@@ -258,12 +268,13 @@ class RenderingTests(SynchronousTestCase):
                 ),
             )
             redirected = renderRules(
-                ["10.0.0.7"], ProxyConfig(), {"http": (host, 10264)}, prerouting=True
+                ["10.0.0.7"], ProxyConfig(), {"http": (host, 10264)}, prerouting=True, **ANYWHERE
             )
             self.assertEqual(
-                redirected.rules[-1],
+                redirected.rules[-2],
                 ("EDGE-TUNNEL-HTTP", "-d 10.0.0.7/32 -p tcp -j REDIRECT --to-ports 10264"),
             )
+            self.assertEqual(redirected.rules[-1], ("EDGE-TUNNEL-FROM", "-j EDGE-TUNNEL"))
             self.assertEqual(redirected.hooks, ("PREROUTING", "OUTPUT"))
         for host, expected in [("10.1.0.1", "10.1.0.1"), ("localhost", "127.0.0.1")]:
             ruleset = renderRules(["10.0.0.7"], ProxyConfig(), {"http": (host, 10264)})
@@ -284,10 +295,14 @@ class RenderingTests(SynchronousTestCase):
             self.assertEqual(len(ruleset.notes), 1, ruleset.notes)
             self.assertIn("no http rules", ruleset.notes[0])
         loopback = renderRules(
-            ["10.0.0.7"], ProxyConfig(), {"http": ("127.0.0.1", 10264)}, prerouting=True
+            ["10.0.0.7"],
+            ProxyConfig(),
+            {"http": ("127.0.0.1", 10264)},
+            prerouting=True,
+            **ANYWHERE,
         )
         self.assertEqual(
-            loopback.rules[-1][1], "-d 10.0.0.7/32 -p tcp -j DNAT --to-destination 127.0.0.1:10264"
+            loopback.rules[-2][1], "-d 10.0.0.7/32 -p tcp -j DNAT --to-destination 127.0.0.1:10264"
         )
         self.assertEqual(len(loopback.notes), 1)
         self.assertIn("route_localnet", loopback.notes[0])
@@ -361,12 +376,14 @@ class RenderingTests(SynchronousTestCase):
             "-D PREROUTING -j EDGE-TUNNEL\n-D OUTPUT -p tcp -j EDGE-TUNNEL\n"
             "-D OUTPUT -j EDGE-TUNNEL\nCOMMIT\n",
         )
-        hooked = renderRules([], ProxyConfig(), {}, prerouting=True)
+        hooked = renderRules([], ProxyConfig(), {}, prerouting=True, **ANYWHERE)
         text = restoreText(
             hooked, saved("*nat\n:EDGE-TUNNEL - [0:0]\n-A OUTPUT -j EDGE-TUNNEL\nCOMMIT\n")
         )
         self.assertEqual(
-            text, "*nat\n:EDGE-TUNNEL - [0:0]\n-I PREROUTING -j EDGE-TUNNEL\nCOMMIT\n"
+            text,
+            "*nat\n:EDGE-TUNNEL - [0:0]\n:EDGE-TUNNEL-FROM - [0:0]\n"
+            "-A EDGE-TUNNEL-FROM -j EDGE-TUNNEL\n-I PREROUTING -j EDGE-TUNNEL-FROM\nCOMMIT\n",
         )
 
     def test_staleChainsDeleted(self) -> None:
@@ -1076,10 +1093,11 @@ class DNATTests(NamespaceMixin, TestCase):
     async def test_outputReachesTheListener(self) -> None:
         """
         From the namespace's own processes (OUTPUT): a connected node's
-        port reaches the listener on every interface (through 127.0.0.1),
-        which sees the original destination; a node without agent is
-        refused as it would be without the tunnel; when the agent goes, its
-        conntrack entries go, and so does the DNAT.
+        port reaches the listener bound to 127.0.0.1 only (the daemon's
+        default: OUTPUT's DNAT needs no other address), which sees the
+        original destination; a node without agent is refused as it would
+        be without the tunnel; when the agent goes, its conntrack entries
+        go, and so does the DNAT.
         """
         requireNetns(self, "conntrack")
         registry = AgentRegistry()
@@ -1087,7 +1105,7 @@ class DNATTests(NamespaceMixin, TestCase):
         registry.register(a)
         manager = self.manager(self, registry, ProxyConfig())
         self.assertTrue(await manager.sync())
-        listener = serve(self.namespace, "0.0.0.0", 10264, 1)
+        listener = serve(self.namespace, "127.0.0.1", 10264, 1)
         seen = connect(self.namespace, NODE_A, 10255)
         self.assertEqual(seen["received"]["originalDestination"], [NODE_A, 10255], seen)
         self.assertEqual(seen["received"]["local"], ["127.0.0.1", 10264])
@@ -1107,22 +1125,34 @@ class DNATTests(NamespaceMixin, TestCase):
 
     async def test_preroutingRedirect(self) -> None:
         """
-        With PREROUTING hooked, a connection routed in from another
-        namespace is REDIRECTed to the listener on every interface (no
-        route_localnet needed), and local ones still work through OUTPUT.
+        With PREROUTING hooked from one named source network, a connection
+        routed in from there is REDIRECTed to the listener on every
+        interface (no route_localnet needed); one routed in from another
+        network is not DNATed at all (it goes on to the node's address,
+        refused here), so it never reaches the listener; local ones still
+        work through OUTPUT.
         """
-        client = Namespace.create(self, "tt")
-        veth = link(self.namespace, client, "192.168.77.1/24", "192.168.77.2/24")
-        client.addRoute("10.123.0.0/24", via=veth.addressA)
+        client, veth = self.routedClient("192.168.77")
+        stranger, _ = self.routedClient("192.168.78")
         registry = AgentRegistry()
         registry.register(agent("edge-a", NODE_A))
-        manager = self.manager(self, registry, ProxyConfig(), prerouting=True)
-        self.assertTrue(await manager.sync())
-        self.assertEqual(
-            parseNat(self.save()).jumps,
-            (("PREROUTING", "-j EDGE-TUNNEL"), ("OUTPUT", "-j EDGE-TUNNEL")),
+        manager = self.manager(
+            self,
+            registry,
+            ProxyConfig(),
+            listeners=EVERYWHERE,
+            prerouting=True,
+            preroutingSources=["192.168.77.0/24"],
         )
+        self.assertTrue(await manager.sync())
+        table = parseNat(self.save())
+        self.assertEqual(
+            table.jumps,
+            (("PREROUTING", "-j EDGE-TUNNEL-FROM"), ("OUTPUT", "-j EDGE-TUNNEL")),
+        )
+        self.assertEqual(table.rules["EDGE-TUNNEL-FROM"], ("-s 192.168.77.0/24 -j EDGE-TUNNEL",))
         listener = serve(self.namespace, "0.0.0.0", 10264, 2)
+        self.assertEqual(connect(stranger, NODE_A, 10255), {"error": "ConnectionRefusedError"})
         routed = connect(client, NODE_A, 10255)
         self.assertEqual(routed["received"]["originalDestination"], [NODE_A, 10255], routed)
         self.assertEqual(routed["received"]["local"], [veth.addressA, 10264])
@@ -1132,6 +1162,46 @@ class DNATTests(NamespaceMixin, TestCase):
         self.assertEqual(listener.wait(10), 0)
         await manager.stopService()
         self.assertIsNone(OURS.search(self.save()))
+
+    async def test_preroutingInterface(self) -> None:
+        """
+        With PREROUTING hooked from one named interface, a connection
+        arriving on it is DNATed; one arriving on another interface is not.
+        The rules read back as rendered (no change at the next sync).
+        """
+        client, veth = self.routedClient("192.168.77")
+        stranger, _ = self.routedClient("192.168.78")
+        registry = AgentRegistry()
+        registry.register(agent("edge-a", NODE_A))
+        kw: dict[str, Any] = {"prerouting": True, "preroutingInterfaces": [veth.nameA]}
+        manager = self.manager(self, registry, ProxyConfig(), listeners=EVERYWHERE, **kw)
+        self.assertTrue(await manager.sync())
+        self.assertIsNone(
+            restoreText(
+                renderRules([NODE_A], ProxyConfig(), EVERYWHERE, **kw), parseNat(self.save())
+            )
+        )
+        listener = serve(self.namespace, "0.0.0.0", 10264, 1)
+        self.assertEqual(connect(stranger, NODE_A, 10255), {"error": "ConnectionRefusedError"})
+        routed = connect(client, NODE_A, 10255)
+        self.assertEqual(routed["received"]["originalDestination"], [NODE_A, 10255], routed)
+        self.assertEqual(listener.wait(10), 0)
+
+    def routedClient(self, prefix: str) -> tuple[Namespace, Any]:
+        """
+        A namespace that routes the node network through ours over a veth
+        pair (C{<prefix>.1} ours, C{<prefix>.2} its).  Ours forwards, and
+        refuses what it would forward to a node (there are none here), so
+        that a connection that is not DNATed is refused at once.
+        """
+        client = Namespace.create(self, "tt")
+        veth = link(self.namespace, client, f"{prefix}.1/24", f"{prefix}.2/24")
+        client.addRoute("10.123.0.0/24", via=veth.addressA)
+        self.namespace.sysctl("net.ipv4.ip_forward", "1")
+        rule = "-A FORWARD -d 10.123.0.0/24 -p tcp -j REJECT --reject-with tcp-reset"
+        if rule not in self.save("filter"):
+            self.restore(f"*filter\n{rule}\nCOMMIT\n")
+        return client, veth
 
 
 class CheckAvailableTests(TestCase):

@@ -359,6 +359,9 @@ class ListenerTestCase(TestCase):
         self.listenerTrust = trustRootFromCertificates(
             pki.credentials(pki.server).authority  # the tunnel's CA signs the serving cert
         )
+        # what kube-apiserver presents: the listener asks every client for a
+        # certificate from its client CA (here the tunnel's, the default)
+        self.listenerClient = pki.credentials(pki.client())
 
     def configure(self, **data: str) -> None:
         """Put a new configuration in force (keys with C{_} for C{-})."""
@@ -394,7 +397,9 @@ class ListenerTestCase(TestCase):
         if listener == "http":
             return TCP4ClientEndpoint(reactor, "127.0.0.1", self.httpPort)
         tcp = TCP4ClientEndpoint(reactor, "127.0.0.1", self.httpsPort)
-        return wrapClientTLS(optionsForClientTLS("127.0.0.1", trustRoot=self.listenerTrust), tcp)
+        own = self.listenerClient.certificate
+        tls = optionsForClientTLS("127.0.0.1", trustRoot=self.listenerTrust, clientCertificate=own)
+        return wrapClientTLS(tls, tcp)
 
     async def connect(self, listener: str, protocol: Any) -> Any:
         """Connect C{protocol} to a listener; the cleanup aborts it if it is still open."""
@@ -444,16 +449,22 @@ class HTTPSTests(ListenerTestCase):
         client.get(b"/pods", f"{NODE}:{port}")
         exchange = await client.response()
         self.assertEqual((exchange.status, exchange.body), (200, b"kubelet: GET /pods\n"))
+        client.get(b"/metrics", f"{NODE}:{port}")  # kept alive: the same upstream
+        self.assertEqual((await client.response()).status, 200)
+        self.assertEqual(site.connectionsMade, 1)
         client.get(b"/stats/summary", f"{NODE_IP}:{port}")  # the same node, by its IP
         self.assertEqual((await client.response()).status, 200)
         self.assertEqual(
             kubelet.seen,
             [
                 Seen(b"GET", b"/pods", f"{NODE}:{port}".encode(), PROXY_CLIENT),
+                Seen(b"GET", b"/metrics", f"{NODE}:{port}".encode(), PROXY_CLIENT),
                 Seen(b"GET", b"/stats/summary", f"{NODE_IP}:{port}".encode(), PROXY_CLIENT),
             ],
         )
-        self.assertEqual(site.connectionsMade, 1)
+        # by its IP, the kubelet's certificate is checked against another
+        # name: a new upstream connection, never one verified for the other
+        self.assertEqual(site.connectionsMade, 2)
 
     async def test_kubeletRefusesAnotherCA(self) -> None:
         """

@@ -445,7 +445,9 @@ class DaemonCommandTests(SynchronousTestCase):
         """
         Liveness and readiness ask the meta listener (C{--meta-endpoint}) for
         C{/healthz} and C{/readyz}. A meta listener on loopback is probed at
-        127.0.0.1, which the kubelet reaches only in the node's network.
+        127.0.0.1, which the kubelet reaches only in the node's network; any
+        other is bound to the pod's IP (downward API), never to every
+        interface: it is unauthenticated, and C{/agents} lists every node.
         """
         for directory, objects in self.rendered():
             for workload, container, plugin, options in twistdContainers(objects):
@@ -459,8 +461,31 @@ class DaemonCommandTests(SynchronousTestCase):
                         self.assertEqual(probe.get("host"), "127.0.0.1", where)
                         self.assertTrue(workload["spec"]["template"]["spec"]["hostNetwork"])
                     else:
-                        self.assertIn(interface, ("", "0.0.0.0"), where)
+                        self.assertEqual(interface, FIELD_VALUES["status.podIP"], where)
                         self.assertNotIn("host", probe, where)
+
+    def test_listenersBoundOnPurpose(self) -> None:
+        """
+        No server listener but the agents' binds every interface: each proxy
+        listener is on loopback or at the pod IP, named explicitly; the HTTPS
+        one, which lends out the proxy client certificate, asks for a
+        certificate from the kubelet client CA.
+        """
+        for directory, objects in self.rendered():
+            for _, container, plugin, options in twistdContainers(objects):
+                if plugin != "edge-tunnel-server":
+                    continue
+                for kind in ("https", "http", "tcp"):
+                    where = f"{directory}: --{kind}-proxy-endpoint"
+                    self.assertTrue(
+                        any(a.startswith(f"--{kind}-proxy-endpoint=") for a in container["args"]),
+                        f"{where}: say where it listens",
+                    )
+                    _, interface = endpointPort(options[f"{kind}-proxy-endpoint"])
+                    self.assertIn(interface, ("127.0.0.1", FIELD_VALUES["status.podIP"]), where)
+                self.assertEqual(
+                    options["proxy-serving-client-ca"], "/etc/edge-tunnel/kubelet-client/ca.crt"
+                )
 
     def test_agentDaemonSet(self) -> None:
         """

@@ -1,7 +1,8 @@
 """
-The HTTPS proxy listener with C{--proxy-serving-client-ca}: clients must
-present a certificate from that CA (real sockets and real TLS on
-127.0.0.1), since the listener lends out the proxy client certificate.
+The HTTPS proxy listener: clients must present a certificate from
+C{--proxy-serving-client-ca} (by default C{--ca}), and not an agent's (real
+sockets and real TLS on 127.0.0.1), since the listener lends out the proxy
+client certificate.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class ServingClientCATests(TestCase):
         server = TunnelServer(reactor, None)
         router = ProxyRouter(server, "https", ProxyConfig)
         serving = pki.credentials(pki.server)
-        options = proxyServingOptions(serving, requireClientCertificate=True)
+        options = proxyServingOptions(serving)
         factory = TLSMemoryBIOFactory(options, False, ProxyListenerFactory(router, reactor))
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
@@ -82,4 +83,16 @@ class ServingClientCATests(TestCase):
         self.assertEqual(asker.received, b"")
         assert asker.reason is not None
         self.assertIn("certificate required", asker.reason.getErrorMessage())
+        self.flushLoggedErrors(SSL.Error)
+
+    async def test_agentCertificate(self) -> None:
+        """
+        An agent's certificate (same CA) gets no HTTP at all: the handshake
+        fails (OpenSSL's alert for a refusal by the verify callback is
+        "internal error"; the server logs the reason at debug).
+        """
+        asker = await self.ask(agentOptions(pki.credentials(pki.agent("edge-1")), "127.0.0.1"))
+        self.assertEqual(asker.received, b"")
+        assert asker.reason is not None
+        self.assertTrue(asker.reason.check(SSL.Error), asker.reason)
         self.flushLoggedErrors(SSL.Error)

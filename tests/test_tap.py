@@ -36,6 +36,7 @@ from twisted_tunnel.agent import TunnelAgent
 from twisted_tunnel.connect import ConnectDoorFactory
 from twisted_tunnel.forward import ForwardFactory
 from twisted_tunnel.iptables import IptablesManager, checkAvailable
+from twisted_tunnel.limits import _LimitedFactory
 from twisted_tunnel.rotation import CredentialsWatcher
 from twisted_tunnel.server import TunnelServer
 from twisted_tunnel.tap import agent as tapagent
@@ -280,6 +281,15 @@ class ServerMakeServiceTests(FatalTestCase):
         self.assertFalse(child.running)
         return child
 
+    def frontDoor(self, listener: StreamServerEndpointService) -> Any:
+        """
+        The factory of a front door (CONNECT door, C{--forward}, proxy
+        listeners), which every one serves behind its client limiter.
+        """
+        factory = listener.factory
+        self.assertIsInstance(factory, _LimitedFactory)
+        return factory.wrappedFactory
+
     def spyOnDoorTLS(self) -> list[Credentials]:
         """Record the credentials the CONNECT door's TLS options are made from."""
         made: list[Credentials] = []
@@ -318,15 +328,25 @@ class ServerMakeServiceTests(FatalTestCase):
         self.assertEqual([c for c in off if (c.name or "").startswith("tls:")], [])
 
     def test_proxyListenerDefaults(self) -> None:
-        """The yurt-tunnel ports: 10263 for HTTPS, 10264 for HTTP; ours for raw TCP."""
+        """
+        The yurt-tunnel ports: 10263 for HTTPS, 10264 for HTTP; ours for raw
+        TCP; all on loopback (the OUTPUT DNAT needs nothing more), as is the
+        meta listener.
+        """
         options = self.options()
         self.assertEqual(
             (
                 options["https-proxy-endpoint"],
                 options["http-proxy-endpoint"],
                 options["tcp-proxy-endpoint"],
+                options["meta-endpoint"],
             ),
-            ("tcp:10263", "tcp:10264", "tcp:10268"),
+            (
+                "tcp:10263:interface=127.0.0.1",
+                "tcp:10264:interface=127.0.0.1",
+                "tcp:10268:interface=127.0.0.1",
+                "tcp:10265:interface=127.0.0.1",
+            ),
         )
 
     def test_configWatcher(self) -> None:
@@ -444,14 +464,15 @@ class ServerMakeServiceTests(FatalTestCase):
 
         door = self.listener(service, "--connect-endpoint")
         self.assertIsInstance(door.endpoint, TCP4ServerEndpoint)
-        self.assertIsInstance(door.factory, ConnectDoorFactory)
-        self.assertIs(door.factory.server, server)
+        self.assertIsInstance(self.frontDoor(door), ConnectDoorFactory)
+        self.assertIs(self.frontDoor(door).server, server)
 
         forward = self.listener(service, "--forward edge-1:9100")
         self.assertIsInstance(forward.endpoint, TCP4ServerEndpoint)
-        self.assertIsInstance(forward.factory, ForwardFactory)
-        self.assertEqual((forward.factory.node, forward.factory.port), ("edge-1", 9100))
-        self.assertIs(forward.factory.server, server)
+        forwarding = self.frontDoor(forward)
+        self.assertIsInstance(forwarding, ForwardFactory)
+        self.assertEqual((forwarding.node, forwarding.port), ("edge-1", 9100))
+        self.assertIs(forwarding.server, server)
         self.assertIsInstance(
             self.listener(service, "--forward edge-2:22").endpoint, UNIXServerEndpoint
         )
@@ -461,7 +482,7 @@ class ServerMakeServiceTests(FatalTestCase):
         for description in ["unix:/run/connect.sock", "tcp:0:interface=127.0.0.1"]:
             service = self.make("--connect-endpoint", description)
             door = self.listener(service, "--connect-endpoint")
-            self.assertIsInstance(door.factory, ConnectDoorFactory, description)
+            self.assertIsInstance(self.frontDoor(door), ConnectDoorFactory, description)
         self.assertEqual(made, [])
 
     def test_noDoor(self) -> None:
@@ -477,8 +498,8 @@ class ServerMakeServiceTests(FatalTestCase):
         made = self.spyOnDoorTLS()
         service = self.make("--connect-endpoint", "tcp:0")
         door = self.listener(service, "--connect-endpoint")
-        self.assertIsInstance(door.factory, TLSMemoryBIOFactory)
-        self.assertIsInstance(door.factory.wrappedFactory, ConnectDoorFactory)
+        self.assertIsInstance(self.frontDoor(door), TLSMemoryBIOFactory)
+        self.assertIsInstance(self.frontDoor(door).wrappedFactory, ConnectDoorFactory)
         (creds,) = made
         self.assertEqual(
             [a.original.to_cryptography() for a in creds.authority], [pki.ca.certificate]
@@ -491,7 +512,7 @@ class ServerMakeServiceTests(FatalTestCase):
         service = self.make("--connect-endpoint", "tcp6:0", "--connect-ca", other.cert)
         door = self.listener(service, "--connect-endpoint")
         self.assertIsInstance(door.endpoint, TCP6ServerEndpoint)
-        self.assertIsInstance(door.factory, TLSMemoryBIOFactory)
+        self.assertIsInstance(self.frontDoor(door), TLSMemoryBIOFactory)
         (creds,) = made
         self.assertEqual(
             [a.original.to_cryptography() for a in creds.authority], [pki.otherCA.certificate]

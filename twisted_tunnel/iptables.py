@@ -27,7 +27,9 @@ Two layers, so that the rules can be checked without root:
 
 The chains (see C{docs/iptables.md} for a full example)::
 
-    -A OUTPUT -j EDGE-TUNNEL                     (and PREROUTING, optionally)
+    -A OUTPUT -j EDGE-TUNNEL
+    -A PREROUTING -j EDGE-TUNNEL-FROM            (optionally, restricted:)
+    -A EDGE-TUNNEL-FROM -s 10.20.0.0/16 -i eth1 -j EDGE-TUNNEL
     -A EDGE-TUNNEL -p tcp -m tcp --dport 10250 -j EDGE-TUNNEL-HTTPS
     -A EDGE-TUNNEL -p tcp -m tcp --dport 10255 -j EDGE-TUNNEL-HTTP
     -A EDGE-TUNNEL-HTTPS -d 10.0.0.7/32 -p tcp -j DNAT --to-destination 127.0.0.1:10263
@@ -38,6 +40,12 @@ per listener, which holds one rule per connected node IP: ports + nodes x
 listeners rules rather than ports x nodes, and a new connection to a port we
 do not forward leaves after a handful of rules however many nodes there are.
 (The C{nat} table only sees the first packet of each connection.)
+
+Routed traffic (PREROUTING) is only ever DNATed from the sources and
+interfaces the operator names: C{EDGE-TUNNEL-FROM} holds one jump per named
+source network and interface, and anything else returns to PREROUTING
+untouched.  A host that merely routes node IPs through the server (any
+neighbour in the cloud network) must not reach the proxy listeners.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -90,6 +99,8 @@ __all__ = [
     "listenerAddress",
     "listenerPorts",
     "parseNat",
+    "preroutingInterface",
+    "preroutingSource",
     "renderRules",
     "restoreText",
 ]
@@ -143,6 +154,78 @@ def _isOurs(name: str, chain: str) -> bool:
 
 def _kindChain(chain: str, kind: str) -> str:
     return f"{chain}-{kind.upper()}"
+
+
+def _fromChain(chain: str) -> str:
+    """The chain PREROUTING jumps to: who routed traffic may come from (no longer than -HTTPS)."""
+    return f"{chain}-FROM"
+
+
+#: A network interface name as Linux allows it (IFNAMSIZ - 1 characters, no
+#: slash or whitespace), optionally ending with iptables' C{+} wildcard.
+_INTERFACE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}\+?|\+", re.ASCII)
+
+
+def preroutingSource(text: str) -> str:
+    """
+    An IPv4 source network for C{--iptables-prerouting-source}, as
+    C{iptables-save} prints it (C{10.0.0.0/8}, C{192.0.2.7/32}).
+
+    @raise ValueError: not an IPv4 network (host bits are allowed and
+        dropped: C{10.1.2.3/8} is C{10.0.0.0/8}).
+    """
+    try:
+        network = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 network (CIDR)") from None
+    if not isinstance(network, ipaddress.IPv4Network):
+        raise ValueError(f"{text!r} is not an IPv4 network: the rules are IPv4 only")
+    return str(network) if network.prefixlen else "0.0.0.0/0"
+
+
+def preroutingInterface(name: str) -> str:
+    """
+    An interface name for C{--iptables-prerouting-interface}.
+
+    @raise ValueError: not a name Linux or iptables accepts (at most 15
+        characters, no whitespace or C{/}; C{eth+} matches a prefix).
+    """
+    if _INTERFACE.fullmatch(name) is None or name in (".", ".."):
+        raise ValueError(f"{name!r} is not a network interface name")
+    return name
+
+
+def _preroutingRules(
+    chain: str, sources: Iterable[str], interfaces: Iterable[str]
+) -> tuple[tuple[str, str], ...]:
+    """
+    The rules of C{<chain>-FROM}: a jump to C{chain} for each named source
+    network and arriving interface (each pair, when both are named), as
+    C{iptables-save} prints them.
+
+    @raise ValueError: neither sources nor interfaces are named: routed
+        traffic from anywhere would reach the listeners, which must be
+        asked for explicitly (source C{0.0.0.0/0}).
+    """
+    nets = sorted(
+        {ipaddress.IPv4Network(preroutingSource(s)) for s in sources},
+        key=lambda n: (int(n.network_address), n.prefixlen),
+    )
+    names = sorted({preroutingInterface(i) for i in interfaces})
+    if not nets and not names:
+        raise ValueError(
+            "PREROUTING needs the sources or interfaces routed traffic may come from "
+            "(source 0.0.0.0/0 for everyone)"
+        )
+    # iptables prints no -s for 0.0.0.0/0: it matches everything
+    matchSource = (
+        [""] if any(n.prefixlen == 0 for n in nets) or not nets else [f"-s {n} " for n in nets]
+    )
+    matchInterface = [f"-i {name} " for name in names] or [""]
+    target = f"-j {chain}"
+    return tuple(
+        (_fromChain(chain), f"{s}{i}{target}") for s in matchSource for i in matchInterface
+    )
 
 
 def _checkChain(chain: str) -> None:
@@ -293,6 +376,13 @@ class Ruleset:
         """Rules in our chains (the jumps from the hooks are not counted)."""
         return len(self.rules)
 
+    def hookJump(self, hook: str) -> str:
+        """
+        The jump from C{hook} to our chains: OUTPUT to the top chain;
+        PREROUTING to C{<chain>-FROM}, which lets in only the named sources.
+        """
+        return _hookJump(_fromChain(self.chain) if hook == "PREROUTING" else self.chain)
+
     def destinations(self) -> frozenset[tuple[str, int]]:
         """C{(node IP, port)} for every DNATed destination."""
         return frozenset((ip, port) for ip, port, _ in self.targets)
@@ -311,6 +401,8 @@ def renderRules(
     listeners: Mapping[str, ListenerAddress | None],
     *,
     prerouting: bool = False,
+    preroutingSources: Iterable[str] = (),
+    preroutingInterfaces: Iterable[str] = (),
     chain: str = DEFAULT_CHAIN,
 ) -> Ruleset:
     """
@@ -325,8 +417,18 @@ def renderRules(
         gets no chain and no rules.
     @param prerouting: whether C{PREROUTING} is hooked too, which changes
         the target for listeners on every interface (see L{_dnatTarget}).
+    @param preroutingSources: with C{prerouting}, the IPv4 source networks
+        routed traffic is DNATed from (L{preroutingSource}).
+    @param preroutingInterfaces: with C{prerouting}, the interfaces routed
+        traffic is DNATed from when arriving on them (with sources too:
+        from those sources arriving on those interfaces).
+    @raise ValueError: C{prerouting} without sources or interfaces, or one
+        that is not valid.
     """
     _checkChain(chain)
+    fromRules = (
+        _preroutingRules(chain, preroutingSources, preroutingInterfaces) if prerouting else ()
+    )
     unknown = set(listeners) - set(LISTENER_KINDS)
     if unknown:
         raise ValueError(f"unknown listener kinds {sorted(unknown)}: {LISTENER_KINDS}")
@@ -361,11 +463,13 @@ def renderRules(
         nodeRules.extend((sub, f"-d {ip}/32 -p tcp {target}") for ip in nodes)
         targets.update((ip, port, kind) for ip in nodes for port in ports)
     rules = [(chain, f"-p tcp -m tcp --dport {port} -j {sub}") for port, sub in sorted(dispatch)]
+    if prerouting:
+        chains.append(_fromChain(chain))
     return Ruleset(
         chain=chain,
         hooks=HOOKS if prerouting else ("OUTPUT",),
         chains=tuple(chains),
-        rules=tuple(rules + nodeRules),
+        rules=tuple(rules + nodeRules) + fromRules,
         targets=frozenset(targets),
         nodes=tuple(nodes),
         notes=tuple(notes),
@@ -523,15 +627,16 @@ def restoreText(desired: Ruleset, current: NatState) -> str | None:
     wanted = desired.chainRules()
     stale = sorted(current.chains - set(wanted))
     staleSet = set(stale)
-    jump = _hookJump(desired.chain)
     kept: set[str] = set()
     deletions: list[str] = []
     for name, rule in current.jumps:
-        if name in desired.hooks and rule == jump and name not in kept:
+        if name in desired.hooks and rule == desired.hookJump(name) and name not in kept:
             kept.add(name)
         elif name in HOOKS or _target(_tokens(rule)) in staleSet:
             deletions.append(f"-D {name} {rule}")
-    insertions = [f"-I {hook} {jump}" for hook in desired.hooks if hook not in kept]
+    insertions = [
+        f"-I {hook} {desired.hookJump(hook)}" for hook in desired.hooks if hook not in kept
+    ]
     unchanged = (
         not stale
         and not deletions
@@ -717,6 +822,8 @@ class IptablesManager(Service):
         registry: AgentRegistry,
         *,
         prerouting: bool = False,
+        preroutingSources: Sequence[str] = (),
+        preroutingInterfaces: Sequence[str] = (),
         interval: float = 60.0,
         delay: float = 0.1,
         iptablesRestore: str = "iptables-restore",
@@ -735,6 +842,10 @@ class IptablesManager(Service):
         @param registry: the connected agents; their node IPs get rules.
         @param prerouting: hook PREROUTING as well as OUTPUT, for traffic
             routed through this host (other hosts, local containers).
+        @param preroutingSources: with C{prerouting}, the IPv4 networks
+            routed traffic may come from; see L{renderRules}.
+        @param preroutingInterfaces: with C{prerouting}, the interfaces it
+            may arrive on.  One of the two is required with C{prerouting}.
         @param interval: seconds between periodic syncs.
         @param delay: seconds a sync waits after being requested, so that a
             burst of changes (agents reconnecting) becomes one sync.
@@ -749,12 +860,16 @@ class IptablesManager(Service):
         unknown = set(listeners) - set(LISTENER_KINDS)
         if unknown:
             raise ValueError(f"unknown listener kinds {sorted(unknown)}: {LISTENER_KINDS}")
+        if prerouting:  # refused now, not at the first sync
+            _preroutingRules(chain, preroutingSources, preroutingInterfaces)
         self._clock = reactor
         self._spawner = IReactorProcess(reactor)
         self.listeners = dict(listeners)
         self.config = config
         self.registry = registry
         self.prerouting = prerouting
+        self.preroutingSources = tuple(preroutingSources)
+        self.preroutingInterfaces = tuple(preroutingInterfaces)
         self.interval = interval
         self.delay = delay
         self.iptablesRestore = iptablesRestore
@@ -793,7 +908,10 @@ class IptablesManager(Service):
         super().startService()
         self._firstSync = True
         self._unsubscribe = self.registry.subscribe(self.requestSync)
-        hooks = " and ".join(("PREROUTING", "OUTPUT") if self.prerouting else ("OUTPUT",))
+        hooks = "OUTPUT"
+        if self.prerouting:
+            scope = [*self.preroutingSources, *(f"on {i}" for i in self.preroutingInterfaces)]
+            hooks = f"OUTPUT and PREROUTING (from {', '.join(scope)})"
         self.log.info(
             "iptables: DNAT of connected nodes' ports to the proxy listeners in nat chain "
             "{chain}, hooked from {hooks}",
@@ -916,6 +1034,8 @@ class IptablesManager(Service):
                 self.config(),
                 self.listeners,
                 prerouting=self.prerouting,
+                preroutingSources=self.preroutingSources,
+                preroutingInterfaces=self.preroutingInterfaces,
                 chain=self.chain,
             )
             self._logNotes(desired.notes)

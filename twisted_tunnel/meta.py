@@ -15,8 +15,15 @@ The meta listener: what Kubernetes probes and Prometheus scrape.
     - C{/agents} (server): the connected agents as JSON.
 
 Plain text, short, no HTML: probes and people with curl read it.  It
-serves nothing else, and it is meant for the cluster network only (the
-agent's listens on 127.0.0.1 by default).
+serves nothing else, without authentication, so it listens on 127.0.0.1 by
+default (in a pod: the pod's IP, for the kubelet's probes and Prometheus),
+and what it serves is listed in C{docs/operations.md}.
+
+A client gets L{REQUEST_DEADLINE} seconds to send a whole request, head and
+body (at most L{MAX_REQUEST_BYTES}), counted from when it connects or from
+the previous response: twisted.web's own timeout is an idle timer, reset by
+every byte, so a client sending one byte every few seconds held a
+connection for ever.
 """
 
 from __future__ import annotations
@@ -28,8 +35,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.twisted import MetricsResource
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -41,6 +52,17 @@ STALL_LIMIT = 10.0
 
 #: A readiness check: C{None} when fine, else why not (one line).
 Check = Callable[[], str | None]
+
+#: Seconds a client has to send a whole request (head and body), from when
+#: it connects or was answered: probes and scrapes send theirs at once.
+REQUEST_DEADLINE = 10.0
+
+#: Bytes a client may send for one request, head and body: the meta
+#: listener only answers GETs, which have no body.
+MAX_REQUEST_BYTES = 64 * 1024
+
+_log = Logger(namespace=__name__)
+_DONE = Failure(ConnectionDone())
 
 
 class Heartbeat:
@@ -121,10 +143,99 @@ class JSONResource(Resource):
         return json.dumps(self.document(), indent=1, sort_keys=True).encode("utf-8") + b"\n"
 
 
+class MetaChannel(HTTPChannel):
+    """
+    An HTTP/1.1 channel that gives each request a deadline and a size limit
+    (see the module's docstring); past either, the connection is aborted.
+
+    @ivar deadline: seconds to send a whole request.
+    @ivar maxRequestBytes: the most bytes one request may take.
+    """
+
+    deadline = REQUEST_DEADLINE
+    maxRequestBytes = MAX_REQUEST_BYTES
+    _deadlineCall: IDelayedCall | None = None
+    _received = 0
+
+    def connectionMade(self) -> None:
+        site = self.factory
+        if isinstance(site, MetaSite):
+            self.deadline = site.requestDeadline
+            self.maxRequestBytes = site.maxRequestBytes
+        super().connectionMade()
+        self._arm()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._received > self.maxRequestBytes:
+            self._refuse(f"sent more than {self.maxRequestBytes} bytes for one request")
+            return
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
+        self._disarm()  # a whole request: the deadline is met
+        super().allContentReceived()
+
+    def requestDone(self, request: Request) -> None:
+        # armed first: the parent may go on at once with a request buffered
+        # behind this one, which then disarms it again
+        self._arm()
+        super().requestDone(request)
+
+    def connectionLost(self, reason: Failure = _DONE) -> None:
+        self._disarm()
+        super().connectionLost(reason)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._received = 0
+        self._deadlineCall = self.callLater(self.deadline, self._expired)
+
+    def _disarm(self) -> None:
+        call, self._deadlineCall = self._deadlineCall, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _expired(self) -> None:
+        self._deadlineCall = None
+        self._refuse(f"sent no whole request within {self.deadline:g}s")
+
+    def _refuse(self, reason: str) -> None:
+        self._disarm()
+        transport = self.transport
+        if transport is None:
+            return
+        _log.debug(
+            "meta listener: {peer} {reason}; connection aborted",
+            peer=str(transport.getPeer()),
+            reason=reason,
+        )
+        transport.abortConnection()  # type: ignore[attr-defined]
+
+
 class MetaSite(Site):
-    """A site that logs no line per request: probes come every few seconds."""
+    """
+    A site that logs no line per request (probes come every few seconds),
+    speaks plain HTTP/1.1 through L{MetaChannel}, and keeps its timers on
+    the reactor it is given.
+    """
 
     noisy = False
+    # HTTP/1.1 only (no HTTP/2 switch: that takes TLS); twisted.web's
+    # buildProtocol hands it this site, its clock and its request class
+    protocol = MetaChannel  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        resource: Resource,
+        clock: IReactorTime,
+        *,
+        requestDeadline: float = REQUEST_DEADLINE,
+        maxRequestBytes: int = MAX_REQUEST_BYTES,
+    ) -> None:
+        super().__init__(resource, reactor=clock, timeout=requestDeadline)
+        self.requestDeadline = requestDeadline
+        self.maxRequestBytes = maxRequestBytes
 
     def log(self, request: object) -> None:
         pass
@@ -136,10 +247,13 @@ def metaSite(
     checks: Sequence[Check],
     summary: Callable[[], str],
     extra: dict[bytes, Resource] | None = None,
+    *,
+    requestDeadline: float = REQUEST_DEADLINE,
 ) -> Site:
     """
     The meta listener's site: C{/healthz}, C{/readyz}, C{/metrics}, and
-    C{extra} resources (the server's C{/agents}).
+    C{extra} resources (the server's C{/agents}); its timers run on the
+    heartbeat's clock.
     """
     root = Resource()
     root.putChild(b"healthz", Health(heartbeat))
@@ -147,7 +261,7 @@ def metaSite(
     root.putChild(b"metrics", MetricsResource(registry))
     for name, resource in (extra or {}).items():
         root.putChild(name, resource)
-    return MetaSite(root)
+    return MetaSite(root, heartbeat.clock, requestDeadline=requestDeadline)
 
 
 def _timestamp(seconds: float) -> str:

@@ -10,6 +10,7 @@ C{--forward} listeners.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -41,16 +42,40 @@ from ..eager import EagerTCPReactor
 from ..errors import CredentialsError
 from ..forward import ForwardFactory, parseForward
 from ..hostsfile import HostsFile
-from ..iptables import IptablesManager, checkAvailable, listenerAddress
+from ..iptables import (
+    IptablesManager,
+    checkAvailable,
+    listenerAddress,
+    preroutingInterface,
+    preroutingSource,
+)
+from ..limits import (
+    DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    ClientLimiter,
+    ClientLimits,
+    MiB,
+    frontDoorLabel,
+)
 from ..meta import JSONResource, agentsDocument
-from ..policy import IForwardingPolicy, findPolicy, pluginPolicies
+from ..policy import (
+    IForwardingPolicy,
+    PolicyError,
+    findPolicy,
+    knownPolicies,
+    loadPolicy,
+    parsePolicyOption,
+    pluginPolicies,
+)
 from ..proxy import ProxyListenerFactory, ProxyRouter, RawProxyFactory
+from ..relay import DEFAULT_HALF_CLOSED_TIMEOUT, DEFAULT_IDLE_TIMEOUT, RelayTimeouts
 from ..rotation import (
     CredentialsWatcher,
     RotatingClientOptions,
     RotatingServerOptions,
 )
-from ..server import DEFAULT_OPEN_TIMEOUT, TunnelServer
+from ..server import DEFAULT_OPEN_TIMEOUT, TrustAnnouncedAddresses, TunnelServer
 from ..tls import (
     Credentials,
     loadCredentials,
@@ -85,12 +110,23 @@ class Options(TunnelOptions):
             "iptables-prerouting",
             None,
             "Also DNAT traffic routed through this host (PREROUTING), not only traffic born "
-            "on it (OUTPUT).",
+            "on it (OUTPUT); only from the sources and interfaces named by "
+            "--iptables-prerouting-source and --iptables-prerouting-interface (one is "
+            "required), and the proxy listeners must bind an address routed traffic reaches.",
         ],
         [
             "metrics-per-node",
             None,
             "Also label metrics by node (one series per node and metric: mind a large fleet).",
+        ],
+        [
+            "trust-announced-ips",
+            None,
+            "INSECURE: route every IP an agent announces, also those its certificate does not "
+            "carry as IP subjectAltNames (kubelet certificates carry none). Any holder of any "
+            "node certificate can then take over another node's IPs, or a cloud address; "
+            "loopback and link-local addresses are still never routed. Default: only IPs "
+            "the certificate proves route; other nodes are reached by name.",
         ],
     ]
 
@@ -112,23 +148,29 @@ class Options(TunnelOptions):
         [
             "https-proxy-endpoint",
             None,
-            "tcp:10263",
+            "tcp:10263:interface=127.0.0.1",
             "HTTPS proxy listener: the DNAT target for 10250 and https-proxy-ports "
-            "(Twisted endpoint, or 'none').",
+            "(Twisted endpoint, or 'none').  Loopback by default: the OUTPUT DNAT needs "
+            "nothing more.  Bound elsewhere (e.g. tcp:10263:interface=0.0.0.0), whoever "
+            "reaches it with a certificate from --proxy-serving-client-ca reaches every "
+            "node's kubelet as kube-apiserver does.",
         ],
         [
             "http-proxy-endpoint",
             None,
-            "tcp:10264",
+            "tcp:10264:interface=127.0.0.1",
             "HTTP proxy listener: the DNAT target for 10255, http-proxy-ports and "
-            "dnat-ports-pair (Twisted endpoint, or 'none').",
+            "dnat-ports-pair (Twisted endpoint, or 'none').  Loopback by default.  Bound "
+            "elsewhere (e.g. tcp:10264:interface=0.0.0.0), anyone who reaches it reaches "
+            "those ports of every connected node, with no certificate at all.",
         ],
         [
             "tcp-proxy-endpoint",
             None,
-            "tcp:10268",
+            "tcp:10268:interface=127.0.0.1",
             "Raw TCP proxy listener, routed by original destination: the DNAT target for "
-            "tcp-proxy-ports (Twisted endpoint, or 'none').",
+            "tcp-proxy-ports (Twisted endpoint, or 'none').  Loopback by default.  Bound "
+            "elsewhere, anyone who reaches it reaches those ports of every connected node.",
         ],
         [
             "proxy-serving-cert",
@@ -141,8 +183,9 @@ class Options(TunnelOptions):
             "proxy-serving-client-ca",
             None,
             None,
-            "Require clients of the HTTPS proxy listener to present a certificate signed by "
-            "this CA (e.g. kube-apiserver's kubelet client certificate). Default: not asked.",
+            "CA whose certificates clients of the HTTPS proxy listener must present (always "
+            "required; agents' system:node:* certificates are refused). Default: --ca. In "
+            "production: the CA of kube-apiserver's --kubelet-client-certificate.",
         ],
         [
             "proxy-client-cert",
@@ -191,9 +234,10 @@ class Options(TunnelOptions):
         [
             "meta-endpoint",
             None,
-            "tcp:10265",
+            "tcp:10265:interface=127.0.0.1",
             "Where to serve /healthz, /readyz, /metrics and /agents (Twisted endpoint, or "
-            "'none').",
+            "'none'); unauthenticated, and /agents lists every node, its IPs and address. "
+            "Loopback by default; in a pod, its IP (tcp:10265:interface=$(POD_IP)).",
         ],
         ["server-id", None, None, "This replica's id (default: random)."],
         [
@@ -212,6 +256,24 @@ class Options(TunnelOptions):
             positiveFloat,
         ],
         [
+            "relay-idle-timeout",
+            None,
+            DEFAULT_IDLE_TIMEOUT,
+            "Seconds a relayed connection (CONNECT door, --forward, raw TCP listener, an "
+            "upgraded HTTP connection such as exec or port-forward) may move no byte either "
+            "way before it is closed; the default is the kubelet's streaming idle timeout. "
+            "0: never.",
+            nonNegativeFloat,
+        ],
+        [
+            "relay-half-close-timeout",
+            None,
+            DEFAULT_HALF_CLOSED_TIMEOUT,
+            "Seconds a relayed connection may move no byte once either side has sent its "
+            "EOF, closed or reset (seen even while it is paused) before it is closed. 0: never.",
+            nonNegativeFloat,
+        ],
+        [
             "drain-timeout",
             None,
             DEFAULT_DRAIN_TIMEOUT,
@@ -220,11 +282,37 @@ class Options(TunnelOptions):
             "terminationGracePeriodSeconds. 0: close at once.",
             nonNegativeFloat,
         ],
+        [
+            "client-max-connections",
+            None,
+            DEFAULT_MAX_CONNECTIONS,
+            "Connections at once at each front door (proxy listeners, CONNECT door, "
+            "--forward); more are closed at accept. Keep it below the open-file limit.",
+            positiveInt,
+        ],
+        [
+            "client-max-connections-per-address",
+            None,
+            DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            "Connections at once from one client IP at each front door.",
+            positiveInt,
+        ],
+        [
+            "client-max-buffered-mib",
+            None,
+            DEFAULT_MAX_BUFFERED_BYTES // MiB,
+            "MiB held in memory at each front door for clients that stopped reading; past "
+            "it, the client stalled the longest is closed.",
+            positiveInt,
+        ],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["forward"] = []
+        self["iptables-prerouting-source"] = []
+        self["iptables-prerouting-interface"] = []
+        self["policy"] = {}
 
     def postOptions(self) -> None:
         super().postOptions()
@@ -234,6 +322,18 @@ class Options(TunnelOptions):
             raise usage.UsageError("--proxy-serving-cert and --proxy-serving-key go together")
         if self["iptables"] and self["no-iptables"]:
             raise usage.UsageError("--iptables and --no-iptables contradict each other")
+        scoped = self["iptables-prerouting-source"] or self["iptables-prerouting-interface"]
+        if self["iptables-prerouting"] and not scoped:
+            raise usage.UsageError(
+                "--iptables-prerouting needs --iptables-prerouting-source or "
+                "--iptables-prerouting-interface: who may reach the listeners through it "
+                "(--iptables-prerouting-source 0.0.0.0/0 for everyone)"
+            )
+        if scoped and not self["iptables-prerouting"]:
+            raise usage.UsageError(
+                "--iptables-prerouting-source and --iptables-prerouting-interface need "
+                "--iptables-prerouting"
+            )
         if self["hosts-file"] and not self["hosts-address"]:
             raise usage.UsageError(
                 "--hosts-file needs --hosts-address (the address to resolve to)"
@@ -245,6 +345,40 @@ class Options(TunnelOptions):
                 raise usage.UsageError(
                     f"--hosts-address {self['hosts-address']!r} is not an IP address"
                 ) from None
+
+    def opt_iptables_prerouting_source(self, cidr: str) -> None:
+        """
+        CIDR: with --iptables-prerouting, DNAT routed traffic only from this IPv4
+        source network (repeatable; 0.0.0.0/0: from anywhere)
+        """
+        try:
+            self["iptables-prerouting-source"].append(preroutingSource(cidr))
+        except ValueError as e:
+            raise usage.UsageError(f"--iptables-prerouting-source: {e}") from None
+
+    def opt_iptables_prerouting_interface(self, name: str) -> None:
+        """
+        IFACE: with --iptables-prerouting, DNAT routed traffic only arriving on
+        this interface (repeatable; a trailing + matches a prefix, as in iptables)
+        """
+        try:
+            self["iptables-prerouting-interface"].append(preroutingInterface(name))
+        except ValueError as e:
+            raise usage.UsageError(f"--iptables-prerouting-interface: {e}") from None
+
+    def opt_policy(self, spec: str) -> None:
+        """
+        NAME=package.module:attribute: a custom forwarding policy the ConfigMap's
+        policy-ports may bind by NAME (repeatable; loaded once, at start-up). The
+        ConfigMap only names policies: built-ins, plugins, and these.
+        """
+        try:
+            name, target = parsePolicyOption(spec)
+        except PolicyError as e:
+            raise usage.UsageError(str(e)) from None
+        if name in self["policy"]:
+            raise usage.UsageError(f"--policy {spec!r}: {name!r} is already named")
+        self["policy"][name] = target
 
     def opt_forward(self, spec: str) -> None:
         """
@@ -278,6 +412,28 @@ def withListenBacklog(description: str) -> str:
     return description
 
 
+#: The mode of the UNIX sockets we listen on unless the endpoint names one
+#: (Twisted's default is 0666: any local user could use the door).
+UNIX_SOCKET_MODE = "600"
+
+_UNESCAPED_COLON = re.compile(r"(?<!\\):")
+
+
+def withPrivateSocketMode(description: str) -> str:
+    """
+    C{description} with C{mode=600} if it is a UNIX endpoint that names no
+    mode: a UNIX listener (the CONNECT door, a forward listener) serves
+    without client certificates, so only this process's user may connect,
+    unless the operator opens it up (C{unix:PATH:mode=660}).
+    """
+    kind, _, rest = description.partition(":")
+    if kind.strip().lower() != "unix":
+        return description
+    if any(part.startswith("mode=") for part in _UNESCAPED_COLON.split(rest)):
+        return description
+    return f"{description}:mode={UNIX_SOCKET_MODE}"
+
+
 def connectDoorIsLocal(endpoint: IStreamServerEndpoint) -> bool:
     """
     Is a CONNECT endpoint reachable only from this host (a unix socket or a
@@ -291,7 +447,11 @@ def connectDoorIsLocal(endpoint: IStreamServerEndpoint) -> bool:
         return True
     if not isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
         return False
-    interface = getattr(endpoint, "_interface", "")
+    return isLoopback(getattr(endpoint, "_interface", ""))
+
+
+def isLoopback(interface: str) -> bool:
+    """Is C{interface} (a TCP endpoint's) a loopback address, reachable only from this host?"""
     if interface == "localhost":
         return True
     try:
@@ -368,6 +528,10 @@ def makeService(options: Options) -> IService:
         keepalive=options.keepalive(),
         openTimeout=options["open-timeout"],
         metricsPerNode=options["metrics-per-node"],
+        addressProof=_trustAnnouncedIPs() if options["trust-announced-ips"] else None,
+        relayTimeouts=RelayTimeouts(
+            idle=options["relay-idle-timeout"], halfClosed=options["relay-half-close-timeout"]
+        ),
     )
     top = _ServerService(server, options["drain-timeout"], options["log-format"])
     # every listener's connections send small writes at once (see eager.py)
@@ -376,13 +540,24 @@ def makeService(options: Options) -> IService:
     def endpoint(description: str, name: str) -> IStreamServerEndpoint:
         try:
             built: IStreamServerEndpoint = serverFromString(
-                tcpReactor, withListenBacklog(description)
+                tcpReactor, withPrivateSocketMode(withListenBacklog(description))
             )
         except Exception as e:  # any failure to parse is a configuration error
             fatal(PROGRAM, f"{name} {description!r}: {e or type(e).__name__}")
         return built
 
+    clientLimits = ClientLimits(
+        maxConnections=options["client-max-connections"],
+        maxConnectionsPerAddress=options["client-max-connections-per-address"],
+        maxBufferedBytes=options["client-max-buffered-mib"] * MiB,
+    )
+
     def listen(description: str, factory: Any, name: str) -> None:
+        if name != "--tunnel-endpoint":
+            # every front door, one way (the agents' port has caps of its own)
+            limiter = ClientLimiter(frontDoorLabel(name), reactor, clientLimits)
+            server.metrics.watchClientLimiter(limiter)
+            factory = limiter.wrap(factory)
         service = StreamServerEndpointService(endpoint(description, name), factory)
         service._raiseSynchronously = True  # a port in use stops startup, loudly
         service.setName(name)
@@ -419,6 +594,20 @@ def makeService(options: Options) -> IService:
         options, top, "tls:--cert", _files(options, None, "cert", "key"), server.updateCredentials
     )
     return top
+
+
+def _trustAnnouncedIPs() -> TrustAnnouncedAddresses:
+    """
+    The C{--trust-announced-ips} opt-in, said loudly once at start-up (and
+    again per agent whose IPs are taken on its word, by
+    L{TrustAnnouncedAddresses}): it reopens finding 1 of issue 12.
+    """
+    _log.warn(
+        "--trust-announced-ips: routing the IPs agents announce without proof; any holder "
+        "of a node certificate signed by --ca may take over another node's IPs or a cloud "
+        "address. Give agents certificates with IP subjectAltNames and drop this option."
+    )
+    return TrustAnnouncedAddresses()
 
 
 def _credentials(files: _Files) -> Credentials:
@@ -492,10 +681,11 @@ def _proxyListeners(
     if httpDescription != "none":
         httpPort = getattr(endpoint(httpDescription, "--http-proxy-endpoint"), "_port", httpPort)
     path = options["config"]
-    plugins = pluginPolicies()
+    known = _knownPolicies(options)
 
     def resolve(name: str) -> IForwardingPolicy:
-        return findPolicy(name, plugins)
+        # a lookup only: the ConfigMap names policies, it never loads one
+        return findPolicy(name, known)
 
     try:
         initial = (
@@ -539,11 +729,8 @@ def _proxyListeners(
         servingFiles = _files(
             options, "proxy-serving-client-ca", "proxy-serving-cert", "proxy-serving-key"
         )
-        required = bool(options["proxy-serving-client-ca"])
-        tls = RotatingServerOptions(
-            _credentials(servingFiles),
-            lambda creds: proxyServingOptions(creds, requireClientCertificate=required),
-        )
+        # clients always need a certificate: --proxy-serving-client-ca, else --ca
+        tls = RotatingServerOptions(_credentials(servingFiles), proxyServingOptions)
         _rotate(options, top, "tls:--proxy-serving-cert", servingFiles, tls.update)
         listen(
             options["https-proxy-endpoint"],
@@ -564,6 +751,31 @@ def _proxyListeners(
         manager.setServiceParent(top)
         server.metrics.watchIptables(manager)
         state.observers.append(manager.configChanged)
+
+
+def _knownPolicies(options: Options) -> dict[str, IForwardingPolicy]:
+    """
+    Every policy the ConfigMap may name, found once, at start-up: the
+    built-ins, the installed plugins, and the operator's C{--policy} ones
+    (loaded here; one that does not load stops the program with one line).
+    """
+    try:
+        plugins = pluginPolicies()
+    except PolicyError as e:
+        fatal(PROGRAM, f"policy plugins: {e}")
+    named: dict[str, IForwardingPolicy] = {}
+    for name, spec in options["policy"].items():
+        try:
+            named[name] = loadPolicy(spec)
+        except PolicyError as e:
+            fatal(PROGRAM, f"--policy {name}={spec}: {e}")
+        if name in plugins:
+            _log.warn(
+                "--policy {name}={spec} takes the name of an installed plugin policy",
+                name=name,
+                spec=spec,
+            )
+    return knownPolicies(plugins, named)
 
 
 def _iptablesManager(
@@ -599,12 +811,25 @@ def _iptablesManager(
         else None
         for kind in ("https", "http", "tcp")
     }
+    if options["iptables-prerouting"]:
+        for kind, address in listeners.items():
+            if address is not None and isLoopback(address[0]):
+                fatal(
+                    PROGRAM,
+                    f"--iptables-prerouting: the {kind} proxy listener is on loopback "
+                    f"({address[0]}), which routed traffic cannot reach; bind it where "
+                    f"that traffic arrives (--{kind}-proxy-endpoint "
+                    f"tcp:{address[1]}:interface=ADDRESS, which exposes it on that address), "
+                    "or drop --iptables-prerouting",
+                )
     return IptablesManager(
         reactor,
         listeners,
         state.current,
         server.registry,
         prerouting=options["iptables-prerouting"],
+        preroutingSources=options["iptables-prerouting-source"],
+        preroutingInterfaces=options["iptables-prerouting-interface"],
         interval=options["iptables-interval"],
     )
 
@@ -627,7 +852,12 @@ class _ConfigState:
         return self.policies
 
     def changed(self, config: ProxyConfig) -> None:
-        self.policies = {port: self.resolve(name) for port, name in config.policyPorts}
-        self.config = config
+        """
+        Put C{config} in force.  Its policies are looked up first, so that a
+        failure leaves the old configuration whole; the L{ConfigWatcher}
+        hands the old one back if an observer fails.
+        """
+        policies = {port: self.resolve(name) for port, name in config.policyPorts}
+        self.policies, self.config = policies, config
         for observer in self.observers:
             observer()
