@@ -57,6 +57,13 @@ bench-storm: venv
 	$(PY) bench/agents.py --storm --agents 1000 1000 1000 --keep-going $(BENCH_STORM_ARGS) \
 	    --report bench/results/tmp/storm-latest.md
 
+# The fuzzing campaign (bench/fuzz.py): tests/test_fuzz.py's properties with random seeds and
+# larger inputs, FUZZ_SECONDS in all (default 600); a Markdown table on stdout.
+FUZZ_SECONDS ?= 600
+.PHONY: fuzz
+fuzz: venv
+	$(PY) bench/fuzz.py --seconds $(FUZZ_SECONDS)
+
 # API docs in build/apidocs; the settings are tox.ini's [pydoctor] section, as for `tox -e docs`.
 docs: venv
 	$(VENV)/bin/pydoctor --config=tox.ini
