@@ -64,6 +64,12 @@ FUZZ_SECONDS ?= 600
 fuzz: venv
 	$(PY) bench/fuzz.py --seconds $(FUZZ_SECONDS)
 
+# The real Kubernetes components the interop tests (issue 13) run against, built pinned from the
+# Go module proxy into ~/.cache/twisted-tunnel/interop (tests/interop/build.py): once per version.
+.PHONY: interop-build
+interop-build:
+	$(PYTHON3) tests/interop/build.py
+
 # API docs in build/apidocs; the settings are tox.ini's [pydoctor] section, as for `tox -e docs`.
 docs: venv
 	$(VENV)/bin/pydoctor --config=tox.ini
