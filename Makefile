@@ -66,9 +66,14 @@ fuzz: venv
 
 # The real Kubernetes components the interop tests (issue 13) run against, built pinned from the
 # Go module proxy into ~/.cache/twisted-tunnel/interop (tests/interop/build.py): once per version.
-.PHONY: interop-build
+.PHONY: interop-build interop
 interop-build:
 	$(PYTHON3) tests/interop/build.py
+
+# The interop world, mode A (tests/interop/smoke.py): the real kube-apiserver, kubectl and kubelet
+# API through the tunnel, in network namespaces (as root).  Not yet part of `make test`.
+interop: venv interop-build
+	$(PY) tests/interop/smoke.py
 
 # API docs in build/apidocs; the settings are tox.ini's [pydoctor] section, as for `tox -e docs`.
 docs: venv

@@ -1,0 +1,517 @@
+"""
+Bring the interop world up (L{tests.interop.world}, mode A: transparent,
+the seed's way) and check, with the real kubectl as the cluster admin, what
+users ask first; print each item PASS/FAIL with its timings; tear it all down.
+
+    python3 tests/interop/smoke.py [--keep-going] [ITEM ...]    (as root)
+
+Items (issue 13's numbers): 1 nodes Ready; 2 logs and logs -f; 3 exec
+(stdin, stdout, stderr, exit code, a TTY, 20 MiB through stdin); 4 attach;
+5 port-forward (several connections at once, 20 MiB each way); 6 cp both
+ways, 20 MiB; 8 the node proxy's /metrics and /stats/summary.  Exits 1 if
+any fails.  Not a test module (no C{test_} prefix): run it by hand.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import pty
+import re
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+MIB = 1 << 20
+#: Bytes carried each way (issue 13: 20 MiB, byte-exact).
+PAYLOAD = 20 * MIB
+#: A -f line must arrive within this many seconds of its timestamp.
+FOLLOW_LATENCY = 1.0
+TICK = re.compile(r"^(\S+) tick (\d+)$")
+
+
+class Failed(AssertionError):
+    pass
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise Failed(message)
+
+
+def parseTime(text: str) -> float:
+    """An RFC 3339 timestamp with up to nanoseconds, as POSIX seconds."""
+    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", text)
+    if match is None:
+        raise Failed(f"not an RFC 3339 timestamp: {text!r}")
+    whole, fraction, zone = match.groups()
+    base = datetime.datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone))
+    return base.timestamp() + (float("0." + fraction) if fraction else 0.0)
+
+
+def ticks(lines: list[str]) -> list[tuple[float, int]]:
+    """The (timestamp, number) of each ticker line; fails on any other line."""
+    parsed = []
+    for line in lines:
+        match = TICK.match(line)
+        check(match is not None, f"not a ticker line: {line!r}")
+        assert match is not None
+        parsed.append((parseTime(match.group(1)), int(match.group(2))))
+    return parsed
+
+
+def contiguous(numbers: list[int], what: str) -> None:
+    check(bool(numbers), f"{what}: no line at all")
+    expected = list(range(numbers[0], numbers[0] + len(numbers)))
+    if numbers != expected:
+        missing = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
+        raise Failed(f"{what}: lines missing or out of order: missing {missing[:20]}")
+
+
+# The items.  Each returns a short description of what it measured.
+
+
+def itemNodes(world) -> str:
+    started = time.monotonic()
+    result = world.kubectl("get", "nodes", "-o", "json")
+    nodes = {item["metadata"]["name"]: item for item in json.loads(result.stdout)["items"]}
+    details = []
+    for edge in world.edges:
+        check(edge.name in nodes, f"node {edge.name} missing: {sorted(nodes)}")
+        status = nodes[edge.name]["status"]
+        ready = [c for c in status["conditions"] if c["type"] == "Ready"]
+        check(bool(ready) and ready[0]["status"] == "True", f"{edge.name} not Ready: {ready}")
+        addresses = {a["type"]: a["address"] for a in status["addresses"]}
+        check(
+            addresses.get("InternalIP") == edge.nodeIP,
+            f"{edge.name}: InternalIP {addresses.get('InternalIP')}, expected {edge.nodeIP}",
+        )
+        details.append(f"{edge.name} Ready {edge.nodeIP}")
+    table = world.kubectl("get", "nodes").stdout
+    print(table.rstrip())
+    return f"{', '.join(details)} ({time.monotonic() - started:.2f}s)"
+
+
+def itemLogs(world, pods: dict[str, str]) -> str:
+    out = []
+    for edge in world.edges:
+        pod = pods[edge.name]
+        started = time.monotonic()
+        result = world.kubectl("logs", pod, "-c", "ticker")
+        elapsed = time.monotonic() - started
+        parsed = ticks(result.stdout.splitlines())
+        contiguous([n for _, n in parsed], f"kubectl logs {pod}")
+        check(len(parsed) >= 10, f"kubectl logs {pod}: only {len(parsed)} lines")
+        out.append(f"{edge.name}: logs {len(parsed)} lines in {elapsed:.2f}s")
+        out.append(f"{edge.name}: logs -f {follow(world, pod)}")
+    return "; ".join(out)
+
+
+def follow(world, pod: str, seconds: float = 3.0) -> str:
+    """C{kubectl logs -f} for C{seconds}: each new line within FOLLOW_LATENCY of its stamp."""
+    started = time.time()
+    process = world.kubectlPopen(
+        "logs", "-f", "--tail=1", pod, "-c", "ticker", stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    arrivals: list[tuple[float, str]] = []
+    buffer = b""
+    assert process.stdout is not None
+    try:
+        while time.time() - started < seconds + 10:
+            ready, _, _ = select.select([process.stdout], [], [], 0.5)
+            if ready:
+                chunk = os.read(process.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                now = time.time()
+                buffer += chunk
+                *complete, buffer = buffer.split(b"\n")
+                arrivals += [(now, line.decode()) for line in complete]
+            if arrivals and arrivals[-1][0] - started > seconds:
+                break
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=10)
+    check(bool(arrivals), f"kubectl logs -f {pod}: nothing in {seconds + 10:g}s; stderr {err!r}")
+    parsed = ticks([line for _, line in arrivals])
+    contiguous([n for _, n in parsed], f"kubectl logs -f {pod}")
+    # The first line is the tail (written before we asked); the rest are new.
+    delays = [
+        arrival - stamp
+        for (arrival, _), (stamp, _) in zip(arrivals[1:], parsed[1:], strict=True)
+        if stamp >= started
+    ]
+    check(len(delays) >= 10, f"kubectl logs -f {pod}: only {len(delays)} new lines")
+    late = [d for d in delays if d > FOLLOW_LATENCY]
+    check(not late, f"kubectl logs -f {pod}: {len(late)} lines late, worst {max(delays):.3f}s")
+    first = arrivals[0][0] - started
+    return (
+        f"{len(delays)} new lines, first after {first:.2f}s, delay max {max(delays) * 1000:.0f}ms"
+        f" median {sorted(delays)[len(delays) // 2] * 1000:.0f}ms"
+    )
+
+
+def itemExec(world, pods: dict[str, str]) -> str:
+    out = []
+    for edge in world.edges:
+        pod = pods[edge.name]
+        started = time.monotonic()
+        script = 'read line; echo "out:$line"; echo "err:$line" >&2; exit 7'
+        result = world.kubectl(
+            "exec", "-i", pod, "-c", "ticker", "--", "sh", "-c", script,
+            input="hello\n", check=False,
+        )  # fmt: skip
+        check(result.returncode == 7, f"exec exit code {result.returncode}: {result!r}")
+        check(result.stdout == "out:hello\n", f"exec stdout {result.stdout!r}")
+        check("err:hello" in result.stderr, f"exec stderr {result.stderr!r}")
+        plain = time.monotonic() - started
+
+        started = time.monotonic()
+        data = os.urandom(PAYLOAD)
+        result = world.kubectl(
+            "exec", "-i", pod, "-c", "ticker", "--", "sha256sum",
+            input=data, text=False, timeout=120,
+        )  # fmt: skip
+        digest = result.stdout.split()[0].decode() if result.stdout else ""
+        check(digest == hashlib.sha256(data).hexdigest(), f"exec -i 20 MiB: sha256 {digest!r}")
+        bulk = time.monotonic() - started
+
+        started = time.monotonic()
+        tty = execTTY(world, pod)
+        out.append(
+            f"{edge.name}: exec {plain:.2f}s, stdin 20 MiB sha256 ok {bulk:.2f}s"
+            f" ({PAYLOAD / MIB / bulk:.1f} MiB/s), tty {tty} {time.monotonic() - started:.2f}s"
+        )
+    return "; ".join(out)
+
+
+def execTTY(world, pod: str) -> str:
+    """C{kubectl exec -it ... sh} on a pty: a command typed runs; the exit code comes back."""
+    primary, secondary = pty.openpty()
+    process = world.kubectlPopen(
+        "exec", "-it", pod, "-c", "ticker", "--", "sh",
+        stdin=secondary, stdout=secondary, stderr=secondary, start_new_session=True,
+    )  # fmt: skip
+    os.close(secondary)
+    seen = b""
+
+    def readUntil(pattern: bytes, timeout: float) -> bool:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while pattern not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([primary], [], [], 0.2)
+            if ready:
+                try:
+                    seen += os.read(primary, 65536)
+                except OSError:
+                    return pattern in seen
+        return pattern in seen
+
+    try:
+        os.write(primary, b"tty; echo tty-$((40+2))\n")
+        check(readUntil(b"tty-42", 15), f"exec -it: no answer; saw {seen!r}")
+        os.write(primary, b"exit 5\n")
+        code = process.wait(15)
+        readUntil(b"\0", 0.2)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(primary)
+    check(code == 5, f"exec -it: exit code {code}, expected 5; saw {seen!r}")
+    check(b"/dev/pts" in seen, f"exec -it: no pty in the container: {seen!r}")
+    return "ok (pty, exit 5)"
+
+
+def itemAttach(world, pods: dict[str, str]) -> str:
+    """C{kubectl attach -i}: the main process's output comes; what we type reaches it."""
+    out = []
+    for edge in world.edges:
+        pod = pods[edge.name]
+        started = time.monotonic()
+        process = world.kubectlPopen(
+            "attach", "-i", pod, "-c", "ticker",
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert process.stdin is not None and process.stdout is not None
+        seen = b""
+        marker = f"attach-{edge.name}-{os.getpid()}".encode()
+        try:
+            deadline = time.monotonic() + 20
+            ticked = False
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([process.stdout], [], [], 0.2)
+                if ready:
+                    chunk = os.read(process.stdout.fileno(), 65536)
+                    if not chunk:
+                        break
+                    seen += chunk
+                complete = seen.decode(errors="replace").split("\n")[:-1]
+                if not ticked and any(TICK.match(line) for line in complete):
+                    ticked = True
+                    process.stdin.write(marker + b"\n")
+                    process.stdin.flush()
+                if b"stdin: " + marker in seen:
+                    break
+        finally:
+            process.terminate()
+            _, err = process.communicate(timeout=10)
+        check(ticked, f"attach {pod}: no output from the process: {seen[:300]!r} {err!r}")
+        check(b"stdin: " + marker in seen, f"attach {pod}: stdin not echoed: {seen[-300:]!r}")
+        out.append(f"{edge.name}: output and stdin ok in {time.monotonic() - started:.2f}s")
+    return "; ".join(out)
+
+
+def itemCopy(world, pods: dict[str, str]) -> str:
+    """C{kubectl cp} 20 MiB to the container and back, byte-exact."""
+    out = []
+    for edge in world.edges:
+        pod = pods[edge.name]
+        data = os.urandom(PAYLOAD)
+        digest = hashlib.sha256(data).hexdigest()
+        local = os.path.join(world.directory, f"cp-{edge.name}.bin")
+        with open(local, "wb") as f:
+            f.write(data)
+        started = time.monotonic()
+        world.kubectl("cp", "-c", "ticker", local, f"{pod}:cp.bin", timeout=120)
+        up = time.monotonic() - started
+        remote = world.kubectl("exec", pod, "-c", "ticker", "--", "sha256sum", "cp.bin")
+        check(remote.stdout.split()[:1] == [digest], f"cp to {pod}: {remote.stdout!r}")
+        back = local + ".back"
+        started = time.monotonic()
+        world.kubectl("cp", "-c", "ticker", f"{pod}:cp.bin", back, timeout=120)
+        down = time.monotonic() - started
+        with open(back, "rb") as f:
+            check(hashlib.sha256(f.read()).hexdigest() == digest, f"cp from {pod}: sha256 differs")
+        out.append(f"{edge.name}: to {up:.2f}s, from {down:.2f}s, sha256 ok")
+    return "; ".join(out)
+
+
+def itemNodeProxy(world) -> str:
+    """C{kubectl get --raw /api/v1/nodes/<node>/proxy/metrics} and C{.../stats/summary}."""
+    out = []
+    for edge in world.edges:
+        started = time.monotonic()
+        base = f"/api/v1/nodes/{edge.name}/proxy"
+        metrics = world.kubectl("get", "--raw", f"{base}/metrics").stdout
+        check("node_cpu_usage_seconds_total" in metrics, f"{base}/metrics: {metrics[:300]!r}")
+        summary = json.loads(world.kubectl("get", "--raw", f"{base}/stats/summary").stdout)
+        check(summary["node"]["nodeName"] == edge.name, f"{base}/stats/summary: {summary}")
+        pods = [p["podRef"]["name"] for p in summary.get("pods", [])]
+        out.append(
+            f"{edge.name}: metrics {len(metrics)} bytes, stats/summary pods {pods},"
+            f" {time.monotonic() - started:.2f}s"
+        )
+    return "; ".join(out)
+
+
+def itemPortForward(world, pods: dict[str, str], connections: int = 4) -> str:
+    from tests.interop.world import ECHO_PORT, SINK_PORT
+
+    out = []
+    for edge in world.edges:
+        pod = pods[edge.name]
+        process = world.kubectlPopen(
+            "port-forward", "--address", "127.0.0.1", f"pod/{pod}", f":{ECHO_PORT}",
+            f":{SINK_PORT}", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            ports: dict[int, int] = {}
+            assert process.stdout is not None
+            deadline = time.monotonic() + 20
+            while len(ports) < 2 and time.monotonic() < deadline:
+                line = process.stdout.readline()
+                if not line:
+                    break
+                match = re.search(r"Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)", line)
+                if match:
+                    ports[int(match.group(2))] = int(match.group(1))
+            check(len(ports) == 2, f"port-forward did not start: {ports}")
+            started = time.monotonic()
+            result = world.runInCloud(
+                "tests/interop/smoke.py", "--port-forward-client",
+                str(ports[ECHO_PORT]), str(ports[SINK_PORT]), str(connections), str(PAYLOAD),
+                timeout=300,
+            )  # fmt: skip
+            elapsed = time.monotonic() - started
+            check(result.returncode == 0, f"port-forward client: {result.stdout}{result.stderr}")
+            report = json.loads(result.stdout.splitlines()[-1])
+            check(not report["errors"], f"port-forward: {report['errors']}")
+            out.append(
+                f"{edge.name}: {connections} echo connections x 20 MiB each way"
+                f" + {connections} sink connections x 20 MiB, all sha256 ok, {elapsed:.1f}s"
+            )
+        finally:
+            process.terminate()
+            try:
+                process.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+    return "; ".join(out)
+
+
+def portForwardClient(echoPort: int, sinkPort: int, connections: int, size: int) -> int:
+    """
+    Run in the cloud namespace: C{connections} connections at once to the
+    echo port (C{size} bytes sent, the same read back) and as many to the
+    sink (C{size} bytes sent, C{"<bytes> <sha256>"} read back).
+    """
+    errors: list[str] = []
+    data = os.urandom(size)
+    digest = hashlib.sha256(data).hexdigest()
+
+    def echo(index: int) -> None:
+        with socket.create_connection(("127.0.0.1", echoPort), timeout=60) as s:
+            received = hashlib.sha256()
+            count = 0
+
+            def reader() -> None:
+                nonlocal count
+                while count < size:
+                    chunk = s.recv(1 << 16)
+                    if not chunk:
+                        break
+                    received.update(chunk)
+                    count += len(chunk)
+
+            thread = threading.Thread(target=reader)
+            thread.start()
+            s.sendall(data)
+            thread.join(120)
+            if count != size or received.hexdigest() != digest:
+                errors.append(f"echo {index}: {count} bytes back, sha256 mismatch or short")
+
+    def sink(index: int) -> None:
+        with socket.create_connection(("127.0.0.1", sinkPort), timeout=60) as s:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+            if answer.split() != [str(size).encode(), digest.encode()]:
+                errors.append(f"sink {index}: answered {answer!r}")
+
+    def guarded(function: Callable[[int], None], index: int) -> None:
+        try:
+            function(index)
+        except Exception as e:  # noqa: BLE001 - reported
+            errors.append(f"{function.__name__} {index}: {e!r}")
+
+    threads = [
+        threading.Thread(target=guarded, args=(function, index))
+        for function in (echo, sink)
+        for index in range(connections)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(240)
+    print(json.dumps({"errors": errors}))
+    return 0
+
+
+ITEMS = {
+    "1": "kubectl get nodes",
+    "2": "logs, logs -f",
+    "3": "exec",
+    "4": "attach",
+    "5": "port-forward",
+    "6": "cp",
+    "8": "node proxy metrics, stats/summary",
+}
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--port-forward-client"]:
+        return portForwardClient(*(int(a) for a in argv[1:5]))
+    keepGoing = "--keep-going" in argv
+    wanted = [a for a in argv if not a.startswith("--")] or list(ITEMS)
+
+    from tests.interop.world import Cleanups, InteropWorld
+
+    cleanups = Cleanups()
+    results: list[tuple[str, bool, str]] = []
+    try:
+        world = InteropWorld(cleanups)
+        try:
+            world.build()
+        except BaseException:
+            traceback.print_exc()
+            print("bring-up FAILED; the processes' logs (last 4000 characters each):")
+            for process in world.processes:
+                print(f"--- {process.name} (pid {process.popen.pid}):\n{process.log()[-4000:]}")
+            return 1
+        print(f"world up in {world.bringUpSeconds:.1f}s: {_timings(world.timings)}", flush=True)
+        pods: dict[str, str] = {}
+        started = time.monotonic()
+        for edge in world.edges:
+            pods[edge.name] = world.createTicker(edge)
+        print(f"ticker pods Running in {time.monotonic() - started:.1f}s", flush=True)
+        time.sleep(2)  # let each ticker write some 20 lines
+        runs = {
+            "1": lambda: itemNodes(world),
+            "2": lambda: itemLogs(world, pods),
+            "3": lambda: itemExec(world, pods),
+            "4": lambda: itemAttach(world, pods),
+            "5": lambda: itemPortForward(world, pods),
+            "6": lambda: itemCopy(world, pods),
+            "8": lambda: itemNodeProxy(world),
+        }
+        for item in wanted:
+            started = time.monotonic()
+            try:
+                detail = runs[item]()
+                ok = True
+            except Exception as e:  # noqa: BLE001 - reported
+                detail = f"{type(e).__name__}: {e}"
+                if not isinstance(e, Failed | AssertionError):
+                    detail += "\n" + traceback.format_exc()
+                ok = False
+            elapsed = time.monotonic() - started
+            results.append((item, ok, detail))
+            verdict = "PASS" if ok else "FAIL"
+            print(
+                f"item {item} ({ITEMS[item]}): {verdict} in {elapsed:.1f}s: {detail}", flush=True
+            )
+            if not ok and not keepGoing:
+                break
+        if not all(ok for _, ok, _ in results):
+            print("--- logs of the world's processes (last 4000 characters each):")
+            for process in world.processes:
+                print(f"--- {process.name} (pid {process.popen.pid}):\n{process.log()[-4000:]}")
+        if os.environ.get("INTEROP_KEEP_LOGS"):
+            keep = os.environ["INTEROP_KEEP_LOGS"]
+            os.makedirs(keep, exist_ok=True)
+            for process in world.processes:
+                with open(os.path.join(keep, os.path.basename(process.logPath)), "w") as f:
+                    f.write(process.log())
+    finally:
+        started = time.monotonic()
+        errors = cleanups.run()
+        print(f"torn down in {time.monotonic() - started:.1f}s", flush=True)
+        for error in errors:
+            print(f"cleanup error: {error!r}", flush=True)
+    passed = bool(results) and all(ok for _, ok, _ in results) and len(results) == len(wanted)
+    print("ALL PASS" if passed else "FAILED")
+    return 0 if passed else 1
+
+
+def _timings(timings: dict[str, float]) -> str:
+    return ", ".join(f"{name} at {seconds:.1f}s" for name, seconds in timings.items())
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,562 @@
+"""
+The interop world: the real Kubernetes components on both sides of the
+tunnel, in network namespaces (L{tests.netns}), laid out as
+L{tests.e2e_world} lays out its stand-ins, whose L{World} this extends::
+
+        cloud                          lb                         edge N (N = 1, 2)
+  +---------------------------+  +----------------------+  +-------------------------------+
+  | etcd 127.0.0.1:2379       |  | HAProxy, mode tcp    |  | edge-tunnel-agent -> :10262   |
+  | kube-apiserver            |  |  10.199.0.1:10262 ---+->|   (node IP 172.30.N.10)       |
+  |  10.200.0.1:6443 <--------+--+- 10.199.0.1:6443 <---+--+ kubelet (virtual-kubelet API) |
+  | edge-tunnel-server        |  |                      |  |  *:10250, mTLS;               |
+  |  *:10262, --iptables      |  | FORWARD: REJECT      |  |  registers Node edge-N via    |
+  |  HTTPS proxy 127.0.0.1:   |  |                      |  |  the lb's :6443               |
+  |   10263 (the DNAT target) |  |                      |  | prometheus-node-exporter :9100|
+  | kubectl                   |  |                      |  |                               |
+  +---------------------------+  +----------------------+  +-------------------------------+
+
+Mode A (transparent, the seed's way): kube-apiserver dials
+C{<InternalIP>:10250} as it always does; the server's OUTPUT DNAT brings the
+connection to its HTTPS proxy listener, which ends kube-apiserver's TLS and
+makes a new TLS connection to the kubelet, through the agent's tunnel, with
+the proxy client certificate.
+
+Who trusts whom:
+  - the cluster CA signs kube-apiserver's serving certificate (for the cloud
+    address and the load balancer's), the admin's client certificate
+    (C{O=system:masters}) and each kubelet's API client certificate
+    (C{CN=system:node:edge-N, O=system:nodes}); kube-apiserver's
+    C{--client-ca-file};
+  - the kubelet CA (L{World}'s) signs the kubelets' serving certificates,
+    kube-apiserver's C{--kubelet-client-certificate} (also the server's
+    C{--proxy-client-cert}: the tunnel re-originates TLS with
+    kube-apiserver's own kubelet client identity) and the HTTPS proxy
+    listener's serving certificate (C{--proxy-serving-cert}, with every
+    node IP as IP subjectAltName).  The kubelets require client
+    certificates from it; so does the HTTPS proxy listener
+    (C{--proxy-serving-client-ca}); kube-apiserver verifies what the
+    listener presents with it (C{--kubelet-certificate-authority}), and the
+    server verifies the kubelets' serving certificates with it
+    (C{--proxy-client-ca}).  Both TLS legs are verified.
+  - the tunnel CA (L{tests.pki}) signs the tunnel server's certificate and
+    the agents' (C{CN=system:node:edge-N}, the node IP as IP subjectAltName).
+
+Usable from a script (L{Cleanups} stands for a test case) or a test case.
+Everything is undone by the scope's cleanups, in reverse: every process is
+sent SIGTERM by PID (then the namespaces' deletion kills what is left, by
+PID), the namespaces and the scratch directory are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.e2e_world import (
+    CLOUD_ADDRESS,
+    EXIT_TIMEOUT,
+    HTTPS_LISTENER_PORT,
+    LB_ADDRESS,
+    Edge,
+    Process,
+    Scope,
+    World,
+    nodeIP,
+)
+from tests.netns import pollUntil
+from twisted_tunnel.certs import _mintLeaf, mintAgent, mintCA, mintServer
+
+__all__ = [
+    "APISERVER_PORT",
+    "Cleanups",
+    "InteropWorld",
+    "binaries",
+]
+
+#: kube-apiserver's port, on the cloud address and, through HAProxy, on the lb's.
+APISERVER_PORT = 6443
+#: The kubelet API port (what the DNAT catches).
+KUBELET_PORT = 10250
+#: prometheus-node-exporter's port on each node IP.
+NODE_EXPORTER_PORT = 9100
+#: The TCP servers of each edge that port-forward reaches (on the edge's loopback).
+ECHO_PORT = 7000
+SINK_PORT = 7001
+
+#: The ConfigMap: the node exporters' port is forwarded as plain HTTP.
+INTEROP_CONFIG: Mapping[str, str] = {"http-proxy-ports": str(NODE_EXPORTER_PORT)}
+
+#: How long kube-apiserver, a Node or a pod may take to become ready.
+READY_TIMEOUT = 60.0
+
+HERE = Path(__file__).resolve().parent
+
+
+def binaries() -> dict[str, Path]:
+    """
+    Every interop component's binary by name (C{kube-apiserver}, C{kubectl},
+    C{etcd}, C{kubelet}), built by C{tests/interop/build.py} if not cached.
+    """
+    sys.path.insert(0, str(HERE))
+    try:
+        from build import build  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(HERE))
+    found: dict[str, Path] = {}
+    for component in ("etcd", "kube", "kubelet"):
+        directory, _seconds = build(component)
+        for path in directory.iterdir():
+            found[path.name] = path
+    return found
+
+
+class Cleanups:
+    """A stand-in for a test case outside one: its cleanups, run by L{run}."""
+
+    def __init__(self) -> None:
+        self._cleanups: list[tuple[Callable[..., object], tuple[Any, ...], dict[str, Any]]] = []
+
+    def addCleanup(self, function: Any, /, *args: Any, **kwargs: Any) -> None:
+        self._cleanups.append((function, args, kwargs))
+
+    def skipTest(self, reason: str) -> Any:
+        raise SystemExit(f"cannot run: {reason}")
+
+    def fail(self, msg: Any = None) -> Any:
+        raise AssertionError(msg)
+
+    def run(self) -> list[BaseException]:
+        """Run every cleanup, last added first; the errors they raised."""
+        errors: list[BaseException] = []
+        while self._cleanups:
+            function, args, kwargs = self._cleanups.pop()
+            try:
+                function(*args, **kwargs)
+            except BaseException as e:  # noqa: BLE001 - every cleanup must run
+                errors.append(e)
+        return errors
+
+
+def _kubeconfig(path: str, server: str, ca: str, cert: str, key: str, user: str) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "interop", "cluster": {"server": server, "certificate-authority": ca}}
+        ],
+        "users": [{"name": user, "user": {"client-certificate": cert, "client-key": key}}],
+        "contexts": [{"name": "interop", "context": {"cluster": "interop", "user": user}}],
+        "current-context": "interop",
+    }
+    with open(path, "w") as f:
+        json.dump(config, f, indent=1)  # JSON is YAML
+
+
+#: What the kubelets' API identity needs beyond the Node authorizer: the
+#: pod controller's informers list secrets, configmaps and services.  And a
+#: ServiceAccount for pods (no controller-manager makes it).
+BOOTSTRAP_OBJECTS: list[dict[str, Any]] = [
+    {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "interop-virtual-kubelet"},
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["secrets", "configmaps", "services"],
+                "verbs": ["get", "list", "watch"],
+            }
+        ],
+    },
+    {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "interop-virtual-kubelet"},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "interop-virtual-kubelet",
+        },
+        "subjects": [
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}
+        ],
+    },
+    {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}},
+]
+
+
+def tickerPod(name: str, node: str) -> dict[str, Any]:
+    """A pod bound to C{node}: a C{ticker} container (a timestamped line each 100 ms)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "nodeName": node,
+            "automountServiceAccountToken": False,
+            # stdin: kubectl attach -i refuses a container without it
+            "containers": [{"name": "ticker", "image": "interop/ticker", "stdin": True}],
+        },
+    }
+
+
+class InteropWorld(World):
+    """
+    L{World} with the real components instead of the stand-ins (see the
+    module docstring); L{build} returns when both Nodes are Ready, the
+    agents are connected and the DNAT rules are in place.
+
+    @ivar timings: Seconds each bring-up step took, in order.
+    """
+
+    def __init__(self, scope: Scope, edges: int = 2) -> None:
+        super().__init__(scope, edges, serverArguments=[])
+        self.timings: dict[str, float] = {}
+        self.nodeExporters: dict[str, Process] = {}
+
+    # Building.
+
+    def build(self, beforeServer: Callable[[Any], object] | None = None) -> InteropWorld:
+        started = time.monotonic()
+
+        def step(name: str) -> None:
+            self.timings[name] = time.monotonic() - started
+
+        self.bin = binaries()
+        step("binaries")
+        self.directory = tempfile.mkdtemp(prefix="twisted-tunnel-interop-")
+        self.scope.addCleanup(shutil.rmtree, self.directory, ignore_errors=True)
+        self._credentials()
+        self._network()
+        # Registered after the namespaces' deletion, so it runs before it.
+        self.scope.addCleanup(self.stopAll)
+        step("credentials and network")
+        self.configPath = os.path.join(self.directory, "edge-tunnel-server-cfg.yaml")
+        self.writeConfig(INTEROP_CONFIG)
+        if beforeServer is not None:
+            beforeServer(self.cloud)
+        self.etcd = self.startEtcd()
+        self.apiserver = self.startAPIServer()
+        self.startServers()
+        self.haproxy = self.startHAProxy()
+        for edge in self.edges:
+            self.startAgent(edge)
+            self.nodeExporters[edge.name] = self.startNodeExporter(edge)
+        self.waitForServers()
+        self.waitListening(self.lb, APISERVER_PORT, "HAProxy")
+        for edge in self.edges:
+            self.waitForAgent(edge)
+        step("tunnel up")
+        self.waitForAPIServer()
+        step("kube-apiserver ready")
+        self.kubectl("apply", "-f", "-", input=_list(BOOTSTRAP_OBJECTS))
+        for edge in self.edges:
+            self.kubelets[edge.name] = self._startKubelet(edge)
+        for edge in self.edges:
+            self.kubelets[edge.name].waitForLine(
+                rf"node {edge.name} registered and Ready", READY_TIMEOUT
+            )
+        step("nodes registered")
+        self.waitForNat(
+            lambda table: all(
+                f"-A EDGE-TUNNEL-HTTPS -d {edge.nodeIP}/32 -p tcp -j DNAT"
+                f" --to-destination 127.0.0.1:{HTTPS_LISTENER_PORT}" in table
+                for edge in self.edges
+            ),
+            "the DNAT of every node's HTTPS ports to the HTTPS proxy listener",
+        )
+        step("DNAT rules")
+        self.bringUpSeconds = time.monotonic() - started
+        return self
+
+    def _credentials(self) -> None:
+        super()._credentials()
+        kubeletCA = self.kubeletAuthority
+        # The HTTPS proxy listener presents a certificate for every node IP,
+        # signed by the kubelet CA: kube-apiserver checks it with
+        # --kubelet-certificate-authority as it would a kubelet's.
+        nodeIPs = [nodeIP(index) for index in range(1, self.edgeCount + 1)]
+        self.proxyServingCert, self.proxyServingKey = self._write(
+            mintServer(kubeletCA, nodeIPs), "proxy-serving"
+        )
+        clusterCA = mintCA("interop cluster CA")
+        self.clusterCA = os.path.join(self.directory, "cluster-ca.pem")
+        with open(self.clusterCA, "wb") as f:
+            f.write(clusterCA.certificatePEM())
+        self.apiserverServing = self._write(
+            mintServer(
+                clusterCA,
+                [
+                    "kubernetes",
+                    "kubernetes.default",
+                    "kubernetes.default.svc",
+                    "kubernetes.default.svc.cluster.local",
+                    CLOUD_ADDRESS,
+                    LB_ADDRESS,
+                    "10.96.0.1",
+                    "127.0.0.1",
+                ],
+            ),
+            "apiserver-serving",
+        )
+        admin = _mintLeaf(
+            clusterCA,
+            _name("interop-admin", "system:masters"),
+            [],
+            [ExtendedKeyUsageOID.CLIENT_AUTH],
+            30,
+            None,
+            None,
+        )
+        self.adminCert, self.adminKey = self._write(admin, "admin")
+        self.adminKubeconfig = os.path.join(self.directory, "admin.kubeconfig")
+        _kubeconfig(
+            self.adminKubeconfig,
+            f"https://{CLOUD_ADDRESS}:{APISERVER_PORT}",
+            self.clusterCA,
+            self.adminCert,
+            self.adminKey,
+            "interop-admin",
+        )
+        self.kubeletKubeconfigs: dict[str, str] = {}
+        for index, address in enumerate(nodeIPs, 1):
+            name = f"edge-{index}"
+            cert, key = self._write(mintAgent(clusterCA, name, [address]), f"node-{name}")
+            path = os.path.join(self.directory, f"kubelet-{name}.kubeconfig")
+            _kubeconfig(
+                path,
+                f"https://{LB_ADDRESS}:{APISERVER_PORT}",
+                self.clusterCA,
+                cert,
+                key,
+                f"system:node:{name}",
+            )
+            self.kubeletKubeconfigs[name] = path
+        signing = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.serviceAccountKey = os.path.join(self.directory, "sa.key")
+        self.serviceAccountPub = os.path.join(self.directory, "sa.pub")
+        with open(self.serviceAccountKey, "wb") as f:
+            f.write(
+                signing.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
+        with open(self.serviceAccountPub, "wb") as f:
+            f.write(
+                signing.public_key().public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+            )
+        # The server's extra options: DNAT, and both TLS legs verified.
+        self.serverArguments = [
+            "--iptables",
+            "--proxy-serving-cert", self.proxyServingCert,
+            "--proxy-serving-key", self.proxyServingKey,
+            "--proxy-client-ca", self.kubeletCA,
+        ]  # fmt: skip
+
+    def haproxyConfig(self) -> str:
+        """L{World}'s, and kube-apiserver behind the lb's address, for the kubelets."""
+        return super().haproxyConfig() + (
+            "frontend apiserver\n"
+            f"    bind {LB_ADDRESS}:{APISERVER_PORT}\n"
+            "    default_backend apiservers\n"
+            "backend apiservers\n"
+            f"    server cloud {CLOUD_ADDRESS}:{APISERVER_PORT}\n"
+        )
+
+    # The processes.
+
+    def startServers(self) -> None:
+        """The tunnel server, its proxy listeners on loopback (the DNAT target)."""
+        self.startServer(address="127.0.0.1")
+
+    def startEtcd(self) -> Process:
+        data = os.path.join(self.directory, "etcd")
+        argv = [
+            str(self.bin["etcd"]),
+            "--name", "interop", "--data-dir", data,
+            "--listen-client-urls", "http://127.0.0.1:2379",
+            "--advertise-client-urls", "http://127.0.0.1:2379",
+            "--listen-peer-urls", "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+            "--initial-cluster", "interop=http://127.0.0.1:2380",
+            "--log-level", "warn",
+        ]  # fmt: skip
+        return self._spawn(self.cloud, "etcd", argv, cwd=self.directory)
+
+    def startAPIServer(self) -> Process:
+        cert, key = self.apiserverServing
+        argv = [
+            str(self.bin["kube-apiserver"]),
+            "--etcd-servers=http://127.0.0.1:2379",
+            f"--bind-address={CLOUD_ADDRESS}",
+            f"--secure-port={APISERVER_PORT}",
+            f"--advertise-address={CLOUD_ADDRESS}",
+            f"--tls-cert-file={cert}",
+            f"--tls-private-key-file={key}",
+            f"--client-ca-file={self.clusterCA}",
+            f"--service-account-key-file={self.serviceAccountPub}",
+            f"--service-account-signing-key-file={self.serviceAccountKey}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            "--service-cluster-ip-range=10.96.0.0/24",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            # kube-apiserver's kubelet client identity: the HTTPS proxy
+            # listener requires it (--proxy-serving-client-ca = its CA)
+            f"--kubelet-client-certificate={self.apiserverCert}",
+            f"--kubelet-client-key={self.apiserverKey}",
+            # what the HTTPS proxy listener presents for every node IP
+            f"--kubelet-certificate-authority={self.kubeletCA}",
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--cert-dir={os.path.join(self.directory, 'apiserver-certs')}",
+            "--profiling=false",
+        ]
+        return self._spawn(self.cloud, "kube-apiserver", argv, cwd=self.directory)
+
+    def waitForAPIServer(self) -> None:
+        assert self.apiserver is not None
+
+        def ready() -> bool:
+            if not self.apiserver.running:
+                raise AssertionError(f"kube-apiserver exited:\n{self.apiserver.log()}")
+            result = self.kubectl("get", "--raw", "/readyz", check=False, timeout=10)
+            return result.returncode == 0 and result.stdout.strip() == "ok"
+
+        try:
+            pollUntil(ready, READY_TIMEOUT, "kube-apiserver's /readyz", interval=0.2)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{self.apiserver.log()[-5000:]}") from None
+
+    def _startKubelet(self, edge: Edge) -> Process:
+        cert, key = self.kubeletCerts[edge.name]
+        argv = [
+            str(self.bin["kubelet"]),
+            # every address, as a real kubelet (--address 0.0.0.0): the agent
+            # dials 127.0.0.1:10250 (localhost-proxy-ports' default has 10250)
+            "--listen", f"0.0.0.0:{KUBELET_PORT}",
+            "--cert", cert, "--key", key, "--client-ca", self.kubeletCA,
+            "--node-name", edge.name, "--internal-ip", edge.nodeIP,
+            "--kubeconfig", self.kubeletKubeconfigs[edge.name],
+            "--root", os.path.join(self.directory, f"kubelet-{edge.name}"),
+            "--echo-listen", f"127.0.0.1:{ECHO_PORT}",
+            "--sink-listen", f"127.0.0.1:{SINK_PORT}",
+        ]  # fmt: skip
+        return self._spawn(edge.namespace, f"kubelet-{edge.name}", argv, cwd=self.directory)
+
+    def startNodeExporter(self, edge: Edge) -> Process:
+        argv = [
+            "prometheus-node-exporter",
+            f"--web.listen-address={edge.nodeIP}:{NODE_EXPORTER_PORT}",
+            "--no-collector.systemd",
+        ]
+        return self._spawn(edge.namespace, f"node-exporter-{edge.name}", argv, cwd=self.directory)
+
+    def stopAll(self) -> None:
+        """
+        SIGTERM every process still running, by PID, newest first, each
+        waited for in turn (kube-apiserver before etcd: with etcd gone first
+        it takes many seconds to stop); SIGKILL one that takes over
+        L{EXIT_TIMEOUT}.  C{stopSeconds}: when each had stopped.
+        """
+        self.stopSeconds: dict[str, float] = {}
+        started = time.monotonic()
+        for process in reversed(self.processes):
+            process.sendSignal(signal.SIGTERM)
+            try:
+                process.popen.wait(EXIT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.sendSignal(signal.SIGKILL)
+                process.popen.wait(EXIT_TIMEOUT)
+            self.stopSeconds[process.name] = time.monotonic() - started
+
+    # Clients.
+
+    def kubectlCommand(self, *arguments: str) -> list[str]:
+        """The command line that runs kubectl, as the admin, in the cloud."""
+        return self.cloud.command(
+            str(self.bin["kubectl"]), f"--kubeconfig={self.adminKubeconfig}", *arguments
+        )
+
+    def kubectlEnvironment(self) -> dict[str, str]:
+        environment = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+        environment["HOME"] = self.directory  # its discovery cache
+        environment.pop("KUBECONFIG", None)
+        return environment
+
+    def kubectl(
+        self,
+        *arguments: str,
+        input: str | bytes | None = None,
+        check: bool = True,
+        timeout: float = 30.0,
+        text: bool = True,
+    ) -> subprocess.CompletedProcess[Any]:
+        """Run kubectl (L{kubectlCommand}) to completion."""
+        result = subprocess.run(
+            self.kubectlCommand(*arguments),
+            input=input,
+            capture_output=True,
+            text=text,
+            env=self.kubectlEnvironment(),
+            cwd=self.directory,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"kubectl {' '.join(arguments)} exited {result.returncode}:\n"
+                f"{result.stdout!r}\n{result.stderr!r}"
+            )
+        return result
+
+    def kubectlPopen(self, *arguments: str, **popenArguments: Any) -> subprocess.Popen[Any]:
+        """Start kubectl (L{kubectlCommand}); the caller ends it."""
+        return subprocess.Popen(
+            self.kubectlCommand(*arguments),
+            env=self.kubectlEnvironment(),
+            cwd=self.directory,
+            **popenArguments,
+        )
+
+    def createTicker(self, edge: Edge) -> str:
+        """Create a ticker pod bound to C{edge}'s node; its name, once Running."""
+        name = f"tick-{edge.name}"
+        self.kubectl("apply", "-f", "-", input=json.dumps(tickerPod(name, edge.name)))
+        self.kubectl(
+            "wait",
+            "--for=jsonpath={.status.phase}=Running",
+            f"pod/{name}",
+            f"--timeout={READY_TIMEOUT:g}s",
+            timeout=READY_TIMEOUT + 10,
+        )
+        return name
+
+
+def _name(commonName: str, organization: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+            x509.NameAttribute(NameOID.COMMON_NAME, commonName),
+        ]
+    )
+
+
+def _list(objects: Sequence[Mapping[str, Any]]) -> str:
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
