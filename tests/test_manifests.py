@@ -34,6 +34,7 @@ from twisted.python.usage import Options, UsageError
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tests.interop.build import cached
 from tests.test_config import SEED_1_20
 from twisted_tunnel.tap import agent, server
 
@@ -345,12 +346,13 @@ class ManifestFilesTests(SynchronousTestCase):
 
     def test_kubectlAgrees(self) -> None:
         """
-        Where kubectl is installed, C{kubectl kustomize} renders the same
-        objects as this test's renderer (kubectl is not needed otherwise).
+        C{kubectl kustomize} renders the same objects as this test's
+        renderer: the kubectl on PATH, else the one C{make test} built for
+        the interop tests (C{tests/interop/build.py kube}).
         """
-        kubectl = shutil.which("kubectl")
+        kubectl = shutil.which("kubectl") or _builtKubectl()
         if kubectl is None:
-            raise SkipTest("kubectl is not installed")
+            raise SkipTest("kubectl is not installed, nor built (make interop-build)")
         for directory in kustomizations():
             done = subprocess.run(
                 [kubectl, "kustomize", str(directory)],
@@ -603,3 +605,9 @@ class DaemonCommandTests(SynchronousTestCase):
                 tunnelPort, _ = endpointPort(options["tunnel-endpoint"])
                 self.assertEqual(port["protocol"], "TCP")
                 self.assertEqual(probePort(container, port["targetPort"]), tunnelPort, directory)
+
+
+def _builtKubectl() -> str | None:
+    """The kubectl tests/interop/build.py built, if it did."""
+    directory = cached("kube")
+    return str(directory / "kubectl") if directory is not None else None

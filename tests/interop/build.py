@@ -68,6 +68,12 @@ def key(name: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def cached(name: str) -> Path | None:
+    """The bin directory of C{name}'s binaries if they are built for its current pin."""
+    target = cacheRoot() / f"{name}-{key(name)}"
+    return target / "bin" if (target / DONE).exists() else None
+
+
 def build(name: str) -> tuple[Path, float]:
     """
     The bin directory of C{name}'s binaries, built if not cached; and how

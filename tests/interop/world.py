@@ -54,7 +54,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -77,6 +76,7 @@ from tests.e2e_world import (
     World,
     nodeIP,
 )
+from tests.interop.build import build
 from tests.netns import pollUntil
 from twisted_tunnel.certs import _mintLeaf, mintAgent, mintCA, mintServer
 
@@ -111,11 +111,6 @@ def binaries() -> dict[str, Path]:
     Every interop component's binary by name (C{kube-apiserver}, C{kubectl},
     C{etcd}, C{kubelet}), built by C{tests/interop/build.py} if not cached.
     """
-    sys.path.insert(0, str(HERE))
-    try:
-        from build import build  # type: ignore[import-not-found]
-    finally:
-        sys.path.remove(str(HERE))
     found: dict[str, Path] = {}
     for component in ("etcd", "kube", "kubelet"):
         directory, _seconds = build(component)
