@@ -70,13 +70,14 @@ fuzz: venv
 interop-build:
 	$(PYTHON3) tests/interop/build.py
 
-# What tests/test_interop.py runs (cold: some 15-20 minutes on two cores; warm: nothing to do).
-INTEROP_TEST_COMPONENTS := etcd kube kubelet
+# What tests/test_interop.py runs (cold: some 20-25 minutes on two cores; warm: nothing to do).
+INTEROP_TEST_COMPONENTS := etcd kube kubelet metrics-server
 interop-build-test:
 	$(PYTHON3) tests/interop/build.py $(INTEROP_TEST_COMPONENTS)
 
-# The interop world, mode A (tests/interop/smoke.py): the real kube-apiserver, kubectl and kubelet
-# API through the tunnel, in network namespaces (as root).  Not yet part of `make test`.
+# The interop world, mode A (tests/interop/smoke.py), by hand: the real kube-apiserver, kubectl,
+# kubelet API, metrics-server and Prometheus through the tunnel, in network namespaces (as root);
+# `make test` runs it too (tests/test_interop.py).
 interop: venv interop-build
 	$(PY) tests/interop/smoke.py
 

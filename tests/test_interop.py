@@ -33,11 +33,11 @@ SMOKE = HERE / "interop" / "smoke.py"
 REPO_ROOT = HERE.parent
 
 #: The components the world runs, each built by tests/interop/build.py.
-COMPONENTS = ("etcd", "kube", "kubelet")
+COMPONENTS = ("etcd", "kube", "kubelet", "metrics-server")
 #: What the child may take: bring-up is some 5 s and the items some 25 s.
 TIMEOUT = 240.0
 #: The items of issue 13 that the world checks so far, in mode A.
-ITEMS = ("1", "2", "3", "4", "5", "6", "8")
+ITEMS = ("1", "2", "3", "4", "5", "6", "7", "8", "9")
 
 
 def _missingBuilds() -> list[str]:
@@ -59,7 +59,7 @@ class TransparentModeTests(SynchronousTestCase):
         way; cp both ways; the node proxy's metrics and stats/summary: all
         through the tunnel, byte-exact where bytes are carried.
         """
-        requireNetns(self, "iptables", "haproxy", "prometheus-node-exporter", "tar")
+        requireNetns(self, "iptables", "haproxy", "prometheus", "prometheus-node-exporter", "tar")
         missing = _missingBuilds()
         if missing:
             reason = f"not built: {', '.join(missing)} (run make interop-build)"

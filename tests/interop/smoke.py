@@ -8,8 +8,10 @@ users ask first; print each item PASS/FAIL with its timings; tear it all down.
 Items (issue 13's numbers): 1 nodes Ready; 2 logs and logs -f; 3 exec
 (stdin, stdout, stderr, exit code, a TTY, 20 MiB through stdin); 4 attach;
 5 port-forward (several connections at once, 20 MiB each way); 6 cp both
-ways, 20 MiB; 8 the node proxy's /metrics and /stats/summary.  Exits 1 if
-any fails.  Not a test module (no C{test_} prefix): run it by hand.
+ways, 20 MiB; 7 kubectl top node and top pod (metrics-server); 8 the node
+proxy's /metrics and /stats/summary; 9 Prometheus scrapes each node
+exporter and the server's /metrics, every target up.  Exits 1 if any
+fails.  Not a test module (no C{test_} prefix): run it by hand.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ import sys
 import threading
 import time
 import traceback
+import urllib.parse
 from collections.abc import Callable
+from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if REPO not in sys.path:
@@ -317,6 +321,117 @@ def itemNodeProxy(world) -> str:
     return "; ".join(out)
 
 
+def poll(condition: Callable[[], str | None], timeout: float, what: str) -> float:
+    """
+    Call C{condition} until it returns C{None} (done) or C{timeout} seconds
+    pass (fail with its last answer: what is still missing); the seconds taken.
+    """
+    started = time.monotonic()
+    while True:
+        missing = condition()
+        elapsed = time.monotonic() - started
+        if missing is None:
+            return elapsed
+        if elapsed > timeout:
+            raise Failed(f"{what}: not within {timeout:g}s: {missing}")
+        time.sleep(0.5)
+
+
+def itemTop(world, pods: dict[str, str], timeout: float = 60.0) -> str:
+    """
+    C{kubectl top node} shows both edge nodes and C{kubectl top pod} the
+    ticker pods: metrics-server scraped each node's
+    C{<InternalIP>:10250/metrics/resource} through the DNAT path.
+    """
+    seen: dict[str, str] = {}
+
+    def table(kind: str, names: list[str]) -> str | None:
+        if not world.metricsServer.running:
+            raise Failed(f"metrics-server exited:\n{world.metricsServer.log()[-3000:]}")
+        result = world.kubectl("top", kind, "--no-headers", check=False)
+        seen[kind] = (result.stdout + result.stderr).strip()
+        rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line}
+        absent = [name for name in names if name not in rows]
+        return f"{absent} absent; kubectl said {seen[kind]!r}" if absent else None
+
+    nodes = poll(lambda: table("node", [e.name for e in world.edges]), timeout, "kubectl top node")
+    podsAt = poll(lambda: table("pod", sorted(pods.values())), timeout, "kubectl top pod")
+    print(f"kubectl top node:\n{seen['node']}\nkubectl top pod:\n{seen['pod']}")
+    return (
+        f"top node: {len(world.edges)} nodes after {nodes:.1f}s; top pod: {sorted(pods.values())}"
+        f" after {podsAt:.1f}s more"
+    )
+
+
+def itemPrometheus(world, timeout: float = 30.0) -> str:
+    """
+    Prometheus scrapes every node exporter (C{<InternalIP>:9100}, through the
+    DNAT and the HTTP proxy listener) and the server's /metrics: read through
+    its HTTP API, every target is up (C{/api/v1/targets}) and C{up} is 1.
+    """
+    from tests.interop.world import NODE_EXPORTER_PORT, PROMETHEUS_ADDRESS, SERVER_META
+
+    base = "http://{}:{}/api/v1".format(*PROMETHEUS_ADDRESS)
+    expected = {f"{edge.nodeIP}:{NODE_EXPORTER_PORT}" for edge in world.edges}
+    expected.add("{}:{}".format(*SERVER_META))
+    found: dict[str, dict[str, Any]] = {}
+
+    def api(path: str) -> dict[str, Any]:
+        result = world.curl(f"{base}/{path}", clientCertificate=False)
+        check(result.status == 200, f"GET {base}/{path}: {result.describe()}")
+        answer = json.loads(result.body)
+        check(answer.get("status") == "success", f"GET {base}/{path}: {answer}")
+        data: dict[str, Any] = answer["data"]
+        return data
+
+    def targetsUp() -> str | None:
+        if not world.prometheus.running:
+            raise Failed(f"prometheus exited:\n{world.prometheus.log()[-3000:]}")
+        result = world.curl(f"{base}/targets?state=active", clientCertificate=False)
+        if result.status != 200:
+            return str(result.describe())
+        active = json.loads(result.body)["data"]["activeTargets"]
+        found.clear()
+        found.update({t["labels"]["instance"]: t for t in active})
+        if set(found) != expected:
+            return f"targets {sorted(found)}, expected {sorted(expected)}"
+        down = {i: (t["health"], t["lastError"]) for i, t in found.items() if t["health"] != "up"}
+        return f"not up: {down}" if down else None
+
+    def allOne() -> str | None:
+        vector = api("query?query=up")["result"]
+        values = {sample["metric"]["instance"]: sample["value"][1] for sample in vector}
+        return None if values == dict.fromkeys(expected, "1") else f"up = {values}"
+
+    def query(promql: str) -> dict[str, str]:
+        vector = api(f"query?query={urllib.parse.quote(promql)}")["result"]
+        return {str(sample["metric"]): sample["value"][1] for sample in vector}
+
+    started = time.monotonic()
+    poll(targetsUp, timeout, "every Prometheus target up")
+    poll(allOne, timeout, "up == 1 for every target")
+    elapsed = time.monotonic() - started
+    # What came through is whole and parsed: each node's CPU series, and
+    # the server's own gauges.
+    cpus = query('count by (instance) (node_cpu_seconds_total{job="node"})')
+    nodes = {f"{{'instance': '{e.nodeIP}:{NODE_EXPORTER_PORT}'}}" for e in world.edges}
+    check(set(cpus) == nodes, f"node_cpu_seconds_total per node exporter: {cpus}")
+    agents = query("edge_tunnel_server_agents_connected")
+    check(list(agents.values()) == [str(len(world.edges))], f"agents connected: {agents}")
+    opened = query("sum by (policy) (edge_tunnel_server_streams_opened_total)")
+    details = ", ".join(
+        f"{instance} {found[instance]['scrapeUrl']} up"
+        f" ({found[instance]['lastScrapeDuration'] * 1000:.0f} ms)"
+        for instance in sorted(found)
+    )
+    return (
+        f"{details}; up == 1 for all {len(expected)} after {elapsed:.1f}s;"
+        f" node_cpu_seconds_total series per node {sorted(cpus.values())},"
+        f" edge_tunnel_server_agents_connected {list(agents.values())},"
+        f" streams opened by policy {opened}"
+    )
+
+
 def itemPortForward(world, pods: dict[str, str], connections: int = 4) -> str:
     from tests.interop.world import ECHO_PORT, SINK_PORT
 
@@ -430,7 +545,9 @@ ITEMS = {
     "4": "attach",
     "5": "port-forward",
     "6": "cp",
+    "7": "kubectl top node, top pod",
     "8": "node proxy metrics, stats/summary",
+    "9": "Prometheus scrapes the node exporters and the server",
 }
 
 
@@ -468,7 +585,9 @@ def main(argv: list[str]) -> int:
             "4": lambda: itemAttach(world, pods),
             "5": lambda: itemPortForward(world, pods),
             "6": lambda: itemCopy(world, pods),
+            "7": lambda: itemTop(world, pods),
             "8": lambda: itemNodeProxy(world),
+            "9": lambda: itemPrometheus(world),
         }
         for item in wanted:
             started = time.monotonic()

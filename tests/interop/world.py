@@ -10,8 +10,13 @@ L{tests.e2e_world} lays out its stand-ins, whose L{World} this extends::
   |  10.200.0.1:6443 <--------+--+- 10.199.0.1:6443 <---+--+ kubelet (virtual-kubelet API) |
   | edge-tunnel-server        |  |                      |  |  *:10250, mTLS;               |
   |  *:10262, --iptables      |  | FORWARD: REJECT      |  |  registers Node edge-N via    |
-  |  HTTPS proxy 127.0.0.1:   |  |                      |  |  the lb's :6443               |
-  |   10263 (the DNAT target) |  |                      |  | prometheus-node-exporter :9100|
+  |  proxy listeners on       |  |                      |  |  the lb's :6443               |
+  |   127.0.0.1 (DNAT targets)|  |                      |  | prometheus-node-exporter      |
+  |   HTTPS 10263, HTTP 10264 |  |                      |  |  172.30.N.10:9100             |
+  |  meta 127.0.0.1:10265     |  |                      |  |                               |
+  | metrics-server            |  |                      |  |                               |
+  |  10.200.0.3:4443 (dummy)  |  |                      |  |                               |
+  | prometheus 127.0.0.1:9090 |  |                      |  |                               |
   | kubectl                   |  |                      |  |                               |
   +---------------------------+  +----------------------+  +-------------------------------+
 
@@ -19,7 +24,11 @@ Mode A (transparent, the seed's way): kube-apiserver dials
 C{<InternalIP>:10250} as it always does; the server's OUTPUT DNAT brings the
 connection to its HTTPS proxy listener, which ends kube-apiserver's TLS and
 makes a new TLS connection to the kubelet, through the agent's tunnel, with
-the proxy client certificate.
+the proxy client certificate.  metrics-server dials the same address the
+same way (it has no egress selector), and Prometheus dials
+C{<InternalIP>:9100}, which the ConfigMap's C{http-proxy-ports} sends to the
+HTTP proxy listener.  kube-apiserver reaches metrics-server (its APIService)
+directly, at the EndpointSlice's address (C{--enable-aggregator-routing}).
 
 Who trusts whom:
   - the cluster CA signs kube-apiserver's serving certificate (for the cloud
@@ -37,7 +46,17 @@ Who trusts whom:
     (C{--proxy-serving-client-ca}); kube-apiserver verifies what the
     listener presents with it (C{--kubelet-certificate-authority}), and the
     server verifies the kubelets' serving certificates with it
-    (C{--proxy-client-ca}).  Both TLS legs are verified.
+    (C{--proxy-client-ca}).  Both TLS legs are verified.  It also signs
+    the client certificate metrics-server shows the kubelets
+    (C{--kubelet-client-certificate}: the HTTPS proxy listener refuses a
+    client without one), and metrics-server checks the listener's
+    certificate with it (C{--kubelet-certificate-authority}).
+  - the cluster CA also signs metrics-server's API identity (user
+    C{metrics-server}, with its manifests' RBAC) and its serving
+    certificate (the APIService's C{caBundle}); a front-proxy CA signs
+    kube-apiserver's C{--proxy-client-cert-file} (C{front-proxy-client}),
+    which metrics-server trusts through the
+    C{extension-apiserver-authentication} ConfigMap.
   - the tunnel CA (L{tests.pki}) signs the tunnel server's certificate and
     the agents' (C{CN=system:node:edge-N}, the node IP as IP subjectAltName).
 
@@ -49,6 +68,7 @@ PID), the namespaces and the scratch directory are removed.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -68,6 +88,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tests.e2e_world import (
     CLOUD_ADDRESS,
     EXIT_TIMEOUT,
+    HTTP_LISTENER_PORT,
     HTTPS_LISTENER_PORT,
     LB_ADDRESS,
     Edge,
@@ -78,7 +99,7 @@ from tests.e2e_world import (
 )
 from tests.interop.build import build
 from tests.netns import pollUntil
-from twisted_tunnel.certs import _mintLeaf, mintAgent, mintCA, mintServer
+from twisted_tunnel.certs import _mintLeaf, mintAgent, mintCA, mintClient, mintServer
 
 __all__ = [
     "APISERVER_PORT",
@@ -96,6 +117,17 @@ NODE_EXPORTER_PORT = 9100
 #: The TCP servers of each edge that port-forward reaches (on the edge's loopback).
 ECHO_PORT = 7000
 SINK_PORT = 7001
+#: metrics-server's own address in the cloud (on a dummy): the EndpointSlice
+#: behind its APIService may not hold a loopback address.
+METRICS_SERVER_ADDRESS = "10.200.0.3"
+METRICS_SERVER_PORT = 4443
+#: metrics-server's --metric-resolution (its minimum): kubectl top has a
+#: node or pod after two scrapes.
+METRIC_RESOLUTION = 10
+#: Prometheus's web listener (its HTTP API), on the cloud's loopback.
+PROMETHEUS_ADDRESS = ("127.0.0.1", 9090)
+#: The tunnel server's meta listener (its /metrics): the server's default.
+SERVER_META = ("127.0.0.1", 10265)
 
 #: The ConfigMap: the node exporters' port is forwarded as plain HTTP.
 INTEROP_CONFIG: Mapping[str, str] = {"http-proxy-ports": str(NODE_EXPORTER_PORT)}
@@ -109,10 +141,11 @@ HERE = Path(__file__).resolve().parent
 def binaries() -> dict[str, Path]:
     """
     Every interop component's binary by name (C{kube-apiserver}, C{kubectl},
-    C{etcd}, C{kubelet}), built by C{tests/interop/build.py} if not cached.
+    C{etcd}, C{kubelet}, C{metrics-server}), built by C{tests/interop/build.py}
+    if not cached.
     """
     found: dict[str, Path] = {}
-    for component in ("etcd", "kube", "kubelet"):
+    for component in ("etcd", "kube", "kubelet", "metrics-server"):
         directory, _seconds = build(component)
         for path in directory.iterdir():
             found[path.name] = path
@@ -194,6 +227,122 @@ BOOTSTRAP_OBJECTS: list[dict[str, Any]] = [
 ]
 
 
+def _user(name: str) -> dict[str, str]:
+    return {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": name}
+
+
+def metricsServerObjects(caBundle: bytes) -> list[dict[str, Any]]:
+    """
+    What metrics-server needs in the cluster, as its own manifests
+    (C{manifests/base}) give it, for the user C{metrics-server} (its client
+    certificate's CN) rather than a ServiceAccount; and, with no
+    controller-manager to make it, the EndpointSlice behind its Service,
+    which kube-apiserver's aggregator (C{--enable-aggregator-routing})
+    dials: L{METRICS_SERVER_ADDRESS}.
+    """
+    user = [_user("metrics-server")]
+    name = "system:metrics-server"
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": name},
+            "rules": [
+                {"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]},
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods", "nodes"],
+                    "verbs": ["get", "list", "watch"],
+                },
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": name,
+            },
+            "subjects": user,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "metrics-server:system:auth-delegator"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "system:auth-delegator",
+            },
+            "subjects": user,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "metrics-server-auth-reader", "namespace": "kube-system"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "extension-apiserver-authentication-reader",
+            },
+            "subjects": user,
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "metrics-server", "namespace": "kube-system"},
+            "spec": {
+                "ports": [
+                    {
+                        "name": "https",
+                        "port": 443,
+                        "protocol": "TCP",
+                        "targetPort": METRICS_SERVER_PORT,
+                    }
+                ]
+            },
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "metrics-server-interop",
+                "namespace": "kube-system",
+                "labels": {"kubernetes.io/service-name": "metrics-server"},
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [METRICS_SERVER_ADDRESS], "conditions": {"ready": True}}],
+            "ports": [{"name": "https", "port": METRICS_SERVER_PORT, "protocol": "TCP"}],
+        },
+        {
+            "apiVersion": "apiregistration.k8s.io/v1",
+            "kind": "APIService",
+            "metadata": {"name": "v1beta1.metrics.k8s.io"},
+            "spec": {
+                "service": {"name": "metrics-server", "namespace": "kube-system", "port": 443},
+                "group": "metrics.k8s.io",
+                "version": "v1beta1",
+                "caBundle": base64.b64encode(caBundle).decode(),
+                "groupPriorityMinimum": 100,
+                "versionPriority": 100,
+            },
+        },
+    ]
+
+
+def prometheusConfig(nodeExporters: Sequence[str], serverMeta: str) -> dict[str, Any]:
+    """Prometheus's configuration: each node exporter, and the server's meta listener."""
+    return {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+        "scrape_configs": [
+            {"job_name": "node", "static_configs": [{"targets": list(nodeExporters)}]},
+            {"job_name": "edge-tunnel-server", "static_configs": [{"targets": [serverMeta]}]},
+        ],
+    }
+
+
 def tickerPod(name: str, node: str) -> dict[str, Any]:
     """A pod bound to C{node}: a C{ticker} container (a timestamped line each 100 ms)."""
     return {
@@ -237,6 +386,7 @@ class InteropWorld(World):
         self.scope.addCleanup(shutil.rmtree, self.directory, ignore_errors=True)
         self._credentials()
         self._network()
+        self.cloud.addDummy(f"{METRICS_SERVER_ADDRESS}/32")
         # Registered after the namespaces' deletion, so it runs before it.
         self.scope.addCleanup(self.stopAll)
         step("credentials and network")
@@ -247,6 +397,7 @@ class InteropWorld(World):
         self.etcd = self.startEtcd()
         self.apiserver = self.startAPIServer()
         self.startServers()
+        self.prometheus = self.startPrometheus()
         self.haproxy = self.startHAProxy()
         for edge in self.edges:
             self.startAgent(edge)
@@ -258,21 +409,34 @@ class InteropWorld(World):
         step("tunnel up")
         self.waitForAPIServer()
         step("kube-apiserver ready")
-        self.kubectl("apply", "-f", "-", input=_list(BOOTSTRAP_OBJECTS))
+        with open(self.clusterCA, "rb") as f:
+            caBundle = f.read()
+        self.kubectl(
+            "apply", "-f", "-", input=_list(BOOTSTRAP_OBJECTS + metricsServerObjects(caBundle))
+        )
         for edge in self.edges:
             self.kubelets[edge.name] = self._startKubelet(edge)
+        # early: kubectl top has a node only after two of its scrapes
+        self.metricsServer = self.startMetricsServer()
         for edge in self.edges:
             self.kubelets[edge.name].waitForLine(
                 rf"node {edge.name} registered and Ready", READY_TIMEOUT
             )
         step("nodes registered")
         self.waitForNat(
-            lambda table: all(
-                f"-A EDGE-TUNNEL-HTTPS -d {edge.nodeIP}/32 -p tcp -j DNAT"
-                f" --to-destination 127.0.0.1:{HTTPS_LISTENER_PORT}" in table
-                for edge in self.edges
+            lambda table: (
+                all(
+                    f"-A EDGE-TUNNEL-{kind} -d {edge.nodeIP}/32 -p tcp -j DNAT"
+                    f" --to-destination 127.0.0.1:{port}" in table
+                    for edge in self.edges
+                    for kind, port in (
+                        ("HTTPS", HTTPS_LISTENER_PORT),
+                        ("HTTP", HTTP_LISTENER_PORT),
+                    )
+                )
+                and f"--dport {NODE_EXPORTER_PORT} -j EDGE-TUNNEL-HTTP" in table
             ),
-            "the DNAT of every node's HTTPS ports to the HTTPS proxy listener",
+            "the DNAT of every node's HTTPS and HTTP ports (9100) to the proxy listeners",
         )
         step("DNAT rules")
         self.bringUpSeconds = time.monotonic() - started
@@ -341,6 +505,40 @@ class InteropWorld(World):
                 f"system:node:{name}",
             )
             self.kubeletKubeconfigs[name] = path
+        # The aggregation layer: kube-apiserver's front-proxy client
+        # certificate, which metrics-server trusts through the
+        # extension-apiserver-authentication ConfigMap.
+        frontProxyCA = mintCA("interop front-proxy CA")
+        self.frontProxyCA = os.path.join(self.directory, "front-proxy-ca.pem")
+        with open(self.frontProxyCA, "wb") as f:
+            f.write(frontProxyCA.certificatePEM())
+        self.frontProxyCert, self.frontProxyKey = self._write(
+            mintClient(frontProxyCA, "front-proxy-client"), "front-proxy-client"
+        )
+        # metrics-server: its API identity (user metrics-server), its serving
+        # certificate (the APIService's caBundle is the cluster CA), and the
+        # client certificate it shows the kubelets, which is what the HTTPS
+        # proxy listener sees (it requires one from the kubelet CA).
+        cert, key = self._write(mintClient(clusterCA, "metrics-server"), "metrics-server-api")
+        self.metricsServerKubeconfig = os.path.join(self.directory, "metrics-server.kubeconfig")
+        _kubeconfig(
+            self.metricsServerKubeconfig,
+            f"https://{CLOUD_ADDRESS}:{APISERVER_PORT}",
+            self.clusterCA,
+            cert,
+            key,
+            "metrics-server",
+        )
+        self.metricsServerServing = self._write(
+            mintServer(
+                clusterCA,
+                ["metrics-server.kube-system.svc", METRICS_SERVER_ADDRESS],
+            ),
+            "metrics-server-serving",
+        )
+        self.metricsServerKubeletClient = self._write(
+            mintClient(kubeletCA, "metrics-server"), "metrics-server-kubelet-client"
+        )
         signing = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.serviceAccountKey = os.path.join(self.directory, "sa.key")
         self.serviceAccountPub = os.path.join(self.directory, "sa.pub")
@@ -358,12 +556,16 @@ class InteropWorld(World):
                     serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
                 )
             )
-        # The server's extra options: DNAT, and both TLS legs verified.
+        # The server's extra options: DNAT, both TLS legs verified, its meta
+        # listener where the server puts it by default.
         self.serverArguments = [
             "--iptables",
             "--proxy-serving-cert", self.proxyServingCert,
             "--proxy-serving-key", self.proxyServingKey,
             "--proxy-client-ca", self.kubeletCA,
+            # its default (the tests' twistdCommand would pick a free port),
+            # where Prometheus scrapes it
+            "--meta-endpoint", "tcp:{1}:interface={0}".format(*SERVER_META),
         ]  # fmt: skip
 
     def haproxyConfig(self) -> str:
@@ -422,6 +624,17 @@ class InteropWorld(World):
             "--kubelet-preferred-address-types=InternalIP",
             f"--cert-dir={os.path.join(self.directory, 'apiserver-certs')}",
             "--profiling=false",
+            # the aggregation layer (kubeadm's flags), for metrics-server's
+            # APIService; no kube-proxy, so the aggregator dials the
+            # EndpointSlice's address, not the Service's ClusterIP
+            f"--requestheader-client-ca-file={self.frontProxyCA}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={self.frontProxyCert}",
+            f"--proxy-client-key-file={self.frontProxyKey}",
+            "--enable-aggregator-routing=true",
         ]
         return self._spawn(self.cloud, "kube-apiserver", argv, cwd=self.directory)
 
@@ -462,6 +675,65 @@ class InteropWorld(World):
             "--no-collector.systemd",
         ]
         return self._spawn(edge.namespace, f"node-exporter-{edge.name}", argv, cwd=self.directory)
+
+    def startPrometheus(self) -> Process:
+        """
+        Debian's Prometheus in the cloud, scraping every node exporter at
+        C{<InternalIP>:9100} (the DNAT brings it to the HTTP proxy listener:
+        9100 is in the ConfigMap's C{http-proxy-ports}) and the server's meta
+        listener, each second; its web listener on L{PROMETHEUS_ADDRESS}.
+        """
+        if shutil.which("prometheus") is None:
+            raise AssertionError("no prometheus on PATH: apt-get install prometheus (Debian's)")
+        config = os.path.join(self.directory, "prometheus.yml")
+        with open(config, "w") as f:
+            json.dump(  # JSON is YAML
+                prometheusConfig(
+                    [f"{edge.nodeIP}:{NODE_EXPORTER_PORT}" for edge in self.edges],
+                    "{}:{}".format(*SERVER_META),
+                ),
+                f,
+                indent=1,
+            )
+        argv = [
+            "prometheus",
+            f"--config.file={config}",
+            "--web.listen-address={}:{}".format(*PROMETHEUS_ADDRESS),
+            f"--storage.tsdb.path={os.path.join(self.directory, 'prometheus')}",
+        ]
+        environment = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+        return self._spawn(self.cloud, "prometheus", argv, cwd=self.directory, env=environment)
+
+    def startMetricsServer(self) -> Process:
+        """
+        metrics-server v0.8.0 in the cloud, on L{METRICS_SERVER_ADDRESS}:
+        it scrapes each node's C{<InternalIP>:10250/metrics/resource}, which
+        the DNAT brings to the HTTPS proxy listener; it shows that listener
+        a client certificate of the kubelet CA and checks the listener's
+        (the proxy-serving certificate) with the kubelet CA.
+        """
+        cert, key = self.metricsServerServing
+        kubeletCert, kubeletKey = self.metricsServerKubeletClient
+        kubeconfig = self.metricsServerKubeconfig
+        argv = [
+            str(self.bin["metrics-server"]),
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            f"--bind-address={METRICS_SERVER_ADDRESS}",
+            f"--secure-port={METRICS_SERVER_PORT}",
+            f"--tls-cert-file={cert}",
+            f"--tls-private-key-file={key}",
+            f"--cert-dir={os.path.join(self.directory, 'metrics-server-certs')}",
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-client-certificate={kubeletCert}",
+            f"--kubelet-client-key={kubeletKey}",
+            f"--kubelet-certificate-authority={self.kubeletCA}",
+            f"--metric-resolution={METRIC_RESOLUTION}s",
+            "--kubelet-request-timeout=5s",
+        ]
+        environment = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+        return self._spawn(self.cloud, "metrics-server", argv, cwd=self.directory, env=environment)
 
     def stopAll(self) -> None:
         """
