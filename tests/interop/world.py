@@ -100,8 +100,10 @@ from tests.e2e_world import (
 from tests.interop.build import build
 from tests.netns import pollUntil
 from twisted_tunnel.certs import _mintLeaf, mintAgent, mintCA, mintClient, mintServer
+from twisted_tunnel.tap.agent import DEFAULT_DRAIN_TIMEOUT
 
 __all__ = [
+    "AGENT_DRAIN_TIMEOUT",
     "APISERVER_PORT",
     "Cleanups",
     "InteropWorld",
@@ -131,6 +133,9 @@ SERVER_META = ("127.0.0.1", 10265)
 
 #: The ConfigMap: the node exporters' port is forwarded as plain HTTP.
 INTEROP_CONFIG: Mapping[str, str] = {"http-proxy-ports": str(NODE_EXPORTER_PORT)}
+
+#: The agents' --drain-timeout: their default (the world does not set it).
+AGENT_DRAIN_TIMEOUT = DEFAULT_DRAIN_TIMEOUT
 
 #: How long kube-apiserver, a Node or a pod may take to become ready.
 READY_TIMEOUT = 60.0
@@ -734,6 +739,39 @@ class InteropWorld(World):
         ]
         environment = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         return self._spawn(self.cloud, "metrics-server", argv, cwd=self.directory, env=environment)
+
+    def stopAgent(self, edge: Edge) -> float:
+        """
+        Send C{edge}'s agent SIGTERM, by PID, and wait until it has exited
+        (it drains for up to L{AGENT_DRAIN_TIMEOUT}); the seconds it took.
+        """
+        return self.agents[edge.name].stop(signal.SIGTERM, AGENT_DRAIN_TIMEOUT + EXIT_TIMEOUT)
+
+    def restartAgent(self, edge: Edge) -> float:
+        """
+        Start C{edge}'s agent again, as L{build} started it, and wait until
+        its tunnel is up, the server has it and the node's DNAT rules are
+        back; the seconds that took.
+        """
+        assert self.server is not None
+        previous = self.agents[edge.name]
+        if previous.running:
+            raise AssertionError(f"{previous} still runs: stop it first")
+        started = time.monotonic()
+        mark = self.server.mark()
+        self.startAgent(edge)
+        self.waitForAgent(edge, serverMark=mark)
+        # The server lays the node's DNAT rules down just after it logs the
+        # agent: until then kube-apiserver's dial goes past the tunnel.
+        self.waitForNat(
+            lambda table: all(
+                f"-A EDGE-TUNNEL-{kind} -d {edge.nodeIP}/32 -p tcp -j DNAT"
+                f" --to-destination 127.0.0.1:{port}" in table
+                for kind, port in (("HTTPS", HTTPS_LISTENER_PORT), ("HTTP", HTTP_LISTENER_PORT))
+            ),
+            f"the DNAT of {edge.name}'s HTTPS and HTTP ports to the proxy listeners",
+        )
+        return time.monotonic() - started
 
     def stopAll(self) -> None:
         """
