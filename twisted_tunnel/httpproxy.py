@@ -666,7 +666,6 @@ class HTTPProxyProtocol(Protocol):
         self._closeAfterResponse = False
         self._retried = False
         self._replaying = False
-        self._pipelined = 0
 
     # -- the client connection -----------------------------------------------------
 
@@ -706,24 +705,17 @@ class HTTPProxyProtocol(Protocol):
             # complete within the header timeout
             self._setTimer("header", self.limits.headerTimeout, self._headerTimedOut)
         self._server.receive_data(data)
-        if phase is _Phase.ROUTING or self._requestDone:
-            # sent ahead of what we can forward now (a body while the route is
-            # being found, or the next request, pipelined): held by h1 until
-            # then; stop reading before that costs much
-            self._pipelined += len(data)
-            if self._pipelined > self.limits.maxHeaderBytes and self._reading is not None:
-                self._reading.pause("ahead")
         self._processClient()
         if (
-            phase is _Phase.HEAD
-            and (self._phase is _Phase.ROUTING or self._requestDone)
+            (self._phase is _Phase.ROUTING or self._requestDone)
             and self._server.buffered > self.limits.maxHeaderBytes
             and self._reading is not None
         ):
-            # the read that completed a head brought more than a head's worth
-            # behind it: held by h1 until the route is found, so read no more
-            # (found by the fuzzer: the next read was taken whole as well)
-            self._pipelined = self._server.buffered
+            # sent ahead of what we can forward now (a body while the route is
+            # being found, or the next request, pipelined): held by h1 until
+            # then, so read no more.  Measured after parsing, on what h1
+            # holds: a read that completes a head may carry more behind it
+            # (found by the fuzzer: counting reads let the next one in whole).
             self._reading.pause("ahead")
 
     def readConnectionLost(self) -> None:
@@ -1002,7 +994,6 @@ class HTTPProxyProtocol(Protocol):
             return
         self._phase = _Phase.FORWARDING
         assert self._reading is not None
-        self._pipelined = 0
         self._reading.resume("ahead")
         if self._replaying:
             # the request (without a body) was complete before: send it all

@@ -53,6 +53,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from . import wire
+from ._logthrottle import LogThrottle
 from .errors import StreamOpenFailed, StreamOpenTimeout, TunnelClosed
 from .wire import ErrorCode, FrameType, OpenFailReason, ProtocolError
 
@@ -218,8 +219,8 @@ class StreamBudget:
        reads leaves exactly that much in our memory), so this bounds what
        streams can make the process hold, whatever the peers do.
 
-    A refusal is logged at most once per L{BUDGET_LOG_INTERVAL} seconds,
-    saying how many were refused since the last line.
+    A refusal is logged at most once per L{BUDGET_LOG_INTERVAL} seconds
+    (L{LogThrottle}: the next line says how many were left out).
 
     @ivar streams: streams admitted and not yet gone.
     @ivar reserved: bytes of window those streams reserve.
@@ -243,8 +244,7 @@ class StreamBudget:
         self.streams = 0
         self.reserved = 0
         self.refusals: Counter[str] = Counter()
-        self._loggedAt: float | None = None
-        self._unlogged = 0
+        self._throttle = LogThrottle(clock, burst=1, interval=BUDGET_LOG_INTERVAL)
 
     @classmethod
     def forProcess(
@@ -324,17 +324,9 @@ class StreamBudget:
         self.reserved -= window
 
     def _logRefusal(self, which: str, text: str) -> None:
-        now = self.clock.seconds()
-        if self._loggedAt is not None and now - self._loggedAt < BUDGET_LOG_INTERVAL:
-            self._unlogged += 1
-            return
-        self.log.warn(
-            "refusing new streams: {reason} ({unlogged} more refused since the last such line)",
-            reason=text,
-            limit=which,
-            unlogged=self._unlogged,
+        self._throttle.emit(
+            self.log, LogLevel.warn, "refusing new streams: {reason}", reason=text, limit=which
         )
-        self._loggedAt, self._unlogged = now, 0
 
 
 @implementer(IAddress)

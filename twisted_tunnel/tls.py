@@ -446,12 +446,7 @@ def refuseNodeIdentity(identity: PeerIdentity | None) -> str | None:
     """
     if identity is None:
         return "no client certificate"
-    commonName = identity.commonName or ""
-    if (
-        identity.isNodeCertificate()
-        or commonName.startswith(NODE_COMMON_NAME_PREFIX)
-        or NODE_ORGANIZATION in identity.organizations
-    ):
+    if identity.isNodeCertificate():
         return f"{identity.describe()} is an agent's certificate; agents may not use this door"
     return None
 
