@@ -27,7 +27,7 @@ from .pki import TestPKI
 pki = TestPKI()
 
 
-class _Ask(Protocol):
+class Ask(Protocol):
     """Sends one request and collects the answer until the connection ends."""
 
     def __init__(self) -> None:
@@ -60,8 +60,8 @@ class ServingClientCATests(TestCase):
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port
 
-    async def ask(self, creator: object) -> _Ask:
-        asker = _Ask()
+    async def ask(self, creator: object) -> Ask:
+        asker = Ask()
         endpoint = wrapClientTLS(creator, TCP4ClientEndpoint(reactor, "127.0.0.1", self.port))  # type: ignore[arg-type]
         await connectProtocol(endpoint, asker)
         await asker.done

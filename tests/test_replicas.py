@@ -116,14 +116,19 @@ def _result(d: Deferred[Any]) -> Any:
     return results[0]
 
 
-class ReplicaTests(SynchronousTestCase):
+class AgentBehindALoadBalancer(SynchronousTestCase):
+    """
+    An agent for L{NODE} dialing a L{LoadBalancer}, on one memory reactor
+    and clock, with its retry policy recorded; stopped, and every pair the
+    load balancer made lost, at cleanup.
+    """
+
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
         self.lb = LoadBalancer(self.clock)
         self.policy = RecordingPolicy()
-        self.replicas = {name: replica(self.clock, name) for name in ("srv-1", "srv-2", "srv-3")}
 
-    def startAgent(self, drainTimeout: float = 0.0) -> TunnelAgent:
+    def startAgent(self, **kwargs: Any) -> TunnelAgent:
         agent = TunnelAgent(
             self.clock,
             None,
@@ -132,7 +137,7 @@ class ReplicaTests(SynchronousTestCase):
             ["192.0.2.10"],
             endpoint=self.lb,
             retryPolicy=self.policy,
-            drainTimeout=drainTimeout,
+            **kwargs,
         )
         agent.startService()
         self.addCleanup(self.stop, agent)
@@ -144,6 +149,15 @@ class ReplicaTests(SynchronousTestCase):
         for pair in self.lb.pairs:
             if not pair.lost:
                 pair.lose(Failure(ConnectionLost()))
+
+
+class ReplicaTests(AgentBehindALoadBalancer):
+    def setUp(self) -> None:
+        super().setUp()
+        self.replicas = {name: replica(self.clock, name) for name in ("srv-1", "srv-2", "srv-3")}
+
+    def startAgent(self, drainTimeout: float = 0.0, **kwargs: Any) -> TunnelAgent:
+        return super().startAgent(drainTimeout=drainTimeout, **kwargs)
 
     def holdAll(self, agent: TunnelAgent) -> dict[str, TunnelPair]:
         pairs = {name: self.lb.routeTo(server) for name, server in self.replicas.items()}

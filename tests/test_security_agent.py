@@ -43,8 +43,7 @@ from .hostile_server import HostileServer
 from .memory import TunnelPair
 from .pki import TestPKI
 from .realnet import waitUntil
-from .test_agent import RecordingPolicy
-from .test_replicas import NODE, LoadBalancer, replica
+from .test_replicas import NODE, AgentBehindALoadBalancer, LoadBalancer, replica
 
 pki = TestPKI()
 
@@ -69,38 +68,11 @@ def messages(events: Any, level: LogLevel | None = None) -> list[str]:
     return [formatEvent(e) for e in events if level is None or e["log_level"] is level]
 
 
-class AgentWorld(SynchronousTestCase):
+class AgentWorld(AgentBehindALoadBalancer):
     """
     Not a finding: the world of the finding 12, 15 and 16 tests below, an
     agent behind a load balancer, on one clock, and the logs it writes.
     """
-
-    def setUp(self) -> None:
-        self.clock = MemoryReactorClock()
-        self.lb = LoadBalancer(self.clock)
-        self.policy = RecordingPolicy()
-
-    def startAgent(self, **kwargs: Any) -> TunnelAgent:
-        agent = TunnelAgent(
-            self.clock,
-            None,
-            ("lb.example", 10262),
-            NODE,
-            ["192.0.2.10"],
-            endpoint=self.lb,
-            retryPolicy=self.policy,
-            **kwargs,
-        )
-        agent.startService()
-        self.addCleanup(self.stop, agent)
-        return agent
-
-    def stop(self, agent: TunnelAgent) -> None:
-        if agent.running:
-            agent.stopService()
-        for pair in self.lb.pairs:
-            if not pair.lost:
-                pair.lose(Failure(ConnectionLost()))
 
     def nextDial(self, agent: TunnelAgent) -> float | None:
         """Seconds until the agent dials again (None: no dial planned)."""

@@ -32,7 +32,6 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import reactor as _reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP4ServerEndpoint,
@@ -59,6 +58,7 @@ from twisted_tunnel.tap import server as tapserver
 from .netns import Namespace, pollUntil, requireNetns
 from .pki import TestPKI, temporaryDirectory
 from .realnet import REPO_ROOT, daemonEnvironment
+from .test_proxy_tls import Ask
 
 reactor: Any = _reactor
 pki = TestPKI()
@@ -93,28 +93,6 @@ def isLoopback(address: str) -> bool:
 
 
 # -- finding 3 ---------------------------------------------------------------------------
-
-
-class _Ask(Protocol):
-    """Sends one request (after the handshake) and collects the answer until the end."""
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.reason: Failure | None = None
-        self.done: Deferred[None] = Deferred()
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(
-            b"GET /pods HTTP/1.1\r\nHost: edge-1:10250\r\nConnection: close\r\n\r\n"
-        )
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Failure = _DONE) -> None:
-        self.reason = reason
-        self.done.callback(None)
 
 
 class HTTPSProxyListenerTests(TestCase):
@@ -167,25 +145,25 @@ class HTTPSProxyListenerTests(TestCase):
         port: IListeningPort = await waiting
         return int(port.getHost().port)  # type: ignore[attr-defined]
 
-    async def ask(self, port: int, client: Any) -> _Ask:
+    async def ask(self, port: int, client: Any) -> Ask:
         """One request over TLS as C{client} (a PrivateCertificate, or None: no certificate)."""
         tls = optionsForClientTLS(
             "127.0.0.1", trustRoot=self.serverTrust, clientCertificate=client
         )
-        asker = _Ask()
+        asker = Ask()
         endpoint = wrapClientTLS(tls, TCP4ClientEndpoint(reactor, "127.0.0.1", port))
         await connectProtocol(endpoint, asker)
         await asker.done
         return asker
 
-    def assertRefusedInHandshake(self, asker: _Ask) -> None:
+    def assertRefusedInHandshake(self, asker: Ask) -> None:
         """Not one byte of HTTP: the TLS handshake refused the client."""
         self.assertEqual(asker.received, b"")
         assert asker.reason is not None
         self.assertTrue(asker.reason.check(SSL.Error), asker.reason)
         self.flushLoggedErrors(SSL.Error)
 
-    def assertServed(self, asker: _Ask) -> None:
+    def assertServed(self, asker: Ask) -> None:
         """An HTTP answer (503: no agent is connected to this server)."""
         self.assertTrue(asker.received.startswith(b"HTTP/1.1 503 "), asker.received)
 

@@ -502,13 +502,23 @@ class RelayIdleTests(SynchronousTestCase):
         world.pair.pump()
         self.assertEqual(far.received, b"hello")
         self.assertEqual(len(world.server.relayReaper), 1)
+        self.assertReapedWhenIdle(world, transport, far)
+
+    def assertReapedWhenIdle(
+        self, world: ServerDoorWorld, transport: TCPLikeTransport, far: Recorder
+    ) -> None:
+        """
+        Past the idle deadline, the front door's relay is aborted on both
+        sides (the client's C{transport}, the stream to C{far}) and counted,
+        and the tunnel that carried it lives on.
+        """
         tick(world.clock, IDLE + 2 * TIMEOUTS.period, world.pair.pump)
         world.pair.pump()
         self.assertTrue(transport.disconnected)
         assert far.lostReason is not None
         far.lostReason.trap(ConnectionLost)
         self.assertEqual(world.server.relayReaper.reaped, {"idle": 1})
-        self.assertTrue(world.pair.server.established)  # the tunnel lives on
+        self.assertTrue(world.pair.server.established)
         world.lose()
 
     def test_connectDoor(self) -> None:
@@ -522,14 +532,7 @@ class RelayIdleTests(SynchronousTestCase):
         far = world.acceptLast()
         self.assertIn(b"200", transport.value())
         self.assertEqual(len(world.server.relayReaper), 1)
-        tick(world.clock, IDLE + 2 * TIMEOUTS.period, world.pair.pump)
-        world.pair.pump()
-        self.assertTrue(transport.disconnected)
-        assert far.lostReason is not None
-        far.lostReason.trap(ConnectionLost)
-        self.assertEqual(world.server.relayReaper.reaped, {"idle": 1})
-        self.assertTrue(world.pair.server.established)  # the tunnel lives on
-        world.lose()
+        self.assertReapedWhenIdle(world, transport, far)
 
     def test_rawTCPListener(self) -> None:
         """The raw TCP listener's relays are held to the server's deadlines too."""
