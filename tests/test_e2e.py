@@ -276,7 +276,7 @@ class ProxyListenersEndToEndTests(SynchronousTestCase):
     def test_agentStopped(self) -> None:
         """
         Once an agent has stopped (SIGTERM), requests for its node are
-        refused at once (503: no agent), while the other node is still
+        refused at once (502: no agent), while the other node is still
         answered; once it runs again, its node is answered again.
         """
         stopped, other = self.edges[1], self.edges[0]
@@ -290,7 +290,7 @@ class ProxyListenersEndToEndTests(SynchronousTestCase):
             viaHTTPSListener(stopped, 10250, "/pods"),
         ]:
             result = self.world.curl(*arguments)
-            self.assertAnswer(result, 503)
+            self.assertAnswer(result, 502)
             self.assertIn(b"no agent connected", result.body)
             self.assertLess(result.elapsed, PROMPT)
         self.assertAnswer(
@@ -529,18 +529,33 @@ class TransparentInterceptionEndToEndTests(SynchronousTestCase):
 
     def test_agentStoppedByDNAT(self) -> None:
         """
-        When an agent stops, its node's rules go, and requests for it fail
-        as they would without the tunnel: refused at once.  The other node
-        is still answered, and the node is again once its agent is back.
+        When an agent stops, its node stays routed (C{--keep-gone-nodes}):
+        requests for it are answered at once by the server, C{502} naming
+        the node and when its agent left, rather than sent past the tunnel
+        to an address that, for kube-apiserver, refuses or silently drops
+        them (issue 13, item 10).  The other node is still answered, and the
+        node is again once its agent is back.
         """
         stopped, other = self.edges[1], self.edges[0]
-        self.world.agents[stopped.name].stop(signal.SIGTERM)
-        self.waitForNodes([other], [stopped])
-        self.assertRefused(self.world.curl(f"http://{stopped.nodeIP}:10255/healthz"))
-        self.assertRefused(self.world.curl("-k", f"https://{stopped.nodeIP}:10250/pods"))
-        self.assertAnswer(self.world.curl(f"http://{other.nodeIP}:10255/healthz"), 200, other.name)
         server = self.world.server
         assert server is not None
+        mark = server.mark()
+        self.world.agents[stopped.name].stop(signal.SIGTERM)
+        server.waitForLine(rf"agent {stopped.name} (is draining|disconnected)", start=mark)
+        self.waitForNodes(self.edges)
+        for arguments in [
+            [f"http://{stopped.nodeIP}:10255/healthz"],
+            ["-k", f"https://{stopped.nodeIP}:10250/pods"],
+        ]:
+            result = self.world.curl(*arguments)
+            self.assertAnswer(result, 502)
+            self.assertRegex(
+                result.body,
+                rb"no agent connected for node '%s' \(%s\): its agent left \d+s ago"
+                % (stopped.name.encode(), stopped.nodeIP.encode()),
+            )
+            self.assertLess(result.elapsed, PROMPT)
+        self.assertAnswer(self.world.curl(f"http://{other.nodeIP}:10255/healthz"), 200, other.name)
         mark = server.mark()
         self.world.startAgent(stopped)
         self.world.waitForAgent(stopped, serverMark=mark)

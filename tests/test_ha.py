@@ -64,9 +64,9 @@ PROMPT = 2.0
 SLACK = 3.0
 
 #: How a request fails when its node's tunnels go or are away: refused
-#: (no agent), or, for one in flight, cut off or answered 502 (the stream
-#: reset before the response head), or closed before it.
-EXPLAINED = {"HTTP 503", "HTTP 502", "cut", "no answer"}
+#: (502, no agent), or, for one in flight, cut off or answered 502 (the
+#: stream reset before the response head), or closed before it.
+EXPLAINED = {"HTTP 502", "cut", "no answer"}
 
 #: How long the tunnel LB stays down (the issue's definition).
 LB_OUTAGE = 20.0
@@ -117,11 +117,11 @@ class FaultTests(SynchronousTestCase):
         )
 
     def assertRefusedPromptly(self, outcomes: Sequence[Outcome], what: str) -> None:
-        """Every request was refused (503) at once: no agent to carry it."""
+        """Every request was refused (502) at once: no agent to carry it."""
         self.assertNotEqual(outcomes, [], what)
         for outcome in outcomes:
             message = f"{outcome}: {what}\n{self.world.logs()}"
-            self.assertEqual(outcome.status, 503, message)
+            self.assertEqual(outcome.status, 502, message)
             self.assertIn("no agent connected", outcome.error, message)
             self.assertLess(outcome.end - outcome.start, PROMPT, message)
 
@@ -225,7 +225,7 @@ class FaultTests(SynchronousTestCase):
     def test_loadBalancerStopped(self) -> None:
         """
         The tunnel LB stopped for L{LB_OUTAGE} seconds: every tunnel goes
-        with it, so requests for the edges are refused at once (503), not
+        with it, so requests for the edges are refused at once (502), not
         left hanging; once it is back, every agent holds a tunnel again
         within its backoff cap (L{MAX_BACKOFF}) plus a few seconds, and
         requests succeed again.
@@ -276,7 +276,7 @@ class FaultTests(SynchronousTestCase):
         An edge whose traffic is silently dropped (iptables DROP, both
         ways) for longer than the keepalive timeout: its agent and every
         replica declare the tunnel dead within L{DEAD_AFTER} seconds (plus
-        a sweep and some slack); requests for it are refused at once (503)
+        a sweep and some slack); requests for it are refused at once (502)
         meanwhile, and its C{logs -f} stream is closed rather than left
         hanging; the other edge sees nothing; once the traffic flows again,
         the agent is back and requests for it succeed.

@@ -1403,7 +1403,7 @@ class RefusalTests(ProxyTestCase):
         return answer
 
     async def test_nodeNotConnected(self) -> None:
-        answer = await self.assertConnectFailure(FailingEndpoint(NodeNotConnected("a")), 503)
+        answer = await self.assertConnectFailure(FailingEndpoint(NodeNotConnected("a")), 502)
         self.assertIn(b"no agent connected for node 'a'", answer)
 
     async def test_streamOpenFailed(self) -> None:
@@ -1485,7 +1485,7 @@ class RefusalTests(ProxyTestCase):
         answer = await self.refused(
             self.proxy(asyncRouter), b"GET / HTTP/1.1\r\nHost: gone\r\n\r\n"
         )
-        self.assertTrue(answer.startswith(b"HTTP/1.1 503 "), answer)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 502 "), answer)
 
     async def test_routerBug(self) -> None:
         """A router that fails unexpectedly: C{500}, and the traceback is logged."""

@@ -57,6 +57,7 @@ from twisted_tunnel.iptables import (
     renderRules,
     restoreText,
 )
+from twisted_tunnel.routes import NodeRoutes, RoutedNodes
 from twisted_tunnel.server import AgentRecord, AgentRegistry
 
 #: The daemon's default listeners: loopback, default ports.
@@ -875,7 +876,7 @@ class NamespaceMixin:
         return self.namespace.run(f"{self.backend}-save", "-t", table).stdout
 
     def manager(
-        self, testCase: TestCase, registry: AgentRegistry, config: ProxyConfig, **kw: Any
+        self, testCase: TestCase, registry: NodeRoutes, config: ProxyConfig, **kw: Any
     ) -> IptablesManager:
         from twisted.internet import reactor
 
@@ -1118,6 +1119,43 @@ class DNATTests(NamespaceMixin, TestCase):
         before = manager.syncCount
         registry.unregister(a.tunnel)
         await self.changed(manager, before)
+        self.assertEqual(self.conntrackEntries(NODE_A), "")
+        self.assertEqual(
+            connect(self.namespace, NODE_A, 10255), {"error": "ConnectionRefusedError"}
+        )
+
+    async def test_goneNodeStaysRouted(self) -> None:
+        """
+        Following the server's L{RoutedNodes}: when a node's agent leaves
+        (here: starts draining), its rule stays, so an established DNATed
+        connection keeps its conntrack entry (the streams a drain lets
+        finish keep their NAT) and a new one still reaches the listener,
+        which can answer that no agent is connected; once C{keepGone} has
+        passed, the rule and the entries go.  (Found by the real
+        kube-apiserver, issue 13 item 10: with the rule removed at once,
+        it dialled the node's address past the tunnel.)
+        """
+        requireNetns(self, "conntrack")
+        clock = Clock()
+        registry = AgentRegistry()
+        routes = RoutedNodes(clock, registry, keepGone=600)
+        a = agent("edge-a", NODE_A)
+        registry.register(a)
+        manager = self.manager(self, routes, ProxyConfig())
+        self.assertTrue(await manager.sync())
+        self.conntrackEntry(NODE_A, 10255)
+
+        before = manager.syncCount
+        registry.unregister(a.tunnel)
+        await self.changed(manager, before)
+        self.assertIn("dport=10255", self.conntrackEntries(NODE_A))
+        listener = serve(self.namespace, "127.0.0.1", 10264, 1)
+        seen = connect(self.namespace, NODE_A, 10255)
+        self.assertEqual(seen["received"]["originalDestination"], [NODE_A, 10255], seen)
+        self.assertEqual(listener.wait(10), 0)
+
+        clock.advance(600)
+        self.assertTrue(await manager.sync())
         self.assertEqual(self.conntrackEntries(NODE_A), "")
         self.assertEqual(
             connect(self.namespace, NODE_A, 10255), {"error": "ConnectionRefusedError"}

@@ -31,7 +31,8 @@ from attrs import frozen
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IProtocolNegotiationFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.ssl import CertificateOptions, optionsForClientTLS, trustRootFromCertificates
 from twisted.internet.task import Clock
@@ -54,6 +55,7 @@ from twisted_tunnel.tls import (
     proxyClientOptions,
     proxyServingOptions,
 )
+from twisted_tunnel.wire import ErrorCode
 
 from .pki import TestPKI, temporaryDirectory
 from .realnet import REPO_ROOT, plainTunnel, waitUntil
@@ -104,6 +106,17 @@ def credentials(issued: Issued, trusting: Issued) -> Credentials:
 
 
 # -- the node's services ---------------------------------------------------------------
+
+
+def kubeletServing() -> CertificateOptions:
+    """A kubelet's TLS: its serving certificate; a client certificate of its CA required."""
+    pki = kubeletPKI()
+    own = credentials(pki.serving, pki.ca)
+    return CertificateOptions(
+        privateKey=own.certificate.privateKey.original,
+        certificate=own.certificate.original,
+        trustRoot=trustRootFromCertificates(own.authority),
+    )
 
 
 @frozen
@@ -195,6 +208,12 @@ class CountingFactory(Factory):
         protocol = self.build()
         protocol.factory = self
         return protocol
+
+
+@implementer(IProtocolNegotiationFactory)
+class NegotiatingFactory(CountingFactory):
+    def acceptableProtocols(self) -> list[bytes]:
+        return [b"http/1.1"]
 
 
 # -- clients ------------------------------------------------------------------------------
@@ -323,7 +342,7 @@ class ListenerTestCase(TestCase):
     async def setUp(self) -> None:  # type: ignore[override]
         pki = TestPKI()
         kubelet = kubeletPKI()
-        self.server, self.agent, _ = await plainTunnel(self, NODE, ips=[NODE_IP])
+        self.server, self.agent, self.agentTunnel = await plainTunnel(self, NODE, ips=[NODE_IP])
         self.config: ProxyConfig = parseConfigData({})
         self.custom: dict[int, IForwardingPolicy] = {}
         # what the https policy presents to the kubelet; tests may swap it
@@ -380,13 +399,7 @@ class ListenerTestCase(TestCase):
         An HTTPS kubelet stand-in that requires a client certificate
         signed by the kubelet CA.
         """
-        pki = kubeletPKI()
-        own = credentials(pki.serving, pki.ca)
-        options = CertificateOptions(
-            privateKey=own.certificate.privateKey.original,
-            certificate=own.certificate.original,
-            trustRoot=trustRootFromCertificates(own.authority),
-        )
+        options = kubeletServing()
         hello = hello or Hello("kubelet")
         site = CountingSite(hello)
         return listen(self, TLSMemoryBIOFactory(options, False, site), interface), site, hello
@@ -567,6 +580,35 @@ class HTTPTests(ListenerTestCase):
         self.assertEqual(client.messages, ["echo: hello through the tunnel", "echo: again"])
         self.assertEqual(echo.connectionsMade, 1)
 
+    async def test_upgradedCutByTheTunnelIsReset(self) -> None:
+        """
+        An upgraded connection (kube-apiserver's exec, attach, port-forward)
+        whose tunnel goes (the agent's drain timeout) is reset, on both
+        listeners, not ended with a clean close: a clean close would tell
+        the client the session ended normally.
+        """
+        plain = listen(self, CountingFactory(WebSocketEcho), NODE_IP)
+        # offering ALPN, as Go's servers (a kubelet) do: a Twisted TLS
+        # server without it answers an ALPN offer with an internal error
+        echo = TLSMemoryBIOFactory(kubeletServing(), False, NegotiatingFactory(WebSocketEcho))
+        secure = listen(self, echo, NODE_IP)
+        self.configure(http_proxy_ports=str(plain), https_proxy_ports=str(secure))
+        clients = {
+            listener: await self.connect(listener, WebSocketClient(f"{NODE_IP}:{port}"))
+            for listener, port in (("http", plain), ("https", secure))
+        }
+        for listener, client in clients.items():
+            await waitUntil(
+                functools.partial(lambda c: c.accepted, client),
+                TIMEOUT,
+                f"the WebSocket handshake through the {listener} listener {self.refusals}",
+            )
+        self.agentTunnel.close(ErrorCode.SHUTTING_DOWN, "shutting down: drain timeout")
+        for listener, client in clients.items():
+            await client.lost
+            assert client.reason is not None
+            self.assertTrue(client.reason.check(ConnectionLost), (listener, client.reason))
+
     async def test_keepAlive(self) -> None:
         """
         Several requests on one client connection, all answered: one
@@ -610,7 +652,8 @@ class HTTPTests(ListenerTestCase):
         """
         A port the configuration does not list: C{403}; an HTTPS port
         asked for on the HTTP listener: C{403}; a node without an agent:
-        C{503}.  Each with its reason, and a log line.
+        C{502} (the reason is what kube-apiserver shows kubectl).  Each with
+        its reason, and a log line.
         """
         port, site = self.web(Hello("open"))
         self.configure(http_proxy_ports=str(port), https_proxy_ports="9443")
@@ -621,8 +664,8 @@ class HTTPTests(ListenerTestCase):
             await self.get(f"{NODE}:9443"), 403, b"forwarded as https, not from the http listener"
         )
         self.assertRefused(await self.get(f"{NODE_IP}:10250"), 403, b"not from the http listener")
-        self.assertRefused(await self.get(f"edge-9:{port}"), 503, b"edge-9")
-        self.assertRefused(await self.get(f"127.0.0.9:{port}"), 503, b"127.0.0.9")
+        self.assertRefused(await self.get(f"edge-9:{port}"), 502, b"edge-9")
+        self.assertRefused(await self.get(f"127.0.0.9:{port}"), 502, b"127.0.0.9")
         self.assertEqual(site.connectionsMade, 0)
         self.assertEqual((await self.get(f"{NODE_IP}:{port}")).status, 200)
 

@@ -5,6 +5,7 @@ Host), the port rules of the configuration, the node, and the policy.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -124,8 +125,24 @@ class RouterTests(TestCase):
 
     async def test_unknownNode(self) -> None:
         refused = await self.refused(self.router("http").route(Target("edge-9", 9051)))
-        self.assertEqual(refused.status, 503)
-        self.assertIn("edge-9", refused.reason)
+        self.assertEqual(refused.status, 502)
+        self.assertEqual(refused.reason, "no agent connected for node 'edge-9'")
+
+    async def test_goneNode(self) -> None:
+        """
+        A node whose agent has left: refused (502), naming the node, by name
+        or by IP, and how long ago its agent left.
+        """
+        record = self.server.registry.lookup(NODE)
+        assert record is not None
+        self.server.registry.unregister(record.tunnel)
+        for address, named in ((NODE, repr(NODE)), ("127.0.0.1", f"{NODE!r} (127.0.0.1)")):
+            refused = await self.refused(self.router("http").route(Target(address, 9051)))
+            self.assertEqual(refused.status, 502)
+            self.assertRegex(
+                refused.reason,
+                rf"^no agent connected for node {re.escape(named)}: its agent left \d+s ago$",
+            )
 
     async def test_httpRoute(self) -> None:
         routed = await self.router("http").route(Target("127.0.0.1", 9051))

@@ -68,11 +68,11 @@ class ServingClientCATests(TestCase):
         return asker
 
     async def test_withCertificate(self) -> None:
-        """A client with a certificate from the CA gets an HTTP answer (503: no agent here)."""
+        """A client with a certificate from the CA gets an HTTP answer (502: no agent here)."""
         asker = await self.ask(
             agentOptions(pki.credentials(pki.client("kube-apiserver")), "127.0.0.1")
         )
-        self.assertTrue(asker.received.startswith(b"HTTP/1.1 503 "), asker.received)
+        self.assertTrue(asker.received.startswith(b"HTTP/1.1 502 "), asker.received)
 
     async def test_withoutCertificate(self) -> None:
         """A client without a certificate gets no HTTP at all: the handshake fails."""

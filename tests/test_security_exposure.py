@@ -164,8 +164,8 @@ class HTTPSProxyListenerTests(TestCase):
         self.flushLoggedErrors(SSL.Error)
 
     def assertServed(self, asker: Ask) -> None:
-        """An HTTP answer (503: no agent is connected to this server)."""
-        self.assertTrue(asker.received.startswith(b"HTTP/1.1 503 "), asker.received)
+        """An HTTP answer (502: no agent is connected to this server)."""
+        self.assertTrue(asker.received.startswith(b"HTTP/1.1 502 "), asker.received)
 
     def test_defaultsBindLoopback(self) -> None:
         """
@@ -614,7 +614,7 @@ class FreshServerExposureTests(SynchronousTestCase):
         agent = pki.writePair(pki.agent("edge-1"), self.directory, "agent")
         refused = self.probe(HTTPS_PORT, agent.cert, agent.key)
         self.assertIn("refused", refused, refused)
-        # while a client certificate of --ca is served (503: no agent connected)
+        # while a client certificate of --ca is served (502: no agent connected)
         client = pki.writePair(pki.client(), self.directory, "client")
         served = self.probe(HTTPS_PORT, client.cert, client.key)
-        self.assertTrue(served.get("answered", "").startswith("HTTP/1.1 503"), served)
+        self.assertTrue(served.get("answered", "").startswith("HTTP/1.1 502"), served)

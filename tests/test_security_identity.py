@@ -404,7 +404,7 @@ class RoleSeparationTests(_ServerTestCase):
             self.assertTrue(answer.reason.check(SSL.Error), answer.reason)
         self.flushLoggedErrors(SSL.Error)
         answer = await _ask(port, pki.client("kube-apiserver"), request)
-        self.assertTrue(answer.received.startswith(b"HTTP/1.1 503 "), answer.received)
+        self.assertTrue(answer.received.startswith(b"HTTP/1.1 502 "), answer.received)
 
 
 class ExactNodeNameTests(_ServerTestCase):

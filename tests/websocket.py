@@ -43,6 +43,7 @@ class WebSocketClient(Protocol):
         self.accepted = False
         self.messages: list[str] = []
         self.isLost = False
+        self.reason: Failure | None = None
         self.lost: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
@@ -63,4 +64,5 @@ class WebSocketClient(Protocol):
 
     def connectionLost(self, reason: Failure = _DONE) -> None:
         self.isLost = True
+        self.reason = reason
         self.lost.callback(None)

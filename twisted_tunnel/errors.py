@@ -17,7 +17,8 @@ class NodeNotConnected(TunnelError):
     """
     No agent for this node (name or IP) holds a tunnel to this server.
 
-    Front doors answer it with C{503}.
+    The CONNECT door answers it with C{503}; the proxy listeners with
+    C{502}, whose reason kube-apiserver passes on to kubectl.
     """
 
     def __init__(self, node: str) -> None:

@@ -7,8 +7,11 @@ metrics-server can be told to; when those names resolve to the server's
 proxy listeners (its Service IP, say), requests for C{edge-1:10250} reach
 the tunnel with no iptables at all.  CoreDNS's C{hosts} plugin serves such
 a file; this keeps one up to date, C{<server-address> <node-name>} per
-connected node, so a node whose agent is gone stops resolving to the
-server (its traffic then fails as it would without the tunnel).
+routed node (L{twisted_tunnel.routes.RoutedNodes}): the connected ones,
+and for a while the ones whose agent has gone, whose clients the server
+then answers at once (naming the node and when its agent left)
+rather than leaving them to a name that no longer resolves.  A gone node
+leaves the file at the first write after its time is up.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from .server import AgentRegistry
+from .routes import NodeRoutes
 
-HEADER = "# written by edge-tunnel-server: the nodes whose agents are connected\n"
+HEADER = "# written by edge-tunnel-server: the nodes routed to it\n"
 
 
 def render(address: str, nodes: list[str]) -> str:
@@ -51,7 +54,7 @@ def writeAtomically(path: str, content: str) -> None:
 
 class HostsFile(Service):
     """
-    Keeps C{path} listing every connected node as C{address}.
+    Keeps C{path} listing every routed node as C{address}.
 
     Changes are coalesced (C{delay} seconds) so that a thousand agents
     reconnecting after a restart cost a few writes, not a thousand.  On
@@ -65,7 +68,7 @@ class HostsFile(Service):
         self,
         path: str,
         address: str,
-        registry: AgentRegistry,
+        registry: NodeRoutes,
         clock: IReactorTime,
         *,
         delay: float = 0.2,

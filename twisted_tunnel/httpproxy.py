@@ -61,7 +61,7 @@ What "HTTP done right" means here:
  - B{Every failure before a response} gets a status the client can act on,
    its reason as a C{text/plain} body, and I{one} log line for the
    operator (method, target, host, status, reason, peer), never a
-   traceback: L{RouteRefused} its own status; no agent C{503}; the agent
+   traceback: L{RouteRefused} its own status; no agent C{502}; the agent
    could not dial C{502}; the agent did not answer C{504}; any other
    connection failure, or an upstream that closes before answering, C{502};
    a malformed request C{400}; a head too large or with too many header
@@ -230,7 +230,7 @@ class RouteRefused(Exception):
     C{text/plain} body), logged as one line, and followed by the end of the
     client connection.
 
-    E.g. C{RouteRefused(403, "port 22 is not forwarded")}, or C{503} for a
+    E.g. C{RouteRefused(403, "port 22 is not forwarded")}, or C{502} for a
     node without an agent.
     """
 
@@ -1577,7 +1577,11 @@ def _knownFailure(error: BaseException | None) -> tuple[int, str] | None:
     if isinstance(error, RouteRefused):
         return error.status, error.reason
     if isinstance(error, (NodeNotConnected, TunnelClosed)):
-        return HTTPStatus.SERVICE_UNAVAILABLE, str(error)
+        # 502, not 503: kube-apiserver quotes the body of a kubelet's 502
+        # to kubectl and drops that of a 503 ("the server is currently
+        # unable to handle the request"), and this reason is the one
+        # thing the user needs to read
+        return HTTPStatus.BAD_GATEWAY, str(error)
     if isinstance(error, StreamOpenFailed):
         return HTTPStatus.BAD_GATEWAY, error.text
     if isinstance(error, StreamOpenTimeout):

@@ -83,7 +83,7 @@ from .config import ProxyConfig
 from .errors import TunnelError
 
 if TYPE_CHECKING:
-    from .server import AgentRegistry
+    from .routes import NodeRoutes
 
 __all__ = [
     "DEFAULT_CHAIN",
@@ -794,7 +794,7 @@ class IptablesManager(Service):
     jumps are replaced or deleted in the same transaction.  On stop
     (L{stopService}), one restore removes the jumps and our chains.
 
-    When a rule goes (a node disconnects, a port is unconfigured),
+    When a rule goes (a gone node's time is up, a port is unconfigured),
     C{conntrack -D} deletes the conntrack entries of that destination, so
     that a connection already tracked as DNATed does not keep going to the
     listener.
@@ -819,7 +819,7 @@ class IptablesManager(Service):
         reactor: IReactorTime,
         listeners: Mapping[str, ListenerAddress | None],
         config: Callable[[], ProxyConfig],
-        registry: AgentRegistry,
+        registry: NodeRoutes,
         *,
         prerouting: bool = False,
         preroutingSources: Sequence[str] = (),
@@ -839,7 +839,8 @@ class IptablesManager(Service):
         @param listeners: C{{"https"|"http"|"tcp": (host, port) or None}};
             see L{listenerAddress} and L{renderRules}.
         @param config: the configuration in force, asked at each sync.
-        @param registry: the connected agents; their node IPs get rules.
+        @param registry: the routed nodes (the server's L{RoutedNodes}:
+            connected, and recently gone); their IPs get rules.
         @param prerouting: hook PREROUTING as well as OUTPUT, for traffic
             routed through this host (other hosts, local containers).
         @param preroutingSources: with C{prerouting}, the IPv4 networks

@@ -15,7 +15,8 @@ module turns each one into a route through the right node's tunnel:
     only.  Anything else is refused (C{403}), so the listeners are never an
     open proxy into the edge network, and a plaintext listener never lends
     out the proxy client certificate that the kubelet trusts;
- 3. the node must have a connected agent (C{503} otherwise);
+ 3. the node must have a connected agent (C{502} otherwise, with the reason:
+    kube-apiserver shows kubectl the body of a kubelet's 502, not of a 503);
  4. the port's policy decides what the agent dials and how the bytes go.
 """
 
@@ -206,7 +207,7 @@ class ProxyRouter:
         Route a connection (or one HTTP request) for C{target}.
 
         @return: fails with L{RoutingRefused} for everything the client
-            should be told (403, 503, 400), or with the policy's
+            should be told (403, 502, 400), or with the policy's
             L{ForwardingRefused}.
         """
         routed: Deferred[Routed] = maybeDeferred(
@@ -218,6 +219,15 @@ class ProxyRouter:
             peer=peer,
         )
         return routed
+
+    def _noAgent(self, address: str) -> str:
+        """Why a node has no route, naming the node and when its agent left, if known."""
+        gone = self.server.routes.gone(address)
+        if gone is None:
+            return f"no agent connected for node {address!r}"
+        ago = self.server.clock.seconds() - gone.since
+        named = repr(gone.node) if gone.node == address else f"{gone.node!r} ({address})"
+        return f"no agent connected for node {named}: its agent left {ago:.0f}s ago"
 
     def routeNow(
         self,
@@ -252,7 +262,7 @@ class ProxyRouter:
         record = self.server.registry.lookup(target.address)
         if record is None or not record.tunnel.established:
             self.server.metrics.openFailures["unknown_node"] += 1
-            raise RoutingRefused(503, f"no agent connected for node {target.address!r}")
+            raise RoutingRefused(502, self._noAgent(target.address))
         policy = self.policyFor(target.port, config)
         request = ForwardingRequest(
             node=record.node,

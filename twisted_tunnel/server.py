@@ -28,7 +28,7 @@ import datetime
 import ipaddress
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 from attrs import frozen
@@ -66,6 +66,7 @@ from .mux import (
 )
 from .relay import DEFAULT_RELAY_TIMEOUTS, RelayReaper, RelayTimeouts
 from .rotation import RotatingServerOptions
+from .routes import DEFAULT_KEEP_GONE, RoutedNodes
 from .tls import Credentials, PeerIdentity, peerIdentity, verifyChain
 from .wire import ErrorCode, OpenFailReason
 
@@ -219,6 +220,7 @@ class AgentRegistry:
         self._byIP: dict[str, str] = {}
         self._byTunnel: dict[Tunnel, AgentRecord] = {}  # the current tunnels only
         self._observers: list[Callable[[], object]] = []
+        self._leaving: list[Callable[[AgentRecord], object]] = []
 
     def subscribe(self, observer: Callable[[], object]) -> Callable[[], None]:
         """
@@ -231,8 +233,23 @@ class AgentRegistry:
         self._observers.append(observer)
         return lambda: self._observers.remove(observer)
 
-    def _changed(self) -> None:
-        for observer in list(self._observers):
+    def subscribeLeaving(self, observer: Callable[[AgentRecord], object]) -> Callable[[], None]:
+        """
+        Call C{observer} with the record of every agent that goes away (its
+        tunnel lost or draining; not one replaced by a newer tunnel of its
+        node), before the observers of L{subscribe} hear of the change.
+        L{RoutedNodes} remembers gone nodes this way.
+
+        @return: a function that unsubscribes it.
+        """
+        self._leaving.append(observer)
+        return lambda: self._leaving.remove(observer)
+
+    def _changed(self, left: AgentRecord | None = None) -> None:
+        observers: list[Callable[[], object]] = list(self._observers)
+        if left is not None:
+            observers[:0] = [partial(observer, left) for observer in self._leaving]
+        for observer in observers:
             try:
                 observer()
             except Exception:
@@ -283,7 +300,7 @@ class AgentRegistry:
             return None
         del self._byNode[record.node]
         self._forgetIPs(record)
-        self._changed()
+        self._changed(left=record)
         return record
 
     def _forgetIPs(self, record: AgentRecord) -> None:
@@ -538,6 +555,10 @@ class TunnelServer:
     L{tunnelFactory}, and reach edge nodes with L{endpointForNode}.
 
     @ivar registry: the connected agents.
+    @ivar routes: the nodes whose traffic this server takes (L{RoutedNodes}):
+        the connected ones, and for C{keepGone} seconds (a constructor
+        argument) those whose agent left, so that their clients are
+        answered by the server rather than sent past it.
     @ivar metrics: its Prometheus metrics (L{ServerMetrics}).
     @ivar draining: whether it is draining (shutting down).
     """
@@ -558,6 +579,7 @@ class TunnelServer:
         metricsPerNode: bool = False,
         addressProof: INodeAddressProof | None = None,
         relayTimeouts: RelayTimeouts = DEFAULT_RELAY_TIMEOUTS,
+        keepGone: float = DEFAULT_KEEP_GONE,
     ) -> None:
         self.clock = clock
         self.credentials = credentials
@@ -583,6 +605,7 @@ class TunnelServer:
         self.identify = identify or _peerIdentity
         self.addressProof: INodeAddressProof = addressProof or CertificateAddressProof()
         self.registry = AgentRegistry()
+        self.routes = RoutedNodes(clock, self.registry, keepGone=keepGone)
         self._expiries: dict[Tunnel, IDelayedCall] = {}
         self.draining = False
         self.metrics = ServerMetrics(self, perNode=metricsPerNode)

@@ -12,9 +12,9 @@ ways, 20 MiB; 7 kubectl top node and top pod (metrics-server); 8 the node
 proxy's /metrics and /stats/summary; 9 Prometheus scrapes each node
 exporter and the server's /metrics, every target up; 10 failures: an
 agent stopped, then restarted under an open C{logs -f} and C{exec -i},
-then everything working again (always run last: it disturbs the world;
-it fails today on the defects it found, so it runs only when named:
-L{KNOWN_FAILING}).  Exits 1 if any fails.  Not a test module (no C{test_} prefix): run it by hand.
+then everything working again (always run last: it disturbs the world).
+Items in L{KNOWN_FAILING} run only when named.  Exits 1 if any fails.
+Not a test module (no C{test_} prefix): run it by hand.
 """
 
 from __future__ import annotations
@@ -568,8 +568,9 @@ NO_AGENT_DEADLINE = 5.0
 #: Item 10 (b): how long to go on watching a kubectl that missed its
 #: deadline, to say when (if) it exits.
 OBSERVE_LATE = 30.0
-#: Item 10: what kubectl's error must say for a node without its agent.
-NAMES_THE_PROBLEM = re.compile(r"agent|tunnel", re.IGNORECASE)
+#: Item 10 (a): what kubectl's error must say for a node without its agent
+#: (the server's reason, which kube-apiserver quotes from a kubelet's 502).
+NAMES_THE_PROBLEM = "no agent connected for node '{node}'"
 
 
 class Watched:
@@ -736,7 +737,7 @@ def failureNoAgent(world, pods: dict[str, str]) -> str:
     )
     otherLogs = logsWork(world, pods[other.name])
     check(
-        NAMES_THE_PROBLEM.search(error) is not None,
+        NAMES_THE_PROBLEM.format(node=down.name) in error,
         f"kubectl logs {pod} without its agent failed in {elapsed:.2f}s, but its error"
         f" does not name the problem (no agent/tunnel for {down.name}): {error!r}"
         f" ({other.name} unaffected: {otherLogs})",
@@ -748,7 +749,21 @@ def failureNoAgent(world, pods: dict[str, str]) -> str:
 
 
 def failureRestart(world, pods: dict[str, str]) -> str:
-    """(b) Streams open while the agent restarts: both kubectl exit non-zero in time."""
+    """
+    (b) Streams open while the agent restarts: the drain lets them run for
+    its timeout, then the tunnel resets them and both kubectl end, within
+    the drain timeout + 5 s, never before the drain timeout (the drain
+    must not cut what it is letting finish).
+
+    Their exit status is reported, not asserted: kube-apiserver v1.37
+    ends C{logs -f} cleanly when its kubelet connection is reset (it
+    copies the body and ignores the error), and client-go reads the empty
+    error stream of a lost exec connection as success (kubectl#1726,
+    kubernetes#137404): both exit 0 whatever the tunnel does, exactly as
+    when a real kubelet restarts.  That the tunnel resets rather than
+    closes is pinned by C{tests/test_listeners.py}
+    C{test_upgradedCutByTheTunnelIsReset}.
+    """
     from tests.interop.world import AGENT_DRAIN_TIMEOUT
 
     down = world.edges[0]
@@ -766,11 +781,12 @@ def failureRestart(world, pods: dict[str, str]) -> str:
         signalled = time.monotonic()
         stopSeconds = world.stopAgent(down)
         again = world.restartAgent(down)
-        deadline = signalled + AGENT_DRAIN_TIMEOUT + 5
+        earliest = signalled + AGENT_DRAIN_TIMEOUT
+        deadline = earliest + 5
         # Watched past the deadline (OBSERVE_LATE), to say how late a late one is.
         for watched in (follow, shell):
             watched.waitForExit(deadline + OBSERVE_LATE)
-        late = []
+        wrong = []
         for name, watched in (("logs -f", follow), ("exec -i sh", shell)):
             code = watched.process.returncode
             exitedAt = watched.exitedAt
@@ -781,12 +797,12 @@ def failureRestart(world, pods: dict[str, str]) -> str:
             )
             exits[name] = f"{when} after the agent's SIGTERM, stderr {watched.error()!r}"
             print(f"item 10 (b): kubectl {name}: {exits[name]}", flush=True)
-            if exitedAt is None or exitedAt > deadline or code == 0:
-                late.append(f"kubectl {name}: {exits[name]}")
+            if exitedAt is None or not earliest <= exitedAt <= deadline:
+                wrong.append(f"kubectl {name}: {exits[name]}")
         check(
-            not late,
-            f"not exited non-zero within {AGENT_DRAIN_TIMEOUT + 5:g}s of the agent's"
-            f" SIGTERM: {'; '.join(late)}",
+            not wrong,
+            f"not ended between the drain timeout ({AGENT_DRAIN_TIMEOUT:g}s) and 5s after it"
+            f" (from the agent's SIGTERM): {'; '.join(wrong)}",
         )
     finally:
         follow.stop()
@@ -795,6 +811,7 @@ def failureRestart(world, pods: dict[str, str]) -> str:
         f"agent up again in {restart:.2f}s; with logs -f and exec -i open, SIGTERM: agent"
         f" stopped in {stopSeconds:.2f}s, up again in {again:.2f}s; "
         + ", ".join(f"{name}: {text}" for name, text in exits.items())
+        + " (exit 0: kube-apiserver's and client-go's reading of a reset, kubectl#1726)"
     )
 
 
@@ -863,7 +880,7 @@ ITEMS = {
 #: tests/interop/README.md, item 10): run only when named, until fixed, so
 #: that a plain run says whether anything else broke.  Their checks are as
 #: strict as the others'.
-KNOWN_FAILING = frozenset({"10"})
+KNOWN_FAILING: frozenset[str] = frozenset()
 
 
 def main(argv: list[str]) -> int:

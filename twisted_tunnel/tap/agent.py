@@ -157,7 +157,8 @@ class Options(TunnelOptions):
             DEFAULT_DRAIN_TIMEOUT,
             "On SIGTERM: seconds to let streams in flight finish (the servers route new ones "
             "elsewhere at once) before closing what is left. While it lasts, new requests for "
-            "this node fail (503) until the next agent is up: keep it short. 0: close at once.",
+            "this node fail ('no agent connected') until the next agent is up: keep it short. "
+            "0: close at once.",
             nonNegativeFloat,
         ],
     ]

@@ -75,6 +75,7 @@ from ..rotation import (
     RotatingClientOptions,
     RotatingServerOptions,
 )
+from ..routes import DEFAULT_KEEP_GONE
 from ..server import DEFAULT_OPEN_TIMEOUT, TrustAnnouncedAddresses, TunnelServer
 from ..tls import (
     Credentials,
@@ -218,11 +219,20 @@ class Options(TunnelOptions):
             positiveFloat,
         ],
         [
+            "keep-gone-nodes",
+            None,
+            DEFAULT_KEEP_GONE,
+            "Seconds a node stays routed here (iptables rules, --hosts-file) after its agent "
+            "left, so its clients get an immediate answer naming it instead of being sent past "
+            "the tunnel; 0 to unroute at once.",
+            nonNegativeFloat,
+        ],
+        [
             "hosts-file",
             None,
             None,
-            "Keep this hosts-format file ('<hosts-address> <node-name>' per connected node) "
-            "for CoreDNS's hosts plugin.",
+            "Keep this hosts-format file ('<hosts-address> <node-name>' per routed node: "
+            "connected, or gone less than --keep-gone-nodes ago) for CoreDNS's hosts plugin.",
         ],
         [
             "hosts-address",
@@ -532,6 +542,7 @@ def makeService(options: Options) -> IService:
         relayTimeouts=RelayTimeouts(
             idle=options["relay-idle-timeout"], halfClosed=options["relay-half-close-timeout"]
         ),
+        keepGone=options["keep-gone-nodes"],
     )
     top = _ServerService(server, options["drain-timeout"], options["log-format"])
     # every listener's connections send small writes at once (see eager.py)
@@ -584,9 +595,7 @@ def makeService(options: Options) -> IService:
         listen(description, ForwardFactory(server, node, port), f"--forward {node}:{port}")
     _proxyListeners(options, server, top, endpoint, listen)
     if options["hosts-file"]:
-        hosts = HostsFile(
-            options["hosts-file"], options["hosts-address"], server.registry, reactor
-        )
+        hosts = HostsFile(options["hosts-file"], options["hosts-address"], server.routes, reactor)
         hosts.setName("--hosts-file")
         hosts.setServiceParent(top)
     # the agent port's certificate follows its files (Secret volumes, cert-manager)
@@ -826,7 +835,7 @@ def _iptablesManager(
         reactor,
         listeners,
         state.current,
-        server.registry,
+        server.routes,
         prerouting=options["iptables-prerouting"],
         preroutingSources=options["iptables-prerouting-source"],
         preroutingInterfaces=options["iptables-prerouting-interface"],
