@@ -9,6 +9,7 @@ Everything listens on 127.0.0.1 port 0, and no traffic leaves loopback.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import socket
@@ -16,6 +17,7 @@ from typing import Any, cast
 
 from attrs import define
 from twisted.internet import reactor as _reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocolFactory
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import ILogObserver, Logger, formatEvent
@@ -33,6 +35,8 @@ from twisted_tunnel.connect import (
     ConnectDoorFactory,
     ConnectProtocol,
     ConnectTarget,
+    DirectNetworks,
+    directNetwork,
     errorResponse,
     parseTarget,
 )
@@ -81,8 +85,8 @@ class World:
         return [e for e in self.events if "refused" in e.get("log_format", "")]
 
 
-class ConnectDoorTests(TestCase):
-    """The door over real sockets, with a real tunnel and agent behind it."""
+class DoorTestCase(TestCase):
+    """The door over real sockets, with a real tunnel and agent behind it: the helpers."""
 
     timeout = 30
 
@@ -110,7 +114,12 @@ class ConnectDoorTests(TestCase):
             filler.connect_ex(("127.0.0.1", number))
         return number
 
-    async def world(self, openTimeout: float = 10.0, requestTimeout: float = 30.0) -> World:
+    async def world(
+        self,
+        openTimeout: float = 10.0,
+        requestTimeout: float = 30.0,
+        direct: DirectNetworks | None = None,
+    ) -> World:
         server, agent, agentTunnel = await plainTunnel(self, NODE, openTimeout=openTimeout)
         record = server.registry.lookup(NODE)
         assert record is not None
@@ -121,6 +130,7 @@ class ConnectDoorTests(TestCase):
             server,
             Logger(observer=cast(ILogObserver, events.append)),
             requestTimeout=requestTimeout,
+            direct=direct,
         )
         return World(
             server=server,
@@ -163,6 +173,10 @@ class ConnectDoorTests(TestCase):
     @staticmethod
     def connectTo(target: str, extra: bytes = b"") -> bytes:
         return f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode() + extra
+
+
+class ConnectDoorTests(DoorTestCase):
+    """The door over real sockets, with a real tunnel and agent behind it."""
 
     # -- established -----------------------------------------------------------
 
@@ -262,7 +276,12 @@ class ConnectDoorTests(TestCase):
         """No agent for the node: 503 at once, the reason in the body."""
         world = await self.world()
         answer = await self.refused(world, self.connectTo("edge-9:10250"))
-        self.assertTrue(answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), answer)
+        self.assertTrue(
+            answer.startswith(
+                b"HTTP/1.1 503 Service Unavailable: no agent connected for node 'edge-9'\r\n"
+            ),
+            answer,
+        )
         self.assertIn(b"Content-Type: text/plain", answer)
         self.assertTrue(answer.endswith(b"\r\n\r\nno agent connected for node 'edge-9'\n"))
         self.assertRefusal(world, 503, node="edge-9", port=10250, target="edge-9:10250")
@@ -279,8 +298,11 @@ class ConnectDoorTests(TestCase):
         world = await self.world()
         port = self.closedPort()
         answer = await self.refused(world, self.connectTo(f"{NODE}:{port}"))
-        self.assertTrue(answer.startswith(b"HTTP/1.1 502 Bad Gateway\r\n"), answer)
-        self.assertIn(f"connection to 127.0.0.1:{port} refused".encode(), answer)
+        refused = f"connection to 127.0.0.1:{port} refused"
+        self.assertTrue(
+            answer.startswith(f"HTTP/1.1 502 Bad Gateway: {refused}\r\n".encode()), answer
+        )
+        self.assertIn(refused.encode(), answer)
         event = self.assertRefusal(world, 502, node=NODE, port=port)
         self.assertEqual(event["openFail"], "refused")
         self.assertIs(world.server.registry.lookup(NODE).tunnel, world.serverTunnel)  # type: ignore[union-attr]
@@ -290,7 +312,7 @@ class ConnectDoorTests(TestCase):
         world = await self.world(openTimeout=0.5)
         port = self.hangingPort()
         answer = await self.refused(world, self.connectTo(f"{NODE}:{port}"))
-        self.assertTrue(answer.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n"), answer)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 504 Gateway Timeout: node edge-1 "), answer)
         self.assertIn(b"did not answer", answer)
         self.assertRefusal(world, 504, node=NODE, port=port)
         await waitUntil(
@@ -440,6 +462,86 @@ class ConnectDoorTests(TestCase):
         self.assertEqual(world.refusals(), [])
 
 
+class DirectTests(DoorTestCase):
+    """
+    C{--connect-direct}: cloud addresses no agent carries, which an egress
+    selector sends to the door too (kube-apiserver's aggregator reaching
+    metrics-server), dialled by the server itself.
+    """
+
+    def direct(self, *networks: str) -> DirectNetworks:
+        return DirectNetworks(
+            tuple(ipaddress.ip_network(n) for n in networks),
+            lambda host, port: TCP4ClientEndpoint(reactor, host, port, timeout=2),
+        )
+
+    async def test_dialledDirectly(self) -> None:
+        """An address in a direct network that no agent holds: dialled, then relayed."""
+        world = await self.world(direct=self.direct("127.0.0.0/29"))
+        echo = listen(self, QuietFactory(Echo), "127.0.0.3")
+        client = await self.client(world, self.connectTo(f"127.0.0.3:{echo}", b"early"))
+        await waitUntil(lambda: client.received == ESTABLISHED + b"early", 10.0, "the echo")
+        self.assertEqual(world.refusals(), [])
+        self.assertEqual(world.serverTunnel.streamCount, 0)
+
+    async def test_agentFirst(self) -> None:
+        """An address an agent holds goes through its tunnel, direct network or not."""
+        world = await self.world(direct=self.direct("127.0.0.0/29"))
+        client = await self.client(world, self.connectTo(f"127.0.0.1:{world.banner}"))
+        await waitUntil(lambda: len(client.received) > len(ESTABLISHED), 10.0, "the banner")
+        self.assertEqual(world.serverTunnel.streamCount, 1)
+
+    async def test_refusedDirectly(self) -> None:
+        """A direct dial refused: 502, saying so in words, not in errno."""
+        world = await self.world(direct=self.direct("127.0.0.0/29"))
+        port = self.closedPort()
+        answer = await self.refused(world, self.connectTo(f"127.0.0.3:{port}"))
+        self.assertTrue(answer.startswith(b"HTTP/1.1 502 Bad Gateway: dialling "), answer)
+        self.assertTrue(
+            answer.endswith(
+                f"dialling 127.0.0.3:{port} directly failed: connection refused\n".encode()
+            ),
+            answer,
+        )
+        self.assertRefusal(world, 502, node="127.0.0.3", port=port)
+
+    async def test_outsideTheNetworks(self) -> None:
+        """An address outside the direct networks, without agent: 503, as ever."""
+        world = await self.world(direct=self.direct("127.0.0.0/30"))
+        answer = await self.refused(world, self.connectTo("127.0.0.9:80"))
+        self.assertTrue(answer.startswith(b"HTTP/1.1 503 "), answer)
+
+    async def test_namesAreNeverDialled(self) -> None:
+        """Only IP literals are dialled directly: a name goes to the registry (503)."""
+        world = await self.world(direct=self.direct("127.0.0.0/8"))
+        answer = await self.refused(world, self.connectTo("localhost:80"))
+        self.assertTrue(answer.startswith(b"HTTP/1.1 503 "), answer)
+
+
+class DirectNetworkTests(SynchronousTestCase):
+    def test_parsed(self) -> None:
+        self.assertEqual(directNetwork(" 10.200.0.7/24"), ipaddress.ip_network("10.200.0.0/24"))
+        self.assertEqual(directNetwork("fd00::/64"), ipaddress.ip_network("fd00::/64"))
+
+    def test_neverLoopbackLinkLocalOrUnspecified(self) -> None:
+        """What the server must never dial for a client cannot be named."""
+        for text, overlaps in [
+            ("127.0.0.1/32", "127.0.0.0/8"),
+            ("169.254.169.254/32", "169.254.0.0/16"),
+            ("0.0.0.0/0", "0.0.0.0/8"),
+            ("::/0", "::/128"),
+            ("fe80::1/128", "fe80::/10"),
+        ]:
+            with self.assertRaises(ValueError, msg=text) as caught:
+                directNetwork(text)
+            self.assertIn(f"overlaps {overlaps}", str(caught.exception))
+
+    def test_notANetwork(self) -> None:
+        with self.assertRaises(ValueError) as caught:
+            directNetwork("cloud")
+        self.assertEqual(str(caught.exception), "'cloud' is not an IP network (e.g. 10.0.0.0/16)")
+
+
 class ParseTargetTests(SynchronousTestCase):
     """L{parseTarget}: authority-form targets only."""
 
@@ -484,6 +586,26 @@ class ErrorResponseTests(SynchronousTestCase):
             b"\r\n"
             b"no\n",
         )
+
+    def test_reasonInStatusLine(self) -> None:
+        """
+        The reason in the status line is one line of printable ASCII, cut
+        short: what a client sent cannot reach a terminal or split the head.
+        """
+        answer = errorResponse(
+            503, "node 'edg\u00e9\x1b[31m'\r\nX: y" + "z" * 400, reasonInStatusLine=True
+        )
+        line, rest = answer.split(b"\r\n", 1)
+        self.assertTrue(
+            line.startswith(
+                b"HTTP/1.1 503 Service Unavailable: node 'edg\\xe9\\x1b[31m'\\x0d\\x0aX: yzz"
+            ),
+            line,
+        )
+        self.assertTrue(line.endswith(b"..."), line)
+        self.assertLess(len(line), 400)
+        self.assertTrue(all(32 <= byte < 127 for byte in line), line)
+        self.assertTrue(rest.startswith(b"Content-Type: text/plain"), rest)
 
 
 class InterfaceTests(SynchronousTestCase):

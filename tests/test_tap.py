@@ -411,6 +411,30 @@ class ServerMakeServiceTests(FatalTestCase):
         hosts = service.getServiceNamed("--hosts-file")
         self.assertEqual((hosts.path, hosts.address), (path, "10.96.0.50"))
 
+    def test_connectDirect(self) -> None:
+        """
+        --connect-direct (repeatable) reaches the CONNECT door with the open
+        timeout; a network the server must never dial stops the parse.
+        """
+        service = self.make(
+            "--connect-direct", "10.200.0.0/24", "--connect-direct", "fd00::/64",
+            "--open-timeout", "3", "--no-iptables",
+        )  # fmt: skip
+        door = self.frontDoor(self.listener(service, "--connect-endpoint"))
+        self.assertEqual([str(n) for n in door.direct.networks], ["10.200.0.0/24", "fd00::/64"])
+        endpoint = door.direct.endpoint("10.200.0.3", 4443)
+        self.assertEqual(
+            (endpoint._host, endpoint._port, endpoint._timeout), ("10.200.0.3", 4443, 3)
+        )
+        self.assertIsNone(
+            self.frontDoor(self.listener(self.make("--no-iptables"), "--connect-endpoint")).direct
+        )
+        with self.assertRaises(UsageError) as caught:
+            self.options("--connect-direct", "169.254.0.0/16")
+        self.assertIn(
+            "--connect-direct: 169.254.0.0/16 overlaps 169.254.0.0/16", str(caught.exception)
+        )
+
     def test_hostsFileNeedsAnAddress(self) -> None:
         for args, words in [
             (["--hosts-file", "/tmp/h"], "needs --hosts-address"),

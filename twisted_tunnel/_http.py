@@ -12,6 +12,9 @@ from ._text import printable
 #: The longest reason an error body carries (about a line and a half).
 MAX_REASON = 1000
 
+#: The most of a reason that goes into a status line (C{reasonInStatusLine}).
+MAX_PHRASE = 300
+
 
 def errorResponse(
     status: int,
@@ -19,6 +22,7 @@ def errorResponse(
     headers: Sequence[tuple[str, str]] = (),
     *,
     withBody: bool = True,
+    reasonInStatusLine: bool = False,
 ) -> bytes:
     """
     A complete error response that ends the connection, its reason as a
@@ -26,6 +30,9 @@ def errorResponse(
     human with C{nc} reads the body).  Written by hand, not by h11: it must
     work whatever state a parser is in (a malformed request leaves h11
     unable to answer).  C{withBody=False} for the answer to a C{HEAD}.
+    C{reasonInStatusLine} adds C{text} (ASCII, at most L{MAX_PHRASE}
+    characters) to the status line, for clients that show only that line:
+    C{503 Service Unavailable: no agent connected for node 'edge-1'}.
 
     C{text} often quotes what a client or an agent sent (a C{Host}, a
     target, an agent's refusal): it goes through L{printable}, so that no
@@ -35,6 +42,9 @@ def errorResponse(
         phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = "Error"
+    if reasonInStatusLine:
+        said = printable(text, MAX_PHRASE).encode("ascii", "backslashreplace").decode("ascii")
+        phrase = f"{phrase}: {said}"
     body = (printable(text, MAX_REASON) + "\n").encode("utf-8", "replace")
     lines = [
         f"HTTP/1.1 {status} {phrase}",

@@ -22,6 +22,15 @@ for the operator (no traceback: these are expected conditions):
  - C{503} no agent for the node (or its tunnel went away), C{502} the agent
    could not dial (its reason is passed on), C{504} the agent did not answer.
 
+Cloud addresses (L{DirectNetworks}, C{--connect-direct}): with an egress
+selector, kube-apiserver sends I{every} connection of its C{cluster} egress
+to the door, also those to cloud nodes and to aggregated API servers such
+as metrics-server, which no agent carries.  Targets in the networks the
+operator names, and held by no agent, are dialled by the server itself;
+C{502}/C{504} say why a dial failed.  Nothing else is dialled directly:
+loopback, link-local (a cloud's metadata service) and unspecified
+addresses can never be named.
+
 The request head is parsed with C{h11}; a client has C{requestTimeout}
 seconds to send all of it, so a silent (or slowloris) client cannot hold a
 connection.  A client that leaves while its stream is being opened cancels
@@ -41,11 +50,13 @@ from typing import Any
 import h11
 from attrs import frozen
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectError, ConnectionDone
+from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import (
     IDelayedCall,
     IProtocol,
     IReactorTime,
+    IStreamClientEndpoint,
     ITransport,
 )
 from twisted.internet.protocol import Factory
@@ -63,6 +74,8 @@ from .tls import peerIdentity, refuseNodeIdentity
 from .wire import OpenFailReason
 
 __all__ = [
+    "DirectNetworks",
+    "directNetwork",
     "ConnectDoorFactory",
     "ConnectProtocol",
     "ConnectTarget",
@@ -154,6 +167,59 @@ def parseTarget(raw: bytes) -> ConnectTarget:
     return ConnectTarget(node, int(port))
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: What a direct network may never contain: the server's own loopback, a
+#: cloud's link-local metadata service, "this host".
+_NEVER_DIRECT: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(n)
+    for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "::/128", "::1/128", "fe80::/10")
+)
+
+
+def directNetwork(text: str) -> IPNetwork:
+    """
+    Parse one C{--connect-direct} network.
+
+    @raise ValueError: not a network, or one that overlaps loopback,
+        link-local or unspecified addresses (with the reason).
+    """
+    try:
+        network = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{text[:60]!r} is not an IP network (e.g. 10.0.0.0/16)") from None
+    for never in _NEVER_DIRECT:
+        if network.version == never.version and network.overlaps(never):
+            raise ValueError(
+                f"{network} overlaps {never}: the server never dials loopback, link-local "
+                "(metadata services) or unspecified addresses for a client"
+            )
+    return network
+
+
+@frozen
+class DirectNetworks:
+    """
+    Networks whose addresses the CONNECT door dials itself, when no agent
+    holds them: the cloud's own nodes and services.
+
+    @ivar networks: parsed with L{directNetwork}.
+    @ivar endpoint: makes the endpoint to dial C{(ip, port)} with (the
+        daemon's: TCP with a connect timeout).
+    """
+
+    networks: tuple[IPNetwork, ...]
+    endpoint: Callable[[str, int], IStreamClientEndpoint]
+
+    def covers(self, host: str) -> bool:
+        """Whether C{host}, an IP literal, is in one of the networks."""
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+
 class _State(enum.Enum):
     READING = "reading the request head"
     OPENING = "opening the stream"
@@ -203,6 +269,7 @@ class ConnectProtocol(RelayProtocol):
         self._pendingSize = 0
         self._readingPaused = False
         self._peer = "-"
+        self._direct = False
 
     # -- the connection ------------------------------------------------------
 
@@ -314,10 +381,21 @@ class ConnectProtocol(RelayProtocol):
         self._parser = None  # its buffer held a copy of the trailing bytes
         if trailing:
             self._hold(trailing)
-        endpoint = self.door.server.endpointForNode(target.node, target.port, policy="connect")
-        opening = maybeDeferred(endpoint.connect, _streamEnds)
+        opening = maybeDeferred(self._endpoint(target).connect, _streamEnds)
         self._opening = opening
         opening.addCallbacks(self._opened, self._openFailed)
+
+    def _endpoint(self, target: ConnectTarget) -> IStreamClientEndpoint:
+        """The node's tunnel; or, for a direct address no agent holds, a dial of our own."""
+        server, direct = self.door.server, self.door.direct
+        if (
+            direct is not None
+            and direct.covers(target.node)
+            and server.registry.lookup(target.node) is None
+        ):
+            self._direct = True
+            return direct.endpoint(target.node, target.port)
+        return server.endpointForNode(target.node, target.port, policy="connect")
 
     def _hold(self, data: bytes) -> None:
         """Keep what the client sends ahead, in order, for the relay."""
@@ -363,8 +441,17 @@ class ConnectProtocol(RelayProtocol):
         if self._state is not _State.OPENING:
             return  # cancelled: the client left, _abandon logged it
         error = failure.value
-        if isinstance(error, NodeNotConnected):
-            self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, str(error))
+        if self._direct and isinstance(error, ConnectError):
+            status = (
+                HTTPStatus.GATEWAY_TIMEOUT
+                if isinstance(error, ConnectTimeout)
+                else HTTPStatus.BAD_GATEWAY
+            )
+            self._refuse(status, f"dialling {self._target} directly failed: {_dialError(error)}")
+        elif isinstance(error, NodeNotConnected):
+            self._refuse(
+                HTTPStatus.SERVICE_UNAVAILABLE, self.door.server.routes.noAgent(error.node)
+            )
         elif isinstance(error, StreamOpenFailed):
             self._refuse(
                 HTTPStatus.BAD_GATEWAY, error.text, openFail=OpenFailReason.named(error.reason)
@@ -434,7 +521,12 @@ class ConnectProtocol(RelayProtocol):
         self._early = []
         transport = self.transport
         assert transport is not None
-        transport.write(errorResponse(int(status), reason, headers))
+        # a gateway failure's reason in the status line too: kube-apiserver's
+        # egress dialer shows kubectl the status line of a refused CONNECT,
+        # not its body
+        transport.write(
+            errorResponse(int(status), reason, headers, reasonInStatusLine=status >= 500)
+        )
         halfClose(transport)
         if self._readingPaused:
             self._readingPaused = False
@@ -469,6 +561,7 @@ class ConnectDoorFactory(Factory):
     @ivar lingerTimeout: how long an error response may take to be read.
     @ivar authorize: given a client's transport, the reason to refuse it
         (C{403}), or C{None} to let it in; see L{refuseAgentCertificates}.
+    @ivar direct: the networks dialled directly, or C{None} (nothing is).
     """
 
     noisy = False
@@ -483,9 +576,11 @@ class ConnectDoorFactory(Factory):
         maxPendingBytes: int = MAX_PENDING_BYTES,
         lingerTimeout: float = LINGER_TIMEOUT,
         authorize: Callable[[ITransport | None], str | None] | None = None,
+        direct: DirectNetworks | None = None,
     ) -> None:
         self.server = server
         self.authorize = authorize
+        self.direct = direct
         self.log = log if log is not None else Logger(namespace=__name__)
         self.requestTimeout = requestTimeout
         self.maxHeadSize = maxHeadSize
@@ -500,6 +595,14 @@ class ConnectDoorFactory(Factory):
         protocol = ConnectProtocol(self)
         protocol.factory = self
         return protocol
+
+
+def _dialError(error: ConnectError) -> str:
+    """C{connection refused}, not Twisted's C{Connection was refused by other side: 111: ...}."""
+    if isinstance(error, ConnectTimeout):
+        return "timed out"
+    said = error.args[0] if error.args and isinstance(error.args[0], str) else ""
+    return (said or error.__doc__ or type(error).__name__).strip().rstrip(".").lower()
 
 
 def refuseAgentCertificates(transport: ITransport | None) -> str | None:

@@ -220,15 +220,6 @@ class ProxyRouter:
         )
         return routed
 
-    def _noAgent(self, address: str) -> str:
-        """Why a node has no route, naming the node and when its agent left, if known."""
-        gone = self.server.routes.gone(address)
-        if gone is None:
-            return f"no agent connected for node {address!r}"
-        ago = self.server.clock.seconds() - gone.since
-        named = repr(gone.node) if gone.node == address else f"{gone.node!r} ({address})"
-        return f"no agent connected for node {named}: its agent left {ago:.0f}s ago"
-
     def routeNow(
         self,
         target: Target,
@@ -262,7 +253,7 @@ class ProxyRouter:
         record = self.server.registry.lookup(target.address)
         if record is None or not record.tunnel.established:
             self.server.metrics.openFailures["unknown_node"] += 1
-            raise RoutingRefused(502, self._noAgent(target.address))
+            raise RoutingRefused(502, self.server.routes.noAgent(target.address))
         policy = self.policyFor(target.port, config)
         request = ForwardingRequest(
             node=record.node,

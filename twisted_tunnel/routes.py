@@ -177,6 +177,18 @@ class RoutedNodes:
             return None
         return self._gone.get(self._goneByIP.get(nameOrIP, nameOrIP))
 
+    def noAgent(self, address: str) -> str:
+        """
+        What a client is told when C{address} (a node name or IP) has no
+        agent: the node, and when its agent left, if it is a gone node.
+        """
+        gone = self.gone(address)
+        if gone is None:
+            return f"no agent connected for node {address!r}"
+        ago = self.clock.seconds() - gone.since
+        named = repr(gone.node) if gone.node == address else f"{gone.node!r} ({address})"
+        return f"no agent connected for node {named}: its agent left {ago:.0f}s ago"
+
     def __iter__(self) -> Iterator[RoutedNode]:
         self._expire()
         for record in self.registry:

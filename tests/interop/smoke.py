@@ -321,7 +321,30 @@ def itemNodeProxy(world) -> str:
             f"{edge.name}: metrics {len(metrics)} bytes, stats/summary pods {pods},"
             f" {time.monotonic() - started:.2f}s"
         )
+    out.append(kubeAPIServerPath(world))
     return "; ".join(out)
+
+
+def kubeAPIServerPath(world) -> str:
+    """
+    The path kube-apiserver's requests above took, from the server's own
+    counters: the CONNECT door in mode B (streams of policy C{connect}),
+    never in mode A (where the HTTPS listener carries them).
+    """
+    from tests.interop.world import SERVER_META
+
+    text = world.cloud.run("curl", "-sS", "http://{}:{}/metrics".format(*SERVER_META)).stdout
+    opened = dict(
+        re.findall(
+            r'^edge_tunnel_server_streams_opened_total\{policy="([^"]+)"\} (\S+)$', text, re.M
+        )
+    )
+    door = float(opened.get("connect", "0"))
+    check(
+        (door > 0) == (world.mode != "A"),
+        f"mode {world.mode}: {door:g} streams through the CONNECT door: {opened}",
+    )
+    return f"mode {world.mode}: streams opened by policy {opened}"
 
 
 def poll(condition: Callable[[], str | None], timeout: float, what: str) -> float:
@@ -887,6 +910,8 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["--port-forward-client"]:
         return portForwardClient(*(int(a) for a in argv[1:5]))
     keepGoing = "--keep-going" in argv
+    modes = [a.partition("=")[2] for a in argv if a.startswith("--mode=")]
+    mode = modes[-1] if modes else "A"
     wanted = [a for a in argv if not a.startswith("--")] or [
         item for item in ITEMS if item not in KNOWN_FAILING
     ]
@@ -898,7 +923,7 @@ def main(argv: list[str]) -> int:
     cleanups = Cleanups()
     results: list[tuple[str, bool, str]] = []
     try:
-        world = InteropWorld(cleanups)
+        world = InteropWorld(cleanups, mode=mode)
         try:
             world.build()
         except BaseException:
@@ -907,7 +932,10 @@ def main(argv: list[str]) -> int:
             for process in world.processes:
                 print(f"--- {process.name} (pid {process.popen.pid}):\n{process.log()[-4000:]}")
             return 1
-        print(f"world up in {world.bringUpSeconds:.1f}s: {_timings(world.timings)}", flush=True)
+        print(
+            f"mode {mode}: world up in {world.bringUpSeconds:.1f}s: {_timings(world.timings)}",
+            flush=True,
+        )
         pods: dict[str, str] = {}
         started = time.monotonic()
         for edge in world.edges:

@@ -30,6 +30,15 @@ C{<InternalIP>:9100}, which the ConfigMap's C{http-proxy-ports} sends to the
 HTTP proxy listener.  kube-apiserver reaches metrics-server (its APIService)
 directly, at the EndpointSlice's address (C{--enable-aggregator-routing}).
 
+Mode B (L{MODES}: C{B-tcp}, C{B-unix}): kube-apiserver is given an
+EgressSelectorConfiguration whose C{cluster} egress is C{HTTPConnect} to the
+server's CONNECT door, over TCP with mutual TLS or over a UNIX socket: it
+sends C{CONNECT <InternalIP>:10250}, and TLS runs end to end from it to the
+kubelet.  The aggregator's connections to metrics-server take the same
+egress, so the door dials the cloud network itself (C{--connect-direct}).
+metrics-server and Prometheus, which have no egress selector, keep the DNAT
+path of mode A.
+
 Who trusts whom:
   - the cluster CA signs kube-apiserver's serving certificate (for the cloud
     address and the load balancer's), the admin's client certificate
@@ -91,6 +100,7 @@ from tests.e2e_world import (
     HTTP_LISTENER_PORT,
     HTTPS_LISTENER_PORT,
     LB_ADDRESS,
+    SERVER_NAME,
     Edge,
     Process,
     Scope,
@@ -103,6 +113,7 @@ from twisted_tunnel.certs import _mintLeaf, mintAgent, mintCA, mintClient, mintS
 from twisted_tunnel.tap.agent import DEFAULT_DRAIN_TIMEOUT
 
 __all__ = [
+    "MODES",
     "AGENT_DRAIN_TIMEOUT",
     "APISERVER_PORT",
     "Cleanups",
@@ -136,6 +147,18 @@ INTEROP_CONFIG: Mapping[str, str] = {"http-proxy-ports": str(NODE_EXPORTER_PORT)
 
 #: The agents' --drain-timeout: their default (the world does not set it).
 AGENT_DRAIN_TIMEOUT = DEFAULT_DRAIN_TIMEOUT
+
+#: How kube-apiserver reaches the kubelets (issue 13): A, transparent (it
+#: dials the node IP, the server's DNAT brings it to the HTTPS proxy
+#: listener); B over TCP (an EgressSelectorConfiguration whose cluster
+#: egress is HTTPConnect to the CONNECT door, mutual TLS); B over a UNIX
+#: socket (the same, to the door on a socket).
+MODES = ("A", "B-tcp", "B-unix")
+#: The CONNECT door's port on the cloud address (mode B over TCP).
+CONNECT_PORT = 10261
+#: What the door dials itself in mode B: the cloud's network, where the
+#: aggregator reaches metrics-server (no agent holds those addresses).
+CLOUD_NETWORK = "10.200.0.0/24"
 
 #: How long kube-apiserver, a Node or a pod may take to become ready.
 READY_TIMEOUT = 60.0
@@ -372,7 +395,10 @@ class InteropWorld(World):
     @ivar timings: Seconds each bring-up step took, in order.
     """
 
-    def __init__(self, scope: Scope, edges: int = 2) -> None:
+    def __init__(self, scope: Scope, edges: int = 2, mode: str = "A") -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r}: one of {MODES}")
+        self.mode = mode
         super().__init__(scope, edges, serverArguments=[])
         self.timings: dict[str, float] = {}
         self.nodeExporters: dict[str, Process] = {}
@@ -572,6 +598,54 @@ class InteropWorld(World):
             # where Prometheus scrapes it
             "--meta-endpoint", "tcp:{1}:interface={0}".format(*SERVER_META),
         ]  # fmt: skip
+        if self.mode != "A":
+            self.serverArguments += self._egressSelection()
+
+    def _egressSelection(self) -> list[str]:
+        """
+        Mode B: kube-apiserver's EgressSelectorConfiguration (written to
+        C{egressConfig}) and the server's CONNECT door for it: over TCP on
+        the cloud address with mutual TLS (the door presents the server's
+        certificate, named L{SERVER_NAME}, and takes kube-apiserver's
+        kubelet client certificate, from the kubelet CA), or on a UNIX
+        socket (plain: the socket is the server's, 0600).  Either way the
+        door dials the cloud network itself (C{--connect-direct}): the
+        aggregator's connections to metrics-server come through it too.
+        """
+        if self.mode == "B-tcp":
+            transport: dict[str, Any] = {
+                "tcp": {
+                    "url": f"https://{CLOUD_ADDRESS}:{CONNECT_PORT}",
+                    "tlsConfig": {
+                        "caBundle": self.tunnelCA,
+                        "clientCert": self.apiserverCert,
+                        "clientKey": self.apiserverKey,
+                        "tlsServerName": SERVER_NAME,
+                    },
+                }
+            }
+            door = [
+                "--connect-endpoint", f"tcp:{CONNECT_PORT}:interface={CLOUD_ADDRESS}",
+                "--connect-ca", self.kubeletCA,
+            ]  # fmt: skip
+        else:
+            socket = os.path.join(self.directory, "connect.sock")
+            transport = {"uds": {"udsName": socket}}
+            door = ["--connect-endpoint", f"unix:{socket}"]
+        configuration = {
+            "apiVersion": "apiserver.k8s.io/v1beta1",
+            "kind": "EgressSelectorConfiguration",
+            "egressSelections": [
+                {
+                    "name": "cluster",
+                    "connection": {"proxyProtocol": "HTTPConnect", "transport": transport},
+                }
+            ],
+        }
+        self.egressConfig = os.path.join(self.directory, "egress-selector.yaml")
+        with open(self.egressConfig, "w") as f:
+            json.dump(configuration, f, indent=2)
+        return [*door, "--connect-direct", CLOUD_NETWORK]
 
     def haproxyConfig(self) -> str:
         """L{World}'s, and kube-apiserver behind the lb's address, for the kubelets."""
@@ -641,6 +715,8 @@ class InteropWorld(World):
             f"--proxy-client-key-file={self.frontProxyKey}",
             "--enable-aggregator-routing=true",
         ]
+        if self.mode != "A":
+            argv.append(f"--egress-selector-config-file={self.egressConfig}")
         return self._spawn(self.cloud, "kube-apiserver", argv, cwd=self.directory)
 
     def waitForAPIServer(self) -> None:

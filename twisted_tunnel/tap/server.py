@@ -19,12 +19,18 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
     TCP4ServerEndpoint,
+    TCP6ClientEndpoint,
     TCP6ServerEndpoint,
     UNIXServerEndpoint,
     serverFromString,
 )
-from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IProtocolFactory,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
@@ -37,7 +43,7 @@ from ..config import (
     loadConfig,
     parseConfigData,
 )
-from ..connect import ConnectDoorFactory, refuseAgentCertificates
+from ..connect import ConnectDoorFactory, DirectNetworks, directNetwork, refuseAgentCertificates
 from ..eager import EagerTCPReactor
 from ..errors import CredentialsError
 from ..forward import ForwardFactory, parseForward
@@ -321,6 +327,7 @@ class Options(TunnelOptions):
         super().__init__()
         self["forward"] = []
         self["iptables-prerouting-source"] = []
+        self["connect-direct"] = []
         self["iptables-prerouting-interface"] = []
         self["policy"] = {}
 
@@ -355,6 +362,18 @@ class Options(TunnelOptions):
                 raise usage.UsageError(
                     f"--hosts-address {self['hosts-address']!r} is not an IP address"
                 ) from None
+
+    def opt_connect_direct(self, cidr: str) -> None:
+        """
+        CIDR: CONNECT targets in this network that no agent holds (cloud nodes,
+        aggregated API servers such as metrics-server) are dialled by this
+        server itself, as an egress selector for the whole cluster needs
+        (repeatable; never loopback or link-local)
+        """
+        try:
+            self["connect-direct"].append(directNetwork(cidr))
+        except ValueError as e:
+            raise usage.UsageError(f"--connect-direct: {e}") from None
 
     def opt_iptables_prerouting_source(self, cidr: str) -> None:
         """
@@ -487,6 +506,25 @@ def _connectDoorFactory(
     return factory
 
 
+def _directNetworks(options: Options, reactor: Any) -> DirectNetworks | None:
+    """C{--connect-direct}: what the CONNECT door dials itself, with the open timeout."""
+    networks = tuple(options["connect-direct"])
+    if not networks:
+        return None
+    timeout = options["open-timeout"]
+
+    def endpoint(host: str, port: int) -> IStreamClientEndpoint:
+        if ":" in host:
+            return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+        return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+
+    _log.info(
+        "CONNECT door: dials {networks} itself when no agent holds the address",
+        networks=", ".join(str(n) for n in networks),
+    )
+    return DirectNetworks(networks, endpoint)
+
+
 class _ServerService(DaemonService):
     """
     The listeners; on stop, the listeners close first (no new agents, no
@@ -585,7 +623,11 @@ def makeService(options: Options) -> IService:
     listen(options["tunnel-endpoint"], server.tunnelFactory(), "--tunnel-endpoint")
     if options["connect-endpoint"] != "none":
         local = connectDoorIsLocal(endpoint(options["connect-endpoint"], "--connect-endpoint"))
-        door = ConnectDoorFactory(server, authorize=None if local else refuseAgentCertificates)
+        door = ConnectDoorFactory(
+            server,
+            authorize=None if local else refuseAgentCertificates,
+            direct=_directNetworks(options, tcpReactor),
+        )
         listen(
             options["connect-endpoint"],
             _connectDoorFactory(options, server, door, local, top),
