@@ -117,10 +117,11 @@ Why the names load lazily
 
 Importing C{twisted_tunnel} imports none of its modules: each name above is
 imported from its module the first time it is used (a module
-C{__getattr__}, PEP 562).  The modules import C{__version__} from here, and
-the sans-IO codec L{twisted_tunnel.wire} must stay cheap to import (no TLS,
-no reactor machinery), which eager re-exports would defeat; nothing here
-imports the global reactor either.  Type checkers and pydoctor read the
+C{__getattr__}, PEP 562).  C{__version__} comes from the leaf module
+C{_version}, which the modules that need it import directly.  The sans-IO
+codec L{twisted_tunnel.wire} must stay cheap to import (no TLS, no reactor
+machinery), which eager re-exports would defeat; nothing here imports the
+global reactor either.  Type checkers and pydoctor read the
 C{TYPE_CHECKING} imports below, so the names are checked and documented as
 if they were imported eagerly.
 """
@@ -130,8 +131,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-"""The version of twisted-tunnel (both ends of a tunnel send it in their HELLO)."""
+from ._version import __version__
 
 if TYPE_CHECKING:
     from .agent import TunnelAgent, backoffPolicy

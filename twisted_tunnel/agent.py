@@ -61,8 +61,8 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import __version__
 from ._logthrottle import LogThrottle
+from ._version import __version__
 from .errors import StreamOpenFailed
 from .metrics import AgentMetrics, handshakeFailureReason
 from .mux import (

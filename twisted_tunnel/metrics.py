@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import __version__
+from ._version import __version__
 from .errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout, TunnelClosed
 from .mux import ITunnelMeter, Stream, Tunnel
 from .wire import OpenFailReason

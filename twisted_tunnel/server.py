@@ -47,7 +47,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from . import __version__
+from ._version import __version__
 from .certs import isNodeName, validateNodeName
 from .errors import NodeNotConnected, StreamOpenFailed
 from .metrics import ServerMetrics, handshakeFailureReason
