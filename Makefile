@@ -34,7 +34,7 @@ types: venv
 	$(VENV)/bin/mypy twisted_tunnel
 
 demo: venv
-	$(PY) -m twisted_tunnel.demo
+	$(PY) -m twisted_tunnel.cli.demo
 
 bench: venv
 	bash bench/run.sh

@@ -91,9 +91,9 @@ from _procs import META_ENDPOINT, REPO, TWISTD, daemonEnv, freePort  # noqa: E40
 sys.path.insert(0, str(REPO))  # run from anywhere, with the repository's twisted_tunnel
 
 from twisted_tunnel.agent import TunnelAgent  # noqa: E402
-from twisted_tunnel.certs import Issued, mintAgent, mintCA, mintServer, writePair  # noqa: E402
 from twisted_tunnel.mux import Keepalive, Tunnel, TunnelAddress  # noqa: E402
 from twisted_tunnel.tls import Credentials, agentOptions, makeCredentials  # noqa: E402
+from twisted_tunnel.tls.certs import Issued, mintAgent, mintCA, mintServer, writePair  # noqa: E402
 
 SERVER_NAME = "127.0.0.1"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -241,12 +241,12 @@ class Setup:
 
 def mintPKI(work: Path) -> Path:
     """
-    Two private CAs minted with twisted_tunnel.certs: the tunnel's (server,
+    Two private CAs minted with twisted_tunnel.tls.certs: the tunnel's (server,
     agent, and the client certificate the https policy presents to nodes),
     and the edge's, which signs nginx's serving certificate as a cluster CA
     signs kubelets' (given to the server as --proxy-client-ca).
     """
-    from twisted_tunnel.certs import mintAgent, mintCA, mintClient, mintServer, writePair
+    from twisted_tunnel.tls.certs import mintAgent, mintCA, mintClient, mintServer, writePair
 
     pki = work / "pki"
     pki.mkdir()

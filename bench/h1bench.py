@@ -1,8 +1,8 @@
 """
 Micro-benchmark of the HTTP/1.1 codec the proxy engine runs per request:
-h11 against L{twisted_tunnel.h1}, same call sequence for both.
+h11 against L{twisted_tunnel.http.h1}, same call sequence for both.
 
-Per request, as L{twisted_tunnel.httpproxy} does it: the server side parses
+Per request, as L{twisted_tunnel.http.engine} does it: the server side parses
 a GET with 8 header fields (L{Request}, L{EndOfMessage}, then L{NEED_DATA}),
 a L{Request} is built from its raw fields and sent by the client side with
 its L{EndOfMessage}; the client side parses a 200 response with
@@ -23,7 +23,7 @@ from types import ModuleType
 
 import h11
 
-from twisted_tunnel import h1
+from twisted_tunnel.http import h1
 
 REQUEST = (
     b"GET /api/v1/nodes/edge-1/proxy/metrics?timeout=32s HTTP/1.1\r\n"

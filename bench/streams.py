@@ -300,7 +300,7 @@ class World:
 
 def mintPKI(pki: Path, nodes: Sequence[Node]) -> None:
     """A CA, the server's certificate, and one agent certificate per node, carrying its IP."""
-    from twisted_tunnel.certs import mintAgent, mintCA, mintServer, writePair
+    from twisted_tunnel.tls.certs import mintAgent, mintCA, mintServer, writePair
 
     pki.mkdir()
     ca = mintCA()

@@ -30,7 +30,7 @@ from twisted.web.server import Site
 from twisted.web.static import Data
 
 from twisted_tunnel import Credentials, TunnelAgent, makeCredentials
-from twisted_tunnel.certs import Issued, mintAgent, mintCA, mintServer
+from twisted_tunnel.tls.certs import Issued, mintAgent, mintCA, mintServer
 
 #: The edge node of every example.
 NODE = "edge-1"

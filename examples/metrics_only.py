@@ -15,7 +15,7 @@ from __future__ import annotations
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from twisted_tunnel.policy import (
+from twisted_tunnel.forwarding.policy import (
     Carrier,
     ForwardingDecision,
     ForwardingRequest,

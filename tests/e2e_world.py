@@ -57,7 +57,7 @@ from attrs import frozen
 from tests.netns import Namespace, link, pollUntil
 from tests.pki import TestPKI
 from tests.realnet import REPO_ROOT, daemonEnvironment, twistdCommand
-from twisted_tunnel.certs import Issued, mintCA, mintClient, mintServer, writePair
+from twisted_tunnel.tls.certs import Issued, mintCA, mintClient, mintServer, writePair
 
 __all__ = [
     "CLOUD_ADDRESS",

@@ -94,7 +94,7 @@ from tests.e2e_world import (
 )
 from tests.netns import Namespace, pollUntil
 from tests.pki import TestPKI
-from twisted_tunnel.certs import Issued, mintAgent, mintServer
+from twisted_tunnel.tls.certs import Issued, mintAgent, mintServer
 
 __all__ = [
     "ALL_TUNNELS_UP",

@@ -38,9 +38,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.realnet import waitForSocketsClosedAtCleanup, waitUntil
 from twisted_tunnel import wire
-from twisted_tunnel.certs import Issued
 from twisted_tunnel.server import TunnelServer
 from twisted_tunnel.tls import Credentials, agentOptions, makeCredentials
+from twisted_tunnel.tls.certs import Issued
 
 __all__ = ["HostileAgent", "HostileAgentConnection", "listenForAgents", "serverClock"]
 

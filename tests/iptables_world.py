@@ -26,7 +26,7 @@ import socket
 import struct
 import sys
 
-from twisted_tunnel.origdst import SO_ORIGINAL_DST
+from twisted_tunnel.net.origdst import SO_ORIGINAL_DST
 
 #: How long any one step may take.
 TIMEOUT = 5.0

@@ -59,7 +59,8 @@ from attrs import frozen
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from twisted_tunnel.certs import (
+from twisted_tunnel.tls import Credentials, loadCredentials, makeCredentials
+from twisted_tunnel.tls.certs import (
     NODE_ORGANIZATION,
     Issued,
     _mintLeaf,
@@ -69,7 +70,6 @@ from twisted_tunnel.certs import (
     mintServer,
     writePair,
 )
-from twisted_tunnel.tls import Credentials, loadCredentials, makeCredentials
 
 __all__ = [
     "SERVER_NAMES",

@@ -46,9 +46,9 @@ from zope.interface import implementer
 from tests.realnet import waitUntil
 from tests.services import OneProtocolFactory, RecordingClient
 from twisted_tunnel.agent import TunnelAgent
-from twisted_tunnel.config import parseConfigData
-from twisted_tunnel.origdst import originalDestination
-from twisted_tunnel.proxy import ProxyRouter, RawProxyFactory
+from twisted_tunnel.doors.proxy import ProxyRouter, RawProxyFactory
+from twisted_tunnel.forwarding.config import parseConfigData
+from twisted_tunnel.net.origdst import originalDestination
 from twisted_tunnel.server import TunnelServer
 from twisted_tunnel.tls import PeerIdentity
 

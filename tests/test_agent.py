@@ -46,7 +46,7 @@ from twisted_tunnel.agent import (
 )
 from twisted_tunnel.errors import StreamOpenFailed, TunnelClosed
 from twisted_tunnel.mux import Refused, Tunnel, TunnelAddress
-from twisted_tunnel.relay import RelayProtocol
+from twisted_tunnel.net.relay import RelayProtocol
 from twisted_tunnel.wire import ErrorCode, OpenFailReason
 
 from .memory import RecordingHandler, TunnelPair, frames, framesOfType

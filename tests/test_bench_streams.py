@@ -161,7 +161,9 @@ class ComplaintsTests(SynchronousTestCase):
         self.addCleanup(directory.cleanup)
         work = Path(directory.name)
         log = work / "edge-tunnel-server.log"
-        log.write_text("[twisted_tunnel.connect#info] CONNECT edge-01:1 refused: 503 (start-up)\n")
+        log.write_text(
+            "[twisted_tunnel.doors.connect#info] CONNECT edge-01:1 refused: 503 (start-up)\n"
+        )
         procs = streams.Daemons(work)
         # Started comes from bench/_procs.py, which loading streams.py imported
         procs.started.append(sys.modules["_procs"].Started("edge-tunnel-server", None, log))
@@ -169,7 +171,7 @@ class ComplaintsTests(SynchronousTestCase):
         with open(log, "a") as f:
             f.write("[twisted_tunnel.server._ServerSide#info] agent edge-01 connected\n")
             f.write("[twisted_tunnel.mux.Tunnel#warn] closing tunnel: protocol error\n")
-            f.write("[twisted_tunnel.connect#info] CONNECT edge-01:1 refused: 504 late\n")
+            f.write("[twisted_tunnel.doors.connect#info] CONNECT edge-01:1 refused: 504 late\n")
         found = procs.complaints(since)
         self.assertEqual(found.counts, {"edge-tunnel-server logged": 2})
         self.assertIn("protocol error", found.examples["edge-tunnel-server logged"][0])

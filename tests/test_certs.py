@@ -1,5 +1,6 @@
 """
-Tests for L{twisted_tunnel.certs}: what goes into each kind of certificate, and how it is written.
+Tests for L{twisted_tunnel.tls.certs}: what goes into each kind of certificate, and how it
+is written.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.pki import TestPKI, temporaryDirectory
-from twisted_tunnel.certs import (
+from twisted_tunnel.tls.certs import (
     NODE_COMMON_NAME_PREFIX,
     NODE_ORGANIZATION,
     Issued,

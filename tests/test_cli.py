@@ -15,8 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.pki import temporaryDirectory
 from twisted_tunnel import cli
-from twisted_tunnel.certs import readPair
 from twisted_tunnel.tls import identityOfCertificate, loadCredentials
+from twisted_tunnel.tls.certs import readPair
 
 
 class CLITestCase(SynchronousTestCase):
@@ -243,7 +243,8 @@ class UsageTests(SynchronousTestCase):
 
     def test_pythonDashM(self) -> None:
         """C{python -m twisted_tunnel.cli} runs the command."""
-        root = os.path.dirname(os.path.dirname(os.path.abspath(cli.__file__)))
+        # the folder that holds the package (cli is the package twisted_tunnel/cli/)
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(cli.__file__))))
         result = subprocess.run(
             [sys.executable, "-m", "twisted_tunnel.cli", "--help"],
             capture_output=True,

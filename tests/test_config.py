@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_config -*-
 """
-Tests for L{twisted_tunnel.config}: the C{edge-tunnel-server-cfg} ConfigMap.
+Tests for L{twisted_tunnel.forwarding.config}: the C{edge-tunnel-server-cfg} ConfigMap.
 
 The two examples from ACK Edge's documentation load verbatim, both as
 manifest files and as ConfigMap-volume directories laid out the way kubelet
@@ -28,7 +28,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from tests.pki import temporaryDirectory
-from twisted_tunnel.config import (
+from twisted_tunnel.forwarding.config import (
     DEFAULT_LOCALHOST_PORTS,
     ConfigError,
     ConfigWatcher,

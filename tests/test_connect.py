@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_connect -*-
 """
-Tests for L{twisted_tunnel.connect}: the HTTP CONNECT front door, end to
+Tests for L{twisted_tunnel.doors.connect}: the HTTP CONNECT front door, end to
 end over real loopback sockets (a tunnel server, a real agent, an edge
 service, the door, and raw TCP clients or curl), plus the target parser.
 
@@ -29,7 +29,7 @@ from zope.interface.verify import verifyObject
 from tests.realnet import plainTunnel, waitUntil
 from tests.services import Echo, QuietFactory, RecordingClient, connectRecordingClient, listen
 from twisted_tunnel.agent import TunnelAgent
-from twisted_tunnel.connect import (
+from twisted_tunnel.doors.connect import (
     ESTABLISHED,
     BadTarget,
     ConnectDoorFactory,

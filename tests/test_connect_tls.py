@@ -14,10 +14,10 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from twisted_tunnel.certs import Issued
-from twisted_tunnel.connect import ConnectDoorFactory, refuseAgentCertificates
+from twisted_tunnel.doors.connect import ConnectDoorFactory, refuseAgentCertificates
 from twisted_tunnel.server import TunnelServer
 from twisted_tunnel.tls import agentOptions, serverOptions
+from twisted_tunnel.tls.certs import Issued
 
 from .pki import TestPKI
 

@@ -1,5 +1,5 @@
 """
-C{make demo} (C{python -m twisted_tunnel.demo}) as a user runs it: three real
+C{make demo} (C{python -m twisted_tunnel.cli.demo}) as a user runs it: three real
 processes on loopback with throwaway certificates; it shows a request each
 way through the tunnel and C{edge-tunnel status}, then runs until stopped.
 """
@@ -24,7 +24,7 @@ STARTUP = 60.0
 class DemoTests(SynchronousTestCase):
     def test_demo(self) -> None:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "twisted_tunnel.demo"],
+            [sys.executable, "-m", "twisted_tunnel.cli.demo"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=dict(daemonEnvironment(), PYTHONUNBUFFERED="1"),

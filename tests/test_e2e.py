@@ -51,7 +51,7 @@ from tests.e2e_world import (
     normalizedTable,
 )
 from tests.netns import requireNetns
-from twisted_tunnel.certs import mintAgent
+from twisted_tunnel.tls.certs import mintAgent
 
 #: What the suite runs besides C{ip}.
 COMMANDS = ("iptables", "haproxy", "curl", "ss")

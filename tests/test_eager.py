@@ -1,5 +1,5 @@
 """
-Tests for L{twisted_tunnel.eager}: TCP transports that send small writes at
+Tests for L{twisted_tunnel.net.eager}: TCP transports that send small writes at
 once, on real loopback sockets.
 
 Whether a write went out at once is read off the reactor: a transport that
@@ -14,7 +14,7 @@ from twisted.internet.interfaces import IReactorPluggableNameResolver, IReactorT
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 
-from twisted_tunnel.eager import (
+from twisted_tunnel.net.eager import (
     EAGER_LIMIT,
     EagerClient,
     EagerPort,

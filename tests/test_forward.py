@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_forward -*-
 """
-Tests for L{twisted_tunnel.forward}: the C{--forward NODE:PORT=ENDPOINT}
+Tests for L{twisted_tunnel.doors.forward}: the C{--forward NODE:PORT=ENDPOINT}
 parser, and static forward listeners over real loopback sockets (a tunnel
 server, a real agent, an echo service on the "edge", and raw TCP clients).
 
@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.realnet import plainTunnel, waitUntil
 from tests.services import Echo, QuietFactory, connectRecordingClient, listen
-from twisted_tunnel.forward import ForwardFactory, ForwardProtocol, parseForward
+from twisted_tunnel.doors.forward import ForwardFactory, ForwardProtocol, parseForward
 from twisted_tunnel.server import TunnelServer
 
 NODE = "edge-1"

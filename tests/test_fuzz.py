@@ -9,11 +9,11 @@ for unbounded work or memory, not only for round trips:
    it (L{twisted_tunnel.mux.Settings.fromInfo}, the server's admission, the
    agent's reconnector): arbitrary JSON, wrong types, huge and nested
    values;
- - B{http}: the HTTP/1 codec (L{twisted_tunnel.h1}, also against h11), the
-   proxy engine (L{twisted_tunnel.httpproxy}) and the CONNECT door
-   (L{twisted_tunnel.connect}), with arbitrary bytes and header bombs;
+ - B{http}: the HTTP/1 codec (L{twisted_tunnel.http.h1}, also against h11), the
+   proxy engine (L{twisted_tunnel.http.engine}) and the CONNECT door
+   (L{twisted_tunnel.doors.connect}), with arbitrary bytes and header bombs;
  - B{config}: the ConfigMap's data, manifests and volume directories
-   (L{twisted_tunnel.config}).
+   (L{twisted_tunnel.forwarding.config}).
 
 Each property says what must hold for I{any} input: the parser's own error
 and nothing else, a bounded answer, bounded buffering (counted in bytes,
@@ -47,10 +47,12 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from twisted_tunnel import config, h1, wire
+from twisted_tunnel import wire
 from twisted_tunnel.agent import TunnelAgent
-from twisted_tunnel.connect import BadTarget, ConnectDoorFactory, ConnectTarget, parseTarget
-from twisted_tunnel.httpproxy import HTTPProxyFactory, Limits, Route, RouteRefused
+from twisted_tunnel.doors.connect import BadTarget, ConnectDoorFactory, ConnectTarget, parseTarget
+from twisted_tunnel.forwarding import config
+from twisted_tunnel.http import h1
+from twisted_tunnel.http.engine import HTTPProxyFactory, Limits, Route, RouteRefused
 from twisted_tunnel.mux import Tunnel
 from twisted_tunnel.server import TunnelServer
 from twisted_tunnel.tls import PeerIdentity

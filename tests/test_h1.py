@@ -1,5 +1,5 @@
 """
-Tests for L{twisted_tunnel.h1}, the HTTP/1.1 codec that stands in for h11.
+Tests for L{twisted_tunnel.http.h1}, the HTTP/1.1 codec that stands in for h11.
 
 Most are differential: the same bytes, cut at the same places, go to an h11
 connection and to an h1 one, which must give the same events, states and
@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twisted_tunnel import h1
+from twisted_tunnel.http import h1
 
 CODECS = (h11, h1)
 

@@ -10,7 +10,7 @@ import os
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_tunnel.hostsfile import HEADER, HostsFile, render
+from twisted_tunnel.host.hostsfile import HEADER, HostsFile, render
 from twisted_tunnel.server import AgentRegistry
 
 from .pki import temporaryDirectory

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_httpproxy -*-
 """
-Tests for L{twisted_tunnel.httpproxy}: the HTTP/1.1 forwarding engine of the
+Tests for L{twisted_tunnel.http.engine}: the HTTP/1.1 forwarding engine of the
 proxy listeners, over real loopback sockets.
 
 Upstreams are real servers (twisted.web sites, small h11 or wsproto servers,
@@ -50,7 +50,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from twisted_tunnel.errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout
-from twisted_tunnel.httpproxy import (
+from twisted_tunnel.http.engine import (
     HTTPProxyFactory,
     HTTPProxyProtocol,
     Limits,

@@ -36,10 +36,10 @@ from zope.interface import implementer
 from tests.pki import TestPKI
 from tests.realnet import waitUntil
 from tests.services import OneProtocolFactory, listenAndAbortAtCleanup
-from twisted_tunnel import mux
 from twisted_tunnel.agent import TunnelAgent
 from twisted_tunnel.errors import NodeNotConnected, StreamOpenFailed
 from twisted_tunnel.mux import Keepalive, Settings, Stream, Tunnel
+from twisted_tunnel.net import sockets
 from twisted_tunnel.server import TunnelServer
 from twisted_tunnel.tls import Credentials
 from twisted_tunnel.wire import ErrorCode, OpenFailReason
@@ -464,7 +464,7 @@ class TCPKeepaliveTests(TunnelTestCase):
         record = server.registry.lookup("edge-1")
         assert record is not None
         for tunnel in (agentSide, record.tunnel):
-            sock = mux._tcpSocket(tunnel.transport)
+            sock = sockets.tcpSocket(tunnel.transport)
             assert sock is not None, tunnel
             self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
             self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 10)
@@ -474,7 +474,7 @@ class TCPKeepaliveTests(TunnelTestCase):
 
     def test_noSocketNoOptions(self) -> None:
         """In memory (or on a unix socket) there is nothing to set."""
-        self.assertFalse(mux.tcpKeepalive(StringTransport(), Keepalive()))
+        self.assertFalse(sockets.tcpKeepalive(StringTransport(), Keepalive()))
 
 
 class ManyStreamsTests(TunnelTestCase):

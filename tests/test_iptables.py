@@ -1,5 +1,5 @@
 """
-Tests for L{twisted_tunnel.iptables}: the DNAT rules that bring
+Tests for L{twisted_tunnel.host.iptables}: the DNAT rules that bring
 C{<edge-node-ip>:<port>} to the proxy listeners.
 
 Three layers:
@@ -45,9 +45,9 @@ from zope.interface import implementer
 
 from tests.netns import Namespace, link, requireNetns
 from tests.realnet import daemonEnvironment, waitUntil
-from twisted_tunnel import iptables
-from twisted_tunnel.config import ProxyConfig, parseConfigData
-from twisted_tunnel.iptables import (
+from twisted_tunnel.forwarding.config import ProxyConfig, parseConfigData
+from twisted_tunnel.host import iptables
+from twisted_tunnel.host.iptables import (
     IptablesManager,
     NatState,
     checkAvailable,
@@ -57,8 +57,8 @@ from twisted_tunnel.iptables import (
     renderRules,
     restoreText,
 )
-from twisted_tunnel.routes import NodeRoutes, RoutedNodes
 from twisted_tunnel.server import AgentRecord, AgentRegistry
+from twisted_tunnel.server.routes import NodeRoutes, RoutedNodes
 
 #: The daemon's default listeners: loopback, default ports.
 LISTENERS: dict[str, tuple[str, int] | None] = {

@@ -44,10 +44,14 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from twisted_tunnel.certs import Issued, mintCA, mintClient, mintServer
-from twisted_tunnel.config import ConfigWatcher, ProxyConfig, loadConfig, parseConfigData
-from twisted_tunnel.policy import IForwardingPolicy, loadPolicy
-from twisted_tunnel.proxy import ProxyListenerFactory, ProxyRouter
+from twisted_tunnel.doors.proxy import ProxyListenerFactory, ProxyRouter
+from twisted_tunnel.forwarding.config import (
+    ConfigWatcher,
+    ProxyConfig,
+    loadConfig,
+    parseConfigData,
+)
+from twisted_tunnel.forwarding.policy import IForwardingPolicy, loadPolicy
 from twisted_tunnel.tls import (
     Credentials,
     makeCredentials,
@@ -55,6 +59,7 @@ from twisted_tunnel.tls import (
     proxyClientOptions,
     proxyServingOptions,
 )
+from twisted_tunnel.tls.certs import Issued, mintCA, mintClient, mintServer
 from twisted_tunnel.wire import ErrorCode
 
 from .pki import TestPKI, temporaryDirectory
@@ -365,7 +370,7 @@ class ListenerTestCase(TestCase):
                 upstreamTLS=lambda host: self.upstreamTLS(host),
             )
 
-        log = Logger(namespace="twisted_tunnel.httpproxy", observer=observe)
+        log = Logger(namespace="twisted_tunnel.http.engine", observer=observe)
         self.httpPort = listen(self, ProxyListenerFactory(router("http"), reactor, log=log))
         self.httpsPort = listen(
             self,

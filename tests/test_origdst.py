@@ -1,5 +1,5 @@
 """
-Tests for L{twisted_tunnel.origdst}: the original destination of DNATed connections.
+Tests for L{twisted_tunnel.net.origdst}: the original destination of DNATed connections.
 
 Three layers:
     - unit tests on fake sockets (parsing C{sockaddr_in}/C{sockaddr_in6},
@@ -52,8 +52,8 @@ from zope.interface import implementer
 from tests.netns import Namespace, NetnsCommandError, link, pollUntil, requireNetns
 from tests.pki import TestPKI
 from tests.realnet import daemonEnvironment, waitUntil
-from twisted_tunnel import origdst
-from twisted_tunnel.origdst import originalDestination
+from twisted_tunnel.net import origdst
+from twisted_tunnel.net.origdst import originalDestination
 
 pki = TestPKI()
 

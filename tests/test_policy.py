@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from twisted_tunnel.policy import (
+from twisted_tunnel.forwarding.policy import (
     BUILTIN_POLICIES,
     Carrier,
     ForwardingDecision,

@@ -12,15 +12,22 @@ from twisted.internet.defer import Deferred
 from twisted.internet.ssl import CertificateOptions
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from twisted_tunnel.config import parseConfigData
-from twisted_tunnel.policy import (
+from twisted_tunnel.doors.proxy import (
+    ProxyRouter,
+    Routed,
+    RoutingRefused,
+    Target,
+    parseHost,
+    targetOf,
+)
+from twisted_tunnel.forwarding.config import parseConfigData
+from twisted_tunnel.forwarding.policy import (
     Carrier,
     ForwardingDecision,
     ForwardingRequest,
     IForwardingPolicy,
     refuse,
 )
-from twisted_tunnel.proxy import ProxyRouter, Routed, RoutingRefused, Target, parseHost, targetOf
 
 from .realnet import plainTunnel
 from .services import Echo, OneProtocolFactory, QuietFactory, RecordingClient, listen

@@ -1,5 +1,5 @@
 """
-Tests for the raw TCP proxy listener (L{twisted_tunnel.proxy.RawProxyFactory}),
+Tests for the raw TCP proxy listener (L{twisted_tunnel.doors.proxy.RawProxyFactory}),
 on real sockets.
 
 Raw TCP has no C{Host} header: the listener routes a connection by its
@@ -31,8 +31,8 @@ from tests.netns import Namespace, requireNetns
 from tests.rawproxy_world import NODE, REFUSAL_FORMAT, SCENARIO_TIMEOUT
 from tests.realnet import daemonEnvironment, plainTunnel, waitUntil
 from tests.services import connectRecordingClient, listen
-from twisted_tunnel.config import parseConfigData
-from twisted_tunnel.proxy import ProxyRouter, RawProxyFactory
+from twisted_tunnel.doors.proxy import ProxyRouter, RawProxyFactory
+from twisted_tunnel.forwarding.config import parseConfigData
 
 #: The edge node's IP, on an interface in the namespace.
 NODE_IP = "10.123.0.7"

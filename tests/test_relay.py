@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_relay -*-
 """
-Tests for L{twisted_tunnel.relay}: two connections joined with
+Tests for L{twisted_tunnel.net.relay}: two connections joined with
 back-pressure both ways, half-closes passed on, aborts passed on.
 
 The ends run on C{StringTransport}s made to behave like TCP where it
@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from twisted_tunnel.mux import Settings
-from twisted_tunnel.relay import RelayProtocol, halfClose, splice
+from twisted_tunnel.net.relay import RelayProtocol, halfClose, splice
 
 from .memory import SMALL_WINDOW, HalfCloser, Recorder, TunnelPair, streamOf
 

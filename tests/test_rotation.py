@@ -1,5 +1,5 @@
 """
-Tests for L{twisted_tunnel.rotation}: certificate files replaced under a
+Tests for L{twisted_tunnel.tls.rotation}: certificate files replaced under a
 running server or agent.
 
 The watcher runs on a L{Clock} against real files; the rotation of a live
@@ -18,14 +18,14 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_tunnel.agent import TunnelAgent
-from twisted_tunnel.certs import Issued
-from twisted_tunnel.rotation import (
+from twisted_tunnel.tls import Credentials, loadCredentials, serverOptions
+from twisted_tunnel.tls.certs import Issued
+from twisted_tunnel.tls.rotation import (
     CredentialsWatcher,
     RotatingClientOptions,
     RotatingServerOptions,
     watchCredentials,
 )
-from twisted_tunnel.tls import Credentials, loadCredentials, serverOptions
 from twisted_tunnel.wire import ErrorCode
 
 from .pki import CredentialPaths, TestPKI, temporaryDirectory

@@ -9,8 +9,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_registry import record
-from twisted_tunnel.routes import GoneNode, RoutedNode, RoutedNodes
 from twisted_tunnel.server import AgentRegistry
+from twisted_tunnel.server.routes import GoneNode, RoutedNode, RoutedNodes
 
 
 class RoutedNodesTests(SynchronousTestCase):

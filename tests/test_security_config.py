@@ -31,7 +31,9 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_tunnel.config import (
+from twisted_tunnel.errors import CredentialsError
+from twisted_tunnel.files import FileRefused, readFile
+from twisted_tunnel.forwarding.config import (
     MAX_ENTRIES_PER_KEY,
     MAX_YAML_NODES,
     ConfigError,
@@ -40,9 +42,7 @@ from twisted_tunnel.config import (
     loadConfig,
     parseConfigData,
 )
-from twisted_tunnel.errors import CredentialsError
-from twisted_tunnel.files import FileRefused, readFile
-from twisted_tunnel.policy import (
+from twisted_tunnel.forwarding.policy import (
     BUILTIN_POLICIES,
     HTTPPolicy,
     IForwardingPolicy,
@@ -52,9 +52,9 @@ from twisted_tunnel.policy import (
     loadPolicy,
     parsePolicyOption,
 )
-from twisted_tunnel.rotation import watchCredentials
 from twisted_tunnel.tap import server as tapserver
 from twisted_tunnel.tls import loadCredentials
+from twisted_tunnel.tls.rotation import watchCredentials
 
 from .pki import TestPKI, temporaryDirectory
 
@@ -104,7 +104,7 @@ def runGuarded(code: str, *, memory: int = 1 << 30, timeout: float = 60.0) -> st
         f"""
         import resource, sys
         sys.path.insert(0, {ROOT!r})
-        import twisted_tunnel.config, twisted_tunnel.tls, twisted_tunnel.rotation
+        import twisted_tunnel.forwarding.config, twisted_tunnel.tls, twisted_tunnel.tls.rotation
         resource.setrlimit(resource.RLIMIT_AS, ({memory}, {memory}))
         """
     )
@@ -167,7 +167,7 @@ class AliasBombTests(SynchronousTestCase):
         """
         printed = runGuarded(
             f"""
-            from twisted_tunnel.config import ConfigError, loadConfig
+            from twisted_tunnel.forwarding.config import ConfigError, loadConfig
             path = {os.path.join(temporaryDirectory(self), "bomb.yaml")!r}
             open(path, "wb").write({aliasBomb()!r})
             try:
@@ -629,9 +629,9 @@ class UnsafeFileTests(SynchronousTestCase):
         printed = runGuarded(
             f"""
             import os
-            from twisted_tunnel.config import ConfigError, loadConfig
+            from twisted_tunnel.forwarding.config import ConfigError, loadConfig
             from twisted_tunnel.errors import CredentialsError
-            from twisted_tunnel.rotation import CredentialsWatcher
+            from twisted_tunnel.tls.rotation import CredentialsWatcher
             from twisted_tunnel.tls import loadCredentials
             directory = {directory!r}
             zero = os.path.join(directory, "zero")

@@ -49,11 +49,11 @@ from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from twisted_tunnel.certs import mintAgent, mintCA, mintClient
-from twisted_tunnel.config import ProxyConfig
-from twisted_tunnel.iptables import renderRules
+from twisted_tunnel.forwarding.config import ProxyConfig
+from twisted_tunnel.host.iptables import renderRules
 from twisted_tunnel.meta import Heartbeat, metaSite
 from twisted_tunnel.tap import server as tapserver
+from twisted_tunnel.tls.certs import mintAgent, mintCA, mintClient
 
 from .netns import Namespace, pollUntil, requireNetns
 from .pki import TestPKI, temporaryDirectory

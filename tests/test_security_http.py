@@ -32,20 +32,20 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from twisted_tunnel._http import errorResponse
 from twisted_tunnel._text import printable
-from twisted_tunnel.config import parseConfigData
-from twisted_tunnel.httpproxy import HTTPProxyFactory, RequestHead, Route, RouteRefused
-from twisted_tunnel.limits import (
+from twisted_tunnel.doors.limits import (
     ClientLimiter,
     ClientLimits,
     _producerHolds,
     _queuedBytes,
     frontDoorLabel,
-    heldBytesOf,
 )
-from twisted_tunnel.policy import Carrier, ForwardingDecision, ForwardingRequest
-from twisted_tunnel.proxy import ProxyListenerFactory, ProxyRouter
+from twisted_tunnel.doors.proxy import ProxyListenerFactory, ProxyRouter
+from twisted_tunnel.forwarding.config import parseConfigData
+from twisted_tunnel.forwarding.policy import Carrier, ForwardingDecision, ForwardingRequest
+from twisted_tunnel.http.engine import HTTPProxyFactory, RequestHead, Route, RouteRefused
+from twisted_tunnel.http.responses import errorResponse
+from twisted_tunnel.net.transports import heldBytesOf
 
 from .realnet import plainTunnel
 from .services import listen

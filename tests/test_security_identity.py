@@ -40,14 +40,14 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from twisted_tunnel import cli
-from twisted_tunnel.certs import Issued, mintClient
-from twisted_tunnel.config import ProxyConfig
-from twisted_tunnel.connect import ConnectDoorFactory, refuseAgentCertificates
+from twisted_tunnel.doors.connect import ConnectDoorFactory, refuseAgentCertificates
+from twisted_tunnel.doors.proxy import ProxyListenerFactory, ProxyRouter
+from twisted_tunnel.forwarding.config import ProxyConfig
 from twisted_tunnel.mux import Refused
-from twisted_tunnel.proxy import ProxyListenerFactory, ProxyRouter
 from twisted_tunnel.server import AgentRecord, AgentRegistry, TunnelServer
 from twisted_tunnel.tap import server as tapserver
 from twisted_tunnel.tls import agentOptions, makeCredentials, proxyServingOptions, serverOptions
+from twisted_tunnel.tls.certs import Issued, mintClient
 from twisted_tunnel.wire import ErrorCode
 
 from .hostile import HostileAgent, HostileAgentConnection, listenForAgents, serverClock

@@ -37,11 +37,12 @@ from twisted_tunnel.agent import (
     TunnelAgent,
     _AgentTunnelFactory,
 )
-from twisted_tunnel.config import ProxyConfig
-from twisted_tunnel.connect import ConnectDoorFactory
+from twisted_tunnel.doors.connect import ConnectDoorFactory
+from twisted_tunnel.doors.forward import ForwardFactory
+from twisted_tunnel.doors.proxy import ProxyRouter, RawProxyFactory
 from twisted_tunnel.errors import StreamOpenFailed
-from twisted_tunnel.forward import ForwardFactory
-from twisted_tunnel.httpproxy import HTTPProxyFactory, Route
+from twisted_tunnel.forwarding.config import ProxyConfig
+from twisted_tunnel.http.engine import HTTPProxyFactory, Route
 from twisted_tunnel.mux import (
     FD_MARGIN,
     MAX_FORBIDDEN_OPENS,
@@ -51,8 +52,7 @@ from twisted_tunnel.mux import (
     Tunnel,
     openFileLimit,
 )
-from twisted_tunnel.proxy import ProxyRouter, RawProxyFactory
-from twisted_tunnel.relay import (
+from twisted_tunnel.net.relay import (
     DEFAULT_HALF_CLOSED_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     RelayProtocol,

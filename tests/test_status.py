@@ -1,4 +1,7 @@
-"""Tests for L{twisted_tunnel.status}: how C{edge-tunnel status} renders a server's document."""
+"""
+Tests for L{twisted_tunnel.cli.status}: how C{edge-tunnel status} renders a server's
+document.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import datetime
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_tunnel.status import age, render, size
+from twisted_tunnel.cli.status import age, render, size
 
 NOW = datetime.datetime(2026, 11, 26, 12, 0, 0, tzinfo=datetime.UTC)
 

@@ -33,15 +33,15 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from twisted_tunnel.agent import TunnelAgent
-from twisted_tunnel.connect import ConnectDoorFactory
-from twisted_tunnel.forward import ForwardFactory
-from twisted_tunnel.iptables import IptablesManager, checkAvailable
-from twisted_tunnel.limits import _LimitedFactory
-from twisted_tunnel.rotation import CredentialsWatcher
+from twisted_tunnel.doors.connect import ConnectDoorFactory
+from twisted_tunnel.doors.forward import ForwardFactory
+from twisted_tunnel.doors.limits import _LimitedFactory
+from twisted_tunnel.host.iptables import IptablesManager, checkAvailable
 from twisted_tunnel.server import TunnelServer
 from twisted_tunnel.tap import agent as tapagent
 from twisted_tunnel.tap import server as tapserver
 from twisted_tunnel.tls import Credentials
+from twisted_tunnel.tls.rotation import CredentialsWatcher
 
 from .pki import CredentialPaths, TestPKI, temporaryDirectory
 

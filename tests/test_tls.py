@@ -36,7 +36,6 @@ from zope.interface import implementer
 
 from tests.pki import CredentialPaths, TestPKI, temporaryDirectory
 from tests.services import OneProtocolFactory
-from twisted_tunnel.certs import mintCA
 from twisted_tunnel.errors import CredentialsError
 from twisted_tunnel.tls import (
     NODE_COMMON_NAME_PREFIX,
@@ -49,6 +48,7 @@ from twisted_tunnel.tls import (
     peerIdentity,
     serverOptions,
 )
+from twisted_tunnel.tls.certs import mintCA
 
 pki = TestPKI()
 

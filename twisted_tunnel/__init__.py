@@ -135,8 +135,9 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from .agent import TunnelAgent, backoffPolicy
-    from .config import ConfigError, ProxyConfig, loadConfig, parseConfigData
-    from .connect import ConnectDoorFactory
+    from .doors.connect import ConnectDoorFactory
+    from .doors.forward import ForwardFactory
+    from .doors.proxy import ProxyListenerFactory, ProxyRouter
     from .errors import (
         CredentialsError,
         NodeNotConnected,
@@ -145,9 +146,8 @@ if TYPE_CHECKING:
         TunnelClosed,
         TunnelError,
     )
-    from .forward import ForwardFactory
-    from .mux import Keepalive, Settings
-    from .policy import (
+    from .forwarding.config import ConfigError, ProxyConfig, loadConfig, parseConfigData
+    from .forwarding.policy import (
         Carrier,
         ForwardingDecision,
         ForwardingRefused,
@@ -160,7 +160,7 @@ if TYPE_CHECKING:
         pluginPolicies,
         refuse,
     )
-    from .proxy import ProxyListenerFactory, ProxyRouter
+    from .mux import Keepalive, Settings
     from .server import AgentRecord, NodeEndpoint, TunnelServer
     from .tls import Credentials, loadCredentials, makeCredentials
 
@@ -176,25 +176,25 @@ _SOURCES = {
     "Credentials": "tls",
     "loadCredentials": "tls",
     "makeCredentials": "tls",
-    "IForwardingPolicy": "policy",
-    "ForwardingRequest": "policy",
-    "ForwardingDecision": "policy",
-    "ForwardingRefused": "policy",
-    "Carrier": "policy",
-    "refuse": "policy",
-    "findPolicy": "policy",
-    "knownPolicies": "policy",
-    "loadPolicy": "policy",
-    "pluginPolicies": "policy",
-    "PolicyError": "policy",
-    "ProxyConfig": "config",
-    "parseConfigData": "config",
-    "loadConfig": "config",
-    "ConfigError": "config",
-    "ProxyRouter": "proxy",
-    "ProxyListenerFactory": "proxy",
-    "ConnectDoorFactory": "connect",
-    "ForwardFactory": "forward",
+    "IForwardingPolicy": "forwarding.policy",
+    "ForwardingRequest": "forwarding.policy",
+    "ForwardingDecision": "forwarding.policy",
+    "ForwardingRefused": "forwarding.policy",
+    "Carrier": "forwarding.policy",
+    "refuse": "forwarding.policy",
+    "findPolicy": "forwarding.policy",
+    "knownPolicies": "forwarding.policy",
+    "loadPolicy": "forwarding.policy",
+    "pluginPolicies": "forwarding.policy",
+    "PolicyError": "forwarding.policy",
+    "ProxyConfig": "forwarding.config",
+    "parseConfigData": "forwarding.config",
+    "loadConfig": "forwarding.config",
+    "ConfigError": "forwarding.config",
+    "ProxyRouter": "doors.proxy",
+    "ProxyListenerFactory": "doors.proxy",
+    "ConnectDoorFactory": "doors.connect",
+    "ForwardFactory": "doors.forward",
     "TunnelError": "errors",
     "NodeNotConnected": "errors",
     "StreamOpenFailed": "errors",

@@ -109,8 +109,8 @@ from tests.e2e_world import (
 )
 from tests.interop.build import build
 from tests.netns import pollUntil
-from twisted_tunnel.certs import _mintLeaf, mintAgent, mintCA, mintClient, mintServer
 from twisted_tunnel.tap.agent import DEFAULT_DRAIN_TIMEOUT
+from twisted_tunnel.tls.certs import _mintLeaf, mintAgent, mintCA, mintClient, mintServer
 
 __all__ = [
     "MODES",

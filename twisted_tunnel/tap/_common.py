@@ -22,8 +22,8 @@ from zope.interface import implementer
 from ..errors import CredentialsError
 from ..meta import Check, Heartbeat, metaSite
 from ..mux import Keepalive, Settings
-from ..rotation import DEFAULT_RELOAD_INTERVAL
 from ..tls import Credentials, loadCredentials
+from ..tls.rotation import DEFAULT_RELOAD_INTERVAL
 
 #: What the protocol can carry in a HELLO setting (see docs/protocol.md).
 MAX_SETTING = 2**31 - 1

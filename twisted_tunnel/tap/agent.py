@@ -24,7 +24,7 @@ from ..agent import (
     TunnelAgent,
 )
 from ..mux import MAX_SERVERS, StreamBudget
-from ..relay import DEFAULT_HALF_CLOSED_TIMEOUT, DEFAULT_IDLE_TIMEOUT, RelayTimeouts
+from ..net.relay import DEFAULT_HALF_CLOSED_TIMEOUT, DEFAULT_IDLE_TIMEOUT, RelayTimeouts
 from ._common import (
     DaemonService,
     TunnelOptions,
@@ -207,7 +207,7 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     from ..agent import backoffPolicy
-    from ..eager import EagerTCPReactor
+    from ..net.eager import EagerTCPReactor
 
     credentials = options.credentials(PROGRAM)
     identity = credentials.identity()

@@ -35,27 +35,14 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
-from ..config import (
-    DEFAULT_HTTP_LISTENER_PORT,
-    ConfigError,
-    ConfigWatcher,
-    ProxyConfig,
-    loadConfig,
-    parseConfigData,
+from ..doors.connect import (
+    ConnectDoorFactory,
+    DirectNetworks,
+    directNetwork,
+    refuseAgentCertificates,
 )
-from ..connect import ConnectDoorFactory, DirectNetworks, directNetwork, refuseAgentCertificates
-from ..eager import EagerTCPReactor
-from ..errors import CredentialsError
-from ..forward import ForwardFactory, parseForward
-from ..hostsfile import HostsFile
-from ..iptables import (
-    IptablesManager,
-    checkAvailable,
-    listenerAddress,
-    preroutingInterface,
-    preroutingSource,
-)
-from ..limits import (
+from ..doors.forward import ForwardFactory, parseForward
+from ..doors.limits import (
     DEFAULT_MAX_BUFFERED_BYTES,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
@@ -64,8 +51,17 @@ from ..limits import (
     MiB,
     frontDoorLabel,
 )
-from ..meta import JSONResource, agentsDocument
-from ..policy import (
+from ..doors.proxy import ProxyListenerFactory, ProxyRouter, RawProxyFactory
+from ..errors import CredentialsError
+from ..forwarding.config import (
+    DEFAULT_HTTP_LISTENER_PORT,
+    ConfigError,
+    ConfigWatcher,
+    ProxyConfig,
+    loadConfig,
+    parseConfigData,
+)
+from ..forwarding.policy import (
     IForwardingPolicy,
     PolicyError,
     findPolicy,
@@ -74,20 +70,29 @@ from ..policy import (
     parsePolicyOption,
     pluginPolicies,
 )
-from ..proxy import ProxyListenerFactory, ProxyRouter, RawProxyFactory
-from ..relay import DEFAULT_HALF_CLOSED_TIMEOUT, DEFAULT_IDLE_TIMEOUT, RelayTimeouts
-from ..rotation import (
-    CredentialsWatcher,
-    RotatingClientOptions,
-    RotatingServerOptions,
+from ..host.hostsfile import HostsFile
+from ..host.iptables import (
+    IptablesManager,
+    checkAvailable,
+    listenerAddress,
+    preroutingInterface,
+    preroutingSource,
 )
-from ..routes import DEFAULT_KEEP_GONE
+from ..meta import JSONResource, agentsDocument
+from ..net.eager import EagerTCPReactor
+from ..net.relay import DEFAULT_HALF_CLOSED_TIMEOUT, DEFAULT_IDLE_TIMEOUT, RelayTimeouts
 from ..server import DEFAULT_OPEN_TIMEOUT, TrustAnnouncedAddresses, TunnelServer
+from ..server.routes import DEFAULT_KEEP_GONE
 from ..tls import (
     Credentials,
     loadCredentials,
     proxyServingOptions,
     serverOptions,
+)
+from ..tls.rotation import (
+    CredentialsWatcher,
+    RotatingClientOptions,
+    RotatingServerOptions,
 )
 from ._common import (
     DaemonService,

@@ -3,8 +3,8 @@
 Which nodes the server takes traffic for: the connected ones, and for a
 while the ones whose agent has just gone.
 
-The iptables rules (L{twisted_tunnel.iptables}) and the hosts file
-(L{twisted_tunnel.hostsfile}) bring a node's traffic to the server.  If
+The iptables rules (L{twisted_tunnel.host.iptables}) and the hosts file
+(L{twisted_tunnel.host.hostsfile}) bring a node's traffic to the server.  If
 they followed only the live tunnels, an agent going away (a restart, a
 drain, a network cut) would take its node's rules with it at once, and
 then:
@@ -40,7 +40,7 @@ from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
 
 if TYPE_CHECKING:
-    from .server import AgentRecord, AgentRegistry
+    from . import AgentRecord, AgentRegistry
 
 __all__ = [
     "DEFAULT_KEEP_GONE",

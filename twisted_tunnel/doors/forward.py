@@ -18,9 +18,9 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .errors import TunnelError
-from .relay import RelayProtocol, RelayReaper, splice
-from .server import TunnelServer
+from ..errors import TunnelError
+from ..net.relay import RelayProtocol, RelayReaper, splice
+from ..server import TunnelServer
 
 
 class _StreamEndFactory(Factory):

@@ -33,11 +33,8 @@ from twisted.internet.interfaces import IAddress, IProtocol, IStreamClientEndpoi
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from .config import ProxyConfig
-from .forward import OpeningRelay
-from .httpproxy import HTTPProxyFactory, RequestHead, Route, Router, RouteRefused
-from .origdst import originalDestination
-from .policy import (
+from ..forwarding.config import ProxyConfig
+from ..forwarding.policy import (
     Carrier,
     ForwardingDecision,
     ForwardingRefused,
@@ -49,7 +46,10 @@ from .policy import (
     TCPPolicy,
     decideNow,
 )
-from .server import TunnelServer
+from ..http.engine import HTTPProxyFactory, RequestHead, Route, Router, RouteRefused
+from ..net.origdst import originalDestination
+from ..server import TunnelServer
+from .forward import OpeningRelay
 
 #: Which listener serves which protocol of the configuration.
 LISTENER_PROTOCOLS = {"https": "https", "http": "http", "tcp": "tcp"}

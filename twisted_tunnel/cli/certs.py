@@ -1,23 +1,7 @@
 # -*- test-case-name: tests.test_cli -*-
 """
-The C{edge-tunnel} command: operator tools that are not daemons.
-
-The daemons themselves run under C{twistd} (C{twistd edge-tunnel-server},
-C{twistd edge-tunnel-agent}); this command is for everything around them.
-C{edge-tunnel status} shows a server's agents (L{twisted_tunnel.status}), and
-C{edge-tunnel certs} bootstraps the tunnel's private PKI in a directory
-(C{./pki} by default)::
-
-    edge-tunnel certs init                       # ca.pem, ca-key.pem
-    edge-tunnel certs server --name tunnel.example.com --ip 203.0.113.10
-    edge-tunnel certs agent edge-1 --ip 192.168.1.20
-    edge-tunnel certs client kube-apiserver
-
-Each subcommand registers itself with L{command}, so that more can be
-added by defining a function, without touching L{main}.
-
-Expected failures (no CA in the directory, a bad node name, an unwritable
-file) are one line on standard error and exit status 2, never a traceback.
+C{edge-tunnel certs}: the tunnel's private PKI in a directory (C{./pki} by
+default): the CA, the server's, each agent's and each client's certificate.
 """
 
 from __future__ import annotations
@@ -25,14 +9,9 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import sys
-from collections.abc import Callable, Sequence
-from contextlib import redirect_stderr, redirect_stdout
-from typing import TYPE_CHECKING, TextIO
+from collections.abc import Sequence
 
-from attrs import frozen
-
-from twisted_tunnel.certs import (
+from twisted_tunnel.tls.certs import (
     Issued,
     mintAgent,
     mintCA,
@@ -43,125 +22,11 @@ from twisted_tunnel.certs import (
     validateNodeName,
     writePair,
 )
-from twisted_tunnel.errors import TunnelError
 
-if TYPE_CHECKING:
-    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
-else:
-    SubParsers = argparse._SubParsersAction
+from ._command import EXIT_OK, PROGRAM, CommandError, Output, SubParsers, command
 
-__all__ = ["CommandError", "Output", "buildParser", "command", "main"]
-
-PROGRAM = "edge-tunnel"
-EXIT_OK = 0
-EXIT_ERROR = 2
 DEFAULT_PKI_DIRECTORY = "pki"
 DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1")
-
-
-class CommandError(Exception):
-    """
-    A subcommand cannot do what it was asked, for a reason the operator can fix.
-
-    L{main} prints the message as one line on standard error and exits with
-    status 2.
-    """
-
-
-@frozen
-class Output:
-    """Where a subcommand writes: results to C{stdout}, problems to C{stderr}."""
-
-    stdout: TextIO
-    stderr: TextIO
-
-    def say(self, line: str) -> None:
-        """Report one result line."""
-        print(line, file=self.stdout)
-
-
-Runner = Callable[[argparse.Namespace, Output], int]
-"""What a (leaf) subcommand does: given the parsed options, return an exit status."""
-
-Adder = Callable[[SubParsers], None]
-"""Adds one top-level subcommand (with its options and C{run=}) to the main parser."""
-
-_COMMANDS: dict[str, Adder] = {}
-
-
-def command(name: str) -> Callable[[Adder], Adder]:
-    """
-    Register a top-level subcommand.
-
-    The decorated function receives the main parser's subparsers and adds
-    its own parser to it, setting the default C{run} to a L{Runner}.
-    """
-
-    def register(adder: Adder) -> Adder:
-        if name in _COMMANDS:
-            raise ValueError(f"subcommand {name!r} is already registered")
-        _COMMANDS[name] = adder
-        return adder
-
-    return register
-
-
-def buildParser() -> argparse.ArgumentParser:
-    """Build the C{edge-tunnel} argument parser, with every registered subcommand."""
-    from . import status  # noqa: F401  (its subcommand registers itself)
-
-    parser = argparse.ArgumentParser(
-        prog=PROGRAM, description="Tools for twisted-tunnel edge tunnels."
-    )
-    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for name in sorted(_COMMANDS):
-        _COMMANDS[name](subparsers)
-    return parser
-
-
-def main(
-    argv: Sequence[str] | None = None,
-    *,
-    stdout: TextIO | None = None,
-    stderr: TextIO | None = None,
-) -> int:
-    """
-    Run C{edge-tunnel} with the arguments C{argv} (by default, the command line's).
-
-    @return: The exit status: 0 on success, 2 on an expected error (one line
-        on C{stderr}) or a usage error.
-    """
-    output = Output(stdout=stdout or sys.stdout, stderr=stderr or sys.stderr)
-    parser = buildParser()
-    try:
-        # argparse prints help to sys.stdout and usage errors to sys.stderr.
-        with redirect_stdout(output.stdout), redirect_stderr(output.stderr):
-            options = parser.parse_args(argv)
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else EXIT_ERROR
-    run: Runner | None = getattr(options, "run", None)
-    if run is None:
-        # A command group (e.g. bare "edge-tunnel certs") without a subcommand.
-        usage: argparse.ArgumentParser = getattr(options, "usageParser", parser)
-        usage.print_help(output.stderr)
-        return EXIT_ERROR
-    try:
-        return run(options, output)
-    except (CommandError, TunnelError, ValueError) as e:
-        _error(output, str(e))
-    except OSError as e:
-        where = f"{e.filename}: " if e.filename else ""
-        _error(output, f"{where}{e.strerror or e}")
-    return EXIT_ERROR
-
-
-def _error(output: Output, message: str) -> None:
-    """Print an expected error as one line."""
-    line = " ".join(message.split())
-    print(f"{PROGRAM}: error: {line}", file=output.stderr)
-
-
-# edge-tunnel certs
 
 
 def _pkiDirectoryOption(parser: argparse.ArgumentParser) -> None:
@@ -349,11 +214,3 @@ def _ipAddresses(texts: Sequence[str] | None) -> list[str]:
         except ValueError:
             raise CommandError(f"--ip {text}: not an IP address") from None
     return addresses
-
-
-if __name__ == "__main__":
-    # run as the package's module, so that subcommands registering with
-    # twisted_tunnel.cli (status) are found
-    from twisted_tunnel.cli import main as _main
-
-    sys.exit(_main())

@@ -26,7 +26,6 @@ dial) live in an L{ITunnelHandler}, so the same code runs on both ends.
 
 from __future__ import annotations
 
-import socket
 import struct
 from collections import Counter, deque
 from collections.abc import Callable
@@ -52,10 +51,12 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from . import wire
-from ._logthrottle import LogThrottle
-from .errors import StreamOpenFailed, StreamOpenTimeout, TunnelClosed
-from .wire import ErrorCode, FrameType, OpenFailReason, ProtocolError
+from .. import wire
+from .._logthrottle import LogThrottle
+from ..errors import StreamOpenFailed, StreamOpenTimeout, TunnelClosed
+from ..net.sockets import noDelay, tcpKeepalive
+from ..net.transports import ITunnelStream
+from ..wire import ErrorCode, FrameType, OpenFailReason, ProtocolError
 
 _T = TypeVar("_T")
 _CONNECTION_DONE = Failure(ConnectionDone())
@@ -414,7 +415,7 @@ class ITunnelMeter(Interface):
         """
 
 
-@implementer(ITransport, IConsumer, IPushProducer)
+@implementer(ITransport, IConsumer, IPushProducer, ITunnelStream)
 class Stream:
     """
     One stream of a L{Tunnel}, seen by its protocol as its transport.
@@ -1814,80 +1815,6 @@ def drainTunnels(
     return lost.addCallback(done)
 
 
-def noDelay(transport: object) -> None:
-    """
-    Turn Nagle's algorithm off where there is a TCP socket underneath.
-
-    Frames are small and request/response shaped (OPEN, then OPEN_OK; a
-    request, then its answer): with Nagle on, the second small write waits
-    for the ACK of the first, which the peer delays by up to 40 ms.  Twisted
-    coalesces writes per reactor turn anyway, so nothing is lost.  TLS
-    transports pass the call on to the TCP transport under them.
-    """
-    setNoDelay = getattr(transport, "setTcpNoDelay", None)
-    if setNoDelay is not None:
-        try:
-            setNoDelay(True)
-        except OSError:
-            pass  # not a TCP socket after all (e.g. a unix socket)
-
-
-def tcpKeepalive(transport: object, keepalive: Keepalive) -> bool:
-    """
-    Have the kernel watch the connection too, where there is a TCP socket
-    underneath: keepalive probes after C{keepalive.interval} idle seconds,
-    C{misses} of them an interval apart, and C{TCP_USER_TIMEOUT} of
-    C{keepalive.deadline}: data sent and not acknowledged for that long
-    ends the connection.
-
-    PING finds a dead peer on its own; the kernel's checks are a second
-    line that works while the reactor is busy or stalled, and without
-    C{TCP_USER_TIMEOUT} Linux retransmits unacknowledged data into a path
-    that silently drops it for about fifteen minutes before giving up.
-    Options the platform lacks are skipped.
-
-    @return: whether there was a TCP socket to set them on.
-    """
-    sock = tcpSocket(transport)
-    if sock is None:
-        return False
-    interval = max(1, int(keepalive.interval))
-    options = [
-        (socket.SOL_SOCKET, "SO_KEEPALIVE", 1),
-        (socket.IPPROTO_TCP, "TCP_KEEPIDLE", interval),
-        (socket.IPPROTO_TCP, "TCP_KEEPINTVL", interval),
-        (socket.IPPROTO_TCP, "TCP_KEEPCNT", keepalive.misses),
-        (socket.IPPROTO_TCP, "TCP_USER_TIMEOUT", int(keepalive.deadline * 1000)),
-    ]
-    for level, name, value in options:
-        option = getattr(socket, name, None)
-        if option is None:
-            continue
-        try:
-            sock.setsockopt(level, option, value)
-        except OSError:
-            pass  # the platform refuses this one: the others still help
-    return True
-
-
-def tcpSocket(transport: object) -> socket.socket | None:
-    """The TCP socket under C{transport} (through TLS wrappers), if there is one."""
-    for _ in range(4):
-        getHandle = getattr(transport, "getHandle", None)
-        handle = getHandle() if getHandle is not None else None
-        if isinstance(handle, socket.socket):
-            if handle.type == socket.SOCK_STREAM and handle.family in (
-                socket.AF_INET,
-                socket.AF_INET6,
-            ):
-                return handle
-            return None
-        transport = getattr(transport, "transport", None)
-        if transport is None:
-            return None
-    return None
-
-
 class _IgnoredStream(Stream):
     """Stands in for a stream that ended while frames for it were in flight."""
 
@@ -1951,7 +1878,3 @@ class _Outcome(Generic[_T]):
             d.errback(self._result)
         else:
             d.callback(self._result)  # type: ignore[arg-type]
-
-
-# the old name, used by tests that look under a tunnel for its socket
-_tcpSocket = tcpSocket

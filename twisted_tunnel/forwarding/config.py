@@ -42,8 +42,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .errors import TunnelError
-from .files import FileRefused, readFile
+from ..errors import TunnelError
+from ..files import FileRefused, readFile
 
 HTTP_PROXY_PORTS = "http-proxy-ports"
 HTTPS_PROXY_PORTS = "https-proxy-ports"
@@ -388,7 +388,7 @@ def parseConfigData(
     @param resolvePolicy: finds a policy by name among those the operator
         installed or named, raising when there is none; so a configuration
         naming a missing policy is refused like any other bad value.  It
-        must only look names up (see L{twisted_tunnel.policy.findPolicy}):
+        must only look names up (see L{twisted_tunnel.forwarding.policy.findPolicy}):
         whoever may edit the ConfigMap must not choose code to run.
     """
     if not 1 <= httpListenerPort <= 65535:

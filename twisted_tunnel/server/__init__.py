@@ -47,11 +47,10 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from ._version import __version__
-from .certs import isNodeName, validateNodeName
-from .errors import NodeNotConnected, StreamOpenFailed
-from .metrics import ServerMetrics, handshakeFailureReason
-from .mux import (
+from .._version import __version__
+from ..errors import NodeNotConnected, StreamOpenFailed
+from ..metrics import ServerMetrics, handshakeFailureReason
+from ..mux import (
     MAX_SERVERS,
     ITunnelHandler,
     Keepalive,
@@ -64,11 +63,12 @@ from .mux import (
     drainTunnels,
     validServerId,
 )
-from .relay import DEFAULT_RELAY_TIMEOUTS, RelayReaper, RelayTimeouts
-from .rotation import RotatingServerOptions
+from ..net.relay import DEFAULT_RELAY_TIMEOUTS, RelayReaper, RelayTimeouts
+from ..tls import Credentials, PeerIdentity, peerIdentity, verifyChain
+from ..tls.certs import isNodeName, validateNodeName
+from ..tls.rotation import RotatingServerOptions
+from ..wire import ErrorCode, OpenFailReason
 from .routes import DEFAULT_KEEP_GONE, RoutedNodes
-from .tls import Credentials, PeerIdentity, peerIdentity, verifyChain
-from .wire import ErrorCode, OpenFailReason
 
 #: How long an open may wait for the agent's answer by default.
 DEFAULT_OPEN_TIMEOUT = 10.0

@@ -25,9 +25,9 @@ from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .errors import CredentialsError
-from .files import readFile
-from .tls import Credentials, loadCredentials, proxyClientOptions, serverOptions
+from ..errors import CredentialsError
+from ..files import readFile
+from . import Credentials, loadCredentials, proxyClientOptions, serverOptions
 
 #: How often the files are checked by default, in seconds.
 DEFAULT_RELOAD_INTERVAL = 10.0

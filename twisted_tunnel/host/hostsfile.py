@@ -7,7 +7,7 @@ metrics-server can be told to; when those names resolve to the server's
 proxy listeners (its Service IP, say), requests for C{edge-1:10250} reach
 the tunnel with no iptables at all.  CoreDNS's C{hosts} plugin serves such
 a file; this keeps one up to date, C{<server-address> <node-name>} per
-routed node (L{twisted_tunnel.routes.RoutedNodes}): the connected ones,
+routed node (L{twisted_tunnel.server.routes.RoutedNodes}): the connected ones,
 and for a while the ones whose agent has gone, whose clients the server
 then answers at once (naming the node and when its agent left)
 rather than leaving them to a name that no longer resolves.  A gone node
@@ -24,7 +24,7 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from .routes import NodeRoutes
+from ..server.routes import NodeRoutes
 
 HEADER = "# written by edge-tunnel-server: the nodes routed to it\n"
 

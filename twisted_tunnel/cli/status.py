@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from .cli import EXIT_ERROR, EXIT_OK, CommandError, Output, SubParsers, command
+from ._command import EXIT_ERROR, EXIT_OK, CommandError, Output, SubParsers, command
 
 DEFAULT_SERVER = "http://127.0.0.1:10265"
 

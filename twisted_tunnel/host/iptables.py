@@ -7,7 +7,7 @@ kube-apiserver and metrics-server dial C{<edge-node-ip>:10250} as they would
 any node.  Edge node addresses are private, so without help that fails; with
 the rules kept here, the C{nat} table rewrites the destination of those
 connections to the right proxy listener, which reads the original
-destination back (L{twisted_tunnel.origdst}) and carries the connection
+destination back (L{twisted_tunnel.net.origdst}) and carries the connection
 through the node's tunnel.  No client is configured for it.
 
 Two layers, so that the rules can be checked without root:
@@ -79,11 +79,11 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .config import ProxyConfig
-from .errors import TunnelError
+from ..errors import TunnelError
+from ..forwarding.config import ProxyConfig
 
 if TYPE_CHECKING:
-    from .routes import NodeRoutes
+    from ..server.routes import NodeRoutes
 
 __all__ = [
     "DEFAULT_CHAIN",

@@ -97,14 +97,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .._text import printable
+from ..errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout, TunnelClosed
+from ..net.relay import Relay, RelayReaper, halfClose
+from ..net.sockets import noDelay
+from ..net.transports import addressLabel, heldBytesOf
 from . import h1
-from ._http import errorResponse
-from ._text import printable
-from ._transports import addressLabel
-from .errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout, TunnelClosed
-from .limits import heldBytesOf
-from .mux import noDelay
-from .relay import Relay, RelayReaper, halfClose
+from .responses import errorResponse
 
 __all__ = [
     "HOP_BY_HOP_HEADERS",
@@ -431,7 +430,7 @@ class _PushBack:
     other while the first one's send buffer is full.
 
     C{stopProducing} does nothing: how the other side ends is decided by
-    whoever saw the first one end (see L{twisted_tunnel.relay._Reading}).
+    whoever saw the first one end (see L{twisted_tunnel.net.relay._Reading}).
     """
 
     def __init__(self, reading: _Reading) -> None:
@@ -450,7 +449,7 @@ class _PushBack:
         """
         What the other transport holds in memory (a tunnel stream's buffer)
         while this side does not take it: what a listener's limiter counts
-        for a client that does not read (L{twisted_tunnel.limits}).
+        for a client that does not read (L{twisted_tunnel.doors.limits}).
         """
         return heldBytesOf(self._reading._transport)
 
@@ -459,7 +458,7 @@ class _RelayEnd:
     """
     One side of an upgraded connection as a L{Relay} sees it: its
     transport, and whether the other side's back-pressure paused reading
-    from it (L{twisted_tunnel.relay.RelayEnd}).
+    from it (L{twisted_tunnel.net.relay.RelayEnd}).
     """
 
     def __init__(self, protocol: Protocol, reading: _Reading | None) -> None:

@@ -39,8 +39,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._transports import pushProducer
-from .mux import Stream, noDelay, tcpSocket
+from .sockets import noDelay, tcpSocket
+from .transports import ITunnelStream, pushProducer
 
 #: Default idle deadline of a relayed stream, in seconds: no byte either
 #: way for this long closes it.  Kubernetes' own for exec, attach and
@@ -211,7 +211,7 @@ class RelayEnd(TypingProtocol):
     """
     One side of a L{Relay}, as its deadlines see it: a L{RelayProtocol}, or
     a side of an upgraded HTTP connection
-    (L{twisted_tunnel.httpproxy}), which relays raw bytes too.
+    (L{twisted_tunnel.http.engine}), which relays raw bytes too.
     """
 
     @property
@@ -271,7 +271,7 @@ class Relay:
         moved = self.moved
         for end in self.ends:
             transport = end.transport
-            if isinstance(transport, Stream):
+            if ITunnelStream.providedBy(transport):
                 moved += transport.bytesSent + transport.bytesReceived
         return moved
 
@@ -330,7 +330,7 @@ def peerGone(transport: object) -> str | None:
     stream knows (the frames still arrive); for TCP (under TLS too), the
     kernel's C{TCP_INFO} state says it, on Linux.
     """
-    if isinstance(transport, Stream):
+    if ITunnelStream.providedBy(transport):
         return "finished" if transport.peerFinished else None
     sock = tcpSocket(transport)
     option = getattr(socket, "TCP_INFO", None)

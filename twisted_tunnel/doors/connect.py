@@ -63,15 +63,15 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._http import errorResponse
-from ._text import printable
-from ._transports import addressLabel, pushProducer
-from .errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout, TunnelClosed
-from .mux import noDelay
-from .relay import RelayProtocol, halfClose, splice
-from .server import TunnelServer
-from .tls import peerIdentity, refuseNodeIdentity
-from .wire import OpenFailReason
+from .._text import printable
+from ..errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout, TunnelClosed
+from ..http.responses import errorResponse
+from ..net.relay import RelayProtocol, halfClose, splice
+from ..net.sockets import noDelay
+from ..net.transports import addressLabel, pushProducer
+from ..server import TunnelServer
+from ..tls import peerIdentity, refuseNodeIdentity
+from ..wire import OpenFailReason
 
 __all__ = [
     "DirectNetworks",

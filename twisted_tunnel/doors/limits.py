@@ -71,8 +71,8 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides, directlyProvides, implementer, providedBy
 
-from ._logthrottle import LogThrottle
-from ._text import printable
+from .._logthrottle import LogThrottle
+from .._text import printable
 
 __all__ = [
     "DEFAULT_MAX_BUFFERED_BYTES",
@@ -83,7 +83,6 @@ __all__ = [
     "ClientLimiter",
     "ClientLimits",
     "frontDoorLabel",
-    "heldBytesOf",
 ]
 
 MiB = 1024 * 1024
@@ -144,23 +143,6 @@ class ClientLimits:
 
 
 # -- what a connection holds ---------------------------------------------------------
-
-
-def heldBytesOf(transport: object) -> int:
-    """
-    Bytes that C{transport} (a tunnel stream, or a TLS transport over one)
-    holds in memory: a stream's C{bufferedBytes}, found through the
-    C{transport} attribute of the layers above it.  0 for anything else
-    (a TCP upstream holds its data in the kernel, not here).
-    """
-    for _ in range(4):
-        held = getattr(transport, "bufferedBytes", None)
-        if isinstance(held, int):
-            return held
-        transport = getattr(transport, "transport", None)
-        if transport is None:
-            return 0
-    return 0
 
 
 def _producerHolds(producer: object) -> int:

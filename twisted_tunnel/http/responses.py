@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from http import HTTPStatus
 
-from ._text import printable
+from .._text import printable
 
 #: The longest reason an error body carries (about a line and a half).
 MAX_REASON = 1000

@@ -61,11 +61,11 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._logthrottle import LogThrottle
-from ._version import __version__
-from .errors import StreamOpenFailed
-from .metrics import AgentMetrics, handshakeFailureReason
-from .mux import (
+from .._logthrottle import LogThrottle
+from .._version import __version__
+from ..errors import StreamOpenFailed
+from ..metrics import AgentMetrics, handshakeFailureReason
+from ..mux import (
     MAX_SERVER_ID,
     MAX_SERVERS,
     ITunnelHandler,
@@ -78,10 +78,10 @@ from .mux import (
     drainTunnels,
     validServerId,
 )
-from .relay import DEFAULT_RELAY_TIMEOUTS, RelayProtocol, RelayReaper, RelayTimeouts
-from .rotation import CredentialsWatcher, watchCredentials
-from .tls import Credentials, agentOptions
-from .wire import ErrorCode, OpenFailReason
+from ..net.relay import DEFAULT_RELAY_TIMEOUTS, RelayProtocol, RelayReaper, RelayTimeouts
+from ..tls import Credentials, agentOptions
+from ..tls.rotation import CredentialsWatcher, watchCredentials
+from ..wire import ErrorCode, OpenFailReason
 
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -795,7 +795,7 @@ class TunnelAgent(Service):
 
     With a C{reloadInterval}, the files its credentials came from are
     checked that often, and a rotated set is used from the next dial on
-    (see L{twisted_tunnel.rotation}).
+    (see L{twisted_tunnel.tls.rotation}).
     """
 
     log = Logger()

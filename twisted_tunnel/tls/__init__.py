@@ -50,14 +50,14 @@ from twisted.internet.ssl import (
 )
 from twisted.logger import Logger
 
-from twisted_tunnel.certs import (
+from twisted_tunnel.errors import CredentialsError
+from twisted_tunnel.tls.certs import (
     NODE_COMMON_NAME_PREFIX,
     NODE_ORGANIZATION,
     PRIVATE_KEY_TYPES,
     PrivateKey,
     isNodeName,
 )
-from twisted_tunnel.errors import CredentialsError
 
 __all__ = [
     "NODE_COMMON_NAME_PREFIX",

@@ -25,7 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .certs import mintAgent, mintCA, mintServer, writePair
+from ..tls.certs import mintAgent, mintCA, mintServer, writePair
 from .status import readStatus, render
 
 NODE = "edge-1"

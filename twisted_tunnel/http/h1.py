@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_h1 -*-
 """
 A sans-IO HTTP/1.1 codec: the part of C{h11}'s API that the proxy engine
-(L{twisted_tunnel.httpproxy}) uses, several times faster, and as strict.
+(L{twisted_tunnel.http.engine}) uses, several times faster, and as strict.
 
 Why not h11 itself: profiling the proxy showed h11 taking about half of the
 server's CPU per proxied request.  Most of that is generality we do not
