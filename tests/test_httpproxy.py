@@ -49,8 +49,10 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from twisted_tunnel.doors.refusals import proxyRefusal
 from twisted_tunnel.errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout
 from twisted_tunnel.http.engine import (
+    Explainer,
     HTTPProxyFactory,
     HTTPProxyProtocol,
     Limits,
@@ -716,8 +718,10 @@ class ProxyTestCase(TestCase):
         *,
         wrap: Callable[[IProtocolFactory], IProtocolFactory] | None = None,
         factoryClass: type[TrackedProxyFactory] = TrackedProxyFactory,
+        explain: Explainer = proxyRefusal,
     ) -> int:
-        factory = factoryClass(router, reactor, limits=limits, log=self.log)
+        """A proxy listening on loopback; it explains failures as the proxy listeners do."""
+        factory = factoryClass(router, reactor, limits=limits, log=self.log, explain=explain)
         self.proxies.append(factory)
         return self.listen(wrap(factory) if wrap is not None else factory)
 
@@ -1405,6 +1409,18 @@ class RefusalTests(ProxyTestCase):
     async def test_nodeNotConnected(self) -> None:
         answer = await self.assertConnectFailure(FailingEndpoint(NodeNotConnected("a")), 502)
         self.assertIn(b"no agent connected for node 'a'", answer)
+
+    async def test_engineKnowsNothingOfTunnels(self) -> None:
+        """
+        Without an explainer, a tunnel's failure is just a failed connection
+        (502 with its text): only the proxy listeners give it a meaning.
+        """
+        router = HostRouter({b"a": Route(("a", 80), FailingEndpoint(StreamOpenTimeout("late")))})
+        answer = await self.refused(
+            self.proxy(router, explain=lambda error: None), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 502 "), answer)
+        self.assertIn(b"late", answer)
 
     async def test_streamOpenFailed(self) -> None:
         endpoint = FailingEndpoint(StreamOpenFailed(1, "connection refused by 10.0.0.7:10250"))

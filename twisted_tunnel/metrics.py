@@ -34,9 +34,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._version import __version__
-from .errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout, TunnelClosed
+from .errors import openFailure
 from .mux import ITunnelMeter, Stream, Tunnel
-from .wire import OpenFailReason
 
 if TYPE_CHECKING:
     from .agent import TunnelAgent
@@ -49,24 +48,11 @@ OPEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 
 def openFailureReason(failure: Failure) -> str:
     """
-    The C{reason} label of a failed stream open: C{unknown_node},
-    C{open_timeout} (the agent did not answer), C{tunnel_closed}, or the
-    agent's OPEN_FAIL reason (C{refused}, C{timeout}, C{unreachable},
-    C{not_allowed}, C{too_many_streams}, C{going_away}, C{internal}).
+    The C{reason} label of a failed stream open (L{OpenFailure.label}), or
+    C{other} for a failure that is not a tunnel's.
     """
-    error = failure.value
-    if isinstance(error, NodeNotConnected):
-        return "unknown_node"
-    if isinstance(error, StreamOpenTimeout):
-        return "open_timeout"
-    if isinstance(error, TunnelClosed):
-        return "tunnel_closed"
-    if isinstance(error, StreamOpenFailed):
-        try:
-            return OpenFailReason(error.reason).name.lower()
-        except ValueError:
-            return "other"
-    return "other"
+    known = openFailure(failure.value)
+    return "other" if known is None else known.label
 
 
 #: What a TLS handshake failure's message says, and the C{reason} label for it.
@@ -183,7 +169,16 @@ class ServerMetrics:
         self.openSeconds.labels(policy).observe(seconds)
 
     def openFailed(self, failure: Failure) -> None:
+        """A stream open that failed (L{openFailureReason} labels it)."""
         self.openFailures[openFailureReason(failure)] += 1
+
+    def openRefused(self, label: str) -> None:
+        """
+        A stream never asked for: C{unknown_node} (no agent holds the node)
+        or C{policy_refused} (a forwarding policy said no).  The front doors
+        and L{NodeEndpoint} count them here, one place for the label set.
+        """
+        self.openFailures[label] += 1
 
     def watchConfig(self, watcher: Any) -> None:
         """Report C{watcher}'s reloads, refusals and staleness (a L{ConfigWatcher})."""

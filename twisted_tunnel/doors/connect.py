@@ -64,7 +64,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .._text import printable
-from ..errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout, TunnelClosed
+from ..errors import NodeNotConnected, StreamOpenFailed
 from ..http.responses import errorResponse
 from ..net.relay import RelayProtocol, halfClose, splice
 from ..net.sockets import noDelay
@@ -72,6 +72,7 @@ from ..net.transports import addressLabel, pushProducer
 from ..server import TunnelServer
 from ..tls import peerIdentity, refuseNodeIdentity
 from ..wire import OpenFailReason
+from .refusals import connectRefusal
 
 __all__ = [
     "DirectNetworks",
@@ -442,24 +443,22 @@ class ConnectProtocol(RelayProtocol):
             return  # cancelled: the client left, _abandon logged it
         error = failure.value
         if self._direct and isinstance(error, ConnectError):
-            status = (
+            dialStatus = (
                 HTTPStatus.GATEWAY_TIMEOUT
                 if isinstance(error, ConnectTimeout)
                 else HTTPStatus.BAD_GATEWAY
             )
-            self._refuse(status, f"dialling {self._target} directly failed: {_dialError(error)}")
-        elif isinstance(error, NodeNotConnected):
             self._refuse(
-                HTTPStatus.SERVICE_UNAVAILABLE, self.door.server.routes.noAgent(error.node)
+                dialStatus, f"dialling {self._target} directly failed: {_dialError(error)}"
             )
-        elif isinstance(error, StreamOpenFailed):
-            self._refuse(
-                HTTPStatus.BAD_GATEWAY, error.text, openFail=OpenFailReason.named(error.reason)
-            )
-        elif isinstance(error, StreamOpenTimeout):
-            self._refuse(HTTPStatus.GATEWAY_TIMEOUT, str(error))
-        elif isinstance(error, TunnelClosed):
-            self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, str(error))
+        elif (refusal := connectRefusal(error)) is not None:
+            status, why = refusal
+            if isinstance(error, NodeNotConnected):
+                self._refuse(status, self.door.server.routes.noAgent(error.node))
+            elif isinstance(error, StreamOpenFailed):
+                self._refuse(status, why.reason, openFail=OpenFailReason.named(error.reason))
+            else:
+                self._refuse(status, why.reason)
         else:
             self.door.log.failure(
                 "CONNECT {target} from {peer} failed unexpectedly",

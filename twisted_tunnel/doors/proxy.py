@@ -50,6 +50,7 @@ from ..http.engine import HTTPProxyFactory, RequestHead, Route, Router, RouteRef
 from ..net.origdst import originalDestination
 from ..server import TunnelServer
 from .forward import OpeningRelay
+from .refusals import proxyRefusal
 
 #: Which listener serves which protocol of the configuration.
 LISTENER_PROTOCOLS = {"https": "https", "http": "http", "tcp": "tcp"}
@@ -252,7 +253,7 @@ class ProxyRouter:
             )
         record = self.server.registry.lookup(target.address)
         if record is None or not record.tunnel.established:
-            self.server.metrics.openFailures["unknown_node"] += 1
+            self.server.metrics.openRefused("unknown_node")
             raise RoutingRefused(502, self.server.routes.noAgent(target.address))
         policy = self.policyFor(target.port, config)
         request = ForwardingRequest(
@@ -289,13 +290,13 @@ class ProxyRouter:
 
         def refusedByPolicy(failure: Any) -> Any:
             failure.trap(ForwardingRefused)
-            self.server.metrics.openFailures["policy_refused"] += 1
+            self.server.metrics.openRefused("policy_refused")
             raise RoutingRefused(failure.value.status, failure.value.reason)
 
         try:
             decision = decideNow(policy, request)
         except ForwardingRefused as refused:
-            self.server.metrics.openFailures["policy_refused"] += 1
+            self.server.metrics.openRefused("policy_refused")
             raise RoutingRefused(refused.status, refused.reason) from None
         if isinstance(decision, Deferred):
             return decision.addCallbacks(decided, refusedByPolicy)
@@ -359,6 +360,7 @@ class ProxyListenerFactory(HTTPProxyFactory):
         # upgraded connections (exec, attach, port-forward) are relays like
         # the CONNECT door's, held to the same deadlines
         kw.setdefault("reaper", router.server.relayReaper)
+        kw.setdefault("explain", proxyRefusal)
         super().__init__(self._unused, clock, **kw)
         self.proxyRouter = router
 

@@ -61,9 +61,11 @@ What "HTTP done right" means here:
  - B{Every failure before a response} gets a status the client can act on,
    its reason as a C{text/plain} body, and I{one} log line for the
    operator (method, target, host, status, reason, peer), never a
-   traceback: L{RouteRefused} its own status; no agent C{502}; the agent
-   could not dial C{502}; the agent did not answer C{504}; any other
-   connection failure, or an upstream that closes before answering, C{502};
+   traceback: L{RouteRefused} its own status; a failure the factory's
+   L{Explainer} knows, the status it gives (the proxy listeners: no agent
+   C{502}, the agent could not dial C{502}, the agent did not answer
+   C{504}; see L{twisted_tunnel.doors.refusals}); any other connection
+   failure, or an upstream that closes before answering, C{502};
    a malformed request C{400}; a head too large or with too many header
    fields C{431}; a head not complete in time (slowloris) C{408}.  A
    kept-alive connection that stays idle too long is closed quietly.
@@ -98,7 +100,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .._text import printable
-from ..errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout, TunnelClosed
 from ..net.relay import Relay, RelayReaper, halfClose
 from ..net.sockets import noDelay
 from ..net.transports import addressLabel, heldBytesOf
@@ -244,6 +245,17 @@ RouteResult = Union[Route, "Deferred[Route]", Coroutine[Any, Any, Route]]
 
 #: Routes one request: called with the request head and the client's address.
 Router = Callable[[RequestHead, IAddress], RouteResult]
+
+#: Given why a route or its upstream failed, the status and reason to
+#: answer, or C{None} for "not a failure I know" (then C{502} with the
+#: error's text, C{500} if the router itself failed).  The engine knows
+#: nothing of tunnels: the proxy listeners tell it what their failures mean.
+Explainer = Callable[[BaseException | None], tuple[int, str] | None]
+
+
+def explainNothing(error: BaseException | None) -> tuple[int, str] | None:
+    """The default L{Explainer}: only L{RouteRefused} is known."""
+    return None
 
 
 @frozen
@@ -902,11 +914,17 @@ class HTTPProxyProtocol(Protocol):
             self._detachUpstream()
         self._connect()
 
+    def _explain(self, error: BaseException | None) -> tuple[int, str] | None:
+        """The status and reason for a failure we expect, or C{None}."""
+        if isinstance(error, RouteRefused):
+            return error.status, error.reason
+        return self.proxy.explain(error)
+
     def _routingFailed(self, failure: Failure) -> None:
         self._pending = None
         if self._phase is not _Phase.ROUTING:
             return  # the client left; the routing was cancelled
-        known = _knownFailure(failure.value)
+        known = self._explain(failure.value)
         if known is not None:
             self._refuse(*known)
             return
@@ -967,7 +985,7 @@ class HTTPProxyProtocol(Protocol):
             )
             return
         error = failure.value
-        known = _knownFailure(error)
+        known = self._explain(error)
         if known is not None:
             self._refuse(*known)
         elif isinstance(error, ConnectTimeoutError):
@@ -1533,6 +1551,8 @@ class HTTPProxyFactory(Factory):
     @ivar reaper: holds upgraded connections (exec, attach, port-forward,
         WebSocket), which relay raw bytes, to the idle and half-close
         deadlines of every relay (L{RelayReaper}); C{None}: no deadlines.
+    @ivar explain: what the failures of routes and upstreams mean
+        (L{Explainer}); L{RouteRefused} always means its own status.
     """
 
     noisy = False
@@ -1545,8 +1565,10 @@ class HTTPProxyFactory(Factory):
         limits: Limits = Limits(),  # noqa: B008 (frozen, so shared safely)
         log: Logger | None = None,
         reaper: RelayReaper | None = None,
+        explain: Explainer = explainNothing,
     ) -> None:
         self.router = router
+        self.explain = explain
         self.clock = clock
         self.limits = limits
         self.log = log if log is not None else Logger(namespace=__name__)
@@ -1569,23 +1591,6 @@ class HTTPProxyFactory(Factory):
 
 
 # -- helpers -----------------------------------------------------------------------
-
-
-def _knownFailure(error: BaseException | None) -> tuple[int, str] | None:
-    """The status and reason for a failure we expect, or C{None}."""
-    if isinstance(error, RouteRefused):
-        return error.status, error.reason
-    if isinstance(error, (NodeNotConnected, TunnelClosed)):
-        # 502, not 503: kube-apiserver quotes the body of a kubelet's 502
-        # to kubectl and drops that of a 503 ("the server is currently
-        # unable to handle the request"), and this reason is the one
-        # thing the user needs to read
-        return HTTPStatus.BAD_GATEWAY, str(error)
-    if isinstance(error, StreamOpenFailed):
-        return HTTPStatus.BAD_GATEWAY, error.text
-    if isinstance(error, StreamOpenTimeout):
-        return HTTPStatus.GATEWAY_TIMEOUT, str(error) or "the agent did not answer in time"
-    return None
 
 
 def _describe(error: BaseException | None) -> str:

@@ -813,7 +813,7 @@ class NodeEndpoint:
         metrics = self.server.metrics
         record = self.server.registry.lookup(self.node)
         if record is None or not record.tunnel.established:
-            metrics.openFailures["unknown_node"] += 1
+            metrics.openRefused("unknown_node")
             d: Deferred[IProtocol] = Deferred()
             d.errback(NodeNotConnected(self.node))
             return d
