@@ -45,6 +45,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from twisted_tunnel.doors.proxy import ProxyListenerFactory, ProxyRouter
+from twisted_tunnel.files import writeAtomically
 from twisted_tunnel.forwarding.config import (
     ConfigWatcher,
     ProxyConfig,
@@ -324,14 +325,6 @@ def manifest(data: Mapping[str, str]) -> str:
     ]
     lines += [f'  {key}: "{value}"' for key, value in data.items()]
     return "\n".join(lines) + "\n"
-
-
-def writeAtomically(path: str, content: str) -> None:
-    """Replace C{path} at once, so that a poll never reads half a file."""
-    temporary = path + ".new"
-    with open(temporary, "w") as f:
-        f.write(content)
-    os.replace(temporary, path)
 
 
 # -- the world ------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import stat
 
 #: Kubernetes refuses Secrets and ConfigMaps larger than this (1 MiB), so no
@@ -108,3 +109,42 @@ def readFile(path: str, limit: int = MAX_VOLUME_FILE_BYTES) -> bytes:
 
 
 __all__ = ["MAX_VOLUME_FILE_BYTES", "FileRefused", "describeLimit", "readFile"]
+
+
+def writeAtomically(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o644) -> None:
+    """
+    Replace the file at C{path} with C{data} (text is written as UTF-8),
+    all at once, with permissions C{mode}.
+
+    The bytes go to a temporary file in the same directory, created with
+    C{mode} from the start (so a key is never readable by others, not even
+    for an instant), flushed to disk, and then renamed over C{path}: a reader
+    sees the old file or the new one, never half of one: CoreDNS never reads
+    half a hosts file, a daemon never loads half a key.  The one writer of
+    files in the package (the certificates and keys the tools mint, the
+    hosts file).
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    path = os.fspath(path)
+    directory = os.path.dirname(path) or "."
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        try:
+            # The umask may have taken bits away (e.g. 0644 under umask 077).
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise

@@ -29,7 +29,6 @@ import ipaddress
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from functools import lru_cache
 from typing import Any
 
 from twisted.application.service import Service
@@ -78,12 +77,12 @@ from ..mux import (
     drainTunnels,
     validServerId,
 )
+from ..net.addresses import IPAddress, parseIP
 from ..net.relay import DEFAULT_RELAY_TIMEOUTS, RelayProtocol, RelayReaper, RelayTimeouts
 from ..tls import Credentials, agentOptions
 from ..tls.rotation import CredentialsWatcher, watchCredentials
 from ..wire import ErrorCode, OpenFailReason
 
-_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: How long the agent waits for a target to accept a connection.
@@ -149,7 +148,7 @@ class Allowlist:
             ipaddress.ip_network(net, strict=False) for net in extra
         )
 
-    def permits(self, address: _IPAddress) -> bool:
+    def permits(self, address: IPAddress) -> bool:
         if address in self.nodeIPs or address in self.loopback:
             return True
         return any(address in network for network in self.networks)
@@ -158,18 +157,6 @@ class Allowlist:
         parts = [str(ip) for ip in sorted(self.nodeIPs | self.loopback, key=str)]
         parts += [str(net) for net in self.networks]
         return ", ".join(parts)
-
-
-@lru_cache(maxsize=1024)
-def _parseIP(host: str) -> _IPAddress | None:
-    """
-    The IP address in C{host}, or C{None}: cached, since a server asks for the
-    same few addresses (node IPs, loopback) on every stream open.
-    """
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return None
 
 
 def backoffPolicy(
@@ -969,7 +956,7 @@ class TunnelAgent(Service):
             with the connected target; fails with L{StreamOpenFailed}.
         """
         result: Deferred[IProtocol] = Deferred()
-        ip = _parseIP(address.host)
+        ip = parseIP(address.host)
         if ip is None:
             self.logThrottle.emit(
                 self.log,

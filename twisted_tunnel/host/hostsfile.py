@@ -16,14 +16,13 @@ leaves the file at the first write after its time is up.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from ..files import writeAtomically
 from ..server.routes import NodeRoutes
 
 HEADER = "# written by edge-tunnel-server: the nodes routed to it\n"
@@ -32,24 +31,6 @@ HEADER = "# written by edge-tunnel-server: the nodes routed to it\n"
 def render(address: str, nodes: list[str]) -> str:
     """The file's content: one C{address node} line per node, sorted."""
     return HEADER + "".join(f"{address} {node}\n" for node in sorted(set(nodes)))
-
-
-def writeAtomically(path: str, content: str) -> None:
-    """
-    Replace C{path} in one step (a temporary file in the same directory,
-    then a rename), so that CoreDNS never reads half a file.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(prefix=".hosts-", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(content)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 class HostsFile(Service):

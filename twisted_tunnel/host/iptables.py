@@ -81,6 +81,7 @@ from twisted.python.failure import Failure
 
 from ..errors import TunnelError
 from ..forwarding.config import ProxyConfig
+from ..net.addresses import parseIP
 
 if TYPE_CHECKING:
     from ..server.routes import NodeRoutes
@@ -330,9 +331,8 @@ def _nodeIPv4(text: str) -> tuple[ipaddress.IPv4Address | None, str | None]:
     Cached: parsing addresses is most of the rendering's time, and the same
     node IPs come back at every sync.
     """
-    try:
-        ip = ipaddress.ip_address(text.strip("[]"))
-    except ValueError:
+    ip = parseIP(text)
+    if ip is None:
         return None, f"node IP {text!r} is not an IP address: not DNATed"
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is None:

@@ -28,7 +28,7 @@ import datetime
 import ipaddress
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from functools import lru_cache, partial
+from functools import partial
 from typing import Any
 
 from attrs import frozen
@@ -63,6 +63,7 @@ from ..mux import (
     drainTunnels,
     validServerId,
 )
+from ..net.addresses import normalIP
 from ..net.relay import DEFAULT_RELAY_TIMEOUTS, RelayReaper, RelayTimeouts
 from ..tls import Credentials, PeerIdentity, peerIdentity, verifyChain
 from ..tls.certs import isNodeName, validateNodeName
@@ -126,7 +127,7 @@ class CertificateAddressProof:
     """
 
     def prove(self, node: str, identity: PeerIdentity, announced: Sequence[str]) -> AddressProof:
-        certified = {_normalIP(ip) for ip in identity.ipAddresses} - {None}
+        certified = {normalIP(ip) for ip in identity.ipAddresses} - {None}
         proven = tuple(ip for ip in announced if ip in certified)
         unproven = tuple(ip for ip in announced if ip not in certified)
         if not certified:
@@ -317,21 +318,11 @@ class AgentRegistry:
         never registered, either).  Names match exactly: they are
         registered exactly as the certificates spell them, lower case.
         """
-        ip = _normalIP(nameOrIP)
+        ip = normalIP(nameOrIP)
         if ip is not None:
             node = self._byIP.get(ip)
             return self._byNode.get(node) if node is not None else None
         return self._byNode.get(nameOrIP)
-
-
-@lru_cache(maxsize=4096)
-def _normalIP(text: str) -> str | None:
-    # cached: every stream open looks its node up by the address asked for,
-    # and parsing an address costs more than the rest of the lookup
-    try:
-        return str(ipaddress.ip_address(text.strip("[]")))
-    except ValueError:
-        return None
 
 
 @implementer(ITunnelHandler)
@@ -429,7 +420,7 @@ class _ServerSide:
             raise Refused(ErrorCode.PROTOCOL_ERROR, "HELLO ips must be a list of at most 64")
         ips: list[str] = []
         for raw in rawIPs:
-            ip = _normalIP(raw) if isinstance(raw, str) else None
+            ip = normalIP(raw) if isinstance(raw, str) else None
             if ip is None:
                 raise Refused(ErrorCode.PROTOCOL_ERROR, f"HELLO ips holds {raw!r}, not an IP")
             if ip not in ips:
@@ -819,7 +810,7 @@ class NodeEndpoint:
             return d
         host = self.host
         if host is None:
-            asked = _normalIP(self.node)
+            asked = normalIP(self.node)
             host = asked or (record.ips[0] if record.ips else "127.0.0.1")
         clock = self.server.clock
         started = clock.seconds()

@@ -79,6 +79,7 @@ from ..host.iptables import (
     preroutingSource,
 )
 from ..meta import JSONResource, agentsDocument
+from ..net.addresses import parseIP
 from ..net.eager import EagerTCPReactor
 from ..net.relay import DEFAULT_HALF_CLOSED_TIMEOUT, DEFAULT_IDLE_TIMEOUT, RelayTimeouts
 from ..server import DEFAULT_OPEN_TIMEOUT, TrustAnnouncedAddresses, TunnelServer
@@ -488,10 +489,8 @@ def isLoopback(interface: str) -> bool:
     """Is C{interface} (a TCP endpoint's) a loopback address, reachable only from this host?"""
     if interface == "localhost":
         return True
-    try:
-        return ipaddress.ip_address(interface.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    address = parseIP(interface)
+    return address is not None and address.is_loopback
 
 
 def _connectDoorFactory(

@@ -29,7 +29,6 @@ import datetime
 import ipaddress
 import os
 import re
-import secrets
 import socket
 from collections.abc import Sequence
 from typing import TypeAlias
@@ -40,6 +39,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ..files import writeAtomically
 
 __all__ = [
     "NODE_COMMON_NAME_PREFIX",
@@ -540,39 +541,6 @@ def mintClient(
     )
 
 
-def _writeAtomically(path: StrPath, data: bytes, mode: int) -> None:
-    """
-    Replace the file at C{path} with C{data}, all at once, with permissions C{mode}.
-
-    The bytes go to a temporary file in the same directory, created with
-    C{mode} from the start (so a key is never readable by others, not even
-    for an instant), flushed to disk, and then renamed over C{path}: a reader
-    sees the old file or the new one, never half of one.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(path) or "."
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        try:
-            # The umask may have taken bits away (e.g. 0644 under umask 077).
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-
-
 def writePair(issued: Issued, certPath: StrPath, keyPath: StrPath) -> None:
     """
     Write a certificate (mode 0644) and its private key (mode 0600).
@@ -581,8 +549,8 @@ def writePair(issued: Issued, certPath: StrPath, keyPath: StrPath) -> None:
     process watching the certificate file never sees a new certificate next
     to the old key.
     """
-    _writeAtomically(keyPath, issued.keyPEM(), 0o600)
-    _writeAtomically(certPath, issued.certificatePEM(), 0o644)
+    writeAtomically(keyPath, issued.keyPEM(), 0o600)
+    writeAtomically(certPath, issued.certificatePEM(), 0o644)
 
 
 def readPair(certPath: StrPath, keyPath: StrPath) -> Issued:
