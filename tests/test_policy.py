@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from twisted_tunnel.forwarding.config import Listener
 from twisted_tunnel.forwarding.policy import (
     BUILTIN_POLICIES,
     Carrier,
@@ -151,6 +152,12 @@ class FindingTests(SynchronousTestCase):
 
     def test_builtinByName(self) -> None:
         self.assertIs(findPolicy("https", plugins={}), BUILTIN_POLICIES["https"])
+
+    def test_everyListenerHasItsBuiltin(self) -> None:
+        """Each listener's ports default to the built-in policy named like it."""
+        for listener in Listener:
+            self.assertEqual(BUILTIN_POLICIES[listener].name, listener.value)
+        self.assertEqual(sorted(BUILTIN_POLICIES), sorted(Listener))
 
     def test_byImportPath(self) -> None:
         """L{loadPolicy} (for C{--policy}, never for the ConfigMap) imports a policy."""

@@ -558,7 +558,7 @@ class Reconnector:
         self.log.info(
             "tunnel up to server {server_id} at {peer} ({held} of {wanted} servers)",
             server_id=serverId or "(unnamed)",
-            peer=tunnel._peerLabel(),
+            peer=tunnel.peerLabel(),
             held=self.held,
             wanted=self.wanted,
         )
@@ -617,9 +617,9 @@ class Reconnector:
             key=serverId,
             server_id=serverId,
             held_instance=_instance(held),
-            held_peer=held._peerLabel(),
+            held_peer=held.peerLabel(),
             new_instance=_instance(new),
-            new_peer=new._peerLabel(),
+            new_peer=new.peerLabel(),
             server=self.describe,
             delay=delay,
         )

@@ -33,17 +33,15 @@ from twisted.internet.interfaces import IAddress, IProtocol, IStreamClientEndpoi
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from ..forwarding.config import ProxyConfig
+from ..forwarding.config import Listener, ProxyConfig
 from ..forwarding.policy import (
+    BUILTIN_POLICIES,
     Carrier,
     ForwardingDecision,
     ForwardingRefused,
     ForwardingRequest,
-    HTTPPolicy,
-    HTTPSPolicy,
     IForwardingPolicy,
     LocalhostPolicy,
-    TCPPolicy,
     decideNow,
 )
 from ..http.engine import HTTPProxyFactory, RequestHead, Route, Router, RouteRefused
@@ -51,15 +49,6 @@ from ..net.origdst import originalDestination
 from ..server import TunnelServer
 from .forward import OpeningRelay
 from .refusals import proxyRefusal
-
-#: Which listener serves which protocol of the configuration.
-LISTENER_PROTOCOLS = {"https": "https", "http": "http", "tcp": "tcp"}
-
-_BUILTIN_FOR_PROTOCOL: Mapping[str, IForwardingPolicy] = {
-    "https": HTTPSPolicy(),
-    "http": HTTPPolicy(),
-    "tcp": TCPPolicy(),
-}
 
 
 class RoutingRefused(RouteRefused):
@@ -172,16 +161,17 @@ class ProxyRouter:
     def __init__(
         self,
         server: TunnelServer,
-        listener: str,
+        listener: Listener | str,
         config: Callable[[], ProxyConfig],
         *,
         customPolicies: Callable[[], Mapping[int, IForwardingPolicy]] = dict,
         upstreamTLS: Callable[[str], Any] | None = None,
     ) -> None:
-        if listener not in LISTENER_PROTOCOLS:
-            raise ValueError(f"unknown listener kind {listener!r}")
+        try:
+            self.listener = Listener(listener)
+        except ValueError:
+            raise ValueError(f"unknown listener kind {listener!r}") from None
         self.server = server
-        self.listener = listener
         self.config = config
         self.customPolicies = customPolicies
         self.upstreamTLS = upstreamTLS
@@ -190,7 +180,8 @@ class ProxyRouter:
         """The policy in force for C{port}: custom or built-in, then localhost-wrapped."""
         protocol = config.protocolFor(port)
         assert protocol is not None, f"port {port} is not forwarded"
-        policy = self.customPolicies().get(port) or _BUILTIN_FOR_PROTOCOL[protocol]
+        # each listener's built-in policy has the listener's name
+        policy = self.customPolicies().get(port) or BUILTIN_POLICIES[protocol]
         if config.isLocalhost(port):
             policy = LocalhostPolicy(policy)
         return policy
@@ -245,7 +236,7 @@ class ProxyRouter:
                 f"port {target.port} is not forwarded (add it to http-proxy-ports, "
                 "https-proxy-ports or tcp-proxy-ports)",
             )
-        if protocol != LISTENER_PROTOCOLS[self.listener]:
+        if protocol is not self.listener:
             raise RoutingRefused(
                 403,
                 f"port {target.port} is forwarded as {protocol}, not from the "

@@ -26,6 +26,7 @@ Three layers, so each can be tested and reused alone:
 from __future__ import annotations
 
 import difflib
+import enum
 import errno
 import hashlib
 import os
@@ -33,7 +34,7 @@ import re
 import reprlib
 import stat
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from attrs import field, frozen
@@ -91,7 +92,19 @@ MAX_VALUE_FIELD = 4096
 #: The most of a refusal's reason kept: one log line stays one short line.
 MAX_REASON = 600
 
-PortProtocol = Literal["https", "http", "tcp"]
+
+class Listener(enum.StrEnum):
+    """
+    The proxy listeners, one per way a forwarded port is carried: each
+    serves the ports the ConfigMap gives its protocol (C{https-proxy-ports},
+    C{http-proxy-ports} and C{dnat-ports}, C{tcp-proxy-ports}), and no
+    other.  A string enum: C{Listener.HTTPS == "https"}, so policies that
+    compare C{ForwardingRequest.listener} with a string keep working.
+    """
+
+    HTTPS = "https"
+    HTTP = "http"
+    TCP = "tcp"
 
 
 class ConfigError(TunnelError):
@@ -244,17 +257,18 @@ class ProxyConfig:
             if both:
                 raise ValueError(f"ports {_formatPorts(both)} have two protocols")
 
-    def protocolFor(self, port: int) -> PortProtocol | None:
+    def protocolFor(self, port: int) -> Listener | None:
         """
-        How a connection for C{port} on a node is carried, or C{None} when the
-        proxy listeners must refuse it (the port is not configured).
+        How a connection for C{port} on a node is carried (which listener
+        serves it), or C{None} when the proxy listeners must refuse it (the
+        port is not configured).
         """
         if port in self.httpsPorts:
-            return "https"
+            return Listener.HTTPS
         if port in self.httpPorts or port in self.dnatPorts:
-            return "http"
+            return Listener.HTTP
         if port in self.tcpPorts:
-            return "tcp"
+            return Listener.TCP
         return None
 
     def policyName(self, port: int) -> str | None:

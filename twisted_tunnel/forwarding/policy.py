@@ -37,6 +37,8 @@ from twisted.internet.interfaces import IAddress
 from zope.interface import Attribute, Interface, implementer
 from zope.interface.verify import verifyObject
 
+from .config import Listener
+
 
 class Carrier(Enum):
     """How the proxy listener carries a decided connection."""
@@ -59,7 +61,8 @@ class ForwardingRequest:
     @ivar nodeIPs: the IPs its agent announced.
     @ivar address: the node name or IP the client asked for.
     @ivar port: the node port the client asked for.
-    @ivar listener: which listener it arrived at (C{"http"}, C{"https"}, C{"tcp"}).
+    @ivar listener: which listener it arrived at (a L{Listener}: it equals
+        C{"http"}, C{"https"} or C{"tcp"}).
     @ivar method: the HTTP method, for HTTP listeners (else C{None}).
     @ivar target: the HTTP request target (path and query), for HTTP listeners.
     @ivar headers: the HTTP request headers, for HTTP listeners.
@@ -70,7 +73,7 @@ class ForwardingRequest:
     nodeIPs: tuple[str, ...]
     address: str
     port: int
-    listener: str
+    listener: Listener
     method: bytes | None = None
     target: bytes | None = None
     headers: tuple[tuple[bytes, bytes], ...] = ()

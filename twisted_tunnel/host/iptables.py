@@ -80,7 +80,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..errors import TunnelError
-from ..forwarding.config import ProxyConfig
+from ..forwarding.config import Listener, ProxyConfig
 from ..net.addresses import parseIP
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ __all__ = [
 DEFAULT_CHAIN = "EDGE-TUNNEL"
 
 #: The listener kinds, in the order their chains are written.
-LISTENER_KINDS = ("https", "http", "tcp")
+LISTENER_KINDS = tuple(Listener)
 
 #: The built-in chains we hook; a jump to our chains from any other chain
 #: is left alone while syncing (removed only on stop, to delete the chains).

@@ -1272,7 +1272,7 @@ class Tunnel(Protocol):
         self._readingPaused = True
         self.log.debug(
             "tunnel to {node}: the peer does not read our replies; reading paused",
-            node=self.nodeName or self._peerLabel(),
+            node=self.nodeName or self.peerLabel(),
         )
         transport: Any = self.transport
         if transport is not None:
@@ -1322,14 +1322,20 @@ class Tunnel(Protocol):
         """The peer broke the protocol: one log line, GOAWAY, read no more, close."""
         self.log.warn(
             "closing tunnel to {node}: protocol error: {reason}",
-            node=self.nodeName or self._peerLabel(),
+            node=self.nodeName or self.peerLabel(),
             reason=error.text,
             code=ErrorCode.named(error.code),
         )
         self._readingStopped = True  # even if a graceful close is under way
         self.close(error.code, error.text)
 
-    def _peerLabel(self) -> str:
+    @property
+    def closing(self) -> bool:
+        """Whether this end is closing the connection (L{close} was called)."""
+        return self._closing
+
+    def peerLabel(self) -> str:
+        """C{host:port} of the peer, for log lines (C{peer} before there is one)."""
         peer = self.transport.getPeer() if self.transport is not None else None
         host = getattr(peer, "host", None)
         return f"{host}:{getattr(peer, 'port', '')}" if host else "peer"
@@ -1422,7 +1428,7 @@ class Tunnel(Protocol):
             self.log.emit(
                 LogLevel.debug if refused.code in ROUTINE_REFUSALS else LogLevel.warn,
                 "refusing tunnel from {peer}: {reason}",
-                peer=self._peerLabel(),
+                peer=self.peerLabel(),
                 reason=refused.text,
                 code=ErrorCode.named(refused.code),
             )
@@ -1646,7 +1652,7 @@ class Tunnel(Protocol):
         self.log.emit(
             LogLevel.debug if code in ROUTINE_REFUSALS else LogLevel.warn,
             "tunnel to {node} closed by peer ({code}): {reason}",
-            node=self.nodeName or self._peerLabel(),
+            node=self.nodeName or self.peerLabel(),
             code=ErrorCode.named(code),
             reason=text,
         )
@@ -1686,7 +1692,7 @@ class Tunnel(Protocol):
         if judge and now >= dies:
             self.log.warn(
                 self.DEAD,
-                node=self.nodeName or self._peerLabel(),
+                node=self.nodeName or self.peerLabel(),
                 silent=silent,
             )
             if self.meter is not None:

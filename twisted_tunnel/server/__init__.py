@@ -384,7 +384,7 @@ class _ServerSide:
             tunnel=tunnel,
             identity=identity,
             connectedAt=self.server.clock.seconds(),
-            peer=tunnel._peerLabel(),
+            peer=tunnel.peerLabel(),
         )
         replaced = self.server.registry.register(record)
         self.server._watchExpiry(record)
@@ -483,7 +483,7 @@ class _ServerSide:
 
     def tunnelLost(self, tunnel: Tunnel, reason: Failure) -> None:
         self.server._forgetExpiry(tunnel)
-        if tunnel.version is None and not tunnel._closing:
+        if tunnel.version is None and not tunnel.closing:
             # the TLS handshake failed (wrong CA, no client certificate,
             # expired) or the peer never sent HELLO: one line saying why
             message = reason.getErrorMessage()
@@ -495,7 +495,7 @@ class _ServerSide:
                 LogLevel.debug if why == "connection_closed" else LogLevel.warn,
                 "refused agent connection from {peer}: no tunnel established "
                 "(TLS handshake or HELLO failed): {reason}",
-                peer=tunnel._peerLabel(),
+                peer=tunnel.peerLabel(),
                 reason=message,
             )
             return
@@ -508,7 +508,7 @@ class _ServerSide:
                 "--server-id (agent {node} at {peer} closed our tunnel: {reason})",
                 server_id=self.server.serverId,
                 node=tunnel.nodeName,
-                peer=tunnel._peerLabel(),
+                peer=tunnel.peerLabel(),
                 reason=goaway[1],
             )
         if tunnel.nodeName:

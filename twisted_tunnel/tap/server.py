@@ -57,6 +57,7 @@ from ..forwarding.config import (
     DEFAULT_HTTP_LISTENER_PORT,
     ConfigError,
     ConfigWatcher,
+    Listener,
     ProxyConfig,
     loadConfig,
     parseConfigData,
@@ -775,7 +776,7 @@ def _proxyListeners(
         )
         _rotate(options, top, "tls:--proxy-client-cert", clientFiles, upstreamTLS.update)
 
-    def router(kind: str) -> ProxyRouter:
+    def router(kind: Listener) -> ProxyRouter:
         return ProxyRouter(
             server, kind, state.current, customPolicies=state.custom, upstreamTLS=upstreamTLS
         )
@@ -789,16 +790,20 @@ def _proxyListeners(
         _rotate(options, top, "tls:--proxy-serving-cert", servingFiles, tls.update)
         listen(
             options["https-proxy-endpoint"],
-            TLSMemoryBIOFactory(tls, False, ProxyListenerFactory(router("https"), reactor)),
+            TLSMemoryBIOFactory(tls, False, ProxyListenerFactory(router(Listener.HTTPS), reactor)),
             "--https-proxy-endpoint",
         )
     if httpDescription != "none":
         listen(
-            httpDescription, ProxyListenerFactory(router("http"), reactor), "--http-proxy-endpoint"
+            httpDescription,
+            ProxyListenerFactory(router(Listener.HTTP), reactor),
+            "--http-proxy-endpoint",
         )
     if options["tcp-proxy-endpoint"] != "none":
         listen(
-            options["tcp-proxy-endpoint"], RawProxyFactory(router("tcp")), "--tcp-proxy-endpoint"
+            options["tcp-proxy-endpoint"],
+            RawProxyFactory(router(Listener.TCP)),
+            "--tcp-proxy-endpoint",
         )
     manager = _iptablesManager(options, server, state, endpoint)
     if manager is not None:
