@@ -63,7 +63,7 @@ from zope.interface import implementer
 from .._logthrottle import LogThrottle
 from .._version import __version__
 from ..errors import StreamOpenFailed
-from ..metrics import AgentMetrics, handshakeFailureReason
+from ..metrics import handshakeFailureReason
 from ..mux import (
     MAX_SERVER_ID,
     MAX_SERVERS,
@@ -82,6 +82,7 @@ from ..net.relay import DEFAULT_RELAY_TIMEOUTS, RelayProtocol, RelayReaper, Rela
 from ..tls import Credentials, agentOptions
 from ..tls.rotation import CredentialsWatcher, watchCredentials
 from ..wire import ErrorCode, OpenFailReason
+from .metrics import AgentMetrics
 
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -49,7 +49,7 @@ from zope.interface import Interface, implementer
 
 from .._version import __version__
 from ..errors import NodeNotConnected, StreamOpenFailed
-from ..metrics import ServerMetrics, handshakeFailureReason
+from ..metrics import handshakeFailureReason
 from ..mux import (
     MAX_SERVERS,
     ITunnelHandler,
@@ -69,6 +69,7 @@ from ..tls import Credentials, PeerIdentity, peerIdentity, verifyChain
 from ..tls.certs import isNodeName, validateNodeName
 from ..tls.rotation import RotatingServerOptions
 from ..wire import ErrorCode, OpenFailReason
+from .metrics import ServerMetrics
 from .routes import DEFAULT_KEEP_GONE, RoutedNodes
 
 #: How long an open may wait for the agent's answer by default.
