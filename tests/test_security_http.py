@@ -17,14 +17,13 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet import reactor as _reactor
-from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import CertificateOptions
 from twisted.internet.task import Clock, deferLater
-from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, Logger, formatEvent
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -37,7 +36,6 @@ from twisted_tunnel.doors.limits import (
     ClientLimiter,
     ClientLimits,
     _producerHolds,
-    _queuedBytes,
     frontDoorLabel,
 )
 from twisted_tunnel.doors.proxy import ProxyListenerFactory, ProxyRouter
@@ -561,23 +559,11 @@ class ClientLimitTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual((limiter.connections, dict(limiter.byAddress)), (0, {}))
 
-    def test_queuedBytesOfATCPTransport(self) -> None:
-        """
-        Pins the Twisted internals the limiter reads: a FileDescriptor's
-        unsent bytes (C{dataBuffer} from C{offset}, and C{_tempDataLen}).
-        """
-        descriptor = FileDescriptor(reactor=MemoryReactor())  # type: ignore[no-untyped-call]
-        descriptor.connected = True
-        descriptor.write(b"x" * 1000)
-        self.assertEqual(_queuedBytes(descriptor), 1000)
-        descriptor.dataBuffer, descriptor.offset = b"y" * 500, 200
-        self.assertEqual(_queuedBytes(descriptor), 300 + 1000)
-        self.assertEqual(_queuedBytes(StringTransport()), 0)
-
     def test_heldBytesThroughTLS(self) -> None:
         """
-        Pins the other one: TLS registers a membrane around our producer
-        (C{_producer}); what the producer holds is still found.
+        TLS registers a membrane around our producer; what the producer
+        holds is still found (the membrane's internals are pinned in
+        C{tests/test_twisted_internals.py}).
         """
         tls = TLSMemoryBIOFactory(CertificateOptions(), False, ClientFactory())
         protocol = tls.buildProtocol(CLIENT)

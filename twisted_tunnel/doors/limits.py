@@ -73,6 +73,7 @@ from zope.interface import alsoProvides, directlyProvides, implementer, provided
 
 from .._logthrottle import LogThrottle
 from .._text import printable
+from ..net._twisted import innerProducer, queuedBytes
 
 __all__ = [
     "DEFAULT_MAX_BUFFERED_BYTES",
@@ -149,33 +150,18 @@ def _producerHolds(producer: object) -> int:
     """
     What the producer registered with a client's transport (the upstream
     side of a proxy, a relay's other end) holds for that client: its
-    C{heldBytes()} when it has one.  TLS registers a membrane around the
-    producer it is given, kept as C{_producer} (pinned by a test).
+    C{heldBytes()} when it has one, found through the membrane TLS
+    registers around it.
     """
     for _ in range(3):
         held = getattr(producer, "heldBytes", None)
         if held is not None:
             return int(held())
-        producer = getattr(producer, "_producer", None)
-        if producer is None:
+        inner = innerProducer(producer)
+        if inner is None:
             return 0
+        producer = inner
     return 0
-
-
-def _queuedBytes(transport: object) -> int:
-    """
-    Bytes written to a TCP (or Unix) transport and not yet sent: the
-    buffer of C{twisted.internet.abstract.FileDescriptor} (C{dataBuffer}
-    from C{offset}, and C{_tempDataLen} more; pinned by a test).  0 for a
-    transport without them.
-    """
-    buffered = getattr(transport, "dataBuffer", b"")
-    offset = getattr(transport, "offset", 0)
-    pending = getattr(transport, "_tempDataLen", 0)
-    try:
-        return max(0, len(buffered) - int(offset)) + int(pending)
-    except TypeError:
-        return 0
 
 
 # -- the wrapper ---------------------------------------------------------------------
@@ -326,7 +312,7 @@ class _LimitedConnection(Protocol):
 
     def held(self) -> int:
         """Bytes held for this client now: queued to its socket, and buffered upstream."""
-        held = _queuedBytes(self.transport)
+        held = queuedBytes(self.transport)
         if self.producer is not None:
             held += _producerHolds(self.producer)
         return held

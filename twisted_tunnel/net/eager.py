@@ -29,6 +29,8 @@ from typing import Any
 from twisted.internet import tcp
 from zope.interface import directlyProvides, providedBy
 
+from ._twisted import sendBufferIdle
+
 #: Writes up to this size are sent at once when nothing is queued.
 EAGER_LIMIT = 16 * 1024
 
@@ -42,14 +44,9 @@ class _SendAtOnce:
         conn: Any = self  # a tcp.Connection: these are its attributes
         if (
             0 < len(data) <= EAGER_LIMIT
-            and conn.connected
-            and not conn.disconnecting
-            and not conn._writeDisconnecting
-            and not conn._writeDisconnected
             and not conn.TLS
-            and not conn._tempDataLen
-            and conn.offset == len(conn.dataBuffer)
             and isinstance(data, bytes)
+            and sendBufferIdle(conn)
         ):
             try:
                 sent = conn.socket.send(data)

@@ -22,6 +22,7 @@ from zope.interface import implementer
 from ..errors import CredentialsError
 from ..meta import Check, Heartbeat, metaSite
 from ..mux import Keepalive, Settings
+from ..net._twisted import raiseListenErrors
 from ..tls import Credentials, loadCredentials
 from ..tls.rotation import DEFAULT_RELOAD_INTERVAL
 
@@ -182,7 +183,7 @@ class DaemonService(MultiService):
         self.heartbeat = Heartbeat(clock)
         site = metaSite(self.heartbeat, registry, self.checks, summary, extra)
         service = StreamServerEndpointService(endpoint, site)
-        service._raiseSynchronously = True  # a port in use stops startup, loudly
+        raiseListenErrors(service)  # a port in use stops startup, loudly
         service.setName("--meta-endpoint")
         self.meta = service
 

@@ -80,6 +80,7 @@ from ..host.iptables import (
     preroutingSource,
 )
 from ..meta import JSONResource, agentsDocument
+from ..net._twisted import raiseListenErrors
 from ..net.addresses import parseIP
 from ..net.eager import EagerTCPReactor
 from ..net.relay import DEFAULT_HALF_CLOSED_TIMEOUT, DEFAULT_IDLE_TIMEOUT, RelayTimeouts
@@ -613,7 +614,7 @@ def makeService(options: Options) -> IService:
             server.metrics.watchClientLimiter(limiter)
             factory = limiter.wrap(factory)
         service = StreamServerEndpointService(endpoint(description, name), factory)
-        service._raiseSynchronously = True  # a port in use stops startup, loudly
+        raiseListenErrors(service)  # a port in use stops startup, loudly
         service.setName(name)
         service.setServiceParent(top)
 
