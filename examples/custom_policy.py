@@ -34,6 +34,7 @@ from twisted.web.client import Agent
 from twisted_tunnel import (
     ForwardingRefused,
     ForwardingRequest,
+    ForwardingTable,
     ProxyListenerFactory,
     ProxyRouter,
     TunnelServer,
@@ -84,8 +85,8 @@ async def main(reactor: Any) -> None:
         {"http-proxy-ports": str(port), "policy-ports": f"{port}={policy.name}"},
         resolvePolicy=lambda name: findPolicy(name, known),
     )
-    policies = {bound: findPolicy(name, known) for bound, name in config.policyPorts}
-    router = ProxyRouter(server, "http", lambda: config, customPolicies=lambda: policies)
+    table = ForwardingTable(config, known=known)  # table.replace(new) on a reload
+    router = ProxyRouter(server, "http", table)
     listener = await listenOnLoopback(reactor, ProxyListenerFactory(router, reactor))
 
     http = HTTPClient(Agent(reactor))

@@ -199,7 +199,8 @@ class SnippetTests(SynchronousTestCase):
         exec(serverBlock, namespace)
         exec("from twisted_tunnel import *\n" + policyBlock, namespace)
         self.assertEqual([port for port, *_ in self.reactor.tcpServers], [10262, 10264])
-        self.assertEqual(namespace["policies"][9100].name, "metrics-only")
+        self.assertEqual(namespace["table"].custom()[9100].name, "metrics-only")
+        self.assertIs(namespace["router"].table, namespace["table"])
 
 
 class DocsTests(SynchronousTestCase):

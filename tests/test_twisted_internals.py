@@ -8,7 +8,7 @@ from __future__ import annotations
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import reactor as _reactor
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import CertificateOptions
@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from twisted_tunnel.net._twisted import (
     innerProducer,
+    listeningPort,
     queuedBytes,
     raiseListenErrors,
     sendBufferIdle,
@@ -92,3 +93,11 @@ class ListenErrorTests(TestCase):
         with self.assertRaises(Exception) as caught:
             service.startService()
         self.assertIn("Address already in use", str(caught.exception))
+
+    def test_listeningPort(self) -> None:
+        """A TCP server endpoint knows its port before it listens; a UNIX one has none."""
+        self.assertEqual(
+            listeningPort(serverFromString(_reactor, "tcp:10264:interface=127.0.0.1")), 10264
+        )
+        self.assertEqual(listeningPort(TCP4ServerEndpoint(_reactor, 10263)), 10263)
+        self.assertIsNone(listeningPort(serverFromString(_reactor, "unix:/tmp/x.sock")))

@@ -76,7 +76,8 @@ the daemon's C{--policy NAME=package.module:attribute}, or your program's
 code.  A configuration only I{names} policies (a ConfigMap must never make
 the server import anything): it binds a name to a port (C{policy-ports:
 "9100=metrics-only"}, see L{parseConfigData}), L{findPolicy} looks the name
-up among the built-ins and L{knownPolicies}, and the proxy listeners apply
+up among the built-ins and L{knownPolicies}, a L{ForwardingTable} holds the
+configuration in force with its policies, and the proxy listeners apply
 it: in the daemon, or in your process with a L{ProxyRouter} and a
 L{ProxyListenerFactory} (C{examples/custom_policy.py})::
 
@@ -86,8 +87,8 @@ L{ProxyListenerFactory} (C{examples/custom_policy.py})::
         {"http-proxy-ports": "9100", "policy-ports": "9100=metrics-only"},
         resolvePolicy=lambda name: findPolicy(name, known),
     )
-    policies = {port: findPolicy(name, known) for port, name in config.policyPorts}
-    router = ProxyRouter(server, "http", lambda: config, customPolicies=lambda: policies)
+    table = ForwardingTable(config, known=known)  # table.replace(new) on a reload
+    router = ProxyRouter(server, "http", table)
     serverFromString(reactor, "tcp:10264").listen(ProxyListenerFactory(router, reactor))
 
 The other front doors, for your process too: L{ConnectDoorFactory} (HTTP
@@ -106,7 +107,7 @@ All the names
     L{findPolicy}, L{knownPolicies}, L{loadPolicy}, L{pluginPolicies},
     L{PolicyError}.
   - Configuration: L{ProxyConfig}, L{parseConfigData}, L{loadConfig},
-    L{ConfigError}.
+    L{ConfigError}, L{ForwardingTable}.
   - Front doors: L{ProxyRouter}, L{ProxyListenerFactory},
     L{ConnectDoorFactory}, L{ForwardFactory}.
   - Errors: L{TunnelError}, L{NodeNotConnected}, L{StreamOpenFailed},
@@ -160,6 +161,7 @@ if TYPE_CHECKING:
         pluginPolicies,
         refuse,
     )
+    from .forwarding.table import ForwardingTable
     from .mux import Keepalive, Settings
     from .server import AgentRecord, NodeEndpoint, TunnelServer
     from .tls import Credentials, loadCredentials, makeCredentials
@@ -191,6 +193,7 @@ _SOURCES = {
     "parseConfigData": "forwarding.config",
     "loadConfig": "forwarding.config",
     "ConfigError": "forwarding.config",
+    "ForwardingTable": "forwarding.table",
     "ProxyRouter": "doors.proxy",
     "ProxyListenerFactory": "doors.proxy",
     "ConnectDoorFactory": "doors.connect",
@@ -214,6 +217,7 @@ __all__ = [
     "ForwardingDecision",
     "ForwardingRefused",
     "ForwardingRequest",
+    "ForwardingTable",
     "IForwardingPolicy",
     "Keepalive",
     "NodeEndpoint",

@@ -35,15 +35,14 @@ from twisted.logger import Logger
 
 from ..forwarding.config import Listener, ProxyConfig
 from ..forwarding.policy import (
-    BUILTIN_POLICIES,
     Carrier,
     ForwardingDecision,
     ForwardingRefused,
     ForwardingRequest,
     IForwardingPolicy,
-    LocalhostPolicy,
     decideNow,
 )
+from ..forwarding.table import ForwardingTable, NotForwarded
 from ..http.engine import HTTPProxyFactory, RequestHead, Route, Router, RouteRefused
 from ..net.origdst import originalDestination
 from ..server import TunnelServer
@@ -146,11 +145,15 @@ class Routed:
 
 class ProxyRouter:
     """
-    Routes connections (or HTTP requests) arriving at one proxy listener.
+    Routes connections (or HTTP requests) arriving at one proxy listener:
+    the table says which policy decides (or refuses), the registry which
+    tunnel carries it.
 
-    @param config: returns the configuration in force (it changes on reload;
-        a route uses the one in force when it is made).
-    @param customPolicies: returns the ports bound to custom policies.
+    @param table: the forwarding in force (L{ForwardingTable}: it changes on
+        reload; a route uses what is in force when it is made), or a
+        function returning the configuration in force, read at every request.
+    @param customPolicies: with a function for C{table}: returns the ports
+        bound to custom policies.
     @param upstreamTLS: makes the client TLS creator for the HTTPS carrier,
         given the node address the client asked for (what the kubelet's
         certificate is verified against, when it is).
@@ -162,7 +165,7 @@ class ProxyRouter:
         self,
         server: TunnelServer,
         listener: Listener | str,
-        config: Callable[[], ProxyConfig],
+        table: ForwardingTable | Callable[[], ProxyConfig],
         *,
         customPolicies: Callable[[], Mapping[int, IForwardingPolicy]] = dict,
         upstreamTLS: Callable[[str], Any] | None = None,
@@ -171,20 +174,11 @@ class ProxyRouter:
             self.listener = Listener(listener)
         except ValueError:
             raise ValueError(f"unknown listener kind {listener!r}") from None
+        if not isinstance(table, ForwardingTable):
+            table = ForwardingTable.following(table, customPolicies)
         self.server = server
-        self.config = config
-        self.customPolicies = customPolicies
+        self.table = table
         self.upstreamTLS = upstreamTLS
-
-    def policyFor(self, port: int, config: ProxyConfig) -> IForwardingPolicy:
-        """The policy in force for C{port}: custom or built-in, then localhost-wrapped."""
-        protocol = config.protocolFor(port)
-        assert protocol is not None, f"port {port} is not forwarded"
-        # each listener's built-in policy has the listener's name
-        policy = self.customPolicies().get(port) or BUILTIN_POLICIES[protocol]
-        if config.isLocalhost(port):
-            policy = LocalhostPolicy(policy)
-        return policy
 
     def route(
         self,
@@ -228,25 +222,14 @@ class ProxyRouter:
 
         @raise RoutingRefused: for everything the client should be told.
         """
-        config = self.config()
-        protocol = config.protocolFor(target.port)
-        if protocol is None:
-            raise RoutingRefused(
-                403,
-                f"port {target.port} is not forwarded (add it to http-proxy-ports, "
-                "https-proxy-ports or tcp-proxy-ports)",
-            )
-        if protocol is not self.listener:
-            raise RoutingRefused(
-                403,
-                f"port {target.port} is forwarded as {protocol}, not from the "
-                f"{self.listener} listener",
-            )
+        try:
+            policy = self.table.lookup(target.port, self.listener)
+        except NotForwarded as refused:
+            raise RoutingRefused(refused.status, refused.reason) from None
         record = self.server.registry.lookup(target.address)
         if record is None or not record.tunnel.established:
             self.server.metrics.openRefused("unknown_node")
             raise RoutingRefused(502, self.server.routes.noAgent(target.address))
-        policy = self.policyFor(target.port, config)
         request = ForwardingRequest(
             node=record.node,
             nodeIPs=record.ips,

@@ -14,14 +14,16 @@ Twisted release that renames one fails a test instead of a deployment.
     as C{_producer} (C{twisted.protocols.tls._ProducerMembrane});
   - C{StreamServerEndpointService._raiseSynchronously}, which makes a
     listening failure (a port in use) stop C{startService} instead of
-    being logged and forgotten.
+    being logged and forgotten;
+  - the port a TCP server endpoint will listen on (C{_port}), known before
+    it listens.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["innerProducer", "queuedBytes", "raiseListenErrors", "sendBufferIdle"]
+__all__ = ["innerProducer", "listeningPort", "queuedBytes", "raiseListenErrors", "sendBufferIdle"]
 
 
 def queuedBytes(transport: object) -> int:
@@ -61,3 +63,9 @@ def innerProducer(producer: object) -> object | None:
 def raiseListenErrors(service: Any) -> None:
     """Make a C{StreamServerEndpointService} fail its C{startService} if it cannot listen."""
     service._raiseSynchronously = True
+
+
+def listeningPort(endpoint: object) -> int | None:
+    """The port a TCP server endpoint is set to listen on, or C{None} for another kind."""
+    port = getattr(endpoint, "_port", None)
+    return port if isinstance(port, int) else None

@@ -58,7 +58,6 @@ from ..forwarding.config import (
     ConfigError,
     ConfigWatcher,
     Listener,
-    ProxyConfig,
     loadConfig,
     parseConfigData,
 )
@@ -71,6 +70,7 @@ from ..forwarding.policy import (
     parsePolicyOption,
     pluginPolicies,
 )
+from ..forwarding.table import ForwardingTable
 from ..host.hostsfile import HostsFile
 from ..host.iptables import (
     IptablesManager,
@@ -80,7 +80,7 @@ from ..host.iptables import (
     preroutingSource,
 )
 from ..meta import JSONResource, agentsDocument
-from ..net._twisted import raiseListenErrors
+from ..net._twisted import listeningPort, raiseListenErrors
 from ..net.addresses import parseIP
 from ..net.eager import EagerTCPReactor
 from ..net.relay import DEFAULT_HALF_CLOSED_TIMEOUT, DEFAULT_IDLE_TIMEOUT, RelayTimeouts
@@ -736,7 +736,7 @@ def _proxyListeners(
     httpDescription = options["http-proxy-endpoint"]
     httpPort = DEFAULT_HTTP_LISTENER_PORT
     if httpDescription != "none":
-        httpPort = getattr(endpoint(httpDescription, "--http-proxy-endpoint"), "_port", httpPort)
+        httpPort = listeningPort(endpoint(httpDescription, "--http-proxy-endpoint")) or httpPort
     path = options["config"]
     known = _knownPolicies(options)
 
@@ -752,13 +752,13 @@ def _proxyListeners(
         )
     except ConfigError as e:
         fatal(PROGRAM, f"--config {e}")
-    state = _ConfigState(initial, resolve)
+    table = ForwardingTable(initial, resolve=resolve)
     if path:
         watcher = ConfigWatcher(
             path,
             reactor,
             initial,
-            state.changed,
+            table.replace,
             interval=options["config-interval"],
             httpListenerPort=httpPort,
             resolvePolicy=resolve,
@@ -778,9 +778,7 @@ def _proxyListeners(
         _rotate(options, top, "tls:--proxy-client-cert", clientFiles, upstreamTLS.update)
 
     def router(kind: Listener) -> ProxyRouter:
-        return ProxyRouter(
-            server, kind, state.current, customPolicies=state.custom, upstreamTLS=upstreamTLS
-        )
+        return ProxyRouter(server, kind, table, upstreamTLS=upstreamTLS)
 
     if options["https-proxy-endpoint"] != "none":
         servingFiles = _files(
@@ -806,12 +804,12 @@ def _proxyListeners(
             RawProxyFactory(router(Listener.TCP)),
             "--tcp-proxy-endpoint",
         )
-    manager = _iptablesManager(options, server, state, endpoint)
+    manager = _iptablesManager(options, server, table, endpoint)
     if manager is not None:
         manager.setName("--iptables")
         manager.setServiceParent(top)
         server.metrics.watchIptables(manager)
-        state.observers.append(manager.configChanged)
+        table.subscribe(manager.configChanged)
 
 
 def _knownPolicies(options: Options) -> dict[str, IForwardingPolicy]:
@@ -842,7 +840,7 @@ def _knownPolicies(options: Options) -> dict[str, IForwardingPolicy]:
 def _iptablesManager(
     options: Options,
     server: TunnelServer,
-    state: _ConfigState,
+    table: ForwardingTable,
     endpoint: Callable[[str, str], IStreamServerEndpoint],
 ) -> IptablesManager | None:
     """
@@ -886,39 +884,10 @@ def _iptablesManager(
     return IptablesManager(
         reactor,
         listeners,
-        state.current,
+        table.current,
         server.routes,
         prerouting=options["iptables-prerouting"],
         preroutingSources=options["iptables-prerouting-source"],
         preroutingInterfaces=options["iptables-prerouting-interface"],
         interval=options["iptables-interval"],
     )
-
-
-class _ConfigState:
-    """
-    The configuration in force and its custom policies, replaced as a whole
-    when a reload succeeds (the names were checked while loading).
-    """
-
-    def __init__(self, config: ProxyConfig, resolve: Callable[[str], IForwardingPolicy]) -> None:
-        self.resolve = resolve
-        self.observers: list[Callable[[], object]] = []
-        self.changed(config)
-
-    def current(self) -> ProxyConfig:
-        return self.config
-
-    def custom(self) -> dict[int, IForwardingPolicy]:
-        return self.policies
-
-    def changed(self, config: ProxyConfig) -> None:
-        """
-        Put C{config} in force.  Its policies are looked up first, so that a
-        failure leaves the old configuration whole; the L{ConfigWatcher}
-        hands the old one back if an observer fails.
-        """
-        policies = {port: self.resolve(name) for port, name in config.policyPorts}
-        self.policies, self.config = policies, config
-        for observer in self.observers:
-            observer()
