@@ -78,7 +78,13 @@ from ..mux import (
     validServerId,
 )
 from ..net.addresses import IPAddress, parseIP
-from ..net.relay import DEFAULT_RELAY_TIMEOUTS, RelayProtocol, RelayReaper, RelayTimeouts
+from ..net.relay import (
+    DEFAULT_RELAY_TIMEOUTS,
+    RelayProtocol,
+    RelayReaper,
+    RelayTimeouts,
+    relayEnds,
+)
 from ..tls import Credentials, agentOptions
 from ..tls.rotation import CredentialsWatcher, watchCredentials
 from ..wire import ErrorCode, OpenFailReason
@@ -230,16 +236,6 @@ class _AgentSide:
     def tunnelLost(self, tunnel: Tunnel, reason: Failure) -> None:
         if tunnel.version is not None:
             self.log.info("tunnel lost: {reason}", reason=reason.getErrorMessage())
-
-
-class _TargetFactory(Factory):
-    """Builds the target end of a relay; quiet, as there is one per stream."""
-
-    noisy = False
-    protocol = RelayProtocol
-
-
-_targetFactory = _TargetFactory()
 
 
 class _AgentTunnelFactory(Factory):
@@ -993,7 +989,7 @@ class TunnelAgent(Service):
         reactor: IReactorTCP = self.reactor
         endpointType = TCP4ClientEndpoint if ip.version == 4 else TCP6ClientEndpoint
         endpoint = endpointType(reactor, str(ip), address.port, timeout=self.dialTimeout)
-        connecting = endpoint.connect(_targetFactory)
+        connecting = endpoint.connect(relayEnds)
 
         def connected(target: IProtocol) -> IProtocol:
             assert isinstance(target, RelayProtocol)

@@ -66,7 +66,7 @@ from twisted.python.failure import Failure
 from .._text import printable
 from ..errors import NodeNotConnected, StreamOpenFailed
 from ..http.responses import errorResponse
-from ..net.relay import RelayProtocol, halfClose, splice
+from ..net.relay import RelayProtocol, halfClose, relayEnds, splice
 from ..net.sockets import noDelay
 from ..net.transports import addressLabel, pushProducer
 from ..server import TunnelServer
@@ -229,20 +229,6 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class _StreamEndFactory(Factory):
-    """
-    Builds the tunnel end of each relay: a L{RelayProtocol} that stays
-    paused until L{splice}, so that nothing from the edge can overtake our
-    C{200} answer.  Quiet: there is one per request.
-    """
-
-    noisy = False
-    protocol = RelayProtocol
-
-
-_streamEnds = _StreamEndFactory()
-
-
 class ConnectProtocol(RelayProtocol):
     """
     One client of the door: reads a CONNECT request head, opens the stream,
@@ -382,7 +368,7 @@ class ConnectProtocol(RelayProtocol):
         self._parser = None  # its buffer held a copy of the trailing bytes
         if trailing:
             self._hold(trailing)
-        opening = maybeDeferred(self._endpoint(target).connect, _streamEnds)
+        opening = maybeDeferred(self._endpoint(target).connect, relayEnds)
         self._opening = opening
         opening.addCallbacks(self._opened, self._openFailed)
 

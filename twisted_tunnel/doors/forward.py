@@ -19,16 +19,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..errors import TunnelError
-from ..net.relay import RelayProtocol, RelayReaper, splice
+from ..net.relay import RelayProtocol, RelayReaper, relayEnds, splice
 from ..server import TunnelServer
-
-
-class _StreamEndFactory(Factory):
-    noisy = False
-    protocol = RelayProtocol
-
-
-_streamEnds = _StreamEndFactory()
 
 
 class OpeningRelay(RelayProtocol):
@@ -42,7 +34,7 @@ class OpeningRelay(RelayProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self._opening: Deferred[IProtocol] | None = self.openFarEnd(_streamEnds)
+        self._opening: Deferred[IProtocol] | None = self.openFarEnd(relayEnds)
         self._opening.addCallbacks(self._opened, self._failed)
 
     def openFarEnd(self, factory: Factory) -> Deferred[IProtocol]:

@@ -34,7 +34,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     ITransport,
 )
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -175,6 +175,20 @@ class RelayProtocol(Protocol):
         transport = peer.transport
         transport.unregisterProducer()  # type: ignore[attr-defined]
         _end(transport, reason)
+
+
+class _RelayEnds(Factory):
+    """Builds relay ends that wait, paused, for L{splice}.  Quiet: one per connection."""
+
+    noisy = False
+    protocol = RelayProtocol
+
+
+#: The factory to connect (or open) the far end of a relay with: a
+#: L{RelayProtocol} that reads nothing until L{splice}, so that nothing from
+#: it can overtake what the near end must say first (a CONNECT door's
+#: C{200}).  Shared by the CONNECT door, the forwards and the agent.
+relayEnds = _RelayEnds()
 
 
 def splice(a: RelayProtocol, b: RelayProtocol, reaper: RelayReaper | None = None) -> Relay:
