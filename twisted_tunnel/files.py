@@ -32,6 +32,10 @@ import os
 import secrets
 import stat
 
+from twisted.application.service import Service
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
 #: Kubernetes refuses Secrets and ConfigMaps larger than this (1 MiB), so no
 #: file they hold can be larger.
 MAX_VOLUME_FILE_BYTES = 1024 * 1024
@@ -148,3 +152,50 @@ def writeAtomically(path: str | os.PathLike[str], data: bytes | str, mode: int =
         except OSError:
             pass
         raise
+
+
+class Poller(Service):
+    """
+    Calls L{poll} every C{interval} seconds while it runs, the first time
+    one interval after it starts; what a poll raises is logged (naming
+    L{watched}) and the polling goes on.  The skeleton of the daemons' file
+    watchers (the ConfigMap, the certificates): files in Kubernetes
+    volumes change under a running process, with no notification that
+    works on every volume type.
+
+    @ivar clock: schedules the polls.
+    @ivar interval: seconds between polls.
+    """
+
+    log = Logger()
+    clock: IReactorTime
+    interval: float
+    _call: IDelayedCall | None = None
+
+    def watched(self) -> str:
+        """What is watched, for the log line of a failed poll."""
+        return "files"
+
+    def poll(self) -> object:
+        """Check once, now; called every C{interval} while running, or directly."""
+        raise NotImplementedError
+
+    def startService(self) -> None:
+        super().startService()
+        self._call = self.clock.callLater(self.interval, self._tick)
+
+    def stopService(self) -> None:
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+        super().stopService()
+
+    def _tick(self) -> None:
+        self._call = None
+        try:
+            self.poll()
+        except Exception:
+            self.log.failure("checking {watched} failed", watched=self.watched())
+        finally:
+            if self.running:
+                self._call = self.clock.callLater(self.interval, self._tick)

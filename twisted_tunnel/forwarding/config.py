@@ -38,13 +38,12 @@ from typing import Any
 
 import yaml
 from attrs import field, frozen
-from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..errors import TunnelError
-from ..files import FileRefused, readFile
+from ..files import FileRefused, Poller, readFile
 
 HTTP_PROXY_PORTS = "http-proxy-ports"
 HTTPS_PROXY_PORTS = "https-proxy-ports"
@@ -850,7 +849,7 @@ def loadConfig(
         raise e.withPath(path) from None
 
 
-class ConfigWatcher(Service):
+class ConfigWatcher(Poller):
     """
     Polls the configuration and applies each valid change live.
 
@@ -924,28 +923,8 @@ class ConfigWatcher(Service):
         self._applyFailures = 0
         self._retryAt = 0.0
 
-    def startService(self) -> None:
-        super().startService()
-        self._schedule()
-
-    def stopService(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        super().stopService()
-
-    def _schedule(self) -> None:
-        self._call = self.clock.callLater(self.interval, self._tick)
-
-    def _tick(self) -> None:
-        self._call = None
-        try:
-            self.poll()
-        except Exception:
-            self.log.failure("checking config {path} failed", path=self.path)
-        finally:
-            if self.running:
-                self._schedule()
+    def watched(self) -> str:
+        return f"config {self.path}"
 
     def poll(self) -> None:
         """

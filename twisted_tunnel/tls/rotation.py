@@ -19,14 +19,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from OpenSSL import SSL
-from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IOpenSSLContextFactory, IReactorTime
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..errors import CredentialsError
-from ..files import readFile
+from ..files import Poller, readFile
 from . import Credentials, loadCredentials, proxyClientOptions, serverOptions
 
 #: How often the files are checked by default, in seconds.
@@ -77,7 +76,7 @@ class RotatingClientOptions:
         return self._creator(host)
 
 
-class CredentialsWatcher(Service):
+class CredentialsWatcher(Poller):
     """
     Re-read a set of credential files when their contents change.
 
@@ -106,25 +105,8 @@ class CredentialsWatcher(Service):
         self._fingerprint = self._read()
         self._call: IDelayedCall | None = None
 
-    def startService(self) -> None:
-        super().startService()
-        self._call = self.clock.callLater(self.interval, self._tick)
-
-    def stopService(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        super().stopService()
-
-    def _tick(self) -> None:
-        self._call = None
-        try:
-            self.poll()
-        except Exception:
-            self.log.failure("checking the certificate files failed")
-        finally:
-            if self.running:
-                self._call = self.clock.callLater(self.interval, self._tick)
+    def watched(self) -> str:
+        return "the certificate files"
 
     def poll(self) -> bool:
         """
