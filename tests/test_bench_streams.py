@@ -170,7 +170,7 @@ class ComplaintsTests(SynchronousTestCase):
         since = procs.logSizes()
         with open(log, "a") as f:
             f.write("[twisted_tunnel.server._ServerSide#info] agent edge-01 connected\n")
-            f.write("[twisted_tunnel.mux.Tunnel#warn] closing tunnel: protocol error\n")
+            f.write("[twisted_tunnel.mux.tunnel.Tunnel#warn] closing tunnel: protocol error\n")
             f.write("[twisted_tunnel.doors.connect#info] CONNECT edge-01:1 refused: 504 late\n")
         found = procs.complaints(since)
         self.assertEqual(found.counts, {"edge-tunnel-server logged": 2})

@@ -241,8 +241,8 @@ class HelloTests(TunnelTestCase):
         self.assertEqual(
             texts,
             [
-                ("twisted_tunnel.mux.Tunnel", "edge-2 is not edge-1", "unauthorized"),
-                ("twisted_tunnel.mux.Tunnel", "edge-2 is not edge-1", "unauthorized"),
+                ("twisted_tunnel.mux.tunnel.Tunnel", "edge-2 is not edge-1", "unauthorized"),
+                ("twisted_tunnel.mux.tunnel.Tunnel", "edge-2 is not edge-1", "unauthorized"),
             ],
         )
         self.assertIsNone(pair.client.version)

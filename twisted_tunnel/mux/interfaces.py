@@ -1,0 +1,109 @@
+# -*- test-case-name: tests.test_mux -*-
+"""
+What the multiplexer asks of the rest of the package: the role of each end
+(L{ITunnelHandler}), the meter (L{ITunnelMeter}), a stream's address, and a refusal.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from attrs import frozen
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IAddress,
+    IProtocol,
+)
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from ..wire import ErrorCode
+
+if TYPE_CHECKING:
+    from .stream import Stream
+    from .tunnel import Tunnel
+
+
+@implementer(IAddress)
+@frozen
+class TunnelAddress:
+    """
+    One end of a stream: which node's tunnel carries it and which host and
+    port the edge side dials (or, for the local end, the stream's id).
+    """
+
+    node: str
+    host: str
+    port: int
+
+
+class Refused(Exception):
+    """
+    Raised by L{ITunnelHandler.helloReceived} to turn a peer away; the
+    code and text go to the peer in GOAWAY and to our log.
+    """
+
+    def __init__(self, code: ErrorCode, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+class ITunnelHandler(Interface):
+    """
+    The role-specific half of a tunnel: the server's and the agent's.
+    """
+
+    def helloInfo() -> dict[str, Any]:
+        """
+        Identity and facts to announce in our HELLO (settings are added).
+        """
+
+    def helloReceived(tunnel: Tunnel, info: dict[str, Any]) -> None:
+        """
+        The peer's HELLO arrived and the version is agreed.
+
+        @raise Refused: to end the connection with the given reason.
+        """
+
+    def openRequested(tunnel: Tunnel, address: TunnelAddress) -> Deferred[IProtocol]:
+        """
+        The peer asks us to connect a new stream to C{address.host}:C{port}.
+
+        @return: fires with the protocol that will own the stream, or fails
+            with L{StreamOpenFailed}.  It is cancelled if the peer gives up.
+        """
+
+    def tunnelDraining(tunnel: Tunnel) -> None:
+        """The peer sent a graceful GOAWAY: open no new streams on this tunnel."""
+
+    def tunnelLost(tunnel: Tunnel, reason: Failure) -> None:
+        """The connection is gone; every stream has been told."""
+
+
+class ITunnelMeter(Interface):
+    """
+    What metrics need to hear from a tunnel: the few events that counting
+    on the fly cannot see.  Streams count their own bytes; a meter reads
+    them when scraped, and is told when a stream is gone so that its
+    counts are kept.
+    """
+
+    def tunnelStarted(tunnel: Tunnel) -> None:
+        """C{tunnel} is connected (HELLO not done yet)."""
+
+    def streamRetired(tunnel: Tunnel, stream: Stream) -> None:
+        """C{stream} is gone; its byte counts are final."""
+
+    def tunnelEnded(tunnel: Tunnel) -> None:
+        """C{tunnel}'s connection is gone, and so are all its streams."""
+
+    def keepaliveTimedOut(tunnel: Tunnel) -> None:
+        """C{tunnel} was declared dead: nothing heard for too long."""
+
+    def floodDetected(tunnel: Tunnel, reason: str) -> None:
+        """
+        C{tunnel} is being closed because its peer flooded it: C{reason} is
+        C{forbidden_opens} (OPENs to a side that accepts none) or
+        C{control_backlog} (requests for replies that it does not read).
+        """

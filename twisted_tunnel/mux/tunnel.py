@@ -1,0 +1,961 @@
+# -*- test-case-name: tests.test_mux -*-
+"""
+The protocol on the connection between an agent and a server (L{Tunnel}): it speaks
+the frames, opens and accepts streams, keeps the connection alive and drains it.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from typing import Any, Generic, TypeVar
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IPushProducer,
+    IReactorTime,
+)
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .. import wire
+from ..errors import StreamOpenFailed, StreamOpenTimeout, TunnelClosed
+from ..net.sockets import noDelay, tcpKeepalive
+from ..wire import ErrorCode, FrameType, OpenFailReason, ProtocolError
+from .interfaces import ITunnelHandler, ITunnelMeter, Refused, TunnelAddress
+from .keepalive import KeepaliveSweep
+from .settings import Keepalive, Settings, StreamBudget
+from .stream import _IGNORED, Stream
+
+_T = TypeVar("_T")
+_CONNECTION_DONE = Failure(ConnectionDone())
+
+#: How long an orderly close may wait for the peer before the connection is aborted.
+CLOSE_TIMEOUT = 5.0
+
+#: How many replies (PONG, OPEN_FAIL) we queue while the connection is
+#: pushing back before we stop reading from the peer: a peer that does not
+#: read what we send gets no more of our memory for its requests, only a
+#: full socket buffer of its own.
+PAUSE_READING_AFTER = 100
+
+#: How many replies we queue while the connection is pushing back before we
+#: decide the peer is flooding us and end the connection (the HTTP/2
+#: control-frame cap, in spirit).  Reading stops at L{PAUSE_READING_AFTER},
+#: so only frames already read (one socket read's worth) can get this far.
+MAX_PENDING_CONTROL = 1000
+
+#: How many OPENs a side that accepts none (a server: agents may not open
+#: streams to it) refuses per L{FORBIDDEN_OPENS_PERIOD} seconds before it
+#: ends the connection with PROTOCOL_ERROR.  No agent of ours sends one; a
+#: few are refused politely (OPEN_FAIL NOT_ALLOWED, as the protocol says),
+#: a flood is a hostile or broken peer: 600,000 of them once cost a server
+#: 24 s of CPU and 29 MB of queued refusals.
+MAX_FORBIDDEN_OPENS = 64
+FORBIDDEN_OPENS_PERIOD = 10.0
+
+#: Refusals that are part of normal operation, logged at debug level: an
+#: agent that reaches, through the load balancer, a server replica it
+#: already holds a tunnel to is refused with DUPLICATE and dials again.
+ROUTINE_REFUSALS = frozenset({ErrorCode.DUPLICATE})
+
+
+class _PendingOpen:
+    """An OPEN we sent, waiting for OPEN_OK or OPEN_FAIL."""
+
+    def __init__(
+        self,
+        stream: Stream,
+        factory: IProtocolFactory,
+        result: Deferred[IProtocol],
+        timeout: IDelayedCall | None,
+    ) -> None:
+        self.stream = stream
+        self.factory = factory
+        self.result = result
+        self.timeout = timeout
+
+    def cancelTimeout(self) -> None:
+        if self.timeout is not None and self.timeout.active():
+            self.timeout.cancel()
+        self.timeout = None
+
+
+@implementer(IPushProducer)
+class Tunnel(Protocol):
+    """
+    The multiplexing protocol on one agent-server connection.
+
+    @ivar nodeName: which edge node this tunnel belongs to, once known
+        (for logs and addresses).
+    @ivar version: the agreed protocol version, once HELLO is done.
+    """
+
+    log = Logger()
+
+    #: the log line of a connection found dead by keepalive
+    DEAD = "tunnel to {node} is dead: nothing heard for {silent:.1f}s"
+
+    def __init__(
+        self,
+        handler: ITunnelHandler,
+        clock: IReactorTime,
+        *,
+        isClient: bool,
+        settings: Settings = Settings(),
+        keepalive: Keepalive = Keepalive(),
+        nodeName: str = "",
+        keepaliveSweep: KeepaliveSweep | None = None,
+        meter: ITunnelMeter | None = None,
+        peerMayOpen: bool = True,
+        budget: StreamBudget | None = None,
+    ) -> None:
+        """
+        @param peerMayOpen: C{False} on a side that accepts no streams (a
+            server): the peer's OPENs are refused, and a flood of them ends
+            the connection (L{MAX_FORBIDDEN_OPENS}).
+        @param budget: limits shared with other tunnels (an agent's, one
+            per server replica) on the streams the peer opens.
+        """
+        self.handler = handler
+        self.meter = meter
+        self.peerMayOpen = peerMayOpen
+        self.budget = budget
+        self.clock = clock
+        self.isClient = isClient
+        self.settings = settings
+        self.keepalive = keepalive
+        self.nodeName = nodeName
+        self.version: int | None = None
+        self.peerInfo: dict[str, Any] = {}
+        #: the peer's first GOAWAY (code, text): why it began to end
+        self.peerGoAway: tuple[int, str] | None = None
+        self.peerSettings: Settings | None = None
+
+        self._decoder = wire.FrameDecoder(max(settings.maxFrame, wire.DEFAULT_MAX_FRAME))
+        self._sendMaxFrame = wire.DEFAULT_MAX_FRAME
+        self._streams: dict[int, Stream] = {}
+        self._pending: dict[int, _PendingOpen] = {}
+        self._accepting: dict[int, Deferred[IProtocol]] = {}
+        self._nextStreamId = 1 if isClient else 2
+        self._highestPeerStream = 0
+        self._peerOpened = 0  # the peer's streams in _streams
+        self._ownOpen = 0  # ours, pending opens included
+        self._waitingToSend: deque[Stream] = deque()
+        self._transportPaused = False
+        self._pausedControl = 0  # replies queued since the connection pushed back
+        self._readingPaused = False  # we paused reading: the peer does not read
+        self._forbiddenOpens = 0
+        self._forbiddenSince = 0.0
+        self._draining = False
+        self._peerDraining = False
+        self._closing = False
+        self._readingStopped = False
+        self._done = False
+        self._lastReceived = 0.0
+        self._lastPing: float | None = None
+        self._pingsSent = 0
+        self._keepaliveCall: IDelayedCall | None = None
+        self._keepaliveSweep = keepaliveSweep
+        self._abortCall: IDelayedCall | None = None
+        self._established: _Outcome[Tunnel] = _Outcome()
+        self._lost: _Outcome[None] = _Outcome()
+        #: DATA bytes of this tunnel's streams that are gone (see L{bytesSent})
+        self._retiredSent = 0
+        self._retiredReceived = 0
+
+    # -- life cycle ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        assert transport is not None
+        transport.registerProducer(self, True)
+        noDelay(transport)
+        tcpKeepalive(transport, self.keepalive)
+        self._lastReceived = self.clock.seconds()
+        if self._keepaliveSweep is not None:
+            self._keepaliveSweep.add(self)
+        else:
+            self._scheduleKeepalive(self.keepalive.interval)
+        if self.meter is not None:
+            self.meter.tunnelStarted(self)
+        if self.isClient:
+            low, high = wire.SUPPORTED_VERSIONS[0], wire.SUPPORTED_VERSIONS[-1]
+            self._sendFrame(wire.Hello(low, high, self._helloInfo()))
+
+    def whenEstablished(self) -> Deferred[Tunnel]:
+        """
+        Fires once HELLO is done both ways; fails if the connection ends first.
+        """
+        return self._established.observe()
+
+    def whenLost(self) -> Deferred[None]:
+        """Fires once the connection is gone."""
+        return self._lost.observe()
+
+    @property
+    def established(self) -> bool:
+        return self.version is not None and not self._done
+
+    @property
+    def streamCount(self) -> int:
+        return len(self._streams)
+
+    def streams(self) -> list[Stream]:
+        """The streams open now."""
+        return list(self._streams.values())
+
+    @property
+    def bytesSent(self) -> int:
+        """DATA bytes sent on all streams, ever."""
+        return self._retiredSent + sum(s.bytesSent for s in self._streams.values())
+
+    @property
+    def bytesReceived(self) -> int:
+        """DATA bytes received on all streams, ever."""
+        return self._retiredReceived + sum(s.bytesReceived for s in self._streams.values())
+
+    def _releaseBudget(self, stream: Stream) -> None:
+        if stream.budgeted and self.budget is not None:
+            self.budget.release(stream.budgeted)
+            stream.budgeted = 0
+
+    def _retire(self, stream: Stream) -> None:
+        self._retiredSent += stream.bytesSent
+        self._retiredReceived += stream.bytesReceived
+        if self.meter is not None:
+            self.meter.streamRetired(self, stream)
+
+    def _helloInfo(self) -> dict[str, Any]:
+        info = dict(self.handler.helloInfo())
+        info.update(self.settings.toInfo())
+        return info
+
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
+        self._done = True
+        for call in (self._keepaliveCall, self._abortCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._keepaliveCall = self._abortCall = None
+        if self._keepaliveSweep is not None:
+            self._keepaliveSweep.discard(self)
+        why = f"tunnel to {self.nodeName or 'peer'} lost: {reason.getErrorMessage()}"
+        for pending in list(self._pending.values()):
+            pending.cancelTimeout()
+            pending.result.errback(TunnelClosed(why))
+        self._pending.clear()
+        for accepting in list(self._accepting.values()):
+            accepting.cancel()
+        self._accepting.clear()
+        for stream in list(self._streams.values()):
+            stream._tunnelLost(Failure(ConnectionLost(why)))
+        for stream in self._streams.values():
+            self._retire(stream)
+            self._releaseBudget(stream)
+        self._streams.clear()
+        self._ownOpen = self._peerOpened = 0
+        self._waitingToSend.clear()
+        self._established.fire(Failure(TunnelClosed(why)))
+        if self.meter is not None:
+            self.meter.tunnelEnded(self)
+        try:
+            self.handler.tunnelLost(self, reason)
+        finally:
+            self._lost.fire(None)
+
+    def close(self, code: ErrorCode, text: str) -> None:
+        """
+        End the connection now, telling the peer why.
+        """
+        if self._closing or self._done:
+            return
+        self._closing = True
+        if code not in (ErrorCode.NO_ERROR, ErrorCode.SHUTTING_DOWN):
+            # an error: read nothing more from this peer
+            self._readingStopped = True
+        self._sendFrame(wire.GoAway(code, text))
+        self._loseTransport()
+
+    def _loseTransport(self) -> None:
+        """
+        Close the connection, and abort it if the close does not finish in
+        time (a transport may report the loss from inside loseConnection:
+        then there is nothing left to time).
+        """
+        transport: Any = self.transport
+        assert transport is not None
+        transport.unregisterProducer()
+        transport.loseConnection()
+        if not self._done and self._abortCall is None:
+            self._abortCall = self.clock.callLater(CLOSE_TIMEOUT, self._abort)
+
+    def drain(self, text: str = "shutting down") -> Deferred[None]:
+        """
+        Graceful: refuse new streams from now on, let the open ones finish,
+        then close.  Fires when the connection is gone.
+        """
+        done = self.whenLost()
+        if not self._draining and not self._done:
+            self._draining = True
+            self._sendFrame(wire.GoAway(ErrorCode.SHUTTING_DOWN, text))
+            self._closeIfIdle()
+        return done
+
+    def _closeIfIdle(self) -> None:
+        if (self._draining or self._peerDraining) and not self._streams and not self._pending:
+            self.close(ErrorCode.NO_ERROR, "drained")
+
+    def _abort(self) -> None:
+        self._abortCall = None
+        self._abortNow()
+
+    def _abortNow(self) -> None:
+        if self.transport is not None and not self._done:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    # -- opening streams -----------------------------------------------------
+
+    def openStream(
+        self, host: str, port: int, factory: IProtocolFactory, timeout: float | None = None
+    ) -> Deferred[IProtocol]:
+        """
+        Ask the peer to connect a new stream to C{host}:C{port}, then hand it
+        to a protocol built by C{factory}.
+
+        @return: fires with the connected protocol, like
+            C{IStreamClientEndpoint.connect}; fails with L{StreamOpenFailed},
+            L{StreamOpenTimeout} or L{TunnelClosed}.  Cancelling it resets
+            the stream.
+        """
+        if not self.established or self._closing:
+            return _failed(TunnelClosed(f"tunnel to {self.nodeName or 'peer'} is not up"))
+        if self._draining or self._peerDraining:
+            return _failed(
+                StreamOpenFailed(
+                    OpenFailReason.GOING_AWAY, f"tunnel to {self.nodeName} is draining"
+                )
+            )
+        assert self.peerSettings is not None
+        # pending opens are in _streams already: count them once
+        if self._ownOpen >= self.peerSettings.maxStreams:
+            return _failed(
+                StreamOpenFailed(
+                    OpenFailReason.TOO_MANY_STREAMS,
+                    f"node {self.nodeName} accepts {self.peerSettings.maxStreams} streams at once",
+                )
+            )
+        streamId = self._nextStreamId
+        if streamId > wire.MAX_STREAM_ID:
+            return _failed(TunnelClosed("stream ids exhausted on this tunnel"))
+        self._nextStreamId += 2
+        stream = Stream(self, streamId, TunnelAddress(self.nodeName, host, port))
+        # The peer may send DATA right behind its OPEN_OK, even when we
+        # abandon the open meanwhile: the window we grant holds from the start.
+        stream._window = self.settings.window
+
+        def cancel(d: Deferred[IProtocol]) -> None:
+            pending = self._pending.pop(streamId, None)
+            if pending is not None:
+                pending.cancelTimeout()
+                stream._reset(ErrorCode.CANCEL, "open cancelled")
+
+        result: Deferred[IProtocol] = Deferred(cancel)
+        call = None
+        if timeout is not None:
+            call = self.clock.callLater(timeout, self._openTimedOut, streamId, timeout)
+        self._streams[streamId] = stream
+        self._ownOpen += 1
+        self._pending[streamId] = _PendingOpen(stream, factory, result, call)
+        self._sendFrame(wire.Open(streamId, host, port))
+        return result
+
+    def _openTimedOut(self, streamId: int, timeout: float) -> None:
+        pending = self._pending.pop(streamId, None)
+        if pending is None:
+            return
+        pending.timeout = None
+        pending.stream._reset(ErrorCode.CANCEL, "open timed out")
+        pending.result.errback(
+            StreamOpenTimeout(
+                f"node {self.nodeName} did not answer the open of "
+                f"{pending.stream.getPeer().host}:{pending.stream.getPeer().port} "
+                f"within {timeout:g}s"
+            )
+        )
+
+    # -- IPushProducer, for the connection under us ------------------------
+
+    def pauseProducing(self) -> None:
+        self._transportPaused = True
+
+    def resumeProducing(self) -> None:
+        self._transportPaused = False
+        self._pausedControl = 0
+        if self._closing or self._done:
+            # streams cannot send any more; flushing them would requeue them forever
+            return
+        waiting = self._waitingToSend
+        while waiting and not self._transportPaused:
+            stream = waiting.popleft()
+            stream.queuedToSend = False
+            stream._flush()
+        if self._readingPaused and not self._transportPaused:
+            self._resumeReading()
+
+    def stopProducing(self) -> None:
+        pass
+
+    # -- sending -------------------------------------------------------------
+
+    def _canSend(self, stream: Stream) -> bool:
+        return not (self._transportPaused or self._closing or self._done)
+
+    def _wantsToSend(self, stream: Stream) -> None:
+        if not stream.queuedToSend:
+            stream.queuedToSend = True
+            self._waitingToSend.append(stream)
+
+    def _sendFrame(self, frame: wire.Frame) -> None:
+        if self._done or self.transport is None:
+            return
+        self.transport.write(frame.encode())
+
+    def _reply(self, frame: wire.Frame) -> None:
+        """
+        Send a frame that answers one of the peer's (PONG, OPEN_FAIL), and
+        keep a peer that asks without reading the answers from making us
+        queue them without bound.
+
+        While the connection pushes back (the peer is not reading what we
+        send), each reply is counted: after L{PAUSE_READING_AFTER} we stop
+        reading from the peer until the connection drains, so its requests
+        wait in its own socket buffer, not in our memory; past
+        L{MAX_PENDING_CONTROL} (frames read before reading stopped) the
+        connection ends.  Only replies count: frames we send of our own
+        accord (WINDOW, CLOSE) are bounded by the streams and their windows.
+        Reading stops only for a peer that asks for many replies and reads
+        none: our own peers ask for a handful (PING every C{interval}), so
+        two of them never both stop reading, which would deadlock.
+
+        A reply may also be sent later (a dial that failed), outside
+        L{dataReceived}: so past the cap the connection is closed here, not
+        by raising.
+        """
+        if self._done or self._readingStopped:
+            return
+        if self._transportPaused:
+            self._pausedControl += 1
+            if self._pausedControl > MAX_PENDING_CONTROL:
+                if self.meter is not None:
+                    self.meter.floodDetected(self, "control_backlog")
+                self._protocolError(
+                    ProtocolError(
+                        f"more than {MAX_PENDING_CONTROL} requests for replies while the "
+                        "connection is pushing back (the peer does not read)"
+                    )
+                )
+                return
+            if self._pausedControl >= PAUSE_READING_AFTER and not self._readingPaused:
+                self._pauseReading()
+        self._sendFrame(frame)
+
+    def _pauseReading(self) -> None:
+        """Stop reading from the peer until the connection drains (see L{_reply})."""
+        self._readingPaused = True
+        self.log.debug(
+            "tunnel to {node}: the peer does not read our replies; reading paused",
+            node=self.nodeName or self.peerLabel(),
+        )
+        transport: Any = self.transport
+        if transport is not None:
+            transport.pauseProducing()
+
+    def _resumeReading(self) -> None:
+        self._readingPaused = False
+        transport: Any = self.transport
+        if transport is None or self._done:
+            return
+        transport.resumeProducing()
+        if self._decoder.buffered:
+            # frames that came in with the ones that made us stop
+            self.dataReceived(b"")
+
+    def _sendData(self, streamId: int, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.writeSequence([wire.dataHeader(streamId, len(data)), data])
+
+    # -- receiving -----------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._done or self._readingStopped:
+            # a GOAWAY with an error went one way or the other: read no more
+            # (a poisoned decoder would raise and log again, a second HELLO
+            # would reach the handler again)
+            return
+        self._lastReceived = self.clock.seconds()
+        try:
+            frames = self._decoder.feed(data)
+            if self._readingPaused:
+                # what the transport had read already when we paused it (a
+                # TLS record's worth): it waits in the decoder, unparsed
+                return
+            for frame in frames:
+                self._frameReceived(frame)
+                if self._readingStopped or self._done or self._readingPaused:
+                    return
+        except ProtocolError as e:
+            self._protocolError(e)
+        except Exception:
+            self.log.failure("closing tunnel to {node}: internal error", node=self.nodeName)
+            self._readingStopped = True
+            self.close(ErrorCode.INTERNAL_ERROR, "internal error")
+
+    def _protocolError(self, error: ProtocolError) -> None:
+        """The peer broke the protocol: one log line, GOAWAY, read no more, close."""
+        self.log.warn(
+            "closing tunnel to {node}: protocol error: {reason}",
+            node=self.nodeName or self.peerLabel(),
+            reason=error.text,
+            code=ErrorCode.named(error.code),
+        )
+        self._readingStopped = True  # even if a graceful close is under way
+        self.close(error.code, error.text)
+
+    @property
+    def closing(self) -> bool:
+        """Whether this end is closing the connection (L{close} was called)."""
+        return self._closing
+
+    def peerLabel(self) -> str:
+        """C{host:port} of the peer, for log lines (C{peer} before there is one)."""
+        peer = self.transport.getPeer() if self.transport is not None else None
+        host = getattr(peer, "host", None)
+        return f"{host}:{getattr(peer, 'port', '')}" if host else "peer"
+
+    def _frameReceived(self, frame: wire.Frame) -> None:
+        kind = frame.TYPE
+        if self.version is None and kind is not FrameType.HELLO:
+            if kind is FrameType.GOAWAY:
+                self._goAwayReceived(frame)  # type: ignore[arg-type]
+                return
+            raise ProtocolError(f"expected HELLO, got {kind.name}")
+        if kind is FrameType.DATA:
+            self._stream(frame.streamId)._dataReceived(frame.data)  # type: ignore[attr-defined]
+        elif kind is FrameType.WINDOW:
+            stream = self._stream(frame.streamId)
+            if not stream._sentTerminal:
+                stream._creditReceived(frame.increment)  # type: ignore[attr-defined]
+        elif kind is FrameType.OPEN:
+            self._openReceived(frame)  # type: ignore[arg-type]
+        elif kind is FrameType.OPEN_OK:
+            self._openOkReceived(frame.streamId)
+        elif kind is FrameType.OPEN_FAIL:
+            self._openFailReceived(frame)  # type: ignore[arg-type]
+        elif kind is FrameType.EOF:
+            self._stream(frame.streamId)._eofReceived()
+        elif kind is FrameType.CLOSE:
+            self._terminalReceived(frame.streamId, None)
+        elif kind is FrameType.RESET:
+            self._terminalReceived(frame.streamId, (frame.code, frame.text))  # type: ignore[attr-defined]
+        elif kind is FrameType.PING:
+            self._pingReceived(frame)  # type: ignore[arg-type]
+        elif kind is FrameType.PONG:
+            pass
+        elif kind is FrameType.GOAWAY:
+            self._goAwayReceived(frame)  # type: ignore[arg-type]
+        elif kind is FrameType.HELLO:
+            self._helloReceived(frame)  # type: ignore[arg-type]
+
+    def _stream(self, streamId: int) -> Stream:
+        """
+        The live stream with this id, or L{_IGNORED} for one that ended
+        recently (frames may cross), or a protocol error for one that never
+        existed.
+        """
+        stream = self._streams.get(streamId)
+        if stream is not None:
+            if streamId in self._pending or streamId in self._accepting:
+                raise ProtocolError(f"frame on stream {streamId} before OPEN_OK")
+            return stream
+        ours = (streamId % 2 == 1) == self.isClient
+        if ours and streamId < self._nextStreamId:
+            return _IGNORED
+        if not ours and streamId <= self._highestPeerStream:
+            return _IGNORED
+        raise ProtocolError(f"frame for stream {streamId}, which was never opened")
+
+    def _helloReceived(self, hello: wire.Hello) -> None:
+        if self.version is not None:
+            raise ProtocolError("second HELLO")
+        if self.isClient:
+            if (
+                hello.minVersion != hello.maxVersion
+                or hello.minVersion not in wire.SUPPORTED_VERSIONS
+            ):
+                raise ProtocolError(
+                    f"server chose version {hello.minVersion}..{hello.maxVersion}, which we did "
+                    "not offer",
+                    ErrorCode.UNSUPPORTED_VERSION,
+                )
+            version = hello.minVersion
+        else:
+            common = [
+                v for v in wire.SUPPORTED_VERSIONS if hello.minVersion <= v <= hello.maxVersion
+            ]
+            if not common:
+                ours = f"{wire.SUPPORTED_VERSIONS[0]}..{wire.SUPPORTED_VERSIONS[-1]}"
+                raise ProtocolError(
+                    f"no common protocol version: peer speaks "
+                    f"{hello.minVersion}..{hello.maxVersion}, we speak {ours}",
+                    ErrorCode.UNSUPPORTED_VERSION,
+                )
+            version = common[-1]
+        peer = Settings.fromInfo(hello.info)
+        self.peerInfo = hello.info
+        self.peerSettings = peer
+        self._sendMaxFrame = peer.maxFrame
+        try:
+            self.handler.helloReceived(self, hello.info)
+        except Refused as refused:
+            self.log.emit(
+                LogLevel.debug if refused.code in ROUTINE_REFUSALS else LogLevel.warn,
+                "refusing tunnel from {peer}: {reason}",
+                peer=self.peerLabel(),
+                reason=refused.text,
+                code=ErrorCode.named(refused.code),
+            )
+            self.close(refused.code, refused.text)
+            return
+        self.version = version
+        if not self.isClient:
+            self._sendFrame(wire.Hello(version, version, self._helloInfo()))
+        self._established.fire(self)
+
+    def _openReceived(self, frame: wire.Open) -> None:
+        streamId = frame.streamId
+        if (streamId % 2 == 1) == self.isClient or streamId <= self._highestPeerStream:
+            raise ProtocolError(f"OPEN with stream id {streamId} out of sequence")
+        self._highestPeerStream = streamId
+        if not self.peerMayOpen:
+            self._forbiddenOpenReceived(streamId)
+            return
+        address = TunnelAddress(self.nodeName, frame.host, frame.port)
+        if self._draining or self._closing:
+            self._refuse(streamId, OpenFailReason.GOING_AWAY, "tunnel is draining")
+            return
+        if self._peerOpened >= self.settings.maxStreams:
+            self._refuse(
+                streamId,
+                OpenFailReason.TOO_MANY_STREAMS,
+                f"at most {self.settings.maxStreams} streams at once",
+            )
+            return
+        budget = self.budget
+        if budget is not None:
+            refusal = budget.admit(self.settings.window)
+            if refusal is not None:
+                self._refuse(streamId, OpenFailReason.TOO_MANY_STREAMS, refusal)
+                return
+        stream = Stream(self, streamId, address)
+        if budget is not None:
+            stream.budgeted = self.settings.window
+        self._streams[streamId] = stream
+        self._peerOpened += 1
+        accepting = maybeDeferred(self.handler.openRequested, self, address)
+        self._accepting[streamId] = accepting
+
+        def accepted(protocol: IProtocol) -> None:
+            self._accepting.pop(streamId, None)
+            if stream._gotTerminal or self._done:
+                # Too late: the peer gave up, or the tunnel is gone, and the
+                # stream has been told already, while it had no protocol.
+                # This protocol must hear of the end itself, or it would never
+                # let go of what it holds (a relay's target connection).
+                stream._call(protocol.makeConnection, stream)
+                stream._call(
+                    protocol.connectionLost, Failure(ConnectionDone("stream cancelled by peer"))
+                )
+                return
+            self._sendFrame(wire.OpenOk(streamId))
+            assert self.peerSettings is not None
+            stream._connect(protocol, self.peerSettings.window, self.settings.window)
+
+        def refused(failure: Failure) -> None:
+            self._accepting.pop(streamId, None)
+            if stream._gotTerminal or self._done:
+                # we cancelled it: the peer gave up (and the stream is
+                # forgotten) or the tunnel is gone.  However the handler
+                # failed, there is nobody to answer and nothing to count.
+                return
+            if failure.check(StreamOpenFailed):
+                error: Any = failure.value
+                reason, text = error.reason, error.text
+            else:
+                self.log.failure(
+                    "opening {host}:{port} failed unexpectedly",
+                    failure,
+                    host=address.host,
+                    port=address.port,
+                )
+                reason, text = OpenFailReason.INTERNAL, "internal error"
+            self._forget(streamId)
+            self._refuse(streamId, reason, text)
+            self._closeIfIdle()
+
+        accepting.addCallbacks(accepted, refused)
+
+    def _refuse(self, streamId: int, reason: int, text: str) -> None:
+        self._reply(wire.OpenFail(streamId, reason, text))
+
+    def _forbiddenOpenReceived(self, streamId: int) -> None:
+        """
+        An OPEN to a side that accepts none: refuse it without building
+        anything, and end the connection if they come at a flood's rate.
+
+        @raise ProtocolError: more than L{MAX_FORBIDDEN_OPENS} in
+            L{FORBIDDEN_OPENS_PERIOD} seconds.
+        """
+        now = self.clock.seconds()
+        if now - self._forbiddenSince >= FORBIDDEN_OPENS_PERIOD:
+            self._forbiddenSince, self._forbiddenOpens = now, 0
+        self._forbiddenOpens += 1
+        if self._forbiddenOpens > MAX_FORBIDDEN_OPENS:
+            if self.meter is not None:
+                self.meter.floodDetected(self, "forbidden_opens")
+            raise ProtocolError(
+                f"more than {MAX_FORBIDDEN_OPENS} OPENs in {FORBIDDEN_OPENS_PERIOD:g}s; "
+                "this side accepts no streams"
+            )
+        self._refuse(streamId, OpenFailReason.NOT_ALLOWED, "this side accepts no streams")
+
+    def _openOkReceived(self, streamId: int) -> None:
+        pending = self._pending.pop(streamId, None)
+        if pending is None:
+            if self._abandoned(streamId) is not None:
+                # it crossed our RESET, which the peer answers with CLOSE
+                return
+            self._stream(streamId)  # raises for a stream never opened
+            raise ProtocolError(f"OPEN_OK for stream {streamId}, which is not opening")
+        pending.cancelTimeout()
+        stream = pending.stream
+        try:
+            protocol = pending.factory.buildProtocol(stream.getPeer())
+        except Exception:
+            failure = Failure()
+            stream._reset(ErrorCode.INTERNAL_ERROR, "the protocol factory failed")
+            pending.result.errback(failure)
+            return
+        assert self.peerSettings is not None
+        if protocol is None:
+            stream._reset(ErrorCode.CANCEL, "refused by the local factory")
+            pending.result.errback(
+                StreamOpenFailed(OpenFailReason.INTERNAL, "the protocol factory refused")
+            )
+            return
+        stream._connect(protocol, self.peerSettings.window, self.settings.window)
+        pending.result.callback(protocol)
+
+    def _abandoned(self, streamId: int) -> Stream | None:
+        """
+        Our stream C{streamId} if we gave up its open (timeout, cancel) and
+        sent RESET before the peer's answer came.
+        """
+        stream = self._streams.get(streamId)
+        if (
+            stream is not None
+            and stream.protocol is None
+            and stream._sentTerminal
+            and not stream._gotTerminal
+            and (streamId % 2 == 1) == self.isClient
+        ):
+            return stream
+        return None
+
+    def _openFailReceived(self, frame: wire.OpenFail) -> None:
+        pending = self._pending.pop(frame.streamId, None)
+        if pending is None:
+            abandoned = self._abandoned(frame.streamId)
+            if abandoned is not None:
+                # it crossed our RESET; the peer forgot the id when it sent it
+                abandoned._gotTerminal = True
+                self._maybeForget(abandoned)
+                return
+            self._stream(frame.streamId)
+            raise ProtocolError(f"OPEN_FAIL for stream {frame.streamId}, which is not opening")
+        pending.cancelTimeout()
+        stream = pending.stream
+        stream._sentTerminal = stream._gotTerminal = True
+        self._forget(frame.streamId)
+        pending.result.errback(StreamOpenFailed(frame.reason, frame.text))
+        self._closeIfIdle()
+
+    def _terminalReceived(self, streamId: int, reset: tuple[int, str] | None) -> None:
+        pending = self._pending.pop(streamId, None)
+        if pending is not None:
+            # the peer reset an open it has not answered: treat as a failure
+            pending.cancelTimeout()
+            code, text = reset if reset is not None else (ErrorCode.CANCEL, "closed")
+            stream = pending.stream
+            stream._gotTerminal = True
+            stream._sentTerminalAfterPeer()
+            pending.result.errback(StreamOpenFailed(OpenFailReason.INTERNAL, text))
+            return
+        accepting = self._accepting.pop(streamId, None)
+        stream = self._stream(streamId)
+        if accepting is not None:
+            stream._gotTerminal = True
+            stream._sentTerminalAfterPeer()
+            accepting.cancel()
+            return
+        stream._terminalReceived(reset)
+
+    def _maybeForget(self, stream: Stream) -> None:
+        if stream._sentTerminal and stream._gotTerminal:
+            self._forget(stream.streamId)
+            self._closeIfIdle()
+
+    def _forget(self, streamId: int) -> None:
+        """Drop a stream id, keeping the per-side counts the stream limits use."""
+        stream = self._streams.pop(streamId, None)
+        if stream is not None:
+            self._retire(stream)
+            self._releaseBudget(stream)
+            if (streamId % 2 == 1) == self.isClient:
+                self._ownOpen -= 1
+            else:
+                self._peerOpened -= 1
+
+    def _pingReceived(self, ping: wire.Ping) -> None:
+        self._reply(wire.Pong(ping.opaque))
+
+    def _goAwayReceived(self, goaway: wire.GoAway) -> None:
+        code, text = goaway.code, goaway.text
+        if self.peerGoAway is None:
+            self.peerGoAway = (code, text)
+        if code in (ErrorCode.NO_ERROR, ErrorCode.SHUTTING_DOWN) and self.version is not None:
+            self.log.info(
+                "tunnel to {node} is draining: {reason}", node=self.nodeName, reason=text
+            )
+            if not self._peerDraining:
+                self._peerDraining = True
+                self.handler.tunnelDraining(self)
+            self._closeIfIdle()
+            return
+        self.log.emit(
+            LogLevel.debug if code in ROUTINE_REFUSALS else LogLevel.warn,
+            "tunnel to {node} closed by peer ({code}): {reason}",
+            node=self.nodeName or self.peerLabel(),
+            code=ErrorCode.named(code),
+            reason=text,
+        )
+        self._readingStopped = True
+        if self._closing:
+            return
+        self._closing = True
+        self._loseTransport()
+
+    # -- keepalive -----------------------------------------------------------
+
+    def _scheduleKeepalive(self, delay: float) -> None:
+        self._keepaliveCall = self.clock.callLater(max(delay, 0.0), self._keepaliveTick)
+
+    def _keepaliveTick(self) -> None:
+        self._keepaliveCall = None
+        delay = self.checkKeepalive()
+        if delay is not None:
+            self._scheduleKeepalive(delay)
+
+    def checkKeepalive(self, *, judge: bool = True) -> float | None:
+        """
+        Act on the silence so far: end a connection silent for the
+        deadline, or send a PING when one is due (see L{Keepalive}).
+
+        @param judge: C{False} to send PINGs but declare nobody dead (for a
+            check that ran late: the silence it sees may be its own).
+        @return: seconds until something is due, or C{None} once the
+            connection is closing.
+        """
+        if self._done or self._closing:
+            return None
+        keepalive = self.keepalive
+        now = self.clock.seconds()
+        silent = now - self._lastReceived
+        dies = self._lastReceived + keepalive.deadline
+        if judge and now >= dies:
+            self.log.warn(
+                self.DEAD,
+                node=self.nodeName or self.peerLabel(),
+                silent=silent,
+            )
+            if self.meter is not None:
+                self.meter.keepaliveTimedOut(self)
+            self.close(ErrorCode.KEEPALIVE_TIMEOUT, f"nothing heard for {silent:.1f}s")
+            self._abortNow()
+            return None
+        if self.version is None:
+            return max(dies - now, 0.0)  # no PING before HELLO
+        lastPing = self._lastPing
+        if lastPing is not None and lastPing >= self._lastReceived:
+            nextPing = lastPing + keepalive.interval  # pinged; nothing heard since
+        elif self.isClient:
+            nextPing = self._lastReceived + keepalive.interval
+        else:
+            nextPing = self._lastReceived + max(
+                keepalive.interval, keepalive.deadline - keepalive.interval
+            )
+        if now >= nextPing:
+            self._pingsSent += 1
+            self._sendFrame(wire.Ping(_PING_COUNTER.pack(self._pingsSent)))
+            self._lastPing = now
+            nextPing = now + keepalive.interval
+        return max(min(nextPing, dies) - now, 0.0)
+
+
+_PING_COUNTER = struct.Struct("!Q")
+
+
+def _failed(error: Exception) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.errback(error)
+    return d
+
+
+class _Outcome(Generic[_T]):
+    """
+    A result that happens once and that any number of callers may wait for,
+    each with a Deferred of their own (so nobody's callbacks change
+    another's result, and an outcome nobody waits for logs nothing).
+    """
+
+    def __init__(self) -> None:
+        self._result: _T | Failure | None = None
+        self._fired = False
+        self._waiters: list[Deferred[_T]] = []
+
+    def observe(self) -> Deferred[_T]:
+        d: Deferred[_T] = Deferred()
+        if self._fired:
+            self._deliver(d)
+        else:
+            self._waiters.append(d)
+        return d
+
+    def fire(self, result: _T | Failure) -> None:
+        if self._fired:
+            return
+        self._fired, self._result = True, result
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            self._deliver(d)
+
+    def _deliver(self, d: Deferred[_T]) -> None:
+        if isinstance(self._result, Failure):
+            d.errback(self._result)
+        else:
+            d.callback(self._result)  # type: ignore[arg-type]
