@@ -66,6 +66,7 @@ from twisted.python.failure import Failure
 from .._text import printable
 from ..errors import NodeNotConnected, StreamOpenFailed
 from ..http.responses import errorResponse
+from ..net.addresses import HostPortError, splitHostPort
 from ..net.relay import RelayProtocol, halfClose, relayEnds, splice
 from ..net.sockets import noDelay
 from ..net.transports import addressLabel, pushProducer
@@ -145,27 +146,29 @@ def parseTarget(raw: bytes) -> ConnectTarget:
     except UnicodeDecodeError:
         raise BadTarget("the target is not ASCII") from None
     shown = text if len(text) <= 80 else text[:77] + "..."
+    try:
+        node, port = splitHostPort(text)
+    except HostPortError as e:
+        if e.problem == "port":
+            raise BadTarget(
+                f"bad target {shown!r}: {e.port[:20]!r} is not a port number"
+            ) from None
+        if e.problem == "ipv6":
+            raise BadTarget(
+                f"bad target {shown!r}: write IPv6 addresses as [address]:port"
+            ) from None
+        form = "[ipv6]:port" if text.startswith("[") else "<node>:<port>"
+        raise BadTarget(f"bad target {shown!r}: expected {form}") from None
     if text.startswith("["):
-        address, bracket, port = text[1:].partition("]:")
-        if not bracket:
-            raise BadTarget(f"bad target {shown!r}: expected [ipv6]:port")
         try:
-            node = ipaddress.IPv6Address(address).compressed
+            node = ipaddress.IPv6Address(node).compressed
         except ValueError:
             raise BadTarget(
-                f"bad target {shown!r}: {address[:80]!r} is not an IPv6 address"
+                f"bad target {shown!r}: {node[:80]!r} is not an IPv6 address"
             ) from None
-    else:
-        node, colon, port = text.rpartition(":")
-        if not colon:
-            raise BadTarget(f"bad target {shown!r}: expected <node>:<port>")
-        if ":" in node:
-            raise BadTarget(f"bad target {shown!r}: write IPv6 addresses as [address]:port")
-        if not _NAME.match(node):
-            raise BadTarget(f"bad target {shown!r}: {node[:80]!r} is not a node name or IP")
-    if not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
-        raise BadTarget(f"bad target {shown!r}: {port[:20]!r} is not a port number")
-    return ConnectTarget(node, int(port))
+    elif not _NAME.match(node):
+        raise BadTarget(f"bad target {shown!r}: {node[:80]!r} is not a node name or IP")
+    return ConnectTarget(node, port)
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

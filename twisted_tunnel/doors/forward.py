@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..errors import TunnelError
+from ..net.addresses import HostPortError, splitHostPort
 from ..net.relay import RelayProtocol, RelayReaper, relayEnds, splice
 from ..server import TunnelServer
 
@@ -136,9 +137,16 @@ def parseForward(spec: str) -> tuple[str, int, str]:
     @raise ValueError: with a message that names the bad part.
     """
     target, sep, endpoint = spec.partition("=")
-    node, colon, port = target.rpartition(":")
-    if not sep or not colon or not node or not endpoint:
+    if not sep or not endpoint:
         raise ValueError(f"--forward {spec!r}: expected NODE:PORT=ENDPOINT")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--forward {spec!r}: {port!r} is not a port")
-    return node.strip("[]"), int(port), endpoint
+    try:
+        node, port = splitHostPort(target)
+    except HostPortError as e:
+        if e.problem == "port":
+            raise ValueError(f"--forward {spec!r}: {e.port!r} is not a port") from None
+        if e.problem == "ipv6":
+            raise ValueError(
+                f"--forward {spec!r}: write IPv6 addresses as [ADDRESS]:PORT"
+            ) from None
+        raise ValueError(f"--forward {spec!r}: expected NODE:PORT=ENDPOINT") from None
+    return node, port, endpoint

@@ -44,6 +44,7 @@ from ..forwarding.policy import (
 )
 from ..forwarding.table import ForwardingTable, NotForwarded
 from ..http.engine import HTTPProxyFactory, RequestHead, Route, Router, RouteRefused
+from ..net.addresses import HostPortError, splitHostPort
 from ..net.origdst import originalDestination
 from ..server import TunnelServer
 from .forward import OpeningRelay
@@ -76,16 +77,15 @@ def parseHost(host: bytes | None) -> Target:
     if not host:
         raise RoutingRefused(400, "the request has no Host header and was not DNATed")
     text = host.decode("ascii", "replace").strip().lower()
-    name, colon, port = text.rpartition(":")
-    if name.startswith("[") and name.endswith("]"):
-        name = name[1:-1]
-    elif ":" in name:
-        raise RoutingRefused(400, f"Host {text!r}: an IPv6 address must be in brackets")
-    if not colon or not name or not (port.isascii() and port.isdigit()):
-        raise RoutingRefused(400, f"Host {text!r} does not name a port")
-    number = int(port)
-    if not 0 < number < 65536:
-        raise RoutingRefused(400, f"Host {text!r}: {port} is not a port")
+    try:
+        name, number = splitHostPort(text)
+    except HostPortError as e:
+        if e.problem == "ipv6":
+            why = "an IPv6 address must be in brackets"
+            raise RoutingRefused(400, f"Host {text!r}: {why}") from None
+        if e.problem == "port" and e.port.isdigit():
+            raise RoutingRefused(400, f"Host {text!r}: {e.port} is not a port") from None
+        raise RoutingRefused(400, f"Host {text!r} does not name a port") from None
     return Target(name, number)
 
 

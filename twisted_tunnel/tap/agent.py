@@ -24,6 +24,7 @@ from ..agent import (
     TunnelAgent,
 )
 from ..mux import MAX_SERVERS, StreamBudget
+from ..net.addresses import HostPortError, splitHostPort
 from ..net.relay import DEFAULT_HALF_CLOSED_TIMEOUT, DEFAULT_IDLE_TIMEOUT, RelayTimeouts
 from ._common import (
     DaemonService,
@@ -56,21 +57,12 @@ def parseServer(text: str) -> tuple[str, int]:
 
     @raise usage.UsageError: naming the bad value.
     """
-    host, colon, port = text.rpartition(":")
-    bracketed = host.startswith("[") and host.endswith("]")
-    if bracketed:
-        host = host[1:-1]
-    valid = (
-        colon
-        and host
-        and (bracketed or ":" not in host)
-        and port.isascii()
-        and port.isdigit()
-        and 0 < int(port) < 65536
-    )
-    if not valid:
-        raise usage.UsageError(f"--server {text!r}: expected HOST:PORT ([ADDRESS]:PORT for IPv6)")
-    return host, int(port)
+    try:
+        return splitHostPort(text)
+    except HostPortError:
+        raise usage.UsageError(
+            f"--server {text!r}: expected HOST:PORT ([ADDRESS]:PORT for IPv6)"
+        ) from None
 
 
 class Options(TunnelOptions):
