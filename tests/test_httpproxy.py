@@ -38,7 +38,8 @@ from twisted.internet.ssl import (
     optionsForClientTLS,
     trustRootFromCertificates,
 )
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, Logger, formatEvent
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -1598,3 +1599,17 @@ class RefusalTests(ProxyTestCase):
         other.transport.write(b"GET /head")
         await other.lost
         self.assertIn(b"HTTP/1.1 408 ", other.received)
+
+
+class RouterForTests(SynchronousTestCase):
+    def test_routerPerConnection(self) -> None:
+        """
+        A factory given no router must make one per connection (routerFor):
+        the proxy listeners route by each connection's original destination.
+        """
+        factory = HTTPProxyFactory(None, Clock())
+        with self.assertRaises(TypeError) as caught:
+            factory.routerFor(StringTransport())
+        self.assertIn("override routerFor", str(caught.exception))
+        router = HostRouter({})
+        self.assertIs(HTTPProxyFactory(router, Clock()).routerFor(StringTransport()), router)

@@ -335,12 +335,8 @@ class ProxyListenerFactory(HTTPProxyFactory):
         # the CONNECT door's, held to the same deadlines
         kw.setdefault("reaper", router.server.relayReaper)
         kw.setdefault("explain", proxyRefusal)
-        super().__init__(self._unused, clock, **kw)
+        super().__init__(None, clock, **kw)  # a router per connection: routerFor
         self.proxyRouter = router
-
-    @staticmethod
-    def _unused(head: RequestHead, peer: IAddress) -> Route:
-        raise AssertionError("routerFor makes a router per connection")
 
     def routerFor(self, transport: Any) -> Router:
         destination = originalDestination(transport)

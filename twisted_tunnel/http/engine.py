@@ -629,7 +629,7 @@ class HTTPProxyProtocol(Protocol):
     def __init__(self, factory: HTTPProxyFactory) -> None:
         self.factory = factory
         self.proxy = factory
-        self.router: Router = factory.router
+        self.router: Router | None = None  # made at connectionMade
         self.clock = factory.clock
         self.limits = factory.limits
         self.log = factory.log
@@ -859,8 +859,10 @@ class HTTPProxyProtocol(Protocol):
         # reactor does not read cannot tell us that the client has left, and
         # we must know that to cancel the connection attempt.
         self._phase = _Phase.ROUTING
+        router = self.router
+        assert router is not None  # made at connectionMade
         try:
-            route = self.router(self._head, self._peerAddress)  # type: ignore[arg-type]
+            route = router(self._head, self._peerAddress)  # type: ignore[arg-type]
         except Exception:
             self._routingFailed(Failure())
             return
@@ -1544,7 +1546,8 @@ class HTTPProxyFactory(Factory):
     Listen with this (wrapped in C{TLSMemoryBIOFactory} for HTTPS) to
     forward HTTP requests wherever C{router} says.
 
-    @ivar router: routes each request (see L{Router}).
+    @ivar router: routes each request (see L{Router}); C{None} for a
+        subclass that makes a router per connection (L{routerFor}).
     @ivar clock: times heads, idle connections and upstreams.
     @ivar limits: see L{Limits}.
     @ivar log: where refusals go, one line each.
@@ -1559,7 +1562,7 @@ class HTTPProxyFactory(Factory):
 
     def __init__(
         self,
-        router: Router,
+        router: Router | None,
         clock: IReactorTime,
         *,
         limits: Limits = Limits(),  # noqa: B008 (frozen, so shared safely)
@@ -1581,9 +1584,12 @@ class HTTPProxyFactory(Factory):
 
         Override it to route by something only the connection knows, e.g.
         the original destination of a DNATed connection (C{SO_ORIGINAL_DST}
-        on C{transport.getHandle()}; under TLS, on C{transport.transport}).
-        It is called once per connection, at C{connectionMade}.
+        on C{transport.getHandle()}; under TLS, on C{transport.transport}),
+        and give no C{router} to the constructor.  It is called once per
+        connection, at C{connectionMade}.
         """
+        if self.router is None:
+            raise TypeError(f"{type(self).__name__} has no router: override routerFor")
         return self.router
 
     def buildProtocol(self, addr: Any) -> HTTPProxyProtocol:
