@@ -613,6 +613,14 @@ class _Phase(enum.Enum):
 _ENDED = frozenset({_Phase.CLOSING, _Phase.CLOSED})  # an aborted client gets nothing more
 
 
+class _ClientTimer(enum.Enum):
+    """What the client connection's one timer is counting down."""
+
+    HEADER = "the request head must be complete (slowloris)"
+    IDLE = "a kept-alive connection waits for its next request"
+    LINGER = "our close must be finished, or we abort"
+
+
 @implementer(IHalfCloseableProtocol)
 class HTTPProxyProtocol(Protocol):
     """
@@ -643,7 +651,7 @@ class HTTPProxyProtocol(Protocol):
         self._peerAddress: IAddress | None = None
         self._peer = "-"
         self._timer: IDelayedCall | None = None
-        self._timerKind = ""
+        self._timerKind: _ClientTimer | None = None
         self._upstreamTimer: IDelayedCall | None = None
         self._upstreamTimedOut = False
         self._pending: Deferred[Any] | None = None
@@ -690,7 +698,7 @@ class HTTPProxyProtocol(Protocol):
         self._peer = addressLabel(self._peerAddress)
         # the first request head must arrive in time, too: a client that
         # connects and says nothing holds a connection like any slowloris
-        self._setTimer("header", self.limits.headerTimeout, self._headerTimedOut)
+        self._setTimer(_ClientTimer.HEADER)
 
     def dataReceived(self, data: bytes) -> None:
         if not data:
@@ -711,10 +719,10 @@ class HTTPProxyProtocol(Protocol):
             # after a request that ends the connection (Connection: close,
             # HTTP/1.0) nothing more is read as HTTP: dropped, as nginx does
             return
-        if phase is _Phase.HEAD and self._timerKind == "idle":
+        if phase is _Phase.HEAD and self._timerKind is _ClientTimer.IDLE:
             # the first byte of the next request: its head must now be
             # complete within the header timeout
-            self._setTimer("header", self.limits.headerTimeout, self._headerTimedOut)
+            self._setTimer(_ClientTimer.HEADER)
         self._server.receive_data(data)
         self._processClient()
         if (
@@ -1246,9 +1254,9 @@ class HTTPProxyProtocol(Protocol):
         assert self._reading is not None
         self._reading.resume("ahead")
         if server.trailing_data[0]:
-            self._setTimer("header", self.limits.headerTimeout, self._headerTimedOut)
+            self._setTimer(_ClientTimer.HEADER)
         else:
-            self._setTimer("idle", self.limits.idleTimeout, self._idleTimedOut)
+            self._setTimer(_ClientTimer.IDLE)
         self._processClient()
 
     def _toClient(self, event: h1.Event) -> None:
@@ -1340,20 +1348,29 @@ class HTTPProxyProtocol(Protocol):
 
     # -- timers ------------------------------------------------------------------------
 
-    def _setTimer(self, kind: str, delay: float, call: Callable[[], None]) -> None:
+    def _setTimer(self, kind: _ClientTimer) -> None:
+        """Count down C{kind} (replacing whatever the timer counted), with its limit."""
         self._cancelTimer()
+        limits = self.limits
+        delay, then = {
+            _ClientTimer.HEADER: (limits.headerTimeout, self._headerTimedOut),
+            _ClientTimer.IDLE: (limits.idleTimeout, self._idleTimedOut),
+            _ClientTimer.LINGER: (limits.lingerTimeout, self._abortClient),
+        }[kind]
         self._timerKind = kind
-        self._timer = self.clock.callLater(delay, call)
+        self._timer = self.clock.callLater(delay, self._timerFired, then)
+
+    def _timerFired(self, then: Callable[[], None]) -> None:
+        self._timer, self._timerKind = None, None
+        then()
 
     def _cancelTimer(self) -> None:
         timer, self._timer = self._timer, None
-        self._timerKind = ""
+        self._timerKind = None
         if timer is not None and timer.active():
             timer.cancel()
 
     def _headerTimedOut(self) -> None:
-        self._timer = None
-        self._timerKind = ""
         if self._phase is _Phase.HEAD:
             self._refuse(
                 HTTPStatus.REQUEST_TIMEOUT,
@@ -1361,8 +1378,6 @@ class HTTPProxyProtocol(Protocol):
             )
 
     def _idleTimedOut(self) -> None:
-        self._timer = None
-        self._timerKind = ""
         if self._phase is _Phase.HEAD:
             self.log.debug(
                 "client {peer} idle for {timeout:g}s; closing",
@@ -1507,7 +1522,7 @@ class HTTPProxyProtocol(Protocol):
             self._loseClient()
             return
         # the timer first: a transport may report its loss at once
-        self._setTimer("linger", self.limits.lingerTimeout, self._abortClient)
+        self._setTimer(_ClientTimer.LINGER)
         self._reading.clear()
         halfClose(transport)
 
@@ -1520,7 +1535,7 @@ class HTTPProxyProtocol(Protocol):
         transport = self.transport
         assert transport is not None
         # the timer first: a half-closed TCP transport reports its loss at once
-        self._setTimer("linger", self.limits.lingerTimeout, self._abortClient)
+        self._setTimer(_ClientTimer.LINGER)
         transport.loseConnection()
 
     def _abortClient(self) -> None:
