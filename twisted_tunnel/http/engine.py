@@ -81,7 +81,7 @@ from collections.abc import Callable, Coroutine, Hashable, Iterable
 from http import HTTPStatus
 from typing import Any, Union
 
-from attrs import frozen
+from attrs import define, frozen
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail
 from twisted.internet.error import ConnectionDone
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
@@ -613,6 +613,42 @@ class _Phase(enum.Enum):
 _ENDED = frozenset({_Phase.CLOSING, _Phase.CLOSED})  # an aborted client gets nothing more
 
 
+@define
+class _Exchange:
+    """
+    One request and its response, from the head to the end: replaced whole
+    when the next begins, so nothing of one exchange leaks into the next.
+
+    @ivar request: the request head as parsed, once it arrived.
+    @ivar head: what the router was shown of it.
+    @ivar requestDone: its body has all arrived.
+    @ivar requestBodyBytes: how much of its body arrived.
+    @ivar requestChunked: the client sent its body chunked (so its
+        trailers go upstream too).
+    @ivar responseStarted: the response head went to the client.
+    @ivar responseDone: the response has all gone to the client.
+    @ivar responseChunked: the response body goes to the client chunked.
+    @ivar responseFramed: the client can tell where the response ends (a
+        length, or chunking): cut short, it is closed, not aborted.
+    @ivar closeAfterResponse: the client connection ends with this response.
+    @ivar retried: it was sent again on a new upstream connection.
+    @ivar replaying: it is being sent again now.
+    """
+
+    request: h1.Request | None = None
+    head: RequestHead | None = None
+    requestDone: bool = False
+    requestBodyBytes: int = 0
+    requestChunked: bool = False
+    responseStarted: bool = False
+    responseDone: bool = False
+    responseChunked: bool = False
+    responseFramed: bool = False
+    closeAfterResponse: bool = False
+    retried: bool = False
+    replaying: bool = False
+
+
 class _ClientTimer(enum.Enum):
     """What the client connection's one timer is counting down."""
 
@@ -673,18 +709,7 @@ class HTTPProxyProtocol(Protocol):
 
     def _resetExchange(self) -> None:
         """Forget the request that was in flight: a new cycle begins."""
-        self._request: h1.Request | None = None
-        self._head: RequestHead | None = None
-        self._requestDone = False
-        self._requestBodyBytes = 0
-        self._requestChunked = False
-        self._responseStarted = False
-        self._responseDone = False
-        self._responseChunked = False
-        self._responseFramed = False
-        self._closeAfterResponse = False
-        self._retried = False
-        self._replaying = False
+        self._exchange = _Exchange()
 
     # -- the client connection -----------------------------------------------------
 
@@ -715,7 +740,7 @@ class HTTPProxyProtocol(Protocol):
             return
         if phase is _Phase.CLOSING or phase is _Phase.CLOSED:
             return  # drained and dropped, so that the client reads our answer
-        if self._requestDone and self._server.their_state is h1.MUST_CLOSE:
+        if self._exchange.requestDone and self._server.their_state is h1.MUST_CLOSE:
             # after a request that ends the connection (Connection: close,
             # HTTP/1.0) nothing more is read as HTTP: dropped, as nginx does
             return
@@ -726,7 +751,7 @@ class HTTPProxyProtocol(Protocol):
         self._server.receive_data(data)
         self._processClient()
         if (
-            (self._phase is _Phase.ROUTING or self._requestDone)
+            (self._phase is _Phase.ROUTING or self._exchange.requestDone)
             and self._server.buffered > self.limits.maxHeaderBytes
             and self._reading is not None
         ):
@@ -758,7 +783,7 @@ class HTTPProxyProtocol(Protocol):
             # An HTTP client does not half-close while it waits for an answer
             # (nginx and Go's server read an EOF the same way): it has left.
             # Stop whatever was going on for it upstream.
-            request = self._request
+            request = self._exchange.request
             self.log.debug(
                 "client {peer} left before the response to {method} {target} was complete",
                 peer=self._peer,
@@ -784,12 +809,20 @@ class HTTPProxyProtocol(Protocol):
         upstream, self._upstream = self._upstream, None
         if upstream is None:
             return
-        if phase is _Phase.FORWARDING and self._responseStarted and not self._responseDone:
+        if (
+            phase is _Phase.FORWARDING
+            and self._exchange.responseStarted
+            and not self._exchange.responseDone
+        ):
             self.log.debug(
                 "client {peer} left during the response to {method} {target}",
                 peer=self._peer,
-                method=printable(self._request.method if self._request else b"-"),
-                target=printable(self._request.target if self._request else b"-"),
+                method=printable(
+                    self._exchange.request.method if self._exchange.request else b"-"
+                ),
+                target=printable(
+                    self._exchange.request.target if self._exchange.request else b"-"
+                ),
             )
         # a clean end is passed on as a clean end (a relayed EOF, a stream
         # CLOSE); anything else aborts the other side too
@@ -805,7 +838,7 @@ class HTTPProxyProtocol(Protocol):
         try:
             server = self._server
             while self._phase is _Phase.HEAD or self._phase is _Phase.FORWARDING:
-                if self._requestDone and server.their_state is h1.MUST_CLOSE:
+                if self._exchange.requestDone and server.their_state is h1.MUST_CLOSE:
                     # The client's last request is in (Connection: close, or
                     # HTTP/1.0): what it sent after it is not parsed, so it
                     # cannot turn the answer to that request into a 400.
@@ -821,7 +854,7 @@ class HTTPProxyProtocol(Protocol):
                 if isinstance(event, h1.Request):
                     self._requestReceived(event)
                 elif isinstance(event, h1.Data):
-                    self._requestBodyBytes += len(event.data)
+                    self._exchange.requestBodyBytes += len(event.data)
                     self._toUpstream(h1.Data(data=event.data))
                 elif isinstance(event, h1.EndOfMessage):
                     self._requestEnded(event)
@@ -835,14 +868,16 @@ class HTTPProxyProtocol(Protocol):
 
     def _requestReceived(self, request: h1.Request) -> None:
         self._cancelTimer()
-        self._request = request
-        self._head = RequestHead(
+        self._exchange.request = request
+        self._exchange.head = RequestHead(
             method=request.method,
             target=request.target,
             headers=tuple((name, value) for name, value in request.headers),
             httpVersion=request.http_version,
         )
-        self._requestChunked = any(name == b"transfer-encoding" for name, _ in request.headers)
+        self._exchange.requestChunked = any(
+            name == b"transfer-encoding" for name, _ in request.headers
+        )
         limits = self.limits
         if len(request.headers) > limits.maxHeaders:
             self._refuse(
@@ -870,7 +905,7 @@ class HTTPProxyProtocol(Protocol):
         router = self.router
         assert router is not None  # made at connectionMade
         try:
-            route = router(self._head, self._peerAddress)  # type: ignore[arg-type]
+            route = router(self._exchange.head, self._peerAddress)  # type: ignore[arg-type]
         except Exception:
             self._routingFailed(Failure())
             return
@@ -941,8 +976,8 @@ class HTTPProxyProtocol(Protocol):
         self.log.failure(
             "the router of an HTTP proxy failed on {method} {target} from {peer}",
             failure,
-            method=printable(self._head.method if self._head else b"-"),
-            target=printable(self._head.target if self._head else b"-"),
+            method=printable(self._exchange.head.method if self._exchange.head else b"-"),
+            target=printable(self._exchange.head.target if self._exchange.head else b"-"),
             peer=self._peer,
         )
         self._refuse(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
@@ -1005,7 +1040,7 @@ class HTTPProxyProtocol(Protocol):
 
     def _sendRequest(self) -> None:
         """Send the head of the request in flight upstream, then its body as it comes."""
-        request, route, upstream = self._request, self._route, self._upstream
+        request, route, upstream = self._exchange.request, self._route, self._upstream
         assert request is not None and route is not None and upstream is not None
         headers = forwardedRequestHeaders(
             request.headers.raw_items(),
@@ -1022,7 +1057,7 @@ class HTTPProxyProtocol(Protocol):
         self._phase = _Phase.FORWARDING
         assert self._reading is not None
         self._reading.resume("ahead")
-        if self._replaying:
+        if self._exchange.replaying:
             # the request (without a body) was complete before: send it all
             self._toUpstream(h1.EndOfMessage())
             self._startUpstreamTimer()
@@ -1038,12 +1073,12 @@ class HTTPProxyProtocol(Protocol):
             self._internalError(f"cannot forward the request body: {e}")
 
     def _requestEnded(self, end: h1.EndOfMessage) -> None:
-        self._requestDone = True
-        trailers = end.headers if self._requestChunked else []
+        self._exchange.requestDone = True
+        trailers = end.headers if self._exchange.requestChunked else []
         self._toUpstream(h1.EndOfMessage(headers=list(trailers)))
-        if self._responseDone:
+        if self._exchange.responseDone:
             self._exchangeEnded()
-        elif not self._responseStarted:
+        elif not self._exchange.responseStarted:
             self._startUpstreamTimer()
 
     def _upstreamData(self, upstream: _Upstream, data: bytes) -> None:
@@ -1117,16 +1152,16 @@ class HTTPProxyProtocol(Protocol):
         why = ""
         if reason is not None and not reason.check(ConnectionDone):
             why = f": {_describe(reason.value)}"
-        request = self._request
+        request = self._exchange.request
         assert request is not None
-        if not self._responseStarted:
+        if not self._exchange.responseStarted:
             if (
                 upstream.exchanges > 0
                 and upstream.receivedThisExchange == 0
-                and self._requestDone
-                and self._requestBodyBytes == 0
+                and self._exchange.requestDone
+                and self._exchange.requestBodyBytes == 0
                 and request.method in _RETRYABLE_METHODS
-                and not self._retried
+                and not self._exchange.retried
             ):
                 self.log.debug(
                     "{route} closed a kept-alive connection as {method} {target} was sent; "
@@ -1135,8 +1170,8 @@ class HTTPProxyProtocol(Protocol):
                     method=printable(request.method),
                     target=printable(request.target),
                 )
-                self._retried = True
-                self._replaying = True
+                self._exchange.retried = True
+                self._exchange.replaying = True
                 self._phase = _Phase.ROUTING
                 self._connect()
                 return
@@ -1201,38 +1236,38 @@ class HTTPProxyProtocol(Protocol):
 
     def _responseReceived(self, response: h1.Response) -> None:
         self._cancelUpstreamTimer()
-        request = self._request
+        request = self._exchange.request
         assert request is not None
         headers = forwardedResponseHeaders(response.headers.raw_items())
-        if not self._requestDone:
+        if not self._exchange.requestDone:
             # answered before the whole request came (a 413, a 401): the
             # rest of the body may never be read, so this is the last
             # response on the connection
             headers.append((b"Connection", b"close"))
-            self._closeAfterResponse = True
+            self._exchange.closeAfterResponse = True
         hasLength = any(name.lower() == b"content-length" for name, _ in headers)
-        self._responseFramed = hasLength or self._server.their_http_version == b"1.1"
-        self._responseChunked = (
+        self._exchange.responseFramed = hasLength or self._server.their_http_version == b"1.1"
+        self._exchange.responseChunked = (
             request.method != b"HEAD"
             and response.status_code not in (204, 304)
             and not hasLength
             and self._server.their_http_version == b"1.1"
         )
-        self._responseStarted = True
+        self._exchange.responseStarted = True
         self._toClient(
             h1.Response(status_code=response.status_code, headers=headers, reason=response.reason)
         )
 
     def _responseEnded(self, end: h1.EndOfMessage) -> None:
-        trailers = list(end.headers) if self._responseChunked else []
+        trailers = list(end.headers) if self._exchange.responseChunked else []
         self._toClient(h1.EndOfMessage(headers=trailers))
-        self._responseDone = True
+        self._exchange.responseDone = True
         if self._phase is _Phase.FORWARDING:
             self._exchangeEnded()
 
     def _exchangeEnded(self) -> None:
         """The response is out: keep both connections for the next request, or close."""
-        if self._closeAfterResponse and not self._requestDone:
+        if self._exchange.closeAfterResponse and not self._exchange.requestDone:
             self._closeClient()
             return
         upstream = self._upstream
@@ -1297,7 +1332,7 @@ class HTTPProxyProtocol(Protocol):
         self._flushClient()
         transport = self.transport
         assert transport is not None and self._reading is not None
-        request = self._request
+        request = self._exchange.request
         self.log.debug(
             "{method} {target} from {peer} to {route}: upgraded to {protocol}",
             method=printable(request.method if request else b"-"),
@@ -1402,7 +1437,7 @@ class HTTPProxyProtocol(Protocol):
         if self._phase is _Phase.ROUTING and self._pending is not None:
             self._upstreamTimedOut = True
             self._pending.cancel()  # _connectFailed answers 504
-        elif self._phase is _Phase.FORWARDING and not self._responseStarted:
+        elif self._phase is _Phase.FORWARDING and not self._exchange.responseStarted:
             self._refuse(
                 HTTPStatus.GATEWAY_TIMEOUT,
                 f"{self._routeName()} did not answer within {self.limits.upstreamTimeout:g}s",
@@ -1421,7 +1456,7 @@ class HTTPProxyProtocol(Protocol):
         self._refuse(status, reason)
 
     def _badResponse(self, reason: str) -> None:
-        if self._responseStarted:
+        if self._exchange.responseStarted:
             self.log.warn(
                 "{reason}; cutting the response to {peer} short",
                 reason=printable(reason, 500),
@@ -1440,7 +1475,7 @@ class HTTPProxyProtocol(Protocol):
         (to an HTTP/1.0 client) would look complete if closed: that one is
         aborted.
         """
-        if self._responseFramed:
+        if self._exchange.responseFramed:
             self._loseClient()
         else:
             self._abortClient()
@@ -1461,7 +1496,7 @@ class HTTPProxyProtocol(Protocol):
         not answered.
         """
         status = int(status)
-        head = self._head
+        head = self._exchange.head
         route = self._route
         log = self.log.warn if status >= 500 else self.log.info
         log(
@@ -1474,7 +1509,7 @@ class HTTPProxyProtocol(Protocol):
             reason=printable(reason, 500),
             route=route.description if route is not None else "-",
         )
-        if self._responseStarted:
+        if self._exchange.responseStarted:
             self._cutShort()
             return
         self._flushClient()
