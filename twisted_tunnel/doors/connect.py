@@ -31,7 +31,8 @@ C{502}/C{504} say why a dial failed.  Nothing else is dialled directly:
 loopback, link-local (a cloud's metadata service) and unspecified
 addresses can never be named.
 
-The request head is parsed with C{h11}; a client has C{requestTimeout}
+The request head is parsed with L{h1<twisted_tunnel.http.h1>}, the same
+(strict) parser as the proxy listeners'; a client has C{requestTimeout}
 seconds to send all of it, so a silent (or slowloris) client cannot hold a
 connection.  A client that leaves while its stream is being opened cancels
 the open, which resets the stream on the tunnel: nothing is left half-open
@@ -47,7 +48,6 @@ from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Any
 
-import h11
 from attrs import frozen
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ConnectError, ConnectionDone
@@ -65,6 +65,7 @@ from twisted.python.failure import Failure
 
 from .._text import printable
 from ..errors import NodeNotConnected, StreamOpenFailed
+from ..http import h1
 from ..http.responses import errorResponse
 from ..net.addresses import HostPortError, splitHostPort
 from ..net.relay import RelayProtocol, halfClose, relayEnds, splice
@@ -247,8 +248,8 @@ class ConnectProtocol(RelayProtocol):
         super().__init__()
         self.door = door
         self._state = _State.READING
-        self._parser: h11.Connection | None = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=door.maxHeadSize
+        self._parser: h1.Connection | None = h1.Connection(
+            h1.SERVER, max_incomplete_event_size=door.maxHeadSize
         )
         self._fed = 0
         self._method = "-"
@@ -304,9 +305,9 @@ class ConnectProtocol(RelayProtocol):
 
     def _parse(self, data: bytes) -> None:
         if not data:
-            # h11 takes b"" for the end of the input, after which it answers
-            # ConnectionClosed for ever: found by the fuzzer (a transport may
-            # deliver an empty read), it spun the reactor
+            # the parser (h1, like h11) takes b"" for the end of the input,
+            # after which it answers ConnectionClosed for ever: found by the
+            # fuzzer (a transport may deliver an empty read), it spun the reactor
             return
         parser = self._parser
         assert parser is not None
@@ -315,23 +316,23 @@ class ConnectProtocol(RelayProtocol):
         try:
             while self._state is _State.READING:
                 event = parser.next_event()
-                if event is h11.NEED_DATA:
+                if event is h1.NEED_DATA:
                     return
-                if isinstance(event, h11.ConnectionClosed):
+                if isinstance(event, h1.ConnectionClosed):
                     self.readConnectionLost()
                     return
-                if isinstance(event, h11.Request):
+                if isinstance(event, h1.Request):
                     self._requestReceived(event)
-                elif event is h11.PAUSED:
+                elif event is h1.PAUSED:
                     self._headReceived()
-        except h11.RemoteProtocolError as e:
+        except h1.RemoteProtocolError as e:
             status = e.error_status_hint
             if status == HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE:
                 self._refuse(status, f"request head larger than {self.door.maxHeadSize} bytes")
             else:
                 self._refuse(status, f"bad request: {e}")
 
-    def _requestReceived(self, request: h11.Request) -> None:
+    def _requestReceived(self, request: h1.Request) -> None:
         self._method = request.method.decode("ascii", "replace")
         self._rawTarget = printable(request.target, 80)
         if request.method != b"CONNECT":
