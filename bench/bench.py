@@ -154,6 +154,9 @@ class Target:
     scheme: str  # "http" or "https"
     port: int
     host: str | None = None  # the Host header, if not the URL's
+    #: the client certificate and key the target requires (the HTTPS proxy
+    #: listener always does), or None
+    certificate: tuple[str, str] | None = None
 
     def url(self, path: str = "/") -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}{path}"
@@ -168,6 +171,8 @@ class Target:
 def httpOK(target: Target) -> bool:
     """Does C{target} answer C{GET /} with a 2xx?  (The TLS certificate is not checked.)"""
     argv = ["curl", "-sfk", "-m", "2", "-o", "/dev/null"]
+    if target.certificate is not None:
+        argv += ["--cert", target.certificate[0], "--key", target.certificate[1]]
     if target.host:
         argv += ["-H", f"Host: {target.host}"]
     result = subprocess.run(
@@ -261,6 +266,8 @@ def mintPKI(work: Path) -> Path:
         pki / "proxy-client.pem",
         pki / "proxy-client-key.pem",
     )
+    # what a client of the HTTPS proxy listener presents (its client CA is --ca)
+    writePair(mintClient(ca, "bench-client"), pki / "client.pem", pki / "client-key.pem")
     edgeCA = mintCA("edge kubelet CA")
     writePair(edgeCA, pki / "edge-ca.pem", pki / "edge-ca-key.pem")
     writePair(
@@ -465,7 +472,12 @@ def startOurs(setup: Setup, pki: Path) -> None:
     rows = {
         "ours": Row(
             http=Target("http", httpProxy, f"{NODE_IP}:{edge.http}"),
-            https=Target("https", httpsProxy, f"{NODE_IP}:{edge.https}"),
+            https=Target(
+                "https",
+                httpsProxy,
+                f"{NODE_IP}:{edge.https}",
+                (f"{pki}/client.pem", f"{pki}/client-key.pem"),
+            ),
             iperfPort=tIperf,
             watch=["nginx", "iperf3-ours", "edge-tunnel-server", "edge-tunnel-agent"],
             cpuRoots=["edge-tunnel-server", "edge-tunnel-agent"],
@@ -794,9 +806,27 @@ def runWorkload(
     raise AssertionError(workload)
 
 
+#: The workloads over TLS.
+TLS_WORKLOADS = frozenset({"tka1", "tka64", "tnewc"})
+
+#: Why a row whose HTTPS target requires a client certificate is not measured over TLS.
+NO_CLIENT_CERTIFICATES = (
+    "HTTPS through the proxy listener is not measured: the listener requires a client "
+    "certificate (issue 12), and wrk and hey cannot present one"
+)
+
+
 def measures(row: Row, workload: str) -> bool:
-    """Does this row take part in this workload?  (Bulk needs an iperf3 path.)"""
-    return workload != "bulk" or row.iperfPort is not None
+    """
+    Does this row take part in this workload?  Bulk needs an iperf3 path;
+    the TLS workloads need a target the load tools can reach without a
+    client certificate.
+    """
+    if workload == "bulk":
+        return row.iperfPort is not None
+    if workload in TLS_WORKLOADS:
+        return row.https.certificate is None
+    return True
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -1170,7 +1200,13 @@ def parseArgs(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def ourTrouble(setup: Setup, results: Results) -> None:
-    """Note tunnel reconnections; show the daemon logs if a workload failed or a daemon died."""
+    """
+    Note what was not measured and tunnel reconnections; show the daemon
+    logs if a workload failed or a daemon died.
+    """
+    if any(not measures(setup.rows[row], w) for row in ROWS_OF["ours"] for w in TLS_WORKLOADS):
+        results.notes.append(NO_CLIENT_CERTIFICATES)
+        log(NO_CLIENT_CERTIFICATES)
     serverLog = setup.procs.get("edge-tunnel-server").logPath.read_text(errors="replace")
     connects = serverLog.count(f"agent {NODE} connected from")
     if connects > 1:
