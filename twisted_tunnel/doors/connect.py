@@ -67,7 +67,7 @@ from .._text import printable
 from ..errors import NodeNotConnected, StreamOpenFailed
 from ..http import h1
 from ..http.responses import errorResponse
-from ..net.addresses import HostPortError, splitHostPort
+from ..net.addresses import HostPortError, parseIP, splitHostPort
 from ..net.relay import RelayProtocol, halfClose, relayEnds, splice
 from ..net.sockets import noDelay
 from ..net.transports import addressLabel, pushProducer
@@ -218,11 +218,8 @@ class DirectNetworks:
 
     def covers(self, host: str) -> bool:
         """Whether C{host}, an IP literal, is in one of the networks."""
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in network for network in self.networks)
+        address = parseIP(host)
+        return address is not None and any(address in network for network in self.networks)
 
 
 class _State(enum.Enum):

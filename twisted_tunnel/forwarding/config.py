@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 from attrs import field, frozen
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -917,7 +917,6 @@ class ConfigWatcher(Poller):
         # came from elsewhere, and the file may have changed since).
         self._fingerprint: bytes | None = None
         self._missingPolls = 0
-        self._call: IDelayedCall | None = None
         # content whose onChange failed, how often in a row, and when to retry
         self._failedFingerprint: bytes | None = None
         self._applyFailures = 0

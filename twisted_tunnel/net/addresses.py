@@ -27,8 +27,13 @@ def parseIP(text: str) -> IPAddress | None:
         return None
 
 
+@lru_cache(maxsize=4096)
 def normalIP(text: str) -> str | None:
-    """C{text} as the canonical spelling of its IP address, or C{None} if it is not one."""
+    """
+    C{text} as the canonical spelling of its IP address, or C{None} if it is
+    not one.  Cached as well: the registry asks it at every stream open, and
+    spelling an address costs as much as parsing it.
+    """
     address = parseIP(text)
     return None if address is None else str(address)
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from OpenSSL import SSL
-from twisted.internet.interfaces import IDelayedCall, IOpenSSLContextFactory, IReactorTime
+from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorTime
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -103,7 +103,6 @@ class CredentialsWatcher(Poller):
         self.clock = clock
         self.interval = interval
         self._fingerprint = self._read()
-        self._call: IDelayedCall | None = None
 
     def watched(self) -> str:
         return "the certificate files"
