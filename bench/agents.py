@@ -234,7 +234,7 @@ class FrameCounter:
         self._originals: tuple[Any, Any] | None = None
 
     def install(self) -> None:
-        send, receive = Tunnel._sendFrame, Tunnel._frameReceived
+        send, receive = Tunnel.sendFrame, Tunnel._frameReceived
         self._originals = (send, receive)
         sent, received = self.sent, self.received
 
@@ -246,12 +246,12 @@ class FrameCounter:
             received[frame.TYPE.name] += 1
             receive(tunnel, frame)
 
-        Tunnel._sendFrame = countedSend  # type: ignore[method-assign]
+        Tunnel.sendFrame = countedSend  # type: ignore[method-assign]
         Tunnel._frameReceived = countedReceive  # type: ignore[method-assign]
 
     def uninstall(self) -> None:
         if self._originals is not None:
-            Tunnel._sendFrame, Tunnel._frameReceived = self._originals  # type: ignore[method-assign]
+            Tunnel.sendFrame, Tunnel._frameReceived = self._originals  # type: ignore[method-assign]
             self._originals = None
 
     def snapshot(self) -> tuple[Counter[str], Counter[str]]:

@@ -628,7 +628,7 @@ class FlowControlTests(TunnelTestCase):
         self.assertFalse(producer.paused)
         self.assertEqual(producer.resumes, 1)
         # all credit but the last, unbatched part is back with the sender
-        self.assertGreater(streamOf(sender)._credit, window * 3 // 4)
+        self.assertGreater(streamOf(sender).credit, window * 3 // 4)
 
     def test_creditOnlyAfterConsumption(self) -> None:
         """
@@ -669,12 +669,12 @@ class FlowControlTests(TunnelTestCase):
         streamOf(sender).write(b"a" * SMALL_WINDOW)
         pair.pump()
         self.assertEqual(len(receiver.chunks), 1)
-        self.assertEqual(streamOf(sender)._credit, 0)
+        self.assertEqual(streamOf(sender).credit, 0)
         for _ in range(10):
             streamOf(receiver).resumeProducing()
             pair.pump()
         self.assertEqual(receiver.received, b"a" * SMALL_WINDOW)
-        self.assertEqual(streamOf(sender)._credit, SMALL_WINDOW)
+        self.assertEqual(streamOf(sender).credit, SMALL_WINDOW)
 
     def test_dataBeyondWindow(self) -> None:
         """
@@ -748,7 +748,7 @@ class FlowControlTests(TunnelTestCase):
         sender, receiver = pair.open(pair.client, Recorder(pauseOnConnect=True))
         payload = bytes(range(256)) * (2 * SMALL_WINDOW // 256)
         streamOf(sender).write(payload)  # one window goes, one is kept
-        self.assertEqual(streamOf(sender)._credit, 0)
+        self.assertEqual(streamOf(sender).credit, 0)
         pair.pump()
         written: list[bytes] = []
         transport = pair.clientTransport
@@ -835,7 +835,7 @@ class PushBackTests(TunnelTestCase):
         """
         pair = self.pair
         (a, _), (b, _) = pair.open(pair.client, Recorder()), pair.open(pair.client, Recorder())
-        pair.client._sendMaxFrame = 16 * 1024
+        pair.client.sendMaxFrame = 16 * 1024
         pair.client.pauseProducing()
         streamOf(a).write(b"a" * 40_000)
         streamOf(b).write(b"b" * 40_000)

@@ -410,7 +410,8 @@ class _Reading:
     def __init__(self, transport: object) -> None:
         # TCP, TLS and tunnel stream transports are all push producers,
         # though not all of them declare it.
-        self._transport: IPushProducer = transport  # type: ignore[assignment]
+        #: what is paused and resumed
+        self.transport: IPushProducer = transport  # type: ignore[assignment]
         self._reasons: set[str] = set()
 
     @property
@@ -419,7 +420,7 @@ class _Reading:
 
     def pause(self, reason: str) -> None:
         if not self._reasons:
-            self._transport.pauseProducing()
+            self.transport.pauseProducing()
         self._reasons.add(reason)
 
     def resume(self, reason: str) -> None:
@@ -427,12 +428,12 @@ class _Reading:
             return
         self._reasons.discard(reason)
         if not self._reasons:
-            self._transport.resumeProducing()
+            self.transport.resumeProducing()
 
     def clear(self) -> None:
         if self._reasons:
             self._reasons.clear()
-            self._transport.resumeProducing()
+            self.transport.resumeProducing()
 
 
 @implementer(IPushProducer)
@@ -463,7 +464,7 @@ class _PushBack:
         while this side does not take it: what a listener's limiter counts
         for a client that does not read (L{twisted_tunnel.doors.limits}).
         """
-        return heldBytesOf(self._reading._transport)
+        return heldBytesOf(self._reading.transport)
 
 
 class _RelayEnd:

@@ -25,13 +25,14 @@ dial) live in an L{ITunnelHandler}, so the same code runs on both ends.
 
 The modules: L{settings} (HELLO settings, keepalive timing, the agent's
 stream budget), L{interfaces} (what the multiplexer asks of its users),
-L{stream} (L{Stream}), L{tunnel} (L{Tunnel}), L{keepalive}
+L{states} (the states of streams and connections, and their legal
+moves), L{stream} (L{Stream}), L{tunnel} (L{Tunnel}), L{keepalive}
 (L{KeepaliveSweep}) and L{drain} (L{drainTunnels}); their public names
 are all here.
 """
 
 from .drain import drainTunnels
-from .interfaces import ITunnelHandler, ITunnelMeter, Refused, TunnelAddress
+from .interfaces import IStreamCarrier, ITunnelHandler, ITunnelMeter, Refused, TunnelAddress
 from .keepalive import KeepaliveSweep
 from .settings import (
     BUDGET_LOG_INTERVAL,
@@ -44,10 +45,12 @@ from .settings import (
     openFileLimit,
     validServerId,
 )
+from .states import MOVES, ConnectionState, Delivery, Receiving, Sending
 from .stream import Stream
 from .tunnel import (
     CLOSE_TIMEOUT,
     FORBIDDEN_OPENS_PERIOD,
+    GRACEFUL,
     MAX_FORBIDDEN_OPENS,
     MAX_PENDING_CONTROL,
     PAUSE_READING_AFTER,
@@ -58,8 +61,12 @@ from .tunnel import (
 __all__ = [
     "BUDGET_LOG_INTERVAL",
     "CLOSE_TIMEOUT",
+    "ConnectionState",
+    "Delivery",
     "FD_MARGIN",
     "FORBIDDEN_OPENS_PERIOD",
+    "GRACEFUL",
+    "IStreamCarrier",
     "ITunnelHandler",
     "ITunnelMeter",
     "Keepalive",
@@ -68,9 +75,12 @@ __all__ = [
     "MAX_PENDING_CONTROL",
     "MAX_SERVERS",
     "MAX_SERVER_ID",
+    "MOVES",
     "PAUSE_READING_AFTER",
     "ROUTINE_REFUSALS",
+    "Receiving",
     "Refused",
+    "Sending",
     "Settings",
     "Stream",
     "StreamBudget",

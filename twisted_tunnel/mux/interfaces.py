@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_mux -*-
 """
 What the multiplexer asks of the rest of the package: the role of each end
-(L{ITunnelHandler}), the meter (L{ITunnelMeter}), a stream's address, and a refusal.
+(L{ITunnelHandler}), the meter (L{ITunnelMeter}), a stream's address, and a
+refusal; and what a stream asks of its tunnel (L{IStreamCarrier}).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from twisted.internet.interfaces import (
     IProtocol,
 )
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
+from .. import wire
 from ..wire import ErrorCode
 
 if TYPE_CHECKING:
@@ -106,4 +108,45 @@ class ITunnelMeter(Interface):
         C{tunnel} is being closed because its peer flooded it: C{reason} is
         C{forbidden_opens} (OPENs to a side that accepts none) or
         C{control_backlog} (requests for replies that it does not read).
+        """
+
+
+class IStreamCarrier(Interface):
+    """
+    What a L{Stream} asks of the connection it rides on (L{Tunnel} provides
+    it).  A tunnel hands its streams their frames through the stream's
+    methods for the tunnel (C{dataArrived}, C{creditArrived}, ...); a stream
+    answers through these.  Neither reads the other's fields.
+    """
+
+    nodeName = Attribute("Which edge node the connection belongs to (for addresses).")
+    log = Attribute("The Logger that a stream's protocol errors are logged to.")
+    settings = Attribute(
+        "Our L{Settings}: C{settings.window} is what each stream grants the peer."
+    )
+    sendMaxFrame = Attribute("The largest DATA payload the peer accepts in one frame.")
+
+    def maySend() -> bool:
+        """
+        Whether the connection takes DATA now (it is not pushing back, nor
+        closing).
+        """
+
+    def wantsToSend(stream: Stream) -> None:
+        """
+        C{stream} has DATA and credit but L{maySend} said no: call its
+        C{resumeSending} when the connection has room, in turn with the
+        others.
+        """
+
+    def sendData(streamId: int, data: bytes) -> None:
+        """Send one DATA frame (C{data} fits L{sendMaxFrame} and the credit)."""
+
+    def sendFrame(frame: wire.Frame) -> None:
+        """Send a frame of the stream's own (EOF, CLOSE, RESET, WINDOW)."""
+
+    def streamEnded(stream: Stream) -> None:
+        """
+        C{stream} has ended one of its halves: forget its id once both
+        have.
         """

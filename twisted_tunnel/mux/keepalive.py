@@ -63,7 +63,7 @@ class KeepaliveSweep:
         now = self.clock.seconds()
         judge = now - self._due <= self.period
         for tunnel in list(self._tunnels):
-            if now - tunnel._lastReceived < tunnel.keepalive.interval:
+            if now - tunnel.lastReceived < tunnel.keepalive.interval:
                 # heard from within an interval: nothing can be due yet (the
                 # common case, kept to a comparison for ten thousand tunnels)
                 continue

@@ -34,7 +34,6 @@ from typing import Any
 from attrs import frozen
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.interfaces import (
-    IDelayedCall,
     IProtocol,
     IProtocolFactory,
     IReactorTime,
@@ -69,6 +68,7 @@ from ..tls import Credentials, PeerIdentity, peerIdentity, verifyChain
 from ..tls.certs import isNodeName, validateNodeName
 from ..tls.rotation import RotatingServerOptions
 from ..wire import ErrorCode, OpenFailReason
+from .expiry import CertificateExpiry
 from .metrics import ServerMetrics
 from .routes import DEFAULT_KEEP_GONE, RoutedNodes
 
@@ -388,7 +388,7 @@ class _ServerSide:
             peer=tunnel.peerLabel(),
         )
         replaced = self.server.registry.register(record)
-        self.server._watchExpiry(record)
+        self.server.expiry.watch(record)
         if replaced is not None:
             self.log.info(
                 "agent {node} reconnected from {peer}; replacing its tunnel from {old}",
@@ -483,7 +483,7 @@ class _ServerSide:
         self.server.registry.unregister(tunnel)
 
     def tunnelLost(self, tunnel: Tunnel, reason: Failure) -> None:
-        self.server._forgetExpiry(tunnel)
+        self.server.expiry.forget(tunnel)
         if tunnel.version is None and not tunnel.closing:
             # the TLS handshake failed (wrong CA, no client certificate,
             # expired) or the peer never sent HELLO: one line saying why
@@ -598,7 +598,8 @@ class TunnelServer:
         self.addressProof: INodeAddressProof = addressProof or CertificateAddressProof()
         self.registry = AgentRegistry()
         self.routes = RoutedNodes(clock, self.registry, keepGone=keepGone)
-        self._expiries: dict[Tunnel, IDelayedCall] = {}
+        #: closes each agent's tunnel when its certificate expires
+        self.expiry = CertificateExpiry(clock, self.log)
         self.draining = False
         self.metrics = ServerMetrics(self, perNode=metricsPerNode)
         self._tls: RotatingServerOptions | None = None
@@ -670,34 +671,6 @@ class TunnelServer:
             )
             closed += 1
         return closed
-
-    def _watchExpiry(self, record: AgentRecord) -> None:
-        """
-        Close C{record}'s tunnel when its certificate chain expires: the
-        handshake proved the identity only for the chain's validity.
-        """
-        expires = record.identity.expires() if record.identity is not None else None
-        if expires is None:
-            return
-        self._forgetExpiry(record.tunnel)
-        delay = max(0.0, expires.timestamp() - self.clock.seconds())
-        self._expiries[record.tunnel] = self.clock.callLater(delay, self._expired, record)
-
-    def _forgetExpiry(self, tunnel: Tunnel) -> None:
-        call = self._expiries.pop(tunnel, None)
-        if call is not None and call.active():
-            call.cancel()
-
-    def _expired(self, record: AgentRecord) -> None:
-        self._expiries.pop(record.tunnel, None)
-        expires = record.identity.expires() if record.identity is not None else None
-        when = f"{expires:%Y-%m-%d %H:%M:%S}Z" if expires is not None else "now"
-        self.log.warn(
-            "agent {node}: closing its tunnel: its certificate expired at {when}",
-            node=record.node,
-            when=when,
-        )
-        record.tunnel.close(ErrorCode.UNAUTHORIZED, f"the agent's certificate expired at {when}")
 
     def plainTunnelFactory(self) -> IProtocolFactory:
         """

@@ -55,9 +55,12 @@ class ServerMetrics:
             buckets=OPEN_BUCKETS,
             registry=self.registry,
         )
-        self._config: Any = None
-        self._iptables: Any = None
-        self._clientLimiters: list[Any] = []
+        #: the daemon's configuration watcher, once L{watchConfig} gave it
+        self.configWatcher: Any = None
+        #: the daemon's iptables sync, once L{watchIptables} gave it
+        self.iptablesSync: Any = None
+        #: the front doors' limiters (L{watchClientLimiter})
+        self.clientLimiters: list[Any] = []
         self.registry.register(_ServerCollector(self))
 
     def openSucceeded(self, policy: str, seconds: float) -> None:
@@ -78,15 +81,15 @@ class ServerMetrics:
 
     def watchConfig(self, watcher: Any) -> None:
         """Report C{watcher}'s reloads, refusals and staleness (a L{ConfigWatcher})."""
-        self._config = watcher
+        self.configWatcher = watcher
 
     def watchIptables(self, sync: Any) -> None:
         """Report C{sync}'s syncs, their duration and errors (an C{IptablesSync})."""
-        self._iptables = sync
+        self.iptablesSync = sync
 
     def watchClientLimiter(self, limiter: Any) -> None:
         """Report a front door's connections, memory held and limit hits (a C{ClientLimiter})."""
-        self._clientLimiters.append(limiter)
+        self.clientLimiters.append(limiter)
 
 
 class _ServerCollector(Collector):
@@ -184,9 +187,9 @@ class _ServerCollector(Collector):
             ),
             server.relayReaper.reaped,
         )
-        yield from self._config(m._config)
-        yield from self._iptables(m._iptables)
-        yield from self._clients(m._clientLimiters)
+        yield from self._config(m.configWatcher)
+        yield from self._iptables(m.iptablesSync)
+        yield from self._clients(m.clientLimiters)
         if m.perNode:
             yield from self._nodes(agents)
 
