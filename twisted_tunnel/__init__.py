@@ -33,9 +33,7 @@ control and half-close), so any Twisted client works through it.  It fails
 with L{NodeNotConnected}, L{StreamOpenFailed} or L{StreamOpenTimeout}.
 For twisted.web's C{Agent} and treq, hand it out from an
 C{IAgentEndpointFactory} with C{Agent.usingEndpointFactory}
-(C{examples/treq_get.py}; over TLS, the example's small shim answers the
-C{setTcpNoDelay} call that twisted.web's client makes and a stream does
-not yet take)::
+(C{examples/treq_get.py})::
 
     endpoint = server.endpointForNode("edge-1", 10250)
     protocol = await connectProtocol(endpoint, MyProtocol())

@@ -697,27 +697,6 @@ class ConnectionClosed(Event):
 _new = tuple.__new__
 
 
-def _parsedRequest(method: bytes, target: bytes, version: bytes, headers: Headers) -> Request:
-    """A L{Request} from parsed (hence valid) parts: no validation again."""
-    if headers._hosts != 1:
-        if headers._hosts > 1:
-            raise LocalProtocolError("Found multiple Host: headers")
-        if version != b"1.0":
-            raise LocalProtocolError("Missing mandatory Host: header")
-    return _new(Request, (method, headers, target, version))
-
-
-def _parsedResponse(status: int, reason: bytes, version: bytes, headers: Headers) -> _ResponseBase:
-    """A L{Response} or L{InformationalResponse} from a parsed status line."""
-    if status >= 200:
-        return _new(Response, (headers, version, reason, status))
-    if status < 100:
-        raise LocalProtocolError(
-            f"InformationalResponse status_code should be in range [100, 200), not {status}"
-        )
-    return _new(InformationalResponse, (headers, version, reason, status))
-
-
 _END: Final[EndOfMessage] = _new(EndOfMessage, (_EMPTY_HEADERS,))
 
 

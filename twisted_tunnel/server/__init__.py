@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -698,14 +698,6 @@ class TunnelServer:
             forwarding policy's name, say).
         """
         return NodeEndpoint(self, node, port, host, timeout or self.openTimeout, policy)
-
-    def agents(self) -> Iterable[AgentRecord]:
-        return iter(self.registry)
-
-    def closeAll(self, text: str = "server shutting down") -> None:
-        """Close every tunnel now, telling each agent why (GOAWAY)."""
-        for record in self.registry:
-            record.tunnel.close(ErrorCode.SHUTTING_DOWN, text)
 
     def drain(self, text: str = "server shutting down") -> Deferred[list[Any]]:
         """Drain every tunnel; fires when all are gone."""
