@@ -57,7 +57,7 @@ bench-storm: venv
 	$(PY) bench/agents.py --storm --agents 1000 1000 1000 --keep-going $(BENCH_STORM_ARGS) \
 	    --report bench/results/tmp/storm-latest.md
 
-# The fuzzing campaign (bench/fuzz.py): tests/test_fuzz.py's properties with random seeds and
+# The fuzzing campaign (bench/fuzz.py): tests/package/test_fuzz.py's properties with random seeds and
 # larger inputs, FUZZ_SECONDS in all (default 600); a Markdown table on stdout.
 FUZZ_SECONDS ?= 600
 .PHONY: fuzz
@@ -70,14 +70,14 @@ fuzz: venv
 interop-build:
 	$(PYTHON3) tests/interop/build.py
 
-# What tests/test_interop.py runs (cold: some 20-25 minutes on two cores; warm: nothing to do).
+# What tests/system/test_interop.py runs (cold: some 20-25 minutes on two cores; warm: nothing to do).
 INTEROP_TEST_COMPONENTS := etcd kube kubelet metrics-server
 interop-build-test:
 	$(PYTHON3) tests/interop/build.py $(INTEROP_TEST_COMPONENTS)
 
 # The interop world, mode A (tests/interop/smoke.py), by hand: the real kube-apiserver, kubectl,
 # kubelet API, metrics-server and Prometheus through the tunnel, in network namespaces (as root);
-# `make test` runs it too (tests/test_interop.py).
+# `make test` runs it too (tests/system/test_interop.py).
 interop: venv interop-build
 	$(PY) tests/interop/smoke.py
 

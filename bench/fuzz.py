@@ -1,5 +1,5 @@
 """
-The fuzzing campaign: the properties of C{tests/test_fuzz.py}, with random
+The fuzzing campaign: the properties of C{tests/package/test_fuzz.py}, with random
 seeds and inputs eight times larger, for as long as it is given.
 
 Why (issue 12): a peer or a client reaches four parsers (the wire codec,

@@ -2,39 +2,38 @@
 The test tiers: C{pytest -m "not system"} runs the fast tier (in-memory
 transports, C{Clock}, loopback sockets in this process); the system tier
 starts real processes (the daemons under twistd, nginx, HAProxy, curl,
-kube-apiserver...), network namespaces or iptables.  C{make test} runs both.
+kube-apiserver, a child Python...), network namespaces or iptables.
+C{make test} runs both.
+
+The folders of C{tests/} follow the library's layers (C{tests/mux/} tests
+C{twisted_tunnel/mux/}...); C{tests/package/} tests the package as a whole,
+and everything under C{tests/system/} is a system test.  A few system tests
+belong with their layer instead (the iptables rules applied in a namespace
+sit next to the rules' text): L{SYSTEM_CLASSES} names them, by class.
 """
 
 from __future__ import annotations
 
 import pytest
 
-#: Modules whose every test is a system test.
-SYSTEM_MODULES = frozenset(
-    {
-        "test_bench_agents",
-        "test_bench_streams",
-        "test_daemons",
-        "test_demo",
-        "test_e2e",
-        "test_examples",
-        "test_ha",
-        "test_interop",
-        "test_manifests",
-        "test_packaging",
-        "test_rawproxy",
-        "test_storm",
-    }
-)
+#: The folder whose every test is a system test.
+SYSTEM_PACKAGE = "tests.system"
 
 #: Classes of other modules that are system tests, by module.
 SYSTEM_CLASSES = {
-    "test_iptables": frozenset(
+    "tests.host.test_iptables": frozenset(
         {"LifecycleTests", "LegacyLifecycleTests", "DNATTests", "CheckAvailableTests"}
     ),
-    "test_security_exposure": frozenset({"FreshServerExposureTests", "PreroutingScopeTests"}),
-    "test_public_api": frozenset({"DocsTests"}),
+    "tests.tap.test_security_exposure": frozenset(
+        {"FreshServerExposureTests", "PreroutingScopeTests"}
+    ),
+    "tests.package.test_public_api": frozenset({"DocsTests"}),
 }
+
+
+def isSystem(module: str, owner: str) -> bool:
+    """Whether the test class C{owner} of the module named C{module} is a system test."""
+    return module.startswith(SYSTEM_PACKAGE + ".") or owner in SYSTEM_CLASSES.get(module, ())
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -45,7 +44,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        module = item.module.__name__ if item.module else ""
         owner = item.cls.__name__ if item.cls is not None else ""
-        if module in SYSTEM_MODULES or owner in SYSTEM_CLASSES.get(module, ()):
+        if isSystem(module, owner):
             item.add_marker(pytest.mark.system)

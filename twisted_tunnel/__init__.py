@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_public_api -*-
+# -*- test-case-name: tests.package.test_public_api -*-
 """
 twisted-tunnel: reach Kubernetes edge nodes behind NAT through tunnels that
 their agents dial out, one mutually authenticated TLS connection per agent,

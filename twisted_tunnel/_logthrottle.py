@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_security_agent -*-
+# -*- test-case-name: tests.agent.test_security_agent -*-
 """
 Rate-limited log lines: at most a few lines of one kind per interval, then
 one summary line that says how many were left out.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_security_http -*-
+# -*- test-case-name: tests.doors.test_security_http -*-
 """
 Text from a client or a peer, made safe to log or to answer with.
 

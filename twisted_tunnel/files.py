@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_security_config -*-
+# -*- test-case-name: tests.forwarding.test_security_config -*-
 """
 Reading the small files an operator points the daemons at (certificates,
 keys, the ConfigMap) without ever blocking the reactor or running out of

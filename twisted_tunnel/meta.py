@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_meta -*-
+# -*- test-case-name: tests.meta.test_meta -*-
 """
 The meta listener: what Kubernetes probes and Prometheus scrape.
 

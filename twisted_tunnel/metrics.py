@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_metrics -*-
+# -*- test-case-name: tests.metrics.test_metrics -*-
 """
 What the server's and the agent's Prometheus metrics share
 (L{twisted_tunnel.server.metrics}, L{twisted_tunnel.agent.metrics}), each

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_wire -*-
+# -*- test-case-name: tests.wire.test_wire -*-
 """
 The tunnel's wire format, sans-IO: bytes in, frames out; frames in, bytes out.
 

@@ -10,7 +10,7 @@ may not dial.  It answers PING, records every frame, and otherwise follows
 the protocol well enough for an agent to take it for a server.
 
 It joins an agent in memory (L{HostileServer.plainTunnelFactory}, as
-C{tests.test_replicas.LoadBalancer.routeTo} expects of a replica), or
+C{tests.agent.test_replicas.LoadBalancer.routeTo} expects of a replica), or
 listens on 127.0.0.1 with real TLS and a valid server certificate
 (L{HostileServer.listen}, certificates from L{tests.pki}).
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_agent -*-
+# -*- test-case-name: tests.agent.test_agent -*-
 """
 Tests for L{twisted_tunnel.agent}: what the agent may dial (L{Allowlist}),
 how long it waits between attempts (L{backoffPolicy}), its reconnect loop
@@ -36,6 +36,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.memory import RecordingHandler, TunnelPair, frames, framesOfType
 from twisted_tunnel import wire
 from twisted_tunnel.agent import (
     Allowlist,
@@ -48,8 +49,6 @@ from twisted_tunnel.errors import StreamOpenFailed, TunnelClosed
 from twisted_tunnel.mux import Refused, Tunnel, TunnelAddress
 from twisted_tunnel.net.relay import RelayProtocol
 from twisted_tunnel.wire import ErrorCode, OpenFailReason
-
-from .memory import RecordingHandler, TunnelPair, frames, framesOfType
 
 ip = ipaddress.ip_address
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_replicas -*-
+# -*- test-case-name: tests.agent.test_replicas -*-
 """
 Several server replicas behind one load balancer: the agent holds a tunnel
 to each (L{twisted_tunnel.agent.Reconnector}), a replica refuses a
@@ -24,6 +24,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from tests.agent.test_agent import RecordingPolicy
+from tests.memory import ProtocolFactory, Recorder, TunnelPair, frames, framesOfType
 from twisted_tunnel import wire
 from twisted_tunnel.agent import SEARCH_PATIENCE, SEARCH_SLOWDOWN, VERIFY_INTERVAL, TunnelAgent
 from twisted_tunnel.errors import NodeNotConnected
@@ -31,9 +33,6 @@ from twisted_tunnel.mux import Tunnel
 from twisted_tunnel.server import TunnelServer
 from twisted_tunnel.tls import PeerIdentity
 from twisted_tunnel.wire import ErrorCode
-
-from .memory import ProtocolFactory, Recorder, TunnelPair, frames, framesOfType
-from .test_agent import RecordingPolicy
 
 NODE = "edge-1"
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_security_agent -*-
+# -*- test-case-name: tests.agent.test_security_agent -*-
 """
 The agent facing a hostile or misconfigured server (issue 12, findings 12,
 15 and 16): what a server says must not flood the agent's log, make it
@@ -6,7 +6,7 @@ storm the replicas, or steer its search for the replicas.
 
 Most tests join a real L{TunnelAgent} to real L{TunnelServer} replicas and
 to a L{HostileServer} (a fake server that speaks the wire format itself)
-in memory, on one clock, through C{tests.test_replicas.LoadBalancer}; the
+in memory, on one clock, through C{tests.agent.test_replicas.LoadBalancer}; the
 last ones put the hostile server on 127.0.0.1 with real TLS and a valid
 server certificate.
 """
@@ -26,6 +26,11 @@ from twisted.logger import Logger, LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.agent.hostile_server import HostileServer
+from tests.agent.test_replicas import NODE, AgentBehindALoadBalancer, LoadBalancer, replica
+from tests.memory import TunnelPair
+from tests.pki import TestPKI
+from tests.realnet import waitUntil
 from twisted_tunnel import wire
 from twisted_tunnel._logthrottle import DEFAULT_BURST, DEFAULT_INTERVAL, LogThrottle
 from twisted_tunnel.agent import (
@@ -38,12 +43,6 @@ from twisted_tunnel.agent import (
 from twisted_tunnel.mux import MAX_SERVER_ID, Tunnel, TunnelAddress, validServerId
 from twisted_tunnel.server import TunnelServer
 from twisted_tunnel.wire import ErrorCode, OpenFailReason
-
-from .hostile_server import HostileServer
-from .memory import TunnelPair
-from .pki import TestPKI
-from .realnet import waitUntil
-from .test_replicas import NODE, AgentBehindALoadBalancer, LoadBalancer, replica
 
 pki = TestPKI()
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_connect -*-
+# -*- test-case-name: tests.doors.test_connect -*-
 """
 Tests for L{twisted_tunnel.doors.connect}: the HTTP CONNECT front door, end to
 end over real loopback sockets (a tunnel server, a real agent, an edge

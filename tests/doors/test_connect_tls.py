@@ -14,12 +14,11 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from tests.pki import TestPKI
 from twisted_tunnel.doors.connect import ConnectDoorFactory, refuseAgentCertificates
 from twisted_tunnel.server import TunnelServer
 from twisted_tunnel.tls import agentOptions, serverOptions
 from twisted_tunnel.tls.certs import Issued
-
-from .pki import TestPKI
 
 pki = TestPKI()
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_forward -*-
+# -*- test-case-name: tests.doors.test_forward -*-
 """
 Tests for L{twisted_tunnel.doors.forward}: the C{--forward NODE:PORT=ENDPOINT}
 parser, and static forward listeners over real loopback sockets (a tunnel

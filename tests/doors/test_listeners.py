@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_listeners -*-
+# -*- test-case-name: tests.doors.test_listeners -*-
 """
 The proxy listeners end to end, in one process, on real loopback sockets.
 
@@ -44,6 +44,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
+from tests.pki import TestPKI, temporaryDirectory
+from tests.realnet import REPO_ROOT, plainTunnel, waitUntil
+from tests.services import Lines, OneProtocolFactory, listen
+from tests.websocket import WebSocketClient, WebSocketEcho
 from twisted_tunnel.doors.proxy import ProxyListenerFactory, ProxyRouter
 from twisted_tunnel.files import writeAtomically
 from twisted_tunnel.forwarding.config import (
@@ -62,11 +66,6 @@ from twisted_tunnel.tls import (
 )
 from twisted_tunnel.tls.certs import Issued, mintCA, mintClient, mintServer
 from twisted_tunnel.wire import ErrorCode
-
-from .pki import TestPKI, temporaryDirectory
-from .realnet import REPO_ROOT, plainTunnel, waitUntil
-from .services import Lines, OneProtocolFactory, listen
-from .websocket import WebSocketClient, WebSocketEcho
 
 reactor: Any = _reactor
 

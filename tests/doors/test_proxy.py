@@ -12,6 +12,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.ssl import CertificateOptions
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.realnet import plainTunnel
+from tests.services import Echo, OneProtocolFactory, QuietFactory, RecordingClient, listen
 from twisted_tunnel.doors.proxy import (
     ProxyRouter,
     Routed,
@@ -28,9 +30,6 @@ from twisted_tunnel.forwarding.policy import (
     IForwardingPolicy,
     refuse,
 )
-
-from .realnet import plainTunnel
-from .services import Echo, OneProtocolFactory, QuietFactory, RecordingClient, listen
 
 NODE = "edge-1"
 

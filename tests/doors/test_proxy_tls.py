@@ -17,12 +17,11 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from tests.pki import TestPKI
 from twisted_tunnel.doors.proxy import ProxyListenerFactory, ProxyRouter
 from twisted_tunnel.forwarding.config import ProxyConfig
 from twisted_tunnel.server import TunnelServer
 from twisted_tunnel.tls import agentOptions, proxyServingOptions
-
-from .pki import TestPKI
 
 pki = TestPKI()
 

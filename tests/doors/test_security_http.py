@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_security_http -*-
+# -*- test-case-name: tests.doors.test_security_http -*-
 """
 Security regressions of the HTTP proxy engine and of what every front door
 may cost (issue 12, findings 6, 10, 11 and 18).
@@ -31,6 +31,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from tests.realnet import plainTunnel
+from tests.services import listen
 from twisted_tunnel._text import printable
 from twisted_tunnel.doors.limits import (
     ClientLimiter,
@@ -44,9 +46,6 @@ from twisted_tunnel.forwarding.policy import Carrier, ForwardingDecision, Forwar
 from twisted_tunnel.http.engine import HTTPProxyFactory, RequestHead, Route, RouteRefused
 from twisted_tunnel.http.responses import errorResponse
 from twisted_tunnel.net.transports import heldBytesOf
-
-from .realnet import plainTunnel
-from .services import listen
 
 reactor: Any = _reactor
 CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
@@ -563,7 +562,7 @@ class ClientLimitTests(SynchronousTestCase):
         """
         TLS registers a membrane around our producer; what the producer
         holds is still found (the membrane's internals are pinned in
-        C{tests/test_twisted_internals.py}).
+        C{tests/net/test_twisted_internals.py}).
         """
         tls = TLSMemoryBIOFactory(CertificateOptions(), False, ClientFactory())
         protocol = tls.buildProtocol(CLIENT)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.forwarding.test_config -*-
 """
 Tests for L{twisted_tunnel.forwarding.config}: the C{edge-tunnel-server-cfg} ConfigMap.
 
@@ -69,7 +69,7 @@ EXPECTED_1_20 = ProxyConfig(
 )
 EXPECTED_1_18 = ProxyConfig(dnatPorts={9051})
 
-CONFIG_DOC = Path(__file__).resolve().parent.parent / "docs" / "config.md"
+CONFIG_DOC = Path(__file__).resolve().parents[2] / "docs" / "config.md"
 
 
 def manifest(data: Mapping[str, str]) -> str:

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from tests.pki import temporaryDirectory
 from twisted_tunnel.forwarding.config import Listener
 from twisted_tunnel.forwarding.policy import (
     BUILTIN_POLICIES,
@@ -34,9 +35,8 @@ from twisted_tunnel.forwarding.policy import (
     pluginPolicies,
 )
 
-from .pki import temporaryDirectory
-
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXAMPLES = os.path.join(ROOT, "examples")
 
 
 def request(**kw: Any) -> ForwardingRequest:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_security_config -*-
+# -*- test-case-name: tests.forwarding.test_security_config -*-
 """
 Security regression tests for what the server reads from disk: the
 C{edge-tunnel-server-cfg} ConfigMap (findings 4 and 5 of issue 12) and the
@@ -31,6 +31,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.pki import TestPKI, temporaryDirectory
 from twisted_tunnel.errors import CredentialsError
 from twisted_tunnel.files import FileRefused, readFile
 from twisted_tunnel.forwarding.config import (
@@ -56,11 +57,9 @@ from twisted_tunnel.tap import server as tapserver
 from twisted_tunnel.tls import loadCredentials
 from twisted_tunnel.tls.rotation import watchCredentials
 
-from .pki import TestPKI, temporaryDirectory
-
 pki = TestPKI()
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
 EXAMPLES = os.path.join(ROOT, "examples")
 
 #: A ConfigMap manifest that is fine, and what it means.

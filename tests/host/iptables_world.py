@@ -1,11 +1,11 @@
-# -*- test-case-name: tests.test_iptables -*-
+# -*- test-case-name: tests.host.test_iptables -*-
 """
-The two ends of a DNATed connection, for L{tests.test_iptables} to run
+The two ends of a DNATed connection, for L{tests.host.test_iptables} to run
 inside network namespaces (plain blocking sockets: each is a short-lived
 process of its own, with nothing else to do)::
 
-    python -m tests.iptables_world serve HOST PORT COUNT
-    python -m tests.iptables_world connect HOST PORT
+    python -m tests.host.iptables_world serve HOST PORT COUNT
+    python -m tests.host.iptables_world connect HOST PORT
 
 C{serve} listens on C{HOST:PORT}, prints C{listening} on a line of its own,
 then answers C{COUNT} connections, each with one JSON line: the connection's

@@ -10,11 +10,10 @@ import os
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.pki import temporaryDirectory
+from tests.server.test_registry import record
 from twisted_tunnel.host.hostsfile import HEADER, HostsFile, render
 from twisted_tunnel.server import AgentRegistry
-
-from .pki import temporaryDirectory
-from .test_registry import record
 
 
 class HostsFileTests(SynchronousTestCase):

@@ -16,7 +16,7 @@ Three layers:
       C{commandPrefix} (C{ip netns exec <ns>}), so nothing ever reaches the
       host's own tables.  Rules of other owners are laid down first and
       must come out untouched; leftovers of a "crashed" run must go; and
-      real connections (L{tests.iptables_world}) are DNATed, from OUTPUT
+      real connections (L{tests.host.iptables_world}) are DNATed, from OUTPUT
       and, routed from another namespace, from PREROUTING.
 """
 
@@ -1060,9 +1060,9 @@ class LegacyLifecycleTests(LifecycleTests):
 
 
 def serve(namespace: Namespace, host: str, port: int, count: int) -> subprocess.Popen[str]:
-    """Start L{tests.iptables_world}C{ serve} in C{namespace}; return once it listens."""
+    """Start L{tests.host.iptables_world}C{ serve} in C{namespace}; return once it listens."""
     process = namespace.spawn(
-        [sys.executable, "-m", "tests.iptables_world", "serve", host, str(port), str(count)],
+        [sys.executable, "-m", "tests.host.iptables_world", "serve", host, str(port), str(count)],
         stdout=subprocess.PIPE,
         text=True,
         env=daemonEnvironment(),
@@ -1076,9 +1076,9 @@ def serve(namespace: Namespace, host: str, port: int, count: int) -> subprocess.
 
 
 def connect(namespace: Namespace, host: str, port: int) -> dict[str, Any]:
-    """What L{tests.iptables_world}C{ connect} saw dialling C{host:port} from C{namespace}."""
+    """What L{tests.host.iptables_world}C{ connect} saw dialling C{host:port} from C{namespace}."""
     result = namespace.run(
-        sys.executable, "-m", "tests.iptables_world", "connect", host, str(port),
+        sys.executable, "-m", "tests.host.iptables_world", "connect", host, str(port),
         env=daemonEnvironment(),
     )  # fmt: skip
     report: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_httpproxy -*-
+# -*- test-case-name: tests.http.test_httpproxy -*-
 """
 Tests for L{twisted_tunnel.http.engine}: the HTTP/1.1 forwarding engine of the
 proxy listeners, over real loopback sockets.
@@ -50,6 +50,10 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests import websocket
+from tests.pki import TestPKI
+from tests.services import Lines
+from tests.websocket import WebSocketClient
 from twisted_tunnel.doors.refusals import proxyRefusal
 from twisted_tunnel.errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout
 from twisted_tunnel.http.engine import (
@@ -63,11 +67,6 @@ from twisted_tunnel.http.engine import (
     forwardedRequestHeaders,
     forwardedResponseHeaders,
 )
-
-from . import websocket
-from .pki import TestPKI
-from .services import Lines
-from .websocket import WebSocketClient
 
 reactor: Any = _reactor
 

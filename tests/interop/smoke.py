@@ -784,7 +784,7 @@ def failureRestart(world, pods: dict[str, str]) -> str:
     error stream of a lost exec connection as success (kubectl#1726,
     kubernetes#137404): both exit 0 whatever the tunnel does, exactly as
     when a real kubelet restarts.  That the tunnel resets rather than
-    closes is pinned by C{tests/test_listeners.py}
+    closes is pinned by C{tests/doors/test_listeners.py}
     C{test_upgradedCutByTheTunnelIsReset}.
     """
     from tests.interop.world import AGENT_DRAIN_TIMEOUT

@@ -1,7 +1,7 @@
 """
 The interop world: the real Kubernetes components on both sides of the
 tunnel, in network namespaces (L{tests.netns}), laid out as
-L{tests.e2e_world} lays out its stand-ins, whose L{World} this extends::
+L{tests.system.e2e_world} lays out its stand-ins, whose L{World} this extends::
 
         cloud                          lb                         edge N (N = 1, 2)
   +---------------------------+  +----------------------+  +-------------------------------+
@@ -94,7 +94,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.e2e_world import (
+from tests.interop.build import build
+from tests.netns import pollUntil
+from tests.system.e2e_world import (
     CLOUD_ADDRESS,
     EXIT_TIMEOUT,
     HTTP_LISTENER_PORT,
@@ -107,8 +109,6 @@ from tests.e2e_world import (
     World,
     nodeIP,
 )
-from tests.interop.build import build
-from tests.netns import pollUntil
 from twisted_tunnel.tap.agent import DEFAULT_DRAIN_TIMEOUT
 from twisted_tunnel.tls.certs import _mintLeaf, mintAgent, mintCA, mintClient, mintServer
 

@@ -12,9 +12,8 @@ from prometheus_client import CollectorRegistry, Counter
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
+from tests.realnet import REPO_ROOT
 from twisted_tunnel.meta import Metrics
-
-from .realnet import REPO_ROOT
 
 
 class MetricsTests(SynchronousTestCase):

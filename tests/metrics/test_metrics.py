@@ -3,7 +3,7 @@ Tests for L{twisted_tunnel.metrics} and L{twisted_tunnel.meta}: what the
 counters count, on a real L{TunnelServer} joined in memory to an agent-side
 tunnel (L{tests.memory.TunnelPair}) on a L{Clock}; the text is parsed with
 prometheus_client's parser.  The daemons' meta listeners are tested live in
-L{tests.test_observability}.
+L{tests.system.test_observability}.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
+from tests.memory import ProtocolFactory, Recorder, TunnelPair
 from twisted_tunnel.errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout
 from twisted_tunnel.meta import STALL_LIMIT, Health, Heartbeat, Ready, agentsDocument
 from twisted_tunnel.metrics import handshakeFailureReason, openFailureReason
@@ -26,8 +27,6 @@ from twisted_tunnel.mux import Tunnel
 from twisted_tunnel.server import TunnelServer
 from twisted_tunnel.tls import PeerIdentity
 from twisted_tunnel.wire import OpenFailReason
-
-from .memory import ProtocolFactory, Recorder, TunnelPair
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mux -*-
+# -*- test-case-name: tests.mux.test_mux -*-
 """
 Tests for L{twisted_tunnel.mux}: the HELLO exchange, streams as transports,
 per-stream flow control, half-close, keepalive, drain and protocol errors.
@@ -30,6 +30,18 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.memory import (
+    SMALL_WINDOW,
+    HalfCloser,
+    ProtocolFactory,
+    PushProducer,
+    Recorder,
+    RecordingHandler,
+    TunnelPair,
+    frames,
+    framesOfType,
+    streamOf,
+)
 from twisted_tunnel import mux, wire
 from twisted_tunnel.errors import StreamOpenFailed, StreamOpenTimeout, TunnelClosed
 from twisted_tunnel.mux import ITunnelHandler, Keepalive, Refused, Settings, Tunnel
@@ -48,19 +60,6 @@ from twisted_tunnel.wire import (
     Pong,
     Reset,
     Window,
-)
-
-from .memory import (
-    SMALL_WINDOW,
-    HalfCloser,
-    ProtocolFactory,
-    PushProducer,
-    Recorder,
-    RecordingHandler,
-    TunnelPair,
-    frames,
-    framesOfType,
-    streamOf,
 )
 
 SMALL = Settings(window=SMALL_WINDOW)

@@ -14,6 +14,8 @@ from twisted.internet.interfaces import IReactorPluggableNameResolver, IReactorT
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 
+from tests.realnet import waitUntil
+from tests.services import Echo, QuietFactory, RecordingClient, connectRecordingClient
 from twisted_tunnel.net.eager import (
     EAGER_LIMIT,
     EagerClient,
@@ -21,9 +23,6 @@ from twisted_tunnel.net.eager import (
     EagerServer,
     EagerTCPReactor,
 )
-
-from .realnet import waitUntil
-from .services import Echo, QuietFactory, RecordingClient, connectRecordingClient
 
 DEADLINE = 10.0
 

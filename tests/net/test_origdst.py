@@ -11,7 +11,7 @@ Three layers:
       root and skip otherwise.
 
 In a namespace, this module is also the program that listens and connects
-(C{python -m tests.test_origdst <mode> <scenario>}, see L{main}), so that
+(C{python -m tests.net.test_origdst <mode> <scenario>}, see L{main}), so that
 the connections are made inside the namespace by a real Twisted reactor.
 Each connection's server side answers with one JSON line: what
 L{originalDestination} said, what the kernel said (the raw
@@ -425,7 +425,7 @@ async def connectAll(reactor: Any, connections: Sequence[dict[str, Any]]) -> dic
 
 def main(argv: Sequence[str]) -> None:
     """
-    C{python -m tests.test_origdst <mode> <scenario JSON>}, run in a namespace.
+    C{python -m tests.net.test_origdst <mode> <scenario JSON>}, run in a namespace.
 
     The scenario is C{{"listeners": [...], "connections": [...]}} (see
     L{listen} and L{connectAll}).  Modes:
@@ -459,7 +459,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 def scenarioCommand(mode: str, scenario: dict[str, Any]) -> list[str]:
-    return [sys.executable, "-m", "tests.test_origdst", mode, json.dumps(scenario)]
+    return [sys.executable, "-m", "tests.net.test_origdst", mode, json.dumps(scenario)]
 
 
 def runScenario(namespace: Namespace, scenario: dict[str, Any]) -> dict[str, Any]:

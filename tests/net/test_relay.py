@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_relay -*-
+# -*- test-case-name: tests.net.test_relay -*-
 """
 Tests for L{twisted_tunnel.net.relay}: two connections joined with
 back-pressure both ways, half-closes passed on, aborts passed on.
@@ -17,10 +17,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from tests.memory import SMALL_WINDOW, HalfCloser, Recorder, TunnelPair, streamOf
 from twisted_tunnel.mux import Settings
 from twisted_tunnel.net.relay import RelayProtocol, halfClose, splice
-
-from .memory import SMALL_WINDOW, HalfCloser, Recorder, TunnelPair, streamOf
 
 
 class TCPLikeTransport(StringTransport):

@@ -17,6 +17,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from tests.services import listen
 from twisted_tunnel.net._twisted import (
     innerProducer,
     listeningPort,
@@ -24,8 +25,6 @@ from twisted_tunnel.net._twisted import (
     raiseListenErrors,
     sendBufferIdle,
 )
-
-from .services import listen
 
 
 def _descriptor() -> FileDescriptor:

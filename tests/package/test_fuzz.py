@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_fuzz -*-
+# -*- test-case-name: tests.package.test_fuzz -*-
 """
 Fuzzing every parser that a peer or a client can reach, for crashes and
 for unbounded work or memory, not only for round trips:
@@ -47,6 +47,9 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from tests.agent.test_agent import FakeEndpoint, RecordingPolicy
+from tests.http import test_h1
+from tests.wire.test_wire import frameStrategy
 from twisted_tunnel import wire
 from twisted_tunnel.agent import TunnelAgent
 from twisted_tunnel.doors.connect import BadTarget, ConnectDoorFactory, ConnectTarget, parseTarget
@@ -66,10 +69,6 @@ from twisted_tunnel.wire import (
     Hello,
     ProtocolError,
 )
-
-from . import test_h1
-from .test_agent import FakeEndpoint, RecordingPolicy
-from .test_wire import frameStrategy
 
 #: C{long}: the campaign of bench/fuzz.py (random, larger inputs).
 FUZZ_ENVIRONMENT = "TWISTED_TUNNEL_FUZZ"
@@ -554,7 +553,7 @@ class HTTPFuzzTests(SynchronousTestCase):
         """
         Against h11, on bytes near valid requests: h1 gives the same events
         and states, or refuses where h11 went on, only for what h1 means to
-        be stricter about (see C{tests/test_h1.py}); it never takes what
+        be stricter about (see C{tests/http/test_h1.py}); it never takes what
         h11 refuses.
         """
         chunks = reads(data, points)
@@ -731,7 +730,7 @@ class FoundByFuzzingTests(SynchronousTestCase):
 def stricter(data: bytes) -> bool:
     """
     Whether C{data} holds something h1 refuses on purpose where h11 is
-    lenient (tests/test_h1.py's C{STRICTER}).
+    lenient (tests/http/test_h1.py's C{STRICTER}).
     """
     lowered = data.lower()
     return bool(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-PACKAGE = Path(__file__).resolve().parent.parent / "twisted_tunnel"
+PACKAGE = Path(__file__).resolve().parents[2] / "twisted_tunnel"
 
 #: The layers, lowest first: a layer is a folder (or a top-level module);
 #: names on one line are one layer, whose members must not import each

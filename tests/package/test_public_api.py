@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_public_api -*-
+# -*- test-case-name: tests.package.test_public_api -*-
 """
 The public API (C{twisted_tunnel/__init__.py}): every name is there,
 documented and loaded lazily; the snippets that document it run; and the
@@ -24,10 +24,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 import twisted_tunnel
+from tests.pki import TestPKI, temporaryDirectory
 
-from .pki import TestPKI, temporaryDirectory
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 INIT = os.path.join(REPO_ROOT, "twisted_tunnel", "__init__.py")
 
 PUBLIC = [name for name in twisted_tunnel.__all__ if name != "__version__"]

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_security_doc -*-
+# -*- test-case-name: tests.package.test_security_doc -*-
 """
 docs/security.md is the threat model: every "cannot" it claims names the
 test that proves it.  This checks that each named test exists, so the
@@ -15,10 +15,10 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "security.md"
 
-#: C{tests/test_x.py::Class} or C{tests/test_x.py::Class::test_name}
+#: C{tests/layer/test_x.py::Class} or C{tests/layer/test_x.py::Class::test_name}
 _REFERENCE = re.compile(r"`(tests/[\w/]+\.py)::(\w+)(?:::(\w+))?`")
 
 

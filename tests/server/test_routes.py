@@ -8,7 +8,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_registry import record
+from tests.server.test_registry import record
 from twisted_tunnel.server import AgentRegistry
 from twisted_tunnel.server.routes import GoneNode, RoutedNode, RoutedNodes
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_security_identity -*-
+# -*- test-case-name: tests.server.test_security_identity -*-
 """
 Security regression tests for who an agent is and what it may claim
 (issue 12, findings 1, 2, 9, 17, 19 and 21).
@@ -11,7 +11,7 @@ certificate's IP subjectAltNames); a tunnel is closed when its certificate
 expires or stops passing the trusted CAs; and nothing that mints or
 accepts a client's certificate mistakes it for a node's.
 
-Most tests are real: a L{tests.hostile.HostileAgent} sends the HELLO the
+Most tests are real: a L{tests.server.hostile.HostileAgent} sends the HELLO the
 test wants, with a certificate from L{tests.pki}, over mutual TLS on
 127.0.0.1 to a real L{TunnelServer}, whose clock is a L{Clock} (set to the
 wall clock's time, since TLS checks validity in real time) that the test
@@ -39,6 +39,9 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.pki import TestPKI, temporaryDirectory
+from tests.server.hostile import HostileAgent, HostileAgentConnection, listenForAgents, serverClock
+from tests.services import listen
 from twisted_tunnel import cli
 from twisted_tunnel.doors.connect import ConnectDoorFactory, refuseAgentCertificates
 from twisted_tunnel.doors.proxy import ProxyListenerFactory, ProxyRouter
@@ -49,10 +52,6 @@ from twisted_tunnel.tap import server as tapserver
 from twisted_tunnel.tls import agentOptions, makeCredentials, proxyServingOptions, serverOptions
 from twisted_tunnel.tls.certs import Issued, mintClient
 from twisted_tunnel.wire import ErrorCode
-
-from .hostile import HostileAgent, HostileAgentConnection, listenForAgents, serverClock
-from .pki import TestPKI, temporaryDirectory
-from .services import listen
 
 pki = TestPKI()
 

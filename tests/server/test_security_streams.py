@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_security_streams -*-
+# -*- test-case-name: tests.server.test_security_streams -*-
 """
 Security regression tests for the multiplexer's and the relays' resource
 bounds (issue 12, findings 7 and 14): a peer that floods a tunnel with
@@ -31,6 +31,21 @@ from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tests.agent.test_agent import FakeEndpoint, RecordingPolicy
+from tests.doors.test_security_http import Upstreams
+from tests.memory import (
+    SMALL_WINDOW,
+    HalfCloser,
+    ProtocolFactory,
+    Recorder,
+    RecordingHandler,
+    TunnelPair,
+    frames,
+    framesOfType,
+    streamOf,
+)
+from tests.net.test_relay import TCPLikeTransport
+from tests.pki import TestPKI, temporaryDirectory
 from twisted_tunnel.agent import (
     DEFAULT_MAX_BUFFER,
     DEFAULT_MAX_STREAMS_TOTAL,
@@ -66,22 +81,6 @@ from twisted_tunnel.tap import agent as tapagent
 from twisted_tunnel.tap import server as tapserver
 from twisted_tunnel.tls import PeerIdentity
 from twisted_tunnel.wire import ErrorCode, GoAway, Hello, Open, OpenFail, OpenFailReason, Ping
-
-from .memory import (
-    SMALL_WINDOW,
-    HalfCloser,
-    ProtocolFactory,
-    Recorder,
-    RecordingHandler,
-    TunnelPair,
-    frames,
-    framesOfType,
-    streamOf,
-)
-from .pki import TestPKI, temporaryDirectory
-from .test_agent import FakeEndpoint, RecordingPolicy
-from .test_relay import TCPLikeTransport
-from .test_security_http import Upstreams
 
 pki = TestPKI()
 

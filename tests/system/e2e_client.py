@@ -1,10 +1,10 @@
 """
-An HTTP Upgrade client for the end-to-end suite (L{tests.test_e2e}): what
+An HTTP Upgrade client for the end-to-end suite (L{tests.system.test_e2e}): what
 C{kubectl exec} does to the kubelet, reduced to its bones, run inside the
 cloud namespace as its own process (curl cannot drive an upgraded
 connection)::
 
-    python -m tests.e2e_client --connect 10.200.0.1:10263 --tls \\
+    python -m tests.system.e2e_client --connect 10.200.0.1:10263 --tls \\
         --cert apiserver.pem --key apiserver-key.pem \\
         --host 172.30.1.10:10250 --path /exec/default/pod/c
 

@@ -1,8 +1,8 @@
 """
-A kubelet stand-in for the end-to-end suite (L{tests.test_e2e}), run inside
+A kubelet stand-in for the end-to-end suite (L{tests.system.test_e2e}), run inside
 an edge namespace as its own process::
 
-    python -m tests.e2e_kubelet --node edge-1 --node-ip 172.30.1.10 \\
+    python -m tests.system.e2e_kubelet --node edge-1 --node-ip 172.30.1.10 \\
         --cert kubelet.pem --key kubelet-key.pem --client-ca kubelet-ca.pem
 
 It listens where a node's services do:

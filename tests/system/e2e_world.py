@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_e2e -*-
+# -*- test-case-name: tests.system.test_e2e -*-
 """
-The end-to-end suite's network (L{tests.test_e2e}): a cloud, a load
+The end-to-end suite's network (L{tests.system.test_e2e}): a cloud, a load
 balancer and edge nodes, each a network namespace of its own
 (L{tests.netns}), with the real daemons, HAProxy, a kubelet stand-in and
 curl::
@@ -495,7 +495,7 @@ class World:
     def _startKubelet(self, edge: Edge) -> Process:
         cert, key = self.kubeletCerts[edge.name]
         argv = [
-            sys.executable, "-m", "tests.e2e_kubelet",
+            sys.executable, "-m", "tests.system.e2e_kubelet",
             "--node", edge.name, "--node-ip", edge.nodeIP,
             "--cert", cert, "--key", key, "--client-ca", self.kubeletCA,
         ]  # fmt: skip
@@ -691,7 +691,7 @@ class World:
         return lines, exitCode, error
 
     def runInCloud(self, *argv: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
-        """Run a program (a Python module of ours: C{-m tests.e2e_client}...) in the cloud."""
+        """Run a program (a module of ours: C{-m tests.system.e2e_client}...) in the cloud."""
         return subprocess.run(
             self.cloud.command(sys.executable, *argv),
             capture_output=True,

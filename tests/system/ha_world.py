@@ -1,7 +1,7 @@
-# -*- test-case-name: tests.test_ha -*-
+# -*- test-case-name: tests.system.test_ha -*-
 """
-The fault tests' network (L{tests.test_ha}): the world of
-L{tests.e2e_world} with three server replicas instead of one, HAProxy in
+The fault tests' network (L{tests.system.test_ha}): the world of
+L{tests.system.e2e_world} with three server replicas instead of one, HAProxy in
 front of their proxy listeners as well as their tunnel ports, and clients
 that run as threads of the test process::
 
@@ -79,8 +79,10 @@ import attrs
 from attrs import frozen
 from cryptography import x509
 
-from tests.e2e_kubelet import READONLY_PORT, bigBody
-from tests.e2e_world import (
+from tests.netns import Namespace, pollUntil
+from tests.pki import TestPKI
+from tests.system.e2e_kubelet import READONLY_PORT, bigBody
+from tests.system.e2e_world import (
     HTTP_LISTENER_PORT,
     LB_ADDRESS,
     LB_CLOUD_SIDE,
@@ -92,8 +94,6 @@ from tests.e2e_world import (
     Scope,
     World,
 )
-from tests.netns import Namespace, pollUntil
-from tests.pki import TestPKI
 from twisted_tunnel.tls.certs import Issued, mintAgent, mintServer
 
 __all__ = [

@@ -1,9 +1,9 @@
-# -*- test-case-name: tests.test_rawproxy -*-
+# -*- test-case-name: tests.system.test_rawproxy -*-
 """
-A whole raw TCP proxy world in one process, for L{tests.test_rawproxy} to
+A whole raw TCP proxy world in one process, for L{tests.system.test_rawproxy} to
 run inside a network namespace::
 
-    python -m tests.rawproxy_world < scenario.json
+    python -m tests.system.rawproxy_world < scenario.json
 
 In that process: a plain-TCP L{TunnelServer} on 127.0.0.1, a
 L{TunnelAgent} for node C{edge-1} announcing the scenario's node IP, an
@@ -240,7 +240,7 @@ class World:
 
 def main() -> None:
     """
-    C{python -m tests.rawproxy_world < scenario.json}: the scenario, one
+    C{python -m tests.system.rawproxy_world < scenario.json}: the scenario, one
     JSON object on stdin, is C{{"nodeIP", "echoPort", "listenerPort",
     "config": <ConfigMap data>, "connections": [{"case", "host", "port",
     "send"}, ...]}}.

@@ -1,15 +1,15 @@
-# -*- test-case-name: tests.test_e2e -*-
+# -*- test-case-name: tests.system.test_e2e -*-
 """
 The end-to-end suite: the real daemons on a real network of namespaces
-(L{tests.e2e_world}): a cloud running C{twistd edge-tunnel-server} and the
+(L{tests.system.e2e_world}): a cloud running C{twistd edge-tunnel-server} and the
 clients, a load balancer running HAProxy in TCP mode (the only address the
 edges can reach), and two edges behind it, each with a private node
 address the cloud has no route to, an C{edge-tunnel-agent} dialing out
-through HAProxy, and a kubelet stand-in (L{tests.e2e_kubelet}).
+through HAProxy, and a kubelet stand-in (L{tests.system.e2e_kubelet}).
 
 Every request is made from the cloud namespace with plain C{curl} (no
 proxy settings), as kube-apiserver and metrics-server make theirs, or, for
-an upgraded connection, which curl cannot drive, with L{tests.e2e_client}:
+an upgraded connection, which curl cannot drive, with L{tests.system.e2e_client}:
 
     - L{ProxyListenersEndToEndTests}: the server runs with C{--no-iptables};
       clients reach the proxy listeners by address and name their target
@@ -39,9 +39,10 @@ from collections.abc import Sequence
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e_client import MESSAGES
-from tests.e2e_kubelet import LOG_INTERVAL, LOG_LINES, bigBody, logLine
-from tests.e2e_world import (
+from tests.netns import requireNetns
+from tests.system.e2e_client import MESSAGES
+from tests.system.e2e_kubelet import LOG_INTERVAL, LOG_LINES, bigBody, logLine
+from tests.system.e2e_world import (
     CLOUD_ADDRESS,
     HTTP_LISTENER_PORT,
     HTTPS_LISTENER_PORT,
@@ -50,7 +51,6 @@ from tests.e2e_world import (
     World,
     normalizedTable,
 )
-from tests.netns import requireNetns
 from twisted_tunnel.tls.certs import mintAgent
 
 #: What the suite runs besides C{ip}.
@@ -240,7 +240,7 @@ class ProxyListenersEndToEndTests(SynchronousTestCase):
         """
         for edge in self.edges:
             completed = self.world.runInCloud(
-                "-m", "tests.e2e_client",
+                "-m", "tests.system.e2e_client",
                 "--connect", f"{CLOUD_ADDRESS}:{HTTPS_LISTENER_PORT}", "--tls",
                 *self.world.clientCertificate(),
                 "--host", f"{edge.nodeIP}:10250",
@@ -408,7 +408,7 @@ class TransparentInterceptionEndToEndTests(SynchronousTestCase):
         """
         for edge in self.edges:
             completed = self.world.runInCloud(
-                "-m", "tests.e2e_client",
+                "-m", "tests.system.e2e_client",
                 "--connect", f"{edge.nodeIP}:10250", "--tls",
                 *self.world.clientCertificate(),
                 "--host", f"{edge.nodeIP}:10250",

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_examples -*-
+# -*- test-case-name: tests.system.test_examples -*-
 """
 The programs in C{examples/} run, as a reader would run them, and do what
 they say.
@@ -17,7 +17,7 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = os.path.join(REPO_ROOT, "examples")
 
 #: Each example takes about a second; this is for a loaded machine.

@@ -2,18 +2,18 @@
 Fault tests of the end-to-end suite: three server replicas behind HAProxy,
 two edges whose agents each hold a tunnel to every replica, and a load of
 requests through a second HAProxy in front of the replicas' HTTP proxy
-listeners (L{tests.ha_world}).  Each test breaks something while
+listeners (L{tests.system.ha_world}).  Each test breaks something while
 requests flow and checks that:
 
     - no byte is lost or corrupted on the requests that complete (every
-      200 body has its SHA-256, L{tests.ha_world.BODY_DIGEST});
+      200 body has its SHA-256, L{tests.system.ha_world.BODY_DIGEST});
     - no client waits forever on one that cannot complete (every request
       ends within its client's time limit, a stream cut off by the fault
       sees its connection close);
     - service comes back, within a bound the daemons' settings promise.
 
 The numbers each test measures (success rates, reconnect and detection
-times) go to its output as one C{HA:} line (C{pytest -s tests/test_ha.py}
+times) go to its output as one C{HA:} line (C{pytest -s tests/system/test_ha.py}
 shows them), and into its failure messages with the daemons' logs.
 
 Each test builds its own world (about two seconds) since each breaks it.
@@ -30,8 +30,9 @@ from collections.abc import Sequence
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e_world import HTTP_LISTENER_PORT, LB_ADDRESS, TUNNEL_PORT, Edge
-from tests.ha_world import (
+from tests.netns import pollUntil, requireNetns
+from tests.system.e2e_world import HTTP_LISTENER_PORT, LB_ADDRESS, TUNNEL_PORT, Edge
+from tests.system.ha_world import (
     ALL_TUNNELS_UP,
     CLIENT_LB,
     DEAD_AFTER,
@@ -52,7 +53,6 @@ from tests.ha_world import (
     servedCertificate,
     tally,
 )
-from tests.netns import pollUntil, requireNetns
 
 #: What the suite runs besides C{ip}.
 COMMANDS = ("iptables", "haproxy", "ss")

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_interop -*-
+# -*- test-case-name: tests.system.test_interop -*-
 """
 The real Kubernetes components through the tunnel (issue 13), as part of
 the suite: C{tests/interop/smoke.py} brings up the interop world (network
@@ -25,13 +25,13 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .interop.build import cached
-from .interop.smoke import ITEMS as NAMES
-from .netns import requireNetns
+from tests.interop.build import cached
+from tests.interop.smoke import ITEMS as NAMES
+from tests.netns import requireNetns
 
 HERE = Path(__file__).resolve().parent
-SMOKE = HERE / "interop" / "smoke.py"
-REPO_ROOT = HERE.parent
+SMOKE = HERE.parent / "interop" / "smoke.py"
+REPO_ROOT = HERE.parents[1]
 
 #: The components the world runs, each built by tests/interop/build.py.
 COMPONENTS = ("etcd", "kube", "kubelet", "metrics-server")

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_manifests -*-
+# -*- test-case-name: tests.system.test_manifests -*-
 """
 The Kubernetes manifests in C{examples/kubernetes/}: every object is valid
 against Kubernetes' own schemas (strict: an unknown or misspelt field
@@ -34,11 +34,11 @@ from twisted.python.usage import Options, UsageError
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tests.forwarding.test_config import SEED_1_20
 from tests.interop.build import cached
-from tests.test_config import SEED_1_20
 from twisted_tunnel.tap import agent, server
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO_ROOT / "examples" / "kubernetes"
 #: The product page, where the mission's shared folder lies beside the repository.
 SEED_PAGE = REPO_ROOT.parent / "shared" / "seed" / "edge-tunnel-overview.txt"

@@ -2,7 +2,7 @@
 What an operator sees of running daemons: the meta listeners (C{/healthz},
 C{/readyz}, C{/metrics}, C{/agents}), C{edge-tunnel status}, and JSON logs.
 
-Real processes (L{tests.test_daemons.TunnelProcessesTestCase}: a server
+Real processes (L{tests.system.test_daemons.TunnelProcessesTestCase}: a server
 and an agent with six streams flowing through them); the metrics text is
 parsed with prometheus_client's own parser, never grepped.
 """
@@ -19,9 +19,9 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 from twisted.internet.utils import getProcessOutputAndValue
 
+from tests.metrics.test_metrics import Samples, parseSamples
 from tests.realnet import Daemon, daemonEnvironment, waitUntil
-from tests.test_daemons import ConnectReceiver, TunnelProcessesTestCase
-from tests.test_metrics import Samples, parseSamples
+from tests.system.test_daemons import ConnectReceiver, TunnelProcessesTestCase
 from twisted_tunnel import __version__
 
 

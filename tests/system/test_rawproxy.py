@@ -11,7 +11,7 @@ original destination, which only iptables DNAT gives it.  So:
     - in a network namespace (L{tests.netns}; root only, skipped otherwise
       unless C{CI=true}): the whole world (tunnel server, agent for
       C{edge-1} with node IP C{10.123.0.7}, echo service, raw listener) runs
-      in one process inside the namespace (L{tests.rawproxy_world}), and
+      in one process inside the namespace (L{tests.system.rawproxy_world}), and
       iptables DNAT in the namespace's C{OUTPUT} chain brings
       C{10.123.0.7:<port>} to the listener.  A forwarded port is echoed
       through the tunnel; a port that is not forwarded, and a connection
@@ -28,9 +28,9 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.netns import Namespace, requireNetns
-from tests.rawproxy_world import NODE, REFUSAL_FORMAT, SCENARIO_TIMEOUT
 from tests.realnet import daemonEnvironment, plainTunnel, waitUntil
 from tests.services import connectRecordingClient, listen
+from tests.system.rawproxy_world import NODE, REFUSAL_FORMAT, SCENARIO_TIMEOUT
 from twisted_tunnel.doors.proxy import ProxyRouter, RawProxyFactory
 from twisted_tunnel.forwarding.config import parseConfigData
 
@@ -91,7 +91,7 @@ class LoopbackTests(TestCase):
 
 
 def scenario(connections: list[dict[str, Any]]) -> dict[str, Any]:
-    """What L{tests.rawproxy_world} builds, and which clients it connects."""
+    """What L{tests.system.rawproxy_world} builds, and which clients it connects."""
     return {
         "nodeIP": NODE_IP,
         "echoPort": ECHO_PORT,
@@ -131,11 +131,11 @@ class NamespaceTests(SynchronousTestCase):
             )  # fmt: skip
 
     def runWorld(self, connections: list[dict[str, Any]]) -> dict[str, Any]:
-        """Run L{tests.rawproxy_world} in the namespace; its report."""
+        """Run L{tests.system.rawproxy_world} in the namespace; its report."""
         result = self.namespace.run(
             sys.executable,
             "-m",
-            "tests.rawproxy_world",
+            "tests.system.rawproxy_world",
             input=json.dumps(scenario(connections)),
             env=daemonEnvironment(),
             timeout=SCENARIO_TIMEOUT + 5,

@@ -26,7 +26,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.test_bench_agents import agents
+from tests.system.test_bench_agents import agents
 
 #: The issue's numbers.
 AGENTS = 1000
@@ -165,7 +165,7 @@ class StormTests(TestCase):
 
         def check(result: object) -> None:
             assert isinstance(result, agents.StormResult)
-            report = agents.stormReport([result], ["(tests/test_storm.py)"], 0)
+            report = agents.stormReport([result], ["(tests/system/test_storm.py)"], 0)
             self.assertEqual(result.verdict(), [], report)
             self.assertEqual(len(result.back), AGENTS, report)
             allBack = result.allBackSeconds

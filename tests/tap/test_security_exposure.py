@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_security_exposure -*-
+# -*- test-case-name: tests.tap.test_security_exposure -*-
 """
 Security regressions of what the server exposes, and to whom (issue 12,
 findings 3, 8, 13 and 22, and the issue's "done when": a fresh
@@ -49,16 +49,15 @@ from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.doors.test_proxy_tls import Ask
+from tests.netns import Namespace, pollUntil, requireNetns
+from tests.pki import TestPKI, temporaryDirectory
+from tests.realnet import REPO_ROOT, daemonEnvironment
 from twisted_tunnel.forwarding.config import ProxyConfig
 from twisted_tunnel.host.iptables import renderRules
 from twisted_tunnel.meta import Heartbeat, metaSite
 from twisted_tunnel.tap import server as tapserver
 from twisted_tunnel.tls.certs import mintAgent, mintCA, mintClient
-
-from .netns import Namespace, pollUntil, requireNetns
-from .pki import TestPKI, temporaryDirectory
-from .realnet import REPO_ROOT, daemonEnvironment
-from .test_proxy_tls import Ask
 
 reactor: Any = _reactor
 pki = TestPKI()

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.tap.test_tap -*-
 """
 Tests for the daemons' command lines, L{twisted_tunnel.tap.server} and
 L{twisted_tunnel.tap.agent}, in the style of Twisted's own tap tests:
@@ -32,6 +32,7 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from tests.pki import CredentialPaths, TestPKI, temporaryDirectory
 from twisted_tunnel.agent import TunnelAgent
 from twisted_tunnel.doors.connect import ConnectDoorFactory
 from twisted_tunnel.doors.forward import ForwardFactory
@@ -42,8 +43,6 @@ from twisted_tunnel.tap import agent as tapagent
 from twisted_tunnel.tap import server as tapserver
 from twisted_tunnel.tls import Credentials
 from twisted_tunnel.tls.rotation import CredentialsWatcher
-
-from .pki import CredentialPaths, TestPKI, temporaryDirectory
 
 pki = TestPKI()
 

@@ -17,6 +17,9 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.pki import CredentialPaths, TestPKI, temporaryDirectory
+from tests.realnet import waitUntil
+from tests.server.test_integration import DEADLINE, ExchangeClient, TunnelTestCase
 from twisted_tunnel.agent import TunnelAgent
 from twisted_tunnel.tls import Credentials, loadCredentials, serverOptions
 from twisted_tunnel.tls.certs import Issued
@@ -27,10 +30,6 @@ from twisted_tunnel.tls.rotation import (
     watchCredentials,
 )
 from twisted_tunnel.wire import ErrorCode
-
-from .pki import CredentialPaths, TestPKI, temporaryDirectory
-from .realnet import waitUntil
-from .test_integration import DEADLINE, ExchangeClient, TunnelTestCase
 
 pki = TestPKI()
 INTERVAL = 10.0

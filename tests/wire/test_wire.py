@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_wire -*-
+# -*- test-case-name: tests.wire.test_wire -*-
 """
 Tests for L{twisted_tunnel.wire}, the sans-IO frame codec.
 
@@ -48,7 +48,7 @@ from twisted_tunnel.wire import (
     decodeAll,
 )
 
-PROTOCOL_DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+PROTOCOL_DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
 _propertySettings = settings(max_examples=200, deadline=None)
 
@@ -473,7 +473,7 @@ class MalformedFrameTests(SynchronousTestCase):
                 self.fail("deeply nested HELLO info accepted")
             self.assertRaises(ProtocolError, lambda d=decoder: list(d.feed(b"")))
 
-    # Found by tests/test_fuzz.py: both decoded into a Hello whose encode()
+    # Found by tests/package/test_fuzz.py: both decoded into a Hello whose encode()
     # raised ValueError (and whose text no UTF-8 log writer can write).
     def test_helloNumberOutOfRange(self) -> None:
         """
@@ -708,7 +708,7 @@ _frames = st.one_of(
     st.builds(GoAway, _u16, _texts),
 )
 
-#: Any valid frame (tests/test_fuzz.py mutates them).
+#: Any valid frame (tests/package/test_fuzz.py mutates them).
 frameStrategy = _frames
 
 

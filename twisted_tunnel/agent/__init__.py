@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_agent -*-
+# -*- test-case-name: tests.agent.test_agent -*-
 """
 The edge side: dial out to the server, keep the tunnel up, dial what the
 server asks for, within limits.

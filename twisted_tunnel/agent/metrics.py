@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_metrics -*-
+# -*- test-case-name: tests.metrics.test_metrics -*-
 """
 The agent's Prometheus metrics (L{AgentMetrics}), in a registry of its
 own; what they mean is listed in C{docs/operations.md}.

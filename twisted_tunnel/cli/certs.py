@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.cli.test_cli -*-
 """
 C{edge-tunnel certs}: the tunnel's private PKI in a directory (C{./pki} by
 default): the CA, the server's, each agent's and each client's certificate.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_status -*-
+# -*- test-case-name: tests.cli.test_status -*-
 """
 C{edge-tunnel status}: a server's agents and totals at a glance, from its
 meta listener (C{/agents} and C{/readyz}, see L{twisted_tunnel.meta})::

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_connect -*-
+# -*- test-case-name: tests.doors.test_connect -*-
 """
 The HTTP CONNECT front door: how kube-apiserver (EgressSelectorConfiguration
 with C{proxyProtocol: HTTPConnect}), C{curl -p -x} and any HTTP client that

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_forward -*-
+# -*- test-case-name: tests.doors.test_forward -*-
 """
 Static forward listeners: every connection accepted on a local endpoint is
 carried to one fixed port on one edge node, like C{ssh -R}'s forwards.

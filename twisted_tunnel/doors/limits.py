@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_security_http -*-
+# -*- test-case-name: tests.doors.test_security_http -*-
 """
 What the clients of one front door may cost the server: connections, and
 memory held for clients that do not read.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxy -*-
+# -*- test-case-name: tests.doors.test_proxy -*-
 """
 The proxy listeners' routing: which node, which port, which policy.
 

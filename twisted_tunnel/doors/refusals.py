@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_refusals -*-
+# -*- test-case-name: tests.doors.test_refusals -*-
 """
 The status each front door answers a failed stream open with: one table
 per door, over the one reading of the failure (L{openFailure}).

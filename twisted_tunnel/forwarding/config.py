@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.forwarding.test_config -*-
 """
 The C{edge-tunnel-server-cfg} ConfigMap: which edge node ports the server's
 proxy listeners forward, and how.

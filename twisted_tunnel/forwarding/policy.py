@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_policy -*-
+# -*- test-case-name: tests.forwarding.test_policy -*-
 """
 Forwarding policies: for a connection that arrived at a proxy listener and
 the node port it is for, what the agent should dial and how to carry it.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_table -*-
+# -*- test-case-name: tests.forwarding.test_table -*-
 """
 The forwarding in force: a configuration and the policies it binds,
 replaced as a whole, and the one question routing asks of it.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_hostsfile -*-
+# -*- test-case-name: tests.host.test_hostsfile -*-
 """
 Node-name routing for DNS setups: a hosts file of the connected nodes.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_iptables -*-
+# -*- test-case-name: tests.host.test_iptables -*-
 """
 Transparent interception on the server's host: iptables DNAT of every
 connected edge node's forwarded ports to the proxy listeners.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_httpproxy -*-
+# -*- test-case-name: tests.http.test_httpproxy -*-
 """
 An HTTP/1.1 forwarding engine for the server's proxy listeners.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_h1 -*-
+# -*- test-case-name: tests.http.test_h1 -*-
 """
 A sans-IO HTTP/1.1 codec: the part of C{h11}'s API that the proxy engine
 (L{twisted_tunnel.http.engine}) uses, several times faster, and as strict.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mux -*-
+# -*- test-case-name: tests.mux.test_mux -*-
 """
 The multiplexer: many streams over one connection, each a real transport.
 

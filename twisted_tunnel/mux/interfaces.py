@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mux -*-
+# -*- test-case-name: tests.mux.test_mux -*-
 """
 What the multiplexer asks of the rest of the package: the role of each end
 (L{ITunnelHandler}), the meter (L{ITunnelMeter}), a stream's address, and a

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mux -*-
+# -*- test-case-name: tests.mux.test_mux -*-
 """
 One timer that checks every tunnel's keepalive (L{KeepaliveSweep}).
 """

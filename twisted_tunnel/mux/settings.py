@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mux -*-
+# -*- test-case-name: tests.mux.test_mux -*-
 """
 The settings both ends of a tunnel agree on or keep: HELLO's settings, keepalive
 timing, server ids, and the agent's budget of streams and buffered bytes.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mux -*-
+# -*- test-case-name: tests.mux.test_mux -*-
 """
 One stream inside a tunnel, as a Twisted transport (L{Stream}), and the stand-in for
 frames that arrive for a stream already gone.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mux -*-
+# -*- test-case-name: tests.mux.test_mux -*-
 """
 The protocol on the connection between an agent and a server (L{Tunnel}): it speaks
 the frames, opens and accepts streams, keeps the connection alive and drains it.

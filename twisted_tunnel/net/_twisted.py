@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_twisted_internals -*-
+# -*- test-case-name: tests.net.test_twisted_internals -*-
 """
 Every private attribute of Twisted this package reads or sets, in one
 place: each has no public equivalent, and each is pinned by

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_origdst -*-
+# -*- test-case-name: tests.net.test_origdst -*-
 """
 Where a DNATed connection was really going: Linux's C{SO_ORIGINAL_DST}.
 

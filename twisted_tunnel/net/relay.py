@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_relay -*-
+# -*- test-case-name: tests.net.test_relay -*-
 """
 Relaying bytes between two connections with back-pressure both ways.
 

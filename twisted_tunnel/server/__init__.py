@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_server -*-
+# -*- test-case-name: tests.server.test_integration -*-
 """
 The cloud side: accept agents, know who is connected, open streams to them.
 

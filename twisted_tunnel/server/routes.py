@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_routes -*-
+# -*- test-case-name: tests.server.test_routes -*-
 """
 Which nodes the server takes traffic for: the connected ones, and for a
 while the ones whose agent has just gone.

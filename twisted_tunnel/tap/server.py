@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.tap.test_tap -*-
 """
 C{twistd edge-tunnel-server}: the cloud side.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tls -*-
+# -*- test-case-name: tests.tls.test_tls -*-
 """
 Mutual TLS for the tunnel: credentials, connection options, and peer identity.
 

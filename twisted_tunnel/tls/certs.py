@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_certs -*-
+# -*- test-case-name: tests.tls.test_certs -*-
 """
 Minting the tunnel's private PKI with C{cryptography}.
 
