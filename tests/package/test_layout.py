@@ -3,7 +3,7 @@ The tests follow the library's layers: C{tests/<layer>/} tests
 C{twisted_tunnel/<layer>/}, C{tests/package/} the package as a whole, and
 C{tests/system/} the worlds that start real processes.  This keeps the
 pointers into that tree honest: the C{test-case-name} headers (what
-C{trial} runs for a source file) and the system classes C{conftest.py}
+C{trial} runs for a source file) and the system tests C{conftest.py}
 marks by name.
 """
 
@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import ast
 import re
+from functools import cache
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.conftest import SYSTEM_CLASSES, SYSTEM_PACKAGE
+from tests.conftest import SLOW_TESTS, SYSTEM_PACKAGE, SYSTEM_TESTS
 from tests.package.test_layers import LAYERS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,20 +80,55 @@ class FolderTests(SynchronousTestCase):
         self.assertEqual(sorted(str(f) for f in folders if not (f / "__init__.py").is_file()), [])
 
 
-class SystemClassesTests(SynchronousTestCase):
-    def test_namedClassesExist(self) -> None:
-        """Every class conftest.py marks as system by name is a class of that module."""
-        missing = []
-        for module, classes in SYSTEM_CLASSES.items():
-            path = ROOT.joinpath(*module.split(".")).with_suffix(".py")
-            if not path.is_file():
-                missing.append(module)
-                continue
-            tree = ast.parse(path.read_text(), str(path))
-            defined = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
-            missing.extend(f"{module}.{name}" for name in sorted(classes - defined))
-        self.assertEqual(missing, [])
+@cache
+def _definedTests(path: Path) -> frozenset[str]:
+    """The test classes, their tests (C{Class.test_x}) and the test functions of a module."""
+    defined = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.ClassDef):
+            defined.add(node.name)
+            defined.update(
+                f"{node.name}.{item.name}"
+                for item in node.body
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and item.name.startswith("test")
+            )
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if node.name.startswith("test"):
+                defined.add(node.name)
+    return frozenset(defined)
+
+
+def _missing(table: dict[str, frozenset[str]]) -> list[str]:
+    missing = []
+    for module, names in table.items():
+        path = ROOT.joinpath(*module.split(".")).with_suffix(".py")
+        if not path.is_file():
+            missing.append(module)
+            continue
+        missing.extend(f"{module}: {name}" for name in sorted(names - _definedTests(path)))
+    return missing
+
+
+class NamedTestsTests(SynchronousTestCase):
+    def test_systemTestsExist(self) -> None:
+        """Every class or test conftest.py marks as system by name exists in that module."""
+        self.assertEqual(_missing(SYSTEM_TESTS), [])
+
+    def test_slowTestsExist(self) -> None:
+        """Every class or test conftest.py marks as slow by name exists in that module."""
+        self.assertEqual(_missing(SLOW_TESTS), [])
 
     def test_notInTheSystemFolder(self) -> None:
-        """A module of tests/system/ is all system: naming its classes would say nothing."""
-        self.assertEqual([m for m in SYSTEM_CLASSES if m.startswith(SYSTEM_PACKAGE + ".")], [])
+        """A module of tests/system/ is all system: naming its tests would say nothing."""
+        named = [*SYSTEM_TESTS, *SLOW_TESTS]
+        self.assertEqual([m for m in named if m.startswith(SYSTEM_PACKAGE + ".")], [])
+
+    def test_slowIsNotSystem(self) -> None:
+        """A test is system or slow, not both: slow is a part of the fast tier."""
+        both = [
+            f"{module}: {name}"
+            for module, names in SLOW_TESTS.items()
+            for name in sorted(names & SYSTEM_TESTS.get(module, frozenset()))
+        ]
+        self.assertEqual(both, [])
