@@ -255,6 +255,9 @@ def webRoot() -> Resource:
     root.putChild(b"headers", Headers())
     root.putChild(b"nocontent", NoContent())
     root.putChild(b"stream", Lines(text=_stampedLine))
+    # the same body, chunked and written over ten reactor turns, 10 ms apart: for the
+    # tests that need a response produced over time but do not time its pace
+    root.putChild(b"lines", Lines(text=_stampedLine, interval=0.01))
     root.putChild(b"upload", Upload())
     return root
 
@@ -1096,7 +1099,7 @@ class ForwardingTests(ProxyTestCase):
         """An HTTP/1.0 client gets its answer unchunked, and then the connection closes."""
         port, _ = self.web()
         proxy = self.proxy(HostRouter({b"a": self.webRoute(port)}))
-        client = await self.rawClient(proxy, b"GET /stream HTTP/1.0\r\nHost: a\r\n\r\n")
+        client = await self.rawClient(proxy, b"GET /lines HTTP/1.0\r\nHost: a\r\n\r\n")
         await client.lost
         head, _, body = client.received.partition(b"\r\n\r\n")
         self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
@@ -1152,7 +1155,7 @@ class ForwardingTests(ProxyTestCase):
             tcp(proxy),
         )
         client = cast(HTTPClient, await self.connect(proxy, HTTPClient(), endpoint))
-        client.get(b"/stream", b"a")
+        client.get(b"/lines", b"a")
         self.assertEqual(len((await client.response()).body.splitlines()), 10)
         client.get(b"/headers", b"a", (b"connection", b"close"))
         self.assertEqual((await client.response()).status, 200)
@@ -1196,7 +1199,7 @@ class ForwardingTests(ProxyTestCase):
         client = await self.client(proxy)
         client.get(b"/headers", b"good:10250")
         self.assertEqual((await client.response()).json()["method"], "GET")
-        client.get(b"/stream", b"good:10250")
+        client.get(b"/lines", b"good:10250")
         self.assertEqual(len((await client.response()).body.splitlines()), 10)
         other = await self.client(proxy)
         other.get(b"/headers", b"bad:10250")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -100,14 +101,16 @@ def layerOf(module: str) -> tuple[int, str] | None:
     raise LookupError(module)
 
 
-def graph() -> dict[str, set[str]]:
+@cache
+def graph() -> dict[str, frozenset[str]]:
+    """Each module's imports of the package, parsed once for all the tests here."""
     known = modules()
     return {
-        name: {
+        name: frozenset(
             target
             for target in imports(name, path.read_text(), known, path.name == "__init__.py")
             if target != name
-        }
+        )
         for name, path in known.items()
     }
 
