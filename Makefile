@@ -26,6 +26,12 @@ test: venv interop-build-test
 	if [ $$rc -ne 0 ]; then echo "make test: pytest exited with status $$rc" >&2; fi; \
 	exit $$rc
 
+# The fast tier (tests/conftest.py): in this process, no children, no namespaces, no iptables.
+# PYTEST_ARGS='-m "not system and not slow"' leaves out its second-long tests too.
+.PHONY: test-fast
+test-fast: venv
+	$(PY) -m pytest -q -p no:cacheprovider -m "not system" $(PYTEST_ARGS) tests
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -57,8 +63,8 @@ bench-storm: venv
 	$(PY) bench/agents.py --storm --agents 1000 1000 1000 --keep-going $(BENCH_STORM_ARGS) \
 	    --report bench/results/tmp/storm-latest.md
 
-# The fuzzing campaign (bench/fuzz.py): tests/package/test_fuzz.py's properties with random seeds and
-# larger inputs, FUZZ_SECONDS in all (default 600); a Markdown table on stdout.
+# The fuzzing campaign (bench/fuzz.py): tests/package/test_fuzz.py's properties with random seeds
+# and larger inputs, FUZZ_SECONDS in all (default 600); a Markdown table on stdout.
 FUZZ_SECONDS ?= 600
 .PHONY: fuzz
 fuzz: venv
@@ -70,7 +76,8 @@ fuzz: venv
 interop-build:
 	$(PYTHON3) tests/interop/build.py
 
-# What tests/system/test_interop.py runs (cold: some 20-25 minutes on two cores; warm: nothing to do).
+# What tests/system/test_interop.py runs (cold: some 20-25 minutes on two cores; warm: nothing to
+# do).
 INTEROP_TEST_COMPONENTS := etcd kube kubelet metrics-server
 interop-build-test:
 	$(PYTHON3) tests/interop/build.py $(INTEROP_TEST_COMPONENTS)
