@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mux_states -*-
+# -*- test-case-name: tests.mux.test_mux_states -*-
 """
 The states of the multiplexer, and the one table of their legal moves
 (L{MOVES}): each half of a stream (L{Sending}, L{Receiving}), what a

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_security_identity -*-
+# -*- test-case-name: tests.server.test_security_identity -*-
 """
 Closing an agent's tunnel when its certificate expires (L{CertificateExpiry}).
 """

@@ -12,12 +12,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_tunnel import wire
-from twisted_tunnel.mux import MOVES, ConnectionState, Delivery, Receiving, Sending, Settings
-from twisted_tunnel.mux.states import State
-from twisted_tunnel.wire import Close, Eof, ErrorCode, GoAway
-
-from .memory import (
+from tests.memory import (
     SMALL_WINDOW,
     HalfCloser,
     Recorder,
@@ -26,6 +21,10 @@ from .memory import (
     framesOfType,
     streamOf,
 )
+from twisted_tunnel import wire
+from twisted_tunnel.mux import MOVES, ConnectionState, Delivery, Receiving, Sending, Settings
+from twisted_tunnel.mux.states import State
+from twisted_tunnel.wire import Close, Eof, ErrorCode, GoAway
 
 
 def reachable(start: State) -> set[State]:
