@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # must be set before the module is imported: it picks its settings then
     os.environ["TWISTED_TUNNEL_FUZZ"] = "long"
     sys.path.insert(0, str(ROOT))
-    from tests import test_fuzz
+    from tests.package import test_fuzz
 
     found = {f"{cls.__name__}.{name}": (cls, name) for cls, name in properties(test_fuzz)}
     if options.child:
