@@ -2,7 +2,7 @@
 """
 Every private attribute of Twisted this package reads or sets, in one
 place: each has no public equivalent, and each is pinned by
-C{tests/test_twisted_internals.py} against the Twisted installed, so that a
+C{tests/net/test_twisted_internals.py} against the Twisted installed, so that a
 Twisted release that renames one fails a test instead of a deployment.
 
   - a file descriptor's send buffer: C{dataBuffer} from C{offset}, plus
