@@ -10,15 +10,19 @@ producer before its protocol hears of it), and on tunnel streams.
 
 from __future__ import annotations
 
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from tests.memory import SMALL_WINDOW, HalfCloser, Recorder, TunnelPair, streamOf
-from twisted_tunnel.mux import Settings
+from twisted_tunnel.mux import Sending, Settings
 from twisted_tunnel.net.relay import RelayProtocol, halfClose, splice
 
 
@@ -272,6 +276,25 @@ class StreamRelayTests(SynchronousTestCase):
         assert caller.lostReason is not None
         caller.lostReason.trap(ConnectionLost)
 
+    def test_targetAbortsAfterSpeaking(self) -> None:
+        """
+        A target that resets its connection right after speaking (a kubelet
+        closing an exec connection with input unread) has all it said
+        delivered, then the reset: its words still in the stream's backlog
+        (waiting for credit) go out first, RESET after them.
+        """
+        caller = Recorder()
+        relay = self.open(caller)
+        self.target.dataReceived(b"x" * (2 * SMALL_WINDOW))
+        self.assertEqual(streamOf(relay).bufferedBytes, SMALL_WINDOW)
+        self.targetTransport.lose(self.target, Failure(ConnectionLost()))
+        self.assertIs(streamOf(relay).sending, Sending.RESET_QUEUED)
+        self.pair.pump()
+        self.assertEqual(caller.received, b"x" * (2 * SMALL_WINDOW))
+        assert caller.lostReason is not None
+        caller.lostReason.trap(ConnectionLost)
+        self.assertEqual(self.pair.server.streamCount, 0)
+
     def test_targetCloses(self) -> None:
         caller = Recorder()
         self.open(caller)
@@ -306,3 +329,61 @@ class StreamRelayTests(SynchronousTestCase):
         pair.pump()
         assert right.lostReason is not None
         right.lostReason.trap(ConnectionLost)
+
+
+class Sink(Protocol):
+    """Keeps what it reads, and says how its connection ended."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.reason: Failure | None = None
+        self.ended: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self.reason = reason
+        self.ended.callback(None)
+
+
+class AbortAfterDataTests(TestCase):
+    """
+    Over real loopback TCP: an end lost abortively after it spoke has its
+    words delivered by the other end's socket, then the reset.  Twisted's
+    C{abortConnection} alone would drop what its send buffer still holds.
+    """
+
+    async def relayToSink(self) -> tuple[Sink, RelayProtocol, TCPLikeTransport]:
+        """
+        A relay between an in-memory end (returned with its transport) and
+        a real TCP connection to a L{Sink}.
+        """
+        sink = Sink()
+        port = reactor.listenTCP(0, Factory.forProtocol(lambda: sink), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        far = await connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), RelayProtocol()
+        )
+        near, nearTransport = connected(peer=far)
+        self.assertTrue(near.spliced)
+        return sink, near, nearTransport
+
+    async def test_resetFollowsTheData(self) -> None:
+        sink, near, nearTransport = await self.relayToSink()
+        payload = 8 * 1024 * 1024  # more than one write of the socket takes
+        near.dataReceived(b"y" * payload)
+        nearTransport.lose(near, Failure(ConnectionLost()))
+        await sink.ended
+        self.assertEqual(sink.received, payload)
+        assert sink.reason is not None
+        sink.reason.trap(ConnectionLost)
+        self.assertFalse(sink.reason.check(ConnectionDone))
+
+    async def test_nothingQueuedAbortsAtOnce(self) -> None:
+        sink, near, nearTransport = await self.relayToSink()
+        nearTransport.lose(near, Failure(ConnectionLost()))
+        await sink.ended
+        assert sink.reason is not None
+        sink.reason.trap(ConnectionLost)
+        self.assertEqual(sink.received, 0)

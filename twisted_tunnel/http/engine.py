@@ -100,7 +100,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .._text import printable
-from ..net.relay import Relay, RelayReaper, halfClose
+from ..net.relay import Relay, RelayReaper, abortWhenSent, halfClose
 from ..net.sockets import noDelay
 from ..net.transports import addressLabel, heldBytesOf
 from . import h1
@@ -561,8 +561,9 @@ class _Upstream(Protocol):
 
     def close(self, abort: bool = False) -> None:
         """
-        Detach from the owner and close: gracefully (with an abort if that
-        takes longer than the linger timeout), or at once.
+        Detach from the owner and close: gracefully, or (C{abort}) with a
+        reset once what was written has been sent (L{abortWhenSent}); an
+        abort ends either if it takes longer than the linger timeout.
         """
         self.owner = None
         transport = self.transport
@@ -573,9 +574,10 @@ class _Upstream(Protocol):
             transport.unregisterProducer()  # type: ignore[attr-defined]
         abortConnection = getattr(transport, "abortConnection", None)
         if abort and abortConnection is not None:
-            abortConnection()
-            return
-        transport.loseConnection()
+            # after what the client said before it went (bounded like a close)
+            abortWhenSent(transport)
+        else:
+            transport.loseConnection()
         if abortConnection is not None and self._closeTimer is None and not self.lost:
             self._closeTimer = self.clock.callLater(self.lingerTimeout, self._closeTimedOut)
 
@@ -1130,10 +1132,7 @@ class HTTPProxyProtocol(Protocol):
             # linger timer, not by the relay's deadlines any more)
             self._forgetRelay()
             self._detachUpstream(lost=True)
-            if reason.check(ConnectionDone):
-                self._loseClient()
-            else:
-                self._abortClient()
+            self._loseClient(reset=not reason.check(ConnectionDone))
             return
         if self._phase is _Phase.FORWARDING and not upstream.readClosed:
             upstream.readClosed = True
@@ -1562,7 +1561,13 @@ class HTTPProxyProtocol(Protocol):
         self._reading.clear()
         halfClose(transport)
 
-    def _loseClient(self) -> None:
+    def _loseClient(self, *, reset: bool = False) -> None:
+        """
+        Close the client's connection once what it was sent has gone out,
+        within the linger timeout; with C{reset}, end it with a reset then
+        (L{abortWhenSent}): how a reset upstream of an upgraded connection
+        is passed on.
+        """
         if self._phase is _Phase.CLOSED:
             return
         self._flushClient()
@@ -1572,7 +1577,10 @@ class HTTPProxyProtocol(Protocol):
         assert transport is not None
         # the timer first: a half-closed TCP transport reports its loss at once
         self._setTimer(_ClientTimer.LINGER)
-        transport.loseConnection()
+        if reset:
+            abortWhenSent(transport)
+        else:
+            transport.loseConnection()
 
     def _abortClient(self) -> None:
         self._cancelTimer()

@@ -42,6 +42,9 @@ class Sending(State):
     CLOSE_QUEUED = "CLOSE queued"
     #: half-closed: we write no more and said so; the peer may still write
     EOF_SENT = "EOF sent"
+    #: C{abortWhenSent}: RESET goes out after the backlog (a relay passing
+    #: on a reset that came after data)
+    RESET_QUEUED = "RESET queued"
     #: CLOSE or RESET sent (or the tunnel is gone): nothing more goes out
     ENDED = "ended"
 
@@ -91,11 +94,18 @@ class ConnectionState(State):
 
 #: The legal moves of every state: what it may become next.
 MOVES: Mapping[State, frozenset[State]] = {
-    Sending.OPEN: frozenset({Sending.EOF_QUEUED, Sending.CLOSE_QUEUED, Sending.ENDED}),
-    Sending.EOF_QUEUED: frozenset({Sending.EOF_SENT, Sending.EOF_CLOSE_QUEUED, Sending.ENDED}),
-    Sending.EOF_CLOSE_QUEUED: frozenset({Sending.CLOSE_QUEUED, Sending.ENDED}),
-    Sending.CLOSE_QUEUED: frozenset({Sending.ENDED}),
+    Sending.OPEN: frozenset(
+        {Sending.EOF_QUEUED, Sending.CLOSE_QUEUED, Sending.RESET_QUEUED, Sending.ENDED}
+    ),
+    Sending.EOF_QUEUED: frozenset(
+        {Sending.EOF_SENT, Sending.EOF_CLOSE_QUEUED, Sending.RESET_QUEUED, Sending.ENDED}
+    ),
+    Sending.EOF_CLOSE_QUEUED: frozenset(
+        {Sending.CLOSE_QUEUED, Sending.RESET_QUEUED, Sending.ENDED}
+    ),
+    Sending.CLOSE_QUEUED: frozenset({Sending.RESET_QUEUED, Sending.ENDED}),
     Sending.EOF_SENT: frozenset({Sending.CLOSE_QUEUED, Sending.ENDED}),
+    Sending.RESET_QUEUED: frozenset({Sending.ENDED}),
     Sending.ENDED: frozenset(),
     Receiving.OPEN: frozenset({Receiving.EOF, Receiving.ENDED}),
     Receiving.EOF: frozenset({Receiving.ENDED}),

@@ -36,7 +36,9 @@ _RECEIVING_OPEN = Receiving.OPEN
 _RECEIVING_ENDED = Receiving.ENDED
 _DELIVERY_OPEN = Delivery.OPEN
 _LOST = Delivery.LOST
-_QUEUED = frozenset({Sending.EOF_QUEUED, Sending.EOF_CLOSE_QUEUED, Sending.CLOSE_QUEUED})
+_QUEUED = frozenset(
+    {Sending.EOF_QUEUED, Sending.EOF_CLOSE_QUEUED, Sending.CLOSE_QUEUED, Sending.RESET_QUEUED}
+)
 
 
 @implementer(ITransport, IConsumer, IPushProducer, ITunnelStream)
@@ -195,6 +197,22 @@ class Stream:
         Reset the stream now, dropping whatever has not been sent.
         """
         self.reset(ErrorCode.CANCEL, "aborted")
+
+    def abortWhenSent(self) -> None:
+        """
+        Reset the stream once what was written to it has been sent: how a
+        relay passes on a reset that came after data, as TCP would (the
+        data, then the RST).  C{abortConnection} drops the backlog instead.
+        """
+        sending = self._sending
+        if sending is _SENDING_ENDED or sending is Sending.RESET_QUEUED:
+            return
+        if sending is Sending.EOF_SENT or not self._backlog:
+            self.abortConnection()
+            return
+        self._move(Sending.RESET_QUEUED)
+        self.disconnecting = True
+        self._flush()
 
     def setTcpNoDelay(self, enabled: bool) -> None:
         """
@@ -411,6 +429,9 @@ class Stream:
             sending = self._sending
         if sending is Sending.CLOSE_QUEUED:
             self._sendClose()
+            return
+        if sending is Sending.RESET_QUEUED:
+            self.abortConnection()
             return
         self._resumeProducer()
 

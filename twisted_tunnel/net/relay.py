@@ -26,10 +26,12 @@ from typing import Any
 from typing import Protocol as TypingProtocol
 
 from attrs import frozen
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
+    IPullProducer,
     IPushProducer,
     IReactorTime,
     ITransport,
@@ -39,7 +41,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .sockets import noDelay, tcpSocket
+from ._twisted import queuedBytes
+from .sockets import noDelay, tcpSocket, unsentBytes
 from .transports import ITunnelStream, pushProducer
 
 #: Default idle deadline of a relayed stream, in seconds: no byte either
@@ -448,12 +451,94 @@ def halfClose(transport: ITransport | None) -> None:
 def _end(transport: Any, reason: Failure) -> None:
     """
     End C{transport} the way its peer ended: close after an orderly end,
-    abort after anything else.
+    abort after anything else, in both cases once what the peer said
+    before it ended has been sent on.
     """
     if reason.check(ConnectionDone) or not hasattr(transport, "abortConnection"):
         transport.loseConnection()
     else:
+        abortWhenSent(transport)
+
+
+#: How often a connection waiting to be reset looks at its kernel send queue.
+DRAIN_POLL = 0.01
+
+
+def abortWhenSent(transport: Any) -> None:
+    """
+    Abort C{transport} once what was written to it has left this process.
+
+    A peer that resets its connection right after speaking (a kubelet that
+    closes an exec connection with input unread: the kernel sends RST)
+    must not lose its last words on the way through a relay: over one TCP
+    connection they arrive before the reset.  C{abortConnection} drops
+    what Twisted still holds for the socket, and the last words of a
+    stream that arrive with its RESET in one read are still held there.
+    So: a tunnel stream sends its backlog, then RESET; a TCP, Unix or TLS
+    transport (or a wrapper over one) is aborted when its send buffer drains
+    (a pull producer is asked for more exactly then) and the kernel's send
+    queue after it: as long as the other side takes to read, bounded by
+    the relay's half-close deadline (or the HTTP engine's linger timeout).
+    """
+    if ITunnelStream.providedBy(transport):
+        transport.abortWhenSent()
+        return
+    connection = _socketUnder(transport)
+    if (
+        connection is None
+        or connection.producer is not None
+        or (queuedBytes(connection) == 0 and unsentBytes(connection) == 0)
+    ):
         transport.abortConnection()
+        return
+    connection.registerProducer(_AbortWhenDrained(transport, connection), False)
+
+
+def _socketUnder(transport: Any) -> FileDescriptor | None:
+    """
+    The socket's transport under C{transport} and the layers over it that
+    keep theirs as C{transport} (TLS, a front door's limiter), or C{None}.
+    """
+    layer = transport
+    for _ in range(4):
+        if isinstance(layer, FileDescriptor):
+            return layer
+        layer = getattr(layer, "transport", None)
+    return None
+
+
+@implementer(IPullProducer)
+class _AbortWhenDrained:
+    """
+    The pull producer of a connection with bytes queued: Twisted asks it
+    for more when its send buffer is empty; then it waits for the kernel's
+    send queue to empty too (a reset discards it), looking every
+    L{DRAIN_POLL} seconds, and aborts the transport (the connection, or the
+    TLS session over it).
+    """
+
+    def __init__(self, transport: Any, connection: FileDescriptor) -> None:
+        self.transport = transport
+        self.connection = connection
+        self._poll: IDelayedCall | None = None
+
+    def resumeProducing(self) -> None:
+        self._poll = None
+        connection = self.connection
+        if queuedBytes(connection) != 0 or not connection.connected:
+            return  # Twisted asks again when its buffer is empty
+        if unsentBytes(connection) > 0:
+            clock = IReactorTime(connection.reactor)
+            self._poll = clock.callLater(DRAIN_POLL, self.resumeProducing)
+            return
+        connection.unregisterProducer()
+        self.transport.abortConnection()
+
+    def stopProducing(self) -> None:
+        """The connection is gone already: nothing to abort."""
+        if self._poll is not None and self._poll.active():
+            self._poll.cancel()
+        self._poll = None
 
 
 @implementer(IPushProducer)

@@ -7,10 +7,13 @@ no TCP socket underneath (a UNIX socket, a tunnel stream, a test transport).
 
 from __future__ import annotations
 
+import fcntl
 import socket
+import struct
+import termios
 from typing import Protocol
 
-__all__ = ["KeepaliveTimes", "noDelay", "tcpKeepalive", "tcpSocket"]
+__all__ = ["KeepaliveTimes", "noDelay", "tcpKeepalive", "tcpSocket", "unsentBytes"]
 
 
 class KeepaliveTimes(Protocol):
@@ -98,3 +101,24 @@ def tcpSocket(transport: object) -> socket.socket | None:
         if transport is None:
             return None
     return None
+
+
+def unsentBytes(transport: object) -> int:
+    """
+    Bytes the kernel still holds in the send queue of C{transport}'s socket
+    (C{SIOCOUTQ}: for TCP, sent but not yet acknowledged, or not yet sent);
+    0 where that cannot be asked (no socket, or a platform without it).
+
+    A reset (C{SO_LINGER} 0, what C{abortConnection} does) discards them:
+    a relay passing a reset on waits for this to reach 0 first.
+    """
+    handle = getattr(transport, "getHandle", None)
+    if handle is None:
+        return 0
+    try:
+        fileno = handle().fileno()
+        answer = fcntl.ioctl(fileno, termios.TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError, AttributeError):
+        return 0
+    unsent: int = struct.unpack("i", answer)[0]
+    return unsent

@@ -23,6 +23,13 @@ class ITunnelStream(Interface):
     bufferedBytes = Attribute("Bytes the stream holds in memory, both ways.")
     peerFinished = Attribute("Whether the peer has ended its side (EOF, CLOSE or RESET).")
 
+    def abortWhenSent() -> None:
+        """
+        Reset the stream once what was written to it has been sent: how a
+        relay passes on a reset that came after data (TCP delivers the
+        data, then the RST).
+        """
+
 
 def pushProducer(transport: object) -> IPushProducer:
     """
