@@ -13,6 +13,7 @@ import (
 	"crypto/x509"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"net/http"
@@ -21,6 +22,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -245,7 +247,7 @@ func main() {
 		srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
 	}
 	served := make(chan error, 1)
-	go func() { served <- srv.ServeTLS(l, "", "") }()
+	go func() { served <- srv.ServeTLS(lingeringListener{l}, "", "") }()
 	log.Printf("serving the kubelet API on https://%s (node %s, InternalIP %s, root %s, %d local containers)",
 		l.Addr(), *nodeName, *internalIP, *root, len(decls))
 
@@ -389,4 +391,51 @@ func osImage() string {
 		}
 	}
 	return "linux"
+}
+
+// lingerTimeout bounds how long a closed connection waits for the client's
+// own close while it discards the client's last bytes.
+const lingerTimeout = 2 * time.Second
+
+// lingeringListener gives every connection a lingering close, as net/http
+// does itself for the connections it closes (closeWriteAndWait) but not for
+// hijacked ones (exec, attach, port-forward), which the handler closes.
+// Closed with input unread (the client's close of stdin, arriving just
+// after the command ended), a socket is reset: the kernel sends RST and
+// drops the output still queued, and kubectl exec then exits 0 with no
+// output and no exit code.  Through a tunnel the client's last frames
+// arrive a little later than over one hop, and that race is lost more
+// often (issue 14's notes); a real kubelet closes a hijacked connection
+// the same way.  This one sends FIN after its output, discards what the
+// client still sends, and closes once the client has closed or
+// lingerTimeout has passed.
+type lingeringListener struct{ net.Listener }
+
+func (l lingeringListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		return &lingeringConn{TCPConn: tc}, nil
+	}
+	return c, nil
+}
+
+type lingeringConn struct {
+	*net.TCPConn
+	once sync.Once
+}
+
+func (c *lingeringConn) Close() error {
+	err := error(nil)
+	c.once.Do(func() {
+		err = c.TCPConn.CloseWrite()
+		c.TCPConn.SetReadDeadline(time.Now().Add(lingerTimeout))
+		go func() {
+			io.Copy(io.Discard, c.TCPConn)
+			c.TCPConn.Close()
+		}()
+	})
+	return err
 }
