@@ -209,14 +209,20 @@ func (p *provider) sampleContainers() []containerSample {
 	return out
 }
 
+// nodeUsage reads the node's CPU time and /proc/meminfo, which both the
+// summary and the resource metrics report.
+func nodeUsage() (cpu uint64, mi map[string]uint64, err error) {
+	if cpu, err = nodeCPUNanos(); err != nil {
+		return 0, nil, err
+	}
+	mi, err = memInfo()
+	return cpu, mi, err
+}
+
 func (p *provider) GetStatsSummary(ctx context.Context) (*statsv1alpha1.Summary, error) {
 	at := time.Now()
 	now := metav1.NewTime(at)
-	cpu, err := nodeCPUNanos()
-	if err != nil {
-		return nil, err
-	}
-	mi, err := memInfo()
+	cpu, mi, err := nodeUsage()
 	if err != nil {
 		return nil, err
 	}
@@ -275,11 +281,7 @@ func (p *provider) GetStatsSummary(ctx context.Context) (*statsv1alpha1.Summary,
 func (p *provider) GetMetricsResource(ctx context.Context) ([]*dto.MetricFamily, error) {
 	at := time.Now()
 	ts := at.UnixMilli()
-	cpu, err := nodeCPUNanos()
-	if err != nil {
-		return nil, err
-	}
-	mi, err := memInfo()
+	cpu, mi, err := nodeUsage()
 	if err != nil {
 		return nil, err
 	}
