@@ -92,6 +92,30 @@ class ConnectionState(State):
     LOST = "lost"
 
 
+# Every member as a module name too: looking a member up on its Enum class
+# goes through a descriptor (~70 ns on CPython 3.11), a module global takes
+# ~8 ns, and streams and tunnels test their states per frame.
+SENDING_OPEN = Sending.OPEN
+SENDING_EOF_QUEUED = Sending.EOF_QUEUED
+SENDING_EOF_CLOSE_QUEUED = Sending.EOF_CLOSE_QUEUED
+SENDING_CLOSE_QUEUED = Sending.CLOSE_QUEUED
+SENDING_EOF_SENT = Sending.EOF_SENT
+SENDING_RESET_QUEUED = Sending.RESET_QUEUED
+SENDING_ENDED = Sending.ENDED
+RECEIVING_OPEN = Receiving.OPEN
+RECEIVING_EOF = Receiving.EOF
+RECEIVING_ENDED = Receiving.ENDED
+DELIVERY_OPEN = Delivery.OPEN
+DELIVERY_EOF = Delivery.EOF
+DELIVERY_LOST = Delivery.LOST
+CONNECTION_OPEN = ConnectionState.OPEN
+CONNECTION_DRAINING = ConnectionState.DRAINING
+CONNECTION_CLOSING = ConnectionState.CLOSING
+CONNECTION_FAILED = ConnectionState.FAILED
+CONNECTION_CLOSED = ConnectionState.CLOSED
+CONNECTION_LOST = ConnectionState.LOST
+
+
 #: The legal moves of every state: what it may become next.
 MOVES: Mapping[State, frozenset[State]] = {
     Sending.OPEN: frozenset(

@@ -26,18 +26,29 @@ from .. import wire
 from ..net.transports import ITunnelStream
 from ..wire import ErrorCode, ProtocolError
 from .interfaces import IStreamCarrier, TunnelAddress
-from .states import MOVES, Delivery, Receiving, Sending, State
+from .states import (
+    DELIVERY_EOF,
+    DELIVERY_LOST,
+    DELIVERY_OPEN,
+    MOVES,
+    RECEIVING_ENDED,
+    RECEIVING_EOF,
+    RECEIVING_OPEN,
+    SENDING_CLOSE_QUEUED,
+    SENDING_ENDED,
+    SENDING_EOF_CLOSE_QUEUED,
+    SENDING_EOF_QUEUED,
+    SENDING_EOF_SENT,
+    SENDING_OPEN,
+    SENDING_RESET_QUEUED,
+    Delivery,
+    Receiving,
+    Sending,
+    State,
+)
 
-# The members tested per DATA frame, as module names: looking a member up
-# on its Enum class costs ~60 ns on CPython 3.11, a global ~10 ns.
-_SENDING_OPEN = Sending.OPEN
-_SENDING_ENDED = Sending.ENDED
-_RECEIVING_OPEN = Receiving.OPEN
-_RECEIVING_ENDED = Receiving.ENDED
-_DELIVERY_OPEN = Delivery.OPEN
-_LOST = Delivery.LOST
 _QUEUED = frozenset(
-    {Sending.EOF_QUEUED, Sending.EOF_CLOSE_QUEUED, Sending.CLOSE_QUEUED, Sending.RESET_QUEUED}
+    {SENDING_EOF_QUEUED, SENDING_EOF_CLOSE_QUEUED, SENDING_CLOSE_QUEUED, SENDING_RESET_QUEUED}
 )
 
 
@@ -85,9 +96,9 @@ class Stream:
         #: DATA bytes sent and received: plain counts, read when metrics are scraped
         self.bytesSent = 0
         self.bytesReceived = 0
-        self._sending = _SENDING_OPEN
-        self._receiving = _RECEIVING_OPEN
-        self._delivery = _DELIVERY_OPEN
+        self._sending = SENDING_OPEN
+        self._receiving = RECEIVING_OPEN
+        self._delivery = DELIVERY_OPEN
 
         # outbound
         self._credit = 0
@@ -132,7 +143,7 @@ class Stream:
     @property
     def ended(self) -> bool:
         """Whether both halves have ended: the id can be forgotten."""
-        return self._sending is _SENDING_ENDED and self._receiving is _RECEIVING_ENDED
+        return self._sending is SENDING_ENDED and self._receiving is RECEIVING_ENDED
 
     @property
     def credit(self) -> int:
@@ -159,7 +170,7 @@ class Stream:
     # -- ITransport ----------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self._sending is not _SENDING_OPEN or not data:
+        if self._sending is not SENDING_OPEN or not data:
             return
         self._queue(data)
         self._flush()
@@ -172,10 +183,10 @@ class Stream:
         Close the stream once everything written so far has been sent.
         """
         sending = self._sending
-        if sending is Sending.OPEN or sending is Sending.EOF_SENT:
-            self._move(Sending.CLOSE_QUEUED)
-        elif sending is Sending.EOF_QUEUED:
-            self._move(Sending.EOF_CLOSE_QUEUED)
+        if sending is SENDING_OPEN or sending is SENDING_EOF_SENT:
+            self._move(SENDING_CLOSE_QUEUED)
+        elif sending is SENDING_EOF_QUEUED:
+            self._move(SENDING_EOF_CLOSE_QUEUED)
         else:
             return  # a CLOSE is on its way, or the stream has ended
         self.disconnecting = True
@@ -187,9 +198,9 @@ class Stream:
         After C{loseConnection}, nothing: the CLOSE on its way ends our
         half already.
         """
-        if self._sending is not Sending.OPEN:
+        if self._sending is not SENDING_OPEN:
             return
-        self._move(Sending.EOF_QUEUED)
+        self._move(SENDING_EOF_QUEUED)
         self._flush()
 
     def abortConnection(self) -> None:
@@ -205,12 +216,12 @@ class Stream:
         data, then the RST).  C{abortConnection} drops the backlog instead.
         """
         sending = self._sending
-        if sending is _SENDING_ENDED or sending is Sending.RESET_QUEUED:
+        if sending is SENDING_ENDED or sending is SENDING_RESET_QUEUED:
             return
-        if sending is Sending.EOF_SENT or not self._backlog:
+        if sending is SENDING_EOF_SENT or not self._backlog:
             self.abortConnection()
             return
-        self._move(Sending.RESET_QUEUED)
+        self._move(SENDING_RESET_QUEUED)
         self.disconnecting = True
         self._flush()
 
@@ -244,7 +255,7 @@ class Stream:
         self._producer = producer
         self._streamingProducer = streaming
         self._producerPaused = False
-        if self._sending is Sending.ENDED:
+        if self._sending is SENDING_ENDED:
             producer.stopProducing()
         elif not streaming:
             if not self._backlog:
@@ -300,9 +311,9 @@ class Stream:
         End the stream now with RESET C{code}, dropping what either
         direction holds.
         """
-        if self._sending is _SENDING_ENDED:
+        if self._sending is SENDING_ENDED:
             return
-        self._move(Sending.ENDED)
+        self._move(SENDING_ENDED)
         self.disconnecting = True
         self._dropBacklog()
         self._received.clear()
@@ -313,7 +324,7 @@ class Stream:
 
     def creditArrived(self, increment: int) -> None:
         """A WINDOW frame: the peer took C{increment} bytes."""
-        if self._sending is _SENDING_ENDED:
+        if self._sending is SENDING_ENDED:
             return
         if self._credit + increment > 2**31 - 1:
             raise ProtocolError(
@@ -327,7 +338,7 @@ class Stream:
     def dataArrived(self, data: bytes) -> None:
         """A DATA frame for this stream."""
         size = len(data)
-        if self._receiving is not _RECEIVING_OPEN:
+        if self._receiving is not RECEIVING_OPEN:
             raise ProtocolError(f"DATA on stream {self.streamId} after EOF")
         if size > self._window:
             raise ProtocolError(
@@ -337,7 +348,7 @@ class Stream:
             )
         self._window -= size
         self.bytesReceived += size
-        if self._sending is _SENDING_ENDED or self._delivery is _LOST:
+        if self._sending is SENDING_ENDED or self._delivery is DELIVERY_LOST:
             return
         self._received.append(data)
         self._receivedSize += size
@@ -345,9 +356,9 @@ class Stream:
 
     def eofArrived(self) -> None:
         """An EOF frame: the peer writes no more."""
-        if self._receiving is not Receiving.OPEN:
+        if self._receiving is not RECEIVING_OPEN:
             raise ProtocolError(f"second EOF on stream {self.streamId}")
-        self._move(Receiving.EOF)
+        self._move(RECEIVING_EOF)
         self._deliverReceived()
 
     def endArrived(self, reset: tuple[int, str] | None) -> None:
@@ -357,9 +368,9 @@ class Stream:
         everything before has been delivered (a RESET drops that); a stream
         with no protocol yet (an open under way) is answered at once.
         """
-        if self._receiving is Receiving.ENDED:
+        if self._receiving is RECEIVING_ENDED:
             raise ProtocolError(f"second CLOSE or RESET on stream {self.streamId}")
-        self._move(Receiving.ENDED)
+        self._move(RECEIVING_ENDED)
         if reset is not None:
             self._remoteReset = reset
             self._received.clear()
@@ -375,15 +386,15 @@ class Stream:
         The peer answered our OPEN with OPEN_FAIL: the stream never was, and
         both halves are over without a frame more.
         """
-        self._move(Sending.ENDED)
-        self._move(Receiving.ENDED)
+        self._move(SENDING_ENDED)
+        self._move(RECEIVING_ENDED)
 
     def tunnelLost(self, reason: Failure) -> None:
         """The connection under the stream is gone."""
-        if self._sending is not Sending.ENDED:
-            self._move(Sending.ENDED)
-        if self._receiving is not Receiving.ENDED:
-            self._move(Receiving.ENDED)
+        if self._sending is not SENDING_ENDED:
+            self._move(SENDING_ENDED)
+        if self._receiving is not RECEIVING_ENDED:
+            self._move(RECEIVING_ENDED)
         self._dropBacklog()
         self._lose(reason)
 
@@ -424,13 +435,13 @@ class Stream:
             self._pauseProducer()
             return
         sending = self._sending
-        if sending is Sending.EOF_QUEUED or sending is Sending.EOF_CLOSE_QUEUED:
+        if sending is SENDING_EOF_QUEUED or sending is SENDING_EOF_CLOSE_QUEUED:
             self._sendEof()
             sending = self._sending
-        if sending is Sending.CLOSE_QUEUED:
+        if sending is SENDING_CLOSE_QUEUED:
             self._sendClose()
             return
-        if sending is Sending.RESET_QUEUED:
+        if sending is SENDING_RESET_QUEUED:
             self.abortConnection()
             return
         self._resumeProducer()
@@ -441,7 +452,7 @@ class Stream:
             self._producer.pauseProducing()
 
     def _resumeProducer(self) -> None:
-        if self._producer is None or self._sending is _SENDING_ENDED:
+        if self._producer is None or self._sending is SENDING_ENDED:
             return
         if self._streamingProducer:
             if self._producerPaused:
@@ -460,7 +471,7 @@ class Stream:
             while (
                 self._pullAgain
                 and self._producer is not None
-                and self._sending is not _SENDING_ENDED
+                and self._sending is not SENDING_ENDED
             ):
                 self._pullAgain = False
                 self._producer.resumeProducing()
@@ -468,20 +479,20 @@ class Stream:
             self._pulling = False
 
     def _sendEof(self) -> None:
-        closeNext = self._sending is Sending.EOF_CLOSE_QUEUED
-        self._move(Sending.CLOSE_QUEUED if closeNext else Sending.EOF_SENT)
+        closeNext = self._sending is SENDING_EOF_CLOSE_QUEUED
+        self._move(SENDING_CLOSE_QUEUED if closeNext else SENDING_EOF_SENT)
         self._tunnel.sendFrame(wire.Eof(self.streamId))
         protocol = self.protocol
         if IHalfCloseableProtocol.providedBy(protocol):
             self._call(protocol.writeConnectionLost)
-        if self._delivery is Delivery.EOF:
+        if self._delivery is DELIVERY_EOF:
             # both ways are done: nothing more can pass
             self._sendClose()
 
     def _sendClose(self) -> None:
-        if self._sending is _SENDING_ENDED:
+        if self._sending is SENDING_ENDED:
             return
-        self._move(Sending.ENDED)
+        self._move(SENDING_ENDED)
         self.disconnecting = True
         self._dropBacklog()
         self._tunnel.sendFrame(wire.Close(self.streamId))
@@ -502,7 +513,7 @@ class Stream:
         everything before them has been delivered.
         """
         protocol = self.protocol
-        if protocol is None or self._delivery is _LOST:
+        if protocol is None or self._delivery is DELIVERY_LOST:
             return
         if self._remoteReset is not None:
             # a RESET drops whatever is buffered: it need not wait for a
@@ -513,7 +524,7 @@ class Stream:
                 Failure(ConnectionLost(f"stream reset by peer ({ErrorCode.named(code)}): {text}"))
             )
             return
-        while self._received and not self._paused and self._delivery is not _LOST:
+        while self._received and not self._paused and self._delivery is not DELIVERY_LOST:
             data = self._received.popleft()
             self._receivedSize -= len(data)
             self._call(protocol.dataReceived, data)
@@ -523,19 +534,19 @@ class Stream:
                 # the consumer pushed back while taking these bytes: they
                 # count as consumed only when it asks for more.
                 self._heldCredit += len(data)
-        if self._paused or self._received or self._delivery is _LOST:
+        if self._paused or self._received or self._delivery is DELIVERY_LOST:
             return
         self._returnCredit()
         receiving = self._receiving
-        if receiving is Receiving.ENDED:
+        if receiving is RECEIVING_ENDED:
             self._answerPeersEnd()
             self._lose(Failure(ConnectionDone("stream closed by peer")))
             return
-        if receiving is Receiving.EOF and self._delivery is Delivery.OPEN:
-            self._move(Delivery.EOF)
+        if receiving is RECEIVING_EOF and self._delivery is DELIVERY_OPEN:
+            self._move(DELIVERY_EOF)
             if IHalfCloseableProtocol.providedBy(protocol):
                 self._call(protocol.readConnectionLost)
-                if self._sending is Sending.EOF_SENT:
+                if self._sending is SENDING_EOF_SENT:
                     self._sendClose()
             else:
                 self.loseConnection()
@@ -548,7 +559,7 @@ class Stream:
         """
         self._consumed += self._heldCredit
         self._heldCredit = 0
-        if self._receiving is not _RECEIVING_OPEN or self._sending is _SENDING_ENDED:
+        if self._receiving is not RECEIVING_OPEN or self._sending is SENDING_ENDED:
             return
         window = self._tunnel.settings.window
         if self._consumed and self._consumed * 4 >= window:
@@ -559,8 +570,8 @@ class Stream:
 
     def _answerPeersEnd(self) -> None:
         """The peer ended the stream: answer with our CLOSE if we have not ended it."""
-        if self._sending is not _SENDING_ENDED:
-            self._move(Sending.ENDED)
+        if self._sending is not SENDING_ENDED:
+            self._move(SENDING_ENDED)
             self.disconnecting = True
             self._dropBacklog()
             self._tunnel.sendFrame(wire.Close(self.streamId))
@@ -570,9 +581,9 @@ class Stream:
 
     def _lose(self, reason: Failure) -> None:
         """Tell the protocol, once, that the stream is over."""
-        if self._delivery is _LOST:
+        if self._delivery is DELIVERY_LOST:
             return
-        self._move(Delivery.LOST)
+        self._move(DELIVERY_LOST)
         self._received.clear()
         self._receivedSize = 0
         producer, self._producer = self._producer, None
@@ -620,7 +631,7 @@ class Stream:
         delivered to the protocol yet or not (a paused consumer has not
         seen it).
         """
-        return self._receiving is not _RECEIVING_OPEN
+        return self._receiving is not RECEIVING_OPEN
 
     @property
     def bufferedBytes(self) -> int:

@@ -31,7 +31,18 @@ from ..wire import ErrorCode, OpenFailReason, ProtocolError
 from .interfaces import IStreamCarrier, ITunnelHandler, ITunnelMeter, Refused, TunnelAddress
 from .keepalive import KeepaliveSweep
 from .settings import Keepalive, Settings, StreamBudget
-from .states import MOVES, ConnectionState, Receiving, Sending
+from .states import (
+    CONNECTION_CLOSED,
+    CONNECTION_CLOSING,
+    CONNECTION_DRAINING,
+    CONNECTION_FAILED,
+    CONNECTION_LOST,
+    CONNECTION_OPEN,
+    MOVES,
+    RECEIVING_ENDED,
+    SENDING_ENDED,
+    ConnectionState,
+)
 from .stream import _IGNORED, Stream
 
 _T = TypeVar("_T")
@@ -70,18 +81,14 @@ ROUTINE_REFUSALS = frozenset({ErrorCode.DUPLICATE})
 GRACEFUL = frozenset({ErrorCode.NO_ERROR, ErrorCode.SHUTTING_DOWN})
 
 
-# The states tested per frame, as module names: looking a member up on its
-# Enum class costs ~60 ns on CPython 3.11, a global ~10 ns.
-_OPEN, _DRAINING = ConnectionState.OPEN, ConnectionState.DRAINING
-_CLOSING, _FAILED = ConnectionState.CLOSING, ConnectionState.FAILED
 #: states in which streams may send
-_CARRYING = frozenset({_OPEN, _DRAINING})
+_CARRYING = frozenset({CONNECTION_OPEN, CONNECTION_DRAINING})
 #: states in which nothing more is read from the peer
-_DEAF = frozenset({_FAILED, ConnectionState.CLOSED, ConnectionState.LOST})
+_DEAF = frozenset({CONNECTION_FAILED, CONNECTION_CLOSED, CONNECTION_LOST})
 #: states in which this end closes, or closed, the connection
-_CLOSED_BY_US = frozenset({_CLOSING, _FAILED, ConnectionState.CLOSED})
+_CLOSED_BY_US = frozenset({CONNECTION_CLOSING, CONNECTION_FAILED, CONNECTION_CLOSED})
 #: states in which the connection is gone
-_GONE = frozenset({ConnectionState.CLOSED, ConnectionState.LOST})
+_GONE = frozenset({CONNECTION_CLOSED, CONNECTION_LOST})
 
 
 class _PendingOpen:
@@ -178,7 +185,7 @@ class Tunnel(Protocol):
         self._readingPaused = False  # we paused reading: the peer does not read
         self._forbiddenOpens = 0
         self._forbiddenSince = 0.0
-        self._state = ConnectionState.OPEN
+        self._state = CONNECTION_OPEN
         self._drainSent = False  # our GOAWAY SHUTTING_DOWN: we take no new streams
         self.lastReceived = 0.0
         self._lastPing: float | None = None
@@ -272,8 +279,8 @@ class Tunnel(Protocol):
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         if self._state in _GONE:
             return  # told twice (a test's clean-up): the first time did it all
-        closed = self._state is _CLOSING or self._state is _FAILED
-        self._move(ConnectionState.CLOSED if closed else ConnectionState.LOST)
+        closed = self._state is CONNECTION_CLOSING or self._state is CONNECTION_FAILED
+        self._move(CONNECTION_CLOSED if closed else CONNECTION_LOST)
         for call in (self._keepaliveCall, self._abortCall):
             if call is not None and call.active():
                 call.cancel()
@@ -313,7 +320,7 @@ class Tunnel(Protocol):
         if code not in GRACEFUL:
             self._fail(wire.GoAway(code, text))
             return
-        self._move(_CLOSING)
+        self._move(CONNECTION_CLOSING)
         self.sendFrame(wire.GoAway(code, text))
         self._loseTransport()
 
@@ -323,10 +330,10 @@ class Tunnel(Protocol):
         close is under way; close, with C{goAway} if given, unless closing.
         """
         state = self._state
-        if state is _CLOSING:
-            self._move(_FAILED)
+        if state is CONNECTION_CLOSING:
+            self._move(CONNECTION_FAILED)
         elif state in _CARRYING:
-            self._move(_FAILED)
+            self._move(CONNECTION_FAILED)
             if goAway is not None:
                 self.sendFrame(goAway)
             self._loseTransport()
@@ -352,14 +359,14 @@ class Tunnel(Protocol):
         done = self.whenLost()
         if not self._drainSent and self._state not in _GONE:
             self._drainSent = True
-            if self._state is _OPEN:
-                self._move(_DRAINING)
+            if self._state is CONNECTION_OPEN:
+                self._move(CONNECTION_DRAINING)
             self.sendFrame(wire.GoAway(ErrorCode.SHUTTING_DOWN, text))
             self._closeIfIdle()
         return done
 
     def _closeIfIdle(self) -> None:
-        if self._state is _DRAINING and not self._streams and not self._pending:
+        if self._state is CONNECTION_DRAINING and not self._streams and not self._pending:
             self.close(ErrorCode.NO_ERROR, "drained")
 
     def _abort(self) -> None:
@@ -386,7 +393,7 @@ class Tunnel(Protocol):
         """
         if self.version is None or self._state not in _CARRYING:
             return _failed(TunnelClosed(f"tunnel to {self.nodeName or 'peer'} is not up"))
-        if self._state is _DRAINING:
+        if self._state is CONNECTION_DRAINING:
             return _failed(
                 StreamOpenFailed(
                     OpenFailReason.GOING_AWAY, f"tunnel to {self.nodeName} is draining"
@@ -734,7 +741,7 @@ class Tunnel(Protocol):
 
         def accepted(protocol: IProtocol) -> None:
             self._accepting.pop(streamId, None)
-            if stream.receiving is Receiving.ENDED or self._state in _GONE:
+            if stream.receiving is RECEIVING_ENDED or self._state in _GONE:
                 # Too late: the peer gave up, or the tunnel is gone, and the
                 # stream has been told already, while it had no protocol.
                 stream.attachEnded(protocol, Failure(ConnectionDone("stream cancelled by peer")))
@@ -745,7 +752,7 @@ class Tunnel(Protocol):
 
         def refused(failure: Failure) -> None:
             self._accepting.pop(streamId, None)
-            if stream.receiving is Receiving.ENDED or self._state in _GONE:
+            if stream.receiving is RECEIVING_ENDED or self._state in _GONE:
                 # we cancelled it: the peer gave up (and the stream is
                 # forgotten) or the tunnel is gone.  However the handler
                 # failed, there is nobody to answer and nothing to count.
@@ -827,8 +834,8 @@ class Tunnel(Protocol):
         if (
             stream is not None
             and stream.protocol is None
-            and stream.sending is Sending.ENDED
-            and stream.receiving is not Receiving.ENDED
+            and stream.sending is SENDING_ENDED
+            and stream.receiving is not RECEIVING_ENDED
             and (streamId % 2 == 1) == self.isClient
         ):
             return stream
@@ -888,8 +895,8 @@ class Tunnel(Protocol):
                 "tunnel to {node} is draining: {reason}", node=self.nodeName, reason=text
             )
             if first:
-                if self._state is _OPEN:
-                    self._move(_DRAINING)
+                if self._state is CONNECTION_OPEN:
+                    self._move(CONNECTION_DRAINING)
                 self.handler.tunnelDraining(self)
             self._closeIfIdle()
             return
