@@ -10,7 +10,6 @@ from __future__ import annotations
 import fcntl
 import socket
 import struct
-import termios
 from typing import Protocol
 
 __all__ = ["KeepaliveTimes", "noDelay", "tcpKeepalive", "tcpSocket", "unsentBytes"]
@@ -103,21 +102,28 @@ def tcpSocket(transport: object) -> socket.socket | None:
     return None
 
 
+#: Linux's ioctl for the bytes of a socket's send queue not yet sent
+#: (C{SIOCOUTQNSD}, include/uapi/linux/sockios.h); C{TIOCOUTQ} would count
+#: those sent and not yet acknowledged too, and wait for a delayed ACK.
+SIOCOUTQNSD = 0x894B
+
+
 def unsentBytes(transport: object) -> int:
     """
-    Bytes the kernel still holds in the send queue of C{transport}'s socket
-    (C{SIOCOUTQ}: for TCP, sent but not yet acknowledged, or not yet sent);
-    0 where that cannot be asked (no socket, or a platform without it).
+    Bytes the kernel holds in the send queue of C{transport}'s socket and
+    has not sent yet; 0 where that cannot be asked (no socket, or a
+    platform without C{SIOCOUTQNSD}).
 
-    A reset (C{SO_LINGER} 0, what C{abortConnection} does) discards them:
-    a relay passing a reset on waits for this to reach 0 first.
+    A reset (C{SO_LINGER} 0, what C{abortConnection} does) discards them,
+    while what was sent arrives before the RST: a relay passing a reset on
+    waits for this to reach 0 first.
     """
     handle = getattr(transport, "getHandle", None)
     if handle is None:
         return 0
     try:
         fileno = handle().fileno()
-        answer = fcntl.ioctl(fileno, termios.TIOCOUTQ, b"\0\0\0\0")
+        answer = fcntl.ioctl(fileno, SIOCOUTQNSD, b"\0\0\0\0")
     except (OSError, ValueError, AttributeError):
         return 0
     unsent: int = struct.unpack("i", answer)[0]
