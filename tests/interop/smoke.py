@@ -931,6 +931,7 @@ def main(argv: list[str]) -> int:
             print("bring-up FAILED; the processes' logs (last 4000 characters each):")
             for process in world.processes:
                 print(f"--- {process.name} (pid {process.popen.pid}):\n{process.log()[-4000:]}")
+            keepLogs(world)
             return 1
         print(
             f"mode {mode}: world up in {world.bringUpSeconds:.1f}s: {_timings(world.timings)}",
@@ -976,12 +977,7 @@ def main(argv: list[str]) -> int:
             print("--- logs of the world's processes (last 4000 characters each):")
             for process in world.processes:
                 print(f"--- {process.name} (pid {process.popen.pid}):\n{process.log()[-4000:]}")
-        if os.environ.get("INTEROP_KEEP_LOGS"):
-            keep = os.environ["INTEROP_KEEP_LOGS"]
-            os.makedirs(keep, exist_ok=True)
-            for process in world.processes:
-                with open(os.path.join(keep, os.path.basename(process.logPath)), "w") as f:
-                    f.write(process.log())
+        keepLogs(world)
     finally:
         started = time.monotonic()
         errors = cleanups.run()
@@ -991,6 +987,17 @@ def main(argv: list[str]) -> int:
     passed = bool(results) and all(ok for _, ok, _ in results) and len(results) == len(wanted)
     print("ALL PASS" if passed else "FAILED")
     return 0 if passed else 1
+
+
+def keepLogs(world: Any) -> None:
+    """Copy every process's whole log into C{$INTEROP_KEEP_LOGS}, if set."""
+    keep = os.environ.get("INTEROP_KEEP_LOGS")
+    if not keep:
+        return
+    os.makedirs(keep, exist_ok=True)
+    for process in world.processes:
+        with open(os.path.join(keep, os.path.basename(process.logPath)), "w") as f:
+            f.write(process.log())
 
 
 def _timings(timings: dict[str, float]) -> str:

@@ -19,8 +19,10 @@ them missing would take longer to build them than a test may run.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -70,6 +72,10 @@ class _ModeTests:
             if os.environ.get("CI") == "true":
                 self.fail(f"CI=true, so this test must run, but {reason}")
             self.skipTest(reason)
+        # Every process's whole log is kept here, and left behind (named in
+        # the failure) when the world fails: the report quotes only the
+        # end of each, and a flake is diagnosed from the whole.
+        logs = tempfile.mkdtemp(prefix=f"twisted-tunnel-interop-logs-{self.mode}-")
         try:
             done = subprocess.run(
                 [sys.executable, str(SMOKE), "--keep-going", f"--mode={self.mode}", *ITEMS],
@@ -78,17 +84,19 @@ class _ModeTests:
                 text=True,
                 timeout=TIMEOUT,
                 check=False,
+                env=dict(os.environ, INTEROP_KEEP_LOGS=logs),
             )
         except subprocess.TimeoutExpired as e:
             output = e.stdout if isinstance(e.stdout, str) else (e.stdout or b"").decode()
             self.fail(f"the interop world did not finish in {TIMEOUT:g} s:\n{output[-6000:]}")
-        report = done.stdout + done.stderr
+        report = done.stdout + done.stderr + f"\nthe processes' whole logs: {logs}"
         for item in ITEMS:
             verdict = f"item {item} ({NAMES[item]}): "
             lines = [line for line in report.splitlines() if line.startswith(verdict)]
             self.assertEqual(len(lines), 1, f"item {item} did not run:\n{report[-6000:]}")
             self.assertIn("): PASS in ", lines[0], f"\n{report[-8000:]}")
         self.assertEqual(done.returncode, 0, report[-8000:])
+        shutil.rmtree(logs, ignore_errors=True)
 
 
 class TransparentModeTests(_ModeTests, SynchronousTestCase):
