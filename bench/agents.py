@@ -769,6 +769,9 @@ class SizeOptions:
     settleSeconds: float = SETTLE_SECONDS
     bootstrap: str = TWISTD
     atIdle: Callable[[ServerProcess], object] | None = None
+    #: how many times the agents connect and leave, against the one server
+    #: (issue 15: does the memory come back, or grow storm after storm?)
+    cycles: int = 1
 
 
 @dataclass
@@ -814,6 +817,9 @@ class SizeResult:
     agentsNotStopped: int = 0
     serverExit: int | None = None
     error: str | None = None
+    #: server RSS (KiB) connected and after all left, for each cycle after
+    #: the first (see L{SizeOptions.cycles})
+    moreCycles: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -885,6 +891,23 @@ async def runSize(
             result.departSeconds = time.monotonic() - departing
         await sleep(reactor, options.settleSeconds)
         result.memoryLeft = server.memory()
+        for cycle in range(2, options.cycles + 1):
+            again = await connectAgents(
+                reactor, fleet.agents[:count], server, options.inFlight, keepalive
+            )
+            agents = again.agents
+            await sleep(reactor, options.settleSeconds)
+            connectedRSS = server.memory()["VmRSS"]
+            result.agentsNotStopped += await stopAgents(reactor, agents)
+            agents = []
+            await waitForDepartures(reactor, server, again.connected)
+            await sleep(reactor, options.settleSeconds)
+            leftRSS = server.memory()["VmRSS"]
+            result.moreCycles.append((connectedRSS, leftRSS))
+            log(
+                f"N={count}: cycle {cycle}: {again.connected} connected, RSS"
+                f" {connectedRSS // 1024} MiB; all left, RSS {leftRSS // 1024} MiB"
+            )
     except Exception as e:
         result.error = f"{type(e).__name__}: {e}"
         log(f"N={count}: {result.error}")
@@ -1015,6 +1038,24 @@ def resultsTable(results: Sequence[SizeResult]) -> str:
         ],
         [memoryRow(r) for r in results],
     )
+    cycles = [r for r in results if r.moreCycles]
+    if cycles:
+        memory += "\n\n" + markdownTable(
+            ["agents", "server RSS MiB, connected → after all left, cycle by cycle"],
+            [
+                [
+                    f"{r.agents:,}",
+                    ", ".join(
+                        f"{mib(c)} → {mib(left)}"
+                        for c, left in [
+                            (r.memoryConnected.get("VmRSS"), r.memoryLeft.get("VmRSS")),
+                            *r.moreCycles,
+                        ]
+                    ),
+                ]
+                for r in cycles
+            ],
+        )
     idle = markdownTable(
         [
             "agents",
@@ -1833,6 +1874,13 @@ def parseArgs(argv: Sequence[str]) -> argparse.Namespace:
         help="sizes to run (default 1000 5000 10000; with --storm, 1000)",
     )
     parser.add_argument("--idle-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--cycles",
+        type=int,
+        default=1,
+        help="connect the agents and let them leave this many times against one server, "
+        "reporting the server's memory after each (does it come back?)",
+    )
     parser.add_argument("--opens", type=int, default=200, help="sequential stream opens per size")
     parser.add_argument(
         "--in-flight", type=int, default=32, help="handshakes at once (below the backlog of 50)"
@@ -1918,6 +1966,7 @@ async def runAll(reactor: Any, args: argparse.Namespace, work: Path) -> list[Siz
         inFlight=args.in_flight,
         keepaliveInterval=args.keepalive_interval,
         seed=args.seed,
+        cycles=args.cycles,
     )
 
     def run(fleet: Fleet, count: int) -> Awaitable[SizeResult]:

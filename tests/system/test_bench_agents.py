@@ -81,3 +81,25 @@ class SmokeTests(TestCase):
             self.assertIn("| 20 | 20 | 0 |", agents.resultsTable([result]))
 
         return running.addCallback(check)
+
+    def test_cycles(self) -> Deferred[None]:
+        """
+        With C{cycles}, the same agents connect and leave again against the
+        one server, and the report gives its memory after each cycle.
+        """
+        fleet = agents.newFleet()
+        options = agents.SizeOptions(idleSeconds=1.0, opens=2, settleSeconds=0.5, cycles=3)
+        running = Deferred.fromCoroutine(agents.runSize(reactor, fleet, 10, options, self.work))
+
+        def check(result: object) -> None:
+            assert isinstance(result, agents.SizeResult)
+            self.assertIsNone(result.error)
+            self.assertEqual(len(result.moreCycles), 2)
+            self.assertTrue(all(rss > 0 for cycle in result.moreCycles for rss in cycle))
+            # three connections per agent, one per cycle, each logged by the server
+            self.assertEqual(result.serverConnectedLines, 30)
+            self.assertEqual(result.agentsNotStopped, 0)
+            self.assertEqual(result.serverProblems, [])
+            self.assertIn("cycle by cycle", agents.resultsTable([result]))
+
+        return running.addCallback(check)
