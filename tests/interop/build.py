@@ -7,7 +7,7 @@ C{go.mod}/C{go.sum} that pins it, a C{build.txt} listing, one per line,
 the packages to build (C{k8s.io/kubernetes/cmd/kube-apiserver}), and
 optionally an C{ldflags.txt} whose lines are passed as C{-ldflags} (the
 version stamps upstream's own build sets: without them C{kubectl version}
-cannot parse its own version).  The
+cannot parse its own version) and a C{tags.txt} whose lines are build tags.  The
 binaries land in a cache outside the checkout, keyed by a hash of the
 module's files and the Go version, so a warm run builds nothing and a
 changed pin builds anew:
@@ -105,6 +105,10 @@ def build(name: str, here: Path = HERE, root: Path | None = None) -> tuple[Path,
     if ldflags.exists():
         lines = [line.strip() for line in ldflags.read_text().splitlines()]
         flags = ["-ldflags", " ".join(line for line in lines if line and not line.startswith("#"))]
+    tags = folder / "tags.txt"
+    if tags.exists():
+        lines = [line.strip() for line in tags.read_text().splitlines()]
+        flags += ["-tags", ",".join(line for line in lines if line and not line.startswith("#"))]
     started = time.monotonic()
     env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=mod -buildvcs=false")
     subprocess.run(
