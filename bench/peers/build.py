@@ -174,9 +174,15 @@ def cargoBuild(name: str, root: Path) -> tuple[Path, float]:
 def build(name: str, root: Path | None = None) -> tuple[Path, float]:
     """The bin directory of peer C{name}, built if not cached; and the build's seconds."""
     root = root or cacheRoot()
-    if (HERE / name / "cargo.txt").exists():
-        return cargoBuild(name, root)
-    return gobuild.build(name, HERE, root)
+    try:
+        if (HERE / name / "cargo.txt").exists():
+            return cargoBuild(name, root)
+        return gobuild.build(name, HERE, root)
+    except subprocess.CalledProcessError:
+        for unfinished in root.glob(f"{name}-*"):
+            if not (unfinished / DONE).exists():
+                shutil.rmtree(unfinished, ignore_errors=True)  # nothing usable in it
+        raise
 
 
 def cached(name: str, root: Path | None = None) -> Path | None:
