@@ -16,8 +16,10 @@ being a hash of that file and of the versions of rustc and cargo.
 
     ${TWISTED_TUNNEL_PEERS_CACHE:-~/.cache/twisted-tunnel/peers}/<name>-<key>/bin/
 
-    usage: python3 bench/peers/build.py [NAME ...]     (every peer by default)
-           prints NAME=/path/to/bin for each, and the time each build took
+    usage: python3 bench/peers/build.py [--keep-going] [NAME ...]   (every peer by default)
+           prints NAME=/path/to/bin for each, and the time each build took; tries every
+           peer, then exits 1 if one failed (0 with --keep-going: the benchmark runs the
+           peers that built, and says which did not)
 
 Run it with C{nice -n 19} on a shared machine (C{make peers} does).
 """
@@ -195,7 +197,8 @@ def cached(name: str, root: Path | None = None) -> Path | None:
 
 
 def main(argv: list[str]) -> int:
-    names = argv or peers()
+    keepGoing = "--keep-going" in argv
+    names = [arg for arg in argv if arg != "--keep-going"] or peers()
     unknown = [name for name in names if name not in peers()]
     if unknown:
         print(
@@ -212,7 +215,9 @@ def main(argv: list[str]) -> int:
             continue
         how = f"built in {seconds:.0f} s" if seconds else "cached"
         print(f"{name}={binaries}  # {how}", flush=True)
-    return 1 if failed else 0
+    if failed:
+        print(f"not built: {', '.join(failed)} (errors above)", file=sys.stderr, flush=True)
+    return 1 if failed and not keepGoing else 0
 
 
 if __name__ == "__main__":
