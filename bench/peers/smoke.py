@@ -7,8 +7,8 @@ the benchmark will (the config files beside this script, rendered with
 ports from 127.0.0.1; the command lines below), waits until a probe echoes
 through the tunnel, then sends C{--bytes} (1 MiB) of random data on one
 connection while reading it back, and compares.  It also notes whether a
-half-close (the client's FIN) comes back as an EOF, and each process's
-resident memory once the transfer is done.  Every process it started is
+half-close (the client's FIN) comes back as an EOF, and each end's
+memory (RSS and PSS) once the transfer is done.  Every process it started is
 stopped by PID (L{_procs.Processes}); every wait is bounded.
 
     usage: python3 bench/peers/smoke.py [--bytes N] [--keep] [PEER ...]
@@ -250,14 +250,22 @@ def transfer(dial: Dialer, size: int) -> Transfer:
     return Transfer(ok, seconds, received, halfClose, why)
 
 
-def rssKiB(pid: int) -> int:
+def memoryKiB(pid: int) -> tuple[int, int]:
+    """
+    The process's RSS and PSS in KiB: RSS counts every page of its binary
+    that it touched, which N processes of one binary share; PSS charges each
+    of them its share, so PSS is what adds up over many clients.
+    """
+    rss = pss = 0
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return rss, pss
 
 
 @dataclass
@@ -445,7 +453,7 @@ class Outcome:
     note: str
     ready: float = 0.0
     result: Transfer | None = None
-    rss: dict[str, int] = field(default_factory=dict)
+    memory: dict[str, tuple[int, int]] = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)
 
 
@@ -473,7 +481,7 @@ def runOne(variant: str, size: int, workRoot: Path, say: Callable[[str], None]) 
         result = transfer(setup.dial, size)
         outcome.result = result
         procs.checkAlive()
-        outcome.rss = {name: rssKiB(procs.get(name).process.pid) for name in setup.ends}
+        outcome.memory = {name: memoryKiB(procs.get(name).process.pid) for name in setup.ends}
         outcome.ok = result.ok
         outcome.note = result.detail
     except (BenchError, OSError, ValueError, KeyError) as e:
@@ -491,16 +499,16 @@ def runOne(variant: str, size: int, workRoot: Path, say: Callable[[str], None]) 
 def report(outcomes: list[Outcome], size: int) -> str:
     lines = [
         f"| peer | result | ready after | {size // 1024} KiB echoed in | half-close "
-        "| RSS server / client (KiB) |",
-        "|---|---|---|---|---|---|",
+        "| server RSS / PSS (KiB) | client RSS / PSS (KiB) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
         r = o.result
-        rss = " / ".join(str(v) for v in o.rss.values()) or "-"
+        ends = [f"{rss} / {pss}" for rss, pss in o.memory.values()] or ["-", "-"]
         lines.append(
             f"| {o.variant} | {'ok' if o.ok else 'FAILED: ' + o.note} | {o.ready:.2f} s "
             f"| {f'{r.seconds * 1000:.0f} ms' if r else '-'} | {r.halfClose if r else '-'} "
-            f"| {rss} |"
+            f"| {' | '.join(ends)} |"
         )
     lines.append("")
     for o in outcomes:
