@@ -82,6 +82,23 @@ INTEROP_TEST_COMPONENTS := etcd kube kubelet metrics-server
 interop-build-test:
 	$(PYTHON3) tests/interop/build.py $(INTEROP_TEST_COMPONENTS)
 
+# The benchmark's peers (issue 15): frp, chisel, rathole and Konnectivity, built pinned from
+# their registries (the Go module proxy, crates.io) into ~/.cache/twisted-tunnel/peers
+# (bench/peers/build.py, the scheme of tests/interop/build.py): once per version, at the lowest
+# priority.  PEERS=... builds only those.  A peer that does not build is reported (its error,
+# then "not built: ...") and the others are built all the same: the target still succeeds, so
+# that `make bench` runs the peers that did build (Konnectivity: the module proxy refuses it).
+# `make peers-smoke` drives each once on loopback (bench/peers/smoke.py; PEERS_SMOKE=... names
+# variants: frp chisel rathole konnectivity konnectivity-mtls).
+PEERS ?=
+PEERS_SMOKE ?=
+.PHONY: peers peers-smoke
+peers:
+	nice -n 19 $(PYTHON3) bench/peers/build.py --keep-going $(PEERS)
+
+peers-smoke: venv peers
+	$(PY) bench/peers/smoke.py $(PEERS_SMOKE)
+
 # The interop world, mode A (tests/interop/smoke.py), by hand: the real kube-apiserver, kubectl,
 # kubelet API, metrics-server and Prometheus through the tunnel, in network namespaces (as root);
 # `make test` runs it too (tests/system/test_interop.py).

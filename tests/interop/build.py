@@ -7,7 +7,7 @@ C{go.mod}/C{go.sum} that pins it, a C{build.txt} listing, one per line,
 the packages to build (C{k8s.io/kubernetes/cmd/kube-apiserver}), and
 optionally an C{ldflags.txt} whose lines are passed as C{-ldflags} (the
 version stamps upstream's own build sets: without them C{kubectl version}
-cannot parse its own version).  The
+cannot parse its own version) and a C{tags.txt} whose lines are build tags.  The
 binaries land in a cache outside the checkout, keyed by a hash of the
 module's files and the Go version, so a warm run builds nothing and a
 changed pin builds anew:
@@ -16,6 +16,12 @@ changed pin builds anew:
 
 Nothing the project ships depends on these: they are test fixtures, built
 from their registries (the Go module proxy) as CI would build them.
+
+The functions take the folder that holds the components (C{here}) and the
+cache they land in (C{root}); their defaults are this folder and the
+interop cache, so that C{bench/peers/build.py} builds the benchmark's peers
+(frp, chisel, Konnectivity) the same way, from its own folder into a cache
+of its own.
 
     usage: python tests/interop/build.py [NAME ...]     (all components by default)
            prints NAME=/path/to/bin for each, and the time each build took
@@ -45,10 +51,10 @@ def cacheRoot() -> Path:
     return Path(base) / "twisted-tunnel" / "interop"
 
 
-def components() -> list[str]:
-    """Every folder beside this file that holds a Go module and a build list."""
+def components(here: Path = HERE) -> list[str]:
+    """Every folder in C{here} that holds a Go module and a build list."""
     return sorted(
-        p.name for p in HERE.iterdir() if (p / "go.mod").exists() and (p / "build.txt").exists()
+        p.name for p in here.iterdir() if (p / "go.mod").exists() and (p / "build.txt").exists()
     )
 
 
@@ -58,29 +64,33 @@ def goVersion() -> str:
     ).stdout.strip()
 
 
-def key(name: str) -> str:
+def key(name: str, here: Path = HERE) -> str:
     """What the build depends on: the module's own files, and the Go version."""
     digest = hashlib.sha256(goVersion().encode())
-    folder = HERE / name
+    folder = here / name
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.suffix in {".mod", ".sum", ".go", ".txt"}:
             digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
 
-def cached(name: str) -> Path | None:
+def cached(name: str, here: Path = HERE, root: Path | None = None) -> Path | None:
     """The bin directory of C{name}'s binaries if they are built for its current pin."""
-    target = cacheRoot() / f"{name}-{key(name)}"
+    target = (root or cacheRoot()) / f"{name}-{key(name, here)}"
     return target / "bin" if (target / DONE).exists() else None
 
 
-def build(name: str) -> tuple[Path, float]:
+def build(name: str, here: Path = HERE, root: Path | None = None) -> tuple[Path, float]:
     """
     The bin directory of C{name}'s binaries, built if not cached; and how
     long the build took (0 when cached).
+
+    @param here: the folder that holds the component's folder C{name}.
+    @param root: the cache (by default L{cacheRoot}).
     """
-    folder = HERE / name
-    target = cacheRoot() / f"{name}-{key(name)}"
+    root = root or cacheRoot()
+    folder = here / name
+    target = root / f"{name}-{key(name, here)}"
     if (target / DONE).exists():
         return target / "bin", 0.0
     shutil.rmtree(target, ignore_errors=True)
@@ -95,6 +105,10 @@ def build(name: str) -> tuple[Path, float]:
     if ldflags.exists():
         lines = [line.strip() for line in ldflags.read_text().splitlines()]
         flags = ["-ldflags", " ".join(line for line in lines if line and not line.startswith("#"))]
+    tags = folder / "tags.txt"
+    if tags.exists():
+        lines = [line.strip() for line in tags.read_text().splitlines()]
+        flags += ["-tags", ",".join(line for line in lines if line and not line.startswith("#"))]
     started = time.monotonic()
     env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=mod -buildvcs=false")
     subprocess.run(
@@ -104,7 +118,7 @@ def build(name: str) -> tuple[Path, float]:
         check=True,
     )
     (target / DONE).write_text(f"{goVersion()}\n")
-    for stale in cacheRoot().glob(f"{name}-*"):
+    for stale in root.glob(f"{name}-*"):
         if stale != target and stale.name[len(name) + 1 :].isalnum():
             shutil.rmtree(stale, ignore_errors=True)  # an older pin's binaries
     return target / "bin", time.monotonic() - started
