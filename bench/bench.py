@@ -968,6 +968,36 @@ def cpuTable(results: Results, paths: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+#: The workloads measured in requests per second: CPU per request is theirs.
+REQUEST_WORKLOADS = ("ka1", "ka64", "newc", "tka1", "tka64", "tnewc")
+
+
+def cpuPerRequest(results: Results, path: str, workload: str) -> float | None:
+    """
+    Microseconds of CPU the tunnel's processes (both ends) spent per
+    request: their median share of a core over the workload's median rate.
+    """
+    shares = results.cpu.get(path, {}).get(workload)
+    rate = results.median(path, workload)
+    if not shares or not rate:
+        return None
+    return statistics.median(shares) / 100 / rate * 1e6
+
+
+def cpuPerRequestTable(results: Results, paths: Sequence[str]) -> str:
+    tunnels = [p for p in paths if p in results.cpu]
+    rows = []
+    for path in tunnels:
+        cells = [cpuPerRequest(results, path, w) for w in REQUEST_WORKLOADS]
+        if any(c is not None for c in cells):
+            shown = " | ".join("-" if c is None else f"{c:.0f}" for c in cells)
+            rows.append(f"| {LABELS[path]} | {shown} |")
+    if not rows:
+        return ""
+    header = "| tunnel | " + " | ".join(WORKLOAD_NAMES[w] for w in REQUEST_WORKLOADS) + " |"
+    return "\n".join([header, "|---|" + "---|" * len(REQUEST_WORKLOADS), *rows])
+
+
 def rawRuns(results: Results, paths: Sequence[str]) -> str:
     lines = ["| path | metric | runs |", "|---|---|---|"]
     for path in paths:
@@ -1155,6 +1185,15 @@ def report(
             "The machine has 2 cores shared with the load generator and nginx.",
             "",
             cpu,
+            "",
+        ]
+    perRequest = cpuPerRequestTable(results, paths)
+    if perRequest:
+        parts += [
+            "CPU per request, both ends of the tunnel, in microseconds (the median CPU",
+            "share above over the median request rate; lower is better):",
+            "",
+            perRequest,
             "",
         ]
     parts += ["Every run:", "", rawRuns(results, paths), ""]

@@ -51,3 +51,24 @@ class MeasuresTests(SynchronousTestCase):
             expected = workload not in bench.TLS_WORKLOADS
             self.assertEqual(bench.measures(withCert, workload), expected, workload)
         self.assertFalse(bench.measures(self.row(None, iperf=None), "bulk"))
+
+
+class CPUPerRequestTests(SynchronousTestCase):
+    def test_sharesOverRates(self) -> None:
+        """
+        CPU per request is the median CPU share over the median rate: 50% of a
+        core at 10,000 req/s is 50 µs a request; workloads with no CPU
+        measured, or no rate, show "-".
+        """
+        results = bench.Results()
+        for share, rate in ((40.0, 9_000.0), (50.0, 10_000.0), (60.0, 11_000.0)):
+            results.add("ours", "ka64", rate)
+            results.cpu.setdefault("ours", {}).setdefault("ka64", []).append(share)
+        results.add("ours", "ka1", 2_000.0)  # no CPU measured for it
+        self.assertAlmostEqual(bench.cpuPerRequest(results, "ours", "ka64"), 50.0)
+        self.assertIsNone(bench.cpuPerRequest(results, "ours", "ka1"))
+        self.assertIsNone(bench.cpuPerRequest(results, "ours", "newc"))
+        table = bench.cpuPerRequestTable(results, ["ours"])
+        self.assertIn("| keep-alive c=1 | keep-alive c=64 |", table)
+        self.assertIn(f"| {bench.LABELS['ours']} | - | 50 | - |", table)
+        self.assertEqual(bench.cpuPerRequestTable(bench.Results(), ["ours"]), "")
