@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -47,11 +46,8 @@ DONE = gobuild.DONE
 
 
 def cacheRoot() -> Path:
-    configured = os.environ.get("TWISTED_TUNNEL_PEERS_CACHE")
-    if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "twisted-tunnel" / "peers"
+    """C{$TWISTED_TUNNEL_PEERS_CACHE}, else C{twisted-tunnel/peers} in the user's cache."""
+    return gobuild.cacheRoot("peers")
 
 
 def goPeers() -> list[str]:

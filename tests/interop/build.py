@@ -43,12 +43,16 @@ HERE = Path(__file__).resolve().parent
 DONE = ".built"
 
 
-def cacheRoot() -> Path:
-    configured = os.environ.get("TWISTED_TUNNEL_INTEROP_CACHE")
+def cacheRoot(kind: str = "interop") -> Path:
+    """
+    Where the builds of C{kind} land: C{$TWISTED_TUNNEL_<KIND>_CACHE}, else
+    C{twisted-tunnel/<kind>} in the user's cache directory.
+    """
+    configured = os.environ.get(f"TWISTED_TUNNEL_{kind.upper()}_CACHE")
     if configured:
         return Path(configured)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "twisted-tunnel" / "interop"
+    return Path(base) / "twisted-tunnel" / kind
 
 
 def components(here: Path = HERE) -> list[str]:
