@@ -11,11 +11,13 @@ producer before its protocol hears of it), and on tunnel streams.
 from __future__ import annotations
 
 from twisted.internet import reactor
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -23,6 +25,7 @@ from zope.interface.verify import verifyObject
 
 from tests.memory import SMALL_WINDOW, HalfCloser, Recorder, TunnelPair, streamOf
 from twisted_tunnel.mux import Sending, Settings
+from twisted_tunnel.net import relay
 from twisted_tunnel.net.relay import RelayProtocol, halfClose, splice
 
 
@@ -387,3 +390,38 @@ class AbortAfterDataTests(TestCase):
         assert sink.reason is not None
         sink.reason.trap(ConnectionLost)
         self.assertEqual(sink.received, 0)
+
+
+class AbortWhenDrainedTests(SynchronousTestCase):
+    """
+    The wait of a connection to be reset for its kernel send queue:
+    it looks again after DRAIN_POLL, then twice as long each time up to
+    DRAIN_POLL_MAX, and aborts once nothing is left unsent.
+    """
+
+    def test_backsOff(self) -> None:
+        clock = Clock()
+        connection = FileDescriptor(clock)  # type: ignore[arg-type]
+        connection.connected = True
+        aborted: list[bool] = []
+        connection.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+        unsent = [1]
+        self.patch(relay, "unsentBytes", lambda c: unsent[0])
+        relay.abortWhenSent(connection)
+        self.assertIsInstance(connection.producer, relay._AbortWhenDrained)
+        looks = []
+        for _ in range(12):
+            (call,) = clock.getDelayedCalls()
+            looks.append(round(call.getTime() - clock.seconds(), 3))
+            clock.advance(call.getTime() - clock.seconds())
+        self.assertEqual(
+            looks, [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.0, 1.0, 1.0, 1.0, 1.0]
+        )
+        self.assertEqual(aborted, [])
+        connection.producer.resumeProducing()  # asked again while a look is due: no second look
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        unsent[0] = 0
+        clock.advance(1.0)
+        self.assertEqual(aborted, [True])
+        self.assertIsNone(connection.producer)
+        self.assertEqual(clock.getDelayedCalls(), [])

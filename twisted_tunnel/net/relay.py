@@ -43,7 +43,7 @@ from zope.interface import implementer
 
 from ._twisted import queuedBytes
 from .sockets import noDelay, tcpSocket, unsentBytes
-from .transports import ITunnelStream, pushProducer
+from .transports import ITunnelStream, layers, pushProducer
 
 #: Default idle deadline of a relayed stream, in seconds: no byte either
 #: way for this long closes it.  Kubernetes' own for exec, attach and
@@ -460,8 +460,13 @@ def _end(transport: Any, reason: Failure) -> None:
         abortWhenSent(transport)
 
 
-#: How often a connection waiting to be reset looks at its kernel send queue.
+#: How soon a connection waiting to be reset first looks again at its
+#: kernel send queue; each look after doubles the wait, up to
+#: L{DRAIN_POLL_MAX}: a peer that reads costs a few looks, one that does not
+#: read (until the relay's half-close deadline) about one a second, however
+#: many connections it holds that way.
 DRAIN_POLL = 0.01
+DRAIN_POLL_MAX = 1.0
 
 
 def abortWhenSent(transport: Any) -> None:
@@ -496,14 +501,12 @@ def abortWhenSent(transport: Any) -> None:
 
 def _socketUnder(transport: Any) -> FileDescriptor | None:
     """
-    The socket's transport under C{transport} and the layers over it that
-    keep theirs as C{transport} (TLS, a front door's limiter), or C{None}.
+    The socket's transport under C{transport} (found through its
+    L{layers}: TLS, a front door's limiter), or C{None}.
     """
-    layer = transport
-    for _ in range(4):
+    for layer in layers(transport):
         if isinstance(layer, FileDescriptor):
             return layer
-        layer = getattr(layer, "transport", None)
     return None
 
 
@@ -512,27 +515,36 @@ class _AbortWhenDrained:
     """
     The pull producer of a connection with bytes queued: Twisted asks it
     for more when its send buffer is empty; then it waits for the kernel's
-    send queue to empty too (a reset discards it), looking every
-    L{DRAIN_POLL} seconds, and aborts the transport (the connection, or the
-    TLS session over it).
+    send queue to empty too (a reset discards it), looking after
+    L{DRAIN_POLL} seconds, then twice as long each time up to
+    L{DRAIN_POLL_MAX}, and aborts the transport (the connection, or the TLS
+    session over it).
     """
 
     def __init__(self, transport: Any, connection: FileDescriptor) -> None:
         self.transport = transport
         self.connection = connection
         self._poll: IDelayedCall | None = None
+        self._wait = DRAIN_POLL
 
     def resumeProducing(self) -> None:
+        if self._poll is not None and self._poll.active():
+            return  # a look is due already
         self._poll = None
         connection = self.connection
         if queuedBytes(connection) != 0 or not connection.connected:
             return  # Twisted asks again when its buffer is empty
         if unsentBytes(connection) > 0:
             clock = IReactorTime(connection.reactor)
-            self._poll = clock.callLater(DRAIN_POLL, self.resumeProducing)
+            self._poll = clock.callLater(self._wait, self._look)
+            self._wait = min(self._wait * 2, DRAIN_POLL_MAX)
             return
         connection.unregisterProducer()
         self.transport.abortConnection()
+
+    def _look(self) -> None:
+        self._poll = None
+        self.resumeProducing()
 
     def stopProducing(self) -> None:
         """The connection is gone already: nothing to abort."""

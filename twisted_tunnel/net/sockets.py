@@ -12,6 +12,8 @@ import socket
 import struct
 from typing import Protocol
 
+from .transports import layers
+
 __all__ = ["KeepaliveTimes", "noDelay", "tcpKeepalive", "tcpSocket", "unsentBytes"]
 
 
@@ -86,8 +88,8 @@ def tcpKeepalive(transport: object, keepalive: KeepaliveTimes) -> bool:
 
 def tcpSocket(transport: object) -> socket.socket | None:
     """The TCP socket under C{transport} (through TLS wrappers), if there is one."""
-    for _ in range(4):
-        getHandle = getattr(transport, "getHandle", None)
+    for layer in layers(transport):
+        getHandle = getattr(layer, "getHandle", None)
         handle = getHandle() if getHandle is not None else None
         if isinstance(handle, socket.socket):
             if handle.type == socket.SOCK_STREAM and handle.family in (
@@ -95,9 +97,6 @@ def tcpSocket(transport: object) -> socket.socket | None:
                 socket.AF_INET6,
             ):
                 return handle
-            return None
-        transport = getattr(transport, "transport", None)
-        if transport is None:
             return None
     return None
 

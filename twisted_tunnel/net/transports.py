@@ -4,6 +4,7 @@ Small facts about transports that several front doors need.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
@@ -51,18 +52,34 @@ def addressLabel(address: Any) -> str:
     return str(address)
 
 
+#: How many layers L{layers} looks through: a front door's limiter over TLS
+#: over TCP is three.
+MAX_LAYERS = 4
+
+
+def layers(transport: object) -> Iterator[object]:
+    """
+    C{transport}, then the transports under it, each found as the
+    C{transport} attribute of the one above (TLS, a front door's limiter),
+    at most L{MAX_LAYERS} of them.
+    """
+    layer: object = transport
+    for _ in range(MAX_LAYERS):
+        if layer is None:
+            return
+        yield layer
+        layer = getattr(layer, "transport", None)
+
+
 def heldBytesOf(transport: object) -> int:
     """
     Bytes that C{transport} (a tunnel stream, or a TLS transport over one)
     holds in memory: a stream's C{bufferedBytes}, found through the
-    C{transport} attribute of the layers above it.  0 for anything else
-    (a TCP upstream holds its data in the kernel, not here).
+    L{layers} above it.  0 for anything else (a TCP upstream holds its data
+    in the kernel, not here).
     """
-    for _ in range(4):
-        held = getattr(transport, "bufferedBytes", None)
+    for layer in layers(transport):
+        held = getattr(layer, "bufferedBytes", None)
         if isinstance(held, int):
             return held
-        transport = getattr(transport, "transport", None)
-        if transport is None:
-            return 0
     return 0
