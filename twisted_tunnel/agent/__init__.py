@@ -77,6 +77,7 @@ from ..mux import (
     drainTunnels,
     validServerId,
 )
+from ..mux.keepalive import KEEPALIVE_INFO, SERVER_KEEPS_ALIVE
 from ..net.addresses import IPAddress, parseIP
 from ..net.relay import (
     DEFAULT_RELAY_TIMEOUTS,
@@ -221,6 +222,8 @@ class _AgentSide:
             # the replicas we hold already: one of them refuses a second tunnel
             "servers": self.agent.servers(),
             "software": f"twisted-tunnel {__version__}",
+            # a server that sweeps may keep this tunnel alive: we then only probe
+            KEEPALIVE_INFO: SERVER_KEEPS_ALIVE,
         }
 
     def helloReceived(self, tunnel: Tunnel, info: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ from ..errors import StreamOpenFailed, StreamOpenTimeout, TunnelClosed
 from ..net.sockets import noDelay, tcpKeepalive
 from ..wire import ErrorCode, OpenFailReason, ProtocolError
 from .interfaces import IStreamCarrier, ITunnelHandler, ITunnelMeter, Refused, TunnelAddress
-from .keepalive import KeepaliveSweep
+from .keepalive import KEEPALIVE_INFO, SERVER_KEEPS_ALIVE, KeepaliveSweep
 from .settings import Keepalive, Settings, StreamBudget
 from .states import (
     CONNECTION_CLOSED,
@@ -920,10 +920,32 @@ class Tunnel(Protocol):
         if delay is not None:
             self._scheduleKeepalive(delay)
 
+    def _keepsAlive(self) -> bool:
+        """
+        Whether this end pings every C{interval} of silence (it keeps the
+        connection alive) rather than only probing before the deadline.
+
+        A server that checks its tunnels with a L{KeepaliveSweep} keeps
+        alive those of agents that let it: its PINGs fall due together, slot
+        by slot, so their PONGs come back together and wake its reactor once
+        for many, where agents' PINGs arrive one by one, each a wakeup of its
+        own.  Both sides say C{keepalive: "server"} in HELLO: the agent that
+        it lets the server ping, the server that it does.  Where either does
+        not (an older peer), the agent pings and the server only probes, as
+        before, so a mixed fleet never has both sides pinging.
+        """
+        if self.isClient:
+            return self.peerInfo.get(KEEPALIVE_INFO) != SERVER_KEEPS_ALIVE
+        return (
+            self._keepaliveSweep is not None
+            and self.peerInfo.get(KEEPALIVE_INFO) == SERVER_KEEPS_ALIVE
+        )
+
     def checkKeepalive(self, *, judge: bool = True) -> float | None:
         """
         Act on the silence so far: end a connection silent for the
-        deadline, or send a PING when one is due (see L{Keepalive}).
+        deadline, or send a PING when one is due (see L{Keepalive} and
+        L{_keepsAlive}).
 
         @param judge: C{False} to send PINGs but declare nobody dead (for a
             check that ran late: the silence it sees may be its own).
@@ -952,7 +974,7 @@ class Tunnel(Protocol):
         lastPing = self._lastPing
         if lastPing is not None and lastPing >= self.lastReceived:
             nextPing = lastPing + keepalive.interval  # pinged; nothing heard since
-        elif self.isClient:
+        elif self._keepsAlive():
             nextPing = self.lastReceived + keepalive.interval
         else:
             nextPing = self.lastReceived + max(

@@ -42,7 +42,6 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
@@ -62,6 +61,7 @@ from ..mux import (
     drainTunnels,
     validServerId,
 )
+from ..mux.keepalive import KEEPALIVE_INFO, SERVER_KEEPS_ALIVE, SWEEP_SLOTS
 from ..net.addresses import normalIP
 from ..net.relay import DEFAULT_RELAY_TIMEOUTS, RelayReaper, RelayTimeouts
 from ..tls import Credentials, PeerIdentity, peerIdentity, verifyChain
@@ -71,6 +71,7 @@ from ..wire import ErrorCode, OpenFailReason
 from .expiry import CertificateExpiry
 from .metrics import ServerMetrics
 from .routes import DEFAULT_KEEP_GONE, RoutedNodes
+from .tlsreplies import ReplyingTLSFactory
 
 #: How long an open may wait for the agent's answer by default.
 DEFAULT_OPEN_TIMEOUT = 10.0
@@ -343,6 +344,8 @@ class _ServerSide:
             "instance": self.server.instance,
             "server_count": self.server.serverCount,
             "software": f"twisted-tunnel {__version__}",
+            # this server pings its agents (its KeepaliveSweep): they need only probe
+            KEEPALIVE_INFO: SERVER_KEEPS_ALIVE,
         }
 
     def helloReceived(self, tunnel: Tunnel, info: dict[str, Any]) -> None:
@@ -591,8 +594,10 @@ class TunnelServer:
         self.serverCount = serverCount
         self.settings = settings
         self.keepalive = keepalive
-        # one timer checks every agent's keepalive, a quarter interval apart
-        self.keepaliveSweep = KeepaliveSweep(clock, keepalive.interval / 4)
+        # one timer keeps every agent's tunnel alive, in slots of SWEEP_SLOTS
+        # per interval: the PINGs of a slot leave (and their PONGs return)
+        # together
+        self.keepaliveSweep = KeepaliveSweep(clock, keepalive.interval / SWEEP_SLOTS)
         self.openTimeout = openTimeout
         self.identify = identify or _peerIdentity
         self.addressProof: INodeAddressProof = addressProof or CertificateAddressProof()
@@ -613,7 +618,7 @@ class TunnelServer:
             raise ValueError("a server without credentials cannot accept agents over TLS")
         if self._tls is None:
             self._tls = RotatingServerOptions(self.credentials)
-        return TLSMemoryBIOFactory(self._tls, False, _TunnelFactory(self))
+        return ReplyingTLSFactory(self._tls, False, _TunnelFactory(self), self.clock)
 
     def updateCredentials(self, credentials: Credentials) -> None:
         """
