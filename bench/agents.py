@@ -392,6 +392,10 @@ class ServerProcess:
         with open(self.logPath, errors="replace") as f:
             return [line.rstrip() for line in f if any(m in line for m in _PROBLEMS)]
 
+    def logLines(self, text: str) -> list[str]:
+        with open(self.logPath, errors="replace") as f:
+            return [line.rstrip() for line in f if text in line]
+
     def logCount(self, text: str) -> int:
         with open(self.logPath, errors="replace") as f:
             return sum(1 for line in f if text in line)
@@ -820,6 +824,9 @@ class SizeResult:
     #: server RSS (KiB) connected and after all left, for each cycle after
     #: the first (see L{SizeOptions.cycles})
     moreCycles: list[tuple[int, int]] = field(default_factory=list)
+    #: the server's log lines of each trim after the agents left (the
+    #: memory it returned, how long malloc_trim blocked it)
+    serverTrims: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -919,6 +926,9 @@ async def runSize(
         result.serverExit = await stopServer(reactor, server)
         result.serverConnectedLines = server.logCount("connected from")
         result.serverProblems = server.logProblems()
+        result.serverTrims = server.logLines("malloc_trim took")
+        for line in result.serverTrims:
+            log(f"N={count}: server: {line.split('] ', 1)[-1]}")
     return result
 
 
@@ -1056,6 +1066,12 @@ def resultsTable(results: Sequence[SizeResult]) -> str:
                 for r in cycles
             ],
         )
+    for r in results:
+        if r.serverTrims:
+            memory += (
+                f"\n\nN={r.agents:,}: the server returned memory after the agents left:\n"
+                + "\n".join(f"- `{line.split('] ', 1)[-1]}`" for line in r.serverTrims)
+            )
     idle = markdownTable(
         [
             "agents",

@@ -69,6 +69,7 @@ from ..tls.certs import isNodeName, validateNodeName
 from ..tls.rotation import RotatingServerOptions
 from ..wire import ErrorCode, OpenFailReason
 from .expiry import CertificateExpiry
+from .memory import MemoryReturn
 from .metrics import ServerMetrics
 from .routes import DEFAULT_KEEP_GONE, RoutedNodes
 from .tlsreplies import ReplyingTLSFactory
@@ -602,6 +603,9 @@ class TunnelServer:
         self.identify = identify or _peerIdentity
         self.addressProof: INodeAddressProof = addressProof or CertificateAddressProof()
         self.registry = AgentRegistry()
+        #: trims the heap once after a mass departure (see MemoryReturn)
+        self.memoryReturn = MemoryReturn(clock, self.registry.__len__)
+        self.registry.subscribe(self.memoryReturn.changed)
         self.routes = RoutedNodes(clock, self.registry, keepGone=keepGone)
         #: closes each agent's tunnel when its certificate expires
         self.expiry = CertificateExpiry(clock, self.log)
