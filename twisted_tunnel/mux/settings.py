@@ -94,13 +94,18 @@ class Keepalive:
     Dead-peer detection: give up after C{interval * misses} seconds without
     hearing anything.
 
-    The agent (the client side) keeps the tunnel alive: it sends a PING
-    after C{interval} seconds of silence, and again every C{interval} while
-    nothing comes back.  The server answers, and sends a PING of its own
-    only to a peer silent for C{interval * (misses - 1)} seconds, a last
-    probe before giving up.  With a live agent the server never pings: one
-    PING and one PONG per interval instead of up to two of each, which is
-    most of what ten thousand idle agents cost a server.
+    One side keeps the tunnel alive: it sends a PING after C{interval}
+    seconds of silence, and again every C{interval} while nothing comes
+    back.  The other answers, and sends a PING of its own only to a peer
+    silent for C{interval * (misses - 1)} seconds, a last probe before
+    giving up: one PING and one PONG per interval instead of up to two of
+    each, which is most of what ten thousand idle agents cost a server.
+
+    The side that keeps it alive is the server when both ends say so in
+    HELLO (a server that checks its tunnels with a C{KeepaliveSweep}: its
+    PINGs leave in batches, and their PONGs come back in batches, a reactor
+    wakeup for many instead of one each), else the agent (see
+    C{Tunnel._keepsAlive}).
     """
 
     interval: float = 10.0

@@ -26,7 +26,7 @@ class CertificateExpiry:
     and a tunnel may outlive it by months.
 
     One reactor timer serves every agent, due at the earliest expiry.  A
-    timer per agent put ten thousand L{IDelayedCall}s into the reactor's
+    timer per agent put ten thousand C{IDelayedCall}s into the reactor's
     heap, and every other C{callLater} of the server (each a push and a pop
     through that heap, a Python comparison at each level) paid for their
     number.  The expiries wait here instead, in a heap of C{(when, ticket)}

@@ -27,7 +27,7 @@ class ReplyingTLSProtocol(TLSMemoryBIOProtocol):
 
     Nearly everything an idle agent makes its server do is keepalive.
     Twisted's buffering holds each PONG for a C{callLater(0)} of its own: a
-    L{IDelayedCall} made and pushed into the reactor's timer heap, and a
+    C{IDelayedCall} made and pushed into the reactor's timer heap, and a
     second turn of the reactor loop (another C{epoll_wait}) to send it.
     Here a PONG leaves when the read that carried the PING is done, in the
     same turn, and the PINGs a server's keepalive sweep sends to hundreds
@@ -97,7 +97,7 @@ class ReplyingTLSProtocol(TLSMemoryBIOProtocol):
 
 class ReplyingTLSFactory(TLSMemoryBIOFactory):
     """
-    A L{TLSMemoryBIOFactory} whose connections are L{ReplyingTLSProtocol}s,
+    A C{TLSMemoryBIOFactory} whose connections are L{ReplyingTLSProtocol}s,
     with one timer that sends what they wrote outside a read.
     """
 
