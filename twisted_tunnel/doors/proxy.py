@@ -32,6 +32,7 @@ from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IAddress, IProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ..forwarding.config import Listener, ProxyConfig
 from ..forwarding.policy import (
@@ -41,9 +42,17 @@ from ..forwarding.policy import (
     ForwardingRequest,
     IForwardingPolicy,
     decideNow,
+    decidesPerConnection,
 )
 from ..forwarding.table import ForwardingTable, NotForwarded
-from ..http.engine import HTTPProxyFactory, RequestHead, Route, Router, RouteRefused
+from ..http.engine import (
+    ConnectionRouter,
+    HTTPProxyFactory,
+    RequestHead,
+    Route,
+    Router,
+    RouteRefused,
+)
 from ..net.addresses import HostPortError, splitHostPort
 from ..net.origdst import originalDestination
 from ..server import TunnelServer
@@ -230,37 +239,9 @@ class ProxyRouter:
         if record is None or not record.tunnel.established:
             self.server.metrics.openRefused("unknown_node")
             raise RoutingRefused(502, self.server.routes.noAgent(target.address))
-        request = ForwardingRequest(
-            node=record.node,
-            nodeIPs=record.ips,
-            address=target.address,
-            port=target.port,
-            listener=self.listener,
-            method=method,
-            target=requestTarget,
-            headers=headers,
-            peer=peer,
+        request = self._request(
+            record, target, peer, method=method, target=requestTarget, headers=headers
         )
-
-        def decided(decision: ForwardingDecision) -> Routed:
-            endpoint = self.server.endpointForNode(
-                record.node, decision.port, host=decision.host, policy=policy.name
-            )
-            if decision.carrier is Carrier.HTTPS:
-                if self.upstreamTLS is None:
-                    raise RoutingRefused(
-                        502, "the https policy needs --proxy-client-cert and --proxy-client-key"
-                    )
-                # Verify the kubelet against the address the client asked for
-                # (node IP or name), as kube-apiserver would: with the
-                # localhost policy the agent dials 127.0.0.1, which no
-                # kubelet serving certificate names.
-                endpoint = wrapClientTLS(self.upstreamTLS(target.address), endpoint)
-            elif decision.carrier is Carrier.RAW and self.listener != "tcp":
-                raise RoutingRefused(
-                    502, f"policy {policy.name} chose raw TCP for an HTTP request"
-                )
-            return Routed(record.node, target, decision, policy.name, endpoint)
 
         def refusedByPolicy(failure: Any) -> Any:
             failure.trap(ForwardingRefused)
@@ -273,8 +254,91 @@ class ProxyRouter:
             self.server.metrics.openRefused("policy_refused")
             raise RoutingRefused(refused.status, refused.reason) from None
         if isinstance(decision, Deferred):
-            return decision.addCallbacks(decided, refusedByPolicy)
-        return decided(decision)
+            return decision.addCallbacks(
+                lambda decided: self._routed(record.node, target, policy.name, decided),
+                refusedByPolicy,
+            )
+        return self._routed(record.node, target, policy.name, decision)
+
+    def routeConnection(
+        self, target: Target, *, peer: IAddress | None = None
+    ) -> Routed | Deferred[Routed | None] | None:
+        """
+        Route a whole connection for C{target}, if that can be done once:
+        its port's policy decides per connection (L{decidesPerConnection})
+        and asks for nothing that needs each request (a C{Host} to write
+        into it), and the node's tunnel is up.
+
+        Nothing is counted or refused here: C{None} means "route each
+        request", and the per-request path gives the refusal, its status,
+        its log line and its metric, exactly once.
+        """
+        try:
+            policy = self.table.lookup(target.port, self.listener)
+        except NotForwarded:
+            return None
+        if not decidesPerConnection(policy):
+            return None
+        record = self.server.registry.lookup(target.address)
+        if record is None or not record.tunnel.established:
+            return None
+        request = self._request(record, target, peer)
+
+        def routed(decision: ForwardingDecision) -> Routed | None:
+            if decision.hostHeader is not None:
+                return None
+            try:
+                return self._routed(record.node, target, policy.name, decision)
+            except RoutingRefused:
+                return None
+
+        try:
+            decision = decideNow(policy, request)
+        except ForwardingRefused:
+            return None
+        if isinstance(decision, Deferred):
+            return decision.addCallbacks(routed, _perRequestIfRefused)
+        return routed(decision)
+
+    def _request(
+        self, record: Any, asked: Target, peer: IAddress | None, /, **http: Any
+    ) -> ForwardingRequest:
+        """What the policy decides on (C{http}: a request's method, target, headers)."""
+        return ForwardingRequest(
+            node=record.node,
+            nodeIPs=record.ips,
+            address=asked.address,
+            port=asked.port,
+            listener=self.listener,
+            peer=peer,
+            **http,
+        )
+
+    def _routed(
+        self, node: str, target: Target, policy: str, decision: ForwardingDecision
+    ) -> Routed:
+        """
+        The route for C{decision}: the endpoint that reaches it, in client
+        TLS for the HTTPS carrier.
+
+        @raise RoutingRefused: the decision cannot be carried here.
+        """
+        endpoint = self.server.endpointForNode(
+            node, decision.port, host=decision.host, policy=policy
+        )
+        if decision.carrier is Carrier.HTTPS:
+            if self.upstreamTLS is None:
+                raise RoutingRefused(
+                    502, "the https policy needs --proxy-client-cert and --proxy-client-key"
+                )
+            # Verify the kubelet against the address the client asked for
+            # (node IP or name), as kube-apiserver would: with the localhost
+            # policy the agent dials 127.0.0.1, which no kubelet serving
+            # certificate names.
+            endpoint = wrapClientTLS(self.upstreamTLS(target.address), endpoint)
+        elif decision.carrier is Carrier.RAW and self.listener != "tcp":
+            raise RoutingRefused(502, f"policy {policy} chose raw TCP for an HTTP request")
+        return Routed(node, target, decision, policy, endpoint)
 
 
 class RawProxyProtocol(OpeningRelay):
@@ -289,10 +353,8 @@ class RawProxyProtocol(OpeningRelay):
     def openFarEnd(self, factory: Factory) -> Deferred[IProtocol]:
         transport = self.transport
         assert transport is not None
-        local = transport.getHost()
-        listener = (getattr(local, "host", None), getattr(local, "port", None))
         destination = originalDestination(transport)
-        if destination is None or destination == listener:
+        if destination is None or destination == _listenerAddress(transport):
             return fail(
                 RoutingRefused(
                     400,
@@ -338,10 +400,32 @@ class ProxyListenerFactory(HTTPProxyFactory):
         super().__init__(None, clock, **kw)  # a router per connection: routerFor
         self.proxyRouter = router
 
+    def connectionRouterFor(self, transport: Any) -> ConnectionRouter | None:
+        """
+        A DNATed connection is routed as a whole when its port's policy
+        decides once per connection (L{ProxyRouter.routeConnection}): its
+        target is its original destination, which no request can change.
+        A connection routed by C{Host} is routed request by request, so
+        that each request is checked against the node it is pinned to
+        (C{421}).
+        """
+        destination = originalDestination(transport)
+        if destination is None or destination == _listenerAddress(transport):
+            return None
+        target = targetOf(destination, None, None)
+        router = self.proxyRouter
+
+        def route(peer: IAddress) -> Route | Deferred[Route | None] | None:
+            routed = router.routeConnection(target, peer=peer)
+            if isinstance(routed, Deferred):
+                return routed.addCallback(lambda r: None if r is None else _asRoute(r))
+            return None if routed is None else _asRoute(routed)
+
+        return route
+
     def routerFor(self, transport: Any) -> Router:
         destination = originalDestination(transport)
-        local = transport.getHost()
-        listener = (getattr(local, "host", None), getattr(local, "port", None))
+        listener = _listenerAddress(transport)
         router = self.proxyRouter
 
         def route(head: RequestHead, peer: IAddress) -> Route | Deferred[Route]:
@@ -358,6 +442,17 @@ class ProxyListenerFactory(HTTPProxyFactory):
             return _asRoute(routed)
 
         return route
+
+
+def _perRequestIfRefused(failure: Failure) -> None:
+    """A policy refused a connection: its first request is refused as usual (and counted)."""
+    failure.trap(ForwardingRefused)
+
+
+def _listenerAddress(transport: Any) -> tuple[object, object]:
+    """The address a connection arrived at: what its original destination is if not DNATed."""
+    local = transport.getHost()
+    return (getattr(local, "host", None), getattr(local, "port", None))
 
 
 def _asRoute(routed: Routed) -> Route:
