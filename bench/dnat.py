@@ -217,6 +217,35 @@ def startOurs(nets: Namespaces, work: Path, pki: Path, tree: Path, procs: Proces
     waitFor("twisted-tunnel's DNAT rule and route", dnatted, procs)
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpuSeconds(roots: Sequence[int]) -> float:
+    """User and system CPU seconds of C{roots} and all their descendants, from /proc."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # after the name: state, ppid, ... utime (14th field) and stime (15th)
+        stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS)
+    wanted, total = set(roots), 0.0
+    grew = True
+    while grew:
+        grew = False
+        for pid, (ppid, _) in stats.items():
+            if ppid in wanted and pid not in wanted:
+                wanted.add(pid)
+                grew = True
+    for pid in wanted:
+        total += stats.get(pid, (0, 0.0))[1]
+    return total
+
+
 def measure(nets: Namespaces, workload: str, url: str, seconds: int) -> float:
     """One measurement of C{workload} against C{url} (from the cloud)."""
     if workload == "check":
@@ -247,6 +276,17 @@ def measure(nets: Namespaces, workload: str, url: str, seconds: int) -> float:
     return rate * BIG_BYTES / 1e6 if workload == "big" else rate
 
 
+#: The processes of one tree: the tunnel's two ends.
+DAEMONS = ("edge-tunnel-server", "edge-tunnel-agent")
+
+
+def perRequest(seconds: float, rate: float, workload: str, args: argparse.Namespace) -> float:
+    """CPU microseconds per request (per MB for C{big}) over a measurement of C{rate}."""
+    if workload == "check" or rate <= 0:
+        return 0.0
+    return seconds * 1e6 / (rate * args.seconds)
+
+
 def profile(
     where: Path | None, procs: Processes, label: str, seconds: int
 ) -> list[subprocess.Popen[bytes]]:
@@ -274,7 +314,7 @@ def profile(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        for daemon in ("edge-tunnel-server", "edge-tunnel-agent")
+        for daemon in DAEMONS
     ]
 
 
@@ -352,20 +392,31 @@ def main(argv: Sequence[str]) -> int:
             results["ssh -R"] = {w: [] for w in workloads}
         for name, _ in trees:
             results[name] = {w: [] for w in workloads}
+        cpu: dict[str, dict[str, list[float]]] = {
+            row: {w: [] for w in workloads} for row in results
+        }
+        sshRoots = [] if args.no_ssh else [shared.get(n).process.pid for n in ("sshd", "ssh")]
         for number in range(1, args.rounds + 1):
             if not args.no_ssh:
                 for w in workloads:
-                    results["ssh -R"][w].append(
-                        measure(nets, w, f"http://127.0.0.1:{SSH_FORWARD}/", args.seconds)
+                    before = cpuSeconds(sshRoots)
+                    rate = measure(nets, w, f"http://127.0.0.1:{SSH_FORWARD}/", args.seconds)
+                    results["ssh -R"][w].append(rate)
+                    cpu["ssh -R"][w].append(
+                        perRequest(cpuSeconds(sshRoots) - before, rate, w, args)
                     )
                 log(f"round {number}, ssh -R: {results['ssh -R']}")
             for name, path in trees:
                 procs = Processes(work)
                 try:
                     startOurs(nets, work, pki, Path(path), procs)
+                    roots = [procs.get(d).process.pid for d in DAEMONS]
                     for w in workloads:
                         spies = profile(args.py_spy, procs, f"{name}-{w}-{number}", args.seconds)
-                        results[name][w].append(measure(nets, w, direct, args.seconds))
+                        before = cpuSeconds(roots)
+                        rate = measure(nets, w, direct, args.seconds)
+                        results[name][w].append(rate)
+                        cpu[name][w].append(perRequest(cpuSeconds(roots) - before, rate, w, args))
                         for spy in spies:
                             spy.wait(timeout=60)
                 finally:
@@ -373,6 +424,18 @@ def main(argv: Sequence[str]) -> int:
                 log(f"round {number}, {name}: {results[name]}")
         print(f"# DNAT path, {args.rounds} rounds x {args.seconds} s, load {os.getloadavg()}")
         print(table(results, workloads))
+        print()
+        print("CPU of both ends of each tunnel per request (per MB for 10 MiB GETs), µs, medians:")
+        print()
+        print("| row | " + " | ".join(workloads) + " |")
+        print("|---" * (len(workloads) + 1) + "|")
+        for row, values in cpu.items():
+            if row == "direct":
+                continue
+            cells = [
+                f"{statistics.median(values[w]):.0f}" if values[w] else "–" for w in workloads
+            ]
+            print(f"| {row} | " + " | ".join(cells) + " |")
         return 0
     finally:
         shared.stopAll()
