@@ -56,6 +56,7 @@ from ..http.engine import (
 from ..net.addresses import HostPortError, splitHostPort
 from ..net.origdst import originalDestination
 from ..server import TunnelServer
+from ..tls.upstream import IDestinationTLS
 from .forward import OpeningRelay
 from .refusals import proxyRefusal
 
@@ -165,7 +166,9 @@ class ProxyRouter:
         bound to custom policies.
     @param upstreamTLS: makes the client TLS creator for the HTTPS carrier,
         given the node address the client asked for (what the kubelet's
-        certificate is verified against, when it is).
+        certificate is verified against, when it is).  A creator that
+        provides L{IDestinationTLS} is asked for the route's destination,
+        so that it resumes only sessions made for it.
     """
 
     log = Logger()
@@ -335,7 +338,12 @@ class ProxyRouter:
             # (node IP or name), as kube-apiserver would: with the localhost
             # policy the agent dials 127.0.0.1, which no kubelet serving
             # certificate names.
-            endpoint = wrapClientTLS(self.upstreamTLS(target.address), endpoint)
+            creator = self.upstreamTLS(target.address)
+            resuming = IDestinationTLS(creator, None)
+            if resuming is not None:
+                # sessions resumed only towards exactly this destination
+                creator = resuming.forDestination(node, decision.host, decision.port)
+            endpoint = wrapClientTLS(creator, endpoint)
         elif decision.carrier is Carrier.RAW and self.listener != "tcp":
             raise RoutingRefused(502, f"policy {policy} chose raw TCP for an HTTP request")
         return Routed(node, target, decision, policy, endpoint)
