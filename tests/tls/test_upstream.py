@@ -247,6 +247,7 @@ class ResumptionTests(SynchronousTestCase):
         refused(self, kubelet(mintServer(kubeletCA, ["10.0.0.6"])), upstream.creator())
         refused(self, kubelet(mintServer(kubeletCA, ["10.0.0.6"])), upstream.tls(NODE_IP))
         refused(self, kubelet(), upstream.creator(dialed="other.example"))
+        refused(self, kubelet(), upstream.creator(dialed="edge-1..example"))  # no DNS name
         self.assertEqual(len(upstream.tls.sessions), 0)
 
     def test_otherCARefused(self) -> None:

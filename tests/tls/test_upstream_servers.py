@@ -78,7 +78,9 @@ class SServer(ProcessProtocol):
         self.ended.callback(None)
 
 
-class ServerTests(TestCase):
+class ServerTestCase(TestCase):
+    """A kubelet's certificates in a directory, and the https policy's TLS client."""
+
     timeout = 30
 
     def setUp(self) -> None:
@@ -99,6 +101,13 @@ class ServerTests(TestCase):
         resumed = await client.done.addTimeout(DEADLINE, reactor)
         self.assertIn(b"200", client.received.split(b"\r\n", 1)[0])
         return resumed
+
+
+class OpenSSLServerTests(ServerTestCase):
+    """
+    OpenSSL's C{s_server}, a process of its own: system tests by the rule
+    of C{tests/conftest.py}, to be named in its C{SYSTEM_TESTS}.
+    """
 
     async def sServer(self, version: str) -> int:
         openssl = shutil.which("openssl")
@@ -130,6 +139,8 @@ class ServerTests(TestCase):
         port = await self.sServer("-tls1_2")
         self.assertEqual([await self.get(port) for _ in range(3)], [False, True, True])
 
+
+class PythonServerTests(ServerTestCase):
     async def test_pythonSSL(self) -> None:
         """
         Python's C{ssl} server, in a thread of its own: it resumes only

@@ -53,7 +53,7 @@ _log = Logger()
 
 #: How many node addresses' creators are kept (each a few small objects;
 #: the OpenSSL context is shared).
-PROXY_CLIENT_CONTEXTS = 4096
+NODE_CREATORS = 4096
 
 #: OpenSSL's name for the state in which a client reads a NewSessionTicket
 #: (C{TLS_ST_CR_SESSION_TICKET}).  In TLS 1.3 tickets come after the
@@ -102,7 +102,7 @@ class UpstreamTLS:
         self.protocols = list(protocols)
         self.clock = clock
         self.sessions = sessions if sessions is not None else ClientSessions(clock=clock)
-        self._forHost = lru_cache(maxsize=PROXY_CLIENT_CONTEXTS)(self._nodeTLS)
+        self._forHost = lru_cache(maxsize=NODE_CREATORS)(self._nodeTLS)
 
     def __call__(self, host: str) -> NodeTLS:
         """The creator for connections to node address (or name) C{host}."""
@@ -128,14 +128,17 @@ class NodeTLS:
     def __init__(self, upstream: UpstreamTLS, host: str) -> None:
         self.upstream = upstream
         self.host = host
+        self._serverName: bytes | None = None
         try:
             ipaddress.ip_address(host)
         except ValueError:
             self.isIP = False
-            self._serverName: bytes | None = host.encode("idna")
+            try:
+                self._serverName = host.encode("idna")
+            except UnicodeError:
+                pass  # no SNI for what is no DNS name; the name check refuses it
         else:
             self.isIP = True
-            self._serverName = None
 
     def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
         return self.connection(None)
