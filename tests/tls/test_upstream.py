@@ -48,11 +48,14 @@ def clientCredentials(trusting: Issued = kubeletCA, issued: Issued = proxyClient
     return makeCredentials([trusting.certificate], issued.certificate, issued.key)
 
 
-def kubelet(serving: Issued = kubeletServing, *, tls12: bool = False) -> CertificateOptions:
+def kubelet(
+    serving: Issued = kubeletServing, *, tls12: bool = False, cache: bool = True
+) -> CertificateOptions:
     """
     A kubelet's TLS: its serving certificate, a client certificate of the
     kubelet CA required, and resumption on, with its own ticket keys (one
-    per options object, as one per kubelet process).
+    per options object, as one per kubelet process); without C{cache},
+    from tickets only, as Go's servers resume.
     """
     extra: dict[str, Any] = {"lowerMaximumSecurityTo": TLSVersion.TLSv1_2} if tls12 else {}
     return CertificateOptions(
@@ -60,7 +63,7 @@ def kubelet(serving: Issued = kubeletServing, *, tls12: bool = False) -> Certifi
         privateKey=serving.key,
         trustRoot=trustRootFromCertificates(clientCredentials().authority),
         acceptableProtocols=[b"h2", b"http/1.1"],
-        enableSessions=True,
+        enableSessions=cache,
         enableSessionTickets=True,
         **extra,
     )
@@ -135,6 +138,16 @@ class ResumptionTests(SynchronousTestCase):
     def test_tls12(self) -> None:
         """A TLS 1.2 kubelet resumes from its ticket too."""
         upstream, server = Upstream(), kubelet(tls12=True)
+        self.assertEqual(exchange(self, server, upstream.creator()), (False, False))
+        self.assertEqual(exchange(self, server, upstream.creator()), (True, True))
+
+    def test_tls12TicketsOnly(self) -> None:
+        """
+        A TLS 1.2 kubelet that keeps no sessions of its own and resumes
+        only from tickets (as Go's servers do): the client asks for one
+        (Twisted's default, C{OP_NO_TICKET}, would not).
+        """
+        upstream, server = Upstream(), kubelet(tls12=True, cache=False)
         self.assertEqual(exchange(self, server, upstream.creator()), (False, False))
         self.assertEqual(exchange(self, server, upstream.creator()), (True, True))
 
