@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -34,6 +37,7 @@ from twisted_tunnel.wire import (
     Data,
     Eof,
     ErrorCode,
+    GoAway,
     Open,
     OpenFail,
     OpenFailReason,
@@ -648,4 +652,125 @@ class AcceptorVersion2Tests(TunnelTestCase):
         peer.feed(Data(1, b"b"), Eof(1))
         self.assertFalse(peer.transport.disconnecting)
         self.assertEqual(peer.tunnel.streamCount, 0)
+        peer.end()
+
+
+# -- a version 2 acceptor, fed whatever a peer may send --------------------------
+
+_events = st.lists(
+    st.one_of(
+        st.tuples(st.just("open"), st.integers(0, 2)),
+        st.tuples(
+            st.just("data"),
+            st.integers(0, 2),
+            # the window's edges: a few frames fill it, or pass it by a byte
+            st.sampled_from([0, 1, 4096, SMALL_WINDOW // 2, SMALL_WINDOW // 2 + 1, SMALL_WINDOW]),
+        ),
+        st.tuples(st.just("eof"), st.integers(0, 2)),
+        st.tuples(st.just("close"), st.integers(0, 2), st.booleans()),
+        st.tuples(st.just("reset"), st.integers(0, 2)),
+        st.tuples(st.just("window"), st.integers(0, 2)),
+        st.tuples(st.just("accept"), st.integers(0, 2)),
+        st.tuples(st.just("refuse"), st.integers(0, 2)),
+        st.tuples(st.just("read"), st.integers(0, 2)),
+    ),
+    max_size=30,
+)
+
+
+class AcceptorPropertyTests(TunnelTestCase):
+    @settings(max_examples=200, deadline=None)
+    @given(events=_events)
+    def test_anySequence(self, events: list[tuple[Any, ...]]) -> None:
+        """
+        Whatever a version 2 peer sends on up to three streams, before or
+        after each is accepted or refused: the acceptor never raises, logs
+        no error, holds at most the window it granted per stream, delivers
+        each stream's bytes in order to its protocol, and either stays up or
+        ends with one GOAWAY for a protocol or flow-control error; and if
+        every frame was certainly legal (by a conservative model of the
+        rules: DATA and EOF before OPEN_OK included), it stays up.
+        """
+        peer = Raw(isClient=False, version=2)
+        ids = [1, 3, 5]
+        opened: list[int] = []
+        sent: dict[int, bytes] = {i: b"" for i in ids}
+        protocols: dict[int, Recorder] = {}
+        counter = 0
+        # the model: what the peer has said on each stream, and whether all
+        # of it was certainly legal
+        received: dict[int, int] = {i: 0 for i in ids}
+        eofs: set[int] = set()
+        ends: set[int] = set()
+        refused: set[int] = set()
+        legal = True
+        with capturedLogs() as logged:
+            for event in events:
+                if peer.transport.disconnecting:
+                    break
+                kind, index = event[0], event[1]
+                streamId = ids[index]
+                if kind == "open":
+                    if streamId not in opened and all(i not in opened for i in ids[index:]):
+                        opened.append(streamId)
+                        peer.feed(Open(streamId, "10.0.0.7", 80))
+                    continue
+                if streamId not in opened:
+                    continue
+                gone = streamId in refused
+                if kind == "data":
+                    received[streamId] += event[2]
+                    ok = received[streamId] <= SMALL_WINDOW and not (eofs | ends) & {streamId}
+                    legal = legal and (gone or ok)
+                    counter += 1
+                    chunk = bytes([counter % 256]) * event[2]
+                    sent[streamId] += chunk
+                    peer.feed(Data(streamId, chunk))
+                elif kind == "eof":
+                    legal = legal and (gone or not (eofs | ends) & {streamId})
+                    eofs.add(streamId)
+                    peer.feed(Eof(streamId))
+                elif kind == "close":
+                    legal = legal and (gone or streamId not in ends)
+                    ends.add(streamId)
+                    peer.feed(Close(streamId, final=event[2]))
+                elif kind == "reset":
+                    legal = legal and (gone or streamId not in ends)
+                    ends.add(streamId)
+                    peer.feed(Reset(streamId, ErrorCode.CANCEL, "gone"))
+                elif kind == "window":
+                    accepted = streamId in protocols
+                    legal = legal and (gone or (accepted and streamId not in ends))
+                    peer.feed(Window(streamId, 1))
+                elif kind in ("accept", "refuse"):
+                    position = opened.index(streamId)
+                    deferred = peer.handler.opens[position][1]
+                    if deferred.called:
+                        continue
+                    if kind == "accept":
+                        protocols[streamId] = Recorder(pauseOnConnect=True)
+                        peer.handler.accept(protocols[streamId], position)
+                    else:
+                        refused.add(streamId)
+                        peer.handler.fail(StreamOpenFailed(OpenFailReason.REFUSED, "no"), position)
+                elif kind == "read" and streamId in protocols:
+                    transport = protocols[streamId].transport
+                    if transport is not None:
+                        transport.resumeProducing()  # type: ignore[attr-defined]
+                for stream in peer.tunnel.streams():
+                    self.assertLessEqual(stream.bufferedBytes, SMALL_WINDOW)
+        problems = [e for e in logged if e.get("log_level") in (LogLevel.error, LogLevel.critical)]
+        self.assertEqual(problems, [])
+        frames = peer.sent()
+        goaways = framesOfType(frames, GoAway)
+        if peer.transport.disconnecting:
+            self.assertEqual(len(goaways), 1, frames)
+            self.assertIn(
+                goaways[0].code, (ErrorCode.PROTOCOL_ERROR, ErrorCode.FLOW_CONTROL_ERROR)
+            )
+            self.assertFalse(legal, f"a legal sequence was refused: {goaways[0].text}")
+        else:
+            self.assertEqual(goaways, [])
+        for streamId, protocol in protocols.items():
+            self.assertTrue(sent[streamId].startswith(protocol.received), streamId)
         peer.end()
