@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -27,6 +28,7 @@ from tests.http.test_httpproxy import (
     Tracked,
     TrackedProxyFactory,
     pattern,
+    tcp,
     until,
 )
 from twisted_tunnel.errors import StreamOpenFailed
@@ -277,3 +279,106 @@ class _LateEndpoint:
     def go(self) -> None:
         for factory, result in self.waiting:
             self.inner.connect(factory).chainDeferred(result)
+
+
+@implementer(IHalfCloseableProtocol)
+class Counter(Protocol):
+    """Says how many bytes it got, once the client's EOF came, and closes."""
+
+    def __init__(self, tracked: Tracked) -> None:
+        self.tracked = tracked
+        self.received = b""
+
+    def connectionMade(self) -> None:
+        self.tracked.live.add(self)
+        self.tracked.made += 1
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.tracked.live.discard(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def readConnectionLost(self) -> None:
+        assert self.transport is not None
+        self.transport.write(b"got %d" % len(self.received))
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+@implementer(IStreamClientEndpoint)
+class _AnsweredLater:
+    """
+    Connects through C{inner} at once, but fires only when told to (or
+    fails then with C{failure}): as a stream opened early is connected
+    before the agent has answered its open.
+    """
+
+    def __init__(self, inner: IStreamClientEndpoint) -> None:
+        self.inner = inner
+        self.protocols: list[Any] = []
+        self.answers: list[Deferred[Any]] = []
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        answer: Deferred[Any] = Deferred()
+        self.answers.append(answer)
+        self.inner.connect(factory).addCallback(self.protocols.append)
+        return answer
+
+    def succeed(self) -> None:
+        self.answers[0].callback(self.protocols[0])
+
+    def fail(self, error: Exception) -> None:
+        protocol = self.protocols[0]
+        protocol.transport.abortConnection()
+        self.answers[0].errback(error)
+
+
+class EarlyUpstreamTests(ProxyTestCase):
+    """
+    An upstream connected before its connection attempt fires (a stream
+    opened early): the client's bytes go to it at once, and are still held
+    for the answer to the first request if the open then fails.
+    """
+
+    async def test_sentEarlyOnceOnly(self) -> None:
+        port, tracked = self.raw(Counter)
+        later = _AnsweredLater(tcp(port))
+        proxy = self.proxy(HostRouter({}), factoryClass=ConnectionRoutedFactory)
+        factory = self.proxies[-1]
+        assert isinstance(factory, ConnectionRoutedFactory)
+        factory.connectionRouter = lambda peer: Route(key="edge-1", endpoint=later)
+        client = await self.rawClient(proxy, b"first bytes, ")
+        await until(lambda: later.protocols, "the early upstream")
+        counter = next(iter(tracked.live))
+        await until(lambda: counter.received == b"first bytes, ", "the early bytes")
+        assert client.transport is not None
+        client.transport.write(b"more before the answer, ")
+        await until(lambda: len(counter.received) == 37, "more early bytes")
+        later.succeed()
+        client.transport.write(b"and after")
+        client.transport.loseWriteConnection()
+        await client.lost
+        self.assertEqual(counter.received, b"first bytes, more before the answer, and after")
+        self.assertEqual(client.received, b"got 46")
+
+    async def test_refusedAfterEarlyBytes(self) -> None:
+        port, tracked = self.raw(Counter)
+        later = _AnsweredLater(tcp(port))
+        proxy = self.proxy(HostRouter({}), factoryClass=ConnectionRoutedFactory)
+        factory = self.proxies[-1]
+        assert isinstance(factory, ConnectionRoutedFactory)
+        factory.connectionRouter = lambda peer: Route(
+            key="edge-1", endpoint=later, description="edge-1 upstream"
+        )
+        client = await self.rawClient(proxy, b"GET /pods HTTP/1.1\r\nHost: 10.0.0.7:10250\r\n\r\n")
+        await until(lambda: tracked.made == 1, "the early upstream")
+        counter = next(iter(tracked.live))
+        await until(lambda: counter.received.endswith(b"\r\n\r\n"), "the early request")
+        later.fail(StreamOpenFailed(OpenFailReason.REFUSED, "connection refused"))
+        await client.lost
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 502 "), client.received)
+        self.assertIn(b"connection refused", client.received)
+        self.assertRefusal(502, route="edge-1 upstream")

@@ -26,13 +26,19 @@ import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from attrs import frozen
+from attrs import evolve, frozen
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.endpoints import wrapClientTLS
-from twisted.internet.interfaces import IAddress, IProtocol, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ..forwarding.config import Listener, ProxyConfig
 from ..forwarding.policy import (
@@ -53,6 +59,7 @@ from ..http.engine import (
     Router,
     RouteRefused,
 )
+from ..mux import IEarlyStreamFactory
 from ..net.addresses import HostPortError, splitHostPort
 from ..net.origdst import originalDestination
 from ..server import TunnelServer
@@ -426,8 +433,8 @@ class ProxyListenerFactory(HTTPProxyFactory):
         def route(peer: IAddress) -> Route | Deferred[Route | None] | None:
             routed = router.routeConnection(target, peer=peer)
             if isinstance(routed, Deferred):
-                return routed.addCallback(lambda r: None if r is None else _asRoute(r))
-            return None if routed is None else _asRoute(routed)
+                return routed.addCallback(lambda r: None if r is None else _asEarlyRoute(r))
+            return None if routed is None else _asEarlyRoute(routed)
 
         return route
 
@@ -461,6 +468,52 @@ def _listenerAddress(transport: Any) -> tuple[object, object]:
     """The address a connection arrived at: what its original destination is if not DNATed."""
     local = transport.getHost()
     return (getattr(local, "host", None), getattr(local, "port", None))
+
+
+@implementer(IProtocolFactory, IEarlyStreamFactory)
+class _EarlyFactory:
+    """
+    C{factory}, marked as taking its stream before the open is answered
+    (L{IEarlyStreamFactory}): the engine's upstream of a connection routed
+    as a whole holds what it relays until the answer, so that a refused
+    open is still answered with its reason.
+    """
+
+    def __init__(self, factory: IProtocolFactory) -> None:
+        self._factory = factory
+
+    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
+        return self._factory.buildProtocol(addr)
+
+    def doStart(self) -> None:
+        self._factory.doStart()
+
+    def doStop(self) -> None:
+        self._factory.doStop()
+
+
+@implementer(IStreamClientEndpoint)
+class _EarlyEndpoint:
+    """Connects through C{endpoint} with an early stream (L{_EarlyFactory})."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        return self._endpoint.connect(_EarlyFactory(protocolFactory))
+
+
+def _asEarlyRoute(routed: Routed) -> Route:
+    """
+    The route of a connection routed as a whole: its stream opened early,
+    so that the client's first bytes follow the OPEN.  Only for plain
+    carriers: the HTTPS one wraps the stream in client TLS, whose
+    factory is not ours to mark.
+    """
+    route = _asRoute(routed)
+    if routed.decision.carrier is Carrier.HTTPS:
+        return route
+    return evolve(route, endpoint=_EarlyEndpoint(route.endpoint))
 
 
 def _asRoute(routed: Routed) -> Route:

@@ -534,6 +534,8 @@ class _Upstream(Protocol):
     def connectionMade(self) -> None:
         noDelay(self.transport)
         self.reading = _Reading(self.transport)
+        if self.owner is not None:
+            self.owner._upstreamMade(self)
 
     def dataReceived(self, data: bytes) -> None:
         if not data:
@@ -728,6 +730,10 @@ class HTTPProxyProtocol(Protocol):
         #: what the client sent while the upstream of its connection connects
         self._held: list[bytes] = []
         self._heldSize = 0
+        #: the upstream of the connection, made before its open was
+        #: answered (an early stream): what the client sends goes to it at
+        #: once, and is held too, for the answer if the open fails
+        self._early: _Upstream | None = None
         #: why the upstream of the connection could not be connected: the
         #: answer to its first request
         self._spliceRefusal: tuple[int, str] | None = None
@@ -846,6 +852,9 @@ class HTTPProxyProtocol(Protocol):
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
+        early, self._early = self._early, None
+        if early is not None and not early.lost:
+            early.close(abort=not reason.check(ConnectionDone))
         upstream, self._upstream = self._upstream, None
         if upstream is None:
             return
@@ -1094,10 +1103,28 @@ class HTTPProxyProtocol(Protocol):
 
     def _hold(self, data: bytes) -> None:
         """Keep what the client sends while its upstream connects, a head's worth at most."""
+        early = self._early
+        if early is not None and early.transport is not None:
+            early.transport.write(data)
         self._held.append(data)
         self._heldSize += len(data)
         if self._heldSize > self.limits.maxHeaderBytes and self._reading is not None:
             self._reading.pause("ahead")
+
+    def _upstreamMade(self, upstream: _Upstream) -> None:
+        """
+        An upstream is connected before its connection attempt fired: a
+        stream opened early (the proxy listeners open one so for a
+        connection routed as a whole), whose open is not answered yet.
+        What the client sent so far follows the OPEN now, a round trip
+        sooner; it is still held until the answer comes.
+        """
+        if self._phase is not _Phase.SPLICING or self._early is not None:
+            return
+        self._early = upstream
+        if upstream.transport is not None:
+            for data in self._held:
+                upstream.transport.write(data)
 
     def _unsplice(self) -> None:
         """
@@ -1151,6 +1178,9 @@ class HTTPProxyProtocol(Protocol):
         transport.registerProducer(_PushBack(upstream.reading), True)  # type: ignore[attr-defined]
         if self._phase is _Phase.SPLICING:
             held, self._held, self._heldSize = b"".join(self._held), [], 0
+            early, self._early = self._early, None
+            if early is upstream:
+                held = b""  # it has them already
             self._relayWith(upstream, held, self._clientReadClosed, b"", False)
         else:
             self._sendRequest()
@@ -1159,6 +1189,9 @@ class HTTPProxyProtocol(Protocol):
         self._pending = None
         self._cancelUpstreamTimer()
         if self._phase is _Phase.SPLICING:
+            early, self._early = self._early, None
+            if early is not None and not early.lost:
+                early.close(abort=True)  # what it was given goes nowhere
             self._spliceRefusal = self._connectRefusal(failure)
             self._unsplice()
         elif self._phase is _Phase.ROUTING:

@@ -14,7 +14,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
     IProtocol,
-    IProtocolFactory,
 )
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
@@ -84,10 +83,11 @@ class ITunnelHandler(Interface):
         """The connection is gone; every stream has been told."""
 
 
-class IEarlyStreamFactory(IProtocolFactory):
+class IEarlyStreamFactory(Interface):
     """
-    A protocol factory whose protocols take their stream at once, before
-    the far side has answered the open: L{Tunnel.openStream} builds the
+    A mark on a protocol factory (an C{IProtocolFactory}) whose protocols
+    take their stream at once, before the far side has answered the open:
+    L{Tunnel.openStream} builds the
     protocol and connects it as soon as OPEN is sent, so that what it
     writes first travels right behind the OPEN (protocol version 2; with a
     version 1 peer it waits in the stream for OPEN_OK), instead of a round
