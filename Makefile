@@ -51,6 +51,12 @@ bench: venv
 bench-streams: venv
 	$(PY) bench/streams.py $(BENCH_STREAMS_ARGS)
 
+# The path kube-apiserver takes: connections DNATed to the HTTP proxy listener, in network
+# namespaces, against ssh -R (needs root).  A/B: BENCH_DNAT_ARGS='--tree base=/tmp/wt --tree new=.'
+.PHONY: bench-dnat
+bench-dnat: venv
+	$(PY) bench/dnat.py $(BENCH_DNAT_ARGS)
+
 # One server process, 1,000 then 5,000 then 10,000 simulated agents (see bench/results/scale.md).
 bench-scale: venv
 	$(PY) bench/agents.py --agents 1000 5000 10000 --idle-seconds 60 --opens 200 \

@@ -28,8 +28,13 @@ from typing import Any, ClassVar
 
 from attrs import field, frozen
 
-#: The protocol versions this implementation speaks, oldest first.
-SUPPORTED_VERSIONS = (1,)
+#: The protocol versions this implementation speaks, oldest first.  Version
+#: 2 adds early opens (DATA and EOF right behind OPEN, before OPEN_OK) and
+#: CLOSE's FINAL flag; C{docs/protocol.md} says what each version means.
+SUPPORTED_VERSIONS = (1, 2)
+
+#: The lowest version with early opens and CLOSE FINAL.
+EARLY_OPEN_VERSION = 2
 
 HEADER = struct.Struct("!IBBI")
 HEADER_SIZE = HEADER.size
@@ -48,6 +53,10 @@ MAX_STREAM_ID = 2**31 - 1
 MAX_REASON_TEXT = 1024
 
 MAX_HOST_LENGTH = 255
+
+#: CLOSE's flag (version 2): the sender had received the peer's EOF, so the
+#: stream is over both ways; the receiver forgets it without answering.
+CLOSE_FINAL = 0x01
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
@@ -152,9 +161,13 @@ class Frame:
     def payload(self) -> bytes:
         return b""
 
+    def flags(self) -> int:
+        """The header's flags byte: 0 but for a CLOSE FINAL."""
+        return 0
+
     def encode(self) -> bytes:
         body = self.payload()
-        return HEADER.pack(len(body), self.TYPE, 0, self.streamId) + body
+        return HEADER.pack(len(body), self.TYPE, self.flags(), self.streamId) + body
 
 
 @frozen
@@ -243,10 +256,19 @@ class Close(Frame):
     """
     The sender is done with this stream in both directions; data it sent
     before stays valid.  Each side sends one CLOSE or RESET per stream.
+
+    @ivar final: (version 2) the sender had received the peer's EOF before
+        it sent this, so nothing more is due either way: the receiver
+        forgets the stream without answering, which saves a frame per
+        stream.  Carried in the flags byte (L{CLOSE_FINAL}).
     """
 
     TYPE = FrameType.CLOSE
     streamId: int
+    final: bool = False
+
+    def flags(self) -> int:
+        return CLOSE_FINAL if self.final else 0
 
 
 @frozen
@@ -346,7 +368,7 @@ def _finiteFloat(text: str) -> float:
     return value
 
 
-def _parseHello(streamId: int, payload: bytes) -> Frame:
+def _parseHello(streamId: int, payload: bytes, flags: int) -> Frame:
     if len(payload) < _VERSIONS.size:
         raise ProtocolError("HELLO payload too short")
     low, high = _VERSIONS.unpack_from(payload)
@@ -371,7 +393,7 @@ def _parseHello(streamId: int, payload: bytes) -> Frame:
     return Hello(low, high, info)
 
 
-def _parseOpen(streamId: int, payload: bytes) -> Frame:
+def _parseOpen(streamId: int, payload: bytes, flags: int) -> Frame:
     if len(payload) < 3:
         raise ProtocolError("OPEN payload too short")
     (port,) = _U16.unpack_from(payload)
@@ -387,23 +409,23 @@ def _parseOpen(streamId: int, payload: bytes) -> Frame:
     return Open(streamId, host, port)
 
 
-def _parseOpenOk(streamId: int, payload: bytes) -> Frame:
+def _parseOpenOk(streamId: int, payload: bytes, flags: int) -> Frame:
     _exact(payload, 0, FrameType.OPEN_OK)
     return OpenOk(streamId)
 
 
-def _parseOpenFail(streamId: int, payload: bytes) -> Frame:
+def _parseOpenFail(streamId: int, payload: bytes, flags: int) -> Frame:
     if len(payload) < 2:
         raise ProtocolError("OPEN_FAIL payload too short")
     (reason,) = _U16.unpack_from(payload)
     return OpenFail(streamId, reason, _text(payload[2:], "OPEN_FAIL"))
 
 
-def _parseData(streamId: int, payload: bytes) -> Frame:
+def _parseData(streamId: int, payload: bytes, flags: int) -> Frame:
     return Data(streamId, payload)
 
 
-def _parseWindow(streamId: int, payload: bytes) -> Frame:
+def _parseWindow(streamId: int, payload: bytes, flags: int) -> Frame:
     _exact(payload, 4, FrameType.WINDOW)
     (increment,) = _U32.unpack(payload)
     if increment == 0:
@@ -411,34 +433,34 @@ def _parseWindow(streamId: int, payload: bytes) -> Frame:
     return Window(streamId, increment)
 
 
-def _parseEof(streamId: int, payload: bytes) -> Frame:
+def _parseEof(streamId: int, payload: bytes, flags: int) -> Frame:
     _exact(payload, 0, FrameType.EOF)
     return Eof(streamId)
 
 
-def _parseClose(streamId: int, payload: bytes) -> Frame:
+def _parseClose(streamId: int, payload: bytes, flags: int) -> Frame:
     _exact(payload, 0, FrameType.CLOSE)
-    return Close(streamId)
+    return Close(streamId, bool(flags & CLOSE_FINAL))
 
 
-def _parseReset(streamId: int, payload: bytes) -> Frame:
+def _parseReset(streamId: int, payload: bytes, flags: int) -> Frame:
     if len(payload) < 2:
         raise ProtocolError("RESET payload too short")
     (code,) = _U16.unpack_from(payload)
     return Reset(streamId, code, _text(payload[2:], "RESET"))
 
 
-def _parsePing(streamId: int, payload: bytes) -> Frame:
+def _parsePing(streamId: int, payload: bytes, flags: int) -> Frame:
     _exact(payload, 8, FrameType.PING)
     return Ping(payload)
 
 
-def _parsePong(streamId: int, payload: bytes) -> Frame:
+def _parsePong(streamId: int, payload: bytes, flags: int) -> Frame:
     _exact(payload, 8, FrameType.PONG)
     return Pong(payload)
 
 
-def _parseGoAway(streamId: int, payload: bytes) -> Frame:
+def _parseGoAway(streamId: int, payload: bytes, flags: int) -> Frame:
     if len(payload) < 2:
         raise ProtocolError("GOAWAY payload too short")
     (code,) = _U16.unpack_from(payload)
@@ -505,7 +527,7 @@ class FrameDecoder:
                 available = len(buffer) - self._offset
                 if available < HEADER_SIZE:
                     break
-                length, kind, _flags, streamId = HEADER.unpack_from(buffer, self._offset)
+                length, kind, flags, streamId = HEADER.unpack_from(buffer, self._offset)
                 if length > self.maxFrame:
                     raise ProtocolError(
                         f"frame of {length} bytes exceeds the limit of {self.maxFrame}",
@@ -520,7 +542,7 @@ class FrameDecoder:
                 with memoryview(buffer) as view:
                     payload = bytes(view[start : start + length])
                 self._offset = start + length
-                yield self._parse(kind, streamId, payload)
+                yield self._parse(kind, streamId, payload, flags)
         except ProtocolError as e:
             self._error = e
             raise
@@ -541,7 +563,7 @@ class FrameDecoder:
         return len(self._buffer) - self._offset
 
     @staticmethod
-    def _parse(kind: int, streamId: int, payload: bytes) -> Frame:
+    def _parse(kind: int, streamId: int, payload: bytes, flags: int) -> Frame:
         try:
             frameType = FrameType(kind)
         except ValueError:
@@ -553,7 +575,7 @@ class FrameDecoder:
                 raise ProtocolError(f"{frameType.name} on stream {streamId}, must be 0")
         elif streamId == 0:
             raise ProtocolError(f"{frameType.name} on stream 0")
-        return _PARSERS[frameType](streamId, payload)
+        return _PARSERS[frameType](streamId, payload, flags)
 
 
 def decodeAll(data: bytes, maxFrame: int = ABSOLUTE_MAX_FRAME) -> list[Frame]:

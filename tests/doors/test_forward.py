@@ -9,14 +9,19 @@ Everything listens on 127.0.0.1 port 0, and no traffic leaves loopback.
 
 from __future__ import annotations
 
+import socket
 from typing import Any, cast
 
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocol
 from twisted.logger import ILogObserver, Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.realnet import plainTunnel, waitUntil
 from tests.services import Echo, QuietFactory, connectRecordingClient, listen
+from twisted_tunnel.agent import TunnelAgent
 from twisted_tunnel.doors.forward import ForwardFactory, ForwardProtocol, parseForward
+from twisted_tunnel.mux import TunnelAddress
 from twisted_tunnel.server import TunnelServer
 
 NODE = "edge-1"
@@ -70,6 +75,22 @@ class ForwardOverSocketsTests(TestCase):
         server, _, _ = await plainTunnel(self, NODE)
         return server, listen(self, QuietFactory(Echo))
 
+    def heldDials(self, agent: TunnelAgent) -> Deferred[None]:
+        """
+        Hold the agent's dials until the Deferred returned fires: the test
+        decides when the agent answers an OPEN.
+        """
+        release: Deferred[None] = Deferred()
+        dial = agent.dial
+
+        def held(address: TunnelAddress) -> Deferred[IProtocol]:
+            answer: Deferred[IProtocol] = Deferred()
+            release.addCallback(lambda _: dial(address).chainDeferred(answer))
+            return answer
+
+        self.patch(agent, "dial", held)
+        return release
+
     def captureForwardLog(self) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
         self.patch(ForwardProtocol, "log", Logger(observer=cast(ILogObserver, events.append)))
@@ -114,3 +135,114 @@ class ForwardOverSocketsTests(TestCase):
         self.assertEqual((event["node"], event["port"]), ("edge-9", echo))
         self.assertIn("no agent connected for node 'edge-9'", formatEvent(event))
         self.assertNotIn("log_failure", event)
+
+    async def test_firstBytesBeforeTheAgentAnswers(self) -> None:
+        """
+        The forward opens its stream early: the client's first bytes and its
+        EOF reach the agent right behind the OPEN, held there while the
+        agent dials, then delivered; the answer comes back as ever.
+        """
+        server, agent, agentTunnel = await plainTunnel(self, NODE)
+        echo = listen(self, QuietFactory(Echo))
+        release = self.heldDials(agent)
+        forward = listen(self, ForwardFactory(server, NODE, echo))
+        client = await connectRecordingClient(self, forward)
+        assert client.transport is not None
+        client.transport.write(b"early bytes")
+        client.transport.loseWriteConnection()  # type: ignore[attr-defined]
+
+        def heldAtTheAgent() -> bool:
+            return [s.bufferedBytes for s in agentTunnel.streams()] == [len(b"early bytes")]
+
+        await waitUntil(heldAtTheAgent, 10.0, "the early bytes at the agent")
+        [opening] = agentTunnel.streams()
+        self.assertTrue(opening.peerFinished, "the EOF came early too")
+        release.callback(None)
+        await client.lost
+        self.assertEqual(client.received, b"early bytes")
+        self.assertTrue(client.eof)
+        record = server.registry.lookup(NODE)
+        assert record is not None
+        await waitUntil(lambda: record.tunnel.streamCount == 0, 10.0, "the stream to end")
+
+    async def test_refusedAfterTheClientSpoke(self) -> None:
+        """
+        An open the agent refuses after the client's first bytes went ahead
+        of its answer still closes the client's connection as before: a
+        clean close, nothing relayed, one log line with the agent's reason.
+        """
+        server, agent, agentTunnel = await plainTunnel(self, NODE)
+        closed = _closedPort()
+        release = self.heldDials(agent)
+        events = self.captureForwardLog()
+        forward = listen(self, ForwardFactory(server, NODE, closed))
+        client = await connectRecordingClient(self, forward)
+        assert client.transport is not None
+        client.transport.write(b"dropped by the agent")
+        await waitUntil(
+            lambda: [s.bufferedBytes for s in agentTunnel.streams()] == [20],
+            10.0,
+            "the early bytes at the agent",
+        )
+        release.callback(None)
+        await client.lost
+        self.assertEqual(client.received, b"")
+        self.assertTrue(client.eof, "the forward reset the connection instead of closing it")
+        self.assertEqual(len(events), 1, [formatEvent(e) for e in events])
+        self.assertEqual(
+            formatEvent(events[0]),
+            f"connection to {NODE}:{closed} refused: connection to 127.0.0.1:{closed} refused",
+        )
+        self.assertNotIn("log_failure", events[0])
+        await waitUntil(lambda: agentTunnel.streamCount == 0, 10.0, "the agent to forget it")
+        record = server.registry.lookup(NODE)
+        assert record is not None
+        self.assertEqual(record.tunnel.streamCount, 0)
+
+    async def test_clientGoneBeforeTheAnswer(self) -> None:
+        """
+        A client that sends and leaves before the agent answers: what it
+        sent still reaches the edge service, and the stream then ends.
+        """
+        server, agent, agentTunnel = await plainTunnel(self, NODE)
+        received: list[bytes] = []
+        sink = listen(self, QuietFactory(lambda: _Sink(received)))
+        release = self.heldDials(agent)
+        forward = listen(self, ForwardFactory(server, NODE, sink))
+        client = await connectRecordingClient(self, forward)
+        assert client.transport is not None
+        client.transport.write(b"last words")
+        client.transport.loseConnection()
+        await client.lost
+        await waitUntil(
+            lambda: [s.bufferedBytes for s in agentTunnel.streams()] == [10],
+            10.0,
+            "the early bytes at the agent",
+        )
+        release.callback(None)
+        await waitUntil(lambda: b"".join(received) == b"last words", 10.0, "the last words")
+        record = server.registry.lookup(NODE)
+        assert record is not None
+        await waitUntil(
+            lambda: record.tunnel.streamCount == agentTunnel.streamCount == 0,
+            10.0,
+            "the stream to end",
+        )
+
+
+def _closedPort() -> int:
+    """A loopback port nothing listens on (bound, then closed at once)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Sink(Echo):
+    """Keeps what it receives (and echoes it, which nobody reads)."""
+
+    def __init__(self, into: list[bytes]) -> None:
+        super().__init__()
+        self.into = into
+
+    def dataReceived(self, data: bytes) -> None:
+        self.into.append(data)

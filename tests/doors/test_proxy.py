@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.ssl import CertificateOptions
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -85,7 +85,7 @@ class _NoPosts:
         return ForwardingDecision(request.defaultHost(), request.port, Carrier.HTTP)
 
 
-class RouterTests(TestCase):
+class _RouterCase(TestCase):
     """Routes through a real (plain TCP) tunnel whose agent's node IP is 127.0.0.1."""
 
     async def setUp(self) -> None:  # type: ignore[override]
@@ -110,6 +110,10 @@ class RouterTests(TestCase):
         except RoutingRefused as e:
             return e
         self.fail("routing was not refused")
+
+
+class RouterTests(_RouterCase):
+    """L{ProxyRouter.route}: a connection's or a request's route, or why not."""
 
     async def test_portNotForwarded(self) -> None:
         refused = await self.refused(self.router("http").route(Target(NODE, 22)))
@@ -158,7 +162,9 @@ class RouterTests(TestCase):
 
     async def test_localhostRoute(self) -> None:
         """10255 is http and localhost by default: loopback, with a loopback Host."""
-        routed = await self.router("http").route(Target(NODE, 10255))
+        routed = await self.router("http").route(
+            Target(NODE, 10255), method=b"GET", requestTarget=b"/"
+        )
         self.assertEqual(
             routed.decision,
             ForwardingDecision("127.0.0.1", 10255, Carrier.HTTP, b"127.0.0.1:10255"),
@@ -209,3 +215,96 @@ class RouterTests(TestCase):
         connected.transport.loseWriteConnection()
         await client.lost
         self.assertEqual(client.received, b"through the tunnel")
+
+
+class _PerConnection(_NoPosts):
+    """L{_NoPosts}, declaring (wrongly, for the test) that it decides per connection."""
+
+    name = "per-connection"
+    perConnection = True
+
+
+class _Later:
+    """A per-connection policy that answers with a Deferred (or fails with C{refusal})."""
+
+    name = "later"
+    perConnection = True
+
+    def __init__(self, refusal: Exception | None = None) -> None:
+        self.refusal = refusal
+
+    def decide(self, request: ForwardingRequest) -> Deferred[ForwardingDecision]:
+        if self.refusal is not None:
+            return fail(self.refusal)
+        return succeed(ForwardingDecision(request.defaultHost(), request.port, Carrier.HTTP))
+
+
+class RouteConnectionTests(_RouterCase):
+    """
+    L{ProxyRouter.routeConnection}: a route for a whole DNATed connection,
+    or C{None} for "route each request", which then refuses and counts.
+    """
+
+    def counted(self) -> dict[str, int]:
+        return dict(self.server.metrics.openFailures)
+
+    async def test_builtins(self) -> None:
+        """http and https (with TLS towards the node) decide per connection."""
+        routed = self.router("http").routeConnection(Target("127.0.0.1", 9051))
+        assert isinstance(routed, Routed)
+        self.assertEqual(routed.decision, ForwardingDecision("127.0.0.1", 9051, Carrier.HTTP))
+        router = ProxyRouter(
+            self.server,
+            "https",
+            lambda: self.config,
+            upstreamTLS=lambda host: CertificateOptions(),
+        )
+        routed = router.routeConnection(Target("127.0.0.1", 9052))
+        assert isinstance(routed, Routed)
+        self.assertEqual(routed.decision.carrier, Carrier.HTTPS)
+
+    async def test_localhostKeepsTheHost(self) -> None:
+        """10255 (http, localhost): to loopback, relayed with the client's own Host."""
+        routed = self.router("http").routeConnection(Target(NODE, 10255))
+        assert isinstance(routed, Routed)
+        self.assertEqual(routed.decision, ForwardingDecision("127.0.0.1", 10255, Carrier.HTTP))
+        self.assertEqual(routed.policy, "localhost+http")
+
+    async def test_perRequestPolicy(self) -> None:
+        """A custom policy that does not declare itself per connection: each request."""
+        self.custom[9051] = _NoPosts()  # type: ignore[assignment]
+        self.assertIsNone(self.router("http").routeConnection(Target(NODE, 9051)))
+        self.custom[9051] = _PerConnection()  # type: ignore[assignment]
+        routed = self.router("http").routeConnection(Target(NODE, 9051))
+        assert isinstance(routed, Routed)
+        self.assertEqual(routed.policy, "per-connection")
+
+    async def test_deferredDecision(self) -> None:
+        """A per-connection policy may answer later; a refusal later means: each request."""
+        self.custom[9051] = _Later()  # type: ignore[assignment]
+        routed = await self.router("http").routeConnection(Target(NODE, 9051))  # type: ignore[misc]
+        assert isinstance(routed, Routed)
+        self.custom[9051] = _Later(refuse(403, "not now"))  # type: ignore[assignment]
+        self.assertIsNone(await self.router("http").routeConnection(Target(NODE, 9051)))  # type: ignore[misc]
+        self.custom[9051] = _Later(ZeroDivisionError())  # type: ignore[assignment]
+        with self.assertRaises(ZeroDivisionError):
+            await self.router("http").routeConnection(Target(NODE, 9051))  # type: ignore[misc]
+
+    async def test_refusalsLeftToEachRequest(self) -> None:
+        """
+        Whatever would be refused gives C{None}, and counts nothing: the
+        first request is refused, and counted, on its own.
+        """
+        self.custom[9054] = _PerConnection()  # type: ignore[assignment]
+        self.config = parseConfigData({"http-proxy-ports": "9051", "tcp-proxy-ports": "9053"})
+        before = self.counted()
+        for listener, target in [
+            ("http", Target(NODE, 22)),  # not forwarded
+            ("http", Target(NODE, 9053)),  # not from this listener
+            ("http", Target("edge-9", 9051)),  # no agent
+            ("https", Target(NODE, 10250)),  # no proxy client certificate
+        ]:
+            self.assertIsNone(self.router(listener).routeConnection(target), (listener, target))
+        self.custom[9051] = _Later(refuse(403, "no"))  # type: ignore[assignment]
+        self.assertIsNone(await self.router("http").routeConnection(Target(NODE, 9051)))  # type: ignore[misc]
+        self.assertEqual(self.counted(), before)

@@ -19,7 +19,14 @@ from typing import Any, cast
 from twisted.internet import reactor as _reactor
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    ILoggingContext,
+    IProtocol,
+    IPushProducer,
+    ISSLTransport,
+    ITransport,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import CertificateOptions
 from twisted.internet.task import Clock, deferLater
@@ -29,7 +36,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
-from zope.interface import implementer
+from zope.interface import implementer, implementer_only
 
 from tests.realnet import plainTunnel
 from tests.services import listen
@@ -403,12 +410,20 @@ class Client(Protocol):
         self.lostReason = reason
 
 
+@implementer_only(IProtocol, ILoggingContext)
+class OneWayClient(Client):
+    """A L{Client} that is not half-closeable."""
+
+
 class ClientFactory(Factory):
+    #: whether the protocols it builds are half-closeable
+    halfCloseable = True
+
     def __init__(self) -> None:
         self.built: list[Client] = []
 
     def buildProtocol(self, addr: Any) -> Client:
-        client = Client()
+        client = Client() if self.halfCloseable else OneWayClient()
         self.built.append(client)
         return client
 
@@ -498,6 +513,30 @@ class ClientLimitTests(SynchronousTestCase):
         self.assertEqual(client.transport.getPeer(), CLIENT)
         wrapper.readConnectionLost()
         self.assertTrue(client.readClosed)
+
+    def test_declarationsFollowTransportAndProtocol(self) -> None:
+        """
+        Each connection provides what its own transport provides, and is
+        half-closeable exactly when its protocol is, however many
+        connections came before it with other transports and protocols
+        (the declarations are made once per kind and reused).
+        """
+        self.limiter()
+
+        @implementer(ISSLTransport)
+        class TLSLike(StringTransport):
+            pass
+
+        for _ in range(2):
+            for transportType in (StringTransport, TLSLike, StringTransport):
+                for half in (True, False):
+                    self.factory.halfCloseable = half
+                    protocol = self.wrapped.buildProtocol(CLIENT)
+                    transport = transportType(peerAddress=CLIENT)
+                    protocol.makeConnection(transport)
+                    self.assertEqual(ISSLTransport.providedBy(protocol), transportType is TLSLike)
+                    self.assertTrue(ITransport.providedBy(protocol))
+                    self.assertEqual(IHalfCloseableProtocol.providedBy(protocol), half)
 
     def stall(self, made: Any, held: int) -> None:
         """The client's transport pushes back: its send buffer is full."""

@@ -30,6 +30,7 @@ from twisted_tunnel.forwarding.policy import (
     PolicyError,
     TCPPolicy,
     decide,
+    decidesPerConnection,
     findPolicy,
     loadPolicy,
     pluginPolicies,
@@ -87,13 +88,34 @@ class BuiltinTests(SynchronousTestCase):
         self.assertEqual(decision.host, "127.0.0.1")
 
     def test_localhostComposes(self) -> None:
-        """10250 is https *and* localhost by default: TLS again, to the node's loopback."""
+        """
+        10250 is https *and* localhost by default: TLS again, to the node's
+        loopback, and a request routed on its own carries a loopback C{Host}.
+        """
         policy = LocalhostPolicy(HTTPSPolicy())
         self.assertEqual(policy.name, "localhost+https")
-        decision = self.successResultOf(decide(policy, request()))
+        decision = self.successResultOf(decide(policy, request(method=b"GET", target=b"/")))
         self.assertEqual(
             decision, ForwardingDecision("127.0.0.1", 10250, Carrier.HTTPS, b"127.0.0.1:10250")
         )
+
+    def test_localhostForAWholeConnection(self) -> None:
+        """
+        Decided for a whole connection (no method: it will be relayed as
+        bytes), the localhost policy asks for no C{Host} rewrite, and it
+        decides per connection as its inner policy does.
+        """
+        policy = LocalhostPolicy(HTTPSPolicy())
+        decision = self.successResultOf(decide(policy, request()))
+        self.assertEqual(decision, ForwardingDecision("127.0.0.1", 10250, Carrier.HTTPS))
+        self.assertTrue(decidesPerConnection(policy))
+        self.assertFalse(decidesPerConnection(LocalhostPolicy(_Answers(decision))))  # type: ignore[arg-type]
+
+    def test_builtinsDecidePerConnection(self) -> None:
+        """The built-ins promise it; a policy that says nothing decides per request."""
+        for policy in BUILTIN_POLICIES.values():
+            self.assertTrue(decidesPerConnection(policy), policy.name)
+        self.assertFalse(decidesPerConnection(_Answers(None)))  # type: ignore[arg-type]
 
     def test_localhostRawHasNoHostHeader(self) -> None:
         decision = self.successResultOf(decide(LocalhostPolicy(TCPPolicy()), request(port=9000)))

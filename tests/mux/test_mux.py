@@ -71,7 +71,13 @@ class Raw:
     (which plays the peer).
     """
 
-    def __init__(self, *, isClient: bool, settings: Settings = SMALL, hello: bool = True) -> None:
+    def __init__(
+        self, *, isClient: bool, settings: Settings = SMALL, hello: bool = True, version: int = 1
+    ) -> None:
+        """
+        @param version: the protocol version the peer's HELLO offers (and
+            so the connection's).
+        """
         self.clock = Clock()
         self.handler = RecordingHandler({"node": "edge-1"})
         self.tunnel = Tunnel(self.handler, self.clock, isClient=isClient, settings=settings)
@@ -79,9 +85,9 @@ class Raw:
         self.tunnel.makeConnection(self.transport)
         if hello:
             if isClient:
-                self.feed(Hello(1, 1, {"server_id": "srv-a", **SMALL.toInfo()}))
+                self.feed(Hello(version, version, {"server_id": "srv-a", **SMALL.toInfo()}))
             else:
-                self.feed(Hello(1, 1, {"node": "edge-1", **SMALL.toInfo()}))
+                self.feed(Hello(version, version, {"node": "edge-1", **SMALL.toInfo()}))
             assert self.tunnel.established
             self.sent()
 
@@ -148,7 +154,7 @@ class HelloTests(TunnelTestCase):
         established = pair.client.whenEstablished()
         pair.establish()
         self.assertIs(self.successResultOf(established), pair.client)
-        self.assertEqual((pair.client.version, pair.server.version), (1, 1))
+        self.assertEqual((pair.client.version, pair.server.version), (2, 2))
         self.assertEqual(pair.serverHandler.hellos[0]["node"], "edge-1")
         self.assertEqual(pair.clientHandler.hellos[0]["server_id"], "srv-a")
         assert pair.server.peerSettings is not None and pair.client.peerSettings is not None
@@ -187,11 +193,11 @@ class HelloTests(TunnelTestCase):
         peer = Raw(isClient=False, hello=False)
         established = peer.tunnel.whenEstablished()
         with capturedLogs() as events:
-            peer.feed(Hello(2, 3, {}))
+            peer.feed(Hello(3, 4, {}))
         sent = peer.sent()
         goaway = self.assertGoAway(sent, ErrorCode.UNSUPPORTED_VERSION)
-        self.assertIn("2..3", goaway.text)
-        self.assertIn("1..1", goaway.text)
+        self.assertIn("3..4", goaway.text)
+        self.assertIn("1..2", goaway.text)
         self.assertEqual(framesOfType(sent, Hello), [])
         self.assertTrue(peer.transport.disconnecting)
         self.assertEqual(len(events), 1)
@@ -202,7 +208,7 @@ class HelloTests(TunnelTestCase):
     def test_serverChoosesVersionNotOffered(self) -> None:
         peer = Raw(isClient=True, hello=False)
         peer.sent()
-        peer.feed(Hello(2, 2, {}))
+        peer.feed(Hello(3, 3, {}))
         self.assertGoAway(peer.sent(), ErrorCode.UNSUPPORTED_VERSION)
         self.assertTrue(peer.transport.disconnecting)
         peer.end()
@@ -899,6 +905,9 @@ class EndingTests(TunnelTestCase):
     def test_eofToPlainProtocol(self) -> None:
         """
         A protocol that does not half-close is disconnected by the peer's EOF.
+        Its CLOSE is FINAL (version 2: it had the EOF), and carries its EOF
+        (the opener's protocol hears C{readConnectionLost}, as TCP tells a
+        FIN on a half-closed connection); nobody answers it.
         """
         pair = self.pair
         opener, acceptor = pair.open(pair.client, Recorder(), HalfCloser())
@@ -908,11 +917,31 @@ class EndingTests(TunnelTestCase):
         self.assertEqual(acceptor.received, b"request")
         assert acceptor.lostReason is not None
         acceptor.lostReason.trap(ConnectionDone)
-        # the plain protocol answered the EOF with CLOSE: no EOF came back
+        self.assertEqual(
+            opener.events,
+            ["connectionMade", "writeConnectionLost", "readConnectionLost", "connectionLost"],
+        )
+        self.assertForgotten()
+
+    def test_eofToPlainProtocolVersion1(self) -> None:
+        """
+        On a version 1 connection the plain protocol's CLOSE is an ordinary
+        one: no EOF came back, and the opener answers it.
+        """
+        pair = TunnelPair(clientSettings=SMALL, serverSettings=SMALL, connect=False)
+        pair.client.versions = (1,)
+        pair.connect()
+        pair.establish()
+        opener, acceptor = pair.open(pair.client, Recorder(), HalfCloser())
+        streamOf(opener).write(b"request")
+        streamOf(opener).loseWriteConnection()
+        pair.pump()
+        self.assertEqual(acceptor.received, b"request")
         self.assertEqual(
             opener.events, ["connectionMade", "writeConnectionLost", "connectionLost"]
         )
-        self.assertForgotten()
+        self.assertEqual((pair.client.streamCount, pair.server.streamCount), (0, 0))
+        self.endPair(pair)
 
     def test_loseConnectionFlushesBacklog(self) -> None:
         pair = self.pair

@@ -125,6 +125,39 @@ class SpliceTests(SynchronousTestCase):
         self.assertEqual(ta.producerState, "producing")
 
 
+class PeerLostTests(SynchronousTestCase):
+    def test_default(self) -> None:
+        """By default an end is ended the way its peer ended (here: aborted)."""
+        a, ta = connected()
+        b, tb = connected(peer=a)
+        tb.lose(b, Failure(ConnectionLost()))
+        self.assertIsNone(ta.producer)
+        self.assertTrue(ta.disconnecting)
+
+    def test_override(self) -> None:
+        """
+        An end may answer its peer's loss its own way (a front door whose
+        early stream failed to open): the relay unregisters the producer and
+        hands it the reason, and leaves the connection to it.
+        """
+        told: list[Failure] = []
+
+        class Near(RelayProtocol):
+            def peerLost(self, reason: Failure) -> None:
+                told.append(reason)
+
+        a = Near()
+        ta = TCPLikeTransport()
+        a.makeConnection(ta)
+        b, tb = connected(peer=a)
+        reason = Failure(ConnectionLost("open refused"))
+        tb.lose(b, reason)
+        self.assertEqual(told, [reason])
+        self.assertIsNone(ta.producer)
+        self.assertFalse(ta.disconnecting)
+        self.assertIsNone(a.peer)
+
+
 class EndingTests(SynchronousTestCase):
     def test_halfClose(self) -> None:
         """

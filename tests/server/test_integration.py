@@ -439,6 +439,10 @@ class DrainTests(TunnelTestCase):
         self.assertEqual(refused.reason, OpenFailReason.GOING_AWAY)
         await client.done
         await drained
+        # the agent's end closes too (it may be a moment behind the server's:
+        # with CLOSE FINAL the agent is idle first, and its TLS close then
+        # waits for the server's close_notify)
+        await agentSide.whenLost()
         self.assertFalse(agentSide.established)
         self.assertEqual(len(server.registry), 0)
         texts = [logText(e) for e in events if "log_format" in e]

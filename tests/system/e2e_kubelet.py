@@ -17,8 +17,8 @@ It listens where a node's services do:
       that C{http-proxy-ports} opens).
 
 Every answer names the node in its body and in C{X-Node}, and says where it
-was served (C{X-Served-On: <local address>:<port>}) and, over TLS, who the
-client was (C{X-Client-CN}).  Paths:
+was served (C{X-Served-On: <local address>:<port>}), the C{Host} it was
+asked for (C{X-Host}) and, over TLS, who the client was (C{X-Client-CN}).  Paths:
 
     - C{/healthz}, C{/pods}, anything else: the node name and a newline;
     - C{/containerLogs/...?follow=true}: C{LOG_LINES} lines (C{lines=N}:
@@ -89,6 +89,7 @@ class StandInHandler(http.server.BaseHTTPRequestHandler):
         local = self.connection.getsockname()
         self.send_header("X-Node", self.server.node)
         self.send_header("X-Served-On", f"{local[0]}:{local[1]}")
+        self.send_header("X-Host", self.headers.get("Host", "-"))
         if isinstance(self.connection, ssl.SSLSocket):
             peer: Any = self.connection.getpeercert() or {}
             for rdn in peer.get("subject", ()):

@@ -181,6 +181,8 @@ class ProxyListenersEndToEndTests(SynchronousTestCase):
             result = self.world.curl(*viaHTTPListener(edge, 10267, "/"))
             self.assertAnswer(result, 200, f"{edge.name}\n".encode(), edge.name)
             self.assertEqual(result.headers["x-served-on"], "127.0.0.1:10267")
+            # routed by Host, the request is parsed, and its Host made loopback's
+            self.assertEqual(result.headers["x-host"], "127.0.0.1:10267")
             onNodeAddress = edge.namespace.run(
                 "curl", "-sS", "--max-time", "5", f"http://{edge.nodeIP}:10267/", check=False
             )
@@ -463,7 +465,9 @@ class TransparentInterceptionEndToEndTests(SynchronousTestCase):
         """
         C{curl http://<node-ip>:10267/}: 10267 is under C{http-proxy-ports}
         and a localhost port by default, so the DNATed request is answered
-        by the service on the node's loopback only.
+        by the service on the node's loopback only.  The connection is
+        routed once and relayed as bytes (the fast path): the service sees
+        the Host the client sent, as with iptables DNAT to a loopback port.
         """
         self.world.waitForNat(
             lambda saved: any("--dport 10267" in line for line in ours(saved)),
@@ -473,6 +477,8 @@ class TransparentInterceptionEndToEndTests(SynchronousTestCase):
             result = self.world.curl(f"http://{edge.nodeIP}:10267/")
             self.assertAnswer(result, 200, edge.name)
             self.assertEqual(result.headers["x-served-on"], "127.0.0.1:10267")
+            # routed as a whole and relayed as bytes: the Host is the client's
+            self.assertEqual(result.headers["x-host"], f"{edge.nodeIP}:10267")
 
     def test_dnatPortsPairByDNAT(self) -> None:
         """

@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_tunnel.wire import (
     ABSOLUTE_MAX_FRAME,
+    CLOSE_FINAL,
     DEFAULT_MAX_FRAME,
     HEADER_SIZE,
     MAX_HOST_LENGTH,
@@ -99,6 +100,7 @@ SESSION: list[Frame] = [
     Window(1, 18),
     Eof(1),
     Close(1),
+    Close(1, final=True),
     Open(3, "localhost", 22),
     OpenFail(3, OpenFailReason.REFUSED, "connection refused"),
     Open(5, "db", 5432),
@@ -207,6 +209,11 @@ class EncodingTests(SynchronousTestCase):
     def test_close(self) -> None:
         self.assertWire(Close(7), b"\x00\x00\x00\x00\x07\x00\x00\x00\x00\x07")
 
+    def test_closeFinal(self) -> None:
+        """CLOSE FINAL (version 2) is bit 0 of the flags byte."""
+        self.assertWire(Close(7, final=True), b"\x00\x00\x00\x00\x07\x01\x00\x00\x00\x07")
+        self.assertEqual(CLOSE_FINAL, 0x01)
+
     def test_reset(self) -> None:
         self.assertWire(
             Reset(7, ErrorCode.CANCEL, "bye"),
@@ -246,11 +253,17 @@ class EncodingTests(SynchronousTestCase):
 
     def test_flagsIgnored(self) -> None:
         """
-        The flags byte is reserved: senders write 0, receivers ignore it.
+        The flags byte is reserved but for CLOSE's FINAL bit: senders write
+        0, receivers ignore the rest of it.
         """
-        self.assertEqual(Data(1, b"x").encode()[5], 0)
+        for frame in SESSION:
+            if frame != Close(1, final=True):
+                self.assertEqual(frame.encode()[5], 0, frame)
         self.assertEqual(decodeAll(_raw(0x04, 1, b"x", flags=0xFF)), [Data(1, b"x")])
         self.assertEqual(decodeAll(_raw(0x09, 0, b"12345678", flags=0x80)), [Ping(b"12345678")])
+        self.assertEqual(decodeAll(_raw(0x07, 1, flags=0xFE)), [Close(1)])
+        self.assertEqual(decodeAll(_raw(0x07, 1, flags=0xFF)), [Close(1, final=True)])
+        self.assertEqual(decodeAll(_raw(0x06, 1, flags=0x01)), [Eof(1)])
 
     def test_dataHeader(self) -> None:
         self.assertEqual(dataHeader(7, 3), b"\x00\x00\x00\x03\x04\x00\x00\x00\x00\x07")
@@ -701,7 +714,7 @@ _frames = st.one_of(
     st.builds(Data, _streamIds, st.binary(max_size=600)),
     st.builds(Window, _streamIds, st.integers(1, 2**32 - 1)),
     st.builds(Eof, _streamIds),
-    st.builds(Close, _streamIds),
+    st.builds(Close, _streamIds, st.booleans()),
     st.builds(Reset, _streamIds, _u16, _texts),
     st.builds(Ping, st.binary(min_size=8, max_size=8)),
     st.builds(Pong, st.binary(min_size=8, max_size=8)),
@@ -790,6 +803,21 @@ class PropertyTests(SynchronousTestCase):
         self._feedArbitrary(_split(blob, _cuts(data.draw, len(blob))), DEFAULT_MAX_FRAME)
 
     @_propertySettings
+    @given(frame=_frames, flags=st.integers(0, 255))
+    def test_flags(self, frame: Frame, flags: int) -> None:
+        """
+        Whatever the flags byte holds, a frame decodes to itself but for
+        CLOSE's FINAL bit (bit 0), which is all a receiver reads of it.
+        """
+        encoded = bytearray(frame.encode())
+        encoded[5] = flags
+        [decoded] = decodeAll(bytes(encoded))
+        if isinstance(frame, Close):
+            self.assertEqual(decoded, Close(frame.streamId, bool(flags & CLOSE_FINAL)))
+        else:
+            self.assertEqual(decoded, frame)
+
+    @_propertySettings
     @given(streamId=_streamIds, payload=st.binary(max_size=2000))
     def test_dataHeader(self, streamId: int, payload: bytes) -> None:
         self.assertEqual(
@@ -853,6 +881,45 @@ EXAMPLE_SESSION: list[tuple[str, Frame]] = [
     ("server", Close(2)),
 ]
 
+#: The frames of C{docs/protocol.md}'s version 2 example: an early open.
+EXAMPLE_SESSION_V2: list[tuple[str, Frame]] = [
+    (
+        "agent",
+        Hello(
+            1,
+            2,
+            {
+                "node": "edge-1",
+                "ips": ["10.0.0.7"],
+                "window": 1048576,
+                "max_frame": 65536,
+                "max_streams": 1024,
+                "software": "twisted-tunnel/0.2.0",
+            },
+        ),
+    ),
+    (
+        "server",
+        Hello(
+            2,
+            2,
+            {
+                "server_id": "srv-a",
+                "server_count": 1,
+                "window": 1048576,
+                "max_frame": 65536,
+                "max_streams": 1024,
+            },
+        ),
+    ),
+    ("server", Open(2, "127.0.0.1", 10250)),
+    ("server", Data(2, b"hello")),
+    ("server", Eof(2)),
+    ("agent", OpenOk(2)),
+    ("agent", Data(2, b"hi")),
+    ("agent", Close(2, final=True)),
+]
+
 
 def _docSections() -> dict[str, str]:
     text = PROTOCOL_DOC.read_text(encoding="utf-8")
@@ -883,7 +950,13 @@ class ProtocolDocumentTests(SynchronousTestCase):
         The hex of the example session is this codec's encoding of the
         frames it describes, one commented block per frame.
         """
-        block = re.search(r"```text\n(.*?)```", self.sections["Example session"], re.S)
+        self.checkExample("Example session", EXAMPLE_SESSION)
+
+    def test_exampleSessionVersion2(self) -> None:
+        self.checkExample("Example session, version 2", EXAMPLE_SESSION_V2)
+
+    def checkExample(self, title: str, expectedFrames: list[tuple[str, Frame]]) -> None:
+        block = re.search(r"```text\n(.*?)```", self.sections[title], re.S)
         assert block is not None
         frames: list[tuple[str, bytes]] = []
         for line in block.group(1).splitlines():
@@ -892,10 +965,8 @@ class ProtocolDocumentTests(SynchronousTestCase):
             elif line.strip():
                 sender, wire = frames[-1]
                 frames[-1] = (sender, wire + bytes.fromhex(line))
-        self.assertEqual(len(frames), len(EXAMPLE_SESSION))
-        for (sender, wire), (expectedSender, expected) in zip(
-            frames, EXAMPLE_SESSION, strict=True
-        ):
+        self.assertEqual(len(frames), len(expectedFrames))
+        for (sender, wire), (expectedSender, expected) in zip(frames, expectedFrames, strict=True):
             self.assertEqual(sender, expectedSender)
             self.assertEqual(decodeAll(wire, DEFAULT_MAX_FRAME), [expected])
             self.assertEqual(wire, expected.encode())

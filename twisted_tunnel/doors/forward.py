@@ -17,11 +17,32 @@ from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ..errors import TunnelError
+from ..mux import IEarlyStreamFactory
 from ..net.addresses import HostPortError, splitHostPort
 from ..net.relay import RelayProtocol, RelayReaper, relayEnds, splice
 from ..server import TunnelServer
+
+
+@implementer(IEarlyStreamFactory)
+class EarlyRelayEnd(Factory):
+    """
+    Builds the far end of one relay as an early stream: spliced to C{near}
+    as soon as the OPEN is sent, so that what the client sent first travels
+    right behind the OPEN instead of a round trip later (see
+    L{IEarlyStreamFactory}).  One per connection; quiet.
+    """
+
+    noisy = False
+
+    def __init__(self, near: RelayProtocol, reaper: RelayReaper | None) -> None:
+        self.near = near
+        self.reaper = reaper
+
+    def buildProtocol(self, addr: Any) -> RelayProtocol:
+        return RelayProtocol(peer=self.near, reaper=self.reaper)
 
 
 class OpeningRelay(RelayProtocol):
@@ -29,13 +50,26 @@ class OpeningRelay(RelayProtocol):
     A local end that opens its far end when it connects: paused until the
     stream to the node is open, then spliced to it; closed, with one log
     line saying why, when it cannot be opened.
+
+    With L{openEarly}, the far end is an early stream (L{EarlyRelayEnd}):
+    spliced at once, so the client's first bytes follow the OPEN; a refused
+    open still closes the client's connection with the same log line (its
+    bytes sent so far are dropped by the agent).  Only for a relay that
+    owes its client no answer before the first byte: the CONNECT door, which
+    answers C{200} only once the stream is open, cannot.
     """
 
     log = Logger()
 
+    #: open the far end early (L{EarlyRelayEnd}) rather than after OPEN_OK
+    openEarly = False
+
     def connectionMade(self) -> None:
         super().connectionMade()
-        self._opening: Deferred[IProtocol] | None = self.openFarEnd(relayEnds)
+        #: the far end opened early ended before the open was answered
+        self._farLost: Failure | None = None
+        factory = EarlyRelayEnd(self, self.relayReaper()) if self.openEarly else relayEnds
+        self._opening: Deferred[IProtocol] | None = self.openFarEnd(factory)
         self._opening.addCallbacks(self._opened, self._failed)
 
     def openFarEnd(self, factory: Factory) -> Deferred[IProtocol]:
@@ -61,6 +95,13 @@ class OpeningRelay(RelayProtocol):
     def _opened(self, streamEnd: IProtocol) -> None:
         self._opening = None
         assert isinstance(streamEnd, RelayProtocol)
+        if self.openEarly:
+            # spliced when the stream was opened; if it ended before this
+            # answer (its own reset), end our side now as it would have
+            lost, self._farLost = self._farLost, None
+            if lost is not None and self.connected:
+                super().peerLost(lost)
+            return
         if not self.connected or self.transport is None:
             streamEnd.transport.loseConnection()  # type: ignore[union-attr]
             return
@@ -75,12 +116,26 @@ class OpeningRelay(RelayProtocol):
             reason = "internal error"
             self.log.failure("connection to {where} failed", failure, **self.describe())
         self.log.info("connection to {where} refused: {reason}", reason=reason, **self.describe())
-        if self.transport is not None:
+        if self.connected and self.transport is not None:
             self.transport.loseConnection()
 
+    def peerLost(self, reason: Failure) -> None:
+        if self._opening is not None:
+            # an early far end that ended before the answer (the open
+            # failed, or it reset itself): the answer decides (_failed
+            # closes the client's connection as a refusal, _opened ends it
+            # as the far end ended)
+            self._farLost = reason
+            return
+        super().peerLost(reason)
+
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
-        opening, self._opening = getattr(self, "_opening", None), None
-        if opening is not None:
+        opening = getattr(self, "_opening", None)
+        if opening is not None and not self.openEarly:
+            # an early far end is spliced already: it hears of this end's
+            # loss from the relay, and its open is left to finish (what the
+            # client sent before it went still reaches the node)
+            self._opening = None
             opening.cancel()
         super().connectionLost(reason)
 
@@ -100,9 +155,13 @@ def refusalText(failure: Failure) -> str | None:
 
 
 class ForwardProtocol(OpeningRelay):
-    """The local end of a static forward to one node port."""
+    """
+    The local end of a static forward to one node port: opened early (it
+    owes its client no answer; a refused open just closes the connection).
+    """
 
     factory: ForwardFactory
+    openEarly = True
 
     def openFarEnd(self, factory: Factory) -> Deferred[IProtocol]:
         return self.factory.server.endpointForNode(

@@ -26,12 +26,19 @@ import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from attrs import frozen
+from attrs import evolve, frozen
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.endpoints import wrapClientTLS
-from twisted.internet.interfaces import IAddress, IProtocol, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ..forwarding.config import Listener, ProxyConfig
 from ..forwarding.policy import (
@@ -41,12 +48,22 @@ from ..forwarding.policy import (
     ForwardingRequest,
     IForwardingPolicy,
     decideNow,
+    decidesPerConnection,
 )
 from ..forwarding.table import ForwardingTable, NotForwarded
-from ..http.engine import HTTPProxyFactory, RequestHead, Route, Router, RouteRefused
+from ..http.engine import (
+    ConnectionRouter,
+    HTTPProxyFactory,
+    RequestHead,
+    Route,
+    Router,
+    RouteRefused,
+)
+from ..mux import IEarlyStreamFactory
 from ..net.addresses import HostPortError, splitHostPort
 from ..net.origdst import originalDestination
 from ..server import TunnelServer
+from ..tls.upstream import IDestinationTLS
 from .forward import OpeningRelay
 from .refusals import proxyRefusal
 
@@ -156,7 +173,9 @@ class ProxyRouter:
         bound to custom policies.
     @param upstreamTLS: makes the client TLS creator for the HTTPS carrier,
         given the node address the client asked for (what the kubelet's
-        certificate is verified against, when it is).
+        certificate is verified against, when it is).  A creator that
+        provides L{IDestinationTLS} is asked for the route's destination,
+        so that it resumes only sessions made for it.
     """
 
     log = Logger()
@@ -230,37 +249,9 @@ class ProxyRouter:
         if record is None or not record.tunnel.established:
             self.server.metrics.openRefused("unknown_node")
             raise RoutingRefused(502, self.server.routes.noAgent(target.address))
-        request = ForwardingRequest(
-            node=record.node,
-            nodeIPs=record.ips,
-            address=target.address,
-            port=target.port,
-            listener=self.listener,
-            method=method,
-            target=requestTarget,
-            headers=headers,
-            peer=peer,
+        request = self._request(
+            record, target, peer, method=method, target=requestTarget, headers=headers
         )
-
-        def decided(decision: ForwardingDecision) -> Routed:
-            endpoint = self.server.endpointForNode(
-                record.node, decision.port, host=decision.host, policy=policy.name
-            )
-            if decision.carrier is Carrier.HTTPS:
-                if self.upstreamTLS is None:
-                    raise RoutingRefused(
-                        502, "the https policy needs --proxy-client-cert and --proxy-client-key"
-                    )
-                # Verify the kubelet against the address the client asked for
-                # (node IP or name), as kube-apiserver would: with the
-                # localhost policy the agent dials 127.0.0.1, which no
-                # kubelet serving certificate names.
-                endpoint = wrapClientTLS(self.upstreamTLS(target.address), endpoint)
-            elif decision.carrier is Carrier.RAW and self.listener != "tcp":
-                raise RoutingRefused(
-                    502, f"policy {policy.name} chose raw TCP for an HTTP request"
-                )
-            return Routed(record.node, target, decision, policy.name, endpoint)
 
         def refusedByPolicy(failure: Any) -> Any:
             failure.trap(ForwardingRefused)
@@ -273,8 +264,96 @@ class ProxyRouter:
             self.server.metrics.openRefused("policy_refused")
             raise RoutingRefused(refused.status, refused.reason) from None
         if isinstance(decision, Deferred):
-            return decision.addCallbacks(decided, refusedByPolicy)
-        return decided(decision)
+            return decision.addCallbacks(
+                lambda decided: self._routed(record.node, target, policy.name, decided),
+                refusedByPolicy,
+            )
+        return self._routed(record.node, target, policy.name, decision)
+
+    def routeConnection(
+        self, target: Target, *, peer: IAddress | None = None
+    ) -> Routed | Deferred[Routed | None] | None:
+        """
+        Route a whole connection for C{target}, if that can be done once:
+        its port's policy decides per connection (L{decidesPerConnection})
+        and asks for nothing that needs each request (a C{Host} to write
+        into it), and the node's tunnel is up.
+
+        Nothing is counted or refused here: C{None} means "route each
+        request", and the per-request path gives the refusal, its status,
+        its log line and its metric, exactly once.
+        """
+        try:
+            policy = self.table.lookup(target.port, self.listener)
+        except NotForwarded:
+            return None
+        if not decidesPerConnection(policy):
+            return None
+        record = self.server.registry.lookup(target.address)
+        if record is None or not record.tunnel.established:
+            return None
+        request = self._request(record, target, peer)
+
+        def routed(decision: ForwardingDecision) -> Routed | None:
+            if decision.hostHeader is not None:
+                return None
+            try:
+                return self._routed(record.node, target, policy.name, decision)
+            except RoutingRefused:
+                return None
+
+        try:
+            decision = decideNow(policy, request)
+        except ForwardingRefused:
+            return None
+        if isinstance(decision, Deferred):
+            return decision.addCallbacks(routed, _perRequestIfRefused)
+        return routed(decision)
+
+    def _request(
+        self, record: Any, asked: Target, peer: IAddress | None, /, **http: Any
+    ) -> ForwardingRequest:
+        """What the policy decides on (C{http}: a request's method, target, headers)."""
+        return ForwardingRequest(
+            node=record.node,
+            nodeIPs=record.ips,
+            address=asked.address,
+            port=asked.port,
+            listener=self.listener,
+            peer=peer,
+            **http,
+        )
+
+    def _routed(
+        self, node: str, target: Target, policy: str, decision: ForwardingDecision
+    ) -> Routed:
+        """
+        The route for C{decision}: the endpoint that reaches it, in client
+        TLS for the HTTPS carrier.
+
+        @raise RoutingRefused: the decision cannot be carried here.
+        """
+        endpoint = self.server.endpointForNode(
+            node, decision.port, host=decision.host, policy=policy
+        )
+        if decision.carrier is Carrier.HTTPS:
+            if self.upstreamTLS is None:
+                raise RoutingRefused(
+                    502, "the https policy needs --proxy-client-cert and --proxy-client-key"
+                )
+            # Verify the kubelet against the address the client asked for
+            # (node IP or name), as kube-apiserver would: with the localhost
+            # policy the agent dials 127.0.0.1, which no kubelet serving
+            # certificate names.
+            creator = self.upstreamTLS(target.address)
+            resuming = IDestinationTLS(creator, None)
+            if resuming is not None:
+                # sessions resumed only towards exactly this destination
+                creator = resuming.forDestination(node, decision.host, decision.port)
+            endpoint = wrapClientTLS(creator, endpoint)
+        elif decision.carrier is Carrier.RAW and self.listener != "tcp":
+            raise RoutingRefused(502, f"policy {policy} chose raw TCP for an HTTP request")
+        return Routed(node, target, decision, policy, endpoint)
 
 
 class RawProxyProtocol(OpeningRelay):
@@ -289,10 +368,8 @@ class RawProxyProtocol(OpeningRelay):
     def openFarEnd(self, factory: Factory) -> Deferred[IProtocol]:
         transport = self.transport
         assert transport is not None
-        local = transport.getHost()
-        listener = (getattr(local, "host", None), getattr(local, "port", None))
         destination = originalDestination(transport)
-        if destination is None or destination == listener:
+        if destination is None or destination == _listenerAddress(transport):
             return fail(
                 RoutingRefused(
                     400,
@@ -338,10 +415,32 @@ class ProxyListenerFactory(HTTPProxyFactory):
         super().__init__(None, clock, **kw)  # a router per connection: routerFor
         self.proxyRouter = router
 
+    def connectionRouterFor(self, transport: Any) -> ConnectionRouter | None:
+        """
+        A DNATed connection is routed as a whole when its port's policy
+        decides once per connection (L{ProxyRouter.routeConnection}): its
+        target is its original destination, which no request can change.
+        A connection routed by C{Host} is routed request by request, so
+        that each request is checked against the node it is pinned to
+        (C{421}).
+        """
+        destination = originalDestination(transport)
+        if destination is None or destination == _listenerAddress(transport):
+            return None
+        target = targetOf(destination, None, None)
+        router = self.proxyRouter
+
+        def route(peer: IAddress) -> Route | Deferred[Route | None] | None:
+            routed = router.routeConnection(target, peer=peer)
+            if isinstance(routed, Deferred):
+                return routed.addCallback(lambda r: None if r is None else _asEarlyRoute(r))
+            return None if routed is None else _asEarlyRoute(routed)
+
+        return route
+
     def routerFor(self, transport: Any) -> Router:
         destination = originalDestination(transport)
-        local = transport.getHost()
-        listener = (getattr(local, "host", None), getattr(local, "port", None))
+        listener = _listenerAddress(transport)
         router = self.proxyRouter
 
         def route(head: RequestHead, peer: IAddress) -> Route | Deferred[Route]:
@@ -358,6 +457,63 @@ class ProxyListenerFactory(HTTPProxyFactory):
             return _asRoute(routed)
 
         return route
+
+
+def _perRequestIfRefused(failure: Failure) -> None:
+    """A policy refused a connection: its first request is refused as usual (and counted)."""
+    failure.trap(ForwardingRefused)
+
+
+def _listenerAddress(transport: Any) -> tuple[object, object]:
+    """The address a connection arrived at: what its original destination is if not DNATed."""
+    local = transport.getHost()
+    return (getattr(local, "host", None), getattr(local, "port", None))
+
+
+@implementer(IProtocolFactory, IEarlyStreamFactory)
+class _EarlyFactory:
+    """
+    C{factory}, marked as taking its stream before the open is answered
+    (L{IEarlyStreamFactory}): the engine's upstream of a connection routed
+    as a whole holds what it relays until the answer, so that a refused
+    open is still answered with its reason.
+    """
+
+    def __init__(self, factory: IProtocolFactory) -> None:
+        self._factory = factory
+
+    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
+        return self._factory.buildProtocol(addr)
+
+    def doStart(self) -> None:
+        self._factory.doStart()
+
+    def doStop(self) -> None:
+        self._factory.doStop()
+
+
+@implementer(IStreamClientEndpoint)
+class _EarlyEndpoint:
+    """Connects through C{endpoint} with an early stream (L{_EarlyFactory})."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        return self._endpoint.connect(_EarlyFactory(protocolFactory))
+
+
+def _asEarlyRoute(routed: Routed) -> Route:
+    """
+    The route of a connection routed as a whole: its stream opened early,
+    so that the client's first bytes follow the OPEN.  Only for plain
+    carriers: the HTTPS one wraps the stream in client TLS, whose
+    factory is not ours to mark.
+    """
+    route = _asRoute(routed)
+    if routed.decision.carrier is Carrier.HTTPS:
+        return route
+    return evolve(route, endpoint=_EarlyEndpoint(route.endpoint))
 
 
 def _asRoute(routed: Routed) -> Route:

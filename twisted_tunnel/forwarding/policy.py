@@ -63,9 +63,12 @@ class ForwardingRequest:
     @ivar port: the node port the client asked for.
     @ivar listener: which listener it arrived at (a L{Listener}: it equals
         C{"http"}, C{"https"} or C{"tcp"}).
-    @ivar method: the HTTP method, for HTTP listeners (else C{None}).
-    @ivar target: the HTTP request target (path and query), for HTTP listeners.
-    @ivar headers: the HTTP request headers, for HTTP listeners.
+    @ivar method: the HTTP method of the request to decide for; C{None} when
+        deciding for a whole connection (at the raw TCP listener, and for a
+        DNATed connection that an HTTP listener relays as bytes: see
+        C{perConnection} in L{IForwardingPolicy}).
+    @ivar target: the HTTP request target (path and query), with C{method}.
+    @ivar headers: the HTTP request headers, with C{method}.
     @ivar peer: the client's address.
     """
 
@@ -120,6 +123,16 @@ class IForwardingPolicy(Interface):
     """
     Decides, for one connection (or one HTTP request) at a proxy listener,
     what the agent dials and how the bytes are carried.
+
+    A policy may also have a true C{perConnection} attribute (it is
+    optional, read with L{decidesPerConnection}): it promises that its
+    decision depends on the connection only (node, address, port,
+    listener, peer), never on a request's method, target or headers.  The
+    proxy listeners then route a DNATed connection once, when its first
+    bytes arrive, and relay it as bytes with no HTTP parsed, which is
+    several times cheaper; C{decide} is called with C{method}, C{target}
+    and C{headers} left empty.  Without it, C{decide} is asked for every
+    HTTP request.
     """
 
     name = Attribute("The name the configuration binds ports to, e.g. C{'metrics-only'}.")
@@ -140,6 +153,7 @@ class HTTPPolicy:
     """Plain HTTP to the node's IP (C{http-proxy-ports}, 10255, dnat pairs)."""
 
     name = "http"
+    perConnection = True
 
     def decide(self, request: ForwardingRequest) -> ForwardingDecision:
         return ForwardingDecision(request.defaultHost(), request.port, Carrier.HTTP)
@@ -154,6 +168,7 @@ class HTTPSPolicy:
     """
 
     name = "https"
+    perConnection = True
 
     def decide(self, request: ForwardingRequest) -> ForwardingDecision:
         return ForwardingDecision(request.defaultHost(), request.port, Carrier.HTTPS)
@@ -165,6 +180,7 @@ class TCPPolicy:
     """Raw TCP to the node's IP, routed by original destination (C{tcp-proxy-ports})."""
 
     name = "tcp"
+    perConnection = True
 
     def decide(self, request: ForwardingRequest) -> ForwardingDecision:
         return ForwardingDecision(request.defaultHost(), request.port, Carrier.RAW)
@@ -175,9 +191,15 @@ class TCPPolicy:
 class LocalhostPolicy:
     """
     For C{localhost-proxy-ports}: whatever C{inner} decides, the agent
-    dials the node's loopback instead of its IP, and HTTP requests carry
-    C{Host: 127.0.0.1:<port>}, as a service that listens on loopback only
-    expects (yurt-tunnel does the same).
+    dials the node's loopback instead of its IP.
+
+    The HTTP requests that a listener parses (those routed by C{Host})
+    carry C{Host: 127.0.0.1:<port>}, as a service that listens on loopback
+    only may expect (yurt-tunnel rewrites it too).  A DNATed connection
+    decided as a whole (C{request.method} is C{None}) is relayed as bytes
+    and keeps the C{Host} its client sent, as iptables DNAT to a loopback
+    port would: that is what lets the default ports (10250 and 10255 are
+    localhost ports) take the fast path.
     """
 
     inner: IForwardingPolicy
@@ -186,12 +208,17 @@ class LocalhostPolicy:
     def name(self) -> str:
         return f"localhost+{self.inner.name}"
 
+    @property
+    def perConnection(self) -> bool:
+        """As C{inner}: the move to loopback does not depend on any request."""
+        return decidesPerConnection(self.inner)
+
     def decide(
         self, request: ForwardingRequest
     ) -> ForwardingDecision | Deferred[ForwardingDecision]:
         def toLoopback(decision: ForwardingDecision) -> ForwardingDecision:
             hostHeader = None
-            if decision.carrier is not Carrier.RAW:
+            if decision.carrier is not Carrier.RAW and request.method is not None:
                 hostHeader = f"127.0.0.1:{decision.port}".encode()
             return evolve(decision, host="127.0.0.1", hostHeader=hostHeader)
 
@@ -199,6 +226,11 @@ class LocalhostPolicy:
         if isinstance(decision, Deferred):
             return decision.addCallback(toLoopback)
         return toLoopback(decision)
+
+
+def decidesPerConnection(policy: IForwardingPolicy) -> bool:
+    """Whether C{policy} promises to decide once per connection (see L{IForwardingPolicy})."""
+    return getattr(policy, "perConnection", False) is True
 
 
 def decide(policy: IForwardingPolicy, request: ForwardingRequest) -> Deferred[ForwardingDecision]:
@@ -425,6 +457,7 @@ __all__ = [
     "TCPPolicy",
     "decide",
     "decideNow",
+    "decidesPerConnection",
     "findPolicy",
     "knownPolicies",
     "loadPolicy",

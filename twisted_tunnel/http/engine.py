@@ -26,6 +26,14 @@ What "HTTP done right" means here:
    tunnel connection per request; keep-alive reuse makes C{kubectl top}
    and Prometheus scrapes cheap.)
 
+ - B{Or one route for the whole connection}, where the factory knows it
+   before any request (L{HTTPProxyFactory.connectionRouterFor}: the proxy
+   listeners, for a DNATed connection whose port's policy decides once per
+   connection): routed when its first bytes arrive, then relayed as bytes
+   like an upgraded connection, nothing parsed.  If its upstream cannot be
+   connected, the connection falls back to the rules here, and its first
+   request gets that failure's answer.
+
  - B{The last request is the last}: after a request that ends the
    connection (C{Connection: close}, or HTTP/1.0 without keep-alive),
    nothing the client sends is parsed; that request is answered and the
@@ -245,6 +253,12 @@ RouteResult = Union[Route, "Deferred[Route]", Coroutine[Any, Any, Route]]
 
 #: Routes one request: called with the request head and the client's address.
 Router = Callable[[RequestHead, IAddress], RouteResult]
+
+#: Routes a whole connection, given the client's address, when a request's
+#: head has nothing to add (see L{HTTPProxyFactory.connectionRouterFor}):
+#: a route, a Deferred that gives one, or C{None} (also from the Deferred)
+#: for "route each request".
+ConnectionRouter = Callable[[IAddress], Union[Route, "Deferred[Route | None]", None]]
 
 #: Given why a route or its upstream failed, the status and reason to
 #: answer, or C{None} for "not a failure I know" (then C{502} with the
@@ -520,6 +534,8 @@ class _Upstream(Protocol):
     def connectionMade(self) -> None:
         noDelay(self.transport)
         self.reading = _Reading(self.transport)
+        if self.owner is not None:
+            self.owner._upstreamMade(self)
 
     def dataReceived(self, data: bytes) -> None:
         if not data:
@@ -607,6 +623,7 @@ class _UpstreamFactory(Factory):
 class _Phase(enum.Enum):
     HEAD = "waiting for a request head"
     ROUTING = "routing the request and connecting the upstream"
+    SPLICING = "connecting the upstream of a connection routed as a whole"
     FORWARDING = "forwarding a request and its response"
     RELAYING = "relaying an upgraded connection"
     CLOSING = "closing"
@@ -676,7 +693,7 @@ class HTTPProxyProtocol(Protocol):
     def __init__(self, factory: HTTPProxyFactory) -> None:
         self.factory = factory
         self.proxy = factory
-        self.router: Router | None = None  # made at connectionMade
+        self.router: Router | None = None  # made for the first request
         self.clock = factory.clock
         self.limits = factory.limits
         self.log = factory.log
@@ -708,6 +725,18 @@ class HTTPProxyProtocol(Protocol):
         self._clientOut: list[bytes] | None = None
         self._clientReadClosed = False
         self._clientWriteClosed = False
+        #: routes the whole connection at its first bytes, when the factory can
+        self._connectionRouter: ConnectionRouter | None = None
+        #: what the client sent while the upstream of its connection connects
+        self._held: list[bytes] = []
+        self._heldSize = 0
+        #: the upstream of the connection, made before its open was
+        #: answered (an early stream): what the client sends goes to it at
+        #: once, and is held too, for the answer if the open fails
+        self._early: _Upstream | None = None
+        #: why the upstream of the connection could not be connected: the
+        #: answer to its first request
+        self._spliceRefusal: tuple[int, str] | None = None
         self._resetExchange()
 
     def _resetExchange(self) -> None:
@@ -719,7 +748,7 @@ class HTTPProxyProtocol(Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
-        self.router = self.proxy.routerFor(transport)
+        self._connectionRouter = self.proxy.connectionRouterFor(transport)
         noDelay(transport)
         self._reading = _Reading(transport)
         self._peerAddress = transport.getPeer()
@@ -741,13 +770,25 @@ class HTTPProxyProtocol(Protocol):
             if upstream is not None and upstream.transport is not None:
                 upstream.transport.write(data)
             return
+        if phase is _Phase.SPLICING:
+            self._hold(data)
+            return
         if phase is _Phase.CLOSING or phase is _Phase.CLOSED:
             return  # drained and dropped, so that the client reads our answer
+        connectionRouter = self._connectionRouter
+        if connectionRouter is not None:
+            self._connectionRouter = None
+            if self._routeConnection(connectionRouter, data):
+                return
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        """Feed what the client sent to h1, and act on what it makes of it."""
         if self._exchange.requestDone and self._server.their_state is h1.MUST_CLOSE:
             # after a request that ends the connection (Connection: close,
             # HTTP/1.0) nothing more is read as HTTP: dropped, as nginx does
             return
-        if phase is _Phase.HEAD and self._timerKind is _ClientTimer.IDLE:
+        if self._phase is _Phase.HEAD and self._timerKind is _ClientTimer.IDLE:
             # the first byte of the next request: its head must now be
             # complete within the header timeout
             self._setTimer(_ClientTimer.HEADER)
@@ -777,6 +818,8 @@ class HTTPProxyProtocol(Protocol):
             self._closeIfShut()
         elif phase is _Phase.CLOSING:
             self._loseClient()
+        elif phase is _Phase.SPLICING:
+            pass  # passed on behind what the client sent, once connected
         elif phase is _Phase.HEAD:
             # h1 decides what the EOF means: a client done with the
             # connection, or a truncated request head
@@ -809,6 +852,9 @@ class HTTPProxyProtocol(Protocol):
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
+        early, self._early = self._early, None
+        if early is not None and not early.lost:
+            early.close(abort=not reason.check(ConnectionDone))
         upstream, self._upstream = self._upstream, None
         if upstream is None:
             return
@@ -900,14 +946,22 @@ class HTTPProxyProtocol(Protocol):
                 "this proxy forwards requests to a node; CONNECT is not supported here",
             )
             return
+        if self._spliceRefusal is not None:
+            # the connection was routed as a whole and its upstream failed:
+            # this is that failure's answer (not a second attempt)
+            self._refuse(*self._spliceRefusal)
+            return
         # We keep reading while the request is routed and its upstream
         # connected (up to a head's worth, see dataReceived): a socket the
         # reactor does not read cannot tell us that the client has left, and
         # we must know that to cancel the connection attempt.
         self._phase = _Phase.ROUTING
-        router = self.router
-        assert router is not None  # made at connectionMade
         try:
+            router = self.router
+            if router is None:
+                # made now, not at connectionMade: a connection routed as a
+                # whole never needs one
+                router = self.router = self.proxy.routerFor(self.transport)  # type: ignore[arg-type]
             route = router(self._exchange.head, self._peerAddress)  # type: ignore[arg-type]
         except Exception:
             self._routingFailed(Failure())
@@ -985,6 +1039,110 @@ class HTTPProxyProtocol(Protocol):
         )
         self._refuse(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
 
+    # -- a connection routed as a whole -----------------------------------------------
+
+    def _routeConnection(self, router: ConnectionRouter, data: bytes) -> bool:
+        """
+        The client's first bytes arrived and the factory may route the
+        whole connection (L{HTTPProxyFactory.connectionRouterFor}): ask,
+        and if it answers with a route, connect that route's upstream and
+        relay the connection as bytes, parsing no HTTP.
+
+        Routed at the first bytes, not at the accept: behind TLS they come
+        only once the client's certificate has been checked, so a client
+        without one never makes us open a stream (or a TLS connection with
+        the proxy client certificate) towards a node.
+
+        @return: whether C{data} was taken (held until the upstream is
+            connected); C{False}: route each request, as without a
+            connection router.
+        """
+        try:
+            route = router(self._peerAddress)  # type: ignore[arg-type]
+        except Exception:
+            self.log.failure("routing a connection from {peer} failed", peer=self._peer)
+            return False
+        if route is None:
+            return False
+        self._phase = _Phase.SPLICING
+        self._cancelTimer()  # the upstream timer, if any, counts from here
+        self._hold(data)
+        if isinstance(route, Deferred):
+            self._pending = route
+            route.addCallbacks(self._connectionRouted, self._connectionRoutingFailed)
+        else:
+            self._connectionRouted(route)
+        return True
+
+    def _connectionRouted(self, route: Route | None) -> None:
+        self._pending = None
+        if self._phase is not _Phase.SPLICING:
+            return  # the client left
+        if route is None:
+            self._unsplice()
+            return
+        if not isinstance(route, Route):
+            self.log.error(
+                "the connection router of an HTTP proxy returned {route!r}, not a Route",
+                route=route,
+            )
+            self._unsplice()
+            return
+        self._pinned = True
+        self._pinnedKey = route.key
+        self._pinnedDescription = route.description
+        self._route = route
+        self._connect()
+
+    def _connectionRoutingFailed(self, failure: Failure) -> None:
+        self._pending = None
+        if self._phase is not _Phase.SPLICING:
+            return
+        self.log.failure("routing a connection from {peer} failed", failure, peer=self._peer)
+        self._unsplice()
+
+    def _hold(self, data: bytes) -> None:
+        """Keep what the client sends while its upstream connects, a head's worth at most."""
+        early = self._early
+        if early is not None and early.transport is not None:
+            early.transport.write(data)
+        self._held.append(data)
+        self._heldSize += len(data)
+        if self._heldSize > self.limits.maxHeaderBytes and self._reading is not None:
+            self._reading.pause("ahead")
+
+    def _upstreamMade(self, upstream: _Upstream) -> None:
+        """
+        An upstream is connected before its connection attempt fired: a
+        stream opened early (the proxy listeners open one so for a
+        connection routed as a whole), whose open is not answered yet.
+        What the client sent so far follows the OPEN now, a round trip
+        sooner; it is still held until the answer comes.
+        """
+        if self._phase is not _Phase.SPLICING or self._early is not None:
+            return
+        self._early = upstream
+        if upstream.transport is not None:
+            for data in self._held:
+                upstream.transport.write(data)
+
+    def _unsplice(self) -> None:
+        """
+        The connection cannot be relayed as a whole: handle it request by
+        request, starting with what it sent so far.  When its upstream
+        failed, the first request is answered with that failure
+        (L{_spliceRefusal}), as the same request routed alone would be.
+        """
+        held, self._held, self._heldSize = b"".join(self._held), [], 0
+        self._phase = _Phase.HEAD
+        self._setTimer(_ClientTimer.HEADER)
+        if self._reading is not None:
+            self._reading.resume("ahead")
+        if held:
+            self._parse(held)
+        if self._clientReadClosed and self._phase not in _ENDED:
+            self.readConnectionLost()  # what its EOF means depends on where we are now
+
     # -- the upstream connection ----------------------------------------------------
 
     def _connect(self) -> None:
@@ -1002,7 +1160,7 @@ class HTTPProxyProtocol(Protocol):
     def _upstreamConnected(self, upstream: _Upstream) -> None:
         self._pending = None
         self._cancelUpstreamTimer()
-        if self._phase is not _Phase.ROUTING:
+        if self._phase is not _Phase.ROUTING and self._phase is not _Phase.SPLICING:
             upstream.close()  # the client left as the connection came up
             return
         if upstream.lost or upstream.transport is None:
@@ -1018,28 +1176,42 @@ class HTTPProxyProtocol(Protocol):
         upstream.transport.registerProducer(_PushBack(self._reading), True)  # type: ignore[attr-defined]
         upstream.producerRegistered = True
         transport.registerProducer(_PushBack(upstream.reading), True)  # type: ignore[attr-defined]
-        self._sendRequest()
+        if self._phase is _Phase.SPLICING:
+            held, self._held, self._heldSize = b"".join(self._held), [], 0
+            early, self._early = self._early, None
+            if early is upstream:
+                held = b""  # it has them already
+            self._relayWith(upstream, held, self._clientReadClosed, b"", False)
+        else:
+            self._sendRequest()
 
     def _connectFailed(self, failure: Failure) -> None:
         self._pending = None
         self._cancelUpstreamTimer()
-        if self._phase is not _Phase.ROUTING:
-            return
+        if self._phase is _Phase.SPLICING:
+            early, self._early = self._early, None
+            if early is not None and not early.lost:
+                early.close(abort=True)  # what it was given goes nowhere
+            self._spliceRefusal = self._connectRefusal(failure)
+            self._unsplice()
+        elif self._phase is _Phase.ROUTING:
+            self._refuse(*self._connectRefusal(failure))
+
+    def _connectRefusal(self, failure: Failure) -> tuple[int, str]:
+        """The status and reason that answer a failed upstream connection."""
         name = self._routeName()
         if failure.check(CancelledError) and self._upstreamTimedOut:
-            self._refuse(
+            return (
                 HTTPStatus.GATEWAY_TIMEOUT,
                 f"{name} did not connect within {self.limits.upstreamTimeout:g}s",
             )
-            return
         error = failure.value
         known = self._explain(error)
         if known is not None:
-            self._refuse(*known)
-        elif isinstance(error, ConnectTimeoutError):
-            self._refuse(HTTPStatus.GATEWAY_TIMEOUT, f"cannot connect to {name}: timed out")
-        else:
-            self._refuse(HTTPStatus.BAD_GATEWAY, f"cannot connect to {name}: {_describe(error)}")
+            return known
+        if isinstance(error, ConnectTimeoutError):
+            return HTTPStatus.GATEWAY_TIMEOUT, f"cannot connect to {name}: timed out"
+        return HTTPStatus.BAD_GATEWAY, f"cannot connect to {name}: {_describe(error)}"
 
     def _sendRequest(self) -> None:
         """Send the head of the request in flight upstream, then its body as it comes."""
@@ -1343,6 +1515,24 @@ class HTTPProxyProtocol(Protocol):
         )
         clientAhead, clientEOF = self._server.trailing_data
         upstreamAhead, upstreamEOF = upstream.codec.trailing_data
+        transport.write(data)
+        self._relayWith(upstream, clientAhead, clientEOF, upstreamAhead, upstreamEOF)
+
+    def _relayWith(
+        self,
+        upstream: _Upstream,
+        clientAhead: bytes,
+        clientEOF: bool,
+        upstreamAhead: bytes,
+        upstreamEOF: bool,
+    ) -> None:
+        """
+        Relay raw bytes between the client and C{upstream} from now on,
+        first those either side sent ahead, and the half-closes either
+        already made.
+        """
+        transport = self.transport
+        assert transport is not None and self._reading is not None
         self._phase = _Phase.RELAYING
         self._cancelTimer()
         self._reading.resume("ahead")
@@ -1353,10 +1543,10 @@ class HTTPProxyProtocol(Protocol):
             self._relay = Relay(
                 _RelayEnd(self, self._reading), _RelayEnd(upstream, upstream.reading)
             )
+            self._relay.moved += len(clientAhead) + len(upstreamAhead)
             if clientEOF or upstreamEOF:
                 self._relay.halfClose()
             reaper.add(self._relay)
-        transport.write(data)
         if upstreamAhead:
             transport.write(upstreamAhead)
         if clientAhead and upstream.transport is not None:
@@ -1434,7 +1624,9 @@ class HTTPProxyProtocol(Protocol):
 
     def _upstreamTimerFired(self) -> None:
         self._upstreamTimer = None
-        if self._phase is _Phase.ROUTING and self._pending is not None:
+        if (
+            self._phase is _Phase.ROUTING or self._phase is _Phase.SPLICING
+        ) and self._pending is not None:
             self._upstreamTimedOut = True
             self._pending.cancel()  # _connectFailed answers 504
         elif self._phase is _Phase.FORWARDING and not self._exchange.responseStarted:
@@ -1645,11 +1837,30 @@ class HTTPProxyFactory(Factory):
         the original destination of a DNATed connection (C{SO_ORIGINAL_DST}
         on C{transport.getHandle()}; under TLS, on C{transport.transport}),
         and give no C{router} to the constructor.  It is called once per
-        connection, at C{connectionMade}.
+        connection, when its first request is routed (never for a
+        connection routed as a whole: see L{connectionRouterFor}).
         """
         if self.router is None:
             raise TypeError(f"{type(self).__name__} has no router: override routerFor")
         return self.router
+
+    def connectionRouterFor(self, transport: ITransport) -> ConnectionRouter | None:
+        """
+        How to route one client connection as a whole, or C{None} (the
+        default) to route each of its requests with L{routerFor}.
+
+        A connection routed as a whole is relayed as bytes once its
+        upstream is connected: no HTTP is parsed, so nothing per request
+        is checked, rewritten or logged, and it is held to the deadlines of
+        a relay (L{reaper}) instead of the HTTP timers.  Override it where
+        the answer cannot depend on any request: the proxy listeners do for
+        a DNATed connection whose port's policy decides once per
+        connection.  The router is called once, when the client's first
+        bytes arrive, with the client's address; when it answers C{None},
+        or its upstream fails to connect, the connection is handled request
+        by request (the first request then gets that failure's answer).
+        """
+        return None
 
     def buildProtocol(self, addr: Any) -> HTTPProxyProtocol:
         return HTTPProxyProtocol(self)

@@ -32,7 +32,14 @@ are all here.
 """
 
 from .drain import drainTunnels
-from .interfaces import IStreamCarrier, ITunnelHandler, ITunnelMeter, Refused, TunnelAddress
+from .interfaces import (
+    IEarlyStreamFactory,
+    IStreamCarrier,
+    ITunnelHandler,
+    ITunnelMeter,
+    Refused,
+    TunnelAddress,
+)
 from .keepalive import KeepaliveSweep
 from .settings import (
     BUDGET_LOG_INTERVAL,
@@ -66,6 +73,7 @@ __all__ = [
     "FD_MARGIN",
     "FORBIDDEN_OPENS_PERIOD",
     "GRACEFUL",
+    "IEarlyStreamFactory",
     "IStreamCarrier",
     "ITunnelHandler",
     "ITunnelMeter",

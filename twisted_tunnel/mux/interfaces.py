@@ -83,6 +83,35 @@ class ITunnelHandler(Interface):
         """The connection is gone; every stream has been told."""
 
 
+class IEarlyStreamFactory(Interface):
+    """
+    A mark on a protocol factory (an C{IProtocolFactory}) whose protocols
+    take their stream at once, before the far side has answered the open:
+    L{Tunnel.openStream} builds the
+    protocol and connects it as soon as OPEN is sent, so that what it
+    writes first travels right behind the OPEN (protocol version 2; with a
+    version 1 peer it waits in the stream for OPEN_OK), instead of a round
+    trip later.
+
+    Why a mark on the factory rather than a flag of C{openStream}: whether
+    a protocol may be connected before the open succeeds is a property of
+    the protocol (it must take a C{connectionLost} whose reason is the
+    open's failure), and the factory travels unchanged through an
+    C{IStreamClientEndpoint.connect} (the server's C{NodeEndpoint}) that
+    knows nothing of it.
+
+    If the open fails, the protocol's C{connectionLost} gets the failure
+    first (L{StreamOpenFailed<twisted_tunnel.errors.StreamOpenFailed>}
+    with the agent's reason and text, L{StreamOpenTimeout}, or
+    L{TunnelClosed}: a L{TunnelError<twisted_tunnel.errors.TunnelError>},
+    never an ordinary connection error), and then the Deferred
+    C{openStream} returned fails with the same error; so a front door
+    can still answer its client cleanly (a 502 with the reason) after it
+    already sent the client's first bytes.  The Deferred fires with the
+    protocol at OPEN_OK, as for any open.
+    """
+
+
 class ITunnelMeter(Interface):
     """
     What metrics need to hear from a tunnel: the few events that counting
@@ -125,6 +154,10 @@ class IStreamCarrier(Interface):
         "Our L{Settings}: C{settings.window} is what each stream grants the peer."
     )
     sendMaxFrame = Attribute("The largest DATA payload the peer accepts in one frame.")
+    finalClose = Attribute(
+        "Whether a CLOSE sent after the peer's EOF may be FINAL (protocol version 2): the peer "
+        "then forgets the stream without answering."
+    )
 
     def maySend() -> bool:
         """

@@ -75,11 +75,46 @@ class Stream:
     through the carrier's methods.  Neither touches the other's fields.
     """
 
-    disconnecting = False
-
-    #: what opened it, for metrics: a policy's name, or a front door's
-    #: (L{twisted_tunnel.server.NodeEndpoint} sets it)
-    label = "other"
+    # Slots, not a dict: a stream's fields are read on every frame, and
+    # CPython 3.11 reads a dict's more slowly once an instance has more than
+    # 29 fields (its values are no longer kept inline), which a stream has.
+    # Slots are read as fast whatever their number, and take less memory.
+    __slots__ = (
+        "_tunnel",
+        "streamId",
+        "_address",
+        "protocol",
+        "disconnecting",
+        "label",
+        "bytesSent",
+        "bytesReceived",
+        "_sending",
+        "_receiving",
+        "_delivery",
+        "_credit",
+        "_backlog",
+        "_backlogOffset",
+        "_backlogSize",
+        "_producer",
+        "_streamingProducer",
+        "_producerPaused",
+        "_pulling",
+        "_pullAgain",
+        "_window",
+        "_received",
+        "_receivedSize",
+        "_consumed",
+        "_paused",
+        "_heldCredit",
+        "_remoteReset",
+        "_calling",
+        "_lossPending",
+        "queuedToSend",
+        "budgeted",
+        "opening",
+        "_earlyEof",
+        "_peerFinal",
+    )
 
     def __init__(
         self, tunnel: IStreamCarrier, streamId: int, address: TunnelAddress, window: int
@@ -93,6 +128,10 @@ class Stream:
         self.streamId = streamId
         self._address = address
         self.protocol: IProtocol | None = None
+        self.disconnecting = False
+        #: what opened it, for metrics: a policy's name, or a front door's
+        #: (L{twisted_tunnel.server.NodeEndpoint} sets it)
+        self.label = "other"
         #: DATA bytes sent and received: plain counts, read when metrics are scraped
         self.bytesSent = 0
         self.bytesReceived = 0
@@ -126,6 +165,13 @@ class Stream:
         self.queuedToSend = False
         #: bytes reserved in the tunnel's L{StreamBudget}, while admitted
         self.budgeted = 0
+        #: our OPEN is not answered yet (the tunnel sets and clears this):
+        #: a CLOSE now would abandon the open, so it waits for OPEN_OK
+        self.opening = False
+        #: whether the peer takes EOF before OPEN_OK (protocol version 2)
+        self._earlyEof = False
+        #: the peer's CLOSE was FINAL: it forgot the stream, and is not answered
+        self._peerFinal = False
 
     def __repr__(self) -> str:
         return f"<Stream {self.streamId} {self._address.host}:{self._address.port}>"
@@ -292,6 +338,43 @@ class Stream:
         self._call(protocol.makeConnection, self)
         self._deliverReceived()
 
+    def attachEarly(self, protocol: IProtocol, credit: int, *, earlyEof: bool) -> None:
+        """
+        Our OPEN was just sent and C{protocol} owns the stream already (an
+        L{IEarlyStreamFactory<twisted_tunnel.mux.interfaces.IEarlyStreamFactory>}'s):
+        it may send C{credit} bytes before OPEN_OK (the peer's whole window
+        on a version 2 connection, nothing on a version 1 one) and, if
+        C{earlyEof}, its EOF too.  A CLOSE waits for OPEN_OK either way.
+        """
+        self.opening = True
+        self._earlyEof = earlyEof
+        self.attach(protocol, credit)
+
+    def openAccepted(self, credit: int) -> None:
+        """
+        OPEN_OK for a stream attached early: C{credit} more bytes may go
+        (what a version 1 peer did not grant before), and so may whatever
+        waited for the answer.
+        """
+        self.opening = False
+        self._credit += credit
+        if self._sending is not SENDING_ENDED:
+            self._flush()
+
+    def openEnded(self, reason: Failure) -> None:
+        """
+        The peer ended a stream attached early before answering its OPEN
+        (a CLOSE or RESET): answer with CLOSE if our half is still going,
+        and tell the protocol the open failed (C{reason}).
+        """
+        self.opening = False
+        self._move(RECEIVING_ENDED)
+        self._received.clear()
+        self._receivedSize = 0
+        self._answerPeersEnd()
+        self._lose(reason)
+        self._tunnel.streamEnded(self)
+
     def attachEnded(self, protocol: IProtocol, reason: Failure) -> None:
         """
         C{protocol} arrived after the stream ended (the peer gave up, or the
@@ -306,10 +389,13 @@ class Stream:
         """The connection has room again: send what credit allows."""
         self._flush()
 
-    def reset(self, code: ErrorCode, text: str) -> None:
+    def reset(self, code: ErrorCode, text: str, reason: Failure | None = None) -> None:
         """
         End the stream now with RESET C{code}, dropping what either
         direction holds.
+
+        @param reason: what the protocol is told (by default, that the
+            stream was reset): an early stream's open that timed out.
         """
         if self._sending is SENDING_ENDED:
             return
@@ -319,7 +405,7 @@ class Stream:
         self._received.clear()
         self._receivedSize = 0
         self._tunnel.sendFrame(wire.Reset(self.streamId, code, text))
-        self._lose(Failure(ConnectionLost(f"stream reset: {text}")))
+        self._lose(reason or Failure(ConnectionLost(f"stream reset: {text}")))
         self._tunnel.streamEnded(self)
 
     def creditArrived(self, increment: int) -> None:
@@ -361,16 +447,20 @@ class Stream:
         self._move(RECEIVING_EOF)
         self._deliverReceived()
 
-    def endArrived(self, reset: tuple[int, str] | None) -> None:
+    def endArrived(self, reset: tuple[int, str] | None, final: bool = False) -> None:
         """
         A CLOSE (C{reset} is C{None}) or a RESET (its code and text): the
         peer is done with the stream.  Its protocol hears of it once
         everything before has been delivered (a RESET drops that); a stream
         with no protocol yet (an open under way) is answered at once.
+
+        @param final: a CLOSE FINAL (version 2): the peer forgot the stream
+            as it sent it, so it is not answered.
         """
         if self._receiving is RECEIVING_ENDED:
             raise ProtocolError(f"second CLOSE or RESET on stream {self.streamId}")
         self._move(RECEIVING_ENDED)
+        self._peerFinal = final
         if reset is not None:
             self._remoteReset = reset
             self._received.clear()
@@ -381,13 +471,20 @@ class Stream:
             self._deliverReceived()
         self._tunnel.streamEnded(self)
 
-    def openRefused(self) -> None:
+    def openRefused(self, reason: Failure | None = None) -> None:
         """
         The peer answered our OPEN with OPEN_FAIL: the stream never was, and
-        both halves are over without a frame more.
+        both halves are over without a frame more.  A protocol attached
+        early is told why (C{reason}); what it wrote is dropped.
         """
-        self._move(SENDING_ENDED)
+        self.opening = False
+        if self._sending is not SENDING_ENDED:
+            self._move(SENDING_ENDED)
         self._move(RECEIVING_ENDED)
+        self.disconnecting = True
+        self._dropBacklog()
+        if reason is not None:
+            self._lose(reason)
 
     def tunnelLost(self, reason: Failure) -> None:
         """The connection under the stream is gone."""
@@ -436,9 +533,13 @@ class Stream:
             return
         sending = self._sending
         if sending is SENDING_EOF_QUEUED or sending is SENDING_EOF_CLOSE_QUEUED:
+            if self.opening and not self._earlyEof:
+                return  # a version 1 peer takes EOF only after OPEN_OK
             self._sendEof()
             sending = self._sending
         if sending is SENDING_CLOSE_QUEUED:
+            if self.opening:
+                return  # a CLOSE before OPEN_OK would abandon the open
             self._sendClose()
             return
         if sending is SENDING_RESET_QUEUED:
@@ -480,13 +581,18 @@ class Stream:
 
     def _sendEof(self) -> None:
         closeNext = self._sending is SENDING_EOF_CLOSE_QUEUED
+        # both ways are done once the peer's EOF is delivered: nothing more
+        # can pass, and our CLOSE goes at once.  A FINAL one (version 2)
+        # carries our EOF too (the peer tells its protocol of it): then an
+        # EOF ahead of it would be a frame for nothing.
+        bothDone = self._delivery is DELIVERY_EOF
         self._move(SENDING_CLOSE_QUEUED if closeNext else SENDING_EOF_SENT)
-        self._tunnel.sendFrame(wire.Eof(self.streamId))
+        if not (bothDone and self._tunnel.finalClose):
+            self._tunnel.sendFrame(wire.Eof(self.streamId))
         protocol = self.protocol
         if IHalfCloseableProtocol.providedBy(protocol):
             self._call(protocol.writeConnectionLost)
-        if self._delivery is DELIVERY_EOF:
-            # both ways are done: nothing more can pass
+        if bothDone:
             self._sendClose()
 
     def _sendClose(self) -> None:
@@ -495,7 +601,13 @@ class Stream:
         self._move(SENDING_ENDED)
         self.disconnecting = True
         self._dropBacklog()
-        self._tunnel.sendFrame(wire.Close(self.streamId))
+        # After the peer's EOF, the peer sends nothing more that matters
+        # (a WINDOW, a RESET crossing this CLOSE): with version 2 the CLOSE
+        # says so, the peer does not answer it, and both forget the stream.
+        final = self._receiving is RECEIVING_EOF and self._tunnel.finalClose
+        self._tunnel.sendFrame(wire.Close(self.streamId, final))
+        if final:
+            self._move(RECEIVING_ENDED)
         self._lose(Failure(ConnectionDone("stream closed")))
         self._tunnel.streamEnded(self)
 
@@ -540,6 +652,13 @@ class Stream:
         receiving = self._receiving
         if receiving is RECEIVING_ENDED:
             self._answerPeersEnd()
+            if self._peerFinal and self._delivery is DELIVERY_OPEN:
+                # A FINAL CLOSE carries the peer's EOF (it sends none ahead
+                # of it: see _sendEof): told first, as TCP tells a FIN on a
+                # connection we had half-closed, then the end.
+                self._move(DELIVERY_EOF)
+                if IHalfCloseableProtocol.providedBy(protocol):
+                    self._call(protocol.readConnectionLost)
             self._lose(Failure(ConnectionDone("stream closed by peer")))
             return
         if receiving is RECEIVING_EOF and self._delivery is DELIVERY_OPEN:
@@ -569,12 +688,16 @@ class Stream:
             self._tunnel.sendFrame(wire.Window(self.streamId, increment))
 
     def _answerPeersEnd(self) -> None:
-        """The peer ended the stream: answer with our CLOSE if we have not ended it."""
+        """
+        The peer ended the stream: answer with our CLOSE if we have not
+        ended it (and the peer's was not FINAL: it forgot the stream).
+        """
         if self._sending is not SENDING_ENDED:
             self._move(SENDING_ENDED)
             self.disconnecting = True
             self._dropBacklog()
-            self._tunnel.sendFrame(wire.Close(self.streamId))
+            if not self._peerFinal:
+                self._tunnel.sendFrame(wire.Close(self.streamId))
             self._tunnel.streamEnded(self)
 
     # -- the protocol's end --------------------------------------------------
@@ -642,6 +765,8 @@ class Stream:
 class _IgnoredStream(Stream):
     """Stands in for a stream that ended while frames for it were in flight."""
 
+    __slots__ = ()
+
     def __init__(self) -> None:
         pass
 
@@ -654,7 +779,7 @@ class _IgnoredStream(Stream):
     def creditArrived(self, increment: int) -> None:
         pass
 
-    def endArrived(self, reset: tuple[int, str] | None) -> None:
+    def endArrived(self, reset: tuple[int, str] | None, final: bool = False) -> None:
         pass
 
 

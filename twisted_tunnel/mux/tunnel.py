@@ -10,7 +10,7 @@ import struct
 from collections import deque
 from typing import Any, Generic, TypeVar
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -28,7 +28,14 @@ from .. import wire
 from ..errors import StreamOpenFailed, StreamOpenTimeout, TunnelClosed
 from ..net.sockets import noDelay, tcpKeepalive
 from ..wire import ErrorCode, OpenFailReason, ProtocolError
-from .interfaces import IStreamCarrier, ITunnelHandler, ITunnelMeter, Refused, TunnelAddress
+from .interfaces import (
+    IEarlyStreamFactory,
+    IStreamCarrier,
+    ITunnelHandler,
+    ITunnelMeter,
+    Refused,
+    TunnelAddress,
+)
 from .keepalive import KEEPALIVE_INFO, SERVER_KEEPS_ALIVE, KeepaliveSweep
 from .settings import Keepalive, Settings, StreamBudget
 from .states import (
@@ -92,7 +99,12 @@ _GONE = frozenset({CONNECTION_CLOSED, CONNECTION_LOST})
 
 
 class _PendingOpen:
-    """An OPEN we sent, waiting for OPEN_OK or OPEN_FAIL."""
+    """
+    An OPEN we sent, waiting for OPEN_OK or OPEN_FAIL.
+
+    @ivar early: the protocol attached to the stream already (its factory
+        is an L{IEarlyStreamFactory}), or C{None}: built at OPEN_OK.
+    """
 
     def __init__(
         self,
@@ -100,11 +112,13 @@ class _PendingOpen:
         factory: IProtocolFactory,
         result: Deferred[IProtocol],
         timeout: IDelayedCall | None,
+        early: IProtocol | None = None,
     ) -> None:
         self.stream = stream
         self.factory = factory
         self.result = result
         self.timeout = timeout
+        self.early = early
 
     def cancelTimeout(self) -> None:
         if self.timeout is not None and self.timeout.active():
@@ -147,6 +161,7 @@ class Tunnel(Protocol):
         meter: ITunnelMeter | None = None,
         peerMayOpen: bool = True,
         budget: StreamBudget | None = None,
+        versions: tuple[int, ...] | None = None,
     ) -> None:
         """
         @param peerMayOpen: C{False} on a side that accepts no streams (a
@@ -154,7 +169,11 @@ class Tunnel(Protocol):
             the connection (L{MAX_FORBIDDEN_OPENS}).
         @param budget: limits shared with other tunnels (an agent's, one
             per server replica) on the streams the peer opens.
+        @param versions: the protocol versions this end speaks, oldest
+            first (by default L{wire.SUPPORTED_VERSIONS}): tests play an
+            older peer with it.
         """
+        self.versions = versions
         self.handler = handler
         self.meter = meter
         self.peerMayOpen = peerMayOpen
@@ -169,6 +188,10 @@ class Tunnel(Protocol):
         #: the peer's first GOAWAY (code, text): why it began to end
         self.peerGoAway: tuple[int, str] | None = None
         self.peerSettings: Settings | None = None
+        #: version 2 or later: the opener of a stream may send DATA and EOF
+        #: before OPEN_OK (L{IEarlyStreamFactory}), and CLOSE may be FINAL
+        self.earlyOpens = False
+        self.finalClose = False
 
         self._decoder = wire.FrameDecoder(max(settings.maxFrame, wire.DEFAULT_MAX_FRAME))
         self.sendMaxFrame = wire.DEFAULT_MAX_FRAME
@@ -215,8 +238,11 @@ class Tunnel(Protocol):
         if self.meter is not None:
             self.meter.tunnelStarted(self)
         if self.isClient:
-            low, high = wire.SUPPORTED_VERSIONS[0], wire.SUPPORTED_VERSIONS[-1]
-            self.sendFrame(wire.Hello(low, high, self._helloInfo()))
+            versions = self._versions()
+            self.sendFrame(wire.Hello(versions[0], versions[-1], self._helloInfo()))
+
+    def _versions(self) -> tuple[int, ...]:
+        return self.versions if self.versions is not None else wire.SUPPORTED_VERSIONS
 
     def whenEstablished(self) -> Deferred[Tunnel]:
         """
@@ -290,7 +316,12 @@ class Tunnel(Protocol):
         why = f"tunnel to {self.nodeName or 'peer'} lost: {reason.getErrorMessage()}"
         for pending in list(self._pending.values()):
             pending.cancelTimeout()
-            pending.result.errback(TunnelClosed(why))
+            error = TunnelClosed(why)
+            if pending.early is not None:
+                # its protocol hears that the open failed, not that a
+                # connection it had was lost
+                pending.stream.tunnelLost(Failure(error))
+            pending.result.errback(error)
         self._pending.clear()
         for accepting in list(self._accepting.values()):
             accepting.cancel()
@@ -386,7 +417,15 @@ class Tunnel(Protocol):
         Ask the peer to connect a new stream to C{host}:C{port}, then hand it
         to a protocol built by C{factory}.
 
-        @return: fires with the connected protocol, like
+        The protocol is built once the peer answers OPEN_OK, so a caller
+        learns whether the far side connected before it answers its own
+        client (the CONNECT door's C{200}).  A factory that provides
+        L{IEarlyStreamFactory} has its protocol built and connected as soon
+        as the OPEN is sent instead, so that the protocol's first bytes
+        follow the OPEN without waiting a round trip; it hears of a refusal
+        in its C{connectionLost} (see L{IEarlyStreamFactory}).
+
+        @return: fires with the connected protocol at OPEN_OK, like
             C{IStreamClientEndpoint.connect}; fails with L{StreamOpenFailed},
             L{StreamOpenTimeout} or L{TunnelClosed}.  Cancelling it resets
             the stream.
@@ -411,10 +450,20 @@ class Tunnel(Protocol):
         streamId = self._nextStreamId
         if streamId > wire.MAX_STREAM_ID:
             return _failed(TunnelClosed("stream ids exhausted on this tunnel"))
+        address = TunnelAddress(self.nodeName, host, port)
+        early: IProtocol | None = None
+        if IEarlyStreamFactory.providedBy(factory):
+            try:
+                early = factory.buildProtocol(address)
+            except Exception:
+                return fail()
+            if early is None:
+                return _failed(
+                    StreamOpenFailed(OpenFailReason.INTERNAL, "the protocol factory refused")
+                )
         self._nextStreamId += 2
-        stream = Stream(
-            self, streamId, TunnelAddress(self.nodeName, host, port), self.settings.window
-        )
+        stream = Stream(self, streamId, address, self.settings.window)
+        stream.opening = True
 
         def cancel(d: Deferred[IProtocol]) -> None:
             pending = self._pending.pop(streamId, None)
@@ -428,8 +477,14 @@ class Tunnel(Protocol):
             call = self.clock.callLater(timeout, self._openTimedOut, streamId, timeout)
         self._streams[streamId] = stream
         self._ownOpen += 1
-        self._pending[streamId] = _PendingOpen(stream, factory, result, call)
+        self._pending[streamId] = _PendingOpen(stream, factory, result, call, early)
         self.sendFrame(wire.Open(streamId, host, port))
+        if early is not None:
+            # the peer's whole window, right behind the OPEN, if it takes
+            # DATA before OPEN_OK; else the stream holds it until OPEN_OK
+            assert self.peerSettings is not None
+            credit = self.peerSettings.window if self.earlyOpens else 0
+            stream.attachEarly(early, credit, earlyEof=self.earlyOpens)
         return result
 
     def _openTimedOut(self, streamId: int, timeout: float) -> None:
@@ -437,14 +492,15 @@ class Tunnel(Protocol):
         if pending is None:
             return
         pending.timeout = None
-        pending.stream.reset(ErrorCode.CANCEL, "open timed out")
-        pending.result.errback(
-            StreamOpenTimeout(
-                f"node {self.nodeName} did not answer the open of "
-                f"{pending.stream.getPeer().host}:{pending.stream.getPeer().port} "
-                f"within {timeout:g}s"
-            )
+        peer = pending.stream.getPeer()
+        error = StreamOpenTimeout(
+            f"node {self.nodeName} did not answer the open of {peer.host}:{peer.port} "
+            f"within {timeout:g}s"
         )
+        # an early stream's protocol hears the open's failure itself
+        told = Failure(error) if pending.early is not None else None
+        pending.stream.reset(ErrorCode.CANCEL, "open timed out", told)
+        pending.result.errback(error)
 
     # -- IPushProducer, for the connection under us ------------------------
 
@@ -617,7 +673,7 @@ class Tunnel(Protocol):
             raise ProtocolError(f"expected HELLO, got {frame.TYPE.name}")
         match frame:
             case wire.Data():
-                self._stream(frame.streamId).dataArrived(frame.data)
+                self._stream(frame.streamId, True).dataArrived(frame.data)
             case wire.Window():
                 self._stream(frame.streamId).creditArrived(frame.increment)
             case wire.Open():
@@ -627,9 +683,9 @@ class Tunnel(Protocol):
             case wire.OpenFail():
                 self._openFailReceived(frame)
             case wire.Eof():
-                self._stream(frame.streamId).eofArrived()
+                self._stream(frame.streamId, True).eofArrived()
             case wire.Close():
-                self._terminalReceived(frame.streamId, None)
+                self._terminalReceived(frame.streamId, None, frame.final and self.finalClose)
             case wire.Reset():
                 self._terminalReceived(frame.streamId, (frame.code, frame.text))
             case wire.Ping():
@@ -641,15 +697,22 @@ class Tunnel(Protocol):
             case wire.Hello():
                 self._helloReceived(frame)
 
-    def _stream(self, streamId: int) -> Stream:
+    def _stream(self, streamId: int, early: bool = False) -> Stream:
         """
         The live stream with this id, or L{_IGNORED} for one that ended
         recently (frames may cross), or a protocol error for one that never
         existed.
+
+        @param early: the frame is DATA or EOF, which the opener may send
+            before our OPEN_OK on a version 2 connection: the stream holds
+            them (within the window it granted) until it is connected.
         """
         stream = self._streams.get(streamId)
         if stream is not None:
-            if streamId in self._pending or streamId in self._accepting:
+            if streamId in self._accepting:
+                if not (early and self.earlyOpens):
+                    raise ProtocolError(f"frame on stream {streamId} before OPEN_OK")
+            elif streamId in self._pending:
                 raise ProtocolError(f"frame on stream {streamId} before OPEN_OK")
             return stream
         ours = (streamId % 2 == 1) == self.isClient
@@ -662,11 +725,9 @@ class Tunnel(Protocol):
     def _helloReceived(self, hello: wire.Hello) -> None:
         if self.version is not None:
             raise ProtocolError("second HELLO")
+        versions = self._versions()
         if self.isClient:
-            if (
-                hello.minVersion != hello.maxVersion
-                or hello.minVersion not in wire.SUPPORTED_VERSIONS
-            ):
+            if hello.minVersion != hello.maxVersion or hello.minVersion not in versions:
                 raise ProtocolError(
                     f"server chose version {hello.minVersion}..{hello.maxVersion}, which we did "
                     "not offer",
@@ -674,11 +735,9 @@ class Tunnel(Protocol):
                 )
             version = hello.minVersion
         else:
-            common = [
-                v for v in wire.SUPPORTED_VERSIONS if hello.minVersion <= v <= hello.maxVersion
-            ]
+            common = [v for v in versions if hello.minVersion <= v <= hello.maxVersion]
             if not common:
-                ours = f"{wire.SUPPORTED_VERSIONS[0]}..{wire.SUPPORTED_VERSIONS[-1]}"
+                ours = f"{versions[0]}..{versions[-1]}"
                 raise ProtocolError(
                     f"no common protocol version: peer speaks "
                     f"{hello.minVersion}..{hello.maxVersion}, we speak {ours}",
@@ -702,6 +761,7 @@ class Tunnel(Protocol):
             self.close(refused.code, refused.text)
             return
         self.version = version
+        self.earlyOpens = self.finalClose = version >= wire.EARLY_OPEN_VERSION
         if not self.isClient:
             self.sendFrame(wire.Hello(version, version, self._helloInfo()))
         self._established.fire(self)
@@ -808,6 +868,13 @@ class Tunnel(Protocol):
             raise ProtocolError(f"OPEN_OK for stream {streamId}, which is not opening")
         pending.cancelTimeout()
         stream = pending.stream
+        assert self.peerSettings is not None
+        if pending.early is not None:
+            # a version 1 peer granted nothing before this answer
+            stream.openAccepted(0 if self.earlyOpens else self.peerSettings.window)
+            pending.result.callback(pending.early)
+            return
+        stream.opening = False
         try:
             protocol = pending.factory.buildProtocol(stream.getPeer())
         except Exception:
@@ -815,7 +882,6 @@ class Tunnel(Protocol):
             stream.reset(ErrorCode.INTERNAL_ERROR, "the protocol factory failed")
             pending.result.errback(failure)
             return
-        assert self.peerSettings is not None
         if protocol is None:
             stream.reset(ErrorCode.CANCEL, "refused by the local factory")
             pending.result.errback(
@@ -833,7 +899,8 @@ class Tunnel(Protocol):
         stream = self._streams.get(streamId)
         if (
             stream is not None
-            and stream.protocol is None
+            and stream.opening
+            and streamId not in self._pending
             and stream.sending is SENDING_ENDED
             and stream.receiving is not RECEIVING_ENDED
             and (streamId % 2 == 1) == self.isClient
@@ -847,27 +914,37 @@ class Tunnel(Protocol):
             abandoned = self._abandoned(frame.streamId)
             if abandoned is not None:
                 # it crossed our RESET; the peer forgot the id when it sent it
+                abandoned.opening = False
                 abandoned.endArrived(None)
                 return
             self._stream(frame.streamId)
             raise ProtocolError(f"OPEN_FAIL for stream {frame.streamId}, which is not opening")
         pending.cancelTimeout()
-        pending.stream.openRefused()
+        error = StreamOpenFailed(frame.reason, frame.text)
+        # an early stream's protocol hears it first, then whoever opened
+        pending.stream.openRefused(Failure(error) if pending.early is not None else None)
         self._forget(frame.streamId)
-        pending.result.errback(StreamOpenFailed(frame.reason, frame.text))
+        pending.result.errback(error)
         self._closeIfIdle()
 
-    def _terminalReceived(self, streamId: int, reset: tuple[int, str] | None) -> None:
+    def _terminalReceived(
+        self, streamId: int, reset: tuple[int, str] | None, final: bool = False
+    ) -> None:
         pending = self._pending.pop(streamId, None)
         if pending is not None:
             # the peer reset an open it has not answered: treat as a failure
             pending.cancelTimeout()
             code, text = reset if reset is not None else (ErrorCode.CANCEL, "closed")
-            pending.stream.endArrived(reset)
-            pending.result.errback(StreamOpenFailed(OpenFailReason.INTERNAL, text))
+            error = StreamOpenFailed(OpenFailReason.INTERNAL, text)
+            if pending.early is not None:
+                pending.stream.openEnded(Failure(error))
+            else:
+                pending.stream.opening = False
+                pending.stream.endArrived(reset)
+            pending.result.errback(error)
             return
         accepting = self._accepting.pop(streamId, None)
-        self._stream(streamId).endArrived(reset)
+        self._stream(streamId).endArrived(reset, final)
         if accepting is not None:
             accepting.cancel()
 

@@ -94,45 +94,47 @@ def _localAddress(
     return ipaddress.ip_address(host), int(name[1])
 
 
-def _ipv4OriginalDestination(sock: socket.socket) -> tuple[ipaddress.IPv4Address, int] | None:
+def _ipv4OriginalDestination(sock: socket.socket) -> tuple[str, int] | None:
     raw = sock.getsockopt(_SOL_IP, SO_ORIGINAL_DST, _SOCKADDR_IN_SIZE)
     if len(raw) < 8 or _SOCKADDR_IN.unpack_from(raw)[0] != socket.AF_INET:
         return None
     (port,) = struct.unpack_from("!H", raw, 2)
-    return ipaddress.IPv4Address(raw[4:8]), port
+    return socket.inet_ntoa(raw[4:8]), port
 
 
-def _ipv6OriginalDestination(sock: socket.socket) -> tuple[ipaddress.IPv6Address, int] | None:
+def _ipv6OriginalDestination(sock: socket.socket) -> tuple[str, int] | None:
     raw = sock.getsockopt(_SOL_IPV6, IP6T_SO_ORIGINAL_DST, _SOCKADDR_IN6_SIZE)
     if len(raw) < 24 or _SOCKADDR_IN.unpack_from(raw)[0] != socket.AF_INET6:
         return None
     (port,) = struct.unpack_from("!H", raw, 2)
-    return ipaddress.IPv6Address(raw[8:24]), port
+    return str(ipaddress.IPv6Address(raw[8:24])), port
 
 
 def _query(sock: socket.socket) -> tuple[str, int] | None:
-    local, localPort = _localAddress(sock)
-    original: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None
+    local: tuple[object, ...]
     if sock.family == socket.AF_INET:
+        # the common case, on every connection a proxy listener accepts:
+        # dotted quads both, compared as text (ipaddress costs microseconds)
         original = _ipv4OriginalDestination(sock)
+        local = sock.getsockname()
     elif sock.family == socket.AF_INET6:
-        mapped = local.ipv4_mapped if isinstance(local, ipaddress.IPv6Address) else None
+        address, localPort = _localAddress(sock)
+        mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
         if mapped is not None:
             # An IPv4 connection accepted by a dual-stack IPv6 socket: its
             # conntrack entry is an IPv4 one, which SOL_IP finds.
-            local = mapped
             original = _ipv4OriginalDestination(sock)
+            local = (str(mapped), localPort)
         else:
             original = _ipv6OriginalDestination(sock)
+            local = (str(address), localPort)
     else:
         return None
-    if original is None:
+    if original is None or original == local:
+        # Not tracked, or tracked but not NATed: conntrack's original
+        # destination is us.
         return None
-    address, port = original
-    if (address, port) == (local, localPort):
-        # Tracked but not NATed: conntrack's original destination is us.
-        return None
-    return str(address), port
+    return original
 
 
 def originalDestination(transport: object) -> tuple[str, int] | None:

@@ -175,9 +175,23 @@ class RelayProtocol(Protocol):
         if peer is None or not peer.connected or peer.transport is None:
             return
         peer.peer = None
-        transport = peer.transport
-        transport.unregisterProducer()  # type: ignore[attr-defined]
-        _end(transport, reason)
+        peer.transport.unregisterProducer()  # type: ignore[attr-defined]
+        peer.peerLost(reason)
+
+    def peerLost(self, reason: Failure) -> None:
+        """
+        The other end is gone, with C{reason}: end this one the same way
+        (L{_end}: a close after an orderly end, an abort once sent after
+        anything else).
+
+        A near end that opened its far end early (a tunnel stream spliced
+        before the agent answered its OPEN) overrides this to answer a
+        failed open its own way: the stream ends with the open's failure
+        (a L{TunnelError<twisted_tunnel.errors.TunnelError>}), which is no
+        reason to reset the client's connection, and a front door may still
+        owe its client an answer (a C{502} with the reason).
+        """
+        _end(self.transport, reason)
 
 
 class _RelayEnds(Factory):

@@ -27,8 +27,8 @@ import datetime
 import ipaddress
 import os
 import stat
+import time
 from collections.abc import Callable, Sequence
-from functools import lru_cache
 from typing import Any
 
 from attrs import field, frozen
@@ -58,11 +58,14 @@ from twisted_tunnel.tls.certs import (
     PrivateKey,
     isNodeName,
 )
+from twisted_tunnel.tls.upstream import IDestinationTLS, UpstreamTLS
 
 __all__ = [
     "NODE_COMMON_NAME_PREFIX",
     "Credentials",
+    "IDestinationTLS",
     "PeerIdentity",
+    "UpstreamTLS",
     "agentOptions",
     "proxyClientOptions",
     "proxyServingOptions",
@@ -478,45 +481,41 @@ def _refuseNodeCertificates(
     return False
 
 
-#: How many nodes' verifying TLS client contexts the https policy keeps.
-PROXY_CLIENT_CONTEXTS = 4096
-
-
-def proxyClientOptions(creds: Credentials, *, verify: bool) -> Callable[[str], Any]:
+def proxyClientOptions(
+    creds: Credentials,
+    *,
+    verify: bool,
+    clock: Callable[[], float] = time.monotonic,
+) -> UpstreamTLS:
     """
     TLS towards a node for the https policy: present C{creds.certificate}
     (C{--proxy-client-cert}, the identity the kubelet authorizes) and, when
     C{verify}, check the kubelet's certificate against C{creds.authority}
     (C{--proxy-client-ca}) for the address dialed.  Without it, like
     kube-apiserver without C{--kubelet-certificate-authority}, the kubelet
-    is not verified.
+    is not verified.  HTTP/1.1 only in ALPN, as the requests are relayed
+    as such.
 
+    Connections made through L{IDestinationTLS.forDestination} resume the
+    sessions of earlier ones to the same destination (see
+    L{twisted_tunnel.tls.upstream}); a rotation must L{UpstreamTLS.retire}
+    the options it replaces.
+
+    @param clock: monotonic seconds, for the age of sessions.
     @return: the connection creator to use for a given dialed host.
     """
-    if verify:
-        trustRoot = trustRootFromCertificates(creds.authority)
-        own = _ownCertificateOptions(creds)
-
-        # One creator (and so one OpenSSL context, with its key, certificate
-        # and trust store loaded) per node address, not one per request:
-        # building them is far dearer than the request itself.
-        @lru_cache(maxsize=PROXY_CLIENT_CONTEXTS)
-        def verified(host: str) -> IOpenSSLClientConnectionCreator:
-            return optionsForClientTLS(
-                host,
-                trustRoot=trustRoot,
-                acceptableProtocols=HTTP_1_1,
-                extraCertificateOptions={"raiseMinimumTo": MINIMUM_TLS_VERSION, **own},
-            )
-
-        return verified
-    shared = CertificateOptions(
-        verify=False,
+    trust: dict[str, Any] = (
+        {"trustRoot": trustRootFromCertificates(creds.authority)} if verify else {"verify": False}
+    )
+    options = CertificateOptions(
         raiseMinimumTo=MINIMUM_TLS_VERSION,
-        acceptableProtocols=HTTP_1_1,
+        # TLS 1.2 servers (Go's among them) resume only from tickets; TLS
+        # 1.3 ones send theirs whatever this says.
+        enableSessionTickets=True,
+        **trust,
         **_ownCertificateOptions(creds),
     )
-    return lambda host: shared
+    return UpstreamTLS(options.getContext(), verify=verify, protocols=HTTP_1_1, clock=clock)
 
 
 @frozen

@@ -63,6 +63,13 @@ class RotatingClientOptions:
     The https policy's TLS towards kubelets (L{proxyClientOptions}: a
     connection creator per dialed address), rebuilt when its credentials
     are replaced.
+
+    The sessions kept for resumption go with the credentials they were
+    made with: a session resumed skips the check of the kubelet's
+    certificate against C{--proxy-client-ca}, and the kubelet sees again
+    the client certificate of the session, not the new one.  So a
+    rotation of any of the three files retires the old cache at once,
+    also for connections still being set up with the old credentials.
     """
 
     def __init__(self, credentials: Credentials, *, verify: bool) -> None:
@@ -70,7 +77,8 @@ class RotatingClientOptions:
         self._creator = proxyClientOptions(credentials, verify=verify)
 
     def update(self, credentials: Credentials) -> None:
-        self._creator = proxyClientOptions(credentials, verify=self._verify)
+        old, self._creator = self._creator, proxyClientOptions(credentials, verify=self._verify)
+        old.retire()
 
     def __call__(self, host: str) -> Any:
         return self._creator(host)
