@@ -42,8 +42,13 @@ types: venv
 demo: venv
 	$(PY) -m twisted_tunnel.cli.demo
 
-bench: venv
-	bash bench/run.sh
+# The benchmark: direct, ssh -R, twisted-tunnel and its peers side by side (bench/bench.py; see
+# docs/performance.md).  `make peers` first builds (or finds cached) the peers and bench/loadgen;
+# one that does not build is reported and its rows say why.  BENCH_ARGS=... passes options, e.g.
+# BENCH_ARGS="--runs 1 --seconds 4" (the table of docs/performance.md).
+BENCH_ARGS ?=
+bench: venv peers
+	bash bench/run.sh $(BENCH_ARGS)
 
 # Many streams at once (bench/streams.py): 2,000 streams of 5 MiB over 10 agents, every byte
 # checked, and a stalled reader; a Markdown report on stdout.  Options: BENCH_STREAMS_ARGS=...
@@ -83,11 +88,13 @@ interop-build-test:
 	$(PYTHON3) tests/interop/build.py $(INTEROP_TEST_COMPONENTS)
 
 # The benchmark's peers (issue 15): frp, chisel, rathole and Konnectivity, built pinned from
-# their registries (the Go module proxy, crates.io) into ~/.cache/twisted-tunnel/peers
+# their registries (the Go module proxy, crates.io), and bench/loadgen (ours, standard library
+# only), into ~/.cache/twisted-tunnel/peers
 # (bench/peers/build.py, the scheme of tests/interop/build.py): once per version, at the lowest
 # priority.  PEERS=... builds only those.  A peer that does not build is reported (its error,
 # then "not built: ...") and the others are built all the same: the target still succeeds, so
-# that `make bench` runs the peers that did build (Konnectivity: the module proxy refuses it).
+# that `make bench` runs the peers that did build (Konnectivity, OpenYurt: the module proxy
+# refuses them, and their refused.txt keeps `make peers` from asking again).
 # `make peers-smoke` drives each once on loopback (bench/peers/smoke.py; PEERS_SMOKE=... names
 # variants: frp chisel rathole konnectivity konnectivity-mtls).
 PEERS ?=
