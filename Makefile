@@ -106,6 +106,14 @@ peers:
 peers-smoke: venv peers
 	$(PY) bench/peers/smoke.py $(PEERS_SMOKE)
 
+# Memory per idle tunnel (bench/peers/idle.py): one server and K clients of each peer, each
+# client its own process (rathole, frp, chisel: 1,000; twisted-tunnel's real agents: 50); about
+# 5 minutes, at most ~2 GiB of clients at a time.  PEERS_IDLE="frp=100 ..." chooses.
+PEERS_IDLE ?=
+.PHONY: peers-idle
+peers-idle: venv peers
+	$(PY) bench/peers/idle.py $(PEERS_IDLE)
+
 # The interop world, mode A (tests/interop/smoke.py), by hand: the real kube-apiserver, kubectl,
 # kubelet API, metrics-server and Prometheus through the tunnel, in network namespaces (as root);
 # `make test` runs it too (tests/system/test_interop.py).
