@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import resource
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -48,7 +47,7 @@ for entry in (str(HERE.parent.parent), str(HERE.parent), str(HERE)):
 
 import build as peerbuild  # noqa: E402  (bench/peers/build.py)
 from _procs import BenchError, Processes, freePort  # noqa: E402  (bench/_procs.py)
-from smoke import EchoServer  # noqa: E402  (bench/peers/smoke.py)
+from smoke import EchoServer, probe, tcpDialer  # noqa: E402  (bench/peers/smoke.py)
 from starters import PEERS, Forward, memoryKiB, waitListening  # noqa: E402
 
 DEFAULT_COUNTS = {"rathole": 1000, "frp": 1000, "chisel": 1000, "ours": 50}
@@ -77,26 +76,28 @@ class IdleResult:
         return (self.serverAfter[0] - self.serverBefore[0]) / self.clients
 
 
-def probe(port: int, deadline: float) -> None:
-    """Until a few bytes echo through the tunnel whose public side is 127.0.0.1:C{port}."""
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
-                sock.settimeout(3)
-                sock.sendall(b"idle?\n")
-                got = b""
-                while len(got) < 6:
-                    chunk = sock.recv(6 - len(got))
-                    if not chunk:
-                        raise ConnectionError("closed before the probe came back")
-                    got += chunk
-                if got == b"idle?\n":
-                    return
-        except (OSError, ConnectionError) as e:
-            last = e
-        time.sleep(0.2)
-    raise BenchError(f"no echo through 127.0.0.1:{port} in time: {last}")
+def overBudget(pids: list[int], count: int, budgetKiB: int, what: str) -> str | None:
+    """
+    Why not to start all C{count} clients, if their PSS, extrapolated from
+    the mean of those running (C{pids}), would pass the budget.
+    """
+    pss = statistics.mean(memoryKiB(pid)[1] for pid in pids)
+    if pss * count <= budgetKiB:
+        return None
+    return (
+        f"stopped at {len(pids)} {what}: {count} would take about {pss * count / 1024:.0f} "
+        f"MiB of PSS, more than --budget-mib {budgetKiB // 1024}"
+    )
+
+
+def measureIdle(
+    result: IdleResult, procs: Processes, server: int, clients: list[str], settle: float
+) -> None:
+    """After C{settle} idle seconds, the server's memory and every client's."""
+    time.sleep(settle)
+    procs.checkAlive()
+    result.serverAfter = memoryKiB(server)
+    result.clientMemory = [memoryKiB(procs.get(name).process.pid) for name in clients]
 
 
 def runPeer(name: str, count: int, settle: float, budgetKiB: int, work: Path) -> IdleResult:
@@ -127,28 +128,17 @@ def runPeer(name: str, count: int, settle: float, budgetKiB: int, work: Path) ->
                 )
             deadline = min(stop, time.monotonic() + BATCH_SECONDS)
             for forward in batch:
-                probe(forward.remote, deadline)
+                probe(tcpDialer(forward.remote), deadline)
             procs.checkAlive()
             result.clients = first + len(batch)
+            names = [f"{peer.client}-{i}" for i in range(result.clients)]
             if first == 0 and result.clients < count:
-                pss = statistics.mean(
-                    memoryKiB(procs.get(f"{peer.client}-{i}").process.pid)[1]
-                    for i in range(result.clients)
-                )
-                if pss * count > budgetKiB:
-                    result.note = (
-                        f"stopped at {result.clients} clients: {count} would take about "
-                        f"{pss * count / 1024:.0f} MiB of PSS, more than --budget-mib "
-                        f"{budgetKiB // 1024}"
-                    )
+                pids = [procs.get(name).process.pid for name in names]
+                result.note = overBudget(pids, count, budgetKiB, "clients") or ""
+                if result.note:
                     break
             print(f"{name}: {result.clients} tunnels up", file=sys.stderr, flush=True)
-        time.sleep(settle)
-        procs.checkAlive()
-        result.serverAfter = memoryKiB(serverPid)
-        result.clientMemory = [
-            memoryKiB(procs.get(f"{peer.client}-{i}").process.pid) for i in range(result.clients)
-        ]
+        measureIdle(result, procs, serverPid, names, settle)
     except BenchError as e:
         result.note = str(e) if not result.note else f"{result.note}; {e}"
     finally:
@@ -229,24 +219,14 @@ def runOurs(count: int, settle: float, budgetKiB: int, work: Path) -> IdleResult
                     raise BenchError(f"not every agent of {first + 1}..{last} connected in time")
                 time.sleep(0.5)
             result.clients = last
+            names = [f"agent-{i}" for i in range(1, last + 1)]
             if first == 0 and last < count:
-                pss = statistics.mean(
-                    memoryKiB(procs.get(f"agent-{i}").process.pid)[1] for i in range(1, last + 1)
-                )
-                if pss * count > budgetKiB:
-                    result.note = (
-                        f"stopped at {last} agents: {count} would take about "
-                        f"{pss * count / 1024:.0f} MiB of PSS, more than --budget-mib "
-                        f"{budgetKiB // 1024}"
-                    )
+                pids = [procs.get(name).process.pid for name in names]
+                result.note = overBudget(pids, count, budgetKiB, "agents") or ""
+                if result.note:
                     break
             print(f"twisted-tunnel: {last} tunnels up", file=sys.stderr, flush=True)
-        time.sleep(settle)
-        procs.checkAlive()
-        result.serverAfter = memoryKiB(serverPid)
-        result.clientMemory = [
-            memoryKiB(procs.get(f"agent-{i}").process.pid) for i in range(1, result.clients + 1)
-        ]
+        measureIdle(result, procs, serverPid, names, settle)
     except BenchError as e:
         result.note = str(e) if not result.note else f"{result.note}; {e}"
     finally:
