@@ -42,8 +42,13 @@ types: venv
 demo: venv
 	$(PY) -m twisted_tunnel.cli.demo
 
-bench: venv
-	bash bench/run.sh
+# The benchmark: direct, ssh -R, twisted-tunnel and its peers side by side (bench/bench.py; see
+# docs/performance.md).  `make peers` first builds (or finds cached) the peers and bench/loadgen;
+# one that does not build is reported and its rows say why.  BENCH_ARGS=... passes options, e.g.
+# BENCH_ARGS="--runs 1 --seconds 4" (the table of docs/performance.md).
+BENCH_ARGS ?=
+bench: venv peers
+	bash bench/run.sh $(BENCH_ARGS)
 
 # Many streams at once (bench/streams.py): 2,000 streams of 5 MiB over 10 agents, every byte
 # checked, and a stalled reader; a Markdown report on stdout.  Options: BENCH_STREAMS_ARGS=...
@@ -89,11 +94,13 @@ interop-build-test:
 	$(PYTHON3) tests/interop/build.py $(INTEROP_TEST_COMPONENTS)
 
 # The benchmark's peers (issue 15): frp, chisel, rathole and Konnectivity, built pinned from
-# their registries (the Go module proxy, crates.io) into ~/.cache/twisted-tunnel/peers
+# their registries (the Go module proxy, crates.io), and bench/loadgen (ours, standard library
+# only), into ~/.cache/twisted-tunnel/peers
 # (bench/peers/build.py, the scheme of tests/interop/build.py): once per version, at the lowest
 # priority.  PEERS=... builds only those.  A peer that does not build is reported (its error,
 # then "not built: ...") and the others are built all the same: the target still succeeds, so
-# that `make bench` runs the peers that did build (Konnectivity: the module proxy refuses it).
+# that `make bench` runs the peers that did build (Konnectivity, OpenYurt: the module proxy
+# refuses them, and their refused.txt keeps `make peers` from asking again).
 # `make peers-smoke` drives each once on loopback (bench/peers/smoke.py; PEERS_SMOKE=... names
 # variants: frp chisel rathole konnectivity konnectivity-mtls).
 PEERS ?=
@@ -104,6 +111,14 @@ peers:
 
 peers-smoke: venv peers
 	$(PY) bench/peers/smoke.py $(PEERS_SMOKE)
+
+# Memory per idle tunnel (bench/peers/idle.py): one server and K clients of each peer, each
+# client its own process (rathole, frp, chisel: 1,000; twisted-tunnel's real agents: 50); about
+# 5 minutes, at most ~2 GiB of clients at a time.  PEERS_IDLE="frp=100 ..." chooses.
+PEERS_IDLE ?=
+.PHONY: peers-idle
+peers-idle: venv peers
+	$(PY) bench/peers/idle.py $(PEERS_IDLE)
 
 # The interop world, mode A (tests/interop/smoke.py), by hand: the real kube-apiserver, kubectl,
 # kubelet API, metrics-server and Prometheus through the tunnel, in network namespaces (as root);

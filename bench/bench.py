@@ -1,6 +1,7 @@
 """
 The twisted-tunnel benchmark: the same workloads direct, through OpenSSH
-C{ssh -R} and through twisted-tunnel, side by side in one run.
+C{ssh -R}, through twisted-tunnel and through its peers (frp, chisel,
+rathole; Konnectivity when it can be built), side by side in one run.
 
 Run it with C{make bench} (or C{bash bench/run.sh}, which installs the load
 tools first).  See C{docs/performance.md} for what is measured and why.
@@ -10,7 +11,8 @@ services (nginx, iperf3), the two tunnels and the load generators as
 subprocesses, polls with deadlines, and in a C{finally} stops exactly the
 processes it started (by PID) and removes its temporary directory.
 
-    usage: bench.py [--seconds S] [--runs N] [--only direct|ssh|ours] [--keep]
+    usage: bench.py [--seconds S] [--runs N] [--only TUNNEL ...] [--keep]
+           TUNNEL: direct ssh ours frp chisel rathole konnectivity
 """
 
 from __future__ import annotations
@@ -33,12 +35,15 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_procs.py, however loaded
+sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))  # build.py, starters.py
+import build as peerbuild  # noqa: E402  (bench/peers/build.py)
+import starters  # noqa: E402  (bench/peers/starters.py)
 from _procs import (  # noqa: E402
     REPO,
     BenchError,
@@ -56,21 +61,60 @@ NODE = "edge-1"
 # on it as well as on 127.0.0.1 (which the direct and ssh -R paths use).
 NODE_IP = "127.0.0.2"
 
-# What --only selects: the three ways to reach the edge.
-TUNNELS = ("direct", "ssh", "ours")
-# The rows of the table: twisted-tunnel is measured twice, through its
-# proxy listeners (the path the targets refer to) and through --forward
-# static listeners (the same shape as ssh -R).
-ROWS_OF = {"direct": ("direct",), "ssh": ("ssh",), "ours": ("ours", "fwd")}
+# The peers that forward TCP (bench/peers/starters.py starts them).
+PEER_TUNNELS = tuple(starters.PEERS)
+# What --only selects: the ways to reach the edge.
+TUNNELS = ("direct", "ssh", "ours", *PEER_TUNNELS, "konnectivity")
+# The rows of the table: twisted-tunnel is measured three times, through its
+# proxy listeners (the path the targets refer to), through --forward
+# static listeners (the same shape as ssh -R and the peers) and through its
+# CONNECT door (with bench/loadgen, as Konnectivity's frontend would be);
+# "direct" twice, with wrk/hey and with bench/loadgen, to show what the
+# load generator itself costs.
+ROWS_OF = {
+    "direct": ("direct", "ldirect"),
+    "ssh": ("ssh",),
+    "ours": ("ours", "fwd", "door"),
+    **{peer: (peer,) for peer in PEER_TUNNELS},
+    "konnectivity": ("konn",),
+}
 ROWS = tuple(row for tunnel in TUNNELS for row in ROWS_OF[tunnel])
 LABELS = {
     "direct": "direct",
+    "ldirect": "direct (loadgen)",
     "ssh": "OpenSSH ssh -R",
     "ours": "twisted-tunnel (proxy listeners)",
     "fwd": "twisted-tunnel (--forward)",
+    "door": "twisted-tunnel (CONNECT door, mTLS, loadgen)",
+    "frp": "frp (tcp proxy)",
+    "chisel": "chisel (reverse remote)",
+    "rathole": "rathole",
+    "konn": "Konnectivity (CONNECT frontend)",
 }
-SHORT = {"direct": "direct", "ssh": "ssh -R", "ours": "ours: proxy", "fwd": "ours: --forward"}
-COLOURS = {"direct": "#9e9e9e", "ssh": "#1f77b4", "ours": "#d62728", "fwd": "#ff9896"}
+SHORT = {
+    "direct": "direct",
+    "ldirect": "direct (loadgen)",
+    "ssh": "ssh -R",
+    "ours": "ours: proxy",
+    "fwd": "ours: --forward",
+    "door": "ours: CONNECT",
+    "frp": "frp",
+    "chisel": "chisel",
+    "rathole": "rathole",
+    "konn": "Konnectivity",
+}
+COLOURS = {
+    "direct": "#9e9e9e",
+    "ldirect": "#c7c7c7",
+    "ssh": "#1f77b4",
+    "ours": "#d62728",
+    "fwd": "#ff9896",
+    "door": "#8c564b",
+    "frp": "#2ca02c",
+    "chisel": "#9467bd",
+    "rathole": "#ff7f0e",
+    "konn": "#17becf",
+}
 
 
 @dataclass(frozen=True)
@@ -94,7 +138,11 @@ METRICS = (
     Metric("tnewc", "HTTPS req/s new connection each, c=16"),
 )
 
-TUNNEL_PROCESSES = {"ssh": ("sshd", "ssh"), "ours": ("edge-tunnel-server", "edge-tunnel-agent")}
+TUNNEL_PROCESSES = {
+    "ssh": ("sshd", "ssh"),
+    "ours": ("edge-tunnel-server", "edge-tunnel-agent"),
+    **{name: (peer.server, peer.client) for name, peer in starters.PEERS.items()},
+}
 
 # The workloads, in the order they run; "open" yields both p50 and p99.
 WORKLOADS = ("bulk", "ka1", "ka64", "newc", "big", "open", "tka1", "tka64", "tnewc")
@@ -215,15 +263,38 @@ def tool(name: str) -> str:
 # -- the edge services and the tunnels ---------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Door:
+    """
+    Where bench/loadgen sends its requests: C{addr}, and with C{connect}
+    through an HTTP CONNECT tunnel to that target; over mutual TLS with
+    C{tls} (CA, client certificate, key).
+    """
+
+    binary: str
+    addr: str
+    connect: str | None = None
+    tls: tuple[str, str, str] | None = None
+
+    def describe(self) -> str:
+        how = f"CONNECT {self.connect} at {self.addr}" if self.connect else f"http://{self.addr}/"
+        return how + (" over mutual TLS" if self.tls else "")
+
+
 @dataclass
 class Row:
-    """How the load tools reach the edge on one row of the table, and what that needs."""
+    """
+    How the load tools reach the edge on one row of the table, and what that
+    needs: wrk/hey/iperf3 to C{http}, C{https} and C{iperfPort}, or
+    bench/loadgen through C{door}.
+    """
 
-    http: Target
-    https: Target
+    http: Target | None
+    https: Target | None
     iperfPort: int | None  # None: no bulk measurement on this row
     watch: list[str]  # processes it needs
     cpuRoots: list[str]  # the tunnel processes, whose CPU is accounted
+    door: Door | None = None
 
 
 @dataclass
@@ -242,6 +313,22 @@ class Setup:
     edge: Edge = field(default_factory=Edge)
     rows: dict[str, Row] = field(default_factory=dict)
     extraPorts: dict[str, int] = field(default_factory=dict)
+    #: rows that were not run, and why (a peer not built, or that did not start)
+    missing: dict[str, str] = field(default_factory=dict)
+    #: the command lines that started each tunnel, for the report
+    commands: dict[str, list[str]] = field(default_factory=dict)
+
+
+class NotRun(Exception):
+    """A tunnel cannot be measured here (its binaries are not built); the message says why."""
+
+
+def loadgenBinary() -> str:
+    """bench/loadgen, built by `make peers` (bench/peers/build.py); L{NotRun} if it is not."""
+    bins = peerbuild.cached("loadgen")
+    if bins is None:
+        raise NotRun(f"bench/loadgen not built: {peerbuild.failure('loadgen')}")
+    return str(bins / "loadgen")
 
 
 def mintPKI(work: Path) -> Path:
@@ -308,6 +395,8 @@ http {{ access_log off;
         "nginx", [tool("nginx"), "-e", f"{work}/nginx.err", "-c", f"{work}/nginx.conf"]
     )
     for tunnel in tunnels:
+        if tunnel == "konnectivity":
+            continue  # its frontend is HTTP CONNECT: no bulk measurement
         # Each sink listens where its tunnel delivers: the agent dials the node IP.
         port = freePort()
         address = NODE_IP if tunnel == "ours" else "127.0.0.1"
@@ -346,6 +435,12 @@ def startDirect(setup: Setup, pki: Path) -> None:
         watch=["nginx", "iperf3-direct"],
         cpuRoots=[],
     )
+    try:
+        door = Door(loadgenBinary(), f"127.0.0.1:{edge.http}")
+    except NotRun as e:
+        setup.missing["ldirect"] = str(e)
+        return
+    setup.rows["ldirect"] = Row(None, None, None, watch=["nginx"], cpuRoots=[], door=door)
 
 
 def startSSH(setup: Setup, pki: Path) -> None:
@@ -416,7 +511,14 @@ def startOurs(setup: Setup, pki: Path) -> None:
        proxy client certificate and verifying nginx against the edge CA;
      - three C{--forward} static listeners (nginx plain, nginx TLS carried
        end to end, iperf3), the shape of C{ssh -R}; iperf3 is not HTTP, so
-       bulk goes this way for both rows.
+       bulk goes this way for both rows;
+     - its CONNECT door over mutual TLS (client certificate from C{--ca}),
+       as it serves beyond loopback and as Konnectivity's TCP frontend
+       does, measured with bench/loadgen.  On 127.0.0.1 the door would be
+       plain (only this host can reach it); it listens on C{::ffff:127.0.0.1}
+       instead, the same loopback address spelled as IPv4-mapped IPv6, which
+       the server does not count as loopback: so the door requires TLS and
+       client certificates, while every byte stays on loopback.
     """
     work, edge = setup.work, setup.edge
     tunnelPort, connectPort = freePort(), freePort()
@@ -436,7 +538,7 @@ def startOurs(setup: Setup, pki: Path) -> None:
         twistd(
             "edge-tunnel-server",
             f"--tunnel-endpoint=tcp:{tunnelPort}:interface=127.0.0.1",
-            f"--connect-endpoint=tcp:{connectPort}:interface=127.0.0.1",
+            f"--connect-endpoint=tcp6:{connectPort}:interface=\\:\\:ffff\\:127.0.0.1",
             f"--ca={pki}/ca.pem",
             f"--cert={pki}/server.pem",
             f"--key={pki}/server-key.pem",
@@ -490,7 +592,7 @@ def startOurs(setup: Setup, pki: Path) -> None:
             cpuRoots=["edge-tunnel-server", "edge-tunnel-agent"],
         ),
     }
-    targets = [t for row in rows.values() for t in (row.http, row.https)]
+    targets = [t for row in rows.values() for t in (row.http, row.https) if t is not None]
     took = waitFor(
         "twisted-tunnel",
         lambda: all(httpOK(t) for t in targets),
@@ -499,11 +601,80 @@ def startOurs(setup: Setup, pki: Path) -> None:
     )
     log(f"twisted-tunnel ready after {took:.1f} s")
     setup.rows.update(rows)
+    try:
+        door = Door(
+            loadgenBinary(),
+            f"127.0.0.1:{connectPort}",
+            f"{NODE_IP}:{edge.http}",
+            (f"{pki}/ca.pem", f"{pki}/client.pem", f"{pki}/client-key.pem"),
+        )
+    except NotRun as e:
+        setup.missing["door"] = str(e)
+    else:
+        setup.rows["door"] = Row(
+            None,
+            None,
+            None,
+            watch=["nginx", "edge-tunnel-server", "edge-tunnel-agent"],
+            cpuRoots=["edge-tunnel-server", "edge-tunnel-agent"],
+            door=door,
+        )
+        waitFor(
+            "the CONNECT door",
+            lambda: loadgenOK(door),
+            setup.procs,
+            ["edge-tunnel-server", "edge-tunnel-agent"],
+        )
+    setup.commands["ours"] = [
+        shlex.join(setup.procs.get(name).process.args)  # type: ignore[arg-type]
+        for name in TUNNEL_PROCESSES["ours"]
+    ]
     setup.extraPorts["edge-tunnel-server agents (--tunnel-endpoint)"] = tunnelPort
-    setup.extraPorts["edge-tunnel-server CONNECT (--connect-endpoint)"] = connectPort
+    setup.extraPorts["edge-tunnel-server CONNECT (--connect-endpoint, mutual TLS)"] = connectPort
     setup.extraPorts["edge-tunnel-server --http-proxy-endpoint"] = httpProxy
     setup.extraPorts["edge-tunnel-server --https-proxy-endpoint"] = httpsProxy
     setup.extraPorts["edge-tunnel-server --forward iperf3"] = tIperf
+
+
+def startPeer(setup: Setup, pki: Path, name: str) -> None:
+    """
+    A TCP-forwarding peer (frp, chisel, rathole) from its cached build, with
+    bench/peers/starters.py: its server and one client that forwards
+    nginx's two ports and this tunnel's iperf3 sink, as C{ssh -R} does.
+    """
+    peer = starters.PEERS[name]
+    bins = peerbuild.cached(peer.build)
+    if bins is None:
+        raise NotRun(f"not built: {peerbuild.failure(peer.build)}")
+    edge = setup.edge
+    locals_ = [edge.http, edge.https, edge.iperf[name]]
+    tunnel = starters.startTunnel(peer, bins, setup.work, setup.procs, locals_)
+    setup.commands[name] = tunnel.commands
+    http = Target("http", tunnel.remotes[edge.http])
+    https = Target("https", tunnel.remotes[edge.https])
+    took = waitFor(name, lambda: httpOK(http) and httpOK(https), setup.procs, tunnel.ends)
+    log(f"{name} ready after {took:.1f} s")
+    setup.rows[name] = Row(
+        http=http,
+        https=https,
+        iperfPort=tunnel.remotes[edge.iperf[name]],
+        watch=["nginx", f"iperf3-{name}", *tunnel.ends],
+        cpuRoots=tunnel.ends,
+    )
+
+
+def startKonnectivity(setup: Setup, pki: Path) -> None:
+    """
+    Konnectivity's proxy-server and agent.  Not built here (the module proxy
+    refuses the module: bench/peers/README.md), so never driven yet: its
+    row says why.
+    """
+    if peerbuild.cached("konnectivity") is None:
+        raise NotRun(f"not built: {peerbuild.failure('konnectivity')}")
+    raise NotRun(
+        "built, but bench.py does not drive it yet (bench/peers/smoke.py knows how to start it; "
+        "its CONNECT frontend would be measured with bench/loadgen as the CONNECT door is)"
+    )
 
 
 # -- CPU accounting ---------------------------------------------------------------------------
@@ -781,9 +952,84 @@ def openLatency(target: Target) -> tuple[tuple[float, float], list[str]]:
     return (p50, p99), problems
 
 
+#: What nginx answers on / ("ok-from-edge\n"): bench/loadgen checks every body's length.
+SMALL_BODY = 13
+
+
+def loadgen(
+    door: Door,
+    seconds: float,
+    connections: int,
+    mode: str = "keepalive",
+    path: str = "/",
+    requests: int = 0,
+) -> tuple[dict[str, object], list[str]]:
+    """
+    Run bench/loadgen (C{mode}: keepalive or new, C{connections} at a time,
+    for C{seconds} or C{requests}) and return its JSON report and the
+    problems it saw (errors, statuses other than 200, bodies of the wrong
+    length).
+    """
+    argv = [door.binary, "-addr", door.addr, "-c", str(connections), "-mode", mode]
+    argv += ["-d", f"{seconds}s", "-path", path, "-timeout", "10s"]
+    argv += ["-expect-bytes", str(BIG_BYTES if path == "/big" else SMALL_BODY)]
+    if door.connect:
+        argv += ["-connect", door.connect]
+    if door.tls:
+        ca, cert, key = door.tls
+        argv += ["-tls", "-ca", ca, "-cert", cert, "-key", key, "-server-name", "127.0.0.1"]
+    if requests:
+        argv += ["-n", str(requests)]
+    out = runTool(argv, seconds + 60)
+    try:
+        report = json.loads(out)
+    except ValueError:
+        raise BenchError(f"loadgen: unreadable JSON: {out[:200]!r}") from None
+    problems = []
+    if report["errors"]:
+        samples = "; ".join(report["errorSamples"][:2])
+        problems.append(f"loadgen: {report['errors']} failed requests (e.g. {samples})")
+    if not report["ok"]:
+        raise BenchError(f"loadgen: no request answered: {problems}")
+    return report, problems
+
+
+def loadgenOK(door: Door) -> bool:
+    """Does one request through C{door} come back as a 200 with the expected body?"""
+    try:
+        report, problems = loadgen(door, 2, 1, requests=1)
+    except BenchError:
+        return False
+    return report["ok"] == 1 and not problems
+
+
+def loadgenWorkload(
+    door: Door, workload: str, seconds: int
+) -> tuple[float | tuple[float, float], list[str]]:
+    """The workloads of a bench/loadgen row, the same shapes as wrk's and hey's."""
+    if workload in ("ka1", "ka64", "newc"):
+        connections = {"ka1": 1, "ka64": 64, "newc": 16}[workload]
+        mode = "new" if workload == "newc" else "keepalive"
+        report, problems = loadgen(door, seconds, connections, mode)
+        return float(report["requestsPerSecond"]), problems  # type: ignore[arg-type]
+    if workload == "big":
+        report, problems = loadgen(door, seconds, 4, path="/big")
+        return float(report["bytesPerSecond"]) / 1e6, problems  # type: ignore[arg-type]
+    if workload == "open":
+        # As openLatency: warm-up, then sequential requests, a new connection each
+        # (and here a TLS handshake and a CONNECT each), timed to the end of the reply.
+        loadgen(door, 60, 1, "new", requests=LATENCY_WARMUP)
+        report, problems = loadgen(door, 60, 1, "new", requests=LATENCY_REQUESTS)
+        return (float(report["latencyP50Ms"]), float(report["latencyP99Ms"])), problems  # type: ignore[arg-type]
+    raise AssertionError(workload)
+
+
 def runWorkload(
     row: Row, workload: str, seconds: int
 ) -> tuple[float | tuple[float, float], list[str]]:
+    if row.door is not None:
+        return loadgenWorkload(row.door, workload, seconds)
+    assert row.http is not None and row.https is not None
     if workload == "bulk":
         assert row.iperfPort is not None
         return bulk(row.iperfPort, seconds)
@@ -808,6 +1054,8 @@ def runWorkload(
 
 #: The workloads over TLS.
 TLS_WORKLOADS = frozenset({"tka1", "tka64", "tnewc"})
+#: The workloads of the rows measured with bench/loadgen.
+LOADGEN_WORKLOADS = frozenset({"ka1", "ka64", "newc", "big", "open"})
 
 #: Why a row whose HTTPS target requires a client certificate is not measured over TLS.
 NO_CLIENT_CERTIFICATES = (
@@ -822,10 +1070,12 @@ def measures(row: Row, workload: str) -> bool:
     the TLS workloads need a target the load tools can reach without a
     client certificate.
     """
+    if row.door is not None:
+        return workload in LOADGEN_WORKLOADS
     if workload == "bulk":
         return row.iperfPort is not None
     if workload in TLS_WORKLOADS:
-        return row.https.certificate is None
+        return row.https is not None and row.https.certificate is None
     return True
 
 
@@ -917,7 +1167,15 @@ def fmt(value: float | None) -> str:
 
 
 # Ratio rows: (numerator row, denominator row).
-RATIOS = (("ours", "ssh"), ("ours", "direct"), ("fwd", "ssh"))
+RATIOS = (
+    ("ours", "ssh"),
+    ("ours", "direct"),
+    ("fwd", "ssh"),
+    *((peer, "ssh") for peer in PEER_TUNNELS),
+    ("door", "konn"),
+    ("ours", "konn"),
+    ("ldirect", "direct"),
+)
 
 
 def ratio(results: Results, top: str, bottom: str, key: str) -> float | None:
@@ -925,12 +1183,22 @@ def ratio(results: Results, top: str, bottom: str, key: str) -> float | None:
     return ours / other if ours is not None and other else None
 
 
-def table(results: Results, paths: Sequence[str]) -> str:
+def table(results: Results, paths: Sequence[str], missing: Mapping[str, str]) -> str:
+    """
+    The medians, a row per path, then the ratio rows; a path that was not
+    run (C{missing}) keeps its row, which says why, and so do the ratio
+    rows that need it.
+    """
     lines = [
         "| path | " + " | ".join(m.header for m in METRICS) + " |",
         "|---|" + "---|" * len(METRICS),
     ]
     for path in paths:
+        if path in missing:
+            lines.append(
+                f"| {LABELS[path]}: {missing[path]} | " + " | ".join("-" for _ in METRICS) + " |"
+            )
+            continue
         cells = []
         for m in METRICS:
             if not results.measured(path, m.key):
@@ -943,11 +1211,17 @@ def table(results: Results, paths: Sequence[str]) -> str:
         lines.append(f"| {LABELS[path]} | " + " | ".join(cells) + " |")
     for top, bottom in RATIOS:
         if top in paths and bottom in paths:
+            label = f"{LABELS[top]} / {LABELS[bottom]}"
+            absent = [p for p in (top, bottom) if p in missing]
+            if absent:
+                why = "; ".join(f"{SHORT[p]} not run" for p in absent)
+                lines.append(f"| {label} ({why}) | " + " | ".join("-" for _ in METRICS) + " |")
+                continue
             cells = []
             for m in METRICS:
                 got = ratio(results, top, bottom, m.key)
                 cells.append(f"{got:.2f}x" if got is not None else "-")
-            lines.append(f"| {LABELS[top]} / {LABELS[bottom]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -1016,11 +1290,12 @@ def plot(
     args: argparse.Namespace,
     info: dict[str, str],
     png: Path,
+    missing: Mapping[str, str],
 ) -> bool:
     """
     One bar chart per column of the table (throughput, request rates,
-    latency), a bar per path, each labelled with its median and, for
-    twisted-tunnel's proxy listeners, the ratio to ssh -R.  Returns False
+    latency), a bar per path, each labelled with its median and, for the
+    tunnels measured with wrk/hey/iperf3, the ratio to ssh -R.  Returns False
     (and says why) if matplotlib is missing: the report does not need it.
     """
     try:
@@ -1034,7 +1309,7 @@ def plot(
     columns = 5
     rowsOfPanels = math.ceil(len(METRICS) / columns)
     fig, axes = plt.subplots(
-        rowsOfPanels, columns, figsize=(3.4 * columns, 3.6 * rowsOfPanels), squeeze=False
+        rowsOfPanels, columns, figsize=(4.2 * columns, 4.0 * rowsOfPanels), squeeze=False
     )
     for ax, m in zip(axes.flat, METRICS, strict=False):
         shown = [p for p in paths if results.measured(p, m.key)]
@@ -1043,16 +1318,16 @@ def plot(
         bars = ax.bar(xs, [v or 0.0 for v in values], color=[COLOURS[p] for p in shown], width=0.7)
         for bar, path, v in zip(bars, shown, values, strict=True):
             label = fmt(v)
-            if path == "ours" and "ssh" in paths:
-                got = ratio(results, "ours", "ssh", m.key)
+            if (path, "ssh") in RATIOS and "ssh" in paths:
+                got = ratio(results, path, "ssh", m.key)
                 if got is not None:
-                    label += f"\n{got:.2f}x ssh"
+                    label += f"\n{got:.2f}x"
             ax.annotate(
                 label,
                 (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                 ha="center",
                 va="bottom",
-                fontsize=7,
+                fontsize=6,
                 xytext=(0, 2),
                 textcoords="offset points",
             )
@@ -1065,11 +1340,13 @@ def plot(
         ax.spines[["top", "right"]].set_visible(False)
     for ax in list(axes.flat)[len(METRICS) :]:
         ax.set_visible(False)
+    absent = "; ".join(f"{SHORT[p]}: {why}" for p, why in missing.items() if p in paths)
     fig.suptitle(
-        f"twisted-tunnel vs OpenSSH ssh -R vs direct, loopback; {info['date']}; "
+        f"twisted-tunnel, its peers, OpenSSH ssh -R and direct, loopback; {info['date']}; "
         f"{info['cpu']}; commit {info['commit']}; medians of {args.runs} runs x "
-        f"{args.seconds} s",
-        fontsize=10,
+        f"{args.seconds} s; load average {info['loadavg']}; under a bar: its ratio to ssh -R"
+        + (f"\nnot run: {textwrap.shorten(absent, 220)}" if absent else ""),
+        fontsize=9,
     )
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
@@ -1099,6 +1376,9 @@ def machine() -> dict[str, str]:
             else "?"
         )
 
+    versions = []
+    for name in (*PEER_TUNNELS, "konnectivity"):
+        versions.append(f"{name} {peerbuild.version(name)}")
     head = out(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     dirty = out(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
     return {
@@ -1115,7 +1395,17 @@ def machine() -> dict[str, str]:
                 out(["ssh", "-V"]),
             ]
         ),
+        "peers": "; ".join(versions),
+        "loadavg": loadavg(),
     }
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages (how busy the machine was, others included)."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
 
 
 def quietness(results: Results) -> str:
@@ -1145,6 +1435,7 @@ def report(
     args: argparse.Namespace,
     info: dict[str, str],
     png: Path | None,
+    setup: Setup,
 ) -> str:
     entry = os.environ.get("BENCH_ENTRY", f"{sys.executable} bench/bench.py")
     command = " ".join([entry, *map(shlex.quote, sys.argv[1:])])
@@ -1158,6 +1449,9 @@ def report(
         f"{args.seconds} s per workload; medians)",
         f"- twisted-tunnel commit: {info['commit']}; Python {info['python']}",
         f"- tools: {info['tools']}",
+        f"- peers: {info['peers']} (bench/peers/README.md says how each is built and driven)",
+        f"- load average (1, 5, 15 min) at the start: {info.get('loadavgStart', '?')}; "
+        f"at the end: {info['loadavg']}",
         f"- {quietness(results)}",
         "",
         "Medians over the runs. Throughput and req/s: higher is better. Stream-open latency",
@@ -1168,10 +1462,16 @@ def report(
         f"listener with `Host: {NODE_IP}:<nginx port>`, HTTPS requests to its HTTPS proxy",
         "listener (TLS ended there and made again to nginx); bulk (iperf3 is not HTTP) goes",
         "through a `--forward` listener. twisted-tunnel (--forward): static listeners, the",
-        "shape of `ssh -R`, TLS carried end to end as through ssh. Ratio rows divide the",
-        "first row's median by the second's.",
+        "shape of `ssh -R`, TLS carried end to end as through ssh. twisted-tunnel (CONNECT",
+        "door): bench/loadgen over mutual TLS to the door, `CONNECT` to the node's nginx, then",
+        "GETs through the tunnel (keep-alive: one CONNECT per connection; new connection: TLS,",
+        "CONNECT and GET each; stream open: the same, one at a time, timed to the end of the",
+        "reply). frp, chisel, rathole: one server and one client each, forwarding nginx's two",
+        "ports and an iperf3 sink like `ssh -R` (TLS end to end through them), measured with",
+        "the same tools as `ssh -R`. direct (loadgen): bench/loadgen straight to nginx, to",
+        "compare it with wrk and hey. Ratio rows divide the first row's median by the second's.",
         "",
-        table(results, paths),
+        table(results, paths, setup.missing),
         "",
     ]
     if png is not None:
@@ -1197,6 +1497,10 @@ def report(
             "",
         ]
     parts += ["Every run:", "", rawRuns(results, paths), ""]
+    if setup.commands:
+        parts += ["How each tunnel was started (ports and paths of this run):", ""]
+        for tunnel, commands in setup.commands.items():
+            parts += [f"- {tunnel}:", "", *(f"      {c}" for c in commands), ""]
     if results.notes:
         parts += ["Notes (errors reported by the load tools, failed workloads):", ""]
         parts += [f"- {note}" for note in results.notes]
@@ -1206,7 +1510,8 @@ def report(
 
 def parseArgs(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="bench.py", description="twisted-tunnel vs OpenSSH ssh -R vs direct, in one run."
+        prog="bench.py",
+        description="twisted-tunnel vs its peers vs OpenSSH ssh -R vs direct, in one run.",
     )
     parser.add_argument(
         "--seconds", type=int, default=5, help="length of each workload (default 5)"
@@ -1221,8 +1526,9 @@ def parseArgs(argv: Sequence[str]) -> argparse.Namespace:
         "--only",
         choices=TUNNELS,
         action="append",
-        help="measure only this path (repeatable): direct, ssh or ours (ours: both its "
-        "proxy-listener and its --forward rows)",
+        help="measure only this path (repeatable): " + ", ".join(TUNNELS) + " (ours: its "
+        "proxy-listener, --forward and CONNECT door rows; direct: with wrk/hey and with "
+        "bench/loadgen)",
     )
     parser.add_argument(
         "--keep",
@@ -1243,7 +1549,11 @@ def ourTrouble(setup: Setup, results: Results) -> None:
     Note what was not measured and tunnel reconnections; show the daemon
     logs if a workload failed or a daemon died.
     """
-    if any(not measures(setup.rows[row], w) for row in ROWS_OF["ours"] for w in TLS_WORKLOADS):
+    if any(
+        row in setup.rows and not measures(setup.rows[row], w)
+        for row in ("ours", "fwd")
+        for w in TLS_WORKLOADS
+    ):
         results.notes.append(NO_CLIENT_CERTIFICATES)
         log(NO_CLIENT_CERTIFICATES)
     serverLog = setup.procs.get("edge-tunnel-server").logPath.read_text(errors="replace")
@@ -1276,8 +1586,11 @@ def printKept(setup: Setup) -> None:
     print("where the load tools go:")
     for path, row in setup.rows.items():
         print(f"  {LABELS[path]}:")
-        print(f"    HTTP  {row.http.describe()}")
-        print(f"    HTTPS {row.https.describe()}")
+        if row.door is not None:
+            print(f"    bench/loadgen: {row.door.describe()}")
+        if row.http is not None and row.https is not None:
+            print(f"    HTTP  {row.http.describe()}")
+            print(f"    HTTPS {row.https.describe()}")
         if row.iperfPort is not None:
             print(f"    iperf3 -c 127.0.0.1 -p {row.iperfPort}")
     print("other ports:")
@@ -1311,13 +1624,25 @@ def main(argv: Sequence[str]) -> int:
     setup = Setup(work, Processes(work, log))
     results = Results()
     keep = False
+    loadStart = loadavg()
     try:
         pki = mintPKI(work)
         startEdge(setup, tunnels, pki)
-        starters = {"direct": startDirect, "ssh": startSSH, "ours": startOurs}
+        starts: dict[str, Callable[[Setup, Path], None]] = {
+            "direct": startDirect,
+            "ssh": startSSH,
+            "ours": startOurs,
+            **{peer: partial(startPeer, name=peer) for peer in PEER_TUNNELS},
+            "konnectivity": startKonnectivity,
+        }
         for tunnel in tunnels:
             try:
-                starters[tunnel](setup, pki)
+                starts[tunnel](setup, pki)
+            except NotRun as e:
+                # A peer that is not built: its rows say so, the others run.
+                log(f"{tunnel}: {e}")
+                for row in ROWS_OF[tunnel]:
+                    setup.missing[row] = str(e)
             except BenchError as e:
                 log(f"{tunnel} did not start: {e}")
                 for entry in setup.procs.started:
@@ -1326,8 +1651,14 @@ def main(argv: Sequence[str]) -> int:
                             f"--- tail of {entry.logPath.name} ---\n{tail(entry.logPath)}",
                             file=sys.stderr,
                         )
+                if tunnel in PEER_TUNNELS:  # a peer's trouble does not stop the run
+                    for row in ROWS_OF[tunnel]:
+                        setup.missing[row] = f"did not start: {e}"
+                    continue
                 keep = args.keep
                 return 1
+        for row, why in setup.missing.items():
+            results.notes.append(f"{LABELS[row]}: not run: {why}")
         if args.keep:
             keep = True
             printKept(setup)
@@ -1335,16 +1666,19 @@ def main(argv: Sequence[str]) -> int:
         memory = tcpMemory()
         if memory is not None and memory.strained():
             log(f"warning: {memory.describe()}; wait until the machine is quiet")
-        plan = [(w, p) for w in WORKLOADS for p in paths if measures(setup.rows[p], w)]
+        paths = [p for p in paths if p in setup.rows or p in setup.missing]
+        running = [p for p in paths if p in setup.rows]
+        plan = [(w, p) for w in WORKLOADS for p in running if measures(setup.rows[p], w)]
         if args.runs:
             log(
-                f"measuring {', '.join(paths)}: {args.runs} runs x {len(plan)} measurements, "
+                f"measuring {', '.join(running)}: {args.runs} runs x {len(plan)} measurements, "
                 f"about {args.runs * len(plan) * (args.seconds + 1.5) / 60:.0f} min"
             )
         for run in range(1, args.runs + 1):
             # Rotate the order of the paths from run to run, so that none is
             # always measured first (or right after the heaviest one).
-            order = paths[(run - 1) % len(paths) :] + paths[: (run - 1) % len(paths)]
+            turn = (run - 1) % len(running)
+            order = running[turn:] + running[:turn]
             for workload in WORKLOADS:
                 for path in order:
                     if measures(setup.rows[path], workload):
@@ -1355,19 +1689,19 @@ def main(argv: Sequence[str]) -> int:
             ourTrouble(setup, results)
         if args.runs:
             log(quietness(results))
-            print(table(results, paths), flush=True)
+            print(table(results, paths, setup.missing), flush=True)
             info = machine()
+            info["loadavgStart"] = loadStart
             if set(tunnels) == set(TUNNELS):
                 target = RESULTS / "latest.md"
             else:  # a partial (profiling) run must not replace the full comparison
                 target = RESULTS / "tmp" / f"latest-{'-'.join(tunnels)}.md"
             target.parent.mkdir(parents=True, exist_ok=True)
             png = target.with_suffix(".png")
-            drawn = plot(results, paths, args, info, png)
-            target.write_text(report(results, paths, args, info, png if drawn else None))
-            target.with_suffix(".json").write_text(
-                json.dumps({"info": info, **results.toJSON()}, indent=1) + "\n"
-            )
+            drawn = plot(results, paths, args, info, png, setup.missing)
+            target.write_text(report(results, paths, args, info, png if drawn else None, setup))
+            document = {"info": info, **results.toJSON(), "notRun": setup.missing}
+            target.with_suffix(".json").write_text(json.dumps(document, indent=1) + "\n")
             log(f"wrote {target.relative_to(REPO)}" + (f" and {png.name}" if drawn else ""))
             if results.notes:
                 where = target.relative_to(REPO)

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# `make bench`: the same workloads direct, through OpenSSH `ssh -R` and through twisted-tunnel,
-# side by side in one run.  This wrapper only installs the load tools (like
+# `make bench`: the same workloads direct, through OpenSSH `ssh -R`, through twisted-tunnel and
+# through its peers (frp, chisel, rathole, built by `make peers` with bench/loadgen), side by
+# side in one run.  This wrapper only installs the load tools (like
 # /work/shared/bench/openssh-baseline.sh does) and matplotlib for the plot, and hands over to
 # bench/bench.py.
 #
-# usage: bash bench/run.sh [--seconds S] [--runs N] [--only direct|ssh|ours] [--keep]
+# usage: bash bench/run.sh [--seconds S] [--runs N] [--only TUNNEL ...] [--keep]
+#        TUNNEL: direct ssh ours frp chisel rathole konnectivity (all by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -50,6 +50,16 @@ def cacheRoot() -> Path:
     return gobuild.cacheRoot("peers")
 
 
+#: Go modules of our own that the benchmark builds with the same machinery
+#: (name -> the folder that holds the module's folder): the CONNECT load generator.
+TOOLS = {"loadgen": REPO / "bench"}
+
+#: A peer whose folder holds this file is not built: its text says why (the
+#: registry's refusal, as it was answered), so that `make peers` does not ask
+#: the registry again on every run.  Delete the file to try once more.
+REFUSED = "refused.txt"
+
+
 def goPeers() -> list[str]:
     return gobuild.components(HERE)
 
@@ -58,8 +68,74 @@ def cargoPeers() -> list[str]:
     return sorted(p.name for p in HERE.iterdir() if (p / "cargo.txt").exists())
 
 
+def refusedPeers() -> list[str]:
+    return sorted(p.name for p in HERE.iterdir() if (p / REFUSED).exists())
+
+
 def peers() -> list[str]:
-    return sorted(goPeers() + cargoPeers())
+    return sorted(set(goPeers() + cargoPeers() + refusedPeers()))
+
+
+def buildable() -> list[str]:
+    """What C{make peers} builds: every peer, and the tools of L{TOOLS}."""
+    return peers() + sorted(TOOLS)
+
+
+def version(name: str) -> str:
+    """
+    The pinned version of peer C{name}: of the module its C{build.txt}'s
+    first package belongs to (as C{go.mod} requires it), or the crate's
+    version in C{cargo.txt}; "?" if neither says.
+    """
+    folder = HERE / name
+    if (folder / "cargo.txt").exists():
+        (crate, pinned, *_), _ = cargoSpec(name)
+        return pinned
+    if not (folder / "build.txt").exists() or not (folder / "go.mod").exists():
+        return "?"
+    packages = [
+        line.strip()
+        for line in (folder / "build.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    best = ("", "?")
+    for line in (folder / "go.mod").read_text().splitlines():
+        words = line.replace("require", "").split()
+        if len(words) >= 2 and words[1].startswith("v") and packages:
+            module = words[0]
+            if packages[0].startswith(module) and len(module) > len(best[0]):
+                best = (module, words[1])
+    return best[1]
+
+
+class Refused(Exception):
+    """The peer is known not to build here (its C{refused.txt} says why)."""
+
+
+def refused(name: str) -> str | None:
+    """Why C{name} is not built, from its C{refused.txt} (comment lines left out)."""
+    path = HERE / name / REFUSED
+    if not path.exists():
+        return None
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+    return " ".join(" ".join(lines).split())
+
+
+def failure(name: str, root: Path | None = None) -> str | None:
+    """
+    Why C{name} is not built, if it is not: its C{refused.txt}, or the last
+    lines of the error of its last failed build (kept by L{main} in the
+    cache as C{<name>.failed}), or that it was never built.
+    """
+    why = refused(name)
+    if why:
+        return why
+    if cached(name, root) is not None:
+        return None
+    failed = (root or cacheRoot()) / f"{name}.failed"
+    if failed.exists():
+        return " / ".join(failed.read_text().split("\n")).strip(" /")
+    return "never built (make peers)"
 
 
 def cargoSpec(name: str) -> tuple[list[str], list[tuple[str, str]]]:
@@ -172,6 +248,11 @@ def cargoBuild(name: str, root: Path) -> tuple[Path, float]:
 def build(name: str, root: Path | None = None) -> tuple[Path, float]:
     """The bin directory of peer C{name}, built if not cached; and the build's seconds."""
     root = root or cacheRoot()
+    why = refused(name)
+    if why:
+        raise Refused(why)
+    if name in TOOLS:
+        return gobuild.build(name, TOOLS[name], root)
     try:
         if (HERE / name / "cargo.txt").exists():
             return cargoBuild(name, root)
@@ -186,31 +267,71 @@ def build(name: str, root: Path | None = None) -> tuple[Path, float]:
 def cached(name: str, root: Path | None = None) -> Path | None:
     """The bin directory of peer C{name} if it is built for its current pin."""
     root = root or cacheRoot()
+    if refused(name):
+        return None
+    if name in TOOLS:
+        return gobuild.cached(name, TOOLS[name], root)
     if (HERE / name / "cargo.txt").exists():
         target = root / f"{name}-{cargoKey(name)}"
         return target / "bin" if (target / DONE).exists() else None
     return gobuild.cached(name, HERE, root)
 
 
+def buildOne(name: str) -> int:
+    """Build C{name} in this process: C{main} runs each build as a child of its own."""
+    try:
+        binaries, seconds = build(name)
+    except Refused as e:
+        print(f"{name}: not built: {e}", file=sys.stderr, flush=True)
+        return 1
+    except subprocess.CalledProcessError as e:
+        print(f"{name}: build failed ({e})", file=sys.stderr, flush=True)
+        return 1
+    how = f"built in {seconds:.0f} s" if seconds else "cached"
+    print(f"{name}={binaries}  # {how}", flush=True)
+    return 0
+
+
+def _errorLines(output: str) -> str:
+    """The lines of a failed build's output that say what went wrong (the last few)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower() or line.startswith("go: ")]
+    return "\n".join((errors or lines)[-4:])
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--one"] and len(argv) == 2:
+        return buildOne(argv[1])
     keepGoing = "--keep-going" in argv
-    names = [arg for arg in argv if arg != "--keep-going"] or peers()
-    unknown = [name for name in names if name not in peers()]
+    names = [arg for arg in argv if arg != "--keep-going"] or buildable()
+    unknown = [name for name in names if name not in buildable()]
     if unknown:
         print(
-            f"unknown peer(s): {', '.join(unknown)}; known: {', '.join(peers())}", file=sys.stderr
+            f"unknown peer(s): {', '.join(unknown)}; known: {', '.join(buildable())}",
+            file=sys.stderr,
         )
         return 2
     failed = []
+    root = cacheRoot()
     for name in names:
-        try:
-            binaries, seconds = build(name)
-        except subprocess.CalledProcessError as e:
-            print(f"{name}: build failed ({e})", file=sys.stderr, flush=True)
+        # A child per build, its standard error passed through and kept, so
+        # that a failure's reason is there for the benchmark to show.
+        child = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--one", name],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stderr is not None
+        output = []
+        for line in child.stderr:
+            sys.stderr.write(line)
+            output.append(line)
+        root.mkdir(parents=True, exist_ok=True)
+        if child.wait():
             failed.append(name)
-            continue
-        how = f"built in {seconds:.0f} s" if seconds else "cached"
-        print(f"{name}={binaries}  # {how}", flush=True)
+            (root / f"{name}.failed").write_text(_errorLines("".join(output)) + "\n")
+        else:
+            (root / f"{name}.failed").unlink(missing_ok=True)
     if failed:
         print(f"not built: {', '.join(failed)} (errors above)", file=sys.stderr, flush=True)
     return 1 if failed and not keepGoing else 0

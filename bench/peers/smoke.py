@@ -23,11 +23,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import random
 import re
 import shutil
 import socket
-import string
 import subprocess
 import sys
 import tempfile
@@ -44,49 +42,18 @@ for entry in (str(REPO), str(HERE.parent), str(HERE)):
         sys.path.insert(0, entry)
 
 import build as peerbuild  # noqa: E402  (bench/peers/build.py)
-from _procs import BenchError, Processes, freePort  # noqa: E402  (bench/_procs.py)
+from _procs import BenchError, Processes  # noqa: E402  (bench/_procs.py)
+from starters import (  # noqa: E402  (bench/peers/starters.py)
+    PEERS,
+    READY_SECONDS,
+    memoryKiB,
+    portBelow,
+    startTunnel,
+    waitListening,
+)
 
-#: How long a tunnel may take to carry its first probe after its processes start.
-READY_SECONDS = 30.0
 #: How long one transfer may take.
 TRANSFER_SECONDS = 60.0
-TOKEN = "twisted-tunnel-bench"
-
-
-def portBelow(limit: int = 49151) -> int:
-    """
-    A free loopback port no higher than C{limit}: Konnectivity refuses
-    ephemeral ports (above 49151), where the kernel's own picks usually are.
-    """
-    for _ in range(200):
-        port = random.randint(20000, min(limit, 32000))
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise BenchError("no free port below 32000 on 127.0.0.1")
-
-
-def render(template: Path, target: Path, **values: object) -> Path:
-    """C{template} with its C{${NAME}} placeholders filled in, written to C{target}."""
-    text = string.Template(template.read_text()).substitute({k: str(v) for k, v in values.items()})
-    target.write_text(text)
-    return target
-
-
-def waitListening(port: int, procs: Processes, name: str) -> None:
-    """Until 127.0.0.1:C{port} accepts, so that the client does not start before its server."""
-    deadline = time.monotonic() + READY_SECONDS
-    while time.monotonic() < deadline:
-        procs.checkAlive([name])
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise BenchError(f"{name} did not listen on 127.0.0.1:{port} within {READY_SECONDS:.0f} s")
 
 
 class EchoServer:
@@ -250,24 +217,6 @@ def transfer(dial: Dialer, size: int) -> Transfer:
     return Transfer(ok, seconds, received, halfClose, why)
 
 
-def memoryKiB(pid: int) -> tuple[int, int]:
-    """
-    The process's RSS and PSS in KiB: RSS counts every page of its binary
-    that it touched, which N processes of one binary share; PSS charges each
-    of them its share, so PSS is what adds up over many clients.
-    """
-    rss = pss = 0
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Rss:"):
-                rss = int(line.split()[1])
-            elif line.startswith("Pss:"):
-                pss = int(line.split()[1])
-    except OSError:
-        pass
-    return rss, pss
-
-
 @dataclass
 class Setup:
     """What a peer's starter hands back: how to reach the echo service through it."""
@@ -278,50 +227,18 @@ class Setup:
     commands: list[str] = field(default_factory=list)
 
 
-def startFrp(bins: Path, work: Path, procs: Processes, echo: int) -> Setup:
-    server, remote = freePort(), freePort()
-    values = dict(SERVER_PORT=server, REMOTE_PORT=remote, LOCAL_PORT=echo, TOKEN=TOKEN)
-    frps = render(HERE / "frp" / "frps.toml", work / "frps.toml", **values)
-    frpc = render(HERE / "frp" / "frpc.toml", work / "frpc.toml", **values)
-    commands = [[str(bins / "frps"), "-c", str(frps)], [str(bins / "frpc"), "-c", str(frpc)]]
-    procs.start("frps", commands[0])
-    waitListening(server, procs, "frps")
-    procs.start("frpc", commands[1])
-    return Setup(tcpDialer(remote), ["frps", "frpc"], [" ".join(c) for c in commands])
+Starter = Callable[[Path, Path, Processes, int], Setup]
 
 
-def startChisel(bins: Path, work: Path, procs: Processes, echo: int) -> Setup:
-    server, remote = freePort(), freePort()
-    auth = f"bench:{TOKEN}"
-    commands = [
-        [str(bins / "chisel"), "server", "--host", "127.0.0.1", "--port", str(server)]
-        + ["--reverse", "--auth", auth],
-        [str(bins / "chisel"), "client", "--auth", auth, f"http://127.0.0.1:{server}"]
-        + [f"R:127.0.0.1:{remote}:127.0.0.1:{echo}"],
-    ]
-    procs.start("chisel-server", commands[0])
-    waitListening(server, procs, "chisel-server")
-    procs.start("chisel-client", commands[1])
-    return Setup(
-        tcpDialer(remote), ["chisel-server", "chisel-client"], [" ".join(c) for c in commands]
-    )
+def tcpStarter(name: str) -> Starter:
+    """The starter of a TCP-forwarding peer (L{starters.PEERS}): one forward, to the echo."""
+    peer = PEERS[name]
 
+    def start(bins: Path, work: Path, procs: Processes, echo: int) -> Setup:
+        tunnel = startTunnel(peer, bins, work, procs, [echo])
+        return Setup(tcpDialer(tunnel.remotes[echo]), tunnel.ends, tunnel.commands)
 
-def startRathole(bins: Path, work: Path, procs: Processes, echo: int) -> Setup:
-    server, remote = freePort(), freePort()
-    values = dict(SERVER_PORT=server, REMOTE_PORT=remote, LOCAL_PORT=echo, TOKEN=TOKEN)
-    serverToml = render(HERE / "rathole" / "server.toml", work / "server.toml", **values)
-    clientToml = render(HERE / "rathole" / "client.toml", work / "client.toml", **values)
-    commands = [
-        [str(bins / "rathole"), "--server", str(serverToml)],
-        [str(bins / "rathole"), "--client", str(clientToml)],
-    ]
-    procs.start("rathole-server", commands[0])
-    waitListening(server, procs, "rathole-server")
-    procs.start("rathole-client", commands[1])
-    return Setup(
-        tcpDialer(remote), ["rathole-server", "rathole-client"], [" ".join(c) for c in commands]
-    )
+    return start
 
 
 def konnectivityPKI(work: Path) -> Path:
@@ -434,13 +351,11 @@ def startKonnectivityMTLS(bins: Path, work: Path, procs: Processes, echo: int) -
     return Setup(dial, ends, [" ".join(c) for c in commands])
 
 
-Starter = Callable[[Path, Path, Processes, int], Setup]
-
 #: The variant's name -> (the peer whose binaries it runs, its starter).
 VARIANTS: dict[str, tuple[str, Starter]] = {
-    "frp": ("frp", startFrp),
-    "chisel": ("chisel", startChisel),
-    "rathole": ("rathole", startRathole),
+    "frp": ("frp", tcpStarter("frp")),
+    "chisel": ("chisel", tcpStarter("chisel")),
+    "rathole": ("rathole", tcpStarter("rathole")),
     "konnectivity": ("konnectivity", startKonnectivity),
     "konnectivity-mtls": ("konnectivity", startKonnectivityMTLS),
 }

@@ -72,3 +72,28 @@ class CPUPerRequestTests(SynchronousTestCase):
         self.assertIn("| keep-alive c=1 | keep-alive c=64 |", table)
         self.assertIn(f"| {bench.LABELS['ours']} | - | 50 | - |", table)
         self.assertEqual(bench.cpuPerRequestTable(bench.Results(), ["ours"]), "")
+
+
+class LoadgenRowTests(SynchronousTestCase):
+    def test_doorRowsTakeTheLoadgenWorkloads(self) -> None:
+        """A row measured with bench/loadgen runs its workloads only: no bulk, no HTTPS."""
+        door = bench.Row(None, None, None, [], [], door=bench.Door("loadgen", "127.0.0.1:1"))
+        measured = {w for w in bench.WORKLOADS if bench.measures(door, w)}
+        self.assertEqual(measured, {"ka1", "ka64", "newc", "big", "open"})
+
+
+class MissingRowTests(SynchronousTestCase):
+    def test_notRunRowsSayWhy(self) -> None:
+        """
+        A tunnel that was not run keeps its row, with the reason; ratio rows
+        that need it are empty and say which side was not run; the others
+        are computed.
+        """
+        results = bench.Results()
+        for path, rate in (("ssh", 4_000.0), ("frp", 3_000.0), ("door", 2_000.0)):
+            results.add(path, "ka1", rate)
+        missing = {"konn": "not built: refused by the module proxy"}
+        table = bench.table(results, ["ssh", "frp", "door", "konn"], missing)
+        self.assertIn(f"| {bench.LABELS['konn']}: not built: refused by the module proxy |", table)
+        self.assertIn(f"| {bench.LABELS['frp']} / {bench.LABELS['ssh']} | - | 0.75x |", table)
+        self.assertIn("(Konnectivity not run) | - | - |", table)

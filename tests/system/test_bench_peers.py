@@ -68,3 +68,25 @@ class PeerSmokeTests(SynchronousTestCase):
 
     def test_konnectivityMTLS(self) -> None:
         self._smoke("konnectivity-mtls", "konnectivity")
+
+
+class BuildListTests(SynchronousTestCase):
+    def test_pinsAndRefusals(self) -> None:
+        """
+        What the benchmark's report says of the peers: each pin as its
+        go.mod or cargo.txt gives it, and for a refused peer the refusal
+        (without asking the registry), so that it is never tried again.
+        """
+        build = _loadBuild()
+        self.assertEqual(
+            {name: build.version(name) for name in ("frp", "chisel", "rathole")},
+            {"frp": "v0.68.1", "chisel": "v1.12.1", "rathole": "0.5.0"},
+        )
+        why = build.refused("konnectivity")
+        self.assertIn("403", why)
+        self.assertEqual(build.failure("konnectivity"), why)
+        self.assertIsNone(build.cached("konnectivity"))
+        self.assertIsNone(build.refused("frp"))
+        self.assertIn("loadgen", build.buildable())
+        with self.assertRaises(build.Refused):
+            build.build("openyurt")

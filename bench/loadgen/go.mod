@@ -1,0 +1,3 @@
+module twisted-tunnel.bench/loadgen
+
+go 1.26.8
