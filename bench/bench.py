@@ -205,6 +205,8 @@ class Target:
     #: the client certificate and key the target requires (the HTTPS proxy
     #: listener always does), or None
     certificate: tuple[str, str] | None = None
+    #: the CA that signed the target's own certificate, with C{certificate}
+    authority: str | None = None
 
     def url(self, path: str = "/") -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}{path}"
@@ -275,6 +277,8 @@ class Door:
     addr: str
     connect: str | None = None
     tls: tuple[str, str, str] | None = None
+    #: the Host header of the GETs (without CONNECT: a proxy listener routes by it)
+    host: str | None = None
 
     def describe(self) -> str:
         how = f"CONNECT {self.connect} at {self.addr}" if self.connect else f"http://{self.addr}/"
@@ -579,6 +583,7 @@ def startOurs(setup: Setup, pki: Path) -> None:
                 httpsProxy,
                 f"{NODE_IP}:{edge.https}",
                 (f"{pki}/client.pem", f"{pki}/client-key.pem"),
+                f"{pki}/ca.pem",
             ),
             iperfPort=tIperf,
             watch=["nginx", "iperf3-ours", "edge-tunnel-server", "edge-tunnel-agent"],
@@ -975,6 +980,8 @@ def loadgen(
     argv += ["-expect-bytes", str(BIG_BYTES if path == "/big" else SMALL_BODY)]
     if door.connect:
         argv += ["-connect", door.connect]
+    if door.host:
+        argv += ["-host", door.host]
     if door.tls:
         ca, cert, key = door.tls
         argv += ["-tls", "-ca", ca, "-cert", cert, "-key", key, "-server-name", "127.0.0.1"]
@@ -1043,6 +1050,9 @@ def runWorkload(
         return bigGets(row.http, seconds)
     if workload == "open":
         return openLatency(row.http)
+    if workload in TLS_WORKLOADS and row.https.certificate is not None:
+        # a listener that asks for a client certificate: bench/loadgen presents one
+        return loadgenWorkload(clientCertificateDoor(row.https), workload[1:], seconds)
     if workload == "tka1":
         return keepAlive(row.https, seconds, 1)
     if workload == "tka64":
@@ -1060,22 +1070,43 @@ LOADGEN_WORKLOADS = frozenset({"ka1", "ka64", "newc", "big", "open"})
 #: Why a row whose HTTPS target requires a client certificate is not measured over TLS.
 NO_CLIENT_CERTIFICATES = (
     "HTTPS through the proxy listener is not measured: the listener requires a client "
-    "certificate (issue 12), and wrk and hey cannot present one"
+    "certificate (issue 12), wrk and hey cannot present one, and bench/loadgen (which "
+    "does) is not built"
 )
+
+
+def clientCertificateDoor(target: Target) -> Door:
+    """bench/loadgen straight to C{target} (no CONNECT), over TLS with its client certificate."""
+    assert target.certificate is not None and target.authority is not None
+    cert, key = target.certificate
+    return Door(
+        loadgenBinary(),
+        f"127.0.0.1:{target.port}",
+        tls=(target.authority, cert, key),
+        host=target.host,
+    )
 
 
 def measures(row: Row, workload: str) -> bool:
     """
     Does this row take part in this workload?  Bulk needs an iperf3 path;
-    the TLS workloads need a target the load tools can reach without a
-    client certificate.
+    the TLS workloads need a target the load tools can reach: without a
+    client certificate with wrk and hey, with one with bench/loadgen.
     """
     if row.door is not None:
         return workload in LOADGEN_WORKLOADS
     if workload == "bulk":
         return row.iperfPort is not None
     if workload in TLS_WORKLOADS:
-        return row.https is not None and row.https.certificate is None
+        if row.https is None:
+            return False
+        if row.https.certificate is None:
+            return True
+        try:
+            loadgenBinary()
+        except NotRun:
+            return False
+        return True
     return True
 
 

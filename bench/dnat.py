@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import re
 import shutil
@@ -51,6 +52,8 @@ from _procs import REPO, BenchError, Processes, twistd  # noqa: E402
 
 CLOUD_IP, NODE_IP = "10.252.0.1", "10.252.0.2"
 NGINX_PORT, LISTENER_PORT, SSH_FORWARD, SSHD_PORT, TUNNEL_PORT = 8080, 18080, 18081, 18022, 18062
+#: nginx over TLS (as a kubelet's 10250), the HTTPS proxy listener, and ssh -R's forward of it
+NGINX_TLS_PORT, TLS_LISTENER_PORT, SSH_TLS_FORWARD = 8443, 18443, 18444
 NODE = "edge-1"
 BIG_BYTES = 10 * 1024 * 1024
 
@@ -60,6 +63,11 @@ WORKLOADS: dict[str, str] = {
     "ka64": "keep-alive, 64 connections (wrk -c64), req/s",
     "newc": "new connection per request, 16 at once (hey -disable-keepalive), req/s",
     "big": "10 MiB GETs, 4 at once (hey), MB/s",
+    # HTTPS to https://<node-ip>:8443/ with bench/loadgen, which presents a client
+    # certificate (the HTTPS proxy listener asks for one); ssh -R carries nginx's TLS
+    "tka1": "HTTPS keep-alive, 1 connection (loadgen), req/s",
+    "tka64": "HTTPS keep-alive, 64 connections (loadgen), req/s",
+    "tnewc": "HTTPS new connection per request, 16 at once (loadgen), req/s",
     # not a measurement: what the smoke test runs (curl is all it needs)
     "check": "GET / and /big with curl, the 10 MiB compared (1 = right)",
 }
@@ -133,7 +141,8 @@ def startNginx(nets: Namespaces, work: Path, procs: Processes) -> None:
         f"""worker_processes 1; daemon off; pid {work}/nginx.pid; error_log {work}/nginx.err;
 events {{ worker_connections 4096; }}
 http {{ access_log off;
-  server {{ listen {NODE_IP}:{NGINX_PORT};
+  ssl_certificate {work}/pki/edge.pem; ssl_certificate_key {work}/pki/edge-key.pem;
+  server {{ listen {NODE_IP}:{NGINX_PORT}; listen {NODE_IP}:{NGINX_TLS_PORT} ssl;
     location = / {{ return 200 "ok-from-edge\\n"; }}
     location = /big {{ alias {work}/big.bin; }} }} }}
 """
@@ -165,23 +174,37 @@ def startSSH(nets: Namespaces, work: Path, procs: Processes) -> None:
         " -o BatchMode=yes -o ExitOnForwardFailure=yes"
     ).split()
     forward = f"127.0.0.1:{SSH_FORWARD}:{NODE_IP}:{NGINX_PORT}"
+    forwardTLS = f"127.0.0.1:{SSH_TLS_FORWARD}:{NODE_IP}:{NGINX_TLS_PORT}"
     ssh = [
         "ssh", "-N", *options, "-i", str(work / "user"), "-p", str(SSHD_PORT),
-        "-R", forward, f"{getpass.getuser()}@{CLOUD_IP}",
+        "-R", forward, "-R", forwardTLS, f"{getpass.getuser()}@{CLOUD_IP}",
     ]  # fmt: skip
     procs.start("ssh", nets.inside(nets.edge, ssh))
     waitFor("ssh -R", lambda: curlOK(nets, f"http://127.0.0.1:{SSH_FORWARD}/"), procs)
 
 
 def mintPKI(work: Path) -> Path:
-    from twisted_tunnel.tls.certs import mintAgent, mintCA, mintServer, writePair
+    """
+    The tunnel's CA (server, agent, the proxy client certificate, the
+    HTTPS listener's serving certificate for the node IP the client dials,
+    and the load tool's client certificate) and the edge's CA, which signs
+    nginx's serving certificate as a cluster CA signs kubelets'.
+    """
+    from twisted_tunnel.tls.certs import mintAgent, mintCA, mintClient, mintServer, writePair
 
     pki = work / "pki"
     pki.mkdir()
     ca = mintCA()
     writePair(ca, pki / "ca.pem", pki / "ca-key.pem")
-    writePair(mintServer(ca, [CLOUD_IP]), pki / "server.pem", pki / "server-key.pem")
+    writePair(mintServer(ca, [CLOUD_IP, NODE_IP]), pki / "server.pem", pki / "server-key.pem")
     writePair(mintAgent(ca, NODE, [NODE_IP]), pki / "agent.pem", pki / "agent-key.pem")
+    writePair(
+        mintClient(ca, "kube-apiserver-kubelet-client"), pki / "proxy.pem", pki / "proxy-key.pem"
+    )
+    writePair(mintClient(ca, "bench-client"), pki / "client.pem", pki / "client-key.pem")
+    edge = mintCA("edge kubelet CA")
+    writePair(edge, pki / "edge-ca.pem", pki / "edge-ca-key.pem")
+    writePair(mintServer(edge, [NODE_IP]), pki / "edge.pem", pki / "edge-key.pem")
     return pki
 
 
@@ -190,7 +213,7 @@ def startOurs(nets: Namespaces, work: Path, pki: Path, tree: Path, procs: Proces
     config = work / "edge-tunnel-server-cfg.yaml"
     config.write_text(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: edge-tunnel-server-cfg\n"
-        f'data:\n  http-proxy-ports: "{NGINX_PORT}"\n'
+        f'data:\n  http-proxy-ports: "{NGINX_PORT}"\n  https-proxy-ports: "{NGINX_TLS_PORT}"\n'
     )
     env = dict(os.environ, PYTHONPATH=str(tree))
     server = twistd(
@@ -198,7 +221,11 @@ def startOurs(nets: Namespaces, work: Path, pki: Path, tree: Path, procs: Proces
         f"--tunnel-endpoint=tcp:{TUNNEL_PORT}:interface={CLOUD_IP}",
         f"--ca={pki}/ca.pem", f"--cert={pki}/server.pem", f"--key={pki}/server-key.pem",
         f"--http-proxy-endpoint=tcp:{LISTENER_PORT}:interface={CLOUD_IP}",
-        "--https-proxy-endpoint=none", "--tcp-proxy-endpoint=none", "--connect-endpoint=none",
+        f"--https-proxy-endpoint=tcp:{TLS_LISTENER_PORT}:interface={CLOUD_IP}",
+        f"--proxy-serving-cert={pki}/server.pem", f"--proxy-serving-key={pki}/server-key.pem",
+        f"--proxy-client-cert={pki}/proxy.pem", f"--proxy-client-key={pki}/proxy-key.pem",
+        f"--proxy-client-ca={pki}/edge-ca.pem",
+        "--tcp-proxy-endpoint=none", "--connect-endpoint=none",
         f"--config={config}",
     )  # fmt: skip
     procs.start("edge-tunnel-server", nets.inside(nets.cloud, server), env=env)
@@ -216,6 +243,44 @@ def startOurs(nets: Namespaces, work: Path, pki: Path, tree: Path, procs: Proces
 
     waitFor("twisted-tunnel's DNAT rule and route", dnatted, procs)
 
+
+def tlsURL(url: str) -> tuple[str, list[str]]:
+    """
+    Where the HTTPS workloads go for a row whose plain HTTP goes to C{url},
+    and bench/loadgen's TLS options: through ssh -R, nginx's own TLS (checked
+    against the edge CA); otherwise the node IP's TLS port, which the server
+    DNATs to its HTTPS proxy listener (the tunnel's CA, and a client
+    certificate, which that listener asks for).
+    """
+    pki = Path(os.environ["TT_DNAT_PKI"])
+    if url.startswith("http://127.0.0.1:"):
+        return f"127.0.0.1:{SSH_TLS_FORWARD}", ["-ca", f"{pki}/edge-ca.pem"]
+    client = ["-cert", f"{pki}/client.pem", "-key", f"{pki}/client-key.pem"]
+    return f"{NODE_IP}:{NGINX_TLS_PORT}", ["-ca", f"{pki}/ca.pem", *client]
+
+
+def measureTLS(nets: Namespaces, workload: str, url: str, seconds: int) -> float:
+    """An HTTPS workload with bench/loadgen (built by make peers), from the cloud."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+    import build as peerbuild  # bench/peers/build.py
+
+    bins = peerbuild.cached("loadgen")
+    if bins is None:
+        raise BenchError("bench/loadgen is not built (make peers)")
+    addr, options = tlsURL(url)
+    connections = {"tka1": "1", "tka64": "64", "tnewc": "16"}[workload]
+    mode = "new" if workload == "tnewc" else "keepalive"
+    argv = [str(bins / "loadgen"), "-addr", addr, "-tls", *options, "-server-name", NODE_IP,
+            "-c", connections, "-mode", mode, "-d", f"{seconds}s",
+            "-expect-bytes", "13"]  # fmt: skip
+    report = json.loads(run(*nets.inside(nets.cloud, argv), timeout=seconds + 60))
+    if report["errors"] or not report["ok"]:
+        raise BenchError(f"loadgen against {addr}: {report['errors']} errors, {report['ok']} ok")
+    return float(report["requestsPerSecond"])
+
+
+#: The HTTPS workloads.
+TLS = frozenset({"tka1", "tka64", "tnewc"})
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -248,6 +313,8 @@ def cpuSeconds(roots: Sequence[int]) -> float:
 
 def measure(nets: Namespaces, workload: str, url: str, seconds: int) -> float:
     """One measurement of C{workload} against C{url} (from the cloud)."""
+    if workload in ("tka1", "tka64", "tnewc"):
+        return measureTLS(nets, workload, url, seconds)
     if workload == "check":
         small = run(*nets.inside(nets.cloud, ["curl", "-sf", "-m", "10", url]))
         big = subprocess.run(
@@ -377,15 +444,19 @@ def main(argv: Sequence[str]) -> int:
     try:
         nets = Namespaces(work)
         pki = mintPKI(work)
+        os.environ["TT_DNAT_PKI"] = str(pki)
         startNginx(nets, work, shared)
         direct = f"http://{NODE_IP}:{NGINX_PORT}/"
-        results["direct"] = {w: [measure(nets, w, direct, args.seconds)] for w in workloads}
+        # (over TLS only through the tunnels: nginx's certificate is the edge CA's)
+        results["direct"] = {
+            w: [measure(nets, w, direct, args.seconds)] for w in workloads if w not in TLS
+        }
         log(f"direct: {results['direct']}")
         # From now on the node is out of the cloud's direct reach (as behind
         # NAT): only the tunnels deliver, so no row can be measured directly
         # by mistake (a DNAT rule not in place yet, say).
-        reject = ["-p", "tcp", "--dport", str(NGINX_PORT), "-j", "REJECT",
-                  "--reject-with", "tcp-reset"]  # fmt: skip
+        reject = ["-p", "tcp", "-m", "multiport", "--dports", f"{NGINX_PORT},{NGINX_TLS_PORT}",
+                  "-j", "REJECT", "--reject-with", "tcp-reset"]  # fmt: skip
         run(*nets.inside(nets.edge, ["iptables", "-A", "INPUT", "-i", "e0", *reject]))
         if not args.no_ssh:
             startSSH(nets, work, shared)

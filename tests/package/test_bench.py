@@ -42,14 +42,24 @@ class MeasuresTests(SynchronousTestCase):
             cpuRoots=[],
         )
 
-    def test_tlsNeedsNoClientCertificate(self) -> None:
-        """A row whose HTTPS target needs a client certificate sits out the TLS workloads only."""
+    def test_clientCertificateNeedsLoadgen(self) -> None:
+        """
+        A row whose HTTPS target needs a client certificate runs the TLS
+        workloads with bench/loadgen (which presents one), and sits them
+        out, only them, when loadgen is not built.
+        """
         withCert = self.row(("c.pem", "k.pem"))
         plain = self.row(None)
-        for workload in bench.WORKLOADS:
-            self.assertTrue(bench.measures(plain, workload), workload)
-            expected = workload not in bench.TLS_WORKLOADS
-            self.assertEqual(bench.measures(withCert, workload), expected, workload)
+
+        def notBuilt() -> str:
+            raise bench.NotRun("bench/loadgen not built: test")
+
+        for built in (True, False):
+            self.patch(bench, "loadgenBinary", (lambda: "/loadgen") if built else notBuilt)
+            for workload in bench.WORKLOADS:
+                self.assertTrue(bench.measures(plain, workload), workload)
+                expected = built or workload not in bench.TLS_WORKLOADS
+                self.assertEqual(bench.measures(withCert, workload), expected, (built, workload))
         self.assertFalse(bench.measures(self.row(None, iperf=None), "bulk"))
 
 
