@@ -48,6 +48,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_procs.py, however loaded
+sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))  # build.py
+import build as peerbuild  # noqa: E402  (bench/peers/build.py: where loadgen is)
 from _procs import REPO, BenchError, Processes, twistd  # noqa: E402
 
 CLOUD_IP, NODE_IP = "10.252.0.1", "10.252.0.2"
@@ -261,9 +263,6 @@ def tlsURL(url: str) -> tuple[str, list[str]]:
 
 def measureTLS(nets: Namespaces, workload: str, url: str, seconds: int) -> float:
     """An HTTPS workload with bench/loadgen (built by make peers), from the cloud."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
-    import build as peerbuild  # bench/peers/build.py
-
     bins = peerbuild.cached("loadgen")
     if bins is None:
         raise BenchError("bench/loadgen is not built (make peers)")

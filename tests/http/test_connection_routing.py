@@ -15,8 +15,6 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
-from twisted.internet.protocol import Protocol
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tests import services
@@ -26,6 +24,7 @@ from tests.http.test_httpproxy import (
     HostRouter,
     ProxyTestCase,
     Tracked,
+    TrackedProtocol,
     TrackedProxyFactory,
     pattern,
     tcp,
@@ -36,18 +35,8 @@ from twisted_tunnel.http.engine import ConnectionRouter, Limits, Route
 from twisted_tunnel.wire import OpenFailReason
 
 
-class Echo(services.Echo):
+class Echo(TrackedProtocol, services.Echo):
     """L{services.Echo}, counted in C{tracked}."""
-
-    def __init__(self, tracked: Tracked) -> None:
-        self.tracked = tracked
-
-    def connectionMade(self) -> None:
-        self.tracked.live.add(self)
-        self.tracked.made += 1
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.tracked.live.discard(self)
 
 
 class ConnectionRoutedFactory(TrackedProxyFactory):
@@ -282,19 +271,12 @@ class _LateEndpoint:
 
 
 @implementer(IHalfCloseableProtocol)
-class Counter(Protocol):
+class Counter(TrackedProtocol):
     """Says how many bytes it got, once the client's EOF came, and closes."""
 
     def __init__(self, tracked: Tracked) -> None:
-        self.tracked = tracked
+        super().__init__(tracked)
         self.received = b""
-
-    def connectionMade(self) -> None:
-        self.tracked.live.add(self)
-        self.tracked.made += 1
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.tracked.live.discard(self)
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data

@@ -349,11 +349,10 @@ class ScriptedServer(Factory):
         return ScriptedConnection(self)
 
 
-class WebSocketEcho(websocket.WebSocketEcho):
-    """The WebSocket echo, counted in C{tracked}."""
+class TrackedProtocol(Protocol):
+    """A test server's protocol, counted in C{tracked} while it is connected."""
 
     def __init__(self, tracked: Tracked) -> None:
-        super().__init__()
         self.tracked = tracked
 
     def connectionMade(self) -> None:
@@ -364,8 +363,16 @@ class WebSocketEcho(websocket.WebSocketEcho):
         self.tracked.live.discard(self)
 
 
+class WebSocketEcho(TrackedProtocol, websocket.WebSocketEcho):
+    """The WebSocket echo, counted in C{tracked}."""
+
+    def __init__(self, tracked: Tracked) -> None:
+        websocket.WebSocketEcho.__init__(self)
+        TrackedProtocol.__init__(self, tracked)
+
+
 @implementer(IHalfCloseableProtocol)
-class RawUpgrade(Protocol):
+class RawUpgrade(TrackedProtocol):
     """
     Answers any request head with C{101} and a greeting in the same
     segment, then echoes in upper case; answers the client's EOF with
@@ -373,16 +380,9 @@ class RawUpgrade(Protocol):
     """
 
     def __init__(self, tracked: Tracked) -> None:
-        self.tracked = tracked
+        super().__init__(tracked)
         self.buffer = b""
         self.head: bytes | None = None
-
-    def connectionMade(self) -> None:
-        self.tracked.live.add(self)
-        self.tracked.made += 1
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.tracked.live.discard(self)
 
     def dataReceived(self, data: bytes) -> None:
         assert self.transport is not None
@@ -406,19 +406,12 @@ class RawUpgrade(Protocol):
         pass
 
 
-class HTTP10Upstream(Protocol):
+class HTTP10Upstream(TrackedProtocol):
     """An HTTP/1.0 server: no length, the body ends when the connection does."""
 
     def __init__(self, tracked: Tracked) -> None:
-        self.tracked = tracked
+        super().__init__(tracked)
         self.buffer = b""
-
-    def connectionMade(self) -> None:
-        self.tracked.live.add(self)
-        self.tracked.made += 1
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.tracked.live.discard(self)
 
     def dataReceived(self, data: bytes) -> None:
         assert self.transport is not None

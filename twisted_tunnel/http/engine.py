@@ -995,9 +995,7 @@ class HTTPProxyProtocol(Protocol):
             )
             return
         if not self._pinned:
-            self._pinned = True
-            self._pinnedKey = route.key
-            self._pinnedDescription = route.description
+            self._pin(route)
         self._route = route
         upstream = self._upstream
         if upstream is not None and not upstream.lost:
@@ -1015,6 +1013,12 @@ class HTTPProxyProtocol(Protocol):
             )
             self._detachUpstream()
         self._connect()
+
+    def _pin(self, route: Route) -> None:
+        """The connection goes where C{route} goes, from now on (a later route elsewhere: 421)."""
+        self._pinned = True
+        self._pinnedKey = route.key
+        self._pinnedDescription = route.description
 
     def _explain(self, error: BaseException | None) -> tuple[int, str] | None:
         """The status and reason for a failure we expect, or C{None}."""
@@ -1088,9 +1092,7 @@ class HTTPProxyProtocol(Protocol):
             )
             self._unsplice()
             return
-        self._pinned = True
-        self._pinnedKey = route.key
-        self._pinnedDescription = route.description
+        self._pin(route)
         self._route = route
         self._connect()
 
