@@ -21,14 +21,18 @@ The legs:
             Go's crypto/tls, as a real kubelet's), else nginx.
   listener  the HTTPS proxy listener's TLS server (C{proxyServingOptions}),
             in a child process whose CPU is counted, with a client
-            presenting a certificate; and the same with sessions and
-            tickets on (what server-side resumption would save; not what
-            the daemon does: docs/security.md says why).
+            presenting a certificate; and the same with sessions on, as
+            C{--proxy-serving-session-lifetime=300} makes it (opt-in:
+            docs/security.md says why), with a client that offers its
+            previous session and one that does not.
   path      the whole HTTPS path, C{edge-tunnel-server} (HTTPS proxy
             listener, https policy towards the kubelet) and an agent from
             each tree: a new client connection (with a client certificate)
             per request, C{Host: 127.0.0.2:PORT}; requests per second and
-            the server's CPU per request.
+            the server's CPU per request.  Once as the daemon starts by
+            default, and once (where the tree has the option) with
+            C{--proxy-serving-session-lifetime=300} and a client that
+            offers its previous session.
 
 Everything listens and connects on loopback (127.0.0.1, 127.0.0.2).
 Every measurement is bounded by C{--count} connections and C{--seconds};
@@ -41,6 +45,8 @@ from __future__ import annotations
 
 import argparse
 import glob
+import inspect
+import itertools
 import json
 import os
 import resource
@@ -65,6 +71,8 @@ from _procs import REPO, BenchError, Processes, freePort, twistd  # noqa: E402
 NODE = "edge-1"
 NODE_IP = "127.0.0.2"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: Where a tree's server options are, to tell whether it has one.
+SERVER_OPTIONS = Path("twisted_tunnel/tap/server.py")
 
 
 def log(message: str) -> None:
@@ -232,7 +240,9 @@ def childUpstream(a: dict[str, Any]) -> dict[str, Any]:
 def childListener(a: dict[str, Any]) -> None:
     """
     The HTTPS proxy listener's TLS (C{proxyServingOptions}), or with
-    C{whatIf} the same with sessions and tickets on, answering every
+    C{whatIf} the same with sessions on (C{sessionLifetime=300}, as
+    C{--proxy-serving-session-lifetime=300}; in a tree from before that
+    option, sessions and tickets turned on by hand), answering every
     request with a small response and closing; runs until SIGTERM.
     """
     from twisted.internet import protocol, reactor
@@ -251,7 +261,9 @@ def childListener(a: dict[str, Any]) -> None:
     creds = loadCredentials(
         str(pki / "ca.pem"), str(pki / "server.pem"), str(pki / "server-key.pem")
     )
-    if a["whatIf"]:
+    if a["whatIf"] and "sessionLifetime" in inspect.signature(proxyServingOptions).parameters:
+        options = proxyServingOptions(creds, sessionLifetime=300)
+    elif a["whatIf"]:  # a tree from before --proxy-serving-session-lifetime
         options = CertificateOptions(
             trustRoot=trustRootFromCertificates(creds.authority),
             acceptableProtocols=HTTP_1_1,
@@ -410,9 +422,18 @@ http {{ access_log off;
 
 
 def startOurs(
-    procs: Processes, work: Path, pki: Path, tree: Path, name: str, kubeletPort: int
+    procs: Processes,
+    work: Path,
+    pki: Path,
+    tree: Path,
+    name: str,
+    kubeletPort: int,
+    *serverArguments: str,
 ) -> int:
-    """edge-tunnel-server (HTTPS proxy listener, https policy) and an agent, from C{tree}."""
+    """
+    edge-tunnel-server (HTTPS proxy listener, https policy, and
+    C{serverArguments}) and an agent, from C{tree}.
+    """
     config = work / f"cfg-{name}.yaml"
     config.write_text(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: edge-tunnel-server-cfg\n"
@@ -432,7 +453,7 @@ def startOurs(
             f"--proxy-client-cert={pki}/proxy-client.pem",
             f"--proxy-client-key={pki}/proxy-client-key.pem",
             f"--proxy-client-ca={pki}/kubelet-ca.pem",
-            f"--config={config}", "--no-iptables",
+            f"--config={config}", "--no-iptables", *serverArguments,
         ),
         env=env,
     )  # fmt: skip
@@ -525,7 +546,7 @@ def legListener(run: Run) -> None:
                 got = runChild(REPO, "client", a, args.seconds + 60)
                 got["cpu"] = cpuSeconds(pid) - before
                 row = (
-                    f"listener {name} {'what if sessions on' if whatIf else 'as shipped'}, "
+                    f"listener {name} {'sessions on' if whatIf else 'by default'}, "
                     f"client {'offers its session' if resume else 'full'} c={args.concurrency}"
                 )
                 results.setdefault(row, []).append(got)
@@ -544,12 +565,16 @@ def legPath(run: Run) -> None:
         run.procs,
         run.results,
     )
-    for name, tree in run.trees.items():
-        https = startOurs(procs, run.work, pki, tree, name, kubeletPort)
+    for (name, tree), lifetime in itertools.product(run.trees.items(), (0, 300)):
+        option = f"--proxy-serving-session-lifetime={lifetime}"
+        if lifetime and option.split("=")[0] not in (tree / SERVER_OPTIONS).read_text():
+            continue  # a tree from before the option
+        extra = [option] if lifetime else []
+        https = startOurs(procs, run.work, pki, tree, name, kubeletPort, *extra)
         a = dict(
             pki=str(pki), port=https, host=f"{NODE_IP}:{kubeletPort}", path="/healthz",
             count=args.count,
-            seconds=args.seconds, concurrency=args.concurrency, resume=False,
+            seconds=args.seconds, concurrency=args.concurrency, resume=bool(lifetime),
         )  # fmt: skip
 
         def ready(a: dict[str, Any] = a) -> bool:
@@ -563,7 +588,9 @@ def legPath(run: Run) -> None:
         before = cpuSeconds(pid)
         got = runChild(REPO, "client", a, args.seconds + 60)
         got["cpu"] = cpuSeconds(pid) - before
-        row = f"path {name}: new connection per request c={args.concurrency}"
+        row = f"path {name}: new connection per request c={args.concurrency}" + (
+            f", {option}, the client resuming" if lifetime else ""
+        )
         results.setdefault(row, []).append(got)
         log(
             f"{row}: {rate(got):.0f} req/s, {perUnit(got):.0f} µs server CPU each, "

@@ -91,6 +91,8 @@ SLOW_TESTS = {
     "tests.server.test_security_streams": frozenset(
         {"OpenFloodTests.test_refusalsToANonReaderAreBounded"}
     ),
+    # OpenSSL times sessions out in wall-clock seconds
+    "tests.tls.test_upstream": frozenset({"ListenerResumptionTests.test_expired"}),
     "tests.wire.test_wire": frozenset(
         {
             "PropertyTests.test_roundTrip",

@@ -21,6 +21,8 @@ import json
 import os
 import re
 import signal
+import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -45,6 +47,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import optionsForClientTLS, trustRootFromCertificates
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -214,6 +217,38 @@ class HTTPSProxyListenerTests(TestCase):
 
     def privateCertificate(self, issued: Any) -> Any:
         return pki.credentials(issued).certificate
+
+    def resumptions(self, port: int) -> list[bool]:
+        """
+        Two connections from a client that caches sessions (Python's C{ssl},
+        as curl and other non-Go clients do), the second offering the
+        first's session: whether each was resumed.  Blocking: run it in a
+        thread.
+        """
+        client = pki.writePair(pki.client(), self.directory, "client")
+        context = ssl.create_default_context(cafile=self.paths.ca)
+        context.check_hostname = False
+        context.load_cert_chain(client.cert, client.key)
+        session, resumed = None, []
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                with context.wrap_socket(raw, session=session) as tls:
+                    tls.sendall(b"GET / HTTP/1.1\r\nHost: edge-1:10250\r\n\r\n")
+                    while tls.recv(65536):
+                        pass
+                    resumed.append(tls.session_reused)
+                    session = tls.session
+        return resumed
+
+    async def test_noResumptionByDefault(self) -> None:
+        """By default a client that offers its session gets a full handshake."""
+        port = await self.startListener()
+        self.assertEqual(await deferToThread(self.resumptions, port), [False, False])
+
+    async def test_sessionLifetime(self) -> None:
+        """With C{--proxy-serving-session-lifetime} the daemon's listener resumes."""
+        port = await self.startListener("--proxy-serving-session-lifetime=300")
+        self.assertEqual(await deferToThread(self.resumptions, port), [False, True])
 
 
 # -- finding 8 ---------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """
 Tests for L{twisted_tunnel.tls.upstream} and L{twisted_tunnel.tls.sessions}:
 the https policy's TLS towards kubelets, resuming sessions per destination,
-and the HTTPS proxy listener, which resumes none.
+and the HTTPS proxy listener, which resumes none unless told to
+(C{--proxy-serving-session-lifetime}), and then only from tickets.
 
 The handshakes run in memory (L{tests.tls.test_tls.connect}, on a
 L{Clock}) against kubelets made of OpenSSL server contexts that issue
@@ -12,6 +13,7 @@ bookkeeping, so that these tests fail if resumption does not happen.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from OpenSSL import SSL
@@ -23,6 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.pki import TestPKI
 from tests.tls.test_tls import MemoryTLS, connect
 from twisted_tunnel.tls import (
+    MAX_SERVING_SESSION_LIFETIME,
     Credentials,
     makeCredentials,
     proxyClientOptions,
@@ -31,7 +34,7 @@ from twisted_tunnel.tls import (
 from twisted_tunnel.tls.certs import Issued, mintCA, mintClient, mintServer
 from twisted_tunnel.tls.rotation import RotatingClientOptions, RotatingServerOptions
 from twisted_tunnel.tls.sessions import SESSION_MAX_AGE, ClientSessions
-from twisted_tunnel.tls.upstream import IDestinationTLS, UpstreamTLS
+from twisted_tunnel.tls.upstream import IDestinationTLS
 
 NODE_IP = "10.0.0.5"
 NODE_NAME = "edge-1.example"
@@ -384,47 +387,32 @@ class SessionCacheTests(SynchronousTestCase):
         self.assertEqual(len(self.sessions), 0)
 
 
-class ListenerTests(SynchronousTestCase):
-    """
-    The HTTPS proxy listener resumes no session: every client shows a
-    certificate, checked against the client CA in force and refused if it
-    is a node's, on every connection (docs/security.md says why).
-    """
+class ListenerCase(SynchronousTestCase):
+    """The HTTPS proxy listener's TLS, and clients that would resume if it let them."""
 
     def setUp(self) -> None:
         self.pki = TestPKI()
         self.serving = self.pki.credentials(self.pki.server)
 
-    def client(self, issued: Issued) -> UpstreamTLS:
-        """A client that would resume if the listener let it (C{localhost} is in its cert)."""
-        return proxyClientOptions(
-            makeCredentials([self.pki.ca.certificate], issued.certificate, issued.key), verify=True
-        )
-
-    def test_noResumption(self) -> None:
-        listener = proxyServingOptions(self.serving)
-        client = self.client(self.pki.client())("localhost").forDestination("-", "localhost", 443)
-        self.assertEqual(exchange(self, listener, client), (False, False))
-        self.assertEqual(exchange(self, listener, client), (False, False))
-        context = proxyServingOptions(self.serving).getContext()
-        self.assertTrue(context.set_options(0) & SSL.OP_NO_TICKET)
-        self.assertEqual(context.get_session_cache_mode(), SSL.SESS_CACHE_OFF)
-
-    def test_nodeCertificateRefusedEveryTime(self) -> None:
-        listener = proxyServingOptions(self.serving)
-        node = self.client(self.pki.agent("edge-1"))("localhost").forDestination(
+    def client(self, issued: Issued | None = None) -> Any:
+        """A client that offers its sessions again (C{localhost} is in the listener's cert)."""
+        issued = issued or self.pki.client()
+        credentials = makeCredentials([self.pki.ca.certificate], issued.certificate, issued.key)
+        return proxyClientOptions(credentials, verify=True)("localhost").forDestination(
             "-", "localhost", 443
         )
-        for _ in range(2):
-            refused(self, listener, node, by="server")
 
-    def test_clientCARotated(self) -> None:
+    def assertRefusedAfterClientCARotated(self, sessionLifetime: int) -> None:
         """
         After the client CA is rotated, a client of the old CA is refused,
-        although it connected a moment before.
+        although it connected a moment before (and, if the listener resumes,
+        holds a session: its ticket is not taken up, its certificate is
+        checked and fails).
         """
-        listener = RotatingServerOptions(self.serving, proxyServingOptions)
-        client = self.client(self.pki.client())("localhost").forDestination("-", "localhost", 443)
+        listener = RotatingServerOptions(
+            self.serving, lambda creds: proxyServingOptions(creds, sessionLifetime=sessionLifetime)
+        )
+        client = self.client()
         exchange(self, listener, client)
         listener.update(
             makeCredentials(
@@ -434,3 +422,108 @@ class ListenerTests(SynchronousTestCase):
             )
         )
         refused(self, listener, client, by="server")
+
+
+class ListenerTests(ListenerCase):
+    """
+    By default the HTTPS proxy listener resumes no session: every client shows a
+    certificate, checked against the client CA in force and refused if it
+    is a node's, on every connection (docs/security.md says why).
+    """
+
+    def test_noResumption(self) -> None:
+        listener = proxyServingOptions(self.serving)
+        client = self.client()
+        self.assertEqual(exchange(self, listener, client), (False, False))
+        self.assertEqual(exchange(self, listener, client), (False, False))
+        context = proxyServingOptions(self.serving).getContext()
+        self.assertTrue(context.set_options(0) & SSL.OP_NO_TICKET)
+        self.assertEqual(context.get_session_cache_mode(), SSL.SESS_CACHE_OFF)
+
+    def test_nodeCertificateRefusedEveryTime(self) -> None:
+        listener = proxyServingOptions(self.serving)
+        node = self.client(self.pki.agent("edge-1"))
+        for _ in range(2):
+            refused(self, listener, node, by="server")
+
+    def test_clientCARotated(self) -> None:
+        self.assertRefusedAfterClientCARotated(sessionLifetime=0)
+
+
+class ListenerResumptionTests(ListenerCase):
+    """
+    C{--proxy-serving-session-lifetime}: the HTTPS proxy listener lets a
+    client resume, from tickets only, for as long as it was told, and never
+    across a rotation or for a client it refused.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.listener = proxyServingOptions(self.serving, sessionLifetime=300)
+
+    def test_resumed(self) -> None:
+        """
+        The second connection resumes the first one's session, on both ends;
+        the listener keeps nothing of it (no session cache: the ticket holds
+        it all) and lets it live C{sessionLifetime} seconds.
+        """
+        client = self.client()
+        self.assertEqual(exchange(self, self.listener, client), (False, False))
+        self.assertEqual(exchange(self, self.listener, client), (True, True))
+        context = self.listener.getContext()
+        self.assertEqual(context.get_session_cache_mode(), SSL.SESS_CACHE_OFF)
+        self.assertEqual(context.get_timeout(), 300)
+
+    def test_resumedIdentity(self) -> None:
+        """A resumed connection still tells whose certificate made the session."""
+        client = self.client(self.pki.client("kube-apiserver"))
+        exchange(self, self.listener, client)
+        connection = connect(self.listener, client)
+        self.assertEqual(reused(connection), (True, True))
+        identity = connection.server.app.identity
+        assert identity is not None
+        self.assertEqual(identity.commonName, "kube-apiserver")
+
+    def test_nodeCertificateNeverGetsASession(self) -> None:
+        """A node's certificate is refused in the handshake, every time: no ticket to resume."""
+        node = self.client(self.pki.agent("edge-1"))
+        for _ in range(2):
+            refused(self, self.listener, node, by="server")
+
+    def test_rotationEndsEverySession(self) -> None:
+        """
+        A rotation of the listener's files (here the same files again) makes a
+        new context, whose ticket keys did not make the old tickets: the
+        next connection makes a full handshake, and resumes after that.
+        """
+        listener = RotatingServerOptions(
+            self.serving, lambda creds: proxyServingOptions(creds, sessionLifetime=300)
+        )
+        client = self.client()
+        exchange(self, listener, client)
+        self.assertEqual(exchange(self, listener, client), (True, True))
+        listener.update(self.serving)
+        self.assertEqual(exchange(self, listener, client), (False, False))
+        self.assertEqual(exchange(self, listener, client), (True, True))
+
+    def test_clientCARotated(self) -> None:
+        self.assertRefusedAfterClientCARotated(sessionLifetime=300)
+
+    def test_lifetimeBounded(self) -> None:
+        """A lifetime below 0 or above an hour is refused, naming the bound."""
+        for lifetime in (-1, MAX_SERVING_SESSION_LIFETIME + 1):
+            with self.assertRaises(ValueError) as caught:
+                proxyServingOptions(self.serving, sessionLifetime=lifetime)
+            self.assertIn(str(MAX_SERVING_SESSION_LIFETIME), str(caught.exception))
+
+    def test_expired(self) -> None:
+        """
+        A session older than the lifetime is not resumed (OpenSSL counts in
+        wall-clock seconds, so this waits two of them: a slow test).
+        """
+        listener = proxyServingOptions(self.serving, sessionLifetime=1)
+        client = self.client()
+        exchange(self, listener, client)
+        self.assertEqual(exchange(self, listener, client), (True, True))
+        time.sleep(2.1)
+        self.assertEqual(exchange(self, listener, client), (False, False))

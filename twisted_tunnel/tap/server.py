@@ -87,6 +87,7 @@ from ..net.relay import DEFAULT_HALF_CLOSED_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Relay
 from ..server import DEFAULT_OPEN_TIMEOUT, TrustAnnouncedAddresses, TunnelServer
 from ..server.routes import DEFAULT_KEEP_GONE
 from ..tls import (
+    MAX_SERVING_SESSION_LIFETIME,
     Credentials,
     loadCredentials,
     proxyServingOptions,
@@ -111,6 +112,18 @@ PROGRAM = "edge-tunnel-server"
 #: Default of --drain-timeout: below Kubernetes' default grace period of 30 s.
 DEFAULT_DRAIN_TIMEOUT = 20.0
 _log = Logger(namespace="twisted_tunnel.tap.server")
+
+
+def sessionLifetime(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_SERVING_SESSION_LIFETIME:
+        raise ValueError(f"{text} is not between 0 and {MAX_SERVING_SESSION_LIFETIME}")
+    return value
+
+
+sessionLifetime.coerceDoc = (  # type: ignore[attr-defined]
+    f"Seconds, 0 to {MAX_SERVING_SESSION_LIFETIME}."
+)
 
 
 class Options(TunnelOptions):
@@ -201,6 +214,17 @@ class Options(TunnelOptions):
             "CA whose certificates clients of the HTTPS proxy listener must present (always "
             "required; agents' system:node:* certificates are refused). Default: --ca. In "
             "production: the CA of kube-apiserver's --kubelet-client-certificate.",
+        ],
+        [
+            "proxy-serving-session-lifetime",
+            None,
+            0,
+            "Seconds a client of the HTTPS proxy listener may resume its TLS session (from "
+            "tickets, nothing kept here; none survives a rotation of the listener's files). "
+            f"0, the default, resumes none; at most {MAX_SERVING_SESSION_LIFETIME}. A resumed "
+            "handshake checks no certificate, and kube-apiserver never resumes: see "
+            "docs/security.md.",
+            sessionLifetime,
         ],
         [
             "proxy-client-cert",
@@ -785,7 +809,11 @@ def _proxyListeners(
             options, "proxy-serving-client-ca", "proxy-serving-cert", "proxy-serving-key"
         )
         # clients always need a certificate: --proxy-serving-client-ca, else --ca
-        tls = RotatingServerOptions(_credentials(servingFiles), proxyServingOptions)
+        lifetime = options["proxy-serving-session-lifetime"]
+        tls = RotatingServerOptions(
+            _credentials(servingFiles),
+            lambda creds: proxyServingOptions(creds, sessionLifetime=lifetime),
+        )
         _rotate(options, top, "tls:--proxy-serving-cert", servingFiles, tls.update)
         listen(
             options["https-proxy-endpoint"],

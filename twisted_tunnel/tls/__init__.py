@@ -61,6 +61,7 @@ from twisted_tunnel.tls.certs import (
 from twisted_tunnel.tls.upstream import IDestinationTLS, UpstreamTLS
 
 __all__ = [
+    "MAX_SERVING_SESSION_LIFETIME",
     "NODE_COMMON_NAME_PREFIX",
     "Credentials",
     "IDestinationTLS",
@@ -402,7 +403,13 @@ def agentOptions(creds: Credentials, serverName: str) -> IOpenSSLClientConnectio
 HTTP_1_1 = [b"http/1.1"]
 
 
-def proxyServingOptions(creds: Credentials) -> CertificateOptions:
+#: The longest C{proxyServingOptions} lets a client resume a session, in
+#: seconds: a resumed handshake checks no certificate, so a session must
+#: not outlive by much the trust it was made under.
+MAX_SERVING_SESSION_LIFETIME = 3600
+
+
+def proxyServingOptions(creds: Credentials, *, sessionLifetime: int = 0) -> CertificateOptions:
     """
     TLS options for the HTTPS proxy listener, which kube-apiserver takes for
     the kubelet: it presents C{creds.certificate} (C{--proxy-serving-cert})
@@ -417,21 +424,39 @@ def proxyServingOptions(creds: Credentials) -> CertificateOptions:
     certificate from the same CA, must not get to use it.  Both are refused
     in the handshake, before any HTTP is read.
 
-    No session cache or tickets, as for L{serverOptions}: every connection
-    checks a certificate (a resumed session would skip the check, also
-    after the client CA was rotated).
+    By default no session cache or tickets, as for L{serverOptions}: every
+    connection checks a certificate.  With C{sessionLifetime} (seconds,
+    C{--proxy-serving-session-lifetime}, opt-in: kube-apiserver never
+    resumes, docs/security.md), a client may resume for that long after a
+    full handshake, from session tickets only (TLS 1.3 and 1.2): nothing is
+    kept in the listener's memory, a ticket is issued only after a handshake
+    that passed every check above (a node's certificate never gets one),
+    and the tickets' keys belong to this context, which a rotation of any
+    of C{creds} replaces, so no session survives a new client CA.
+
+    @raise ValueError: if C{sessionLifetime} is negative or above
+        L{MAX_SERVING_SESSION_LIFETIME}.
     """
+    if not 0 <= sessionLifetime <= MAX_SERVING_SESSION_LIFETIME:
+        raise ValueError(
+            f"session lifetime {sessionLifetime} s is not between 0 (off) and "
+            f"{MAX_SERVING_SESSION_LIFETIME}"
+        )
     options = CertificateOptions(
         trustRoot=trustRootFromCertificates(creds.authority),
         raiseMinimumTo=MINIMUM_TLS_VERSION,
         acceptableProtocols=HTTP_1_1,
+        # Stateless tickets need no session cache; a cache would keep every
+        # client's session (and certificate) in memory.
         enableSessions=False,
-        enableSessionTickets=False,
+        enableSessionTickets=sessionLifetime > 0,
         **_ownCertificateOptions(creds),
     )
     context = options.getContext()
     enableReleaseBuffers(context)
     context.set_verify(context.get_verify_mode(), _refuseNodeCertificates)
+    if sessionLifetime:
+        context.set_timeout(sessionLifetime)
     return options
 
 
