@@ -567,7 +567,7 @@ def legPath(run: Run) -> None:
     )
     for (name, tree), lifetime in itertools.product(run.trees.items(), (0, 300)):
         option = f"--proxy-serving-session-lifetime={lifetime}"
-        if lifetime and option.split("=")[0] not in (tree / SERVER_OPTIONS).read_text():
+        if lifetime and option[2:].split("=")[0] not in (tree / SERVER_OPTIONS).read_text():
             continue  # a tree from before the option
         extra = [option] if lifetime else []
         https = startOurs(procs, run.work, pki, tree, name, kubeletPort, *extra)
