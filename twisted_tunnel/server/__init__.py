@@ -25,13 +25,12 @@ after a C{--ca} rotation, is closed.
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
-from attrs import frozen
+from attrs import evolve, frozen
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.interfaces import (
     IProtocol,
@@ -43,7 +42,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
 from .._version import __version__
 from ..errors import NodeNotConnected, StreamOpenFailed
@@ -68,131 +67,20 @@ from ..tls import Credentials, PeerIdentity, peerIdentity, verifyChain
 from ..tls.certs import isNodeName, validateNodeName
 from ..tls.rotation import RotatingServerOptions
 from ..wire import ErrorCode, OpenFailReason
+from .directory import NodeDirectory
 from .expiry import CertificateExpiry
 from .memory import MemoryReturn
 from .metrics import ServerMetrics
+
+# the provers are public here, where they were before proof.py held them
+from .proof import AddressProof as AddressProof
+from .proof import CertificateAddressProof, INodeAddressProof
+from .proof import TrustAnnouncedAddresses as TrustAnnouncedAddresses
 from .routes import DEFAULT_KEEP_GONE, RoutedNodes
 from .tlsreplies import ReplyingTLSFactory
 
 #: How long an open may wait for the agent's answer by default.
 DEFAULT_OPEN_TIMEOUT = 10.0
-
-
-@frozen
-class AddressProof:
-    """
-    What an L{INodeAddressProof} made of the IPs an agent announced.
-
-    @ivar proven: the IPs proven to be the node's: they route to its tunnel.
-    @ivar unproven: the others, which route nothing.
-    @ivar why: why those are not proven, for the log line (e.g. "its
-        certificate carries no IP address").
-    """
-
-    proven: tuple[str, ...]
-    unproven: tuple[str, ...] = ()
-    why: str = ""
-
-
-class INodeAddressProof(Interface):
-    """
-    Decides which of the IPs an agent announces are its node's.
-
-    An announced IP is a claim: once registered, the server DNATs traffic
-    for it into the agent's tunnel, so an agent that could claim any IP
-    could take over another node's traffic, or a cloud address's (finding
-    1 of issue 12).  The server asks one of these, once per HELLO, and
-    routes only what it proves.  The default is L{CertificateAddressProof};
-    a second prover (the Node object's addresses, once the server watches
-    the Node API) plugs in here as C{TunnelServer(addressProof=...)}.
-
-    It is called on the reactor thread and must answer at once: a prover
-    that needs the API reads a watch cache, not the API itself.
-    """
-
-    def prove(node: str, identity: PeerIdentity, announced: Sequence[str]) -> AddressProof:
-        """
-        Which of C{announced} (normalized IP texts, no duplicates) are node
-        C{node}'s, whose agent presented C{identity}?  Anything returned in
-        C{proven} that was not announced is ignored.
-        """
-
-
-@implementer(INodeAddressProof)
-class CertificateAddressProof:
-    """
-    An IP is proven when the agent's certificate carries it as an IP
-    subjectAltName: the CA that signed it vouched for it.
-
-    Kubelet client certificates (from the CSR API) carry none: then no IP
-    is proven, and the node is reachable by name only (the hosts file,
-    CONNECT by name) until another prover (the Node API) proves its IPs.
-    """
-
-    def prove(self, node: str, identity: PeerIdentity, announced: Sequence[str]) -> AddressProof:
-        certified = {normalIP(ip) for ip in identity.ipAddresses} - {None}
-        proven = tuple(ip for ip in announced if ip in certified)
-        unproven = tuple(ip for ip in announced if ip not in certified)
-        if not certified:
-            why = (
-                "its certificate carries no IP address (subjectAltName): the node is "
-                "reachable by name only (hosts file, CONNECT by name)"
-            )
-        else:
-            why = f"its certificate carries only {', '.join(identity.ipAddresses)}"
-        return AddressProof(proven, unproven, why)
-
-
-@implementer(INodeAddressProof)
-class TrustAnnouncedAddresses:
-    """
-    The explicit opt-in (C{--trust-announced-ips}): route every IP an agent
-    announces, proven or not, with a warning per agent that says which IPs
-    were taken on its word.
-
-    That is what this server did before issue 12, and it lets any holder
-    of any node certificate take over another node's IPs (the first to
-    connect wins) or a cloud address.  It exists for fleets of kubelet
-    certificates (no IP subjectAltNames) that must be reached by IP before
-    the Node API can prove addresses.  Even so, loopback, unspecified,
-    multicast and link-local addresses are never taken on trust: nothing
-    legitimate routes them to an edge node.
-
-    @param proof: proves what it can first (the certificate, by default).
-    """
-
-    log = Logger()
-
-    def __init__(self, proof: INodeAddressProof | None = None) -> None:
-        self.proof = proof or CertificateAddressProof()
-
-    def prove(self, node: str, identity: PeerIdentity, announced: Sequence[str]) -> AddressProof:
-        first = self.proof.prove(node, identity, announced)
-        special = tuple(ip for ip in first.unproven if _isSpecial(ip))
-        trusted = tuple(ip for ip in first.unproven if ip not in special)
-        if trusted:
-            self.log.warn(
-                "agent {node}: routing IPs {ips} on its word alone (--trust-announced-ips), "
-                "unproven because {why}",
-                node=node,
-                ips=", ".join(trusted),
-                why=first.why,
-            )
-        return AddressProof(
-            first.proven + trusted,
-            special,
-            "loopback, unspecified, multicast and link-local addresses are never trusted unproven",
-        )
-
-
-def _isSpecial(ip: str) -> bool:
-    address = ipaddress.ip_address(ip)
-    return (
-        address.is_loopback
-        or address.is_unspecified
-        or address.is_multicast
-        or address.is_link_local
-    )
 
 
 @frozen
@@ -205,6 +93,9 @@ class AgentRecord:
     identity: PeerIdentity | None
     connectedAt: float
     peer: str
+    #: every IP its agent announced, proven or not (L{ips} are the proven
+    #: ones): proven again when a L{NodeDirectory} changes
+    announced: tuple[str, ...] = ()
 
 
 class AgentRegistry:
@@ -295,6 +186,38 @@ class AgentRegistry:
         self._changed()
         return replaced
 
+    def reroute(self, node: str, ips: Sequence[str]) -> AgentRecord | None:
+        """
+        Route C{ips}, and only those, to connected node C{node}'s tunnel (its
+        IPs were proven again).  An IP another connected node holds stays
+        that node's, with a warning: the first to prove it keeps it.
+
+        @return: the node's record as it now is; C{None} if it is not
+            connected.
+        """
+        record = self._byNode.get(node)
+        if record is None:
+            return None
+        taken = [ip for ip in ips if self._byIP.get(ip, node) != node]
+        for ip in taken:
+            self.log.warn(
+                "node {node}: not routing IP {ip}: it belongs to connected node {owner}",
+                node=node,
+                ip=ip,
+                owner=self._byIP[ip],
+            )
+        routed = tuple(ip for ip in ips if ip not in taken)
+        if routed == record.ips:
+            return record
+        self._forgetIPs(record)
+        record = evolve(record, ips=routed)
+        self._byNode[node] = record
+        self._byTunnel[record.tunnel] = record
+        for ip in routed:
+            self._byIP[ip] = node
+        self._changed()
+        return record
+
     def unregister(self, tunnel: Tunnel) -> AgentRecord | None:
         """Forget the agent on C{tunnel}, unless a newer tunnel replaced it."""
         # by the tunnel, not by a scan of every record: ten thousand agents
@@ -326,6 +249,25 @@ class AgentRegistry:
             node = self._byIP.get(ip)
             return self._byNode.get(node) if node is not None else None
         return self._byNode.get(nameOrIP)
+
+
+def _announcedIPs(rawIPs: object) -> tuple[str, ...]:
+    """
+    The IPs of HELLO C{ips}, normalised, without duplicates.
+
+    @raise Refused: a malformed list (a protocol error): not a list, more
+        than 64, or something that is not an IP.
+    """
+    if not isinstance(rawIPs, list) or len(rawIPs) > 64:
+        raise Refused(ErrorCode.PROTOCOL_ERROR, "HELLO ips must be a list of at most 64")
+    ips: list[str] = []
+    for raw in rawIPs:
+        ip = normalIP(raw) if isinstance(raw, str) else None
+        if ip is None:
+            raise Refused(ErrorCode.PROTOCOL_ERROR, f"HELLO ips holds {raw!r}, not an IP")
+        if ip not in ips:
+            ips.append(ip)
+    return tuple(ips)
 
 
 @implementer(ITunnelHandler)
@@ -380,7 +322,8 @@ class _ServerSide:
                 ErrorCode.UNAUTHORIZED,
                 f"agent {node!r}: its certificate expired at {expires:%Y-%m-%d %H:%M:%S}Z",
             )
-        ips = self._provenIPs(node, identity, info.get("ips", []))
+        announced = _announcedIPs(info.get("ips", []))
+        ips = self.server.proveIPs(node, identity, announced)
         self._refuseDuplicate(node, info.get("servers", []))
         tunnel.nodeName = node
         record = AgentRecord(
@@ -390,6 +333,7 @@ class _ServerSide:
             identity=identity,
             connectedAt=self.server.clock.seconds(),
             peer=tunnel.peerLabel(),
+            announced=announced,
         )
         replaced = self.server.registry.register(record)
         self.server.expiry.watch(record)
@@ -408,41 +352,6 @@ class _ServerSide:
             ips=", ".join(ips) or "(none)",
             certificate=identity.certificate(),
         )
-
-    def _provenIPs(self, node: str, identity: PeerIdentity, rawIPs: object) -> list[str]:
-        """
-        The IPs of HELLO C{ips} that the server's L{INodeAddressProof}
-        proves to be C{node}'s; the others are dropped with one warning line.
-
-        Dropped, not refused: the tunnel is accepted and routes by name.
-        Refusing would take down every node whose certificate has no IP
-        subjectAltName (the kubelet case) on upgrade, name routes included,
-        while dropping already closes the hole: an unproven IP never
-        reaches the registry, so it routes nothing.  A malformed list is
-        still a protocol error.
-        """
-        if not isinstance(rawIPs, list) or len(rawIPs) > 64:
-            raise Refused(ErrorCode.PROTOCOL_ERROR, "HELLO ips must be a list of at most 64")
-        ips: list[str] = []
-        for raw in rawIPs:
-            ip = normalIP(raw) if isinstance(raw, str) else None
-            if ip is None:
-                raise Refused(ErrorCode.PROTOCOL_ERROR, f"HELLO ips holds {raw!r}, not an IP")
-            if ip not in ips:
-                ips.append(ip)
-        if not ips:
-            return ips
-        proof = self.server.addressProof.prove(node, identity, tuple(ips))
-        proven = set(proof.proven)
-        unproven = [ip for ip in ips if ip not in proven]
-        if unproven:
-            self.log.warn(
-                "agent {node}: not routing IPs {ips} it announces: unproven, because {why}",
-                node=node,
-                ips=", ".join(unproven),
-                why=proof.why or "no proof was found",
-            )
-        return [ip for ip in ips if ip in proven]
 
     def _refuseDuplicate(self, node: str, held: object) -> None:
         """
@@ -551,6 +460,10 @@ class TunnelServer:
     L{tunnelFactory}, and reach edge nodes with L{endpointForNode}.
 
     @ivar registry: the connected agents.
+    @ivar directory: the nodes the cluster lists (L{NodeDirectory}), when
+        the server watches them: a second proof of agents' IPs (with a
+        L{DirectoryAddressProof}, which the caller passes as C{addressProof})
+        and routes for listed nodes whose agent is not connected.
     @ivar routes: the nodes whose traffic this server takes (L{RoutedNodes}):
         the connected ones, and for C{keepGone} seconds (a constructor
         argument) those whose agent left, so that their clients are
@@ -576,6 +489,7 @@ class TunnelServer:
         addressProof: INodeAddressProof | None = None,
         relayTimeouts: RelayTimeouts = DEFAULT_RELAY_TIMEOUTS,
         keepGone: float = DEFAULT_KEEP_GONE,
+        directory: NodeDirectory | None = None,
     ) -> None:
         self.clock = clock
         self.credentials = credentials
@@ -606,12 +520,53 @@ class TunnelServer:
         #: trims the heap once after a mass departure (see MemoryReturn)
         self.memoryReturn = MemoryReturn(clock, self.registry.__len__)
         self.registry.subscribe(self.memoryReturn.changed)
-        self.routes = RoutedNodes(clock, self.registry, keepGone=keepGone)
+        self.directory = directory
+        self.routes = RoutedNodes(clock, self.registry, keepGone=keepGone, directory=directory)
+        if directory is not None:
+            directory.subscribe(self._listingChanged)
         #: closes each agent's tunnel when its certificate expires
         self.expiry = CertificateExpiry(clock, self.log)
         self.draining = False
         self.metrics = ServerMetrics(self, perNode=metricsPerNode)
         self._tls: RotatingServerOptions | None = None
+
+    def proveIPs(
+        self, node: str, identity: PeerIdentity | None, announced: Sequence[str]
+    ) -> tuple[str, ...]:
+        """
+        The IPs of C{announced} that the server's L{INodeAddressProof}
+        proves to be C{node}'s; the others are dropped with one warning line.
+
+        Dropped, not refused: the tunnel is accepted and routes by name.
+        Refusing would take down every node whose certificate has no IP
+        subjectAltName (the kubelet case) on upgrade, name routes included,
+        while dropping already closes the hole: an unproven IP never
+        reaches the registry, so it routes nothing.
+        """
+        if not announced or identity is None:
+            return ()
+        proof = self.addressProof.prove(node, identity, tuple(announced))
+        proven = set(proof.proven)
+        unproven = [ip for ip in announced if ip not in proven]
+        if unproven:
+            self.log.warn(
+                "agent {node}: not routing IPs {ips} it announces: unproven, because {why}",
+                node=node,
+                ips=", ".join(unproven),
+                why=proof.why or "no proof was found",
+            )
+        return tuple(ip for ip in announced if ip in proven)
+
+    def _listingChanged(self, nodes: Sequence[str]) -> None:
+        """
+        Nodes' listings changed (L{NodeDirectory}): prove their connected
+        agents' IPs again, so that a Node's new address routes at once and
+        a deleted Node's addresses stop routing.
+        """
+        for node in nodes:
+            record = self.registry.lookup(node)
+            if record is not None:
+                self.registry.reroute(node, self.proveIPs(node, record.identity, record.announced))
 
     def tunnelFactory(self) -> IProtocolFactory:
         """

@@ -33,7 +33,7 @@ periodic resync.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from attrs import frozen
@@ -41,6 +41,7 @@ from twisted.internet.interfaces import IReactorTime
 
 if TYPE_CHECKING:
     from . import AgentRecord, AgentRegistry
+    from .directory import NodeDirectory
 
 __all__ = [
     "DEFAULT_KEEP_GONE",
@@ -114,11 +115,16 @@ class RoutedNodes:
         *,
         keepGone: float = DEFAULT_KEEP_GONE,
         maxGone: int = DEFAULT_MAX_GONE,
+        directory: NodeDirectory | None = None,
     ) -> None:
         """
         @param keepGone: seconds a node stays routed after its agent left;
             0 routes only connected nodes.
         @param maxGone: how many gone nodes are remembered at most.
+        @param directory: the nodes the cluster lists, if the server watches
+            them: each is routed whether or not its agent is connected (its
+            listed addresses), and a node the cluster deleted is no longer
+            routed as a gone one.
         """
         if keepGone < 0:
             raise ValueError(f"keepGone {keepGone!r}: must be 0 or more seconds")
@@ -131,16 +137,33 @@ class RoutedNodes:
         # by node name, oldest first (a node that leaves again moves to the end)
         self._gone: dict[str, GoneNode] = {}
         self._goneByIP: dict[str, str] = {}
+        self.directory = directory
         registry.subscribeLeaving(self._left)
+        if directory is not None:
+            directory.subscribe(self._listingChanged)
 
     def subscribe(self, observer: Callable[[], object]) -> Callable[[], None]:
         """
         Call C{observer} after every change: an agent connected, was
-        replaced, or went away.
+        replaced, or went away; a listed node was added, changed or deleted.
 
         @return: a function that unsubscribes it.
         """
-        return self.registry.subscribe(observer)
+        unsubscribes = [self.registry.subscribe(observer)]
+        if self.directory is not None:
+            unsubscribes.append(self.directory.subscribe(lambda _: observer()))
+
+        def unsubscribe() -> None:
+            for each in unsubscribes:
+                each()
+
+        return unsubscribe
+
+    def _listingChanged(self, nodes: Sequence[str]) -> None:
+        assert self.directory is not None
+        for node in nodes:
+            if self.directory.get(node) is None:
+                self._forget(node)
 
     def _left(self, record: AgentRecord) -> None:
         if self.keepGone <= 0 or self.maxGone == 0:
@@ -198,3 +221,15 @@ class RoutedNodes:
                 continue
             ips = tuple(ip for ip in gone.ips if self.registry.lookup(ip) is None)
             yield RoutedNode(gone.node, ips, False)
+        for listed in self.directory or ():
+            if self.registry.lookup(listed.name) is not None or listed.name in self._gone:
+                continue
+            ips = tuple(
+                ip
+                for ip in listed.addresses
+                if self.directory is not None
+                and self.directory.owner(ip) == listed.name
+                and self.registry.lookup(ip) is None
+                and ip not in self._goneByIP
+            )
+            yield RoutedNode(listed.name, ips, False)
