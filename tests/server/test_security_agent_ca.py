@@ -185,8 +185,9 @@ class DaemonAgentCATests(_ServerTestCase):
                 "tcp:0",  # beyond loopback: TLS with --ca
             ]
         )
-        self.service: Any = tapserver.makeService(options)
-        self.server = self.service.tunnelServer
+        service: Any = tapserver.makeService(options)
+        self.service = service
+        self.server = service.tunnelServer
         self.port = listenForAgents(self, self.server)
 
     def doorFactory(self, name: str) -> Any:
@@ -194,6 +195,7 @@ class DaemonAgentCATests(_ServerTestCase):
 
     def test_agentPortTrustsTheAgentCA(self) -> None:
         """The agent port's trust is --agent-ca, watched for rotation with the server's pair."""
+        assert self.server.credentials is not None
         authority = [a.original.to_cryptography() for a in self.server.credentials.authority]
         self.assertEqual(authority, [pki.clusterCA.certificate])
         watcher = self.service.getServiceNamed("tls:--cert")

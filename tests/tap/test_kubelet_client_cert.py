@@ -171,7 +171,7 @@ class FollowsTheKubeletTests(TunnelTestCase):
             reactor,
             makeCredentials([pki.clusterCA.certificate], pki.server.certificate, pki.server.key),
         )
-        port = reactor.listenTCP(0, server.tunnelFactory(), interface="127.0.0.1")
+        port: Any = reactor.listenTCP(0, server.tunnelFactory(), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         options = tapagent.Options()
         options.parseOptions(
