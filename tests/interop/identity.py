@@ -25,7 +25,12 @@ PASS/FAIL with what it measured:
      the rotation and, cut again, comes back with the good one;
   5. start-up refusals, each one line and exit status 2: another node's
      certificate for C{--node-name}, the cluster admin's certificate, an
-     expired one, and a non-root user who cannot read the key.
+     expired one, and a non-root user who cannot read the key;
+  6. the server itself, through the load balancer, facing a hostile agent
+     (a child of this script, C{--hostile-hello}) with certificates from
+     the cluster CA: the admin's and another node's are refused at HELLO
+     (GOAWAY UNAUTHORIZED), an expired node certificate in the handshake,
+     and the real agents' tunnels stay untouched.
 
 Not a test module (no C{test_} prefix): C{tests/system/test_interop_identity.py}
 runs it.  Only etcd, kube-apiserver, kubectl and the kubelet are needed
@@ -295,12 +300,136 @@ def checkStartupRefusals(world: Any, atExit: list[Callable[[], object]]) -> str:
     return "; ".join(out)
 
 
+def hostileHello(certPath: str, keyPath: str, caPath: str, node: str) -> int:
+    """
+    Child mode (C{--hostile-hello}, run in an edge namespace): dial the
+    load balancer's tunnel port with a certificate and key, say HELLO as
+    C{node}, and print what the server did as one JSON line:
+    C{accepted}, the GOAWAY C{code} and C{text}, or why the connection
+    ended.
+    """
+    from cryptography import x509
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+    from twisted.internet.task import react
+
+    from tests.server.hostile import HostileAgentConnection
+    from tests.system.e2e_world import LB_ADDRESS, SERVER_NAME, TUNNEL_PORT
+    from twisted_tunnel.tls import agentOptions, makeCredentials
+    from twisted_tunnel.tls.certs import readPair
+
+    # unchecked, as a hostile agent would present it (an expired one too)
+    issued = readPair(certPath, keyPath)
+    with open(caPath, "rb") as f:
+        authority = x509.load_pem_x509_certificates(f.read())
+    credentials = makeCredentials(authority, issued.certificate, issued.key)
+    info = {"node": node, "ips": [], "servers": [], "software": "hostile-agent"}
+    connection = HostileAgentConnection(info)
+
+    async def run(_: Any) -> None:
+        endpoint = wrapClientTLS(
+            agentOptions(credentials, SERVER_NAME),
+            TCP4ClientEndpoint(reactor, LB_ADDRESS, TUNNEL_PORT),
+        )
+        await connectProtocol(endpoint, connection)
+        deadline = time.monotonic() + 10
+        while not connection.accepted and connection.lost is None:
+            if time.monotonic() > deadline:
+                break
+            pause: Deferred[None] = Deferred()
+            reactor.callLater(0.05, pause.callback, None)  # type: ignore[attr-defined]
+            await pause
+        connection.abort()
+        reason = connection.lost.getErrorMessage() if connection.lost is not None else None
+        print(
+            json.dumps(
+                {
+                    "accepted": connection.accepted,
+                    "code": connection.goaway[0] if connection.goaway else None,
+                    "text": connection.goaway[1] if connection.goaway else None,
+                    "lost": reason,
+                }
+            ),
+            flush=True,
+        )
+
+    react(lambda r: Deferred.fromCoroutine(run(r)))
+    return 0
+
+
+def checkServerRefusals(world: Any) -> str:
+    """
+    The real server, through the load balancer, facing hostile HELLOs with
+    certificates from the cluster CA it trusts for agents.
+    """
+    from tests.interop.smoke import check
+    from tests.realnet import REPO_ROOT, daemonEnvironment
+    from twisted_tunnel.tls.certs import mintAgent, writePair
+    from twisted_tunnel.wire import ErrorCode
+
+    edge, other = world.edges[0], world.edges[1]
+    now = datetime.datetime.now(datetime.UTC)
+    expiredPaths = (
+        os.path.join(world.directory, "hostile-expired.pem"),
+        os.path.join(world.directory, "hostile-expired-key.pem"),
+    )
+    writePair(
+        mintAgent(
+            world.clusterAuthority,
+            edge.name,
+            notBefore=now - datetime.timedelta(days=2),
+            notAfter=now - datetime.timedelta(hours=1),
+        ),
+        *expiredPaths,
+    )
+    otherFile = world.kubeletStores[other.name].current
+    cases = [
+        ("the admin's certificate", (world.adminCert, world.adminKey), edge.name,
+         "not a node certificate"),
+        (f"{other.name}'s kubelet certificate as {edge.name}", (otherFile, otherFile), edge.name,
+         f"'system:node:{other.name}', not system:node:{edge.name}"),
+        ("an expired kubelet certificate", expiredPaths, edge.name, None),
+    ]  # fmt: skip
+    before = agentsByNode(world)
+    out = []
+    for name, (cert, key), node, refusal in cases:
+        done = subprocess.run(
+            other.namespace.command(
+                sys.executable, os.path.abspath(__file__), "--hostile-hello",
+                cert, key, world.tunnelCA, node,
+            ),
+            capture_output=True, text=True, timeout=60, env=daemonEnvironment(),
+            cwd=REPO_ROOT, check=False,
+        )  # fmt: skip
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        check(done.returncode == 0 and len(lines) == 1, f"{name}: {done.stdout}{done.stderr}")
+        seen = json.loads(lines[0])
+        check(not seen["accepted"], f"{name}: accepted as {node}")
+        if refusal is None:
+            # refused in the TLS handshake: no GOAWAY, the connection ended
+            check(seen["code"] is None and seen["lost"], f"{name}: {seen}")
+            out.append(f"{name}: refused in the handshake ({seen['lost']})")
+        else:
+            check(seen["code"] == ErrorCode.UNAUTHORIZED, f"{name}: {seen}")
+            check(refusal in seen["text"], f"{name}: {seen['text']!r} lacks {refusal!r}")
+            out.append(f"{name}: GOAWAY UNAUTHORIZED {seen['text'][-90:]!r}")
+    after = agentsByNode(world)
+    check(
+        {n: a["connected_since"] for n, a in after.items()}
+        == {n: a["connected_since"] for n, a in before.items()},
+        f"the real agents' tunnels changed: {before} -> {after}",
+    )
+    return "; ".join(out) + "; the real agents' tunnels untouched"
+
+
 CHECKS = {
     "1": "agents connected with the kubelets' certificates, no capability; kubectl logs",
     "2": "the kubelet rotates edge-1's certificate: taken, the tunnel up kept",
     "3": "tunnels cut: back with the rotated certificate",
     "4": "rotation to another node's certificate refused",
     "5": "start-up refusals",
+    "6": "the server refuses cluster identities that are no node's",
 }
 
 
@@ -308,6 +437,8 @@ def main(argv: list[str]) -> int:
     from tests.interop.build import cached
     from tests.interop.world import Cleanups, InteropWorld
 
+    if argv[:1] == ["--hostile-hello"]:
+        return hostileHello(*argv[1:5])
     keepGoing = "--keep-going" in argv
     missing = [name for name in NEEDED if cached(name) is None]
     if missing:
@@ -341,6 +472,7 @@ def main(argv: list[str]) -> int:
             "3": lambda: checkReconnect(world, pods, state),
             "4": lambda: checkRefusedRotation(world, pods, state),
             "5": lambda: checkStartupRefusals(world, atExit),
+            "6": lambda: checkServerRefusals(world),
         }
         for item, run in runs.items():
             started = time.monotonic()

@@ -34,9 +34,11 @@ class KubeletCertificateTests(SynchronousTestCase):
         no capability, and kube-apiserver reaches the nodes through them;
         a rotation is taken while the tunnel up is kept; cut, the agent
         comes back with the rotated certificate; a rotation to another
-        node's is refused; and the daemon refuses at start-up another
-        node's certificate, the admin's, an expired one, and a key it
-        cannot read.
+        node's is refused; the daemon refuses at start-up another node's
+        certificate, the admin's, an expired one, and a key it cannot read;
+        and the server, through the load balancer, refuses a hostile agent
+        with the admin's certificate or another node's (at HELLO) and an
+        expired node certificate (in the handshake).
         """
         requireNetns(self, "iptables", "haproxy", "setpriv", "curl")
         missing = [name for name in NEEDED if cached(name) is None]
