@@ -57,6 +57,7 @@ from collections.abc import Sequence
 
 from attrs import frozen
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from twisted_tunnel.tls import Credentials, loadCredentials, makeCredentials
@@ -74,6 +75,7 @@ from twisted_tunnel.tls.certs import (
 __all__ = [
     "SERVER_NAMES",
     "CredentialPaths",
+    "KubeletCertificateStore",
     "PKILayout",
     "PairPaths",
     "TestPKI",
@@ -216,6 +218,46 @@ def _expiredServer() -> Issued:
 
 
 @functools.cache
+def _clusterCA() -> Issued:
+    return mintCA("test cluster CA")
+
+
+def _clusterLeaf(
+    subject: x509.Name,
+    usages: tuple[x509.ObjectIdentifier, ...],
+    notBefore: datetime.datetime | None = None,
+    notAfter: datetime.datetime | None = None,
+) -> Issued:
+    return _mintLeaf(_clusterCA(), subject, [], list(usages), 365, notBefore, notAfter)
+
+
+def _subject(commonName: str, organizations: tuple[str, ...]) -> x509.Name:
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+        + [x509.NameAttribute(NameOID.COMMON_NAME, commonName)]
+    )
+
+
+@functools.cache
+def _kubeletClient(node: str) -> Issued:
+    return _clusterLeaf(
+        _subject(f"system:node:{node}", (NODE_ORGANIZATION,)), (ExtendedKeyUsageOID.CLIENT_AUTH,)
+    )
+
+
+@functools.cache
+def _clusterClient(commonName: str, organizations: tuple[str, ...]) -> Issued:
+    return _clusterLeaf(_subject(commonName, organizations), (ExtendedKeyUsageOID.CLIENT_AUTH,))
+
+
+@functools.cache
+def _kubeletServing(node: str) -> Issued:
+    return _clusterLeaf(
+        _subject(f"system:node:{node}", (NODE_ORGANIZATION,)), (ExtendedKeyUsageOID.SERVER_AUTH,)
+    )
+
+
+@functools.cache
 def _leaf(
     commonName: str,
     organizations: tuple[str, ...],
@@ -292,6 +334,51 @@ class TestPKI:
     def expiredServer(self) -> Issued:
         """The server certificate for L{SERVER_NAMES}, expired yesterday."""
         return _expiredServer()
+
+    @property
+    def clusterCA(self) -> Issued:
+        """
+        A Kubernetes cluster's client CA (kube-apiserver's C{--client-ca-file}),
+        unrelated to L{ca}: it signs the kubelets' client certificates, and
+        admins', controllers' and kube-apiserver's own.
+        """
+        return _clusterCA()
+
+    def kubeletClient(
+        self,
+        node: str = "edge-1",
+        *,
+        notBefore: datetime.datetime | None = None,
+        notAfter: datetime.datetime | None = None,
+    ) -> Issued:
+        """
+        A kubelet's client certificate from L{clusterCA}, as the cluster's
+        signer issues it: C{CN=system:node:<node>, O=system:nodes}, clientAuth,
+        no subjectAltName.  Cached unless a validity is given (one per call).
+        """
+        if notBefore is None and notAfter is None:
+            return _kubeletClient(node)
+        return _clusterLeaf(
+            _subject(f"system:node:{node}", (NODE_ORGANIZATION,)),
+            (ExtendedKeyUsageOID.CLIENT_AUTH,),
+            notBefore,
+            notAfter,
+        )
+
+    def clusterClient(self, commonName: str, *organizations: str) -> Issued:
+        """
+        Another client identity from L{clusterCA}: C{clusterClient("admin",
+        "system:masters")}, C{clusterClient("kube-apiserver-kubelet-client")}...
+        """
+        return _clusterClient(commonName, tuple(organizations))
+
+    def kubeletServing(self, node: str = "edge-1") -> Issued:
+        """
+        A kubelet serving certificate from L{clusterCA} (as the
+        C{kubernetes.io/kubelet-serving} signer issues it when the kubelet
+        bootstraps one): the node's subject, but serverAuth only.
+        """
+        return _kubeletServing(node)
 
     def leaf(
         self,
@@ -397,3 +484,63 @@ class TestPKI:
             agent=self.writePair(self.agent(node), directory, f"agent-{node}"),
             client=self.writePair(self.client(client), directory, f"client-{client}"),
         )
+
+
+class KubeletCertificateStore:
+    """
+    A kubelet's C{pki} directory as its client certificate manager keeps it
+    (C{k8s.io/client-go} v0.37.2, C{util/certificate/certificate_store.go},
+    C{fileStore.Update}): each certificate, with its intermediates and then
+    its key (SEC1, C{EC PRIVATE KEY}, as the kubelet makes it), in
+    C{kubelet-client-<timestamp>.pem}, mode 0600; C{kubelet-client-current.pem}
+    a symlink to the newest, by absolute path, repointed as client-go does:
+    a C{kubelet-client-updated.pem} symlink is made, C{-current} removed,
+    and the new link renamed over it (so there is an instant without one).
+    """
+
+    def __init__(self, directory: str) -> None:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        self.directory = os.path.abspath(directory)
+        self.current = os.path.join(self.directory, "kubelet-client-current.pem")
+        self._updated = os.path.join(self.directory, "kubelet-client-updated.pem")
+        self._written = 0
+
+    @staticmethod
+    def pem(issued: Issued, intermediates: Sequence[x509.Certificate] = ()) -> bytes:
+        """What the kubelet writes for C{issued}: certificates, then the key."""
+        key = issued.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+        certificates = [issued.certificate, *intermediates]
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates) + key
+
+    def write(self, data: bytes) -> str:
+        """Write a new C{kubelet-client-<timestamp>.pem} (not yet current); its path."""
+        self._written += 1
+        stamp = f"2026-12-07-00-00-{self._written:02d}"
+        path = os.path.join(self.directory, f"kubelet-client-{stamp}.pem")
+        fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return path
+
+    def unlinkCurrent(self, path: str) -> None:
+        """The first half of repointing at C{path}: C{-updated} made, C{-current} removed."""
+        if os.path.lexists(self._updated):
+            os.remove(self._updated)
+        os.symlink(path, self._updated)
+        if os.path.lexists(self.current):
+            os.remove(self.current)
+
+    def linkCurrent(self) -> None:
+        """The second half: C{-updated} renamed over C{-current}."""
+        os.rename(self._updated, self.current)
+
+    def update(self, issued: Issued) -> str:
+        """Rotate to C{issued}, as the kubelet does; the path of the new file."""
+        path = self.write(self.pem(issued))
+        self.unlinkCurrent(path)
+        self.linkCurrent()
+        return path

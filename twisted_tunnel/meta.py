@@ -297,11 +297,16 @@ def _timestamp(seconds: float) -> str:
 def agentsDocument(server: Any) -> dict[str, Any]:
     """
     What C{/agents} serves: this server, and each connected agent with
-    where it connected from, since when, its streams and bytes.
+    where it connected from, since when, its streams and bytes, and the
+    certificate it proved its node with (serial, and when the tunnel is
+    closed for its expiry): which one of a rotation an agent uses.
     """
     agents = []
     for record in sorted(server.registry, key=lambda r: r.node):
         tunnel = record.tunnel
+        identity = record.identity
+        serial = identity.serial if identity is not None else None
+        expires = identity.expires() if identity is not None else None
         agents.append(
             {
                 "node": record.node,
@@ -311,6 +316,8 @@ def agentsDocument(server: Any) -> dict[str, Any]:
                 "streams_open": tunnel.streamCount,
                 "bytes_to_node": tunnel.bytesSent,
                 "bytes_from_node": tunnel.bytesReceived,
+                "certificate_serial": f"{serial:#x}" if serial is not None else None,
+                "certificate_expires": _timestamp(expires.timestamp()) if expires else None,
             }
         )
     return {

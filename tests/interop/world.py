@@ -96,6 +96,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.interop.build import build
 from tests.netns import pollUntil
+from tests.pki import KubeletCertificateStore
 from tests.system.e2e_world import (
     CLOUD_ADDRESS,
     EXIT_TIMEOUT,
@@ -110,11 +111,19 @@ from tests.system.e2e_world import (
     nodeIP,
 )
 from twisted_tunnel.tap.agent import DEFAULT_DRAIN_TIMEOUT
-from twisted_tunnel.tls.certs import _mintLeaf, mintAgent, mintCA, mintClient, mintServer
+from twisted_tunnel.tls.certs import (
+    Issued,
+    _mintLeaf,
+    mintAgent,
+    mintCA,
+    mintClient,
+    mintServer,
+)
 
 __all__ = [
     "MODES",
     "AGENT_DRAIN_TIMEOUT",
+    "COMPONENTS",
     "APISERVER_PORT",
     "Cleanups",
     "InteropWorld",
@@ -160,20 +169,29 @@ CONNECT_PORT = 10261
 #: aggregator reaches metrics-server (no agent holds those addresses).
 CLOUD_NETWORK = "10.200.0.0/24"
 
+#: Runs a command as root with no capability: none in its bounding set, so
+#: that the program it execs has none (issue 16: the agent that reads the
+#: kubelet's key needs none).
+NO_CAPABILITIES = ("setpriv", "--inh-caps=-all", "--bounding-set=-all", "--")
+
 #: How long kube-apiserver, a Node or a pod may take to become ready.
 READY_TIMEOUT = 60.0
 
 HERE = Path(__file__).resolve().parent
 
 
-def binaries() -> dict[str, Path]:
+#: Every component the world can run, each built by C{tests/interop/build.py}.
+COMPONENTS = ("etcd", "kube", "kubelet", "metrics-server")
+
+
+def binaries(components: Sequence[str] = COMPONENTS) -> dict[str, Path]:
     """
     Every interop component's binary by name (C{kube-apiserver}, C{kubectl},
     C{etcd}, C{kubelet}, C{metrics-server}), built by C{tests/interop/build.py}
     if not cached.
     """
     found: dict[str, Path] = {}
-    for component in ("etcd", "kube", "kubelet", "metrics-server"):
+    for component in components:
         directory, _seconds = build(component)
         for path in directory.iterdir():
             found[path.name] = path
@@ -395,13 +413,37 @@ class InteropWorld(World):
     @ivar timings: Seconds each bring-up step took, in order.
     """
 
-    def __init__(self, scope: Scope, edges: int = 2, mode: str = "A") -> None:
+    def __init__(
+        self,
+        scope: Scope,
+        edges: int = 2,
+        mode: str = "A",
+        *,
+        kubeletClientCert: bool = False,
+        observability: bool = True,
+    ) -> None:
+        """
+        @param kubeletClientCert: the agents prove their node with the
+            kubelet's own client certificate (issue 16): each node's API
+            client certificate from the cluster CA is kept as the kubelet
+            keeps it (L{KubeletCertificateStore}: C{kubelet-client-current.pem},
+            which the kubelet's kubeconfig names too), the agent reads it with
+            C{--kubelet-client-cert} as root with no capability at all
+            (C{setpriv}), and the server trusts the cluster CA for agents
+            (C{--agent-ca}).
+        @param observability: also run metrics-server, Prometheus and the
+            node exporters (items 7 and 9); without, the world needs no
+            metrics-server build and comes up sooner.
+        """
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: one of {MODES}")
         self.mode = mode
+        self.kubeletClientCert = kubeletClientCert
+        self.observability = observability
         super().__init__(scope, edges, serverArguments=[])
         self.timings: dict[str, float] = {}
         self.nodeExporters: dict[str, Process] = {}
+        self.kubeletStores: dict[str, KubeletCertificateStore] = {}
 
     # Building.
 
@@ -411,7 +453,7 @@ class InteropWorld(World):
         def step(name: str) -> None:
             self.timings[name] = time.monotonic() - started
 
-        self.bin = binaries()
+        self.bin = binaries(COMPONENTS if self.observability else ("etcd", "kube", "kubelet"))
         step("binaries")
         self.directory = tempfile.mkdtemp(prefix="twisted-tunnel-interop-")
         self.scope.addCleanup(shutil.rmtree, self.directory, ignore_errors=True)
@@ -428,11 +470,13 @@ class InteropWorld(World):
         self.etcd = self.startEtcd()
         self.apiserver = self.startAPIServer()
         self.startServers()
-        self.prometheus = self.startPrometheus()
+        if self.observability:
+            self.prometheus = self.startPrometheus()
         self.haproxy = self.startHAProxy()
         for edge in self.edges:
             self.startAgent(edge)
-            self.nodeExporters[edge.name] = self.startNodeExporter(edge)
+            if self.observability:
+                self.nodeExporters[edge.name] = self.startNodeExporter(edge)
         self.waitForServers()
         self.waitListening(self.lb, APISERVER_PORT, "HAProxy")
         for edge in self.edges:
@@ -442,13 +486,13 @@ class InteropWorld(World):
         step("kube-apiserver ready")
         with open(self.clusterCA, "rb") as f:
             caBundle = f.read()
-        self.kubectl(
-            "apply", "-f", "-", input=_list(BOOTSTRAP_OBJECTS + metricsServerObjects(caBundle))
-        )
+        metricsServer = metricsServerObjects(caBundle) if self.observability else []
+        self.kubectl("apply", "-f", "-", input=_list(BOOTSTRAP_OBJECTS + metricsServer))
         for edge in self.edges:
             self.kubelets[edge.name] = self._startKubelet(edge)
-        # early: kubectl top has a node only after two of its scrapes
-        self.metricsServer = self.startMetricsServer()
+        if self.observability:
+            # early: kubectl top has a node only after two of its scrapes
+            self.metricsServer = self.startMetricsServer()
         for edge in self.edges:
             self.kubelets[edge.name].waitForLine(
                 rf"node {edge.name} registered and Ready", READY_TIMEOUT
@@ -522,10 +566,20 @@ class InteropWorld(World):
             self.adminKey,
             "interop-admin",
         )
+        self.clusterAuthority = clusterCA
         self.kubeletKubeconfigs: dict[str, str] = {}
         for index, address in enumerate(nodeIPs, 1):
             name = f"edge-{index}"
-            cert, key = self._write(mintAgent(clusterCA, name, [address]), f"node-{name}")
+            issued = mintAgent(clusterCA, name, [address])
+            cert, key = self._write(issued, f"node-{name}")
+            if self.kubeletClientCert:
+                # where and as the kubelet keeps it; its kubeconfig names it, as a real one's
+                store = KubeletCertificateStore(
+                    os.path.join(self.directory, f"node-{name}", "var/lib/kubelet/pki")
+                )
+                store.update(issued)
+                self.kubeletStores[name] = store
+                cert = key = store.current
             path = os.path.join(self.directory, f"kubelet-{name}.kubeconfig")
             _kubeconfig(
                 path,
@@ -600,6 +654,9 @@ class InteropWorld(World):
         ]  # fmt: skip
         if self.mode != "A":
             self.serverArguments += self._egressSelection()
+        if self.kubeletClientCert:
+            # the agents' certificates are the kubelets': the cluster CA signs them
+            self.serverArguments += ["--agent-ca", self.clusterCA]
 
     def _egressSelection(self) -> list[str]:
         """
@@ -656,6 +713,41 @@ class InteropWorld(World):
             "backend apiservers\n"
             f"    server cloud {CLOUD_ADDRESS}:{APISERVER_PORT}\n"
         )
+
+    # The agents' identity (issue 16).
+
+    def agentIdentity(self, edge: Edge) -> list[str]:
+        """With L{kubeletClientCert}, the kubelet's file instead of a tunnel certificate."""
+        if not self.kubeletClientCert:
+            return super().agentIdentity(edge)
+        return [
+            "--ca",
+            self.tunnelCA,
+            "--kubelet-client-cert",
+            self.kubeletStores[edge.name].current,
+        ]
+
+    def agentCommand(self, edge: Edge, options: Sequence[str]) -> list[str]:
+        """
+        With L{kubeletClientCert}, the agent runs as the overlay runs it:
+        root, with every capability gone (an empty bounding set: what it
+        execs gets none), which reads the kubelet's 0600 file as its owner.
+        """
+        command = super().agentCommand(edge, options)
+        if not self.kubeletClientCert:
+            return command
+        return [*NO_CAPABILITIES, *command]
+
+    def rotateKubeletCertificate(self, edge: Edge, issued: Issued | None = None) -> Issued:
+        """
+        Rotate C{edge}'s kubelet client certificate as the kubelet does (a
+        new file, the symlink repointed): to C{issued}, by default a new one
+        from the cluster CA for the node; what it rotated to.
+        """
+        if issued is None:
+            issued = mintAgent(self.clusterAuthority, edge.name, [edge.nodeIP])
+        self.kubeletStores[edge.name].update(issued)
+        return issued
 
     # The processes.
 

@@ -8,6 +8,7 @@ L{tests.system.test_observability}.
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from prometheus_client import generate_latest
@@ -172,6 +173,25 @@ class ServerMetricsTests(SynchronousTestCase):
         self.assertEqual(agent["node"], "edge-1")
         self.assertEqual((agent["streams_open"], agent["bytes_to_node"]), (1, 10))
         self.assertEqual(agent["connected_since"], "1970-01-01T00:00:00+00:00")
+        # an identity made by hand names no certificate
+        self.assertEqual((agent["certificate_serial"], agent["certificate_expires"]), (None, None))
+
+    def test_agentsDocumentNamesTheCertificate(self) -> None:
+        """Which certificate each agent proved its node with: its serial and expiry."""
+        notAfter = datetime.datetime(2027, 3, 1, 12, 0, tzinfo=datetime.UTC)
+        identity = PeerIdentity(
+            "system:node:edge-1", organizations=("system:nodes",), serial=0x1F2E, notAfter=notAfter
+        )
+        server = TunnelServer(self.clock, None, identify=lambda transport: identity)
+        pair = TunnelPair(clock=self.clock, connect=False)
+        tunnel = server.plainTunnelFactory().buildProtocol(IPv4Address("TCP", "10.0.0.2", 1))
+        assert isinstance(tunnel, Tunnel)
+        pair.server = tunnel
+        pair.connect()
+        pair.establish()
+        (agent,) = agentsDocument(server)["agents"]
+        self.assertEqual(agent["certificate_serial"], "0x1f2e")
+        self.assertEqual(agent["certificate_expires"], "2027-03-01T12:00:00+00:00")
 
 
 class ProbeTests(SynchronousTestCase):

@@ -503,14 +503,22 @@ class World:
             edge.namespace, f"kubelet-{edge.name}", argv, env=daemonEnvironment(), cwd=REPO_ROOT
         )
 
+    def agentIdentity(self, edge: Edge) -> list[str]:
+        """The options an agent proves C{edge}'s node with (and checks the server with)."""
+        ca, cert, key = edge.agentCredentials
+        return ["--ca", ca, "--cert", cert, "--key", key]
+
+    def agentCommand(self, edge: Edge, options: Sequence[str]) -> list[str]:
+        """The command line of C{edge}'s agent with C{options}."""
+        return twistdCommand("edge-tunnel-agent", options)
+
     def startAgent(self, edge: Edge, arguments: Sequence[str] = ()) -> Process:
         """
         Start C{twistd edge-tunnel-agent} in C{edge}'s namespace, dialing the
         load balancer, with extra options C{arguments} (a later option wins).
         """
-        ca, cert, key = edge.agentCredentials
         options = [
-            "--ca", ca, "--cert", cert, "--key", key,
+            *self.agentIdentity(edge),
             "--server", f"{LB_ADDRESS}:{TUNNEL_PORT}", "--server-name", SERVER_NAME,
             "--node-ip", edge.nodeIP,
             "--max-backoff", "0.5",
@@ -519,7 +527,7 @@ class World:
         agent = self._spawn(
             edge.namespace,
             f"agent-{edge.name}",
-            twistdCommand("edge-tunnel-agent", options),
+            self.agentCommand(edge, options),
             env=daemonEnvironment(),
             cwd=self.directory,
         )

@@ -77,8 +77,9 @@ PATH_OPTIONS = {
         "proxy-client-cert",
         "proxy-client-key",
         "proxy-client-ca",
+        "agent-ca",
     ),
-    "edge-tunnel-agent": ("ca", "cert", "key"),
+    "edge-tunnel-agent": ("ca", "cert", "key", "kubelet-client-cert"),
 }
 
 
@@ -516,16 +517,20 @@ class DaemonCommandTests(SynchronousTestCase):
         """
         Only a server that manages iptables gets C{NET_ADMIN} (and root, and the
         host's network, where the connections it intercepts are born); every
-        other container runs as non-root. All drop every other capability and
-        cannot write their image.
+        other container runs as non-root, but an agent that reads the kubelet's
+        key (root's, mode 0600), which runs as root with no capability at all.
+        All drop every other capability and cannot write their image.
         """
         iptablesSeen = set()
+        kubeletKeySeen = set()
         for directory, objects in self.rendered():
             for workload, container, plugin, options in twistdContainers(objects):
                 spec = workload["spec"]["template"]["spec"]
                 security = container["securityContext"]
                 iptables = plugin == "edge-tunnel-server" and not options["no-iptables"]
                 iptablesSeen.add(iptables)
+                kubeletKey = plugin == "edge-tunnel-agent" and bool(options["kubelet-client-cert"])
+                kubeletKeySeen.add(kubeletKey)
                 where = f"{directory}: {plugin}"
                 self.assertEqual(security["capabilities"]["drop"], ["ALL"], where)
                 self.assertEqual(
@@ -538,10 +543,80 @@ class DaemonCommandTests(SynchronousTestCase):
                 if iptables:
                     self.assertTrue(options["iptables"], f"{where}: say --iptables")
                     self.assertIs(spec["hostNetwork"], True, where)
+                elif kubeletKey:
+                    self.assertEqual(security["capabilities"], {"drop": ["ALL"]}, where)
+                    self.assertEqual(spec["securityContext"]["runAsUser"], 0, where)
+                    self.assertNotIn("runAsUser", security, where)
                 else:
                     self.assertIs(spec["securityContext"]["runAsNonRoot"], True, where)
                     self.assertNotEqual(spec["securityContext"]["runAsUser"], 0, where)
         self.assertEqual(iptablesSeen, {True, False})
+        self.assertEqual(kubeletKeySeen, {True, False})
+
+    def test_kubeletCertificateOverlay(self) -> None:
+        """
+        An agent with C{--kubelet-client-cert} reads the kubelet's file where
+        the kubelet keeps it, from a read-only hostPath of C{/var/lib/kubelet/pki}
+        mounted at that same path (the kubelet's symlink names its target by
+        absolute path), with no other hostPath and no C{--cert}/C{--key}; the
+        server of that kustomization trusts kube-apiserver's client CA for
+        agents, from the ConfigMap kube-apiserver keeps it in, and for nothing
+        else.
+        """
+        seen = 0
+        for directory, objects in self.rendered():
+            agents = [
+                (w, c, o) for w, c, p, o in twistdContainers(objects) if p == "edge-tunnel-agent"
+            ]
+            servers = [o for _, _, p, o in twistdContainers(objects) if p == "edge-tunnel-server"]
+            for workload, container, options in agents:
+                if not options["kubelet-client-cert"]:
+                    self.assertIsNone(servers[0]["agent-ca"], directory)
+                    continue
+                seen += 1
+                self.assertEqual(
+                    options["kubelet-client-cert"],
+                    "/var/lib/kubelet/pki/kubelet-client-current.pem",
+                )
+                self.assertIsNone(options["cert"])
+                self.assertIsNone(options["key"])
+                self.assertEqual(options["node-name"], FIELD_VALUES["spec.nodeName"])
+                volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+                hostPaths = [
+                    (mount, volumes[mount["name"]]["hostPath"])
+                    for mount in container["volumeMounts"]
+                    if "hostPath" in volumes[mount["name"]]
+                ]
+                self.assertEqual(
+                    [(m["mountPath"], m.get("readOnly"), h) for m, h in hostPaths],
+                    [
+                        (
+                            "/var/lib/kubelet/pki",
+                            True,
+                            {"path": "/var/lib/kubelet/pki", "type": "Directory"},
+                        )
+                    ],
+                    directory,
+                )
+                for serverOptions in servers:
+                    agentCA = serverOptions["agent-ca"]
+                    self.assertEqual(agentCA, "/etc/edge-tunnel/agent-ca/ca.crt")
+                    self.assertNotEqual(serverOptions["connect-ca"], agentCA)
+                    self.assertNotEqual(serverOptions["proxy-serving-client-ca"], agentCA)
+                (deployment,) = [w for w in objects if w["kind"] == "Deployment"]
+                (volume,) = [
+                    v
+                    for v in deployment["spec"]["template"]["spec"]["volumes"]
+                    if v["name"] == "agent-ca"
+                ]
+                self.assertEqual(
+                    volume["configMap"],
+                    {
+                        "name": "extension-apiserver-authentication",
+                        "items": [{"key": "client-ca-file", "path": "ca.crt"}],
+                    },
+                )
+        self.assertEqual(seen, 1)
 
     def test_noRBAC(self) -> None:
         """Neither daemon talks to the Kubernetes API: no account, no role."""

@@ -29,6 +29,7 @@ import ipaddress
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 from twisted.application.service import Service
@@ -86,7 +87,8 @@ from ..net.relay import (
     RelayTimeouts,
     relayEnds,
 )
-from ..tls import Credentials, agentOptions
+from ..tls import Credentials, agentOptions, loadCredentials
+from ..tls.kubelet import keepingNode
 from ..tls.rotation import CredentialsWatcher, watchCredentials
 from ..wire import ErrorCode, OpenFailReason
 from .metrics import AgentMetrics
@@ -782,7 +784,11 @@ class TunnelAgent(Service):
 
     With a C{reloadInterval}, the files its credentials came from are
     checked that often, and a rotated set is used from the next dial on
-    (see L{twisted_tunnel.tls.rotation}).
+    (see L{twisted_tunnel.tls.rotation}); the tunnels already up keep the
+    certificate they proved themselves with, until they must reconnect or
+    the server closes them when it expires.  A rotated certificate that no
+    longer carries C{nodeName} is refused, and the one in use kept: the
+    server would refuse it.
     """
 
     log = Logger()
@@ -808,10 +814,15 @@ class TunnelAgent(Service):
         maxServers: int = DEFAULT_MAX_SERVERS,
         relayTimeouts: RelayTimeouts = DEFAULT_RELAY_TIMEOUTS,
         budget: StreamBudget | None = None,
+        reload: Callable[[], Credentials] | None = None,
     ) -> None:
         """
         @param relayTimeouts: the idle and half-close deadlines of the
             streams it relays to targets.
+        @param reload: loads and checks the credentials' files again on a
+            rotation (e.g. L{twisted_tunnel.tls.kubelet.loadNodeCredentials}
+            for the kubelet's file); by default L{loadCredentials} with the
+            paths they came from.
         @param budget: the limits on streams across all its tunnels (by
             default L{DEFAULT_MAX_STREAMS_TOTAL} streams and
             L{DEFAULT_MAX_BUFFER} bytes, within the open-file limit).
@@ -845,6 +856,7 @@ class TunnelAgent(Service):
         self._endpoint = endpoint
         self._reconnector: Reconnector | None = None
         self.reloadInterval = reloadInterval
+        self._reload = reload
         self._watcher: CredentialsWatcher | None = None
 
     def serverEndpoint(self) -> IStreamClientEndpoint:
@@ -873,11 +885,24 @@ class TunnelAgent(Service):
         """
         self.credentials = credentials
 
+    def _reloadCredentials(self) -> Credentials:
+        """The credentials' files, loaded again for a rotation (see L{keepingNode})."""
+        assert self.credentials is not None
+        current = self.credentials
+        load = self._reload or partial(
+            loadCredentials, current.caPath, current.certPath, current.keyPath
+        )
+        return keepingNode(load, self.nodeName)()
+
     def startService(self) -> None:
         super().startService()
         if self.credentials is not None and self._endpoint is None:
             self._watcher = watchCredentials(
-                self.credentials, self.updateCredentials, self.reactor, self.reloadInterval
+                self.credentials,
+                self.updateCredentials,
+                self.reactor,
+                self.reloadInterval,
+                load=self._reloadCredentials,
             )
             if self._watcher is not None:
                 self._watcher.startService()

@@ -624,7 +624,7 @@ class TunnelServer:
                 continue
             self.log.warn(
                 "agent {node}: closing its tunnel: its certificate ({certificate}) no longer "
-                "passes the trusted CAs (--ca): {reason}",
+                "passes the trusted CAs (--agent-ca, else --ca): {reason}",
                 node=record.node,
                 certificate=identity.certificate(),
                 reason=reason,

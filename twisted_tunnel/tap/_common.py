@@ -110,8 +110,12 @@ class TunnelOptions(usage.Options):
         ],
     ]
 
+    def requiredFiles(self) -> tuple[str, ...]:
+        """The options that must name a file (the agent may take its own from the kubelet)."""
+        return ("ca", "cert", "key")
+
     def postOptions(self) -> None:
-        for name in ("ca", "cert", "key"):
+        for name in self.requiredFiles():
             if not self[name]:
                 raise usage.UsageError(f"--{name} is required")
         if not 64 * 1024 <= self["stream-window"] <= MAX_SETTING:

@@ -10,9 +10,12 @@ certificate, and dials targets for the servers within its allowlist.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
+from functools import partial
 
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.python import usage
 
 from ..agent import (
@@ -23,9 +26,12 @@ from ..agent import (
     DEFAULT_MAX_STREAMS_TOTAL,
     TunnelAgent,
 )
+from ..errors import CredentialsError
 from ..mux import MAX_SERVERS, StreamBudget
 from ..net.addresses import HostPortError, splitHostPort
 from ..net.relay import DEFAULT_HALF_CLOSED_TIMEOUT, DEFAULT_IDLE_TIMEOUT, RelayTimeouts
+from ..tls import Credentials
+from ..tls.kubelet import KUBELET_CLIENT_CERT, loadNodeCredentials
 from ._common import (
     DaemonService,
     TunnelOptions,
@@ -38,6 +44,8 @@ from ._common import (
 MiB = 1024 * 1024
 
 PROGRAM = "edge-tunnel-agent"
+
+_log = Logger()
 
 #: Default of --drain-timeout: long enough for a scrape or an API call in
 #: flight, short enough that a restarting agent is soon replaced.
@@ -68,10 +76,21 @@ def parseServer(text: str) -> tuple[str, int]:
 class Options(TunnelOptions):
     synopsis = (
         "--server HOST:PORT [options] --ca CA.pem --cert AGENT.pem --key AGENT-KEY.pem\n"
+        "   or: --server HOST:PORT [options] --ca CA.pem "
+        f"--kubelet-client-cert {KUBELET_CLIENT_CERT}\n"
         "Hold a tunnel to the edge-tunnel server and dial this node's ports for it."
     )
     optParameters = [
         ["server", None, None, "HOST:PORT of the server (or its load balancer). Required."],
+        [
+            "kubelet-client-cert",
+            None,
+            None,
+            "Prove this node with the kubelet's own client certificate instead of --cert and "
+            f"--key: the PEM file holding both ({KUBELET_CLIENT_CERT}), "
+            "CN=system:node:<node>, O=system:nodes, from the cluster's client CA (the server's "
+            "--agent-ca). Followed when the kubelet rotates it (--tls-reload-interval).",
+        ],
         ["node-name", None, None, "This node's name (default: from the certificate)."],
         [
             "server-name",
@@ -183,7 +202,19 @@ class Options(TunnelOptions):
             raise usage.UsageError(f"--allow {network!r} is not an IP network") from None
         self["allow"].append(network)
 
+    def requiredFiles(self) -> tuple[str, ...]:
+        if self["kubelet-client-cert"]:
+            return ("ca",)
+        return super().requiredFiles()
+
     def postOptions(self) -> None:
+        if self["kubelet-client-cert"]:
+            for name in ("cert", "key"):
+                if self[name]:
+                    raise usage.UsageError(
+                        f"--{name} and --kubelet-client-cert exclude each other: the kubelet's "
+                        "file holds both the certificate and its key"
+                    )
         if not self["server"]:
             raise usage.UsageError("--server HOST:PORT is required")
         self["server-address"] = parseServer(self["server"])
@@ -201,7 +232,16 @@ def makeService(options: Options) -> IService:
     from ..agent import backoffPolicy
     from ..net.eager import EagerTCPReactor
 
-    credentials = options.credentials(PROGRAM)
+    reload: Callable[[], Credentials] | None = None
+    if options["kubelet-client-cert"]:
+        pemPath = options["kubelet-client-cert"]
+        reload = partial(loadNodeCredentials, options["ca"], pemPath, options["node-name"])
+        try:
+            credentials = reload()
+        except CredentialsError as e:
+            fatal(PROGRAM, str(e))
+    else:
+        credentials = options.credentials(PROGRAM)
     identity = credentials.identity()
     nodeName = options["node-name"] or identity.nodeName()
     if not nodeName:
@@ -215,6 +255,13 @@ def makeService(options: Options) -> IService:
             PROGRAM,
             f"--node-name {nodeName!r}: the certificate {options['cert']} ({identity.describe()}) "
             "does not carry that name; the server would refuse it",
+        )
+    if options["kubelet-client-cert"]:
+        _log.info(
+            "proving node {node} with the kubelet's client certificate {path} ({certificate})",
+            node=nodeName,
+            path=pemPath,
+            certificate=identity.certificate(),
         )
     nodeIPs = options["node-ip"] or list(identity.ipAddresses)
     agent = TunnelAgent(
@@ -242,6 +289,7 @@ def makeService(options: Options) -> IService:
             maxStreams=options["max-streams-total"],
             maxBufferBytes=options["max-buffered-mib"] * MiB,
         ),
+        reload=reload,
     )
     agent.setName("agent")
     top = DaemonService(PROGRAM, options["log-format"])

@@ -174,6 +174,17 @@ class Options(TunnelOptions):
         ],
         ["connect-ca", None, None, "CA for CONNECT clients' certificates (default: --ca)."],
         [
+            "agent-ca",
+            None,
+            None,
+            "CA bundle whose certificates agents must present (default: --ca): e.g. the "
+            "cluster's client CA, for agents that prove their node with the kubelet's own "
+            "certificate (agent --kubelet-client-cert); it may hold several CAs, the tunnel's "
+            "and the cluster's while migrating. Only node certificates (CN=system:node:<node>, "
+            "O=system:nodes, for the node their HELLO names) become agents; nothing else "
+            "trusts it.",
+        ],
+        [
             "https-proxy-endpoint",
             None,
             "tcp:10263:interface=127.0.0.1",
@@ -596,10 +607,11 @@ class _ServerService(DaemonService):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    credentials = options.credentials(PROGRAM)
+    # the agent port: its own CA bundle if given (--agent-ca), else --ca
+    agentFiles = _files(options, "agent-ca", "cert", "key")
     server = TunnelServer(
         reactor,
-        credentials,
+        _credentials(agentFiles),
         serverId=options["server-id"],
         serverCount=options["server-count"],
         settings=options.settings(),
@@ -671,9 +683,7 @@ def makeService(options: Options) -> IService:
         hosts.setName("--hosts-file")
         hosts.setServiceParent(top)
     # the agent port's certificate follows its files (Secret volumes, cert-manager)
-    _rotate(
-        options, top, "tls:--cert", _files(options, None, "cert", "key"), server.updateCredentials
-    )
+    _rotate(options, top, "tls:--cert", agentFiles, server.updateCredentials)
     return top
 
 

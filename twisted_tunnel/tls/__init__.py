@@ -231,7 +231,9 @@ def loadCredentials(
 
     The certificate file may hold intermediates after the certificate itself;
     they are sent along (L{Credentials.chain}).  A key file that group or
-    others may read is accepted, with a warning in the log.
+    others may read is accepted, with a warning in the log.  C{certPath} and
+    C{keyPath} may name the same file, holding the certificates and the key
+    (as the kubelet keeps its client certificate): it is then read once.
 
     @param caPath: The CA bundle that signs the other end's certificates.
     @param certPath: Our certificate.
@@ -261,7 +263,8 @@ def loadCredentials(
                 expiry=_formatTime(ca.not_valid_after_utc),
             )
 
-    certificates = _loadCertificates(certOption, certPath, _readFile(certOption, certPath))
+    certData = _readFile(certOption, certPath)
+    certificates = _loadCertificates(certOption, certPath, certData)
     leaf = certificates[0]
     if now < leaf.not_valid_before_utc:
         raise CredentialsError(
@@ -274,7 +277,11 @@ def loadCredentials(
             f"{_formatTime(leaf.not_valid_after_utc)}"
         )
 
-    key = _loadKey(keyOption, keyPath, _readFile(keyOption, keyPath))
+    # One file with both (the kubelet's kubelet-client-current.pem) is read
+    # once: a symlink repointed between two reads would pair the old
+    # certificate with the new key.
+    keyData = certData if keyPath == certPath else _readFile(keyOption, keyPath)
+    key = _loadKey(keyOption, keyPath, keyData)
     if _publicKeyDER(key) != _publicKeyDER(leaf):
         raise CredentialsError(
             f"{keyOption} {keyPath}: private key does not match the certificate "

@@ -172,18 +172,23 @@ def watchCredentials(
     onChange: Callable[[Credentials], object],
     clock: IReactorTime,
     interval: float = DEFAULT_RELOAD_INTERVAL,
+    load: Callable[[], Credentials] | None = None,
 ) -> CredentialsWatcher | None:
     """
     A watcher for the files C{credentials} were loaded from (C{None} if
     they were not loaded from files, or C{interval} is 0).
+
+    @param load: loads and checks them again (L{CredentialsWatcher}); by
+        default L{loadCredentials} with those paths.  One file may be both
+        the certificate and the key (the kubelet's): it is watched once.
     """
     paths = (credentials.caPath, credentials.certPath, credentials.keyPath)
     if interval <= 0 or not all(paths):
         return None
     caPath, certPath, keyPath = paths
     return CredentialsWatcher(
-        lambda: loadCredentials(caPath, certPath, keyPath),
-        paths,
+        load or (lambda: loadCredentials(caPath, certPath, keyPath)),
+        tuple(dict.fromkeys(paths)),
         onChange,
         clock,
         interval=interval,
