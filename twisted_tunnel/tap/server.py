@@ -92,11 +92,19 @@ from ..tls import (
     proxyServingOptions,
     serverOptions,
 )
+from ..tls.minting import (
+    DEFAULT_LIFETIME,
+    MAX_LIFETIME,
+    MIN_LIFETIME,
+    ServingCertificates,
+    loadServingAuthority,
+)
 from ..tls.rotation import (
     CredentialsWatcher,
     RotatingClientOptions,
     RotatingServerOptions,
 )
+from ..tls.serving import NodeServingOptions
 from ._common import (
     DaemonService,
     TunnelOptions,
@@ -201,6 +209,30 @@ class Options(TunnelOptions):
             "CA whose certificates clients of the HTTPS proxy listener must present (always "
             "required; agents' system:node:* certificates are refused). Default: --ca. In "
             "production: the CA of kube-apiserver's --kubelet-client-certificate.",
+        ],
+        [
+            "proxy-serving-ca-cert",
+            None,
+            None,
+            "CA certificate (kube-apiserver's --kubelet-certificate-authority) with which the "
+            "HTTPS proxy listener mints, per connection, a short-lived serving certificate "
+            "for the node the client dialled (its IP, or its name by SNI), as a kubelet's "
+            "own; only for nodes this server knows. Other destinations get "
+            "--proxy-serving-cert if it is given, else the handshake fails.",
+        ],
+        [
+            "proxy-serving-ca-key",
+            None,
+            None,
+            "Its key (mode 600: refused if others may read it; it can sign for every kubelet).",
+        ],
+        [
+            "proxy-serving-cert-lifetime",
+            None,
+            DEFAULT_LIFETIME,
+            f"Seconds each minted serving certificate is valid ({MIN_LIFETIME:.0f} to "
+            f"{MAX_LIFETIME:.0f}); renewed once two thirds of it are gone.",
+            positiveFloat,
         ],
         [
             "proxy-client-cert",
@@ -345,6 +377,15 @@ class Options(TunnelOptions):
             raise usage.UsageError("--proxy-client-cert and --proxy-client-key go together")
         if bool(self["proxy-serving-cert"]) != bool(self["proxy-serving-key"]):
             raise usage.UsageError("--proxy-serving-cert and --proxy-serving-key go together")
+        if bool(self["proxy-serving-ca-cert"]) != bool(self["proxy-serving-ca-key"]):
+            raise usage.UsageError(
+                "--proxy-serving-ca-cert and --proxy-serving-ca-key go together"
+            )
+        if not MIN_LIFETIME <= self["proxy-serving-cert-lifetime"] <= MAX_LIFETIME:
+            raise usage.UsageError(
+                f"--proxy-serving-cert-lifetime {self['proxy-serving-cert-lifetime']:g}: "
+                f"from {MIN_LIFETIME:.0f} to {MAX_LIFETIME:.0f} seconds"
+            )
         if self["iptables"] and self["no-iptables"]:
             raise usage.UsageError("--iptables and --no-iptables contradict each other")
         scoped = self["iptables-prerouting-source"] or self["iptables-prerouting-interface"]
@@ -785,7 +826,7 @@ def _proxyListeners(
             options, "proxy-serving-client-ca", "proxy-serving-cert", "proxy-serving-key"
         )
         # clients always need a certificate: --proxy-serving-client-ca, else --ca
-        tls = RotatingServerOptions(_credentials(servingFiles), proxyServingOptions)
+        tls = _servingOptions(options, server, _credentials(servingFiles))
         _rotate(options, top, "tls:--proxy-serving-cert", servingFiles, tls.update)
         listen(
             options["https-proxy-endpoint"],
@@ -810,6 +851,41 @@ def _proxyListeners(
         manager.setServiceParent(top)
         server.metrics.watchIptables(manager)
         table.subscribe(manager.configChanged)
+
+
+def _servingOptions(
+    options: Options, server: TunnelServer, credentials: Credentials
+) -> RotatingServerOptions | NodeServingOptions:
+    """
+    The HTTPS proxy listener's TLS: the static C{--proxy-serving-cert}, or,
+    with C{--proxy-serving-ca-cert}, a certificate minted per node for the
+    nodes the server routes (connected, or gone less than
+    C{--keep-gone-nodes} ago).
+    """
+    from twisted.internet import reactor
+
+    if not options["proxy-serving-ca-cert"]:
+        return RotatingServerOptions(credentials, proxyServingOptions)
+    try:
+        authority = loadServingAuthority(
+            options["proxy-serving-ca-cert"], options["proxy-serving-ca-key"]
+        )
+    except CredentialsError as e:
+        fatal(PROGRAM, str(e))
+    fallback = bool(options["proxy-serving-cert"])
+    _log.info(
+        "HTTPS proxy listener: minting serving certificates ({lifetime:.0f} s each) with "
+        "CA {ca}; a client going to no known node gets {other}",
+        lifetime=options["proxy-serving-cert-lifetime"],
+        ca=authority.describe(),
+        other="--proxy-serving-cert" if fallback else "no certificate (handshake refused)",
+    )
+    certificates = ServingCertificates(
+        authority, reactor, lifetime=options["proxy-serving-cert-lifetime"]
+    )
+    return NodeServingOptions(
+        credentials, certificates, server.routes.lookup, reactor, fallback=fallback
+    )
 
 
 def _knownPolicies(options: Options) -> dict[str, IForwardingPolicy]:

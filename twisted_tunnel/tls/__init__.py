@@ -402,7 +402,9 @@ def agentOptions(creds: Credentials, serverName: str) -> IOpenSSLClientConnectio
 HTTP_1_1 = [b"http/1.1"]
 
 
-def proxyServingOptions(creds: Credentials) -> CertificateOptions:
+def proxyServingOptions(
+    creds: Credentials, *, presentCertificate: bool = True
+) -> CertificateOptions:
     """
     TLS options for the HTTPS proxy listener, which kube-apiserver takes for
     the kubelet: it presents C{creds.certificate} (C{--proxy-serving-cert})
@@ -420,6 +422,10 @@ def proxyServingOptions(creds: Credentials) -> CertificateOptions:
     No session cache or tickets, as for L{serverOptions}: every connection
     checks a certificate (a resumed session would skip the check, also
     after the client CA was rotated).
+
+    @param presentCertificate: C{False} leaves the certificate out of the
+        context, for L{twisted_tunnel.tls.serving}, which sets one per
+        connection.
     """
     options = CertificateOptions(
         trustRoot=trustRootFromCertificates(creds.authority),
@@ -427,7 +433,7 @@ def proxyServingOptions(creds: Credentials) -> CertificateOptions:
         acceptableProtocols=HTTP_1_1,
         enableSessions=False,
         enableSessionTickets=False,
-        **_ownCertificateOptions(creds),
+        **(_ownCertificateOptions(creds) if presentCertificate else {}),
     )
     context = options.getContext()
     enableReleaseBuffers(context)

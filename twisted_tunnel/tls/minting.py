@@ -1,0 +1,474 @@
+# -*- test-case-name: tests.tls.test_minting -*-
+"""
+Per-node kubelet serving certificates, minted on demand from a CA the
+operator gives the server.
+
+kube-apiserver dials C{<node-ip>:10250} and, with
+C{--kubelet-certificate-authority}, checks that the certificate it gets
+names that IP and comes from that CA.  The HTTPS proxy listener answers in
+the kubelet's place: with one static certificate it would have to list
+every node IP ahead of time, which no fleet can.  So, given the CA's
+certificate and key (L{loadServingAuthority}), the server mints, for each
+node it knows, a certificate shaped like a kubelet's serving certificate
+(L{mintServingCertificate}) and keeps it (L{ServingCertificates}) until it
+is due for renewal.
+
+Bounded, whatever clients do:
+
+  - only nodes the server knows get one (the caller looks the address up
+    in its registry; this module never mints for a name it is handed
+    blindly);
+  - the cache holds at most C{maxEntries} certificates, each of bounded size
+    (a node name is at most 253 characters, a node at most 64 IPs), the
+    least recently used going first;
+  - minting spends tokens of a bucket (C{rate} per second, C{burst} at
+    once): a flood of handshakes for ever new nodes, or a cache too small
+    for the fleet, costs at most that much signing;
+  - certificates are short-lived (L{DEFAULT_LIFETIME}, at most
+    L{MAX_LIFETIME}) and renewed once two thirds of their life is gone, so
+    one always has at least a third of its life left when it is presented.
+
+Each certificate has a key of its own, a fresh ECDSA P-256 key at every
+mint: C{bench/serving_certs.py} measured a key per certificate at 8 % of
+the minting time and some 0.7 KiB per cached node (docs/performance.md),
+and it keeps the rule simple: a key, like its certificate, lives for hours.
+One key shared by every minted certificate would outlive them all unless
+it were itself rotated, and a copy of it would answer for every node.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import stat
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Protocol
+
+from attrs import frozen
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL.crypto import X509, PKey
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from ..errors import CredentialsError
+from . import _formatTime, _loadCertificates, _loadKey, _publicKeyDER, _readFile
+from .certs import (
+    _COMMON_NAME_MAX,
+    PrivateKey,
+    _signatureHash,
+    isNodeName,
+    leafKeyUsage,
+)
+
+__all__ = [
+    "DEFAULT_BURST",
+    "DEFAULT_LIFETIME",
+    "DEFAULT_MAX_ENTRIES",
+    "DEFAULT_RATE",
+    "MAX_LIFETIME",
+    "MIN_LIFETIME",
+    "MintedCertificate",
+    "ServedNode",
+    "ServingAuthority",
+    "ServingCertificates",
+    "loadServingAuthority",
+    "mintServingCertificate",
+]
+
+#: How long a minted certificate is valid by default (seconds): four hours.
+DEFAULT_LIFETIME = 4 * 3600.0
+
+#: The shortest lifetime allowed: below it, renewal (at two thirds) would
+#: mint every few minutes per node, for no gain.
+MIN_LIFETIME = 600.0
+
+#: The longest lifetime allowed: a week.  Longer is no short-lived
+#: certificate any more; a real kubelet's are rotated at 70-90 % of a year.
+MAX_LIFETIME = 7 * 86400.0
+
+#: How far back a certificate's validity starts, for clocks a little behind ours.
+BACKDATE = 300.0
+
+#: How many certificates are kept by default (the least recently used go
+#: first).  Some 0.7 KiB each when cached (docs/performance.md), so a full
+#: cache is some 45 MiB; a fleet larger than this mints again and again,
+#: within the rate.
+DEFAULT_MAX_ENTRIES = 65536
+
+#: Mints per second on average, by default: 500 is some 4 % of a core.
+DEFAULT_RATE = 500.0
+
+#: Mints at once, by default: a server starting under 10,000 nodes' worth
+#: of traffic has them all within some 16 s.
+DEFAULT_BURST = 2000.0
+
+#: The IPs a node may have (a HELLO carries at most 64).
+MAX_NODE_IPS = 64
+
+_log = Logger()
+
+
+class ServedNode(Protocol):
+    """
+    What a certificate is minted for: a node the server knows, and its IPs
+    (an L{twisted_tunnel.server.AgentRecord} or a routed node are such).
+    """
+
+    @property
+    def node(self) -> str: ...
+
+    @property
+    def ips(self) -> tuple[str, ...]: ...
+
+
+@frozen
+class ServingAuthority:
+    """
+    The CA that signs the kubelet serving certificates (kube-apiserver's
+    C{--kubelet-certificate-authority}), with its key.
+
+    @ivar certPath: the file C{certificate} came from (for messages).
+    """
+
+    certificate: x509.Certificate
+    key: PrivateKey
+    certPath: str = ""
+
+    def describe(self) -> str:
+        """The CA's subject, for logs."""
+        return self.certificate.subject.rfc4514_string()
+
+
+def loadServingAuthority(
+    certPath: str,
+    keyPath: str,
+    *,
+    certOption: str = "--proxy-serving-ca-cert",
+    keyOption: str = "--proxy-serving-ca-key",
+    now: datetime.datetime | None = None,
+) -> ServingAuthority:
+    """
+    Load and check the CA that mints serving certificates, once, at start-up
+    (blocking IO).
+
+    Refused, with one line naming the option, the file and the reason: what
+    L{twisted_tunnel.tls.loadCredentials} refuses (missing, not PEM, a key
+    that does not match), a file of more than one certificate (the CA must
+    be the one kube-apiserver trusts; intermediates are not sent), a
+    certificate that is no CA (basicConstraints CA:TRUE, and keyCertSign if
+    it has a keyUsage), one that expired or is not yet valid, and a key
+    file that others may read or write.  That last one is a warning for
+    other keys, and a refusal here: whoever reads this key can mint a
+    certificate that kube-apiserver takes for any node's kubelet.  A key
+    file that the group may read is accepted with a warning (a Secret
+    mounted with C{defaultMode: 0440} and an C{fsGroup}).
+    """
+    if now is None:
+        now = datetime.datetime.now(datetime.UTC)
+    certificates = _loadCertificates(certOption, certPath, _readFile(certOption, certPath))
+    if len(certificates) != 1:
+        raise CredentialsError(
+            f"{certOption} {certPath}: {len(certificates)} certificates; exactly one CA "
+            "certificate is expected (the one kube-apiserver's "
+            "--kubelet-certificate-authority trusts)"
+        )
+    (ca,) = certificates
+    why = _whyNotCA(ca)
+    if why is not None:
+        raise CredentialsError(f"{certOption} {certPath}: {why}")
+    if now < ca.not_valid_before_utc:
+        raise CredentialsError(
+            f"{certOption} {certPath}: CA certificate is not valid until "
+            f"{_formatTime(ca.not_valid_before_utc)} (check the clock?)"
+        )
+    if ca.not_valid_after_utc <= now:
+        raise CredentialsError(
+            f"{certOption} {certPath}: CA certificate expired on "
+            f"{_formatTime(ca.not_valid_after_utc)}"
+        )
+    _refuseExposed(keyOption, keyPath)
+    key = _loadKey(keyOption, keyPath, _readFile(keyOption, keyPath))
+    if _publicKeyDER(key) != _publicKeyDER(ca):
+        raise CredentialsError(
+            f"{keyOption} {keyPath}: private key does not match the CA certificate "
+            f"in {certOption} {certPath}"
+        )
+    return ServingAuthority(ca, key, certPath)
+
+
+def _whyNotCA(certificate: x509.Certificate) -> str | None:
+    """Why C{certificate} cannot sign certificates, or C{None} if it can."""
+    subject = certificate.subject.rfc4514_string()
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+    except x509.ExtensionNotFound:
+        return f"{subject} is not a CA certificate (no basicConstraints extension)"
+    if not constraints.value.ca:
+        return f"{subject} is not a CA certificate (basicConstraints CA:FALSE)"
+    try:
+        usage = certificate.extensions.get_extension_for_class(x509.KeyUsage)
+    except x509.ExtensionNotFound:
+        return None
+    if not usage.value.key_cert_sign:
+        return f"{subject} may not sign certificates (its keyUsage lacks keyCertSign)"
+    return None
+
+
+def _refuseExposed(option: str, path: str) -> None:
+    """Refuse a CA key file others may access; warn if the group may."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return  # reading it says why
+    if mode & 0o007:
+        raise CredentialsError(
+            f"{option} {path}: the CA key file is accessible by others (mode {mode:04o}); "
+            "whoever reads it can impersonate every kubelet: chmod 600 it"
+        )
+    if mode & 0o070:
+        _log.warn(
+            "{option} {path}: CA key file is accessible by its group (mode {mode:04o}); "
+            "chmod 600 it unless that group is this server alone",
+            option=option,
+            path=path,
+            mode=mode,
+        )
+
+
+def _at(seconds: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+
+
+def mintServingCertificate(
+    authority: ServingAuthority,
+    node: str,
+    ips: tuple[str, ...],
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+    notBefore: float,
+    notAfter: float,
+) -> x509.Certificate:
+    """
+    A kubelet-shaped serving certificate for C{node}: C{CN=<node>} (when it
+    fits the 64 characters of a common name; clients check the
+    subjectAltName, never the CN), subjectAltName C{DNS:<node>} and
+    C{IP:<ip>} for each of C{ips}, keyUsage digitalSignature (and
+    keyEncipherment for an RSA key, as the kubelet asks), extendedKeyUsage
+    serverAuth only: it cannot serve as a client certificate.
+
+    The CN is the node's name, not the C{system:node:<name>} of a
+    CSR-issued kubelet serving certificate: nothing checks a serving
+    certificate's CN, and a subject that reads as a node's identity is
+    what this server refuses from clients (L{refuseNodeIdentity}); better
+    that no minted certificate ever looks like one.
+
+    @param notBefore: seconds since the epoch.
+    @param notAfter: seconds since the epoch; clamped to the CA's own end.
+    @raise ValueError: C{node} is no node name, or an IP is malformed.
+    """
+    if not isNodeName(node):
+        raise ValueError(f"{node!r} is not a node name")
+    if len(ips) > MAX_NODE_IPS:
+        raise ValueError(f"node {node!r} has {len(ips)} IPs; at most {MAX_NODE_IPS}")
+    subject = (
+        [x509.NameAttribute(NameOID.COMMON_NAME, node)] if len(node) <= _COMMON_NAME_MAX else []
+    )
+    sans: list[x509.GeneralName] = [x509.DNSName(node)]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    ca = authority.certificate
+    end = min(_at(notAfter), ca.not_valid_after_utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(subject))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_at(notBefore))
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            leafKeyUsage(keyEncipherment=isinstance(key, rsa.RSAPrivateKey)), critical=True
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=not subject)
+    )
+    return builder.sign(authority.key, _signatureHash(authority.key))
+
+
+class MintedCertificate:
+    """
+    A minted certificate and its key, as a TLS connection takes them, and
+    when it is due for renewal.
+
+    Kept as pyOpenSSL objects, converted once here: a connection takes
+    them with C{Connection.use_certificate} and C{use_privatekey}, which
+    would otherwise turn C{cryptography} objects into pyOpenSSL ones (a
+    DER round trip, some 120 us) at every handshake.
+    """
+
+    __slots__ = ("node", "ips", "certificate", "key", "notAfter", "renewAt", "serial")
+
+    def __init__(
+        self,
+        node: str,
+        ips: tuple[str, ...],
+        certificate: x509.Certificate,
+        key: PrivateKey,
+        renewAt: float,
+    ) -> None:
+        self.node = node
+        self.ips = ips
+        self.certificate = X509.from_cryptography(certificate)
+        self.key = PKey.from_cryptography_key(key)
+        self.notAfter = certificate.not_valid_after_utc.timestamp()
+        self.renewAt = renewAt
+        self.serial = certificate.serial_number
+
+    def presentOn(self, connection: object) -> None:
+        """
+        Make C{connection} (an C{OpenSSL.SSL.Connection}, in its handshake)
+        present this certificate.
+
+        pyOpenSSL deprecates its own X509 and PKey objects here in favour
+        of C{cryptography}'s, whose conversion costs more than the rest of
+        the choice; the warning is silenced for these two calls only (this
+        runs on the reactor thread).
+        """
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Passing pyOpenSSL", DeprecationWarning)
+            connection.use_certificate(self.certificate)  # type: ignore[attr-defined]
+            connection.use_privatekey(self.key)  # type: ignore[attr-defined]
+
+
+class ServingCertificates:
+    """
+    The certificates minted for nodes, by node: L{certificateFor} returns
+    one that has at least a third of its life left, minting it (within the
+    rate) when there is none, it is due, or the node's IPs changed.
+
+    @param clock: the wall clock (C{seconds()}: the certificates' validity).
+    @param lifetime: seconds a certificate is valid (L{MIN_LIFETIME} to
+        L{MAX_LIFETIME}).
+    @param maxEntries: certificates kept at most.
+    @param rate: mints per second on average.
+    @param burst: mints at once.
+    @param newKey: makes each certificate's key (tests and the benchmark).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        authority: ServingAuthority,
+        clock: IReactorTime,
+        *,
+        lifetime: float = DEFAULT_LIFETIME,
+        maxEntries: int = DEFAULT_MAX_ENTRIES,
+        rate: float = DEFAULT_RATE,
+        burst: float = DEFAULT_BURST,
+        newKey: Callable[[], ec.EllipticCurvePrivateKey] | None = None,
+    ) -> None:
+        if not MIN_LIFETIME <= lifetime <= MAX_LIFETIME:
+            raise ValueError(
+                f"lifetime {lifetime!r}: must be {MIN_LIFETIME:.0f} to {MAX_LIFETIME:.0f} seconds"
+            )
+        if maxEntries < 1:
+            raise ValueError(f"maxEntries {maxEntries!r}: must be 1 or more")
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"rate {rate!r}, burst {burst!r}: must be positive, burst 1 or more")
+        self.authority = authority
+        self.clock = clock
+        self.lifetime = lifetime
+        self.maxEntries = maxEntries
+        self.rate = rate
+        self.burst = burst
+        self.newKey = newKey or _newLeafKey
+        #: how many certificates were minted, and how many mints the rate refused
+        self.minted = 0
+        self.throttled = 0
+        self._kept: OrderedDict[str, MintedCertificate] = OrderedDict()
+        self._tokens = burst
+        self._filledAt = clock.seconds()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def certificateFor(self, node: ServedNode) -> MintedCertificate | None:
+        """
+        The certificate to present for C{node}: the kept one if it is not
+        due and names the node's IPs of now, else a new one.
+
+        @return: C{None} if none can be had: minting is over the rate (or
+            failed, logged) and nothing kept is still valid.
+        """
+        now = self.clock.seconds()
+        kept = self._kept.get(node.node)
+        if kept is not None:
+            if kept.ips == node.ips and now < kept.renewAt:
+                self._kept.move_to_end(node.node)
+                return kept
+            if now >= kept.notAfter:
+                del self._kept[node.node]
+                kept = None
+        minted = self._mint(node, now)
+        if minted is None:
+            # over the rate: a kept certificate still valid for the node's
+            # IPs of now is better than none (it has up to a third of its
+            # life left)
+            if kept is not None and kept.ips == node.ips:
+                return kept
+            return None
+        self._kept[node.node] = minted
+        self._kept.move_to_end(node.node)
+        while len(self._kept) > self.maxEntries:
+            self._kept.popitem(last=False)
+        return minted
+
+    def _takeToken(self, now: float) -> bool:
+        """The token bucket: C{rate} tokens a second, at most C{burst} saved."""
+        elapsed = max(0.0, now - self._filledAt)
+        self._filledAt = now
+        self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    def _mint(self, node: ServedNode, now: float) -> MintedCertificate | None:
+        if not self._takeToken(now):
+            self.throttled += 1
+            return None
+        caEnd = self.authority.certificate.not_valid_after_utc.timestamp()
+        if caEnd <= now:
+            self.log.error(
+                "cannot mint serving certificates: the CA {ca} expired on {expiry}",
+                ca=self.authority.describe(),
+                expiry=_formatTime(_at(caEnd)),
+            )
+            return None
+        notAfter = min(now + self.lifetime, caEnd)
+        key = self.newKey()
+        try:
+            certificate = mintServingCertificate(
+                self.authority, node.node, node.ips, key, now - BACKDATE, notAfter
+            )
+        except ValueError as e:
+            self.log.warn(
+                "cannot mint a serving certificate for node {node}: {reason}",
+                node=node.node,
+                reason=str(e),
+            )
+            return None
+        self.minted += 1
+        # renewed once two thirds of its (possibly clamped) life are gone
+        renewAt = now + (notAfter - now) * 2 / 3
+        return MintedCertificate(node.node, node.ips, certificate, key, renewAt)
+
+
+def _newLeafKey() -> ec.EllipticCurvePrivateKey:
+    """A fresh ECDSA P-256 key: 13 us to make, and the cheapest to handshake with."""
+    return ec.generate_private_key(ec.SECP256R1())
