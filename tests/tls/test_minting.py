@@ -29,7 +29,6 @@ from twisted_tunnel.tls import verifyChain
 from twisted_tunnel.tls.certs import Issued, mintCA, writePair
 from twisted_tunnel.tls.minting import (
     BACKDATE,
-    DEFAULT_LIFETIME,
     MAX_LIFETIME,
     MIN_LIFETIME,
     MintedCertificate,
@@ -68,6 +67,14 @@ def wallClock() -> Clock:
 
 def cryptographyOf(minted: MintedCertificate) -> x509.Certificate:
     return minted.certificate.to_cryptography()
+
+
+def publicKey(minted: MintedCertificate) -> bytes:
+    return (
+        cryptographyOf(minted)
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
 
 
 class MintServingCertificateTests(SynchronousTestCase):
@@ -296,24 +303,27 @@ class ServingCertificatesTests(SynchronousTestCase):
         self.assertEqual(len(certificates), 1)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def test_keyPerCertificate(self) -> None:
-        """Every certificate has a key of its own, also each renewal."""
-        certificates = self.certificates()
+    def test_keyPerGeneration(self) -> None:
+        """
+        The certificates minted within a third of a lifetime share a key; a
+        renewal (two thirds into its certificate's life) gets a new one.
+        """
+        certificates = self.certificates(lifetime=3600)
         one = certificates.certificateFor(Node("edge-1"))
+        self.clock.advance(1199)
         two = certificates.certificateFor(Node("edge-2"))
-        assert one is not None and two is not None
-        self.clock.advance(DEFAULT_LIFETIME * 2 / 3)
+        self.clock.advance(1)
+        three = certificates.certificateFor(Node("edge-3"))
+        self.clock.advance(1200)
         renewed = certificates.certificateFor(Node("edge-1"))
+        assert one is not None and two is not None and three is not None
         assert renewed is not None
-        keys = {
-            cryptographyOf(m)
-            .public_key()
-            .public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            for m in (one, two, renewed)
-        }
-        self.assertEqual(len(keys), 3)
+        self.assertIsNot(renewed, one)
+        keys = [publicKey(m) for m in (one, two, three, renewed)]
+        self.assertEqual(keys[0], keys[1])
+        self.assertNotEqual(keys[1], keys[2])
+        self.assertNotEqual(keys[2], keys[3])
+        self.assertNotEqual(keys[0], keys[3])
 
     def test_lifetime(self) -> None:
         """Valid from a little before now to C{lifetime} from now."""

@@ -94,6 +94,7 @@ from ..tls import (
 )
 from ..tls.minting import (
     DEFAULT_LIFETIME,
+    DEFAULT_MAX_ENTRIES,
     MAX_LIFETIME,
     MIN_LIFETIME,
     ServingCertificates,
@@ -233,6 +234,14 @@ class Options(TunnelOptions):
             f"Seconds each minted serving certificate is valid ({MIN_LIFETIME:.0f} to "
             f"{MAX_LIFETIME:.0f}); renewed once two thirds of it are gone.",
             positiveFloat,
+        ],
+        [
+            "proxy-serving-cert-cache",
+            None,
+            DEFAULT_MAX_ENTRIES,
+            "How many minted serving certificates are kept (some 7 KiB each); at least the "
+            "number of edge nodes, or their certificates are minted again and again.",
+            positiveInt,
         ],
         [
             "proxy-client-cert",
@@ -881,7 +890,10 @@ def _servingOptions(
         other="--proxy-serving-cert" if fallback else "no certificate (handshake refused)",
     )
     certificates = ServingCertificates(
-        authority, reactor, lifetime=options["proxy-serving-cert-lifetime"]
+        authority,
+        reactor,
+        lifetime=options["proxy-serving-cert-lifetime"],
+        maxEntries=options["proxy-serving-cert-cache"],
     )
     return NodeServingOptions(
         credentials, certificates, server.routes.lookup, reactor, fallback=fallback

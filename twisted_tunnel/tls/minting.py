@@ -28,12 +28,20 @@ Bounded, whatever clients do:
     L{MAX_LIFETIME}) and renewed once two thirds of their life is gone, so
     one always has at least a third of its life left when it is presented.
 
-Each certificate has a key of its own, a fresh ECDSA P-256 key at every
-mint: C{bench/serving_certs.py} measured a key per certificate at 8 % of
-the minting time and some 0.7 KiB per cached node (docs/performance.md),
-and it keeps the rule simple: a key, like its certificate, lives for hours.
-One key shared by every minted certificate would outlive them all unless
-it were itself rotated, and a copy of it would answer for every node.
+The certificates minted within a third of their lifetime share one leaf
+key (a fresh ECDSA P-256 key per such I{generation}); a renewal, which
+comes two thirds into a certificate's life, falls in a later generation,
+so it comes with a new key.  C{bench/serving_certs.py} measured, at 10,000
+nodes (docs/performance.md): a key per certificate costs some 2 KiB more
+per cached node (an OpenSSL C{EVP_PKEY} for P-256, with its own copy of
+the curve, outweighs the certificate's DER), 88 MiB instead of 67 MiB,
+and mints 6 to 20 % fewer certificates a second.  What a key per node would buy is little: the CA
+key that signs them all sits in the same process, and what matters, that
+no leaf key answers for long, holds either way (a generation's key is
+used for at most a third of a lifetime, and the last certificate made
+with it expires one lifetime later).  A copy of one generation's key
+would answer for every node for that long, where a node's own would
+answer for that node only.
 """
 
 from __future__ import annotations
@@ -44,7 +52,6 @@ import os
 import stat
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Protocol
 
 from attrs import frozen
@@ -95,10 +102,12 @@ MAX_LIFETIME = 7 * 86400.0
 BACKDATE = 300.0
 
 #: How many certificates are kept by default (the least recently used go
-#: first).  Some 0.7 KiB each when cached (docs/performance.md), so a full
-#: cache is some 45 MiB; a fleet larger than this mints again and again,
-#: within the rate.
-DEFAULT_MAX_ENTRIES = 65536
+#: first).  Some 7 KiB each when cached (mostly OpenSSL's parsed C{X509};
+#: C{bench/serving_certs.py} measured 67 MiB for 10,000 nodes), so a full
+#: cache is some 135 MiB.  A fleet larger than this should say so
+#: (C{--proxy-serving-cert-cache}): otherwise its nodes' certificates are
+#: minted again and again, within the rate.
+DEFAULT_MAX_ENTRIES = 20000
 
 #: Mints per second on average, by default: 500 is some 4 % of a core.
 DEFAULT_RATE = 500.0
@@ -301,32 +310,31 @@ def mintServingCertificate(
 
 class MintedCertificate:
     """
-    A minted certificate and its key, as a TLS connection takes them, and
-    when it is due for renewal.
+    A certificate and its key, as a TLS connection takes them, and when it
+    is due for renewal.
 
-    Kept as pyOpenSSL objects, converted once here: a connection takes
-    them with C{Connection.use_certificate} and C{use_privatekey}, which
-    would otherwise turn C{cryptography} objects into pyOpenSSL ones (a
-    DER round trip, some 120 us) at every handshake.
+    Kept as pyOpenSSL objects, converted once: a connection takes them with
+    C{Connection.use_certificate} and C{use_privatekey}, which would
+    otherwise turn C{cryptography} objects into pyOpenSSL ones (a DER
+    round trip, some 120 us) at every handshake.  The key object is shared
+    by the certificates of one generation.
+
+    @ivar notAfter: the end of its validity, seconds since the epoch.
+    @ivar renewAt: when it is due for renewal, on the same clock.
     """
 
     __slots__ = ("node", "ips", "certificate", "key", "notAfter", "renewAt", "serial")
 
     def __init__(
-        self,
-        node: str,
-        ips: tuple[str, ...],
-        certificate: x509.Certificate,
-        key: PrivateKey,
-        renewAt: float,
+        self, node: str, ips: tuple[str, ...], certificate: X509, key: PKey, renewAt: float
     ) -> None:
         self.node = node
         self.ips = ips
-        self.certificate = X509.from_cryptography(certificate)
-        self.key = PKey.from_cryptography_key(key)
-        self.notAfter = certificate.not_valid_after_utc.timestamp()
+        self.certificate = certificate
+        self.key = key
+        self.notAfter = certificate.to_cryptography().not_valid_after_utc.timestamp()
         self.renewAt = renewAt
-        self.serial = certificate.serial_number
+        self.serial = certificate.get_serial_number()
 
     def presentOn(self, connection: object) -> None:
         """
@@ -356,7 +364,6 @@ class ServingCertificates:
     @param maxEntries: certificates kept at most.
     @param rate: mints per second on average.
     @param burst: mints at once.
-    @param newKey: makes each certificate's key (tests and the benchmark).
     """
 
     log = Logger()
@@ -370,7 +377,6 @@ class ServingCertificates:
         maxEntries: int = DEFAULT_MAX_ENTRIES,
         rate: float = DEFAULT_RATE,
         burst: float = DEFAULT_BURST,
-        newKey: Callable[[], ec.EllipticCurvePrivateKey] | None = None,
     ) -> None:
         if not MIN_LIFETIME <= lifetime <= MAX_LIFETIME:
             raise ValueError(
@@ -386,13 +392,14 @@ class ServingCertificates:
         self.maxEntries = maxEntries
         self.rate = rate
         self.burst = burst
-        self.newKey = newKey or _newLeafKey
         #: how many certificates were minted, and how many mints the rate refused
         self.minted = 0
         self.throttled = 0
         self._kept: OrderedDict[str, MintedCertificate] = OrderedDict()
         self._tokens = burst
         self._filledAt = clock.seconds()
+        #: the leaf key of this generation, as both libraries take it, and its end
+        self._generation: tuple[ec.EllipticCurvePrivateKey, PKey, float] | None = None
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -451,7 +458,7 @@ class ServingCertificates:
             )
             return None
         notAfter = min(now + self.lifetime, caEnd)
-        key = self.newKey()
+        key, pkey = self._leafKey(now)
         try:
             certificate = mintServingCertificate(
                 self.authority, node.node, node.ips, key, now - BACKDATE, notAfter
@@ -466,9 +473,19 @@ class ServingCertificates:
         self.minted += 1
         # renewed once two thirds of its (possibly clamped) life are gone
         renewAt = now + (notAfter - now) * 2 / 3
-        return MintedCertificate(node.node, node.ips, certificate, key, renewAt)
+        return MintedCertificate(
+            node.node, node.ips, X509.from_cryptography(certificate), pkey, renewAt
+        )
 
-
-def _newLeafKey() -> ec.EllipticCurvePrivateKey:
-    """A fresh ECDSA P-256 key: 13 us to make, and the cheapest to handshake with."""
-    return ec.generate_private_key(ec.SECP256R1())
+    def _leafKey(self, now: float) -> tuple[ec.EllipticCurvePrivateKey, PKey]:
+        """
+        The leaf key of the generation in force: a fresh ECDSA P-256 key
+        (13 us to make, the cheapest to handshake with) every third of a
+        lifetime.
+        """
+        if self._generation is None or now >= self._generation[2]:
+            key = ec.generate_private_key(ec.SECP256R1())
+            pkey = PKey.from_cryptography_key(key)
+            self._generation = (key, pkey, now + self.lifetime / 3)
+        key, pkey, _ = self._generation
+        return key, pkey

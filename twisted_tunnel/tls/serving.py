@@ -38,6 +38,7 @@ for, whatever SNI a client sends.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -126,13 +127,8 @@ class NodeServingOptions:
         context = options.getContext()
         context.set_tlsext_servername_callback(self._chooseCertificate)
         self._context = context
-        self._static = MintedCertificate(
-            "",
-            (),
-            credentials.certificate.original.to_cryptography(),
-            credentials.certificate.privateKey.original.to_cryptography_key(),
-            float("inf"),
-        )
+        own = credentials.certificate
+        self._static = MintedCertificate("", (), own.original, own.privateKey.original, math.inf)
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
         """A connection on the listener's context; its certificate comes with its ClientHello."""
