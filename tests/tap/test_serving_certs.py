@@ -13,9 +13,11 @@ import sys
 from typing import Any
 
 from cryptography import x509
+from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS, trustRootFromCertificates
+from twisted.logger import capturedLogs
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import TestCase
 
@@ -25,7 +27,7 @@ from tests.server.test_registry import record
 from tests.tap.test_security_exposure import startHTTPSListener
 from twisted_tunnel.server import TunnelServer
 from twisted_tunnel.tap import server as tapserver
-from twisted_tunnel.tls.certs import mintCA
+from twisted_tunnel.tls.certs import mintCA, writePair
 
 pki = TestPKI()
 
@@ -57,8 +59,8 @@ class MintingListenerTests(TestCase):
 
     async def startListener(self, *arguments: str) -> tuple[int, TunnelServer]:
         """The daemon's service, with only its HTTPS listener started: its port, its server."""
-        port, top = await startHTTPSListener(self, self.paths.options(), *arguments)
-        return port, top.tunnelServer  # type: ignore[attr-defined]
+        port, self.top = await startHTTPSListener(self, self.paths.options(), *arguments)
+        return port, self.top.tunnelServer  # type: ignore[attr-defined]
 
     async def ask(self, port: int, serverName: str, trust: Any) -> _Asked:
         """One request, as kube-apiserver with --kubelet-certificate-authority=C{trust}."""
@@ -92,6 +94,42 @@ class MintingListenerTests(TestCase):
         self.assertIn(b"its agent left", asker.received)
         assert asker.presented is not None
         self.assertEqual(asker.presented.subject.rfc4514_string(), "CN=edge-1")
+
+    async def test_caRotation(self) -> None:
+        """
+        The CA's files are watched as the other certificates are: once they
+        hold another CA, the next handshake gets a certificate minted by it
+        (the old CA's are dropped); a rotation to something that is no CA
+        is refused with one line, and the CA in force stays.
+        """
+        port, server = await self.startListener(*self.caArgs)
+        edge = record("edge-1", "10.0.0.7")
+        server.registry.register(edge)
+        server.registry.unregister(edge.tunnel)
+        first = await self.ask(port, "edge-1", self.trust(self.servingCA))
+        assert first.presented is not None
+        newCA = mintCA("kubelet serving CA, next")
+        writePair(newCA, self.caArgs[1], self.caArgs[3])
+        watcher = self.top.getServiceNamed("tls:--proxy-serving-ca-cert")  # type: ignore[attr-defined]
+        with capturedLogs() as events:
+            self.assertTrue(watcher.poll())
+        self.assertTrue(any("dropped" in e["log_format"] for e in events), events)
+        second = await self.ask(port, "edge-1", self.trust(newCA))
+        assert second.presented is not None
+        self.assertEqual(second.presented.issuer, newCA.certificate.subject)
+        self.assertNotEqual(second.presented.serial_number, first.presented.serial_number)
+        stale = await self.ask(port, "edge-1", self.trust(self.servingCA))
+        self.assertEqual(stale.received, b"")  # the old CA's client refuses the new one
+        writePair(pki.server, self.caArgs[1], self.caArgs[3])
+        with capturedLogs() as events:
+            self.assertFalse(watcher.poll())
+        refused = [e for e in events if "rotation refused" in e["log_format"]]
+        self.assertEqual(len(refused), 1)
+        self.assertIn("is not a CA certificate", refused[0]["reason"])
+        third = await self.ask(port, "edge-1", self.trust(newCA))
+        assert third.presented is not None
+        self.assertEqual(third.presented.serial_number, second.presented.serial_number)
+        self.flushLoggedErrors(SSL.Error)
 
     async def test_unknownNodeRefused(self) -> None:
         """No such node, no static certificate given: no certificate, no HTTP."""

@@ -69,13 +69,14 @@ class NodeServingOptionsTests(SynchronousTestCase):
             self.asked.append(address)
             return KNOWN.get(address)
 
-        return NodeServingOptions(
+        self.serving = NodeServingOptions(
             credentials or pki.credentials(pki.server),
             self.certificates,
             nodes,
             self.clock,
             fallback=fallback,
         )
+        return self.serving
 
     def assertHandshake(self, connection: MemoryTLS) -> None:
         self.assertEqual(connection.server.app.handshakes, 1)
@@ -107,6 +108,7 @@ class NodeServingOptionsTests(SynchronousTestCase):
         self.assertEqual(identity.commonName, "kube-apiserver")
         self.assertEqual(self.asked, ["edge-1"])
         self.assertEqual(self.certificates.minted, 1)
+        self.assertEqual(self.serving.chosen, {"node": 1})
 
     def test_cachedAcrossConnections(self) -> None:
         """The second connection to a node presents the same certificate, minted once."""
@@ -130,6 +132,16 @@ class NodeServingOptionsTests(SynchronousTestCase):
         self.assertEqual(self.asked, ["10.0.0.7"])
         self.assertEqual(served(connection).subject.rfc4514_string(), "CN=edge-1")
 
+    def test_refusalsLogBounded(self) -> None:
+        """A flood of handshakes for unknown names writes a few lines, not one each."""
+        options = self.options()
+        with capturedLogs() as events:
+            for index in range(50):
+                self.assertRefused(connect(options, apiserver(f"edge-{index + 10}")))
+        lines = [e for e in events if "no serving certificate" in e["log_format"]]
+        self.assertLessEqual(len(lines), 10)
+        self.assertEqual(self.serving.chosen, {"none": 50})
+
     def test_unknownNodeRefused(self) -> None:
         """
         An SNI naming no known node: nothing is minted, no certificate is
@@ -142,6 +154,7 @@ class NodeServingOptionsTests(SynchronousTestCase):
         warnings = [e for e in events if "no serving certificate" in e["log_format"]]
         self.assertEqual(len(warnings), 1)
         self.assertEqual(warnings[0]["destination"], "edge-9")
+        self.assertEqual(self.serving.chosen, {"none": 1})
 
     def test_arbitrarySNINeverMinted(self) -> None:
         """Wildcards, upper case, junk: never looked up as nodes, never minted."""
@@ -172,6 +185,7 @@ class NodeServingOptionsTests(SynchronousTestCase):
         self.assertHandshake(connection)
         self.assertEqual(served(connection), pki.server.certificate)
         self.assertEqual(self.certificates.minted, 0)
+        self.assertEqual(self.serving.chosen, {"static": 1})
 
     def test_noSNIGetsTheStaticCertificate(self) -> None:
         """
@@ -196,7 +210,7 @@ class NodeServingOptionsTests(SynchronousTestCase):
         self.assertHandshake(connect(options, apiserver("edge-1")))
         with capturedLogs() as events:
             self.assertRefused(connect(options, apiserver("edge-2")))
-        self.assertTrue(any("over its rate" in e.get("why", "") for e in events))
+        self.assertTrue(any("over the rate" in e.get("why", "") for e in events))
         self.assertHandshake(connect(options, apiserver("edge-1")))  # cached: no token
 
     def test_wrongCAAtTheClient(self) -> None:

@@ -97,6 +97,7 @@ from ..tls.minting import (
     DEFAULT_MAX_ENTRIES,
     MAX_LIFETIME,
     MIN_LIFETIME,
+    ServingAuthority,
     ServingCertificates,
     loadServingAuthority,
 )
@@ -835,7 +836,7 @@ def _proxyListeners(
             options, "proxy-serving-client-ca", "proxy-serving-cert", "proxy-serving-key"
         )
         # clients always need a certificate: --proxy-serving-client-ca, else --ca
-        tls = _servingOptions(options, server, _credentials(servingFiles))
+        tls = _servingOptions(options, server, top, _credentials(servingFiles))
         _rotate(options, top, "tls:--proxy-serving-cert", servingFiles, tls.update)
         listen(
             options["https-proxy-endpoint"],
@@ -863,24 +864,25 @@ def _proxyListeners(
 
 
 def _servingOptions(
-    options: Options, server: TunnelServer, credentials: Credentials
+    options: Options, server: TunnelServer, top: MultiService, credentials: Credentials
 ) -> RotatingServerOptions | NodeServingOptions:
     """
     The HTTPS proxy listener's TLS: the static C{--proxy-serving-cert}, or,
     with C{--proxy-serving-ca-cert}, a certificate minted per node for the
     nodes the server routes (connected, or gone less than
-    C{--keep-gone-nodes} ago).
+    C{--keep-gone-nodes} ago).  The CA's files are watched as the others
+    are: a rotation mints with the new CA at once.
     """
     from twisted.internet import reactor
 
     if not options["proxy-serving-ca-cert"]:
         return RotatingServerOptions(credentials, proxyServingOptions)
-    try:
-        authority = loadServingAuthority(
-            options["proxy-serving-ca-cert"], options["proxy-serving-ca-key"]
-        )
-    except CredentialsError as e:
-        fatal(PROGRAM, str(e))
+    caCert, caKey = options["proxy-serving-ca-cert"], options["proxy-serving-ca-key"]
+    caFiles = _Files(
+        (caCert, caCert, caKey),
+        lambda: loadServingAuthority(caCert, caKey).credentials(),
+    )
+    authority = ServingAuthority.fromCredentials(_credentials(caFiles))
     fallback = bool(options["proxy-serving-cert"])
     _log.info(
         "HTTPS proxy listener: minting serving certificates ({lifetime:.0f} s each) with "
@@ -895,9 +897,18 @@ def _servingOptions(
         lifetime=options["proxy-serving-cert-lifetime"],
         maxEntries=options["proxy-serving-cert-cache"],
     )
-    return NodeServingOptions(
+    serving = NodeServingOptions(
         credentials, certificates, server.routes.lookup, reactor, fallback=fallback
     )
+    server.metrics.watchServingCertificates(serving)
+    _rotate(
+        options,
+        top,
+        "tls:--proxy-serving-ca-cert",
+        caFiles,
+        lambda c: certificates.replaceAuthority(ServingAuthority.fromCredentials(c)),
+    )
+    return serving
 
 
 def _knownPolicies(options: Options) -> dict[str, IForwardingPolicy]:

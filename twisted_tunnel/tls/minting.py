@@ -60,12 +60,22 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL.crypto import X509, PKey
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
+from .._logthrottle import LogThrottle
 from ..errors import CredentialsError
-from . import _formatTime, _loadCertificates, _loadKey, _publicKeyDER, _readFile
+from . import (
+    Credentials,
+    _formatTime,
+    _loadCertificates,
+    _loadKey,
+    _publicKeyDER,
+    _readFile,
+    makeCredentials,
+)
 from .certs import (
     _COMMON_NAME_MAX,
+    PRIVATE_KEY_TYPES,
     PrivateKey,
     _signatureHash,
     isNodeName,
@@ -151,6 +161,24 @@ class ServingAuthority:
     def describe(self) -> str:
         """The CA's subject, for logs."""
         return self.certificate.subject.rfc4514_string()
+
+    def credentials(self) -> Credentials:
+        """
+        As L{Credentials} (the CA presenting itself, trusting itself): what
+        L{twisted_tunnel.tls.rotation.CredentialsWatcher} hands over, so that
+        its files are watched as every other certificate's.
+        """
+        return makeCredentials(
+            [self.certificate], self.certificate, self.key, certPath=self.certPath
+        )
+
+    @classmethod
+    def fromCredentials(cls, credentials: Credentials) -> ServingAuthority:
+        """The authority L{credentials} was made from."""
+        own = credentials.certificate
+        key = own.privateKey.original.to_cryptography_key()
+        assert isinstance(key, PRIVATE_KEY_TYPES)
+        return cls(own.original.to_cryptography(), key, credentials.certPath)
 
 
 def loadServingAuthority(
@@ -398,11 +426,31 @@ class ServingCertificates:
         self._kept: OrderedDict[str, MintedCertificate] = OrderedDict()
         self._tokens = burst
         self._filledAt = clock.seconds()
+        self._throttle = LogThrottle(clock)
         #: the leaf key of this generation, as both libraries take it, and its end
         self._generation: tuple[ec.EllipticCurvePrivateKey, PKey, float] | None = None
 
     def __len__(self) -> int:
         return len(self._kept)
+
+    def replaceAuthority(self, authority: ServingAuthority) -> None:
+        """
+        Mint with C{authority} from now on (its files were rotated): every
+        certificate kept, and the leaf key, are dropped, so no handshake
+        presents one signed by the old CA (it may be rotated out because it
+        was compromised, or kube-apiserver may trust only the new one).
+        Each node's next handshake mints again, within the rate.
+        """
+        dropped = len(self._kept)
+        self.authority = authority
+        self._kept.clear()
+        self._generation = None
+        self.log.info(
+            "serving certificates: minting with CA {ca} from now on; {dropped} certificates "
+            "of the previous CA dropped",
+            ca=authority.describe(),
+            dropped=dropped,
+        )
 
     def certificateFor(self, node: ServedNode) -> MintedCertificate | None:
         """
@@ -451,7 +499,9 @@ class ServingCertificates:
             return None
         caEnd = self.authority.certificate.not_valid_after_utc.timestamp()
         if caEnd <= now:
-            self.log.error(
+            self._throttle.emit(
+                self.log,
+                LogLevel.error,
                 "cannot mint serving certificates: the CA {ca} expired on {expiry}",
                 ca=self.authority.describe(),
                 expiry=_formatTime(_at(caEnd)),
@@ -464,7 +514,9 @@ class ServingCertificates:
                 self.authority, node.node, node.ips, key, now - BACKDATE, notAfter
             )
         except ValueError as e:
-            self.log.warn(
+            self._throttle.emit(
+                self.log,
+                LogLevel.warn,
                 "cannot mint a serving certificate for node {node}: {reason}",
                 node=node.node,
                 reason=str(e),

@@ -39,6 +39,7 @@ for, whatever SNI a client sends.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -117,6 +118,9 @@ class NodeServingOptions:
         self.certificates = certificates
         self.nodes = nodes
         self.fallback = fallback
+        #: what each handshake was given: C{node} (its minted certificate),
+        #: C{static} (C{--proxy-serving-cert}) or C{none} (refused)
+        self.chosen: Counter[str] = Counter()
         self._build = build
         self._throttle = LogThrottle(clock)
         self.update(credentials)
@@ -155,12 +159,15 @@ class NodeServingOptions:
         if node is not None:
             minted = self.certificates.certificateFor(node)
             if minted is not None:
+                self.chosen["node"] += 1
                 return minted
-            why = "minting is over its rate"
+            why = "no certificate could be minted (over the rate, or the CA expired)"
         else:
             why = "not a known node's IP or name"
         if self.fallback:
+            self.chosen["static"] += 1
             return self._static
+        self.chosen["none"] += 1
         self._throttle.emit(
             self.log,
             LogLevel.warn,
