@@ -123,6 +123,9 @@ class MintServingCertificateTests(SynchronousTestCase):
         self.assertEqual(list(eku), [ExtendedKeyUsageOID.SERVER_AUTH])
         constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
         self.assertFalse(constraints.value.ca)
+        aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+        ski = servingCA().certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        self.assertEqual(aki.value.key_identifier, ski.value.digest)
 
     def test_rsaKeyEncipherment(self) -> None:
         """An RSA leaf key also gets keyEncipherment, as the kubelet asks for one."""

@@ -26,7 +26,9 @@ Bounded, whatever clients do:
     for the fleet, costs at most that much signing;
   - certificates are short-lived (L{DEFAULT_LIFETIME}, at most
     L{MAX_LIFETIME}) and renewed once two thirds of their life is gone, so
-    one always has at least a third of its life left when it is presented.
+    one has at least a third of its life left when it is presented (unless
+    minting is over its rate: the kept one is then presented until it
+    expires).
 
 The certificates minted within a third of their lifetime share one leaf
 key (a fresh ECDSA P-256 key per such I{generation}); a renewal, which
@@ -35,13 +37,13 @@ so it comes with a new key.  C{bench/serving_certs.py} measured, at 10,000
 nodes (docs/performance.md): a key per certificate costs some 2 KiB more
 per cached node (an OpenSSL C{EVP_PKEY} for P-256, with its own copy of
 the curve, outweighs the certificate's DER), 88 MiB instead of 67 MiB,
-and mints 6 to 20 % fewer certificates a second.  What a key per node would buy is little: the CA
-key that signs them all sits in the same process, and what matters, that
-no leaf key answers for long, holds either way (a generation's key is
-used for at most a third of a lifetime, and the last certificate made
-with it expires one lifetime later).  A copy of one generation's key
-would answer for every node for that long, where a node's own would
-answer for that node only.
+and mints 6 to 20 % fewer certificates a second.  What a key per node
+would buy is little: the CA key that signs them all sits in the same
+process, and what matters, that no leaf key answers for long, holds
+either way (a generation's key is used for at most a third of a
+lifetime, and the last certificate made with it expires one lifetime
+later).  A copy of one generation's key would answer for every node for
+that long, where a node's own would answer for that node only.
 """
 
 from __future__ import annotations
@@ -76,7 +78,9 @@ from . import (
 from .certs import (
     _COMMON_NAME_MAX,
     PRIVATE_KEY_TYPES,
+    Issued,
     PrivateKey,
+    _authorityKeyIdentifier,
     _signatureHash,
     isNodeName,
     leafKeyUsage,
@@ -190,8 +194,10 @@ def loadServingAuthority(
     now: datetime.datetime | None = None,
 ) -> ServingAuthority:
     """
-    Load and check the CA that mints serving certificates, once, at start-up
-    (blocking IO).
+    Load and check the CA that mints serving certificates: at start-up, and
+    again when its files change (as every credential file is read: regular
+    files of at most 1 MiB, so a FIFO or C{/dev/zero} cannot stall the
+    reactor).
 
     Refused, with one line naming the option, the file and the reason: what
     L{twisted_tunnel.tls.loadCredentials} refuses (missing, not PEM, a key
@@ -332,6 +338,9 @@ def mintServingCertificate(
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=not subject)
+        # which of the CAs a bundle may hold (two with one subject, while
+        # rotating) signed it
+        .add_extension(_authorityKeyIdentifier(Issued(ca, authority.key)), critical=False)
     )
     return builder.sign(authority.key, _signatureHash(authority.key))
 
