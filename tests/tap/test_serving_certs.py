@@ -154,6 +154,11 @@ class MintingListenerTests(TestCase):
             self.options(*self.caArgs[:2])
         self.assertIn("go together", str(caught.exception))
 
+    def test_needsTheListener(self) -> None:
+        with self.assertRaises(UsageError) as caught:
+            self.options(*self.caArgs, "--https-proxy-endpoint", "none")
+        self.assertIn("--https-proxy-endpoint none", str(caught.exception))
+
     def test_lifetimeBounded(self) -> None:
         for value in ("599", "604801"):
             with self.assertRaises(UsageError) as caught:

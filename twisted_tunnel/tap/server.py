@@ -391,6 +391,11 @@ class Options(TunnelOptions):
             raise usage.UsageError(
                 "--proxy-serving-ca-cert and --proxy-serving-ca-key go together"
             )
+        if self["proxy-serving-ca-cert"] and self["https-proxy-endpoint"] == "none":
+            raise usage.UsageError(
+                "--proxy-serving-ca-cert mints for the HTTPS proxy listener, which "
+                "--https-proxy-endpoint none turns off"
+            )
         if not MIN_LIFETIME <= self["proxy-serving-cert-lifetime"] <= MAX_LIFETIME:
             raise usage.UsageError(
                 f"--proxy-serving-cert-lifetime {self['proxy-serving-cert-lifetime']:g}: "

@@ -36,8 +36,9 @@ comes two thirds into a certificate's life, falls in a later generation,
 so it comes with a new key.  C{bench/serving_certs.py} measured, at 10,000
 nodes (docs/performance.md): a key per certificate costs some 2 KiB more
 per cached node (an OpenSSL C{EVP_PKEY} for P-256, with its own copy of
-the curve, outweighs the certificate's DER), 88 MiB instead of 67 MiB,
-and mints 6 to 20 % fewer certificates a second.  What a key per node
+the curve, outweighs the certificate's DER), 89 MiB instead of 68 MiB,
+and mints up to 20 % fewer certificates a second (within the noise in
+some runs).  What a key per node
 would buy is little: the CA key that signs them all sits in the same
 process, and what matters, that no leaf key answers for long, holds
 either way (a generation's key is used for at most a third of a
@@ -117,13 +118,14 @@ BACKDATE = 300.0
 
 #: How many certificates are kept by default (the least recently used go
 #: first).  Some 7 KiB each when cached (mostly OpenSSL's parsed C{X509};
-#: C{bench/serving_certs.py} measured 67 MiB for 10,000 nodes), so a full
-#: cache is some 135 MiB.  A fleet larger than this should say so
+#: C{bench/serving_certs.py} measured 68 MiB for 10,000 nodes), so a full
+#: cache is some 140 MiB.  A fleet larger than this should say so
 #: (C{--proxy-serving-cert-cache}): otherwise its nodes' certificates are
 #: minted again and again, within the rate.
 DEFAULT_MAX_ENTRIES = 20000
 
-#: Mints per second on average, by default: 500 is some 4 % of a core.
+#: Mints per second on average, by default: 500 is at most some 4-6 % of a
+#: core (70-130 us each).
 DEFAULT_RATE = 500.0
 
 #: Mints at once, by default: a server starting under 10,000 nodes' worth
