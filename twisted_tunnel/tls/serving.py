@@ -98,7 +98,9 @@ class NodeServingOptions:
         C{None}.
     @param fallback: present the static certificate to a client that
         dialled no known node (C{--proxy-serving-cert} was given); else
-        such a handshake fails.
+        such a handshake fails.  Its leaf only: the intermediates of its
+        file (C{Credentials.chain}) would be the context's, sent with the
+        minted certificates too, so they are left out here.
     @param build: makes the listener's options from C{credentials} with no
         certificate in them (L{proxyServingOptions}).
     """
