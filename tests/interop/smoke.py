@@ -12,8 +12,13 @@ ways, 20 MiB; 7 kubectl top node and top pod (metrics-server); 8 the node
 proxy's /metrics and /stats/summary; 9 Prometheus scrapes each node
 exporter and the server's /metrics, every target up; 10 failures: an
 agent stopped, then restarted under an open C{logs -f} and C{exec -i},
-then everything working again (always run last: it disturbs the world).
-Items in L{KNOWN_FAILING} run only when named.  Exits 1 if any fails.
+then everything working again (always run last: it disturbs the world);
+11 (issue 16) the HTTPS proxy listener's certificate as kube-apiserver
+sees it, with C{--serving=static|minted|untrusted} (C{SERVING} in world.py): with
+C{minted}, the node's own minted certificate, and logs and exec work
+with C{--kubelet-certificate-authority} the minting CA; with
+C{untrusted}, kube-apiserver trusting another CA, they fail as against a
+real kubelet.  Items in L{KNOWN_FAILING} run only when named.  Exits 1 if any fails.
 Not a test module (no C{test_} prefix): run it by hand.
 """
 
@@ -700,6 +705,107 @@ def logsWork(world, pod: str) -> str:
     return f"logs {len(parsed)} lines in {elapsed:.2f}s"
 
 
+#: A Python that reads the certificate the HTTPS proxy listener presents at
+#: a node IP, as kube-apiserver would get it (its kubelet client
+#: certificate, no SNI, the OUTPUT DNAT on the way): its DER, in hex.
+PRESENTED = """
+import socket, ssl, sys
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+context.load_cert_chain(sys.argv[2], sys.argv[3])
+with socket.create_connection((sys.argv[1], 10250), timeout=10) as raw:
+    with context.wrap_socket(raw) as tls:
+        print(tls.getpeercert(binary_form=True).hex())
+"""
+
+
+def presented(world, edge) -> Any:
+    """The certificate the listener presents to a client that dialled C{edge}'s IP:10250."""
+    from cryptography import x509
+
+    result = world.cloud.run(
+        sys.executable, "-c", PRESENTED, edge.nodeIP, world.apiserverCert, world.apiserverKey
+    )
+    return x509.load_der_x509_certificate(bytes.fromhex(result.stdout.strip()))
+
+
+UNKNOWN_AUTHORITY = "x509: certificate signed by unknown authority"
+
+
+def itemServing(world, pods: dict[str, str]) -> str:
+    """
+    Issue 16, item 3: per-node serving certificates.  For each edge, the
+    certificate the listener presents at its node IP (DNATed, no SNI):
+    with C{minted} and C{untrusted}, C{CN=edge-N}, C{DNS:edge-N} and
+    C{IP:<node IP>} only, signed by the minting CA, valid for the default
+    four hours; with C{static}, the one certificate of every node IP.
+    Then C{kubectl logs} and C{exec -i}: they work (C{static},
+    C{minted}), or (C{untrusted}: kube-apiserver's
+    C{--kubelet-certificate-authority} is not the minting CA) fail with
+    kube-apiserver's C{x509: certificate signed by unknown authority},
+    exactly as against a real kubelet whose CA it does not trust.
+    """
+    import ipaddress
+
+    from cryptography import x509
+
+    out = []
+    for edge in world.edges:
+        certificate = presented(world, edge)
+        sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        ips = [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+        if world.serving == "static":
+            check(edge.nodeIP in ips, f"{edge.name}: the static certificate lacks {edge.nodeIP}")
+            shape = f"static ({len(ips)} IPs)"
+        else:
+            subject = certificate.subject.rfc4514_string()
+            check(subject == f"CN={edge.name}", f"{edge.name}: subject {subject}")
+            check(
+                (sans.get_values_for_type(x509.DNSName), ips) == ([edge.name], [edge.nodeIP]),
+                f"{edge.name}: subjectAltName {sans}",
+            )
+            issuer = certificate.issuer.rfc4514_string()
+            check(issuer == "CN=interop kubelet serving CA", f"{edge.name}: issuer {issuer}")
+            life = certificate.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+            check(
+                datetime.timedelta(hours=3) < life <= datetime.timedelta(hours=4),
+                f"{edge.name}: valid for {life} more",
+            )
+            eku = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            check(
+                [u.dotted_string for u in eku] == ["1.3.6.1.5.5.7.3.1"],
+                f"{edge.name}: extendedKeyUsage {eku}",
+            )
+            shape = f"minted {subject}, IP:{ipaddress.ip_address(edge.nodeIP)}, {life} left"
+        pod = pods[edge.name]
+        started = time.monotonic()
+        logs = world.kubectl("logs", pod, "-c", "ticker", check=False, timeout=30)
+        execd = world.kubectl(
+            "exec", "-i", pod, "-c", "ticker", "--", "sh", "-c", "cat; exit 3",
+            input="through\n", check=False, timeout=30,
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+        if world.serving == "untrusted":
+            for what, result in (("logs", logs), ("exec", execd)):
+                check(result.returncode != 0, f"{edge.name}: kubectl {what} worked")
+                check(
+                    UNKNOWN_AUTHORITY in result.stderr,
+                    f"{edge.name}: kubectl {what}: {result.stderr.strip()!r}",
+                )
+            error = logs.stderr.strip().splitlines()[-1]
+            out.append(f"{edge.name}: {shape}; logs and exec refused: {error!r}")
+        else:
+            check(logs.returncode == 0, f"{edge.name}: kubectl logs: {logs.stderr!r}")
+            contiguous([n for _, n in ticks(logs.stdout.splitlines())], f"kubectl logs {pod}")
+            check(
+                (execd.returncode, execd.stdout) == (3, "through\n"),
+                f"{edge.name}: kubectl exec: {execd.returncode} {execd.stdout!r} {execd.stderr!r}",
+            )
+            out.append(f"{edge.name}: {shape}; logs and exec work ({elapsed:.2f}s)")
+    return "; ".join(out)
+
+
 def itemFailure(world, pods: dict[str, str]) -> str:
     """
     Failure as users see it (issue 13, item 10), on the first edge:
@@ -896,6 +1002,7 @@ ITEMS = {
     "8": "node proxy metrics, stats/summary",
     "9": "Prometheus scrapes the node exporters and the server",
     "10": "failures: no agent, agent restarted under open streams, recovery",
+    "11": "the HTTPS proxy listener's serving certificate as kube-apiserver checks it",
 }
 
 
@@ -912,6 +1019,8 @@ def main(argv: list[str]) -> int:
     keepGoing = "--keep-going" in argv
     modes = [a.partition("=")[2] for a in argv if a.startswith("--mode=")]
     mode = modes[-1] if modes else "A"
+    servings = [a.partition("=")[2] for a in argv if a.startswith("--serving=")]
+    serving = servings[-1] if servings else "static"
     wanted = [a for a in argv if not a.startswith("--")] or [
         item for item in ITEMS if item not in KNOWN_FAILING
     ]
@@ -923,7 +1032,7 @@ def main(argv: list[str]) -> int:
     cleanups = Cleanups()
     results: list[tuple[str, bool, str]] = []
     try:
-        world = InteropWorld(cleanups, mode=mode)
+        world = InteropWorld(cleanups, mode=mode, serving=serving)
         try:
             world.build()
         except BaseException:
@@ -934,7 +1043,8 @@ def main(argv: list[str]) -> int:
             keepLogs(world)
             return 1
         print(
-            f"mode {mode}: world up in {world.bringUpSeconds:.1f}s: {_timings(world.timings)}",
+            f"mode {mode}, serving {serving}: world up in {world.bringUpSeconds:.1f}s: "
+            f"{_timings(world.timings)}",
             flush=True,
         )
         pods: dict[str, str] = {}
@@ -954,6 +1064,7 @@ def main(argv: list[str]) -> int:
             "8": lambda: itemNodeProxy(world),
             "9": lambda: itemPrometheus(world),
             "10": lambda: itemFailure(world, pods),
+            "11": lambda: itemServing(world, pods),
         }
         for item in wanted:
             started = time.monotonic()

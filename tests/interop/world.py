@@ -163,6 +163,16 @@ AGENT_DRAIN_TIMEOUT = DEFAULT_DRAIN_TIMEOUT
 #: egress is HTTPConnect to the CONNECT door, mutual TLS); B over a UNIX
 #: socket (the same, to the door on a socket).
 MODES = ("A", "B-tcp", "B-unix")
+#: What the HTTPS proxy listener presents (issue 16, item 3): C{static}, one
+#: certificate naming every node IP, signed by the kubelet CA (what
+#: kube-apiserver's --kubelet-certificate-authority names); C{minted}, a
+#: certificate per node minted by the server from a kubelet serving CA
+#: (C{--proxy-serving-ca-cert}), the CA kube-apiserver then trusts, with no
+#: static certificate at all; C{untrusted}, minted as well, but
+#: kube-apiserver (and metrics-server) trust the kubelet CA instead: a wrong
+#: CA on their side.  Mode A only: in mode B kube-apiserver's TLS runs to
+#: the kubelets themselves.
+SERVING = ("static", "minted", "untrusted")
 #: The CONNECT door's port on the cloud address (mode B over TCP).
 CONNECT_PORT = 10261
 #: What the door dials itself in mode B: the cloud's network, where the
@@ -421,6 +431,7 @@ class InteropWorld(World):
         *,
         kubeletClientCert: bool = False,
         observability: bool = True,
+        serving: str = "static",
     ) -> None:
         """
         @param kubeletClientCert: the agents prove their node with the
@@ -434,12 +445,20 @@ class InteropWorld(World):
         @param observability: also run metrics-server, Prometheus and the
             node exporters (items 7 and 9); without, the world needs no
             metrics-server build and comes up sooner.
+        @param serving: the HTTPS proxy listener's certificate (issue 16,
+            item 3; one of C{SERVING}): C{static}, one for every node IP;
+            C{minted}, per node from the kubelet CA, which kube-apiserver
+            trusts; C{untrusted}, minted from a CA kube-apiserver does not
+            trust.
         """
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: one of {MODES}")
+        if serving not in SERVING or (serving != "static" and mode != "A"):
+            raise ValueError(f"serving {serving!r}: one of {SERVING}, and only in mode A")
         self.mode = mode
         self.kubeletClientCert = kubeletClientCert
         self.observability = observability
+        self.serving = serving
         super().__init__(scope, edges, serverArguments=[])
         self.timings: dict[str, float] = {}
         self.nodeExporters: dict[str, Process] = {}
@@ -645,8 +664,7 @@ class InteropWorld(World):
         # listener where the server puts it by default.
         self.serverArguments = [
             "--iptables",
-            "--proxy-serving-cert", self.proxyServingCert,
-            "--proxy-serving-key", self.proxyServingKey,
+            *self._servingArguments(),
             "--proxy-client-ca", self.kubeletCA,
             # its default (the tests' twistdCommand would pick a free port),
             # where Prometheus scrapes it
@@ -657,6 +675,28 @@ class InteropWorld(World):
         if self.kubeletClientCert:
             # the agents' certificates are the kubelets': the cluster CA signs them
             self.serverArguments += ["--agent-ca", self.clusterCA]
+
+    def _servingArguments(self) -> list[str]:
+        """
+        The HTTPS proxy listener's certificate (L{SERVING}): the static one,
+        or the CA it mints with (C{servingCA}; no static certificate), and
+        which CA kube-apiserver and metrics-server check it with
+        (C{listenerTrust}).
+        """
+        if self.serving == "static":
+            self.listenerTrust = self.kubeletCA
+            return [
+                "--proxy-serving-cert", self.proxyServingCert,
+                "--proxy-serving-key", self.proxyServingKey,
+            ]  # fmt: skip
+        self.servingCA, self.servingCAKey = self._write(
+            mintCA("interop kubelet serving CA"), "kubelet-serving-ca"
+        )
+        self.listenerTrust = self.servingCA if self.serving == "minted" else self.kubeletCA
+        return [
+            "--proxy-serving-ca-cert", self.servingCA,
+            "--proxy-serving-ca-key", self.servingCAKey,
+        ]  # fmt: skip
 
     def _egressSelection(self) -> list[str]:
         """
@@ -791,7 +831,8 @@ class InteropWorld(World):
             f"--kubelet-client-certificate={self.apiserverCert}",
             f"--kubelet-client-key={self.apiserverKey}",
             # what the HTTPS proxy listener presents for every node IP
-            f"--kubelet-certificate-authority={self.kubeletCA}",
+            # (the static certificate's CA, or the minting CA)
+            f"--kubelet-certificate-authority={self.listenerTrust}",
             "--kubelet-preferred-address-types=InternalIP",
             f"--cert-dir={os.path.join(self.directory, 'apiserver-certs')}",
             "--profiling=false",
@@ -901,7 +942,7 @@ class InteropWorld(World):
             "--kubelet-preferred-address-types=InternalIP",
             f"--kubelet-client-certificate={kubeletCert}",
             f"--kubelet-client-key={kubeletKey}",
-            f"--kubelet-certificate-authority={self.kubeletCA}",
+            f"--kubelet-certificate-authority={self.listenerTrust}",
             f"--metric-resolution={METRIC_RESOLUTION}s",
             "--kubelet-request-timeout=5s",
         ]

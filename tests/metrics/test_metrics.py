@@ -16,17 +16,22 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from tests.memory import ProtocolFactory, Recorder, TunnelPair
+from tests.pki import TestPKI
+from tests.tls.test_minting import Node, authority, wallClock
 from twisted_tunnel.errors import NodeNotConnected, StreamOpenFailed, StreamOpenTimeout
 from twisted_tunnel.meta import STALL_LIMIT, Health, Heartbeat, Ready, agentsDocument
 from twisted_tunnel.metrics import handshakeFailureReason, openFailureReason
 from twisted_tunnel.mux import Tunnel
 from twisted_tunnel.server import TunnelServer
 from twisted_tunnel.tls import PeerIdentity
+from twisted_tunnel.tls.minting import ServingCertificates
+from twisted_tunnel.tls.serving import NodeServingOptions
 from twisted_tunnel.wire import OpenFailReason
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -39,6 +44,9 @@ def parseSamples(text: str) -> Samples:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+pki = TestPKI()
 
 
 def scrape(registry: Any) -> Samples:
@@ -152,6 +160,33 @@ class ServerMetricsTests(SynchronousTestCase):
                 frozenset({("reason", reason)}),
             )
             self.assertEqual(s[key], 1, reason)
+
+    def test_servingCertificates(self) -> None:
+        """
+        The HTTPS listener's minting: certificates minted, throttled and
+        kept, and what each handshake was given; nothing without it.
+        """
+        names = {name for name, _ in scrape(self.server.metrics.registry)}
+        self.assertFalse([n for n in names if "serving" in n], names)
+
+        clock = wallClock()
+        certificates = ServingCertificates(authority(), clock, rate=1, burst=2)
+        known = {name: Node(name) for name in ("edge-1", "edge-2", "edge-3")}
+        serving = NodeServingOptions(
+            pki.credentials(pki.server), certificates, known.get, clock, fallback=False
+        )
+        with capturedLogs():
+            for destination in ("edge-1", "edge-1", "edge-2", "edge-3", "edge-9"):
+                serving.certificateFor(destination)
+        self.server.metrics.watchServingCertificates(serving)
+        s = scrape(self.server.metrics.registry)
+        self.assertEqual(s[key("edge_tunnel_server_serving_certificates_minted_total")], 2)
+        self.assertEqual(s[key("edge_tunnel_server_serving_certificates_throttled_total")], 1)
+        self.assertEqual(s[key("edge_tunnel_server_serving_certificates_cached")], 2)
+        choices = "edge_tunnel_server_serving_certificate_choices_total"
+        self.assertEqual(
+            [s[key(choices, certificate=c)] for c in ("node", "static", "none")], [3, 0, 2]
+        )
 
     def test_perNodeOnlyWhenAsked(self) -> None:
         self.open("http")

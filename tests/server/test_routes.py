@@ -50,6 +50,28 @@ class RoutedNodesTests(SynchronousTestCase):
         self.assertEqual(self.routed(), [])
         self.assertIsNone(self.routes.gone("10.0.0.1"))
 
+    def test_lookup(self) -> None:
+        """
+        L{RoutedNodes.lookup} finds a connected node, then a gone one (by
+        name or IP, without an IP a connected node took over), until
+        C{keepGone}; nothing else.
+        """
+        edge = record("edge-1", "10.0.0.1", "10.0.0.2")
+        self.registry.register(edge)
+        connected = RoutedNode("edge-1", ("10.0.0.1", "10.0.0.2"), True)
+        self.assertEqual(self.routes.lookup("edge-1"), connected)
+        self.assertEqual(self.routes.lookup("10.0.0.2"), connected)
+        self.registry.unregister(edge.tunnel)
+        self.registry.register(record("edge-2", "10.0.0.1"))
+        gone = RoutedNode("edge-1", ("10.0.0.2",), False)
+        self.assertEqual(self.routes.lookup("edge-1"), gone)
+        self.assertEqual(self.routes.lookup("10.0.0.2"), gone)
+        self.assertEqual(self.routes.lookup("10.0.0.1"), RoutedNode("edge-2", ("10.0.0.1",), True))
+        for unknown in ("edge-3", "10.0.0.3", "*.edge-1", ""):
+            self.assertIsNone(self.routes.lookup(unknown), unknown)
+        self.clock.advance(300)
+        self.assertIsNone(self.routes.lookup("edge-1"))
+
     def test_backAgain(self) -> None:
         """A gone node that connects again is listed once, connected; it is not gone."""
         edge = record("edge-1", "10.0.0.1")

@@ -55,6 +55,9 @@ class _ModeTests:
     """
 
     mode: str
+    #: the HTTPS proxy listener's certificate (C{SERVING} in world.py)
+    serving = "static"
+    items: tuple[str, ...] = ITEMS
 
     def test_kubectl(self) -> None:
         """
@@ -75,10 +78,17 @@ class _ModeTests:
         # Every process's whole log is kept here, and left behind (named in
         # the failure) when the world fails: the report quotes only the
         # end of each, and a flake is diagnosed from the whole.
-        logs = tempfile.mkdtemp(prefix=f"twisted-tunnel-interop-logs-{self.mode}-")
+        logs = tempfile.mkdtemp(prefix=f"twisted-tunnel-interop-logs-{self.mode}-{self.serving}-")
         try:
             done = subprocess.run(
-                [sys.executable, str(SMOKE), "--keep-going", f"--mode={self.mode}", *ITEMS],
+                [
+                    sys.executable,
+                    str(SMOKE),
+                    "--keep-going",
+                    f"--mode={self.mode}",
+                    f"--serving={self.serving}",
+                    *self.items,
+                ],  # fmt: skip
                 cwd=REPO_ROOT,
                 capture_output=True,
                 text=True,
@@ -90,7 +100,7 @@ class _ModeTests:
             output = e.stdout if isinstance(e.stdout, str) else (e.stdout or b"").decode()
             self.fail(f"the interop world did not finish in {TIMEOUT:g} s:\n{output[-6000:]}")
         report = done.stdout + done.stderr + f"\nthe processes' whole logs: {logs}"
-        for item in ITEMS:
+        for item in self.items:
             verdict = f"item {item} ({NAMES[item]}): "
             lines = [line for line in report.splitlines() if line.startswith(verdict)]
             self.assertEqual(len(lines), 1, f"item {item} did not run:\n{report[-6000:]}")
@@ -125,3 +135,28 @@ class EgressSelectorUnixTests(_ModeTests, SynchronousTestCase):
     """Mode B over a UNIX socket: the same, to the door on a socket."""
 
     mode = "B-unix"
+
+
+class MintedServingTests(_ModeTests, SynchronousTestCase):
+    """
+    Issue 16, item 3: kube-apiserver keeps C{--kubelet-certificate-authority}
+    on, naming the CA the server mints per-node serving certificates with
+    (C{--proxy-serving-ca-cert}; no static certificate of every node IP):
+    the listener presents each node's own, and logs and exec work.
+    """
+
+    mode = "A"
+    serving = "minted"
+    items = ("1", "2", "3", "11")
+
+
+class UntrustedServingTests(_ModeTests, SynchronousTestCase):
+    """
+    The same, but kube-apiserver trusts another CA than the minting one:
+    logs and exec fail with C{x509: certificate signed by unknown
+    authority}, as against a real kubelet whose CA it does not trust.
+    """
+
+    mode = "A"
+    serving = "untrusted"
+    items = ("1", "11")

@@ -97,6 +97,44 @@ def isLoopback(address: str) -> bool:
 # -- finding 3 ---------------------------------------------------------------------------
 
 
+async def startHTTPSListener(
+    case: TestCase, credentials: list[str], *arguments: str
+) -> tuple[int, MultiService]:
+    """
+    Build the server as C{twistd edge-tunnel-server} does, with
+    C{credentials} (C{--ca}, C{--cert}, C{--key}), only the HTTPS listener
+    (127.0.0.1, port 0) and C{arguments}; start that listener alone, until
+    C{case} ends.
+
+    @return: its port, and the daemon's service.
+    """
+    options = tapserver.Options()
+    options.parseOptions(
+        [
+            *credentials,
+            "--tunnel-endpoint=tcp:0:interface=127.0.0.1",
+            "--connect-endpoint=none",
+            "--https-proxy-endpoint=tcp:0:interface=127.0.0.1",
+            "--http-proxy-endpoint=none",
+            "--tcp-proxy-endpoint=none",
+            "--meta-endpoint=none",
+            "--no-iptables",
+            *arguments,
+        ]
+    )
+    top = tapserver.makeService(options)
+    assert isinstance(top, MultiService)
+    listener = top.getServiceNamed("--https-proxy-endpoint")
+    assert isinstance(listener, StreamServerEndpointService)
+    listener.privilegedStartService()
+    listener.startService()
+    case.addCleanup(listener.stopService)
+    waiting = listener._waitingForPort
+    assert waiting is not None
+    port: IListeningPort = await waiting
+    return int(port.getHost().port), top  # type: ignore[attr-defined]
+
+
 class HTTPSProxyListenerTests(TestCase):
     """
     Finding 3: the HTTPS proxy listener lent the proxy client certificate
@@ -121,31 +159,8 @@ class HTTPSProxyListenerTests(TestCase):
         HTTPS listener (127.0.0.1, port 0) and C{arguments}; start that
         listener alone; its port.
         """
-        options = tapserver.Options()
-        options.parseOptions(
-            [
-                *self.paths.options(),
-                "--tunnel-endpoint=tcp:0:interface=127.0.0.1",
-                "--connect-endpoint=none",
-                "--https-proxy-endpoint=tcp:0:interface=127.0.0.1",
-                "--http-proxy-endpoint=none",
-                "--tcp-proxy-endpoint=none",
-                "--meta-endpoint=none",
-                "--no-iptables",
-                *arguments,
-            ]
-        )
-        top = tapserver.makeService(options)
-        assert isinstance(top, MultiService)
-        listener = top.getServiceNamed("--https-proxy-endpoint")
-        assert isinstance(listener, StreamServerEndpointService)
-        listener.privilegedStartService()
-        listener.startService()
-        self.addCleanup(listener.stopService)
-        waiting = listener._waitingForPort
-        assert waiting is not None
-        port: IListeningPort = await waiting
-        return int(port.getHost().port)  # type: ignore[attr-defined]
+        port, _ = await startHTTPSListener(self, self.paths.options(), *arguments)
+        return port
 
     async def ask(self, port: int, client: Any) -> Ask:
         """One request over TLS as C{client} (a PrivateCertificate, or None: no certificate)."""

@@ -61,6 +61,8 @@ class ServerMetrics:
         self.iptablesSync: Any = None
         #: the front doors' limiters (L{watchClientLimiter})
         self.clientLimiters: list[Any] = []
+        #: the HTTPS listener's minting, once L{watchServingCertificates} gave it
+        self.servingCertificates: Any = None
         self.registry.register(_ServerCollector(self))
 
     def openSucceeded(self, policy: str, seconds: float) -> None:
@@ -86,6 +88,13 @@ class ServerMetrics:
     def watchIptables(self, sync: Any) -> None:
         """Report C{sync}'s syncs, their duration and errors (an C{IptablesSync})."""
         self.iptablesSync = sync
+
+    def watchServingCertificates(self, serving: Any) -> None:
+        """
+        Report the HTTPS proxy listener's minted certificates and what each
+        handshake was given (a L{twisted_tunnel.tls.serving.NodeServingOptions}).
+        """
+        self.servingCertificates = serving
 
     def watchClientLimiter(self, limiter: Any) -> None:
         """Report a front door's connections, memory held and limit hits (a C{ClientLimiter})."""
@@ -190,6 +199,7 @@ class _ServerCollector(Collector):
         yield from self._config(m.configWatcher)
         yield from self._iptables(m.iptablesSync)
         yield from self._clients(m.clientLimiters)
+        yield from self._serving(m.servingCertificates)
         if m.perNode:
             yield from self._nodes(agents)
 
@@ -243,6 +253,35 @@ class _ServerCollector(Collector):
         yield connections
         yield buffered
         yield hits
+
+    def _serving(self, serving: Any) -> Iterator[Metric]:
+        if serving is None:
+            return
+        minting = serving.certificates
+        yield CounterMetricFamily(
+            "edge_tunnel_server_serving_certificates_minted",
+            "Serving certificates minted for nodes by the HTTPS proxy listener.",
+            value=minting.minted,
+        )
+        yield CounterMetricFamily(
+            "edge_tunnel_server_serving_certificates_throttled",
+            "Serving certificates not minted because minting was over its rate.",
+            value=minting.throttled,
+        )
+        yield GaugeMetricFamily(
+            "edge_tunnel_server_serving_certificates_cached",
+            "Minted serving certificates kept now.",
+            value=len(minting),
+        )
+        chosen = CounterMetricFamily(
+            "edge_tunnel_server_serving_certificate_choices",
+            "HTTPS proxy listener handshakes, by the certificate they were given: node (its "
+            "minted one), static (--proxy-serving-cert), none (refused).",
+            labels=["certificate"],
+        )
+        for certificate in ("node", "static", "none"):
+            chosen.add_metric([certificate], serving.chosen[certificate])
+        yield chosen
 
     def _iptables(self, sync: Any) -> Iterator[Metric]:
         if sync is None:

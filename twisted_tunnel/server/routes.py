@@ -200,6 +200,24 @@ class RoutedNodes:
             return None
         return self._gone.get(self._goneByIP.get(nameOrIP, nameOrIP))
 
+    def lookup(self, nameOrIP: str) -> RoutedNode | None:
+        """
+        The routed node C{nameOrIP} (a node name or one of its IPs) names:
+        the connected one, else a gone one not past C{keepGone} (without
+        the IPs a connected node holds now).  The HTTPS proxy listener
+        mints serving certificates for these, and for nothing else
+        (L{twisted_tunnel.tls.serving}): a gone node's clients are then
+        told, over TLS they can verify, that its agent left.
+        """
+        record = self.registry.lookup(nameOrIP)
+        if record is not None:
+            return RoutedNode(record.node, record.ips, True)
+        gone = self.gone(nameOrIP)
+        if gone is None:
+            return None
+        ips = tuple(ip for ip in gone.ips if self.registry.lookup(ip) is None)
+        return RoutedNode(gone.node, ips, False)
+
     def noAgent(self, address: str) -> str:
         """
         What a client is told when C{address} (a node name or IP) has no

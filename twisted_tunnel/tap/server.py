@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from attrs import frozen
@@ -93,11 +94,21 @@ from ..tls import (
     proxyServingOptions,
     serverOptions,
 )
+from ..tls.minting import (
+    DEFAULT_LIFETIME,
+    DEFAULT_MAX_ENTRIES,
+    MAX_LIFETIME,
+    MIN_LIFETIME,
+    ServingAuthority,
+    ServingCertificates,
+    loadServingAuthority,
+)
 from ..tls.rotation import (
     CredentialsWatcher,
     RotatingClientOptions,
     RotatingServerOptions,
 )
+from ..tls.serving import NodeServingOptions
 from ._common import (
     DaemonService,
     TunnelOptions,
@@ -236,6 +247,38 @@ class Options(TunnelOptions):
             "handshake checks no certificate, and kube-apiserver never resumes: see "
             "docs/security.md.",
             sessionLifetime,
+        ],
+        [
+            "proxy-serving-ca-cert",
+            None,
+            None,
+            "CA certificate (kube-apiserver's --kubelet-certificate-authority) with which the "
+            "HTTPS proxy listener mints, per connection, a short-lived serving certificate "
+            "for the node the client dialled (its IP, or its name by SNI), as a kubelet's "
+            "own; only for nodes this server knows. Other destinations get "
+            "--proxy-serving-cert if it is given, else the handshake fails.",
+        ],
+        [
+            "proxy-serving-ca-key",
+            None,
+            None,
+            "Its key (mode 600: refused if others may read it; it can sign for every kubelet).",
+        ],
+        [
+            "proxy-serving-cert-lifetime",
+            None,
+            DEFAULT_LIFETIME,
+            f"Seconds each minted serving certificate is valid ({MIN_LIFETIME:.0f} to "
+            f"{MAX_LIFETIME:.0f}); renewed once two thirds of it are gone.",
+            positiveFloat,
+        ],
+        [
+            "proxy-serving-cert-cache",
+            None,
+            DEFAULT_MAX_ENTRIES,
+            "How many minted serving certificates are kept (some 7 KiB each); at least the "
+            "number of edge nodes, or their certificates are minted again and again.",
+            positiveInt,
         ],
         [
             "proxy-client-cert",
@@ -380,6 +423,20 @@ class Options(TunnelOptions):
             raise usage.UsageError("--proxy-client-cert and --proxy-client-key go together")
         if bool(self["proxy-serving-cert"]) != bool(self["proxy-serving-key"]):
             raise usage.UsageError("--proxy-serving-cert and --proxy-serving-key go together")
+        if bool(self["proxy-serving-ca-cert"]) != bool(self["proxy-serving-ca-key"]):
+            raise usage.UsageError(
+                "--proxy-serving-ca-cert and --proxy-serving-ca-key go together"
+            )
+        if self["proxy-serving-ca-cert"] and self["https-proxy-endpoint"] == "none":
+            raise usage.UsageError(
+                "--proxy-serving-ca-cert mints for the HTTPS proxy listener, which "
+                "--https-proxy-endpoint none turns off"
+            )
+        if not MIN_LIFETIME <= self["proxy-serving-cert-lifetime"] <= MAX_LIFETIME:
+            raise usage.UsageError(
+                f"--proxy-serving-cert-lifetime {self['proxy-serving-cert-lifetime']:g}: "
+                f"from {MIN_LIFETIME:.0f} to {MAX_LIFETIME:.0f} seconds"
+            )
         if self["iptables"] and self["no-iptables"]:
             raise usage.UsageError("--iptables and --no-iptables contradict each other")
         scoped = self["iptables-prerouting-source"] or self["iptables-prerouting-interface"]
@@ -819,11 +876,7 @@ def _proxyListeners(
             options, "proxy-serving-client-ca", "proxy-serving-cert", "proxy-serving-key"
         )
         # clients always need a certificate: --proxy-serving-client-ca, else --ca
-        lifetime = options["proxy-serving-session-lifetime"]
-        tls = RotatingServerOptions(
-            _credentials(servingFiles),
-            lambda creds: proxyServingOptions(creds, sessionLifetime=lifetime),
-        )
+        tls = _servingOptions(options, server, top, _credentials(servingFiles))
         _rotate(options, top, "tls:--proxy-serving-cert", servingFiles, tls.update)
         listen(
             options["https-proxy-endpoint"],
@@ -848,6 +901,55 @@ def _proxyListeners(
         manager.setServiceParent(top)
         server.metrics.watchIptables(manager)
         table.subscribe(manager.configChanged)
+
+
+def _servingOptions(
+    options: Options, server: TunnelServer, top: MultiService, credentials: Credentials
+) -> RotatingServerOptions | NodeServingOptions:
+    """
+    The HTTPS proxy listener's TLS: the static C{--proxy-serving-cert}, or,
+    with C{--proxy-serving-ca-cert}, a certificate minted per node for the
+    nodes the server routes (connected, or gone less than
+    C{--keep-gone-nodes} ago).  The CA's files are watched as the others
+    are: a rotation mints with the new CA at once.
+    """
+    from twisted.internet import reactor
+
+    build = partial(proxyServingOptions, sessionLifetime=options["proxy-serving-session-lifetime"])
+    if not options["proxy-serving-ca-cert"]:
+        return RotatingServerOptions(credentials, build)
+    caCert, caKey = options["proxy-serving-ca-cert"], options["proxy-serving-ca-key"]
+    caFiles = _Files(
+        (caCert, caCert, caKey),
+        lambda: loadServingAuthority(caCert, caKey).credentials(),
+    )
+    authority = ServingAuthority.fromCredentials(_credentials(caFiles))
+    fallback = bool(options["proxy-serving-cert"])
+    _log.info(
+        "HTTPS proxy listener: minting serving certificates ({lifetime:.0f} s each) with "
+        "CA {ca}; a client going to no known node gets {other}",
+        lifetime=options["proxy-serving-cert-lifetime"],
+        ca=authority.describe(),
+        other="--proxy-serving-cert" if fallback else "no certificate (handshake refused)",
+    )
+    certificates = ServingCertificates(
+        authority,
+        reactor,
+        lifetime=options["proxy-serving-cert-lifetime"],
+        maxEntries=options["proxy-serving-cert-cache"],
+    )
+    serving = NodeServingOptions(
+        credentials, certificates, server.routes.lookup, reactor, fallback=fallback, build=build
+    )
+    server.metrics.watchServingCertificates(serving)
+    _rotate(
+        options,
+        top,
+        "tls:--proxy-serving-ca-cert",
+        caFiles,
+        lambda c: certificates.replaceAuthority(ServingAuthority.fromCredentials(c)),
+    )
+    return serving
 
 
 def _knownPolicies(options: Options) -> dict[str, IForwardingPolicy]:

@@ -416,7 +416,9 @@ HTTP_1_1 = [b"http/1.1"]
 MAX_SERVING_SESSION_LIFETIME = 3600
 
 
-def proxyServingOptions(creds: Credentials, *, sessionLifetime: int = 0) -> CertificateOptions:
+def proxyServingOptions(
+    creds: Credentials, *, sessionLifetime: int = 0, presentCertificate: bool = True
+) -> CertificateOptions:
     """
     TLS options for the HTTPS proxy listener, which kube-apiserver takes for
     the kubelet: it presents C{creds.certificate} (C{--proxy-serving-cert})
@@ -441,6 +443,9 @@ def proxyServingOptions(creds: Credentials, *, sessionLifetime: int = 0) -> Cert
     and the tickets' keys belong to this context, which a rotation of any
     of C{creds} replaces, so no session survives a new client CA.
 
+    @param presentCertificate: C{False} leaves the certificate out of the
+        context, for L{twisted_tunnel.tls.serving}, which sets one per
+        connection.
     @raise ValueError: if C{sessionLifetime} is negative or above
         L{MAX_SERVING_SESSION_LIFETIME}.
     """
@@ -457,7 +462,7 @@ def proxyServingOptions(creds: Credentials, *, sessionLifetime: int = 0) -> Cert
         # client's session (and certificate) in memory.
         enableSessions=False,
         enableSessionTickets=sessionLifetime > 0,
-        **_ownCertificateOptions(creds),
+        **(_ownCertificateOptions(creds) if presentCertificate else {}),
     )
     context = options.getContext()
     enableReleaseBuffers(context)

@@ -304,6 +304,25 @@ def _signatureHash(key: PrivateKey) -> hashes.SHA256 | None:
     return hashes.SHA256()
 
 
+def leafKeyUsage(*, keyEncipherment: bool = False) -> x509.KeyUsage:
+    """
+    The keyUsage of an end-entity certificate: digitalSignature (what
+    ECDSA and TLS 1.3 use), and keyEncipherment if asked (an RSA key, for
+    TLS 1.2's RSA key exchange, as the kubelet asks for one).
+    """
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=keyEncipherment,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def _mintLeaf(
     ca: Issued,
     subject: x509.Name,
@@ -325,20 +344,7 @@ def _mintLeaf(
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(leafKeyUsage(), critical=True)
         .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(_authorityKeyIdentifier(ca), critical=False)
