@@ -266,3 +266,19 @@ class ListedRoutesTests(SynchronousTestCase):
         self.directory.remove("edge-1")
         self.assertEqual([r.node for r in self.routes], ["edge-2", "edge-3"])
         self.assertEqual(self.calls, 2)
+
+    def test_lookup(self) -> None:
+        """
+        A listed node is found by its name and by an IP it alone lists (the
+        HTTPS listener mints its serving certificate); an IP two nodes list
+        finds neither, and a deleted node is not found.
+        """
+        shared = "172.30.9.9"
+        self.directory.replace([listed("edge-1", EDGE1_IP, shared), listed("edge-2", shared)])
+        expected = RoutedNode("edge-1", (EDGE1_IP,), False)
+        self.assertEqual(self.routes.lookup("edge-1"), expected)
+        self.assertEqual(self.routes.lookup(EDGE1_IP), expected)
+        self.assertIsNone(self.routes.lookup(shared))
+        self.directory.remove("edge-1")
+        self.assertIsNone(self.routes.lookup("edge-1"))
+        self.assertIsNone(self.routes.lookup(EDGE1_IP))

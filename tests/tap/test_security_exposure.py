@@ -34,6 +34,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import reactor as _reactor
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP4ServerEndpoint,
@@ -54,7 +55,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.doors.test_proxy_tls import Ask
 from tests.netns import Namespace, pollUntil, requireNetns
-from tests.pki import TestPKI, temporaryDirectory
+from tests.pki import PairPaths, TestPKI, temporaryDirectory
 from tests.realnet import REPO_ROOT, daemonEnvironment
 from twisted_tunnel.forwarding.config import ProxyConfig
 from twisted_tunnel.host.iptables import renderRules
@@ -133,6 +134,31 @@ async def startHTTPSListener(
     assert waiting is not None
     port: IListeningPort = await waiting
     return int(port.getHost().port), top  # type: ignore[attr-defined]
+
+
+def resumptions(
+    port: int, trust: str, client: PairPaths, serverName: str | None = None
+) -> list[bool]:
+    """
+    Two connections to the HTTPS proxy listener on C{port} from a client
+    that caches sessions (Python's C{ssl}, as curl and other non-Go clients
+    do), presenting C{client}, trusting C{trust} (a CA file) and sending
+    C{serverName} as SNI, the second offering the first's session: whether
+    each was resumed.  Blocking: run it in a thread.
+    """
+    context = ssl.create_default_context(cafile=trust)
+    context.check_hostname = False
+    context.load_cert_chain(client.cert, client.key)
+    session, resumed = None, []
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with context.wrap_socket(raw, session=session, server_hostname=serverName) as tls:
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: edge-1:10250\r\n\r\n")
+                while tls.recv(65536):
+                    pass
+                resumed.append(tls.session_reused)
+                session = tls.session
+    return resumed
 
 
 class HTTPSProxyListenerTests(TestCase):
@@ -233,37 +259,19 @@ class HTTPSProxyListenerTests(TestCase):
     def privateCertificate(self, issued: Any) -> Any:
         return pki.credentials(issued).certificate
 
-    def resumptions(self, port: int) -> list[bool]:
-        """
-        Two connections from a client that caches sessions (Python's C{ssl},
-        as curl and other non-Go clients do), the second offering the
-        first's session: whether each was resumed.  Blocking: run it in a
-        thread.
-        """
+    def resumptions(self, port: int) -> Deferred[list[bool]]:
         client = pki.writePair(pki.client(), self.directory, "client")
-        context = ssl.create_default_context(cafile=self.paths.ca)
-        context.check_hostname = False
-        context.load_cert_chain(client.cert, client.key)
-        session, resumed = None, []
-        for _ in range(2):
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-                with context.wrap_socket(raw, session=session) as tls:
-                    tls.sendall(b"GET / HTTP/1.1\r\nHost: edge-1:10250\r\n\r\n")
-                    while tls.recv(65536):
-                        pass
-                    resumed.append(tls.session_reused)
-                    session = tls.session
-        return resumed
+        return deferToThread(resumptions, port, self.paths.ca, client)
 
     async def test_noResumptionByDefault(self) -> None:
         """By default a client that offers its session gets a full handshake."""
         port = await self.startListener()
-        self.assertEqual(await deferToThread(self.resumptions, port), [False, False])
+        self.assertEqual(await self.resumptions(port), [False, False])
 
     async def test_sessionLifetime(self) -> None:
         """With C{--proxy-serving-session-lifetime} the daemon's listener resumes."""
         port = await self.startListener("--proxy-serving-session-lifetime=300")
-        self.assertEqual(await deferToThread(self.resumptions, port), [False, True])
+        self.assertEqual(await self.resumptions(port), [False, True])
 
 
 # -- finding 8 ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS, trustRootFromCertificates
+from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import TestCase
@@ -24,7 +25,7 @@ from twisted.trial.unittest import TestCase
 from tests.doors.test_proxy_tls import Ask
 from tests.pki import TestPKI, temporaryDirectory
 from tests.server.test_registry import record
-from tests.tap.test_security_exposure import startHTTPSListener
+from tests.tap.test_security_exposure import resumptions, startHTTPSListener
 from twisted_tunnel.server import TunnelServer
 from twisted_tunnel.tap import server as tapserver
 from twisted_tunnel.tls.certs import mintCA, writePair
@@ -94,6 +95,22 @@ class MintingListenerTests(TestCase):
         self.assertIn(b"its agent left", asker.received)
         assert asker.presented is not None
         self.assertEqual(asker.presented.subject.rfc4514_string(), "CN=edge-1")
+
+    async def test_sessionLifetime(self) -> None:
+        """
+        With C{--proxy-serving-session-lifetime} too, a client that caches
+        sessions resumes with the node's minted certificate's session.
+        """
+        port, server = await self.startListener(
+            *self.caArgs, "--proxy-serving-session-lifetime=300"
+        )
+        edge = record("edge-1", "10.0.0.7")
+        server.registry.register(edge)
+        server.registry.unregister(edge.tunnel)  # gone: still routed, still minted for
+        trust = pki.writePair(self.servingCA, self.directory, "trust").cert
+        client = pki.writePair(pki.client(), self.directory, "client")
+        got = await deferToThread(resumptions, port, trust, client, "edge-1")
+        self.assertEqual(got, [False, True])
 
     async def test_caRotation(self) -> None:
         """

@@ -41,7 +41,7 @@ from twisted.internet.interfaces import IReactorTime
 
 if TYPE_CHECKING:
     from . import AgentRecord, AgentRegistry
-    from .directory import NodeDirectory
+    from .directory import ListedNode, NodeDirectory
 
 __all__ = [
     "DEFAULT_KEEP_GONE",
@@ -204,7 +204,8 @@ class RoutedNodes:
         """
         The routed node C{nameOrIP} (a node name or one of its IPs) names:
         the connected one, else a gone one not past C{keepGone} (without
-        the IPs a connected node holds now).  The HTTPS proxy listener
+        the IPs a connected node holds now), else one the cluster lists
+        (with the IPs it alone lists).  The HTTPS proxy listener
         mints serving certificates for these, and for nothing else
         (L{twisted_tunnel.tls.serving}): a gone node's clients are then
         told, over TLS they can verify, that its agent left.
@@ -213,10 +214,33 @@ class RoutedNodes:
         if record is not None:
             return RoutedNode(record.node, record.ips, True)
         gone = self.gone(nameOrIP)
-        if gone is None:
+        if gone is not None:
+            ips = tuple(ip for ip in gone.ips if self.registry.lookup(ip) is None)
+            return RoutedNode(gone.node, ips, False)
+        return self._listed(nameOrIP)
+
+    def _listed(self, nameOrIP: str) -> RoutedNode | None:
+        """The node the directory lists by that name, or the one listing that IP."""
+        if self.directory is None:
             return None
-        ips = tuple(ip for ip in gone.ips if self.registry.lookup(ip) is None)
-        return RoutedNode(gone.node, ips, False)
+        listed = self.directory.get(nameOrIP)
+        if listed is None:
+            owner = self.directory.owner(nameOrIP)
+            listed = self.directory.get(owner) if owner is not None else None
+        if listed is None:
+            return None
+        return RoutedNode(listed.name, self._listedIPs(listed), False)
+
+    def _listedIPs(self, listed: ListedNode) -> tuple[str, ...]:
+        """The IPs C{listed} alone lists that no connected or gone node holds."""
+        assert self.directory is not None
+        return tuple(
+            ip
+            for ip in listed.addresses
+            if self.directory.owner(ip) == listed.name
+            and self.registry.lookup(ip) is None
+            and ip not in self._goneByIP
+        )
 
     def noAgent(self, address: str) -> str:
         """
@@ -242,12 +266,4 @@ class RoutedNodes:
         for listed in self.directory or ():
             if self.registry.lookup(listed.name) is not None or listed.name in self._gone:
                 continue
-            ips = tuple(
-                ip
-                for ip in listed.addresses
-                if self.directory is not None
-                and self.directory.owner(ip) == listed.name
-                and self.registry.lookup(ip) is None
-                and ip not in self._goneByIP
-            )
-            yield RoutedNode(listed.name, ips, False)
+            yield RoutedNode(listed.name, self._listedIPs(listed), False)
