@@ -20,7 +20,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	touch $@
 
-test: venv interop-build-test
+# the peers (frp, chisel, rathole; Konnectivity where the registry serves it) are built too, so
+# that their smoke tests (tests/system/test_bench_peers.py) run rather than skip on a fresh machine
+test: venv interop-build-test peers
 	@$(PY) -m pytest -q -p no:cacheprovider --timeout=300 $(PYTEST_ARGS) tests; \
 	rc=$$?; \
 	if [ $$rc -ne 0 ]; then echo "make test: pytest exited with status $$rc" >&2; fi; \
