@@ -47,6 +47,15 @@ class ListedNodeTests(SynchronousTestCase):
         node = ListedNode.of("edge-1", ["172.30.1.10", "edge-1", "FD00::0001", "172.30.1.10"])
         self.assertEqual(node.addresses, ("172.30.1.10", "fd00::1"))
 
+    def test_specialAddresses(self) -> None:
+        """
+        Loopback, link-local, multicast and unspecified addresses are left
+        out: a node's own status (which its kubelet writes) must not draw
+        them into its tunnel.
+        """
+        special = ["127.0.0.1", "::1", "169.254.169.254", "fe80::1", "224.0.0.1", "0.0.0.0"]
+        self.assertEqual(ListedNode.of("edge-1", [*special, EDGE1_IP]).addresses, (EDGE1_IP,))
+
     def test_bounded(self) -> None:
         """At most MAX_ADDRESSES addresses of one node are kept."""
         node = ListedNode.of("edge-1", [f"10.0.0.{i}" for i in range(1, 100)])
@@ -100,6 +109,19 @@ class NodeDirectoryTests(SynchronousTestCase):
         self.assertEqual(self.directory.claimants(EDGE1_IP), {"edge-1", "edge-2"})
         self.directory.remove("edge-2")
         self.assertEqual(self.directory.owner(EDGE1_IP), "edge-1")
+
+    def test_cloudNodesClaimToo(self) -> None:
+        """
+        A node that is not an edge node owns nothing, but its addresses
+        count: an edge node listing a cloud node's IP owns it neither.
+        """
+        self.directory.put(ListedNode.of("cloud-1", [EDGE1_IP], edge=False))
+        self.assertIsNone(self.directory.owner(EDGE1_IP))
+        self.directory.put(listed("edge-1", EDGE1_IP))
+        self.assertIsNone(self.directory.owner(EDGE1_IP))
+        self.directory.remove("cloud-1")
+        self.assertEqual(self.directory.owner(EDGE1_IP), "edge-1")
+        self.assertEqual([node.name for node in self.directory.edges()], ["edge-1"])
 
     def test_bounded(self) -> None:
         """Past maxNodes, new nodes are not listed, with a warning; known ones still change."""
@@ -155,6 +177,26 @@ class DirectoryProofTests(_ServerTestCase):
             await self.agent(pki.agent("edge-1")).hello("edge-1", [EDGE1_IP])
         self.assertEqual(self.registered(), {"edge-1": ()})
         self.assertTrue(warnings(events, "listed by several Nodes"), events)
+
+    async def test_cloudNodesAddress(self) -> None:
+        """
+        An edge node's agent announcing an IP that its own Node and a cloud
+        node's both list routes nothing: a node's status is written by its
+        own kubelet, so a taken edge node could list any address.
+        """
+        self.directory.replace(
+            [listed("edge-1", EDGE1_IP), ListedNode.of("cloud-1", [EDGE1_IP], edge=False)]
+        )
+        await self.agent(pki.agent("edge-1")).hello("edge-1", [EDGE1_IP])
+        self.assertEqual(self.registered(), {"edge-1": ()})
+
+    async def test_notAnEdgeNode(self) -> None:
+        """A node the edge selector does not match proves no IP by its listing."""
+        self.directory.replace([ListedNode.of("edge-1", [EDGE1_IP], edge=False)])
+        with capturedLogs() as events:
+            await self.agent(pki.agent("edge-1")).hello("edge-1", [EDGE1_IP])
+        self.assertEqual(self.registered(), {"edge-1": ()})
+        self.assertTrue(warnings(events, "not an edge node"), events)
 
     async def test_unlisted(self) -> None:
         """
@@ -265,7 +307,11 @@ class ListedRoutesTests(SynchronousTestCase):
         )
         self.directory.remove("edge-1")
         self.assertEqual([r.node for r in self.routes], ["edge-2", "edge-3"])
-        self.assertEqual(self.calls, 2)
+        self.directory.put(ListedNode.of("cloud-1", ["10.1.2.3"], edge=False))
+        self.assertEqual([r.node for r in self.routes], ["edge-2", "edge-3"])
+        self.assertIsNone(self.routes.lookup("cloud-1"))
+        self.assertIsNone(self.routes.lookup("10.1.2.3"))
+        self.assertEqual(self.calls, 3)
 
     def test_lookup(self) -> None:
         """

@@ -33,7 +33,7 @@ from zope.interface import implementer
 from ..net.addresses import normalIP
 from ..tls import PeerIdentity
 from ..tls.certs import isNodeName
-from .proof import AddressProof, CertificateAddressProof, INodeAddressProof
+from .proof import AddressProof, CertificateAddressProof, INodeAddressProof, isSpecial
 
 __all__ = [
     "DEFAULT_MAX_NODES",
@@ -52,17 +52,29 @@ MAX_ADDRESSES = 16
 
 @frozen
 class ListedNode:
-    """One node as the cluster lists it: its name and its IP addresses (normalised)."""
+    """
+    One node as the cluster lists it: its name, its IP addresses
+    (normalised), and whether it is an edge node (the operator's label
+    selector matched it).
+
+    Every node the cluster lists counts for the claims on an address (an IP
+    another node lists proves nothing), but only edge nodes prove IPs and
+    are routed: the tunnel carries edge nodes' traffic, and a cloud node's
+    address must never be drawn into a tunnel.
+    """
 
     name: str
     addresses: tuple[str, ...]
+    edge: bool = True
 
     @classmethod
-    def of(cls, name: str, addresses: Iterable[str]) -> ListedNode:
+    def of(cls, name: str, addresses: Iterable[str], *, edge: bool = True) -> ListedNode:
         """
         A node from what the cluster says: the texts of C{addresses} that are
         IPs, normalised, without duplicates, at most L{MAX_ADDRESSES} (host
-        names, which a Node may list too, are left out: they prove no IP).
+        names, which a Node may list too, are left out: they prove no IP;
+        so are loopback, link-local, multicast and unspecified addresses,
+        which nothing routes to an edge node).
 
         @raise ValueError: C{name} is not a valid node name.
         """
@@ -71,11 +83,11 @@ class ListedNode:
         ips: list[str] = []
         for text in addresses:
             ip = normalIP(text)
-            if ip is not None and ip not in ips:
+            if ip is not None and not isSpecial(ip) and ip not in ips:
                 ips.append(ip)
                 if len(ips) == MAX_ADDRESSES:
                     break
-        return cls(name, tuple(ips))
+        return cls(name, tuple(ips), edge)
 
 
 class NodeDirectory:
@@ -120,11 +132,19 @@ class NodeDirectory:
         return self._nodes.get(name)
 
     def owner(self, ip: str) -> str | None:
-        """The one listed node whose addresses hold C{ip}; C{None} if none or several."""
+        """
+        The one listed edge node whose addresses hold C{ip}; C{None} if no
+        node lists it, several do, or the one that does is not an edge node.
+        """
         claims = self._claims.get(ip)
         if claims is None or len(claims) != 1:
             return None
-        return next(iter(claims))
+        name = next(iter(claims))
+        return name if self._nodes[name].edge else None
+
+    def edges(self) -> Iterator[ListedNode]:
+        """The listed edge nodes."""
+        return (node for node in list(self._nodes.values()) if node.edge)
 
     def claimants(self, ip: str) -> frozenset[str]:
         """Every listed node whose addresses hold C{ip}."""
@@ -239,6 +259,9 @@ class DirectoryAddressProof:
         listed = self.directory.get(node)
         if listed is None:
             return AddressProof(first.proven, first.unproven, f"{first.why}; {self._absent(node)}")
+        if not listed.edge:
+            why = f"{first.why}; its Node is not an edge node (the edge node selector)"
+            return AddressProof(first.proven, first.unproven, why)
         added = tuple(
             ip
             for ip in first.unproven

@@ -21,6 +21,7 @@ __all__ = [
     "CertificateAddressProof",
     "INodeAddressProof",
     "TrustAnnouncedAddresses",
+    "isSpecial",
 ]
 
 
@@ -114,7 +115,7 @@ class TrustAnnouncedAddresses:
 
     def prove(self, node: str, identity: PeerIdentity, announced: Sequence[str]) -> AddressProof:
         first = self.proof.prove(node, identity, announced)
-        special = tuple(ip for ip in first.unproven if _isSpecial(ip))
+        special = tuple(ip for ip in first.unproven if isSpecial(ip))
         trusted = tuple(ip for ip in first.unproven if ip not in special)
         if trusted:
             self.log.warn(
@@ -131,7 +132,12 @@ class TrustAnnouncedAddresses:
         )
 
 
-def _isSpecial(ip: str) -> bool:
+def isSpecial(ip: str) -> bool:
+    """
+    Loopback, unspecified, multicast or link-local: nothing legitimate
+    routes such an address to an edge node, so no announcement or listing
+    proves it.
+    """
     address = ipaddress.ip_address(ip)
     return (
         address.is_loopback

@@ -227,7 +227,7 @@ class RoutedNodes:
         if listed is None:
             owner = self.directory.owner(nameOrIP)
             listed = self.directory.get(owner) if owner is not None else None
-        if listed is None:
+        if listed is None or not listed.edge:
             return None
         return RoutedNode(listed.name, self._listedIPs(listed), False)
 
@@ -263,7 +263,7 @@ class RoutedNodes:
                 continue
             ips = tuple(ip for ip in gone.ips if self.registry.lookup(ip) is None)
             yield RoutedNode(gone.node, ips, False)
-        for listed in self.directory or ():
+        for listed in self.directory.edges() if self.directory is not None else ():
             if self.registry.lookup(listed.name) is not None or listed.name in self._gone:
                 continue
             yield RoutedNode(listed.name, self._listedIPs(listed), False)
