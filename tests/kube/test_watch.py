@@ -427,3 +427,39 @@ class BackoffTests(SynchronousTestCase):
 
     def test_envelope(self) -> None:
         self.assertGreater(ENVELOPE_BYTES, len(bookmark("123456789")))
+
+
+class PoisonTests(LoopTestCase):
+    def test_undecodableObjectRefused(self) -> None:
+        """
+        An object that does not fit its model is refused (not a watch
+        failure, which would be served the same object forever); the watch
+        goes on from its version.
+        """
+        bad = configMap("bad", "7")
+        bad["data"] = ["a list"]  # data is a mapping
+        self.run_(
+            [
+                ("list", [page([configMap("a", "1"), bad], "5")]),
+                ("watch", [event("MODIFIED", bad), event("MODIFIED", configMap("c", "8"))]),
+            ]
+        )
+        refused = self.calls("refused")
+        self.assertEqual(
+            [r[:3] for r in refused],
+            [("refused", "LISTED", "bad"), ("refused", "MODIFIED", "bad")],
+        )
+        self.assertEqual([o.metadata.name for o in self.calls("listed")[0][1]], ["a"])
+        self.assertEqual(self.calls("changed")[0][2].metadata.name, "c")
+        self.assertEqual(self.waits, [])
+        self.assertEqual(self.source.requests[-1], ("watch", "8"))
+
+    def test_watchEndingAtOnceBacksOff(self) -> None:
+        """
+        A watch the server ends at once with nothing is a failure (waited
+        for), not a timeout to follow at once: no busy loop.
+        """
+        self.run_([("list", [page([], "5")]), ("watch", []), ("watch", [])])
+        first, factor, _ = BACKOFF
+        self.assertEqual(self.waits, [first, first * factor])
+        self.assertEqual(self.source.requests[1:], [("watch", "5")] * 3)

@@ -6,6 +6,9 @@ as one JSON line.  C{stop} on stdin stops the watch (blocked on its
 socket) and prints how long the stop took.
 
     usage: kube_probe.py KUBECONFIG LABEL_SELECTOR MAX_OBJECT_BYTES
+
+C{KUBECONFIG} may be C{in-cluster:DIRECTORY}: the service account in that
+directory, and C{KUBERNETES_SERVICE_HOST} and C{_PORT}, as in a pod.
 """
 
 from __future__ import annotations
@@ -69,7 +72,13 @@ class Commands(LineReceiver):
 
 
 def main(kubeconfig: str, selector: str, maxObjectBytes: str) -> None:
-    client = KubeClient(KubeAccess(kubeconfig=kubeconfig), reactor)
+    kind, _, directory = kubeconfig.partition(":")
+    if kind == "in-cluster":
+        access = KubeAccess(serviceAccountDir=directory)
+    else:
+        access = KubeAccess(kubeconfig=kubeconfig)
+    client = KubeClient(access, reactor)
+    say(event="client", server=client.server)
     watch = Watch(
         reactor,
         APISource(client, WatchTarget(Node, labelSelector=selector)),

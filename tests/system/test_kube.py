@@ -382,30 +382,22 @@ class WatchBridgeTests(APITestCase):
             "patch", "node", name, "--subresource=status", "--type=merge", "-p", json.dumps(status)
         )
 
-    def test_nodesByLabel(self) -> None:
+    def startProbe(
+        self, credentials: str, selector: str, environment: dict[str, str] | None = None
+    ) -> tuple[subprocess.Popen[str], Any, list[dict[str, Any]]]:
         """
-        The probe lists the edge Nodes (label selector), hears each change
-        typed (an address added, a label removed: DELETED for the
-        selector, a Node deleted), refuses a Node grown over its bound
-        (logged, not delivered), and stops within a second while blocked
-        on the watch.
+        The probe, a function that reads its JSON lines until one matches
+        (failing with all it said after a deadline), and the lines read.
         """
-        world = self.world
-        label = "alibabacloud.com/is-edge-worker"
-        self.createNode("probe-1", {label: "true"}, "172.30.9.1")
-        self.createNode("probe-cloud", {}, "10.200.0.9")
         probe = subprocess.Popen(
-            world.cloud.command(
-                sys.executable, str(PROBE), world.adminKubeconfig, f"{label}=true", "65536"
-            ),
+            self.world.cloud.command(sys.executable, str(PROBE), credentials, selector, "65536"),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=daemonEnvironment(),
+            env=dict(daemonEnvironment(), **(environment or {})),
         )
         self.addCleanup(lambda: probe.poll() is None and probe.kill())
-        assert probe.stdout is not None and probe.stdin is not None
         lines: list[dict[str, Any]] = []
         output: queue.Queue[str] = queue.Queue()
         other: list[str] = []
@@ -431,6 +423,69 @@ class WatchBridgeTests(APITestCase):
                     return record
             raise AssertionError(f"the probe never said {what}: {lines}\n{''.join(other)}")
 
+        return probe, until, lines
+
+    def test_inCluster(self) -> None:
+        """
+        A client from in-cluster credentials (a ServiceAccount's token and
+        the cluster CA in a directory, the API's address in
+        C{KUBERNETES_SERVICE_HOST} and C{_PORT}) lists and watches the real
+        API, as that ServiceAccount.
+        """
+        world = self.world
+        world.kubectl("create", "serviceaccount", "probe", "-n", NAMESPACE)
+        world.kubectl(
+            "create", "clusterrole", "probe-nodes", "--verb=get,list,watch", "--resource=nodes"
+        )
+        world.kubectl(
+            "create", "clusterrolebinding", "probe-nodes", "--clusterrole=probe-nodes",
+            f"--serviceaccount={NAMESPACE}:probe",
+        )  # fmt: skip
+        directory = os.path.join(world.directory, "serviceaccount")
+        os.mkdir(directory)
+        token = world.kubectl("create", "token", "probe", "-n", NAMESPACE).stdout.strip()
+        with open(world.clusterCA) as f:
+            contents = {"token": token, "ca.crt": f.read(), "namespace": NAMESPACE}
+        for name, content in contents.items():
+            with open(os.path.join(directory, name), "w") as f:
+                f.write(content)
+        self.createNode("probe-in-cluster", {"probe": "in-cluster"}, "172.30.9.7")
+        self.addCleanup(world.kubectl, "delete", "node", "probe-in-cluster", check=False)
+        probe, until, _ = self.startProbe(
+            f"in-cluster:{directory}",
+            "probe=in-cluster",
+            {
+                "KUBERNETES_SERVICE_HOST": CLOUD_ADDRESS,
+                "KUBERNETES_SERVICE_PORT": str(APISERVER_PORT),
+            },
+        )
+        said = until(lambda r: r["event"] == "client", "its server")
+        self.assertEqual(said["server"], f"https://{CLOUD_ADDRESS}:{APISERVER_PORT}")
+        listed = until(lambda r: r["event"] == "listed", "listed")
+        self.assertEqual(listed["nodes"], {"probe-in-cluster": ["172.30.9.7"]})
+        world.kubectl("delete", "node", "probe-in-cluster")
+        deleted = until(lambda r: r["event"] == "changed", "the deletion")
+        self.assertEqual((deleted["type"], deleted["name"]), ("DELETED", "probe-in-cluster"))
+        assert probe.stdin is not None
+        probe.stdin.write("stop\n")
+        probe.stdin.flush()
+        until(lambda r: r["event"] == "stopped", "stopped")
+        self.assertEqual(probe.wait(10), 0)
+
+    def test_nodesByLabel(self) -> None:
+        """
+        The probe lists the edge Nodes (label selector), hears each change
+        typed (an address added, a label removed: DELETED for the
+        selector, a Node deleted), refuses a Node grown over its bound
+        (logged, not delivered), and stops within a second while blocked
+        on the watch.
+        """
+        world = self.world
+        label = "alibabacloud.com/is-edge-worker"
+        self.createNode("probe-1", {label: "true"}, "172.30.9.1")
+        self.createNode("probe-cloud", {}, "10.200.0.9")
+        probe, until, lines = self.startProbe(world.adminKubeconfig, f"{label}=true")
+        assert probe.stdin is not None
         listed = until(lambda r: r["event"] == "listed", "listed")
         self.assertEqual(listed["nodes"], {"probe-1": ["172.30.9.1"]})
         self.createNode("probe-2", {label: "true"}, "172.30.9.2")

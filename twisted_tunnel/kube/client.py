@@ -182,6 +182,9 @@ class KubeClient:
             "list", res=resource, namespace=namespace, watch=watch, params=dict(params)
         )
         built = self.generic.build_adapter_request(request)
+        # no gzip: the bytes read are the bytes bounded (kube-apiserver
+        # compresses lists over 128 KiB for a client that accepts it)
+        built.headers["Accept-Encoding"] = "identity"
         if readTimeout is not None:
             built.extensions["timeout"] = httpx2.Timeout(
                 self.access.timeout, read=readTimeout

@@ -41,6 +41,7 @@ import enum
 import random
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -65,6 +66,10 @@ WATCH_TIMEOUT_RANGE = (60, 120)
 #: is taken for dead (a connection a NAT forgot): bookmarks and the
 #: server's own end come well before.
 WATCH_READ_SLACK = 15.0
+#: A watch the server ends sooner than this (seconds) without a line is a
+#: failure (backed off), not its timeout: no busy loop against a proxy that
+#: closes every watch at once.
+QUICK_END = 1.0
 #: The backoff after an error: first delay, factor, longest delay (seconds).
 BACKOFF = (0.5, 2.0, 30.0)
 
@@ -327,8 +332,10 @@ class WatchLoop:
         bounds: WatchBounds = WatchBounds(),
         randomness: Callable[[], float] = random.random,
         wait: Callable[[float], object] | None = None,
+        now: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
+        self.now = now
         self.target: WatchTarget = source.target
         self.deliver = deliver
         self.decode = decode
@@ -439,10 +446,13 @@ class WatchLoop:
                 return
             page = msgspec.json.decode(bytes(body), type=_Page)
             for raw in page.items or ():
+                name = nameFromPrefix(bytes(raw)[:1024])
                 if len(raw) > self.bounds.maxObjectBytes:
-                    self._refuse("LISTED", nameFromPrefix(bytes(raw)[:1024]), len(raw))
-                else:
-                    objects.append(self.decode(bytes(raw)))
+                    self._refuse("LISTED", name, len(raw))
+                    continue
+                decoded = self._decode("LISTED", name, bytes(raw))
+                if decoded is not None:
+                    objects.append(decoded)
             meta = page.metadata or _ListMeta()
             version = meta.resourceVersion
             token = meta.continue_
@@ -461,14 +471,20 @@ class WatchLoop:
         version = self.resourceVersion
         stream = self._open(lambda: self.source.watch(version, timeout))
         reader = LineReader(self.bounds.maxObjectBytes + ENVELOPE_BYTES)
+        started, lines = self.now(), 0
         try:
             for chunk in stream.chunks():
                 for line in reader.feed(chunk):
                     if self.stopping.is_set():
                         return
+                    lines += 1
                     self._event(line)
         finally:
             self._release(stream)
+        if self.stopping.is_set():
+            return
+        if not lines and self.now() - started < QUICK_END:
+            raise RuntimeError("the server ended the watch at once, with nothing")
         # the server ended the watch (its timeout): watch again from here
         self.failures = 0
 
@@ -491,18 +507,41 @@ class WatchLoop:
             if status.code == 410:
                 raise Gone()
             raise RuntimeError(f"watch error {status.code}: {status.message}")
-        meta = msgspec.json.decode(raw, type=_Object).metadata or _Meta()
+        try:
+            meta = msgspec.json.decode(raw, type=_Object).metadata or _Meta()
+        except msgspec.ValidationError:
+            meta = _Meta()
         if event.type == "BOOKMARK":
             if meta.resourceVersion:
                 self.resourceVersion = meta.resourceVersion
             return
         if event.type not in ("ADDED", "MODIFIED", "DELETED"):
             raise RuntimeError(f"unknown watch event type {event.type[:40]!r}")
-        obj = self.decode(raw)
         if meta.resourceVersion:
             self.resourceVersion = meta.resourceVersion
         self.failures = 0
-        self.deliver(_call, "changed", event.type, obj)
+        obj = self._decode(event.type, meta.name, raw)
+        if obj is not None:
+            self.deliver(_call, "changed", event.type, obj)
+
+    def _decode(self, eventType: str, name: str | None, raw: bytes) -> Any:
+        """
+        The typed object, or C{None} if it does not fit its model: refused
+        like an object over the bound, rather than failing the watch, which
+        would then be served the same object again and again.
+        """
+        try:
+            return self.decode(raw)
+        except Exception as e:
+            self._log(
+                "warn",
+                "watch {target}: object {name} refused ({eventType}): {reason}",
+                eventType=eventType,
+                name=name or "(unnamed)",
+                reason=str(e)[:200],
+            )
+            self.deliver(_call, "refused", eventType, name, len(raw))
+            return None
 
     def _refuse(self, eventType: str, name: str | None, size: int) -> None:
         self._log(
