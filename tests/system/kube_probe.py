@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from typing import Any
 
@@ -29,6 +30,8 @@ from twisted_tunnel.kube.watch import APISource, IWatchListener, Watch, WatchBou
 
 
 def say(**fields: Any) -> None:
+    # where each delivery runs: the reactor's thread (the main one here)
+    fields["inReactor"] = threading.current_thread() is threading.main_thread()
     print(json.dumps(fields), flush=True)
 
 

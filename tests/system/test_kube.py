@@ -478,7 +478,7 @@ class WatchBridgeTests(APITestCase):
         typed (an address added, a label removed: DELETED for the
         selector, a Node deleted), refuses a Node grown over its bound
         (logged, not delivered), and stops within a second while blocked
-        on the watch.
+        on the watch; every delivery runs in the reactor thread.
         """
         world = self.world
         label = "alibabacloud.com/is-edge-worker"
@@ -510,6 +510,8 @@ class WatchBridgeTests(APITestCase):
         probe.stdin.write("stop\n")
         probe.stdin.flush()
         stopped = until(lambda r: r["event"] == "stopped", "stopped")
+        # every delivery ran in the reactor thread, none in the watch's
+        self.assertEqual({r["inReactor"] for r in lines}, {True})
         self.assertLess(stopped["seconds"], 1.0)
         self.assertEqual(probe.wait(10), 0)
         world.kubectl("delete", "node", "probe-cloud")
