@@ -5,7 +5,7 @@ label selector, as "node IPs from the API" will; each delivery is printed
 as one JSON line.  C{stop} on stdin stops the watch (blocked on its
 socket) and prints how long the stop took.
 
-    usage: kube_probe.py KUBECONFIG LABEL_SELECTOR MAX_OBJECT_BYTES
+    usage: kube_probe.py KUBECONFIG LABEL_SELECTOR MAX_OBJECT_BYTES [WATCH_TIMEOUT]
 
 C{KUBECONFIG} may be C{in-cluster:DIRECTORY}: the service account in that
 directory, and C{KUBERNETES_SERVICE_HOST} and C{_PORT}, as in a pod.
@@ -74,7 +74,7 @@ class Commands(LineReceiver):
             stopping.addCallback(stopped)
 
 
-def main(kubeconfig: str, selector: str, maxObjectBytes: str) -> None:
+def main(kubeconfig: str, selector: str, maxObjectBytes: str, watchTimeout: str = "60") -> None:
     kind, _, directory = kubeconfig.partition(":")
     if kind == "in-cluster":
         access = KubeAccess(serviceAccountDir=directory)
@@ -87,7 +87,10 @@ def main(kubeconfig: str, selector: str, maxObjectBytes: str) -> None:
         APISource(client, WatchTarget(Node, labelSelector=selector)),
         Printer(),
         lambda raw: decoders.decode_object(raw, Node),
-        bounds=WatchBounds(maxObjectBytes=int(maxObjectBytes)),
+        bounds=WatchBounds(
+            maxObjectBytes=int(maxObjectBytes),
+            watchTimeout=(int(watchTimeout), int(watchTimeout)),
+        ),
     )
     stdio.StandardIO(Commands(watch))
     reactor.callWhenRunning(watch.startService)  # type: ignore[attr-defined]

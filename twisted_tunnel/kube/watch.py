@@ -134,11 +134,14 @@ class WatchBounds:
     @ivar pageSize: objects per list request; a page is read up to
         C{pageSize * maxObjectBytes}.
     @ivar maxPending: deliveries queued for the reactor at most.
+    @ivar watchTimeout: the range the server-side watch timeout is drawn
+        from, in seconds (L{WATCH_TIMEOUT_RANGE}).
     """
 
     maxObjectBytes: int = DEFAULT_MAX_OBJECT_BYTES
     pageSize: int = 100
     maxPending: int = 64
+    watchTimeout: tuple[int, int] = WATCH_TIMEOUT_RANGE
 
 
 class IWatchListener(Interface):
@@ -466,7 +469,7 @@ class WatchLoop:
 
     def _watch(self) -> None:
         assert self.resourceVersion is not None
-        low, high = WATCH_TIMEOUT_RANGE
+        low, high = self.bounds.watchTimeout
         timeout = low + int(self.randomness() * (high - low))
         version = self.resourceVersion
         stream = self._open(lambda: self.source.watch(version, timeout))
