@@ -463,3 +463,11 @@ class PoisonTests(LoopTestCase):
         first, factor, _ = BACKOFF
         self.assertEqual(self.waits, [first, first * factor])
         self.assertEqual(self.source.requests[1:], [("watch", "5")] * 3)
+
+    def test_resumeFromAVersion(self) -> None:
+        """Given a version, the loop watches from it without listing."""
+        self.source = ScriptedSource([("watch", [bookmark("9")])])
+        loop = WatchLoop(self.source, lambda *a, **k: None, decode, resourceVersion="7")
+        self.source.loop = loop
+        loop.run()
+        self.assertEqual(self.source.requests, [("watch", "7"), ("watch", "9")])

@@ -74,7 +74,12 @@ class Commands(LineReceiver):
             stopping.addCallback(stopped)
 
 
-def main(kubeconfig: str, selector: str, maxObjectBytes: str, watchTimeout: str = "60") -> None:
+def main(
+    kubeconfig: str,
+    selector: str,
+    maxObjectBytes: str,
+    watchTimeout: str = "60",
+) -> None:
     kind, _, directory = kubeconfig.partition(":")
     if kind == "in-cluster":
         access = KubeAccess(serviceAccountDir=directory)

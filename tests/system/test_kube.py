@@ -383,7 +383,10 @@ class WatchBridgeTests(APITestCase):
         )
 
     def startProbe(
-        self, credentials: str, selector: str, environment: dict[str, str] | None = None
+        self,
+        credentials: str,
+        selector: str,
+        environment: dict[str, str] | None = None,
     ) -> tuple[subprocess.Popen[str], Any, list[dict[str, Any]]]:
         """
         The probe, a function that reads its JSON lines until one matches

@@ -336,6 +336,7 @@ class WatchLoop:
         randomness: Callable[[], float] = random.random,
         wait: Callable[[float], object] | None = None,
         now: Callable[[], float] = time.monotonic,
+        resourceVersion: str | None = None,
     ) -> None:
         self.source = source
         self.now = now
@@ -347,7 +348,7 @@ class WatchLoop:
         self.stopping = threading.Event()
         self.wait = wait or self.stopping.wait
         self.state = WatchState.IDLE
-        self.resourceVersion: str | None = None
+        self.resourceVersion = resourceVersion
         self.failures = 0
         self._current: IWatchStream | None = None
         self._lock = threading.Lock()
@@ -679,6 +680,8 @@ class Watch(Service):
 
     @ivar loop: the loop (its C{state} and C{resourceVersion}, for tests
         and status).
+    @ivar resourceVersion: where to start watching (a version the caller
+        kept), or C{None} to list first.
     """
 
     log = Logger()
@@ -691,8 +694,10 @@ class Watch(Service):
         decode: Callable[[bytes], Any],
         *,
         bounds: WatchBounds = WatchBounds(),
+        resourceVersion: str | None = None,
     ) -> None:
         self.reactor = reactor
+        self.resourceVersion = resourceVersion
         self.source = source
         self.listener = listener
         self.decode = decode
@@ -705,7 +710,13 @@ class Watch(Service):
     def startService(self) -> None:
         super().startService()
         self._handoff = _Handoff(self.reactor, self.listener, self.bounds.maxPending)
-        self.loop = WatchLoop(self.source, self._handoff, self.decode, bounds=self.bounds)
+        self.loop = WatchLoop(
+            self.source,
+            self._handoff,
+            self.decode,
+            bounds=self.bounds,
+            resourceVersion=self.resourceVersion,
+        )
         ended: Deferred[None] = Deferred()
         self._ended = ended
         loop, reactor = self.loop, self.reactor
