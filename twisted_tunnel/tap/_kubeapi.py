@@ -196,7 +196,6 @@ class _ClientService(MultiService):
     def __init__(self, client: KubeClient) -> None:
         super().__init__()
         self.client = client
-        self.setName("kube-client")
 
     def stopService(self) -> None:
         super().stopService()
