@@ -44,6 +44,9 @@ SYSTEM_TESTS = {
     ),
     "tests.meta.test_meta": frozenset({"MetricsTests.test_noGlobalReactor"}),
     "tests.net.test_origdst": frozenset({"NamespaceTests", "KitTests"}),
+    "tests.package.test_kube_confined": frozenset(
+        {"KubeConfinementTests.test_daemonsImportNoKubernetes"}
+    ),
     "tests.package.test_public_api": frozenset({"ImportCostTests", "DocsTests"}),
     "tests.tap.test_security_exposure": frozenset(
         {"FreshServerExposureTests", "PreroutingScopeTests"}

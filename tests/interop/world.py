@@ -190,7 +190,8 @@ READY_TIMEOUT = 60.0
 HERE = Path(__file__).resolve().parent
 
 
-#: Every component the world can run, each built by C{tests/interop/build.py}.
+#: Every component the world can run, each built by C{tests/interop/build.py};
+#: L{InteropWorld.buildControlPlane} needs the first two.
 COMPONENTS = ("etcd", "kube", "kubelet", "metrics-server")
 
 
@@ -198,7 +199,7 @@ def binaries(components: Sequence[str] = COMPONENTS) -> dict[str, Path]:
     """
     Every interop component's binary by name (C{kube-apiserver}, C{kubectl},
     C{etcd}, C{kubelet}, C{metrics-server}), built by C{tests/interop/build.py}
-    if not cached.
+    if not cached; only those of C{components} if given.
     """
     found: dict[str, Path] = {}
     for component in components:
@@ -536,6 +537,57 @@ class InteropWorld(World):
         self.bringUpSeconds = time.monotonic() - started
         return self
 
+    def buildControlPlane(self) -> InteropWorld:
+        """
+        Only the control plane: the credentials, the cloud's network, etcd
+        and kube-apiserver (ready), and the bootstrap objects; no server,
+        agent or kubelet (build the world with C{edges=0}).  For the tests of
+        the daemons' own API access (L{tests.system.test_kube}), which start
+        the server themselves.
+        """
+        self.bin = binaries(COMPONENTS[:2])
+        self.directory = tempfile.mkdtemp(prefix="twisted-tunnel-interop-")
+        self.scope.addCleanup(shutil.rmtree, self.directory, ignore_errors=True)
+        self._credentials()
+        self._network()
+        # Registered after the namespaces' deletion, so it runs before it.
+        self.scope.addCleanup(self.stopAll)
+        self.etcd = self.startEtcd()
+        self.apiserver = self.startAPIServer()
+        self.waitForAPIServer()
+        self.kubectl("apply", "-f", "-", input=_list(BOOTSTRAP_OBJECTS))
+        return self
+
+    def serviceAccountKubeconfig(self, namespace: str, name: str) -> str:
+        """
+        A kubeconfig that acts as ServiceAccount C{namespace/name} (which
+        must exist): a token from the TokenRequest API (C{kubectl create
+        token}), as the kubelet mounts one in a pod.
+        """
+        token = self.kubectl(
+            "create", "token", name, "--namespace", namespace, "--duration=1h"
+        ).stdout.strip()
+        path = os.path.join(self.directory, f"sa-{namespace}-{name}.kubeconfig")
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "interop",
+                    "cluster": {
+                        "server": f"https://{CLOUD_ADDRESS}:{APISERVER_PORT}",
+                        "certificate-authority": self.clusterCA,
+                    },
+                }
+            ],
+            "users": [{"name": name, "user": {"token": token}}],
+            "contexts": [{"name": "interop", "context": {"cluster": "interop", "user": name}}],
+            "current-context": "interop",
+        }
+        with open(path, "w") as f:
+            json.dump(config, f, indent=1)
+        return path
+
     def _credentials(self) -> None:
         super()._credentials()
         kubeletCA = self.kubeletAuthority
@@ -544,7 +596,9 @@ class InteropWorld(World):
         # --kubelet-certificate-authority as it would a kubelet's.
         nodeIPs = [nodeIP(index) for index in range(1, self.edgeCount + 1)]
         self.proxyServingCert, self.proxyServingKey = self._write(
-            mintServer(kubeletCA, nodeIPs), "proxy-serving"
+            # (a world without edges, buildControlPlane's, still needs a name)
+            mintServer(kubeletCA, nodeIPs or ["127.0.0.1"]),
+            "proxy-serving",
         )
         clusterCA = mintCA("interop cluster CA")
         self.clusterCA = os.path.join(self.directory, "cluster-ca.pem")

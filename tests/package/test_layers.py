@@ -34,6 +34,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("forwarding",),
     ("doors",),
     ("host",),
+    # the Kubernetes API (lightkube): only the daemons use it (see KubeConfinementTests)
+    ("kube",),
     ("meta",),
     ("cli",),
     ("tap",),

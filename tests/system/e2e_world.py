@@ -427,6 +427,7 @@ class World:
         name: str = "server",
         address: str = CLOUD_ADDRESS,
         tunnelEndpoint: str = f"tcp:{TUNNEL_PORT}",
+        config: Sequence[str] | None = None,
     ) -> Process:
         """
         Start C{twistd edge-tunnel-server} in the cloud namespace (it becomes
@@ -435,7 +436,11 @@ class World:
         @param name: What to call it in messages and log file names.
         @param address: The address its proxy listeners bind.
         @param tunnelEndpoint: Where it listens for agents.
+        @param config: Where it reads the ConfigMap (default: C{--config},
+            the world's file, polled every 0.1 s).
         """
+        if config is None:
+            config = ["--config", self.configPath, "--config-interval", "0.1"]
         options = [
             "--ca", self.tunnelCA, "--cert", self.serverCert, "--key", self.serverKey,
             "--tunnel-endpoint", tunnelEndpoint,
@@ -445,7 +450,7 @@ class World:
             "--proxy-client-cert", self.proxyClientCert,
             "--proxy-client-key", self.proxyClientKey,
             "--proxy-serving-client-ca", self.kubeletCA,
-            "--config", self.configPath, "--config-interval", "0.1",
+            *config,
             *self.serverArguments,
             *arguments,
         ]  # fmt: skip

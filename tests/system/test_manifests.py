@@ -70,6 +70,7 @@ PATH_OPTIONS = {
         "cert",
         "key",
         "config",
+        "kubeconfig",
         "connect-ca",
         "proxy-serving-cert",
         "proxy-serving-key",
@@ -81,6 +82,19 @@ PATH_OPTIONS = {
     ),
     "edge-tunnel-agent": ("ca", "cert", "key", "kubelet-client-cert"),
 }
+
+
+#: The server's whole Role where it reads its ConfigMap from the API: that one
+#: ConfigMap, read only, and Events in its namespace.
+API_RULES = [
+    {
+        "apiGroups": [""],
+        "resources": ["configmaps"],
+        "resourceNames": ["edge-tunnel-server-cfg"],
+        "verbs": ["get", "list", "watch"],
+    },
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+]
 
 
 def loadDocuments(path: Path) -> list[Any]:
@@ -619,12 +633,50 @@ class DaemonCommandTests(SynchronousTestCase):
         self.assertEqual(seen, 1)
 
     def test_noRBAC(self) -> None:
-        """Neither daemon talks to the Kubernetes API: no account, no role."""
+        """
+        Where neither daemon talks to the Kubernetes API: no account, no
+        role. Where the server does (C{--in-cluster}), its account and the
+        one narrow Role of L{API_RULES}, bound to it alone, and nothing
+        cluster-wide; its token mounted only into its container, at the
+        in-cluster path.
+        """
+        withAPI = set()
         for directory, objects in self.rendered():
             kinds = {each["kind"] for each in objects}
-            self.assertFalse(
-                kinds & {"ServiceAccount", "Role", "ClusterRole", "RoleBinding"}, directory
+            api = [
+                (workload, container, options)
+                for workload, container, _, options in twistdContainers(objects)
+                if options.get("in-cluster") or options.get("kubeconfig")
+            ]
+            if not api:
+                self.assertFalse(
+                    kinds & {"ServiceAccount", "Role", "ClusterRole", "RoleBinding"}, directory
+                )
+                continue
+            withAPI.add(directory.name)
+            self.assertFalse(kinds & {"ClusterRole", "ClusterRoleBinding"}, directory)
+            ((workload, container, options),) = api
+            spec = workload["spec"]["template"]["spec"]
+            account = spec["serviceAccountName"]
+            self.assertIs(spec["automountServiceAccountToken"], False)
+            self.assertEqual(
+                [m["mountPath"] for m in container["volumeMounts"] if "secrets" in m["mountPath"]],
+                ["/var/run/secrets/kubernetes.io/serviceaccount"],
             )
+            (role,) = [each for each in objects if each["kind"] == "Role"]
+            (binding,) = [each for each in objects if each["kind"] == "RoleBinding"]
+            (sa,) = [each for each in objects if each["kind"] == "ServiceAccount"]
+            self.assertEqual(sa["metadata"]["name"], account)
+            self.assertEqual(role["rules"], API_RULES)
+            namespace, name = options["config-configmap"].split("/")
+            self.assertEqual(role["rules"][0]["resourceNames"], [name])
+            self.assertEqual(role["metadata"]["namespace"], namespace)
+            self.assertEqual(binding["roleRef"]["name"], role["metadata"]["name"])
+            self.assertEqual(
+                binding["subjects"],
+                [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+            )
+        self.assertEqual(withAPI, {"configmap-api"})
 
     def test_replicasAndTimeouts(self) -> None:
         """

@@ -849,18 +849,17 @@ def loadConfig(
         raise e.withPath(path) from None
 
 
-class ConfigWatcher(Poller):
+class ConfigIntake:
     """
-    Polls the configuration and applies each valid change live.
-
-    Polling rather than inotify: it works the same for a file, a directory,
-    and kubelet's symlink swaps, and costs one small read per interval.  What
-    was read is fingerprinted (a hash of the bytes, names included for a
-    directory), so a change is seen even within the same second, and an
-    unchanged file is not parsed again.
+    Where every version of the ConfigMap is offered, whatever read it: the
+    checks, the apply, the refusal with one line, the rollback.  The file
+    watcher (L{ConfigWatcher}) and the API watcher
+    (C{twisted_tunnel.kube.configmap}) both feed it, so a change read from
+    a mounted volume and one read from kube-apiserver are taken, or
+    refused, exactly alike.
 
     Whatever goes wrong with new content leaves the last good configuration
-    in force and the watcher L{stale}, with one log line: a refusal (a
+    in force and the intake L{stale}, with one log line: a refusal (a
     L{ConfigError}), and equally any exception at all while reading or
     applying it (C{SystemExit} included: a C{BaseException} raised by a
     callback must neither stop the server nor vanish into the reactor's
@@ -869,8 +868,10 @@ class ConfigWatcher(Poller):
     old), and the new content is tried again after a growing delay
     (L{retryDelays}), in case what failed was passing.
 
+    @ivar origin: where the versions come from, for log lines and refusals
+        (a path, or C{configmap NAMESPACE/NAME}).
     @ivar current: the configuration in force.
-    @ivar stale: whether the path holds something other than C{current}
+    @ivar stale: whether the source holds something other than C{current}
         (refused, missing, or failed to apply), so operators can be told.
     @ivar staleReason: why, one line (the L{ConfigError} text); C{None} when
         not stale.
@@ -882,13 +883,193 @@ class ConfigWatcher(Poller):
 
     log = Logger()
 
-    #: Consecutive polls that find the path missing before it counts as
-    #: gone: one miss is retried, as it may be a rename in progress.
-    missingPollsBeforeStale = 2
-
     #: Seconds before content whose C{onChange} failed is tried again: the
     #: first retry, then doubled at each failure up to the second.
     retryDelays = (10.0, 300.0)
+
+    def __init__(
+        self,
+        origin: str,
+        clock: IReactorTime,
+        initial: ProxyConfig,
+        onChange: Callable[[ProxyConfig], object],
+        *,
+        httpListenerPort: int = DEFAULT_HTTP_LISTENER_PORT,
+        resolvePolicy: Callable[[str], object] | None = None,
+    ) -> None:
+        self.origin = origin
+        self.resolvePolicy = resolvePolicy
+        self.clock = clock
+        self.onChange = onChange
+        self.httpListenerPort = httpListenerPort
+        self.current = initial
+        self.stale = False
+        self.staleReason: str | None = None
+        self.lastLoaded = clock.seconds()
+        self.reloads = 0
+        self.refusals = 0
+        # None: parse whatever is offered next (the initial configuration
+        # came from elsewhere, and the source may have changed since).
+        self._fingerprint: bytes | None = None
+        # content whose onChange failed, how often in a row, and when to retry
+        self._failedFingerprint: bytes | None = None
+        self._applyFailures = 0
+        self._retryAt = 0.0
+
+    def offer(
+        self, fingerprint: bytes, data: Callable[[], Mapping[str, str]]
+    ) -> ConfigError | None:
+        """
+        Take one version of the ConfigMap: parse C{data()} (unless this
+        C{fingerprint} was parsed last time) and apply it, or refuse it.
+
+        @param fingerprint: identifies the content (a hash of it): the same
+            content offered again is not parsed again.
+        @param data: the ConfigMap's C{data}, called only if parsed; may
+            raise L{ConfigError} itself (a manifest that is not one).
+        @return: the refusal, if this offer was refused now (a new
+            refusal, logged once); C{None} if taken, unchanged, or the
+            same content as before.
+        """
+        if fingerprint == self._fingerprint:
+            return None
+        if fingerprint == self._failedFingerprint and self.clock.seconds() < self._retryAt:
+            return None
+        self._fingerprint = fingerprint
+        try:
+            new = parseConfigData(
+                data(), httpListenerPort=self.httpListenerPort, resolvePolicy=self.resolvePolicy
+            )
+        except ConfigError as e:
+            return self.refuse(e)
+        except BaseException as e:
+            # A bug (ours, or the policy resolver's): the same bytes would
+            # fail the same way, so they are not parsed again.
+            self._failed("reading it", e)
+            return None
+        self._accept(new, fingerprint)
+        return None
+
+    def forget(self) -> None:
+        """Parse whatever is offered next, even if it is what was offered last."""
+        self._fingerprint = None
+
+    def refuse(self, error: ConfigError, failure: BaseException | None = None) -> ConfigError:
+        """
+        Take note of a refusal: stale, counted, and one log line (a warning;
+        with the traceback when C{failure}, an unexpected exception, is why).
+
+        @return: C{error}, naming L{origin}.
+        """
+        error = error.withPath(self.origin)
+        self.refusals += 1
+        self.stale = True
+        self.staleReason = str(error)
+        fields: dict[str, Any] = {
+            "error": str(error),
+            "path": self.origin,
+            "key": error.key,
+            "value": error.value,
+            "reason": error.reason,
+        }
+        if failure is None:
+            self.log.warn("config refused, the last good one stays active: {error}", **fields)
+        else:
+            self.log.failure(
+                "config refused, the last good one stays active: {error}",
+                Failure(failure, type(failure), failure.__traceback__),
+                **fields,
+            )
+        return error
+
+    def _failed(self, doing: str, exception: BaseException) -> None:
+        """
+        An unexpected exception while reading or applying new content: a
+        refusal like any other, logged once per reason; C{KeyboardInterrupt}
+        is raised again once noted, so that Ctrl-C still stops a program
+        that polls by hand.
+        """
+        error = ConfigError(None, None, f"{doing} failed: {_describeException(exception)}")
+        if self.staleReason == str(error.withPath(self.origin)):
+            self.log.debug("config {path}: {error} again", path=self.origin, error=error.reason)
+        else:
+            self.refuse(error, exception)
+        if isinstance(exception, KeyboardInterrupt):
+            raise exception
+
+    def _accept(self, new: ProxyConfig, fingerprint: bytes) -> None:
+        old, wasStale = self.current, self.stale
+        if new == old:
+            self.stale, self.staleReason = False, None
+            self.lastLoaded = self.clock.seconds()
+            self._forgetFailures()
+            if wasStale:
+                self.log.info(
+                    "config {path} is valid again, unchanged: {config}",
+                    path=self.origin,
+                    config=new.describe(),
+                )
+            else:
+                self.log.debug("config {path} re-read: no effective change", path=self.origin)
+            return
+        try:
+            self.onChange(new)
+        except BaseException as e:
+            self._rollBack(old)
+            # tried again once the delay is over (offer skips it until then)
+            self._fingerprint = None
+            self._failedFingerprint = fingerprint
+            self._applyFailures += 1
+            first, most = self.retryDelays
+            delay = min(most, first * 2 ** min(self._applyFailures - 1, 16))
+            self._retryAt = self.clock.seconds() + delay
+            self._failed("applying it", e)
+            return
+        self.current = new
+        self.stale, self.staleReason = False, None
+        self.lastLoaded = self.clock.seconds()
+        self._forgetFailures()
+        self.reloads += 1
+        self.log.info(
+            "config reloaded from {path}: {changes}",
+            path=self.origin,
+            changes=new.changesFrom(old),
+            config=new.describe(),
+        )
+
+    def _forgetFailures(self) -> None:
+        self._failedFingerprint, self._applyFailures, self._retryAt = None, 0, 0.0
+
+    def _rollBack(self, old: ProxyConfig) -> None:
+        """Hand C{onChange} the configuration in force again, after it failed on a new one."""
+        try:
+            self.onChange(old)
+        except BaseException:
+            self.log.failure(
+                "config {path}: restoring the last good configuration failed too",
+                path=self.origin,
+            )
+
+
+class ConfigWatcher(ConfigIntake, Poller):
+    """
+    Polls the configuration file or directory and offers each version to
+    its L{ConfigIntake}, which applies each valid change live.
+
+    Polling rather than inotify: it works the same for a file, a directory,
+    and kubelet's symlink swaps, and costs one small read per interval.  What
+    was read is fingerprinted (a hash of the bytes, names included for a
+    directory), so a change is seen even within the same second, and an
+    unchanged file is not parsed again.
+
+    @ivar path: the file or directory polled (the intake's C{origin}).
+    """
+
+    log = Logger()
+
+    #: Consecutive polls that find the path missing before it counts as
+    #: gone: one miss is retried, as it may be a rename in progress.
+    missingPollsBeforeStale = 2
 
     def __init__(
         self,
@@ -901,26 +1082,17 @@ class ConfigWatcher(Poller):
         httpListenerPort: int = DEFAULT_HTTP_LISTENER_PORT,
         resolvePolicy: Callable[[str], object] | None = None,
     ) -> None:
+        super().__init__(
+            path,
+            clock,
+            initial,
+            onChange,
+            httpListenerPort=httpListenerPort,
+            resolvePolicy=resolvePolicy,
+        )
         self.path = path
-        self.resolvePolicy = resolvePolicy
-        self.clock = clock
-        self.onChange = onChange
         self.interval = interval
-        self.httpListenerPort = httpListenerPort
-        self.current = initial
-        self.stale = False
-        self.staleReason: str | None = None
-        self.lastLoaded = clock.seconds()
-        self.reloads = 0
-        self.refusals = 0
-        # None: parse whatever the next poll reads (the initial configuration
-        # came from elsewhere, and the file may have changed since).
-        self._fingerprint: bytes | None = None
         self._missingPolls = 0
-        # content whose onChange failed, how often in a row, and when to retry
-        self._failedFingerprint: bytes | None = None
-        self._applyFailures = 0
-        self._retryAt = 0.0
 
     def watched(self) -> str:
         return f"config {self.path}"
@@ -939,31 +1111,16 @@ class ConfigWatcher(Poller):
             self._missing(e)
             return
         except ConfigError as e:
-            self._fingerprint = None
+            self.forget()
             if self.staleReason != str(e.withPath(self.path)):
-                self._refuse(e)
+                self.refuse(e)
             return
         except BaseException as e:
-            self._fingerprint = None
+            self.forget()
             self._failed("reading it", e)
             return
         self._missingPolls = 0
-        if source.fingerprint == self._fingerprint:
-            return
-        if source.fingerprint == self._failedFingerprint and self.clock.seconds() < self._retryAt:
-            return
-        self._fingerprint = source.fingerprint
-        try:
-            new = _parseSource(source, self.httpListenerPort, self.resolvePolicy)
-        except ConfigError as e:
-            self._refuse(e)
-            return
-        except BaseException as e:
-            # A bug (ours, or the policy resolver's): the same bytes would
-            # fail the same way, so they are not parsed again.
-            self._failed("reading it", e)
-            return
-        self._accept(new, source.fingerprint)
+        self.offer(source.fingerprint, source.data)
 
     def _missing(self, error: ConfigError) -> None:
         self._missingPolls += 1
@@ -976,101 +1133,8 @@ class ConfigWatcher(Poller):
         elif self._missingPolls == self.missingPollsBeforeStale:
             # Forget the fingerprint, so that the content coming back (even
             # unchanged) is parsed and clears the staleness.
-            self._fingerprint = None
-            self._refuse(error)
-
-    def _refuse(self, error: ConfigError, failure: BaseException | None = None) -> None:
-        """
-        Take note of a refusal: stale, counted, and one log line (a warning;
-        with the traceback when C{failure}, an unexpected exception, is why).
-        """
-        error = error.withPath(self.path)
-        self.refusals += 1
-        self.stale = True
-        self.staleReason = str(error)
-        fields: dict[str, Any] = {
-            "error": str(error),
-            "path": self.path,
-            "key": error.key,
-            "value": error.value,
-            "reason": error.reason,
-        }
-        if failure is None:
-            self.log.warn("config refused, the last good one stays active: {error}", **fields)
-        else:
-            self.log.failure(
-                "config refused, the last good one stays active: {error}",
-                Failure(failure, type(failure), failure.__traceback__),
-                **fields,
-            )
-
-    def _failed(self, doing: str, exception: BaseException) -> None:
-        """
-        An unexpected exception while reading or applying new content: a
-        refusal like any other, logged once per reason; C{KeyboardInterrupt}
-        is raised again once noted, so that Ctrl-C still stops a program
-        that polls by hand.
-        """
-        error = ConfigError(None, None, f"{doing} failed: {_describeException(exception)}")
-        if self.staleReason == str(error.withPath(self.path)):
-            self.log.debug("config {path}: {error} again", path=self.path, error=error.reason)
-        else:
-            self._refuse(error, exception)
-        if isinstance(exception, KeyboardInterrupt):
-            raise exception
-
-    def _accept(self, new: ProxyConfig, fingerprint: bytes) -> None:
-        old, wasStale = self.current, self.stale
-        if new == old:
-            self.stale, self.staleReason = False, None
-            self.lastLoaded = self.clock.seconds()
-            self._forgetFailures()
-            if wasStale:
-                self.log.info(
-                    "config {path} is valid again, unchanged: {config}",
-                    path=self.path,
-                    config=new.describe(),
-                )
-            else:
-                self.log.debug("config {path} re-read: no effective change", path=self.path)
-            return
-        try:
-            self.onChange(new)
-        except BaseException as e:
-            self._rollBack(old)
-            # tried again once the delay is over (poll skips it until then)
-            self._fingerprint = None
-            self._failedFingerprint = fingerprint
-            self._applyFailures += 1
-            first, most = self.retryDelays
-            delay = min(most, first * 2 ** min(self._applyFailures - 1, 16))
-            self._retryAt = self.clock.seconds() + delay
-            self._failed("applying it", e)
-            return
-        self.current = new
-        self.stale, self.staleReason = False, None
-        self.lastLoaded = self.clock.seconds()
-        self._forgetFailures()
-        self.reloads += 1
-        self.log.info(
-            "config reloaded from {path}: {changes}",
-            path=self.path,
-            changes=new.changesFrom(old),
-            config=new.describe(),
-        )
-
-    def _forgetFailures(self) -> None:
-        self._failedFingerprint, self._applyFailures, self._retryAt = None, 0, 0.0
-
-    def _rollBack(self, old: ProxyConfig) -> None:
-        """Hand C{onChange} the configuration in force again, after it failed on a new one."""
-        try:
-            self.onChange(old)
-        except BaseException:
-            self.log.failure(
-                "config {path}: restoring the last good configuration failed too",
-                path=self.path,
-            )
+            self.forget()
+            self.refuse(error)
 
 
 def _describeException(exception: BaseException) -> str:

@@ -117,6 +117,7 @@ from ._common import (
     positiveFloat,
     positiveInt,
 )
+from ._kubeapi import KubeAPIOptions, configMapIntake, parseConfigMapName
 
 PROGRAM = "edge-tunnel-server"
 
@@ -137,7 +138,8 @@ sessionLifetime.coerceDoc = (  # type: ignore[attr-defined]
 )
 
 
-class Options(TunnelOptions):
+class Options(TunnelOptions, KubeAPIOptions):
+    program = PROGRAM
     optFlags = [
         [
             "iptables",
@@ -304,6 +306,14 @@ class Options(TunnelOptions):
         ],
         ["config-interval", None, 2.0, "Seconds between checks of --config.", positiveFloat],
         [
+            "config-configmap",
+            None,
+            None,
+            "NAMESPACE/NAME: read the edge-tunnel-server-cfg ConfigMap from the Kubernetes API "
+            "(--kubeconfig or --in-cluster) instead of --config, and watch it: changes apply "
+            "within a second or so; a refused one is also posted as a Warning Event on it.",
+        ],
+        [
             "iptables-interval",
             None,
             60.0,
@@ -419,6 +429,13 @@ class Options(TunnelOptions):
 
     def postOptions(self) -> None:
         super().postOptions()
+        self.checkKubeOptions()
+        if self["config-configmap"]:
+            if self["config"]:
+                raise usage.UsageError("--config and --config-configmap are two sources: give one")
+            if not (self["kubeconfig"] or self["in-cluster"]):
+                raise usage.UsageError("--config-configmap needs --kubeconfig or --in-cluster")
+            parseConfigMapName(self["config-configmap"])
         if bool(self["proxy-client-cert"]) != bool(self["proxy-client-key"]):
             raise usage.UsageError("--proxy-client-cert and --proxy-client-key go together")
         if bool(self["proxy-serving-cert"]) != bool(self["proxy-serving-key"]):
@@ -835,14 +852,23 @@ def _proxyListeners(
         # a lookup only: the ConfigMap names policies, it never loads one
         return findPolicy(name, known)
 
-    try:
-        initial = (
-            loadConfig(path, httpListenerPort=httpPort, resolvePolicy=resolve)
-            if path
-            else parseConfigData({})
+    table: ForwardingTable
+    if options["config-configmap"]:
+        # from the API (tap/_kubeapi.py), into the same intake as --config's
+        initial, intake = configMapIntake(
+            PROGRAM, options, reactor, top, lambda new: table.replace(new), httpPort, resolve
         )
-    except ConfigError as e:
-        fatal(PROGRAM, f"--config {e}")
+        server.metrics.watchConfig(intake)
+        top.checks.append(lambda: f"config stale: {intake.staleReason}" if intake.stale else None)
+    else:
+        try:
+            initial = (
+                loadConfig(path, httpListenerPort=httpPort, resolvePolicy=resolve)
+                if path
+                else parseConfigData({})
+            )
+        except ConfigError as e:
+            fatal(PROGRAM, f"--config {e}")
     table = ForwardingTable(initial, resolve=resolve)
     if path:
         watcher = ConfigWatcher(

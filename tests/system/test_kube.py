@@ -1,0 +1,535 @@
+# -*- test-case-name: tests.system.test_kube -*-
+"""
+The daemons' Kubernetes API access against the real kube-apiserver
+v1.37.2 of the interop world (L{InteropWorld.buildControlPlane}: etcd and
+kube-apiserver in the cloud namespace, no edges): the server reads its
+ConfigMap from the API (C{--config-configmap}) as the ServiceAccount of
+the C{examples/kubernetes/configmap-api} overlay, with exactly that
+overlay's RBAC, and everything is driven with the real C{kubectl}.
+
+What is checked: a change applies within 2 s of C{kubectl apply} (timed
+over a dozen applies, from the server's own log timestamps); an invalid
+change is refused as for the file (one line naming key and value, the last
+good configuration kept) and shows as a Warning Event in C{kubectl
+describe configmap}, posted once per refusal and version; a deletion keeps
+the last good configuration; the watch survives kube-apiserver restarting;
+the Role lets the ServiceAccount do exactly what the server needs
+(C{kubectl auth can-i}); and the watch bridge itself, for Nodes by label
+selector, from a child in the cloud namespace (L{tests.system.kube_probe}).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.interop.build import cached
+from tests.interop.world import APISERVER_PORT, Cleanups, InteropWorld
+from tests.netns import netnsUnavailable, pollUntil, requireNetns
+from tests.realnet import daemonEnvironment
+from tests.system.e2e_world import CLOUD_ADDRESS, Process
+from tests.system.test_manifests import MANIFESTS, render
+
+NAMESPACE = "kube-system"
+NAME = "edge-tunnel-server-cfg"
+ACCOUNT = "edge-tunnel-server"
+#: The longest a change may take from C{kubectl apply} to the server.
+APPLY_TO_EFFECT = 2.0
+#: Applies timed.
+APPLIES = 12
+PROBE = Path(__file__).resolve().parent / "kube_probe.py"
+
+
+def configMap(data: dict[str, str], labels: dict[str, str] | None = None) -> str:
+    metadata: dict[str, Any] = {"name": NAME, "namespace": NAMESPACE}
+    if labels:
+        metadata["labels"] = labels
+    return json.dumps(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
+    )
+
+
+def records(process: Process, start: int = 0) -> list[dict[str, Any]]:
+    """The server's JSON log lines from line C{start} on, parsed."""
+    found = []
+    for line in process.lines()[start:]:
+        if line.startswith("{"):
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                continue
+    return found
+
+
+def _unavailable() -> str | None:
+    reason = netnsUnavailable()
+    if reason is None and (cached("etcd") is None or cached("kube") is None):
+        reason = "not built: etcd, kube (run make interop-build)"
+    return reason
+
+
+class APITestCase(SynchronousTestCase):
+    """One control plane and one server for the class: bring-up takes some seconds."""
+
+    world: ClassVar[InteropWorld]
+    server: ClassVar[Process]
+    scope: ClassVar[Cleanups]
+    setUpError: ClassVar[BaseException | None] = None
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.scope = Cleanups()
+        if _unavailable() is not None:
+            return
+        try:
+            cls.world = InteropWorld(cls.scope, edges=0).buildControlPlane()
+            cls.startServer()
+        except BaseException as e:
+            cls.setUpError = e
+            cls.scope.run()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        errors = cls.scope.run()
+        if errors:
+            raise AssertionError(f"tearing the world down failed: {errors!r}")
+
+    @classmethod
+    def startServer(cls) -> None:
+        world = cls.world
+        rbac = [
+            each
+            for each in render(MANIFESTS / "configmap-api")
+            if each["kind"] in ("ServiceAccount", "Role", "RoleBinding")
+        ]
+        world.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac}),
+        )
+        world.kubectl("apply", "-f", "-", input=configMap({"http-proxy-ports": "9100"}))
+        cls.kubeconfig = world.serviceAccountKubeconfig(NAMESPACE, ACCOUNT)
+        cls.server = world.startServer(
+            ["--log-format", "json", "--server-id", "api-test"],
+            address="127.0.0.1",
+            config=["--config-configmap", f"{NAMESPACE}/{NAME}", "--kubeconfig", cls.kubeconfig],
+        )
+        cls.server.waitForLine(r"watching configmaps in kube-system \(metadata.name=")
+
+    def setUp(self) -> None:
+        requireNetns(self, "iptables")
+        reason = _unavailable()
+        if reason is not None:
+            if os.environ.get("CI") == "true":
+                self.fail(f"CI=true, so this test must run, but {reason}")
+            self.skipTest(reason)
+        if self.setUpError is not None:
+            raise AssertionError(f"the world did not come up: {self.setUpError}")
+        self.assertTrue(self.server.running, self.server.log()[-4000:])
+
+    def apply(self, data: dict[str, str], **kwargs: Any) -> tuple[float, float]:
+        """C{kubectl apply} the ConfigMap; the wall-clock times kubectl started and ended."""
+        started = time.time()
+        self.world.kubectl("apply", "-f", "-", input=configMap(data, **kwargs))
+        return started, time.time()
+
+    def waitForRecord(self, pattern: str, start: int, timeout: float = 10.0) -> dict[str, Any]:
+        match = self.server.waitForLine(pattern, timeout, start=start)
+        for record in records(self.server, start):
+            if match.group(0) in json.dumps(record) or match.group(0) in record.get("text", ""):
+                return record
+        raise AssertionError(f"no JSON record for {pattern!r}")
+
+
+class ConfigMapFromTheAPITests(APITestCase):
+    def test_applyToEffect(self) -> None:
+        """
+        Each change applies within L{APPLY_TO_EFFECT} seconds of C{kubectl
+        apply}: from the moment kubectl started (its own start-up
+        included) to the server's log line saying it reloaded, by the
+        server's own clock (the JSON line's C{log_time}), over L{APPLIES}
+        applies. Median and maximum are printed.
+        """
+        fromStart, fromEnd = [], []
+        for index in range(APPLIES):
+            mark = self.server.mark()
+            ports = f"9100, {9200 + index}"
+            started, ended = self.apply({"http-proxy-ports": ports})
+            record = self.waitForRecord(r"config reloaded from configmap kube-system/", mark)
+            self.assertIn("http ports", record["text"])
+            self.assertIn(str(9200 + index), record["config"])
+            fromStart.append(record["log_time"] - started)
+            fromEnd.append(record["log_time"] - ended)
+        report = (
+            f"apply-to-effect over {APPLIES} applies: from kubectl's start median "
+            f"{statistics.median(fromStart) * 1000:.0f} ms, max {max(fromStart) * 1000:.0f} ms; "
+            f"from kubectl's exit median {statistics.median(fromEnd) * 1000:.0f} ms, "
+            f"max {max(fromEnd) * 1000:.0f} ms"
+        )
+        print(report, file=sys.stderr)
+        self.assertLess(max(fromStart), APPLY_TO_EFFECT, report)
+
+    def test_invalidChangeRefusedWithAnEvent(self) -> None:
+        """
+        An invalid change: refused with one log line naming the key and the
+        value, the last good configuration kept; a Warning Event on the
+        ConfigMap (its uid and resourceVersion), which C{kubectl describe}
+        shows; the same refused content again (another version: a label
+        changed) logs nothing more; a valid change then applies.
+        """
+        mark = self.server.mark()
+        self.apply({"http-proxy-ports": "9100, 9300"})
+        self.waitForRecord(r"config reloaded from", mark)
+        mark = self.server.mark()
+        self.apply({"http-proxy-ports": "9100, 99999"})
+        record = self.waitForRecord(r"config refused, the last good one stays active", mark)
+        self.assertEqual(record["key"], "http-proxy-ports")
+        self.assertEqual(record["value"], "9100, 99999")
+        self.assertEqual(
+            record["text"],
+            "config refused, the last good one stays active: configmap "
+            "kube-system/edge-tunnel-server-cfg: key 'http-proxy-ports', value '9100, 99999': "
+            "99999 is outside 1-65535",
+        )
+        live = json.loads(
+            self.world.kubectl("get", "configmap", "-n", NAMESPACE, NAME, "-o", "json").stdout
+        )
+        uid, version = live["metadata"]["uid"], live["metadata"]["resourceVersion"]
+
+        def events() -> list[dict[str, Any]]:
+            listed = self.world.kubectl(
+                "get", "events", "-n", NAMESPACE, "-o", "json",
+                f"--field-selector=involvedObject.uid={uid},reason=ConfigRefused",
+            )  # fmt: skip
+            return [
+                each
+                for each in json.loads(listed.stdout)["items"]
+                if each["involvedObject"].get("resourceVersion") == version
+            ]
+
+        pollUntil(lambda: len(events()) == 1, 10.0, "the ConfigRefused event")
+        (event,) = events()
+        self.assertEqual(event["type"], "Warning")
+        self.assertEqual(
+            {k: event["involvedObject"].get(k) for k in ("kind", "namespace", "name", "uid")},
+            {"kind": "ConfigMap", "namespace": NAMESPACE, "name": NAME, "uid": uid},
+        )
+        self.assertIn("key 'http-proxy-ports', value '9100, 99999'", event["message"])
+        self.assertEqual(event["source"]["component"], "edge-tunnel-server")
+        described = self.world.kubectl("describe", "configmap", "-n", NAMESPACE, NAME).stdout
+        self.assertRegex(described, r"Warning\s+ConfigRefused\s+.*edge-tunnel-server")
+        self.assertIn("99999 is outside 1-65535", described)
+
+        # the same refused data in a new version: no second line, no second event
+        mark = self.server.mark()
+        self.apply({"http-proxy-ports": "9100, 99999"}, labels={"touched": "yes"})
+        self.apply({"http-proxy-ports": "9100, 9301"})
+        self.waitForRecord(r"config reloaded from", mark)
+        self.assertEqual(self.server.count(r"config refused", mark), 0)
+        self.assertEqual(len(events()), 1)
+        self.assertEqual(self.server.count(r"could not post"), 0)
+
+    def test_deletedKeepsTheLastGood(self) -> None:
+        """
+        Deleting the ConfigMap keeps the configuration in force, said once
+        in the log; created again, it applies.
+        """
+        mark = self.server.mark()
+        self.apply({"http-proxy-ports": "9100, 9400"})
+        self.waitForRecord(r"config reloaded from", mark)
+        mark = self.server.mark()
+        self.world.kubectl("delete", "configmap", "-n", NAMESPACE, NAME)
+        record = self.waitForRecord(
+            r"was deleted: the last good configuration stays in force", mark
+        )
+        self.assertIn("9400", record["text"])
+        mark = self.server.mark()
+        self.apply({"http-proxy-ports": "9100, 9401"})
+        record = self.waitForRecord(r"config reloaded from", mark)
+        self.assertEqual(record["changes"], "http ports 9100, 9400, 10255 → 9100, 9401, 10255")
+
+    def test_watchSurvivesAnAPIServerRestart(self) -> None:
+        """
+        kube-apiserver killed (SIGKILL: a graceful stop waits a minute for
+        the open watches) and started again: the watch fails, backs off,
+        comes back (from its last version, or by listing), and the next
+        change applies.
+        """
+        world = self.world
+        mark = self.server.mark()
+        world.apiserver.stop(signal.SIGKILL, 30)
+        self.server.waitForLine(r"watch configmaps in kube-system .* failed", 30, start=mark)
+        world.apiserver = world.startAPIServer()
+        world.waitForAPIServer()
+        mark = self.server.mark()
+        self.apply({"http-proxy-ports": "9100, 9500"})
+        self.waitForRecord(r"config reloaded from", mark, timeout=40)
+        self.assertTrue(self.server.running)
+
+
+class RBACTests(APITestCase):
+    """The overlay's Role, as the real kube-apiserver authorizes it."""
+
+    def canI(self, *arguments: str) -> bool:
+        result = self.world.kubectl(
+            "auth", "can-i", *arguments, f"--as=system:serviceaccount:{NAMESPACE}:{ACCOUNT}",
+            check=False,
+        )  # fmt: skip
+        answer = result.stdout.strip()
+        self.assertIn(answer, ("yes", "no"), result.stderr)
+        return answer == "yes"
+
+    def test_exactlyWhatItNeeds(self) -> None:
+        """
+        The ServiceAccount can get, list and watch its ConfigMap (by name)
+        and create and patch Events in its namespace; nothing else: not
+        another ConfigMap, not every ConfigMap, not a Secret, not a change
+        to its ConfigMap, not Events elsewhere.
+        """
+        allowed = [
+            ("get", f"configmaps/{NAME}", "-n", NAMESPACE),
+            ("list", f"configmaps/{NAME}", "-n", NAMESPACE),
+            ("watch", f"configmaps/{NAME}", "-n", NAMESPACE),
+            ("create", "events", "-n", NAMESPACE),
+            ("patch", "events", "-n", NAMESPACE),
+        ]
+        refused = [
+            ("get", "configmaps/coredns", "-n", NAMESPACE),
+            ("list", "configmaps", "-n", NAMESPACE),
+            ("watch", "configmaps", "-n", NAMESPACE),
+            ("get", "configmaps", "-n", NAMESPACE),
+            ("get", f"configmaps/{NAME}", "-n", "default"),
+            ("update", f"configmaps/{NAME}", "-n", NAMESPACE),
+            ("patch", f"configmaps/{NAME}", "-n", NAMESPACE),
+            ("delete", f"configmaps/{NAME}", "-n", NAMESPACE),
+            ("get", "secrets", "-n", NAMESPACE),
+            ("list", "secrets", "-n", NAMESPACE),
+            ("get", "secrets/anything", "-n", NAMESPACE),
+            ("create", "events", "-n", "default"),
+            ("delete", "events", "-n", NAMESPACE),
+            ("list", "events", "-n", NAMESPACE),
+            ("list", "nodes"),
+            ("create", "configmaps", "-n", NAMESPACE),
+        ]
+        for arguments in allowed:
+            self.assertTrue(self.canI(*arguments), arguments)
+        for arguments in refused:
+            self.assertFalse(self.canI(*arguments), arguments)
+
+    def test_fieldSelectorIsAuthorizedByName(self) -> None:
+        """
+        What the server's watch does, as that ServiceAccount: a list and a
+        watch with C{fieldSelector=metadata.name=<its ConfigMap>} are
+        allowed by the Role's C{resourceNames}; without the selector, or
+        for another name, they are forbidden (403).
+        """
+        path = f"/api/v1/namespaces/{NAMESPACE}/configmaps"
+
+        def get(query: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                self.world.cloud.command(
+                    str(self.world.bin["kubectl"]),
+                    f"--kubeconfig={self.kubeconfig}",
+                    "get",
+                    "--raw",
+                    f"{path}?{query}",
+                ),  # fmt: skip
+                capture_output=True,
+                text=True,
+                env=self.world.kubectlEnvironment(),
+                timeout=30,
+                check=False,
+            )
+
+        for query in (
+            f"fieldSelector=metadata.name%3D{NAME}",
+            f"fieldSelector=metadata.name%3D{NAME}&watch=true&timeoutSeconds=1",
+        ):
+            done = get(query)
+            self.assertEqual(done.returncode, 0, (query, done.stderr))
+        for query in ("", "fieldSelector=metadata.name%3Dcoredns", "watch=true&timeoutSeconds=1"):
+            done = get(query)
+            self.assertNotEqual(done.returncode, 0, query)
+            self.assertIn("forbidden", done.stderr, query)
+
+
+class WatchBridgeTests(APITestCase):
+    """
+    The watch bridge itself, reused for Nodes by label selector (what
+    "node IPs from the API" builds on), in a child process in the cloud
+    namespace (L{tests.system.kube_probe}: a real reactor, a real
+    L{KubeClient}, the admin's kubeconfig), driven with kubectl.
+    """
+
+    def createNode(self, name: str, labels: dict[str, str], address: str) -> None:
+        """A Node, then its address (status, which a create does not set)."""
+        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}
+        self.world.kubectl("create", "-f", "-", input=json.dumps(node))
+        status = {"status": {"addresses": [{"type": "InternalIP", "address": address}]}}
+        self.world.kubectl(
+            "patch", "node", name, "--subresource=status", "--type=merge", "-p", json.dumps(status)
+        )
+
+    def startProbe(
+        self,
+        credentials: str,
+        selector: str,
+        environment: dict[str, str] | None = None,
+    ) -> tuple[subprocess.Popen[str], Any, list[dict[str, Any]]]:
+        """
+        The probe, a function that reads its JSON lines until one matches
+        (failing with all it said after a deadline), and the lines read.
+        """
+        probe = subprocess.Popen(
+            # watches the server ends every 2 s: several reconnects in one test
+            self.world.cloud.command(
+                sys.executable, str(PROBE), credentials, selector, "65536", "2"
+            ),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(daemonEnvironment(), **(environment or {})),
+        )
+        self.addCleanup(lambda: probe.poll() is None and probe.kill())
+        lines: list[dict[str, Any]] = []
+        output: queue.Queue[str] = queue.Queue()
+        other: list[str] = []
+        reader = threading.Thread(
+            target=lambda: [output.put(line) for line in probe.stdout or ()], daemon=True
+        )
+        reader.start()
+
+        def until(predicate: Any, what: str, timeout: float = 15.0) -> dict[str, Any]:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    line = output.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    other.append(line)
+                    continue
+                lines.append(record)
+                if predicate(record):
+                    return record
+            raise AssertionError(f"the probe never said {what}: {lines}\n{''.join(other)}")
+
+        return probe, until, lines
+
+    def test_inCluster(self) -> None:
+        """
+        A client from in-cluster credentials (a ServiceAccount's token and
+        the cluster CA in a directory, the API's address in
+        C{KUBERNETES_SERVICE_HOST} and C{_PORT}) lists and watches the real
+        API, as that ServiceAccount.
+        """
+        world = self.world
+        world.kubectl("create", "serviceaccount", "probe", "-n", NAMESPACE)
+        world.kubectl(
+            "create", "clusterrole", "probe-nodes", "--verb=get,list,watch", "--resource=nodes"
+        )
+        world.kubectl(
+            "create", "clusterrolebinding", "probe-nodes", "--clusterrole=probe-nodes",
+            f"--serviceaccount={NAMESPACE}:probe",
+        )  # fmt: skip
+        directory = os.path.join(world.directory, "serviceaccount")
+        os.mkdir(directory)
+        token = world.kubectl("create", "token", "probe", "-n", NAMESPACE).stdout.strip()
+        with open(world.clusterCA) as f:
+            contents = {"token": token, "ca.crt": f.read(), "namespace": NAMESPACE}
+        for name, content in contents.items():
+            with open(os.path.join(directory, name), "w") as f:
+                f.write(content)
+        self.createNode("probe-in-cluster", {"probe": "in-cluster"}, "172.30.9.7")
+        self.addCleanup(world.kubectl, "delete", "node", "probe-in-cluster", check=False)
+        probe, until, _ = self.startProbe(
+            f"in-cluster:{directory}",
+            "probe=in-cluster",
+            {
+                "KUBERNETES_SERVICE_HOST": CLOUD_ADDRESS,
+                "KUBERNETES_SERVICE_PORT": str(APISERVER_PORT),
+            },
+        )
+        said = until(lambda r: r["event"] == "client", "its server")
+        self.assertEqual(said["server"], f"https://{CLOUD_ADDRESS}:{APISERVER_PORT}")
+        listed = until(lambda r: r["event"] == "listed", "listed")
+        self.assertEqual(listed["nodes"], {"probe-in-cluster": ["172.30.9.7"]})
+        world.kubectl("delete", "node", "probe-in-cluster")
+        deleted = until(lambda r: r["event"] == "changed", "the deletion")
+        self.assertEqual((deleted["type"], deleted["name"]), ("DELETED", "probe-in-cluster"))
+        assert probe.stdin is not None
+        probe.stdin.write("stop\n")
+        probe.stdin.flush()
+        until(lambda r: r["event"] == "stopped", "stopped")
+        self.assertEqual(probe.wait(10), 0)
+
+    def test_nodesByLabel(self) -> None:
+        """
+        The probe lists the edge Nodes (label selector), hears each change
+        typed (an address added, a label removed: DELETED for the
+        selector, a Node deleted), refuses a Node grown over its bound
+        (logged, not delivered), and stops within a second while blocked
+        on the watch; every delivery runs in the reactor thread. The server
+        ends each watch after 2 s: every change still arrives, once.
+        """
+        world = self.world
+        label = "alibabacloud.com/is-edge-worker"
+        self.createNode("probe-1", {label: "true"}, "172.30.9.1")
+        self.createNode("probe-cloud", {}, "10.200.0.9")
+        probe, until, lines = self.startProbe(world.adminKubeconfig, f"{label}=true")
+        assert probe.stdin is not None
+        listed = until(lambda r: r["event"] == "listed", "listed")
+        self.assertEqual(listed["nodes"], {"probe-1": ["172.30.9.1"]})
+        self.createNode("probe-2", {label: "true"}, "172.30.9.2")
+        added = until(lambda r: r["event"] == "changed", "probe-2 added")
+        self.assertEqual((added["type"], added["name"]), ("ADDED", "probe-2"))
+        addressed = until(lambda r: r["event"] == "changed", "probe-2's address")
+        self.assertEqual((addressed["type"], addressed["addresses"]), ("MODIFIED", ["172.30.9.2"]))
+        world.kubectl("label", "node", "probe-1", f"{label}-")
+        gone = until(lambda r: r["event"] == "changed" and r["name"] == "probe-1", "probe-1 left")
+        self.assertEqual(gone["type"], "DELETED")
+        world.kubectl("annotate", "node", "probe-2", f"big={'x' * 70000}", "--overwrite")
+        refused = until(lambda r: r["event"] == "refused", "the big Node refused")
+        self.assertEqual((refused["where"], refused["name"]), ("MODIFIED", "probe-2"))
+        self.assertGreater(refused["size"], 65536)
+        # its deletion carries its last (oversized) state: refused too, but told as a deletion
+        world.kubectl("delete", "node", "probe-2")
+        deleted = until(lambda r: r["event"] == "refused", "probe-2 deleted")
+        self.assertEqual((deleted["where"], deleted["name"]), ("DELETED", "probe-2"))
+        self.assertFalse(
+            [r for r in lines if r["event"] == "changed" and r["name"] == "probe-cloud"]
+        )
+        probe.stdin.write("stop\n")
+        probe.stdin.flush()
+        stopped = until(lambda r: r["event"] == "stopped", "stopped")
+        # every delivery ran in the reactor thread, none in the watch's
+        self.assertEqual({r["inReactor"] for r in lines}, {True})
+        # the server ended the watch every 2 s (timeoutSeconds=2), and the
+        # bridge watched again from where it was: no failure, nothing missed
+        self.assertEqual([r for r in lines if r["event"] == "broken"], [])
+        changes = [(r["type"], r["name"]) for r in lines if r["event"] == "changed"]
+        self.assertEqual(
+            changes,
+            [("ADDED", "probe-2"), ("MODIFIED", "probe-2"), ("DELETED", "probe-1")],
+        )
+        self.assertLess(stopped["seconds"], 1.0)
+        self.assertEqual(probe.wait(10), 0)
+        world.kubectl("delete", "node", "probe-cloud")
+
+
+__all__ = ["APISERVER_PORT", "CLOUD_ADDRESS"]

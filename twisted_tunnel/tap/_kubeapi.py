@@ -1,0 +1,202 @@
+# -*- test-case-name: tests.kube.test_tap -*-
+"""
+The daemons' options to reach the Kubernetes API (C{--kubeconfig},
+C{--in-cluster}) and the server's C{--config-configmap}, and the wiring
+that uses them.
+
+C{twisted_tunnel.kube} (and so lightkube, the C{kubernetes} extra) is
+imported only here, and only inside functions, once an option asked for
+the API: a daemon run without them needs neither.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+from twisted.python import usage
+
+from ..forwarding.config import ConfigError, ConfigIntake, ProxyConfig, parseConfigData
+from ._common import fatal
+
+if TYPE_CHECKING:
+    from ..kube.client import KubeAccess, KubeClient
+
+_log = Logger(namespace="twisted_tunnel.tap.server")
+
+#: What a namespace or a ConfigMap name may be (DNS-1123 subdomain).
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+
+#: The line a daemon stops with when the extra is missing.
+MISSING_EXTRA = (
+    "{option} needs the Kubernetes client: pip install 'twisted-tunnel[kubernetes]' "
+    "(lightkube; {error})"
+)
+
+
+class KubeAPIOptions(usage.Options):
+    """C{--kubeconfig}, C{--in-cluster}: how a daemon reaches kube-apiserver, if it does."""
+
+    #: The daemon's name, for the line it stops with.
+    program = "edge-tunnel"
+
+    optFlags: list[Any] = [
+        [
+            "in-cluster",
+            None,
+            "Reach the Kubernetes API with the pod's service account "
+            "(KUBERNETES_SERVICE_HOST, /var/run/secrets/kubernetes.io/serviceaccount).",
+        ],
+    ]
+    optParameters: list[Any] = [
+        [
+            "kubeconfig",
+            None,
+            None,
+            "Reach the Kubernetes API with this kubeconfig file (its current context).",
+        ],
+    ]
+
+    def checkKubeOptions(self) -> None:
+        """For C{postOptions}: the two ways are one or the other."""
+        if self["kubeconfig"] and self["in-cluster"]:
+            raise usage.UsageError("--kubeconfig and --in-cluster are two ways: give one")
+
+    def kubeAccess(self) -> KubeAccess | None:
+        """How to reach the API, or C{None} if no option asked for it."""
+        if not (self["kubeconfig"] or self["in-cluster"]):
+            return None
+        kube = importKube(self.program, "--kubeconfig" if self["kubeconfig"] else "--in-cluster")
+        return kube.client.KubeAccess(kubeconfig=self["kubeconfig"] or None)  # type: ignore[no-any-return]
+
+
+def parseConfigMapName(text: str) -> tuple[str, str]:
+    """
+    C{NAMESPACE/NAME}, each a DNS-1123 name, as C{(namespace, name)}.
+
+    @raise usage.UsageError: it is not.
+    """
+    namespace, slash, name = text.partition("/")
+    if not slash or not _NAME.fullmatch(namespace) or not _NAME.fullmatch(name):
+        raise usage.UsageError(
+            f"--config-configmap {text[:100]!r}: expected NAMESPACE/NAME, e.g. "
+            "kube-system/edge-tunnel-server-cfg"
+        )
+    return namespace, name
+
+
+def importKube(program: str, option: str) -> Any:
+    """
+    C{twisted_tunnel.kube}, imported now; or stop with one line naming the
+    extra to install.
+    """
+    try:
+        import twisted_tunnel.kube.client
+        import twisted_tunnel.kube.configmap
+        import twisted_tunnel.kube.events
+        import twisted_tunnel.kube.watch  # noqa: F401
+    except ImportError as e:
+        fatal(program, MISSING_EXTRA.format(option=option, error=e))
+    return twisted_tunnel.kube
+
+
+def kubeClient(program: str, access: KubeAccess, reactor: Any) -> KubeClient:
+    """A client for C{access}, or stop with one line saying why not."""
+    from ..kube.client import KubeAccessError, KubeClient
+
+    try:
+        return KubeClient(access, reactor)
+    except KubeAccessError as e:
+        fatal(program, str(e))
+
+
+def configMapIntake(
+    program: str,
+    options: Any,
+    reactor: Any,
+    top: MultiService,
+    onChange: Any,
+    httpListenerPort: int,
+    resolvePolicy: Any,
+) -> tuple[ProxyConfig, ConfigIntake]:
+    """
+    C{--config-configmap}: read the ConfigMap once now (blocking, before
+    the reactor runs, as C{--config} reads its file), stop with one line if
+    it is refused or cannot be read, then watch it: the watch, its client
+    and its Event poster become services of C{top}.
+
+    @return: the initial configuration, and the intake every later version
+        goes to (for metrics and readiness, like a L{ConfigWatcher}).
+    """
+    access = options.kubeAccess()
+    if access is None:
+        raise usage.UsageError("--config-configmap needs --kubeconfig or --in-cluster")
+    namespace, name = parseConfigMapName(options["config-configmap"])
+    importKube(program, "--config-configmap")
+    from ..kube.configmap import configMapWatch, origin
+    from ..kube.events import EventPoster
+
+    client = kubeClient(program, access, reactor)
+    where = f"--config-configmap {namespace}/{name}"
+    initial = _readOnce(program, client, namespace, name, where, httpListenerPort, resolvePolicy)
+    intake = ConfigIntake(
+        origin(namespace, name),
+        reactor,
+        initial,
+        onChange,
+        httpListenerPort=httpListenerPort,
+        resolvePolicy=resolvePolicy,
+    )
+    events = EventPoster(client, program, options["server-id"] or program)
+    # stopped after the watch (a MultiService stops its children last first)
+    _ClientService(client).setServiceParent(top)
+    watch = configMapWatch(reactor, client, intake, namespace, name, events)
+    watch.setName("--config-configmap")
+    watch.setServiceParent(top)
+    return initial, intake
+
+
+def _readOnce(
+    program: str,
+    client: KubeClient,
+    namespace: str,
+    name: str,
+    where: str,
+    httpListenerPort: int,
+    resolvePolicy: Any,
+) -> ProxyConfig:
+    """The ConfigMap now, checked as C{--config}'s file is; or stop with one line."""
+    from ..kube.client import KubeAccessError
+    from ..kube.configmap import configData, readConfigMap
+
+    try:
+        found = readConfigMap(client, namespace, name)
+    except KubeAccessError as e:
+        fatal(program, f"{where}: {e}")
+    if found is None:
+        _log.warn(
+            "{where}: not found at {server}; the defaults apply until it is created",
+            where=where,
+            server=client.server,
+        )
+        return parseConfigData({})
+    try:
+        return parseConfigData(
+            configData(found), httpListenerPort=httpListenerPort, resolvePolicy=resolvePolicy
+        )
+    except ConfigError as e:
+        fatal(program, f"{where}: {e}")
+
+
+class _ClientService(MultiService):
+    """Stops a L{KubeClient} (its threads, its connections) when the daemon stops."""
+
+    def __init__(self, client: KubeClient) -> None:
+        super().__init__()
+        self.client = client
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.client.stop()
