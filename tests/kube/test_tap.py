@@ -1,9 +1,9 @@
 # -*- test-case-name: tests.kube.test_tap -*-
 """
-The server's options to read its ConfigMap from the API
-(C{twisted_tunnel.tap._kubeapi}): what they accept and refuse, the line a
-daemon stops with when the C{kubernetes} extra is missing or the API cannot
-be read at start-up.
+The server's options to read its ConfigMap from the API and to watch its
+Nodes (C{twisted_tunnel.tap._kubeapi}): what they accept and refuse, the
+line a daemon stops with when the C{kubernetes} extra is missing or the API
+cannot be read at start-up, the one client they share.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.kube import unreachableKubeconfig
 from tests.pki import temporaryDirectory
+from twisted_tunnel.server.directory import NodeDirectory
 from twisted_tunnel.tap import _kubeapi
 from twisted_tunnel.tap.server import PROGRAM, Options
 
@@ -138,3 +139,50 @@ class StartupTests(SynchronousTestCase):
         for path in (os.path.join(directory, "missing"), notOne):
             line = self.stops(parse("--config-configmap", "kube-system/cfg", "--kubeconfig", path))
             self.assertTrue(line.startswith(f"{PROGRAM}: --kubeconfig {path}: "), line)
+
+
+class WatchNodesOptionTests(SynchronousTestCase):
+    """C{--watch-nodes} and C{--edge-node-selector}."""
+
+    def test_refused(self) -> None:
+        for arguments, said in [
+            (["--watch-nodes"], "--watch-nodes needs --kubeconfig or --in-cluster"),
+            (
+                ["--watch-nodes", "--in-cluster", "--edge-node-selector", "a in (b)"],
+                "set-based",
+            ),
+            (["--watch-nodes", "--in-cluster", "--edge-node-selector", "a b"], "label key"),
+        ]:
+            error = self.assertRaises(UsageError, parse, *arguments)
+            self.assertIn(said, str(error), arguments)
+            self.assertNotIn("\n", str(error))
+
+    def test_defaultSelector(self) -> None:
+        """ACK's label by default; OpenYurt's is taken as well."""
+        options = parse("--watch-nodes", "--in-cluster")
+        self.assertEqual(options["edge-node-selector"], "alibabacloud.com/is-edge-worker=true")
+        options = parse(
+            "--watch-nodes",
+            "--in-cluster",
+            "--edge-node-selector",
+            _kubeapi.OPENYURT_EDGE_SELECTOR,
+        )
+        self.assertEqual(options["edge-node-selector"], "openyurt.io/is-edge-worker=true")
+
+    def test_oneClient(self) -> None:
+        """
+        The Node watch and the ConfigMap share the daemon's one client of the
+        API, a service added before the watches (so stopped after them).
+        """
+        path, _ = unreachableKubeconfig(self)
+        options = parse("--watch-nodes", "--kubeconfig", path)
+        top = MultiService()
+        access = options.kubeAccess()
+        assert access is not None
+        first = _kubeapi.sharedClient(PROGRAM, access, Clock(), top)
+        self.addCleanup(first.stop)
+        self.assertIs(_kubeapi.sharedClient(PROGRAM, access, Clock(), top), first)
+        _kubeapi.watchNodes(PROGRAM, options, Clock(), top, NodeDirectory())
+        self.assertEqual(
+            [service.name for service in top], [_kubeapi.CLIENT_SERVICE, "--watch-nodes"]
+        )

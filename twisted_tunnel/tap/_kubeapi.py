@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.kube.test_tap -*-
 """
 The daemons' options to reach the Kubernetes API (C{--kubeconfig},
-C{--in-cluster}) and the server's C{--config-configmap}, and the wiring
-that uses them.
+C{--in-cluster}), the server's C{--config-configmap} and C{--watch-nodes},
+and the wiring that uses them.
 
 C{twisted_tunnel.kube} (and so lightkube, the C{kubernetes} extra) is
 imported only here, and only inside functions, once an option asked for
@@ -23,11 +23,20 @@ from ._common import fatal
 
 if TYPE_CHECKING:
     from ..kube.client import KubeAccess, KubeClient
+    from ..server.directory import NodeDirectory
 
 _log = Logger(namespace="twisted_tunnel.tap.server")
 
 #: What a namespace or a ConfigMap name may be (DNS-1123 subdomain).
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+
+#: ACK Edge's label on its edge nodes: the default C{--edge-node-selector}.
+DEFAULT_EDGE_SELECTOR = "alibabacloud.com/is-edge-worker=true"
+#: OpenYurt's label on its edge nodes, the documented other choice.
+OPENYURT_EDGE_SELECTOR = "openyurt.io/is-edge-worker=true"
+
+#: The name of the service that holds the daemon's one client of the API.
+CLIENT_SERVICE = "kubernetes API client"
 
 #: The line a daemon stops with when the extra is missing.
 MISSING_EXTRA = (
@@ -68,8 +77,10 @@ class KubeAPIOptions(usage.Options):
         """How to reach the API, or C{None} if no option asked for it."""
         if not (self["kubeconfig"] or self["in-cluster"]):
             return None
-        kube = importKube(self.program, "--kubeconfig" if self["kubeconfig"] else "--in-cluster")
-        return kube.client.KubeAccess(kubeconfig=self["kubeconfig"] or None)  # type: ignore[no-any-return]
+        importKube(self.program, "--kubeconfig" if self["kubeconfig"] else "--in-cluster")
+        from ..kube.client import KubeAccess
+
+        return KubeAccess(kubeconfig=self["kubeconfig"] or None)
 
 
 def parseConfigMapName(text: str) -> tuple[str, str]:
@@ -96,6 +107,7 @@ def importKube(program: str, option: str) -> Any:
         import twisted_tunnel.kube.client
         import twisted_tunnel.kube.configmap
         import twisted_tunnel.kube.events
+        import twisted_tunnel.kube.nodes
         import twisted_tunnel.kube.watch  # noqa: F401
     except ImportError as e:
         fatal(program, MISSING_EXTRA.format(option=option, error=e))
@@ -110,6 +122,79 @@ def kubeClient(program: str, access: KubeAccess, reactor: Any) -> KubeClient:
         return KubeClient(access, reactor)
     except KubeAccessError as e:
         fatal(program, str(e))
+
+
+def sharedClient(
+    program: str, access: KubeAccess, reactor: Any, top: MultiService, *, register: bool = True
+) -> KubeClient:
+    """
+    The daemon's one client of the API, whatever uses it (the ConfigMap, the
+    Nodes): made on first use.  Registered (now, or later with
+    L{registerClient}) as a service of C{top} added before the watches that
+    use it, so that it is stopped after them (a C{MultiService} stops its
+    children last first).
+    """
+    try:
+        service = top.getServiceNamed(CLIENT_SERVICE)
+    except KeyError:
+        client = kubeClient(program, access, reactor)
+        if register:
+            registerClient(top, client)
+        return client
+    assert isinstance(service, _ClientService)
+    return service.client
+
+
+def registerClient(top: MultiService, client: KubeClient) -> None:
+    """Make C{client} the daemon's one client of the API, unless it is already."""
+    try:
+        top.getServiceNamed(CLIENT_SERVICE)
+    except KeyError:
+        service = _ClientService(client)
+        service.setName(CLIENT_SERVICE)
+        service.setServiceParent(top)
+
+
+def checkEdgeNodeSelector(text: str) -> None:
+    """
+    C{--edge-node-selector}, checked as the Node watch will read it.
+
+    @raise usage.UsageError: it is not a selector taken here.
+    """
+    from ..kube.labels import LabelSelector, SelectorError
+
+    try:
+        LabelSelector.parse(text)
+    except SelectorError as e:
+        raise usage.UsageError(f"--edge-node-selector {text[:100]!r}: {e}") from None
+
+
+def watchNodes(
+    program: str, options: Any, reactor: Any, top: MultiService, directory: NodeDirectory
+) -> None:
+    """
+    C{--watch-nodes}: keep C{directory} to the cluster's Nodes (every Node
+    claims its addresses; those C{--edge-node-selector} matches are the edge
+    nodes), as a service of C{top}.  Nothing is read before the reactor
+    runs: until the first list arrives, agents' IPs are proven by their
+    certificates alone, and proven again once it has.
+    """
+    access = options.kubeAccess()
+    if access is None:
+        raise usage.UsageError("--watch-nodes needs --kubeconfig or --in-cluster")
+    importKube(program, "--watch-nodes")
+    from ..kube.labels import LabelSelector
+    from ..kube.nodes import nodeWatch
+
+    selector = LabelSelector.parse(options["edge-node-selector"])
+    watch = nodeWatch(reactor, sharedClient(program, access, reactor, top), directory, selector)
+    watch.setName("--watch-nodes")
+    watch.setServiceParent(top)
+    _log.info(
+        "--watch-nodes: IPs listed on an agent's Node prove its IPs; edge nodes are those "
+        "matching {selector!r}",
+        selector=selector.text,
+    )
 
 
 def configMapIntake(
@@ -138,7 +223,9 @@ def configMapIntake(
     from ..kube.configmap import configMapWatch, origin
     from ..kube.events import EventPoster
 
-    client = kubeClient(program, access, reactor)
+    # registered only once the first read went well: a daemon that stops
+    # here leaves nothing half-made behind
+    client = sharedClient(program, access, reactor, top, register=False)
     where = f"--config-configmap {namespace}/{name}"
     initial = _readOnce(program, client, namespace, name, where, httpListenerPort, resolvePolicy)
     intake = ConfigIntake(
@@ -149,9 +236,8 @@ def configMapIntake(
         httpListenerPort=httpListenerPort,
         resolvePolicy=resolvePolicy,
     )
+    registerClient(top, client)
     events = EventPoster(client, program, options["server-id"] or program)
-    # stopped after the watch (a MultiService stops its children last first)
-    _ClientService(client).setServiceParent(top)
     watch = configMapWatch(reactor, client, intake, namespace, name, events)
     watch.setName("--config-configmap")
     watch.setServiceParent(top)

@@ -85,7 +85,14 @@ from ..net._twisted import listeningPort, raiseListenErrors
 from ..net.addresses import parseIP
 from ..net.eager import EagerTCPReactor
 from ..net.relay import DEFAULT_HALF_CLOSED_TIMEOUT, DEFAULT_IDLE_TIMEOUT, RelayTimeouts
-from ..server import DEFAULT_OPEN_TIMEOUT, TrustAnnouncedAddresses, TunnelServer
+from ..server import (
+    DEFAULT_OPEN_TIMEOUT,
+    CertificateAddressProof,
+    INodeAddressProof,
+    TrustAnnouncedAddresses,
+    TunnelServer,
+)
+from ..server.directory import DirectoryAddressProof, NodeDirectory
 from ..server.routes import DEFAULT_KEEP_GONE
 from ..tls import (
     MAX_SERVING_SESSION_LIFETIME,
@@ -117,7 +124,15 @@ from ._common import (
     positiveFloat,
     positiveInt,
 )
-from ._kubeapi import KubeAPIOptions, configMapIntake, parseConfigMapName
+from ._kubeapi import (
+    DEFAULT_EDGE_SELECTOR,
+    OPENYURT_EDGE_SELECTOR,
+    KubeAPIOptions,
+    checkEdgeNodeSelector,
+    configMapIntake,
+    parseConfigMapName,
+    watchNodes,
+)
 
 PROGRAM = "edge-tunnel-server"
 
@@ -167,7 +182,16 @@ class Options(TunnelOptions, KubeAPIOptions):
             "carry as IP subjectAltNames (kubelet certificates carry none). Any holder of any "
             "node certificate can then take over another node's IPs, or a cloud address; "
             "loopback and link-local addresses are still never routed. Default: only IPs "
-            "the certificate proves route; other nodes are reached by name.",
+            "the certificate (or, with --watch-nodes, the agent's Node) proves route; other "
+            "nodes are reached by name.",
+        ],
+        [
+            "watch-nodes",
+            None,
+            "Watch the cluster's Nodes (--kubeconfig or --in-cluster; RBAC: list and watch "
+            "nodes): an IP an agent announces also routes when its Node lists it and no other "
+            "Node does, and the edge nodes (--edge-node-selector) are routed whether or not "
+            "their agent is connected; a Node deleted loses its routes.",
         ],
     ]
 
@@ -306,6 +330,13 @@ class Options(TunnelOptions, KubeAPIOptions):
         ],
         ["config-interval", None, 2.0, "Seconds between checks of --config.", positiveFloat],
         [
+            "edge-node-selector",
+            None,
+            DEFAULT_EDGE_SELECTOR,
+            "With --watch-nodes: the label selector of the edge nodes (k=v, k!=v, k, !k, "
+            f"comma-separated). Default ACK Edge's; OpenYurt's is {OPENYURT_EDGE_SELECTOR}.",
+        ],
+        [
             "config-configmap",
             None,
             None,
@@ -436,6 +467,10 @@ class Options(TunnelOptions, KubeAPIOptions):
             if not (self["kubeconfig"] or self["in-cluster"]):
                 raise usage.UsageError("--config-configmap needs --kubeconfig or --in-cluster")
             parseConfigMapName(self["config-configmap"])
+        if self["watch-nodes"]:
+            if not (self["kubeconfig"] or self["in-cluster"]):
+                raise usage.UsageError("--watch-nodes needs --kubeconfig or --in-cluster")
+            checkEdgeNodeSelector(self["edge-node-selector"])
         if bool(self["proxy-client-cert"]) != bool(self["proxy-client-key"]):
             raise usage.UsageError("--proxy-client-cert and --proxy-client-key go together")
         if bool(self["proxy-serving-cert"]) != bool(self["proxy-serving-key"]):
@@ -683,6 +718,8 @@ def makeService(options: Options) -> IService:
 
     # the agent port: its own CA bundle if given (--agent-ca), else --ca
     agentFiles = _files(options, "agent-ca", "cert", "key")
+    # filled by the Node watch (--watch-nodes), started below once there is a top service
+    directory = NodeDirectory() if options["watch-nodes"] else None
     server = TunnelServer(
         reactor,
         _credentials(agentFiles),
@@ -692,13 +729,16 @@ def makeService(options: Options) -> IService:
         keepalive=options.keepalive(),
         openTimeout=options["open-timeout"],
         metricsPerNode=options["metrics-per-node"],
-        addressProof=_trustAnnouncedIPs() if options["trust-announced-ips"] else None,
+        addressProof=_addressProof(options, directory),
+        directory=directory,
         relayTimeouts=RelayTimeouts(
             idle=options["relay-idle-timeout"], halfClosed=options["relay-half-close-timeout"]
         ),
         keepGone=options["keep-gone-nodes"],
     )
     top = _ServerService(server, options["drain-timeout"], options["log-format"])
+    if directory is not None:
+        watchNodes(PROGRAM, options, reactor, top, directory)
     # every listener's connections send small writes at once (see eager.py)
     tcpReactor = EagerTCPReactor(reactor)
 
@@ -761,18 +801,25 @@ def makeService(options: Options) -> IService:
     return top
 
 
-def _trustAnnouncedIPs() -> TrustAnnouncedAddresses:
+def _addressProof(options: Options, directory: NodeDirectory | None) -> INodeAddressProof:
     """
-    The C{--trust-announced-ips} opt-in, said loudly once at start-up (and
-    again per agent whose IPs are taken on its word, by
-    L{TrustAnnouncedAddresses}): it reopens finding 1 of issue 12.
+    What proves agents' IPs: their certificates, and with C{--watch-nodes}
+    their Nodes too; and with C{--trust-announced-ips}, said loudly once at
+    start-up (and again per agent whose IPs are taken on its word, by
+    L{TrustAnnouncedAddresses}), their word: it reopens finding 1 of issue 12.
     """
+    proof: INodeAddressProof = (
+        CertificateAddressProof() if directory is None else DirectoryAddressProof(directory)
+    )
+    if not options["trust-announced-ips"]:
+        return proof
     _log.warn(
         "--trust-announced-ips: routing the IPs agents announce without proof; any holder "
         "of a node certificate signed by --ca may take over another node's IPs or a cloud "
-        "address. Give agents certificates with IP subjectAltNames and drop this option."
+        "address. Give agents certificates with IP subjectAltNames (or use --watch-nodes) "
+        "and drop this option."
     )
-    return TrustAnnouncedAddresses()
+    return TrustAnnouncedAddresses(proof)
 
 
 def _credentials(files: _Files) -> Credentials:
