@@ -37,8 +37,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.interop.build import cached
 from tests.interop.world import APISERVER_PORT, Cleanups, InteropWorld
 from tests.netns import netnsUnavailable, pollUntil, requireNetns
-from tests.realnet import daemonEnvironment
-from tests.system.e2e_world import CLOUD_ADDRESS, Process
+from tests.realnet import daemonEnvironment, twistdCommand
+from tests.system.e2e_world import (
+    CLOUD_ADDRESS,
+    SERVER_NAME,
+    TUNNEL_PORT,
+    Process,
+    _pki,
+)
 from tests.system.test_manifests import MANIFESTS, render
 
 NAMESPACE = "kube-system"
@@ -49,6 +55,15 @@ APPLY_TO_EFFECT = 2.0
 #: Applies timed.
 APPLIES = 12
 PROBE = Path(__file__).resolve().parent / "kube_probe.py"
+#: The edge label of the Node watch's default selector (ACK's).
+EDGE_LABEL = "alibabacloud.com/is-edge-worker"
+#: The server's hosts file (in the world's directory) and the address it lists.
+HOSTS_FILE = "nodes.hosts"
+HOSTS_ADDRESS = "127.0.0.9"
+#: The server's meta listener in L{NodeWatchTests}.
+META_PORT = 10265
+#: The longest a Node's change may take to reach the server's routes.
+WATCH_TO_ROUTE = 2.0
 
 
 def configMap(data: dict[str, str], labels: dict[str, str] | None = None) -> str:
@@ -105,13 +120,19 @@ class APITestCase(SynchronousTestCase):
         if errors:
             raise AssertionError(f"tearing the world down failed: {errors!r}")
 
+    #: The overlay whose RBAC the server's ServiceAccount gets.
+    overlay: ClassVar[str] = "configmap-api"
+    #: More options for the server.
+    serverArguments: ClassVar[tuple[str, ...]] = ()
+
     @classmethod
     def startServer(cls) -> None:
         world = cls.world
         rbac = [
             each
-            for each in render(MANIFESTS / "configmap-api")
-            if each["kind"] in ("ServiceAccount", "Role", "RoleBinding")
+            for each in render(MANIFESTS / cls.overlay)
+            if each["kind"]
+            in ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
         ]
         world.kubectl(
             "apply",
@@ -122,7 +143,7 @@ class APITestCase(SynchronousTestCase):
         world.kubectl("apply", "-f", "-", input=configMap({"http-proxy-ports": "9100"}))
         cls.kubeconfig = world.serviceAccountKubeconfig(NAMESPACE, ACCOUNT)
         cls.server = world.startServer(
-            ["--log-format", "json", "--server-id", "api-test"],
+            ["--log-format", "json", "--server-id", "api-test", *cls.serverArguments],
             address="127.0.0.1",
             config=["--config-configmap", f"{NAMESPACE}/{NAME}", "--kubeconfig", cls.kubeconfig],
         )
@@ -530,6 +551,178 @@ class WatchBridgeTests(APITestCase):
         self.assertLess(stopped["seconds"], 1.0)
         self.assertEqual(probe.wait(10), 0)
         world.kubectl("delete", "node", "probe-cloud")
+
+
+class NodeWatchTests(APITestCase):
+    """
+    C{--watch-nodes}, as the C{node-api} overlay's ServiceAccount: the
+    edge Nodes are routed (here: the hosts file lists them), a Node's
+    addresses prove its agent's IPs (an agent whose certificate carries
+    none, as a kubelet's), and both follow the API: a label removed, an
+    address changed, a Node deleted.
+    """
+
+    overlay = "node-api"
+    serverArguments = (
+        "--watch-nodes",
+        "--hosts-file",
+        HOSTS_FILE,
+        "--hosts-address",
+        HOSTS_ADDRESS,
+        "--meta-endpoint",
+        f"tcp:{META_PORT}:interface=127.0.0.1",
+    )
+
+    createNode = WatchBridgeTests.createNode
+
+    def hosts(self) -> set[str]:
+        """The node names the server's hosts file lists."""
+        try:
+            text = Path(self.world.directory, HOSTS_FILE).read_text()
+        except FileNotFoundError:
+            return set()
+        return {line.split()[1] for line in text.splitlines() if line.startswith(HOSTS_ADDRESS)}
+
+    def agents(self) -> dict[str, list[str]]:
+        """Each connected agent's routed IPs, from the server's C{/agents}."""
+        result = subprocess.run(
+            self.world.cloud.command("curl", "-sf", f"http://127.0.0.1:{META_PORT}/agents"),
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if result.returncode != 0:
+            return {}
+        return {a["node"]: a["ips"] for a in json.loads(result.stdout)["agents"]}
+
+    def dnat(self) -> str:
+        """The server's NAT rules in the cloud namespace (C{iptables-save})."""
+        return subprocess.run(
+            self.world.cloud.command("iptables-save", "-t", "nat"),
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+
+    def test_edgeNodesRouted(self) -> None:
+        """
+        Every edge Node is routed (its DNAT rules, the hosts file), a cloud
+        Node is not; a Node labelled as edge comes in, one whose label goes,
+        or that is deleted, leaves. The time from C{kubectl label} to the
+        rules and to the file is measured.
+        """
+        address = "172.30.8.21"
+        self.createNode("edge-r1", {EDGE_LABEL: "true"}, "172.30.8.1")
+        self.createNode("cloud-r1", {}, address)
+        pollUntil(lambda: "edge-r1" in self.hosts(), 10, "edge-r1 routed")
+        pollUntil(lambda: "172.30.8.1/32" in self.dnat(), 10, "edge-r1's DNAT")
+        self.assertNotIn("cloud-r1", self.hosts())
+        self.assertNotIn(f"{address}/32", self.dnat())
+        toRules, toFile = [], []
+        for _ in range(5):
+            for change, present in (
+                (("label", "node", "cloud-r1", f"{EDGE_LABEL}=true"), True),
+                (("label", "node", "cloud-r1", f"{EDGE_LABEL}-"), False),
+            ):
+                start = time.monotonic()
+                self.world.kubectl(*change)
+                seen: dict[str, float] = {}
+                while len(seen) < 2 and time.monotonic() - start < 10:
+                    if "rules" not in seen and (f"{address}/32" in self.dnat()) == present:
+                        seen["rules"] = time.monotonic() - start
+                    if "file" not in seen and ("cloud-r1" in self.hosts()) == present:
+                        seen["file"] = time.monotonic() - start
+                    time.sleep(0.005)
+                self.assertEqual(set(seen), {"rules", "file"}, f"{change}: only {seen}")
+                toRules.append(seen["rules"])
+                toFile.append(seen["file"])
+        self.world.kubectl("delete", "node", "edge-r1", "cloud-r1")
+        pollUntil(lambda: not self.hosts() & {"edge-r1", "cloud-r1"}, 10, "deleted, unrouted")
+        pollUntil(lambda: "172.30.8.1/32" not in self.dnat(), 10, "deleted, no DNAT")
+        for what, seconds in (("DNAT rules", toRules), ("hosts file", toFile)):
+            print(
+                f"\nkubectl label -> {what}: median {statistics.median(seconds) * 1000:.0f} ms, "
+                f"max {max(seconds) * 1000:.0f} ms over {len(seconds)}",
+                file=sys.stderr,
+            )
+        self.assertLess(max(toFile + toRules), WATCH_TO_ROUTE)
+
+    def test_agentsIPsProvenByItsNode(self) -> None:
+        """
+        An agent whose certificate carries no IP announces its node's IP: it
+        routes once its edge Node lists it, stops when the Node lists
+        another address, and comes back; another Node listing it too makes
+        it prove nothing.
+        """
+        world = self.world
+        self.createNode("edge-p1", {EDGE_LABEL: "true"}, "172.30.8.11")
+        pollUntil(lambda: "edge-p1" in self.hosts(), 10, "edge-p1 listed")
+        cert, key = world._write(_pki.agent("edge-p1"), "agent-edge-p1")
+        agent = world._spawn(
+            world.cloud,
+            "agent-edge-p1",
+            twistdCommand(
+                "edge-tunnel-agent",
+                [
+                    "--ca",
+                    world.tunnelCA,
+                    "--cert",
+                    cert,
+                    "--key",
+                    key,
+                    "--server",
+                    f"127.0.0.1:{TUNNEL_PORT}",
+                    "--server-name",
+                    SERVER_NAME,
+                    "--node-ip",
+                    "172.30.8.11",
+                    "--max-backoff",
+                    "0.5",
+                    "--meta-endpoint",
+                    "none",
+                ],
+            ),  # fmt: skip
+            env=daemonEnvironment(),
+            cwd=world.directory,
+        )
+        self.addCleanup(agent.stop)
+        pollUntil(lambda: self.agents().get("edge-p1") == ["172.30.8.11"], 15, "proven")
+        status = {"status": {"addresses": [{"type": "InternalIP", "address": "172.30.8.12"}]}}
+        world.kubectl(
+            "patch", "node", "edge-p1", "--subresource=status", "--type=merge",
+            "-p", json.dumps(status),
+        )  # fmt: skip
+        pollUntil(lambda: self.agents().get("edge-p1") == [], 10, "unproven by the new address")
+        status["status"]["addresses"][0]["address"] = "172.30.8.11"
+        world.kubectl(
+            "patch", "node", "edge-p1", "--subresource=status", "--type=merge",
+            "-p", json.dumps(status),
+        )  # fmt: skip
+        pollUntil(lambda: self.agents().get("edge-p1") == ["172.30.8.11"], 10, "proven again")
+        self.createNode("cloud-p1", {}, "172.30.8.11")
+        pollUntil(lambda: self.agents().get("edge-p1") == [], 10, "claimed by a cloud Node too")
+        world.kubectl("delete", "node", "cloud-p1")
+        pollUntil(lambda: self.agents().get("edge-p1") == ["172.30.8.11"], 10, "its own again")
+        world.kubectl("delete", "node", "edge-p1")
+        pollUntil(lambda: self.agents().get("edge-p1") == [], 10, "its Node deleted")
+
+    def test_rbac(self) -> None:
+        """The ServiceAccount lists and watches Nodes, and changes none, nor reads Secrets."""
+        canI = RBACTests.canI
+        for arguments in (("list", "nodes"), ("watch", "nodes")):
+            self.assertTrue(canI(self, *arguments), arguments)  # type: ignore[arg-type]
+        for arguments in (
+            ("get", "nodes"),
+            ("update", "nodes"),
+            ("patch", "nodes/status"),
+            ("delete", "nodes"),
+            ("get", "nodes/proxy"),
+            ("create", "nodes"),
+            ("list", "secrets", "-A"),
+            ("list", "pods", "-A"),
+        ):
+            self.assertFalse(canI(self, *arguments), arguments)  # type: ignore[arg-type]
 
 
 __all__ = ["APISERVER_PORT", "CLOUD_ADDRESS"]

@@ -96,6 +96,9 @@ API_RULES = [
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
 ]
 
+#: The one cluster-wide rule, of a server that watches the Nodes (C{--watch-nodes}).
+NODE_RULES = [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]}]
+
 
 def loadDocuments(path: Path) -> list[Any]:
     with path.open(encoding="utf-8") as f:
@@ -637,8 +640,9 @@ class DaemonCommandTests(SynchronousTestCase):
         Where neither daemon talks to the Kubernetes API: no account, no
         role. Where the server does (C{--in-cluster}), its account and the
         one narrow Role of L{API_RULES}, bound to it alone, and nothing
-        cluster-wide; its token mounted only into its container, at the
-        in-cluster path.
+        cluster-wide but, with C{--watch-nodes}, the ClusterRole of
+        L{NODE_RULES} bound to it alone; its token mounted only into its
+        container, at the in-cluster path.
         """
         withAPI = set()
         for directory, objects in self.rendered():
@@ -654,8 +658,8 @@ class DaemonCommandTests(SynchronousTestCase):
                 )
                 continue
             withAPI.add(directory.name)
-            self.assertFalse(kinds & {"ClusterRole", "ClusterRoleBinding"}, directory)
             ((workload, container, options),) = api
+            self.assertClusterWide(objects, options, workload, directory.name)
             spec = workload["spec"]["template"]["spec"]
             account = spec["serviceAccountName"]
             self.assertIs(spec["automountServiceAccountToken"], False)
@@ -676,7 +680,26 @@ class DaemonCommandTests(SynchronousTestCase):
                 binding["subjects"],
                 [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
             )
-        self.assertEqual(withAPI, {"configmap-api"})
+        self.assertEqual(withAPI, {"configmap-api", "node-api"})
+
+    def assertClusterWide(
+        self, objects: list[Any], options: dict[str, Any], workload: Any, where: str
+    ) -> None:
+        """Nothing cluster-wide, or with C{--watch-nodes} exactly L{NODE_RULES}, bound to it."""
+        roles = [each for each in objects if each["kind"] == "ClusterRole"]
+        bindings = [each for each in objects if each["kind"] == "ClusterRoleBinding"]
+        if not options.get("watch-nodes"):
+            self.assertEqual(roles + bindings, [], where)
+            return
+        ((role,), (binding,)) = (roles, bindings)
+        self.assertEqual(role["rules"], NODE_RULES, where)
+        self.assertEqual(binding["roleRef"]["name"], role["metadata"]["name"])
+        account = workload["spec"]["template"]["spec"]["serviceAccountName"]
+        namespace = workload["metadata"]["namespace"]
+        self.assertEqual(
+            binding["subjects"],
+            [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        )
 
     def test_replicasAndTimeouts(self) -> None:
         """

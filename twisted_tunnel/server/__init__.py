@@ -565,8 +565,16 @@ class TunnelServer:
         """
         for node in nodes:
             record = self.registry.lookup(node)
-            if record is not None:
-                self.registry.reroute(node, self.proveIPs(node, record.identity, record.announced))
+            if record is None:
+                continue
+            proven = self.proveIPs(node, record.identity, record.announced)
+            now = self.registry.reroute(node, proven)
+            if now is not None and now.ips != record.ips:
+                self.log.info(
+                    "agent {node}: its Node's listing changed; routing IPs {ips}",
+                    node=node,
+                    ips=", ".join(now.ips) or "(none)",
+                )
 
     def tunnelFactory(self) -> IProtocolFactory:
         """
