@@ -680,7 +680,7 @@ class DaemonCommandTests(SynchronousTestCase):
                 binding["subjects"],
                 [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
             )
-        self.assertEqual(withAPI, {"configmap-api", "node-api"})
+        self.assertEqual(withAPI, {"configmap-api", "node-api", "kubelet-certificate"})
 
     def assertClusterWide(
         self, objects: list[Any], options: dict[str, Any], workload: Any, where: str
