@@ -41,6 +41,13 @@ class TLSHandshakeBenchSmokeTests(SynchronousTestCase):
         }
         routed = resumed["upstream this as routed c=1"]
         self.assertGreater(int(routed.split("/")[0]), 0, done.stdout)
-        # the listener, as shipped, resumes nothing (docs/security.md)
-        shipped = resumed["listener this as shipped, client offers its session c=1"]
+        # the listener resumes nothing by default (docs/security.md), and does
+        # with --proxy-serving-session-lifetime, alone and on the whole path
+        shipped = resumed["listener this by default, client offers its session c=1"]
         self.assertTrue(shipped.startswith("0/"), done.stdout)
+        for row in (
+            "listener this sessions on, client offers its session c=1",
+            "path this: new connection per request c=1, --proxy-serving-session-lifetime=300, "
+            "the client resuming",
+        ):
+            self.assertGreater(int(resumed[row].split("/")[0]), 0, done.stdout)
