@@ -435,7 +435,7 @@ CHECKS = {
 
 def main(argv: list[str]) -> int:
     from tests.interop.build import cached
-    from tests.interop.world import Cleanups, InteropWorld
+    from tests.interop.world import Cleanups, InteropWorld, buildOrReport
 
     if argv[:1] == ["--hostile-hello"]:
         return hostileHello(*argv[1:5])
@@ -449,13 +449,7 @@ def main(argv: list[str]) -> int:
     atExit: list[Callable[[], object]] = []
     try:
         world = InteropWorld(cleanups, kubeletClientCert=True, observability=False)
-        try:
-            world.build()
-        except BaseException:
-            traceback.print_exc()
-            print("bring-up FAILED; the processes' logs (last 4000 characters each):")
-            for process in world.processes:
-                print(f"--- {process.name} (pid {process.popen.pid}):\n{process.log()[-4000:]}")
+        if not buildOrReport(world):
             return 1
         print(f"world up in {world.bringUpSeconds:.1f}s", flush=True)
         pods = {edge.name: world.createTicker(edge) for edge in world.edges}

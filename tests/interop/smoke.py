@@ -1027,19 +1027,13 @@ def main(argv: list[str]) -> int:
     # 10 stops and restarts an agent: last, whatever the order asked
     wanted.sort(key=lambda item: item == "10")
 
-    from tests.interop.world import Cleanups, InteropWorld
+    from tests.interop.world import Cleanups, InteropWorld, buildOrReport
 
     cleanups = Cleanups()
     results: list[tuple[str, bool, str]] = []
     try:
         world = InteropWorld(cleanups, mode=mode, serving=serving)
-        try:
-            world.build()
-        except BaseException:
-            traceback.print_exc()
-            print("bring-up FAILED; the processes' logs (last 4000 characters each):")
-            for process in world.processes:
-                print(f"--- {process.name} (pid {process.popen.pid}):\n{process.log()[-4000:]}")
+        if not buildOrReport(world):
             keepLogs(world)
             return 1
         print(

@@ -85,6 +85,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -1115,6 +1116,22 @@ class InteropWorld(World):
             timeout=READY_TIMEOUT + 10,
         )
         return name
+
+
+def buildOrReport(world: InteropWorld) -> bool:
+    """
+    Bring C{world} up, for the scripts run by hand: on a failure, print the
+    traceback and the last lines of each process's log, and say so.
+    """
+    try:
+        world.build()
+    except BaseException:
+        traceback.print_exc()
+        print("bring-up FAILED; the processes' logs (last 4000 characters each):")
+        for process in world.processes:
+            print(f"--- {process.name} (pid {process.popen.pid}):\n{process.log()[-4000:]}")
+        return False
+    return True
 
 
 def _name(commonName: str, organization: str) -> x509.Name:
