@@ -270,7 +270,7 @@ def csr(
     }
     spec.update(overrides)
     return CertificateSigningRequest(
-        metadata=ObjectMeta(name=name, resourceVersion="7"),
+        metadata=ObjectMeta(name=name, resourceVersion="7", uid=f"uid-{name}"),
         spec=CertificateSigningRequestSpec(**spec),
         status=CertificateSigningRequestStatus(
             conditions=[
@@ -348,6 +348,13 @@ class ApproverTests(SynchronousTestCase):
         self.assertEqual(self.kinds(), [])
         self.approver.changed("MODIFIED", csr("h", conditions=["Approved"]))
         self.assertEqual(self.kinds(), [("CertificateSigningRequestStatus", "h")])
+
+    def test_actedOnOnce(self) -> None:
+        """The approval's own event, arriving after the CSR was signed, is not acted on again."""
+        pending = csr("once")
+        self.approver.changed("ADDED", pending)
+        self.approver.changed("MODIFIED", csr("once", conditions=["Approved"]))
+        self.assertEqual(len(self.kinds()), 2)
 
     def test_rate(self) -> None:
         """At most NODE_RATE requests of a node a minute are acted on."""

@@ -847,21 +847,11 @@ class CSRBootstrapTests(APITestCase):
             )  # fmt: skip
             self.assertEqual(result.stdout.strip(), "yes", (verb, result.stderr))
 
-    def test_agentBootstrapsAndConnects(self) -> None:
-        """
-        The agent asks with the node's credentials, the server approves and
-        signs (C{kubectl get csr}: Approved,Issued), the agent's key and
-        certificate are in its C{--cert-dir} (0600), and it holds its
-        tunnel with them; a second request, as a renewal makes, gets a new
-        certificate for a new key.
-        """
+    def startAgent(self, node: str, kubeconfig: str, certDir: str) -> Process:
         world = self.world
-        kubeconfig = self.nodeKubeconfig("edge-c1")
-        certDir = os.path.join(world.directory, "agent-c1-pki")
-        start = len(self.server.lines())
-        agent = world._spawn(
+        return world._spawn(
             world.cloud,
-            "agent-edge-c1",
+            f"agent-{node}",
             twistdCommand(
                 "edge-tunnel-agent",
                 [
@@ -872,7 +862,7 @@ class CSRBootstrapTests(APITestCase):
                     "--cert-dir",
                     certDir,
                     "--node-name",
-                    "edge-c1",
+                    node,
                     "--server",
                     f"127.0.0.1:{TUNNEL_PORT}",
                     "--server-name",
@@ -888,10 +878,51 @@ class CSRBootstrapTests(APITestCase):
             env=daemonEnvironment(),
             cwd=world.directory,
         )
+
+    def agentCSRs(self, node: str) -> list[str]:
+        listed = self.world.kubectl("get", "csr", "--no-headers").stdout
+        return [line for line in listed.splitlines() if f"edge-tunnel-agent-{node}-" in line]
+
+    def test_agentDeniedStops(self) -> None:
+        """
+        An agent whose credentials are another node's asks for its own name:
+        denied, and it stops with one line quoting the reason.
+        """
+        kubeconfig = self.nodeKubeconfig("edge-c5")
+        agent = self.startAgent("edge-c4", kubeconfig, os.path.join(self.world.directory, "c4"))
+        self.addCleanup(agent.stop)
+        pollUntil(lambda: not agent.running, 30, "the denied agent stopped")
+        self.assertIn(
+            "edge-tunnel-agent: --bootstrap-kubeconfig: CSR edge-tunnel-agent-edge-c4-",
+            agent.log(),
+        )
+        self.assertRegex(
+            agent.log(),
+            r"denied by EdgeTunnelNodeIdentity: subject 'CN=system:node:edge-c4,O=system:nodes' "
+            r"is not the requester's: CN=system:node:edge-c5,O=system:nodes",
+        )
+        self.assertFalse(
+            os.path.exists(
+                os.path.join(self.world.directory, "c4", "edge-tunnel-agent-current.pem")
+            )
+        )
+
+    def test_agentBootstrapsAndConnects(self) -> None:
+        """
+        The agent asks with the node's credentials, the server approves and
+        signs (C{kubectl get csr}: Approved,Issued), the agent's key and
+        certificate are in its C{--cert-dir} (0600), and it holds its
+        tunnel with them; a second request, as a renewal makes, gets a new
+        certificate for a new key.
+        """
+        world = self.world
+        kubeconfig = self.nodeKubeconfig("edge-c1")
+        certDir = os.path.join(world.directory, "agent-c1-pki")
+        start = len(self.server.lines())
+        agent = self.startAgent("edge-c1", kubeconfig, certDir)
         self.addCleanup(agent.stop)
         self.server.waitForLine(r"agent edge-c1 connected from", 30, start=start)
-        listed = world.kubectl("get", "csr", "--no-headers").stdout
-        (row,) = [line for line in listed.splitlines() if "edge-tunnel-agent-edge-c1-" in line]
+        (row,) = self.agentCSRs("edge-c1")
         self.assertIn(AGENT_SIGNER, row)
         self.assertIn("system:node:edge-c1", row)
         self.assertTrue(row.rstrip().endswith("Approved,Issued"), row)
@@ -937,6 +968,16 @@ class CSRBootstrapTests(APITestCase):
         self.assertEqual(
             (second.not_valid_after_utc - second.not_valid_before_utc).total_seconds(), 3900
         )
+        # started again: the certificate in --cert-dir, no new request
+        agent.stop()
+        requests = len(self.agentCSRs("edge-c1"))
+        start = len(self.server.lines())
+        again = self.startAgent("edge-c1", kubeconfig, certDir)
+        self.addCleanup(again.stop)
+        self.server.waitForLine(r"agent edge-c1 connected from", 30, start=start)
+        self.assertEqual(len(self.agentCSRs("edge-c1")), requests)
+        self.assertNotIn("no usable certificate in --cert-dir", again.log())
+        self.assertIn("renewed in", again.log())
 
     def test_refusals(self) -> None:
         """

@@ -99,6 +99,9 @@ NODE_RATE = 6
 MAX_NODES_TRACKED = 20000
 #: API calls in flight at most.
 MAX_IN_FLIGHT = 32
+#: CSRs remembered as acted on (the oldest forgotten: a CSR is garbage
+#: collected by kube-apiserver an hour after it is issued or denied).
+MAX_DONE = 10000
 #: The usages an agent certificate is for.
 REQUIRED_USAGES = frozenset({"digital signature", "client auth"})
 #: The reason of the conditions this server writes.
@@ -348,6 +351,9 @@ class CSRApprover:
         self.clock = clock
         self.rate = _NodeRate(clock)
         self.inFlight: set[str] = set()
+        #: the CSRs (by uid) acted on: an event of one that was in flight
+        #: when it was sent (the approval's own) is not acted on again
+        self.done: OrderedDict[str, None] = OrderedDict()
 
     def replaceAuthority(self, authority: ServingAuthority) -> None:
         self.authority = authority
@@ -375,6 +381,8 @@ class CSRApprover:
         """Act on one CSR if it is ours, pending, and its node is within its rate."""
         name = obj.metadata.name
         if obj.spec.signerName != SIGNER_NAME or name in self.inFlight:
+            return
+        if (obj.metadata.uid or name) in self.done:
             return
         conditions = _conditions(obj)
         if conditions & {"Denied", "Failed"} or getattr(obj.status, "certificate", None):
@@ -410,21 +418,28 @@ class CSRApprover:
                 requester=obj.spec.username,
                 reason=verdict.reason,
             )
-            self._call(name, self._condition, obj, "Denied", verdict.reason)
+            self._call(obj, self._condition, obj, "Denied", verdict.reason)
             return
-        self._call(name, self._approveAndSign, obj, verdict, approved)
+        self._call(obj, self._approveAndSign, obj, verdict, approved)
 
-    def _call(self, name: str, function: Callable[..., Any], *args: Any) -> None:
+    def _call(self, obj: Any, function: Callable[..., Any], *args: Any) -> None:
+        name = obj.metadata.name
         self.inFlight.add(name)
         d = self.client.callInThread(function, *args)
 
+        def succeeded(_: object) -> None:
+            self.done[obj.metadata.uid or name] = None
+            while len(self.done) > MAX_DONE:
+                self.done.popitem(last=False)
+
         def failed(failure: Any) -> None:
+            # judged again on its next event or relist
             self.log.warn("CSR {name}: {error}", name=name, error=describeApiError(failure.value))
 
         def done(_: object) -> None:
             self.inFlight.discard(name)
 
-        d.addErrback(failed)
+        d.addCallbacks(succeeded, failed)
         d.addBoth(done)
 
     def _condition(self, obj: Any, kind: str, message: str) -> None:
