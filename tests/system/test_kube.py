@@ -968,6 +968,10 @@ class CSRBootstrapTests(APITestCase):
         self.assertEqual(
             (second.not_valid_after_utc - second.not_valid_before_utc).total_seconds(), 3900
         )
+        # the running agent follows the renewed file, as it follows the kubelet's
+        agent.waitForLine(
+            rf"certificates reloaded: node edge-c1, serial {second.serial_number:#x}\b", 30
+        )
         # started again: the certificate in --cert-dir, no new request
         agent.stop()
         requests = len(self.agentCSRs("edge-c1"))

@@ -272,13 +272,14 @@ def bootstrapCertificate(program: str, options: Any, reactor: Any) -> tuple[str,
     from ..kube.client import KubeAccess
     from ..tls.kubelet import loadNodeCredentials
 
+    log = Logger(namespace="twisted_tunnel.tap.agent")
     node = options["node-name"]
     path = os.path.join(options["cert-dir"], CERT_FILE)
     client = kubeClient(program, KubeAccess(kubeconfig=options["bootstrap-kubeconfig"]), reactor)
     try:
         credentials = loadNodeCredentials(options["ca"], path, node, option="--cert-dir")
     except CredentialsError as e:
-        _log.info(
+        log.info(
             "no usable certificate in --cert-dir ({why}): asking for one through the CSR API",
             why=str(e),
         )
@@ -292,7 +293,7 @@ def bootstrapCertificate(program: str, options: Any, reactor: Any) -> tuple[str,
             from ..kube.client import describeApiError
 
             fatal(program, f"--bootstrap-kubeconfig: {describeApiError(failed)}")
-        _log.info(
+        log.info(
             "node {node}'s certificate issued, until {end}",
             node=node,
             end=certificate.not_valid_after_utc.isoformat(),
