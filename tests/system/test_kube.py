@@ -1021,7 +1021,8 @@ class CSRBootstrapTests(APITestCase):
         The ServiceAccount reads CSRs, patches their approval and status,
         approves and signs for the tunnel's signer alone: not for
         kube-apiserver's client signers, not creating or deleting CSRs,
-        not Secrets.
+        not Secrets, not Nodes' changes (the overlay builds on C{node-api},
+        which lists and watches them).
         """
         csrs = "certificatesigningrequests.certificates.k8s.io"
         signers = "signers.certificates.k8s.io"
@@ -1065,6 +1066,6 @@ class CSRBootstrapTests(APITestCase):
             ("sign", f"{signers}/kubernetes.io/legacy-unknown"),
             ("approve", f"{signers}/twisted-tunnel.io/other"),
             ("get", "secrets", "-n", NAMESPACE), ("list", "secrets", "-A"),
-            ("list", "nodes"),
+            ("update", "nodes"), ("patch", "nodes", "--subresource=status"),
         ):  # fmt: skip
             self.assertFalse(canI(self, *arguments), arguments)
