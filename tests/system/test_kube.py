@@ -20,6 +20,7 @@ selector, from a child in the cloud namespace (L{tests.system.kube_probe}).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
@@ -32,10 +33,12 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.interop.build import cached
-from tests.interop.world import APISERVER_PORT, Cleanups, InteropWorld
+from tests.interop.world import APISERVER_PORT, Cleanups, InteropWorld, _kubeconfig
 from tests.netns import netnsUnavailable, pollUntil, requireNetns
 from tests.realnet import daemonEnvironment, twistdCommand
 from tests.system.e2e_world import (
@@ -46,6 +49,8 @@ from tests.system.e2e_world import (
     _pki,
 )
 from tests.system.test_manifests import MANIFESTS, render
+from twisted_tunnel.kube.bootstrap import buildRequest
+from twisted_tunnel.tls.certs import mintAgent, mintCA
 
 NAMESPACE = "kube-system"
 NAME = "edge-tunnel-server-cfg"
@@ -726,3 +731,345 @@ class NodeWatchTests(APITestCase):
 
 
 __all__ = ["APISERVER_PORT", "CLOUD_ADDRESS"]
+
+
+#: The tunnel's signer of agent certificates.
+AGENT_SIGNER = "twisted-tunnel.io/agent"
+
+
+class CSRBootstrapTests(APITestCase):
+    """
+    C{--agent-signer-ca-cert} and the agent's C{--bootstrap-kubeconfig}, as
+    the C{csr-bootstrap} overlay's ServiceAccount: a node's request, made
+    with the node's own credentials (a client certificate of the cluster CA
+    for C{system:node:edge-c1}), is approved and signed, and the agent
+    holds its tunnel with the certificate; a request for another node's
+    name, with the wrong usages, or from anyone but a node is denied with
+    its reason in the CSR; another signer's CSR is left alone.
+    """
+
+    overlay = "csr-bootstrap"
+
+    @classmethod
+    def startServer(cls) -> None:
+        world = cls.world
+        signer = mintCA("interop agent signer")
+        cls.signerCert, cls.signerKey = world._write(signer, "agent-signer")
+        bundle = os.path.join(world.directory, "agent-ca-bundle.pem")
+        with open(world.tunnelCA, "rb") as f:
+            tunnelCA = f.read()
+        with open(bundle, "wb") as f:
+            f.write(tunnelCA + signer.certificatePEM())
+        cls.serverArguments = (
+            "--agent-signer-ca-cert", cls.signerCert,
+            "--agent-signer-ca-key", cls.signerKey,
+            "--agent-ca", bundle,
+        )  # fmt: skip
+        super().startServer()
+        cls.server.waitForLine(r"watching certificatesigningrequests \(spec.signerName=")
+
+    def nodeKubeconfig(self, name: str) -> str:
+        """A kubeconfig that authenticates as node C{name} (a cluster CA client certificate)."""
+        world = self.world
+        cert, key = world._write(mintAgent(world.clusterAuthority, name), f"node-api-{name}")
+        path = os.path.join(world.directory, f"node-{name}.kubeconfig")
+        _kubeconfig(
+            path,
+            f"https://{CLOUD_ADDRESS}:{APISERVER_PORT}",
+            world.clusterCA,
+            cert,
+            key,
+            f"system:node:{name}",
+        )
+        return path
+
+    def kubectlAs(
+        self, kubeconfig: str, *arguments: str, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.world.cloud.command(
+                str(self.world.bin["kubectl"]), f"--kubeconfig={kubeconfig}", *arguments
+            ),
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self.world.kubectlEnvironment(),
+            timeout=30,
+            check=False,
+        )
+
+    def createCSR(
+        self,
+        kubeconfig: str | None,
+        name: str,
+        subjectNode: str,
+        usages: list[str],
+        signer: str = AGENT_SIGNER,
+    ) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        body = {
+            "apiVersion": "certificates.k8s.io/v1",
+            "kind": "CertificateSigningRequest",
+            "metadata": {"name": name},
+            "spec": {
+                "request": base64.b64encode(buildRequest(subjectNode, key)).decode(),
+                "signerName": signer,
+                "usages": usages,
+                "expirationSeconds": 3600,
+            },
+        }
+        if kubeconfig is None:
+            self.world.kubectl("create", "-f", "-", input=json.dumps(body))
+        else:
+            done = self.kubectlAs(kubeconfig, "create", "-f", "-", input=json.dumps(body))
+            self.assertEqual(done.returncode, 0, done.stderr)
+
+    def csr(self, name: str) -> dict[str, Any]:
+        return json.loads(self.world.kubectl("get", "csr", name, "-o", "json").stdout)
+
+    def condition(self, name: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The first condition of CSR C{name}, once it has one."""
+        found: list[dict[str, Any]] = []
+
+        def has() -> bool:
+            found[:] = self.csr(name).get("status", {}).get("conditions", [])
+            return bool(found)
+
+        pollUntil(has, timeout, f"CSR {name} decided")
+        return found[0]
+
+    def test_nodeMayCreateCSRs(self) -> None:
+        """The Node authorizer lets a node create and read CSRs: no binding needed."""
+        for verb in ("create", "get", "list", "watch"):
+            result = self.world.kubectl(
+                "auth", "can-i", verb, "certificatesigningrequests.certificates.k8s.io",
+                "--as=system:node:edge-c9", "--as-group=system:nodes", check=False,
+            )  # fmt: skip
+            self.assertEqual(result.stdout.strip(), "yes", (verb, result.stderr))
+
+    def startAgent(self, node: str, kubeconfig: str, certDir: str) -> Process:
+        world = self.world
+        return world._spawn(
+            world.cloud,
+            f"agent-{node}",
+            twistdCommand(
+                "edge-tunnel-agent",
+                [
+                    "--ca",
+                    world.tunnelCA,
+                    "--bootstrap-kubeconfig",
+                    kubeconfig,
+                    "--cert-dir",
+                    certDir,
+                    "--node-name",
+                    node,
+                    "--server",
+                    f"127.0.0.1:{TUNNEL_PORT}",
+                    "--server-name",
+                    SERVER_NAME,
+                    "--max-backoff",
+                    "0.5",
+                    "--meta-endpoint",
+                    "none",
+                    "--bootstrap-timeout",
+                    "30",
+                ],
+            ),  # fmt: skip
+            env=daemonEnvironment(),
+            cwd=world.directory,
+        )
+
+    def agentCSRs(self, node: str) -> list[str]:
+        listed = self.world.kubectl("get", "csr", "--no-headers").stdout
+        return [line for line in listed.splitlines() if f"edge-tunnel-agent-{node}-" in line]
+
+    def test_agentDeniedStops(self) -> None:
+        """
+        An agent whose credentials are another node's asks for its own name:
+        denied, and it stops with one line quoting the reason.
+        """
+        kubeconfig = self.nodeKubeconfig("edge-c5")
+        agent = self.startAgent("edge-c4", kubeconfig, os.path.join(self.world.directory, "c4"))
+        self.addCleanup(agent.stop)
+        pollUntil(lambda: not agent.running, 30, "the denied agent stopped")
+        self.assertIn(
+            "edge-tunnel-agent: --bootstrap-kubeconfig: CSR edge-tunnel-agent-edge-c4-",
+            agent.log(),
+        )
+        self.assertRegex(
+            agent.log(),
+            r"denied by EdgeTunnelNodeIdentity: subject 'CN=system:node:edge-c4,O=system:nodes' "
+            r"is not the requester's: CN=system:node:edge-c5,O=system:nodes",
+        )
+        self.assertFalse(
+            os.path.exists(
+                os.path.join(self.world.directory, "c4", "edge-tunnel-agent-current.pem")
+            )
+        )
+
+    def test_agentBootstrapsAndConnects(self) -> None:
+        """
+        The agent asks with the node's credentials, the server approves and
+        signs (C{kubectl get csr}: Approved,Issued), the agent's key and
+        certificate are in its C{--cert-dir} (0600), and it holds its
+        tunnel with them; a second request, as a renewal makes, gets a new
+        certificate for a new key.
+        """
+        world = self.world
+        kubeconfig = self.nodeKubeconfig("edge-c1")
+        certDir = os.path.join(world.directory, "agent-c1-pki")
+        start = len(self.server.lines())
+        agent = self.startAgent("edge-c1", kubeconfig, certDir)
+        self.addCleanup(agent.stop)
+        self.server.waitForLine(r"agent edge-c1 connected from", 30, start=start)
+        (row,) = self.agentCSRs("edge-c1")
+        self.assertIn(AGENT_SIGNER, row)
+        self.assertIn("system:node:edge-c1", row)
+        self.assertTrue(row.rstrip().endswith("Approved,Issued"), row)
+        path = os.path.join(certDir, "edge-tunnel-agent-current.pem")
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        with open(path, "rb") as f:
+            pem = f.read()
+        first = x509.load_pem_x509_certificate(pem)
+        self.assertEqual(first.subject.rfc4514_string(), "CN=system:node:edge-c1,O=system:nodes")
+        first.verify_directly_issued_by(x509.load_pem_x509_certificate(
+            open(self.signerCert, "rb").read()
+        ))  # fmt: skip
+        lifetime = first.not_valid_after_utc - first.not_valid_before_utc
+        self.assertEqual(lifetime.total_seconds(), 24 * 3600 + 300)
+        # a renewal's request: the code the renewer runs, as the node, in the cloud
+        done = subprocess.run(
+            world.cloud.command(
+                sys.executable,
+                "-c",
+                "import sys, time\n"
+                "from lightkube import Client\n"
+                "from lightkube.config.kubeconfig import KubeConfig\n"
+                "from twisted_tunnel.kube.bootstrap import obtainCertificate\n"
+                "client = Client(KubeConfig.from_file(sys.argv[1]), trust_env=False)\n"
+                "started = time.monotonic()\n"
+                "obtainCertificate(client, 'edge-c1', sys.argv[2], lifetime=3600, wait=30)\n"
+                "print(f'{time.monotonic() - started:.3f}')\n",
+                kubeconfig,
+                path,
+            ),  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=daemonEnvironment(),
+            check=False,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        # request to certificate in hand (created, approved, signed, polled)
+        print(f"\nCSR request to certificate: {float(done.stdout):.3f} s")
+        with open(path, "rb") as f:
+            renewed = f.read()
+        second = x509.load_pem_x509_certificate(renewed)
+        self.assertNotEqual(second.serial_number, first.serial_number)
+        self.assertNotEqual(
+            second.public_key().public_numbers(), first.public_key().public_numbers()
+        )
+        self.assertEqual(
+            (second.not_valid_after_utc - second.not_valid_before_utc).total_seconds(), 3900
+        )
+        # the running agent follows the renewed file, as it follows the kubelet's
+        agent.waitForLine(
+            rf"certificates reloaded: node edge-c1, serial {second.serial_number:#x}\b", 30
+        )
+        # started again: the certificate in --cert-dir, no new request
+        agent.stop()
+        requests = len(self.agentCSRs("edge-c1"))
+        start = len(self.server.lines())
+        again = self.startAgent("edge-c1", kubeconfig, certDir)
+        self.addCleanup(again.stop)
+        self.server.waitForLine(r"agent edge-c1 connected from", 30, start=start)
+        self.assertEqual(len(self.agentCSRs("edge-c1")), requests)
+        self.assertNotIn("no usable certificate in --cert-dir", again.log())
+        self.assertIn("renewed in", again.log())
+
+    def test_refusals(self) -> None:
+        """
+        Another node's name, the wrong usages, a requester that is no node
+        (the admin): each denied, its reason in the CSR and one log line;
+        another signer's CSR is neither approved nor denied.
+        """
+        kubeconfig = self.nodeKubeconfig("edge-c2")
+        usages = ["digital signature", "client auth"]
+        start = len(self.server.lines())
+        self.createCSR(
+            None, "other-signer", "edge-c2", usages, "kubernetes.io/kube-apiserver-client"
+        )
+        self.createCSR(kubeconfig, "another-nodes-name", "edge-c3", usages)
+        self.createCSR(kubeconfig, "wrong-usages", "edge-c2", [*usages, "server auth"])
+        self.createCSR(None, "not-a-node", "edge-c2", usages)
+        for name, reason in (
+            (
+                "another-nodes-name",
+                "'CN=system:node:edge-c3,O=system:nodes' is not the requester's",
+            ),
+            ("wrong-usages", "usages ['client auth', 'digital signature', 'server auth']"),
+            ("not-a-node", "requester 'interop-admin' is not a node"),
+        ):
+            condition = self.condition(name)
+            self.assertEqual(condition["type"], "Denied", name)
+            self.assertEqual(condition["reason"], "EdgeTunnelNodeIdentity")
+            self.assertIn(reason, condition["message"], name)
+            self.assertNotIn("certificate", self.csr(name).get("status", {}))
+            shown = self.world.kubectl("get", "csr", name, "-o", "yaml").stdout
+            self.assertIn("type: Denied", shown)
+            self.server.waitForLine(rf"CSR {name} from .* denied: ", 5, start=start)
+        self.assertEqual(self.csr("other-signer").get("status", {}), {})
+
+    def test_rbac(self) -> None:
+        """
+        The ServiceAccount reads CSRs, patches their approval and status,
+        approves and signs for the tunnel's signer alone: not for
+        kube-apiserver's client signers, not creating or deleting CSRs,
+        not Secrets, not Nodes' changes (the overlay builds on C{node-api},
+        which lists and watches them).
+        """
+        csrs = "certificatesigningrequests.certificates.k8s.io"
+        signers = "signers.certificates.k8s.io"
+
+        def canI(self: Any, verb: str, resource: str, *more: str) -> bool:
+            # kubectl auth can-i takes no resource name with a slash in it
+            # (a signer's): a SubjectAccessReview does
+            if not resource.startswith(signers + "/"):
+                return RBACTests.canI(self, verb, resource, *more)
+            review = {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SubjectAccessReview",
+                "spec": {
+                    "user": f"system:serviceaccount:{NAMESPACE}:{ACCOUNT}",
+                    "groups": ["system:serviceaccounts", f"system:serviceaccounts:{NAMESPACE}"],
+                    "resourceAttributes": {
+                        "group": "certificates.k8s.io",
+                        "resource": "signers",
+                        "verb": verb,
+                        "name": resource[len(signers) + 1 :],
+                    },
+                },
+            }
+            answer = self.world.kubectl(
+                "create", "-o", "json", "-f", "-", input=json.dumps(review)
+            ).stdout
+            return bool(json.loads(answer)["status"].get("allowed"))
+
+        for arguments in (
+            ("get", csrs), ("list", csrs), ("watch", csrs),
+            ("patch", csrs, "--subresource=approval"), ("patch", csrs, "--subresource=status"),
+            ("approve", f"{signers}/{AGENT_SIGNER}"), ("sign", f"{signers}/{AGENT_SIGNER}"),
+        ):  # fmt: skip
+            self.assertTrue(canI(self, *arguments), arguments)
+        for arguments in (
+            ("create", csrs), ("delete", csrs), ("update", csrs), ("patch", csrs),
+            ("update", csrs, "--subresource=approval"), ("update", csrs, "--subresource=status"),
+            ("approve", f"{signers}/kubernetes.io/kube-apiserver-client"),
+            ("approve", f"{signers}/kubernetes.io/kube-apiserver-client-kubelet"),
+            ("sign", f"{signers}/kubernetes.io/kube-apiserver-client"),
+            ("sign", f"{signers}/kubernetes.io/legacy-unknown"),
+            ("approve", f"{signers}/twisted-tunnel.io/other"),
+            ("get", "secrets", "-n", NAMESPACE), ("list", "secrets", "-A"),
+            ("update", "nodes"), ("patch", "nodes", "--subresource=status"),
+        ):  # fmt: skip
+            self.assertFalse(canI(self, *arguments), arguments)

@@ -79,8 +79,10 @@ PATH_OPTIONS = {
         "proxy-client-key",
         "proxy-client-ca",
         "agent-ca",
+        "agent-signer-ca-cert",
+        "agent-signer-ca-key",
     ),
-    "edge-tunnel-agent": ("ca", "cert", "key", "kubelet-client-cert"),
+    "edge-tunnel-agent": ("ca", "cert", "key", "kubelet-client-cert", "bootstrap-kubeconfig"),
 }
 
 
@@ -98,6 +100,26 @@ API_RULES = [
 
 #: The one cluster-wide rule, of a server that watches the Nodes (C{--watch-nodes}).
 NODE_RULES = [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]}]
+
+#: The cluster-wide rules of a server that signs agents' CSRs (C{--agent-signer-ca-cert}).
+CSR_RULES = [
+    {
+        "apiGroups": ["certificates.k8s.io"],
+        "resources": ["certificatesigningrequests"],
+        "verbs": ["get", "list", "watch"],
+    },
+    {
+        "apiGroups": ["certificates.k8s.io"],
+        "resources": ["certificatesigningrequests/approval", "certificatesigningrequests/status"],
+        "verbs": ["patch"],
+    },
+    {
+        "apiGroups": ["certificates.k8s.io"],
+        "resources": ["signers"],
+        "resourceNames": ["twisted-tunnel.io/agent"],
+        "verbs": ["approve", "sign"],
+    },
+]
 
 
 def loadDocuments(path: Path) -> list[Any]:
@@ -588,7 +610,8 @@ class DaemonCommandTests(SynchronousTestCase):
             servers = [o for _, _, p, o in twistdContainers(objects) if p == "edge-tunnel-server"]
             for workload, container, options in agents:
                 if not options["kubelet-client-cert"]:
-                    self.assertIsNone(servers[0]["agent-ca"], directory)
+                    if not options["bootstrap-kubeconfig"]:
+                        self.assertIsNone(servers[0]["agent-ca"], directory)
                     continue
                 seen += 1
                 self.assertEqual(
@@ -632,6 +655,53 @@ class DaemonCommandTests(SynchronousTestCase):
                         "name": "extension-apiserver-authentication",
                         "items": [{"key": "client-ca-file", "path": "ca.crt"}],
                     },
+                )
+        self.assertEqual(seen, 1)
+
+    def test_csrBootstrapOverlay(self) -> None:
+        """
+        An agent with C{--bootstrap-kubeconfig} has no C{--cert}/C{--key},
+        reads the node's kubeconfig from a read-only hostPath and keeps its
+        key in an emptyDir; the server of that kustomization signs with the
+        Secret's CA, mounted 0400, and checks agents against that CA.
+        """
+        seen = 0
+        for directory, objects in self.rendered():
+            agents = [
+                (w, c, o) for w, c, p, o in twistdContainers(objects) if p == "edge-tunnel-agent"
+            ]
+            servers = [o for _, _, p, o in twistdContainers(objects) if p == "edge-tunnel-server"]
+            for workload, container, options in agents:
+                if not options["bootstrap-kubeconfig"]:
+                    for serverOptions in servers:
+                        self.assertIsNone(serverOptions["agent-signer-ca-cert"], directory)
+                    continue
+                seen += 1
+                self.assertIsNone(options["cert"])
+                self.assertIsNone(options["key"])
+                self.assertEqual(options["node-name"], FIELD_VALUES["spec.nodeName"])
+                volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+                mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+                node = mounts["/etc/edge-tunnel/node"]
+                self.assertIs(node.get("readOnly"), True)
+                self.assertEqual(
+                    volumes[node["name"]]["hostPath"]["path"], "/etc/edge-tunnel/node"
+                )
+                certDir = mounts[options["cert-dir"]]
+                self.assertIn("emptyDir", volumes[certDir["name"]])
+                hostPaths = [v for v in volumes.values() if "hostPath" in v]
+                self.assertEqual(len(hostPaths), 1, directory)
+                (serverOptions,) = servers
+                self.assertEqual(serverOptions["agent-ca"], serverOptions["agent-signer-ca-cert"])
+                (deployment,) = [w for w in objects if w["kind"] == "Deployment"]
+                (volume,) = [
+                    v
+                    for v in deployment["spec"]["template"]["spec"]["volumes"]
+                    if v["name"] == "agent-signer"
+                ]
+                self.assertEqual(
+                    volume["secret"],
+                    {"secretName": "edge-tunnel-agent-signer", "defaultMode": 0o400},
                 )
         self.assertEqual(seen, 1)
 
@@ -680,26 +750,41 @@ class DaemonCommandTests(SynchronousTestCase):
                 binding["subjects"],
                 [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
             )
-        self.assertEqual(withAPI, {"configmap-api", "node-api", "kubelet-certificate"})
+        self.assertEqual(
+            withAPI, {"configmap-api", "node-api", "kubelet-certificate", "csr-bootstrap"}
+        )
 
     def assertClusterWide(
         self, objects: list[Any], options: dict[str, Any], workload: Any, where: str
     ) -> None:
-        """Nothing cluster-wide, or with C{--watch-nodes} exactly L{NODE_RULES}, bound to it."""
+        """
+        Nothing cluster-wide but, with C{--watch-nodes}, exactly L{NODE_RULES}
+        and, with C{--agent-signer-ca-cert}, exactly L{CSR_RULES}, each bound
+        to it alone.
+        """
         roles = [each for each in objects if each["kind"] == "ClusterRole"]
         bindings = [each for each in objects if each["kind"] == "ClusterRoleBinding"]
-        if not options.get("watch-nodes"):
-            self.assertEqual(roles + bindings, [], where)
-            return
-        ((role,), (binding,)) = (roles, bindings)
-        self.assertEqual(role["rules"], NODE_RULES, where)
-        self.assertEqual(binding["roleRef"]["name"], role["metadata"]["name"])
+        expected = []
+        if options.get("watch-nodes"):
+            expected.append(NODE_RULES)
+        if options.get("agent-signer-ca-cert"):
+            expected.append(CSR_RULES)
+        self.assertEqual(
+            sorted(map(repr, [r["rules"] for r in roles])), sorted(map(repr, expected)), where
+        )
+        self.assertEqual(len(bindings), len(roles), where)
         account = workload["spec"]["template"]["spec"]["serviceAccountName"]
         namespace = workload["metadata"]["namespace"]
         self.assertEqual(
-            binding["subjects"],
-            [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+            sorted(b["roleRef"]["name"] for b in bindings),
+            sorted(r["metadata"]["name"] for r in roles),
+            where,
         )
+        for binding in bindings:
+            self.assertEqual(
+                binding["subjects"],
+                [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+            )
 
     def test_replicasAndTimeouts(self) -> None:
         """

@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.kube.test_tap -*-
 """
 The daemons' options to reach the Kubernetes API (C{--kubeconfig},
-C{--in-cluster}), the server's C{--config-configmap} and C{--watch-nodes},
-and the wiring that uses them.
+C{--in-cluster}), the server's C{--config-configmap}, C{--watch-nodes} and
+C{--agent-signer-ca-cert}, the agent's C{--bootstrap-kubeconfig}, and the
+wiring that uses them.
 
 C{twisted_tunnel.kube} (and so lightkube, the C{kubernetes} extra) is
 imported only here, and only inside functions, once an option asked for
@@ -195,6 +196,113 @@ def watchNodes(
         "matching {selector!r}",
         selector=selector.text,
     )
+
+
+def signAgentRequests(
+    program: str, options: Any, reactor: Any, top: MultiService, agentAuthority: Any
+) -> None:
+    """
+    C{--agent-signer-ca-cert}: approve and sign the agents' CSRs of the
+    tunnel's signer (L{twisted_tunnel.kube.csr}), as a service of C{top}.
+    The CA is checked as the serving CA is (a CA, valid now, its key
+    matching and readable by this user alone), and must be in the bundle
+    agents are checked against (C{--agent-ca}, else C{--ca}): otherwise
+    every certificate it signs would be refused.
+    """
+    access = options.kubeAccess()
+    if access is None:
+        raise usage.UsageError("--agent-signer-ca-cert needs --kubeconfig or --in-cluster")
+    importKube(program, "--agent-signer-ca-cert")
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from ..errors import CredentialsError
+    from ..kube.csr import SIGNER_NAME, CSRApprover, csrWatch
+    from ..tls.minting import loadServingAuthority
+
+    try:
+        authority = loadServingAuthority(
+            options["agent-signer-ca-cert"],
+            options["agent-signer-ca-key"],
+            certOption="--agent-signer-ca-cert",
+            keyOption="--agent-signer-ca-key",
+        )
+    except CredentialsError as e:
+        fatal(program, str(e))
+    own = authority.certificate.public_bytes(Encoding.DER)
+    trusted = [
+        each.original.to_cryptography().public_bytes(Encoding.DER) for each in agentAuthority or ()
+    ]
+    if own not in trusted:
+        fatal(
+            program,
+            f"--agent-signer-ca-cert {options['agent-signer-ca-cert']}: "
+            f"{authority.describe()} is not in the CA bundle agents are checked against "
+            "(--agent-ca, else --ca): the certificates it signs would be refused; add it",
+        )
+    client = sharedClient(program, access, reactor, top)
+    watch = csrWatch(reactor, client, CSRApprover(client, authority))
+    watch.setName("--agent-signer-ca-cert")
+    watch.setServiceParent(top)
+    _log.info(
+        "signing agents' certificate requests ({signer}) with {ca}",
+        signer=SIGNER_NAME,
+        ca=authority.describe(),
+    )
+
+
+def bootstrapCertificate(program: str, options: Any, reactor: Any) -> tuple[str, Any, Any]:
+    """
+    The agent's C{--bootstrap-kubeconfig}: its certificate from C{--cert-dir}
+    if one there is still valid for C{--node-name}, else asked for now
+    through the CSR API (L{twisted_tunnel.kube.bootstrap}).
+
+    That first request blocks C{makeService}, bounded by
+    C{--bootstrap-timeout}: the reactor is not running yet, and an agent
+    without a certificate has nothing to do.  Renewals run in the API
+    client's threads.
+
+    @return: the certificate file, the API client, and the renewal service
+        (to be started with the agent).
+    """
+    importKube(program, "--bootstrap-kubeconfig")
+    import os
+
+    from ..errors import CredentialsError
+    from ..kube.bootstrap import CERT_FILE, CertificateRenewer, CSRRefused, obtainCertificate
+    from ..kube.client import KubeAccess
+    from ..tls.kubelet import loadNodeCredentials
+
+    log = Logger(namespace="twisted_tunnel.tap.agent")
+    node = options["node-name"]
+    path = os.path.join(options["cert-dir"], CERT_FILE)
+    client = kubeClient(program, KubeAccess(kubeconfig=options["bootstrap-kubeconfig"]), reactor)
+    try:
+        credentials = loadNodeCredentials(options["ca"], path, node, option="--cert-dir")
+    except CredentialsError as e:
+        log.info(
+            "no usable certificate in --cert-dir ({why}): asking for one through the CSR API",
+            why=str(e),
+        )
+        try:
+            certificate = obtainCertificate(
+                client.client, node, path, wait=options["bootstrap-timeout"]
+            )
+        except CSRRefused as refused:
+            fatal(program, f"--bootstrap-kubeconfig: {refused}")
+        except Exception as failed:  # the API's errors, in one line
+            from ..kube.client import describeApiError
+
+            fatal(program, f"--bootstrap-kubeconfig: {describeApiError(failed)}")
+        log.info(
+            "node {node}'s certificate issued, until {end}",
+            node=node,
+            end=certificate.not_valid_after_utc.isoformat(),
+        )
+    else:
+        certificate = credentials.certificate.original.to_cryptography()
+    renewer = CertificateRenewer(reactor, client, node, path, certificate)
+    renewer.setName("--bootstrap-kubeconfig renewal")
+    return path, client, renewer
 
 
 def configMapIntake(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
@@ -31,7 +32,7 @@ from ..mux import MAX_SERVERS, StreamBudget
 from ..net.addresses import HostPortError, splitHostPort
 from ..net.relay import DEFAULT_HALF_CLOSED_TIMEOUT, DEFAULT_IDLE_TIMEOUT, RelayTimeouts
 from ..tls import Credentials
-from ..tls.kubelet import KUBELET_CLIENT_CERT, loadNodeCredentials
+from ..tls.kubelet import KUBELET_CLIENT_CERT, keepingNode, loadNodeCredentials
 from ._common import (
     DaemonService,
     TunnelOptions,
@@ -90,6 +91,31 @@ class Options(TunnelOptions):
             f"--key: the PEM file holding both ({KUBELET_CLIENT_CERT}), "
             "CN=system:node:<node>, O=system:nodes, from the cluster's client CA (the server's "
             "--agent-ca). Followed when the kubelet rotates it (--tls-reload-interval).",
+        ],
+        [
+            "bootstrap-kubeconfig",
+            None,
+            None,
+            "Get this node's tunnel certificate through the Kubernetes CSR API instead of "
+            "--cert and --key: a kubeconfig with the node's own credentials (the requester "
+            "must be system:node:<node>, in system:nodes: the kubelet's kubeconfig, not a "
+            "bootstrap token's). The key is made here and kept in --cert-dir; the server "
+            "(--agent-signer-ca-cert) signs it; renewed at two thirds of its life. Needs "
+            "--node-name.",
+        ],
+        [
+            "cert-dir",
+            None,
+            "/var/lib/edge-tunnel/pki",
+            "With --bootstrap-kubeconfig: where the certificate and its key are kept (one "
+            "0600 file); a still valid one there is used without asking the API.",
+        ],
+        [
+            "bootstrap-timeout",
+            None,
+            300.0,
+            "With --bootstrap-kubeconfig: seconds to wait for a request to be signed.",
+            positiveFloat,
         ],
         ["node-name", None, None, "This node's name (default: from the certificate)."],
         [
@@ -203,11 +229,20 @@ class Options(TunnelOptions):
         self["allow"].append(network)
 
     def requiredFiles(self) -> tuple[str, ...]:
-        if self["kubelet-client-cert"]:
+        if self["kubelet-client-cert"] or self["bootstrap-kubeconfig"]:
             return ("ca",)
         return super().requiredFiles()
 
     def postOptions(self) -> None:
+        if self["bootstrap-kubeconfig"]:
+            for name in ("cert", "key", "kubelet-client-cert"):
+                if self[name]:
+                    raise usage.UsageError(
+                        f"--{name} and --bootstrap-kubeconfig exclude each other: the "
+                        "certificate comes from the CSR API"
+                    )
+            if not self["node-name"]:
+                raise usage.UsageError("--bootstrap-kubeconfig needs --node-name")
         if self["kubelet-client-cert"]:
             for name in ("cert", "key"):
                 if self[name]:
@@ -233,7 +268,21 @@ def makeService(options: Options) -> IService:
     from ..net.eager import EagerTCPReactor
 
     reload: Callable[[], Credentials] | None = None
-    if options["kubelet-client-cert"]:
+    bootstrapped: tuple[Any, Any] | None = None
+    if options["bootstrap-kubeconfig"]:
+        from ._kubeapi import bootstrapCertificate
+
+        pemPath, *services = bootstrapCertificate(PROGRAM, options, reactor)
+        bootstrapped = (services[0], services[1])
+        reload = keepingNode(
+            partial(loadNodeCredentials, options["ca"], pemPath, options["node-name"]),
+            options["node-name"],
+        )
+        try:
+            credentials = reload()
+        except CredentialsError as e:
+            fatal(PROGRAM, str(e))
+    elif options["kubelet-client-cert"]:
         pemPath = options["kubelet-client-cert"]
         reload = partial(loadNodeCredentials, options["ca"], pemPath, options["node-name"])
         try:
@@ -293,6 +342,11 @@ def makeService(options: Options) -> IService:
     )
     agent.setName("agent")
     top = DaemonService(PROGRAM, options["log-format"])
+    if bootstrapped is not None:
+        from ._kubeapi import registerClient
+
+        registerClient(top, bootstrapped[0])
+        bootstrapped[1].setServiceParent(top)
     agent.setServiceParent(top)
     if options["meta-endpoint"] != "none":
         try:

@@ -131,6 +131,7 @@ from ._kubeapi import (
     checkEdgeNodeSelector,
     configMapIntake,
     parseConfigMapName,
+    signAgentRequests,
     watchNodes,
 )
 
@@ -273,6 +274,23 @@ class Options(TunnelOptions, KubeAPIOptions):
             "handshake checks no certificate, and kube-apiserver never resumes: see "
             "docs/security.md.",
             sessionLifetime,
+        ],
+        [
+            "agent-signer-ca-cert",
+            None,
+            None,
+            "CA certificate with which this server approves and signs agents' certificate "
+            "requests through the Kubernetes CSR API (signerName twisted-tunnel.io/agent; "
+            "needs --kubeconfig or --in-cluster): only a request whose requester is node N "
+            "(system:node:N, in system:nodes) for CN=system:node:N, O=system:nodes, client "
+            "auth, is approved; the rest are denied with the reason. --agent-ca must hold it.",
+        ],
+        [
+            "agent-signer-ca-key",
+            None,
+            None,
+            "The private key of --agent-signer-ca-cert (mode 0600: whoever reads it can "
+            "impersonate every agent).",
         ],
         [
             "proxy-serving-ca-cert",
@@ -475,6 +493,10 @@ class Options(TunnelOptions, KubeAPIOptions):
             raise usage.UsageError("--proxy-client-cert and --proxy-client-key go together")
         if bool(self["proxy-serving-cert"]) != bool(self["proxy-serving-key"]):
             raise usage.UsageError("--proxy-serving-cert and --proxy-serving-key go together")
+        if bool(self["agent-signer-ca-cert"]) != bool(self["agent-signer-ca-key"]):
+            raise usage.UsageError("--agent-signer-ca-cert and --agent-signer-ca-key go together")
+        if self["agent-signer-ca-cert"] and not (self["kubeconfig"] or self["in-cluster"]):
+            raise usage.UsageError("--agent-signer-ca-cert needs --kubeconfig or --in-cluster")
         if bool(self["proxy-serving-ca-cert"]) != bool(self["proxy-serving-ca-key"]):
             raise usage.UsageError(
                 "--proxy-serving-ca-cert and --proxy-serving-ca-key go together"
@@ -739,6 +761,10 @@ def makeService(options: Options) -> IService:
     top = _ServerService(server, options["drain-timeout"], options["log-format"])
     if directory is not None:
         watchNodes(PROGRAM, options, reactor, top, directory)
+    if options["agent-signer-ca-cert"]:
+        signAgentRequests(
+            PROGRAM, options, reactor, top, server.credentials and server.credentials.authority
+        )
     # every listener's connections send small writes at once (see eager.py)
     tcpReactor = EagerTCPReactor(reactor)
 
