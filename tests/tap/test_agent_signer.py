@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
+from twisted.logger import capturedLogs
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -19,7 +21,7 @@ from tests.pki import TestPKI, temporaryDirectory
 from tests.tap import test_serving_certs as servingTests
 from twisted_tunnel.tap import agent as tapagent
 from twisted_tunnel.tap import server as tapserver
-from twisted_tunnel.tls.certs import mintAgent, mintCA
+from twisted_tunnel.tls.certs import mintAgent, mintCA, writePair
 
 pki = TestPKI()
 
@@ -91,6 +93,37 @@ class ServerOptionTests(SynchronousTestCase):
             )
         )
         self.assertIsNotNone(top.getServiceNamed("--agent-signer-ca-cert"))  # type: ignore[attr-defined]
+
+    def test_signerRotation(self) -> None:
+        """
+        The signer's files are watched as every other certificate's: a new
+        CA in the agents' bundle signs from the next CSR on; one that is
+        not in the bundle (its certificates would be refused) is refused
+        with one line, and the CA in force stays.
+        """
+        nextSigner, stranger = mintCA("agent signer, next"), mintCA("not in the bundle")
+        with open(self.bundle, "ab") as f:
+            f.write(nextSigner.certificatePEM())
+        top: Any = tapserver.makeService(
+            self.options(
+                *self.signerArgs, "--agent-ca", self.bundle, "--kubeconfig", self.kubeconfig
+            )
+        )
+        approver = top.getServiceNamed("--agent-signer-ca-cert").listener
+        watcher = top.getServiceNamed("tls:--agent-signer-ca-cert")
+        watcher.startService()
+        self.addCleanup(watcher.stopService)
+        self.assertEqual(approver.authority.certificate.subject, self.signer.certificate.subject)
+        writePair(nextSigner, self.signerArgs[1], self.signerArgs[3])
+        self.assertTrue(watcher.poll())
+        self.assertEqual(approver.authority.certificate.subject, nextSigner.certificate.subject)
+        writePair(stranger, self.signerArgs[1], self.signerArgs[3])
+        with capturedLogs() as events:
+            self.assertFalse(watcher.poll())
+        refused = [e for e in events if "rotation refused" in e["log_format"]]
+        self.assertEqual(len(refused), 1, events)
+        self.assertIn("is not in the CA bundle agents are checked against", refused[0]["reason"])
+        self.assertEqual(approver.authority.certificate.subject, nextSigner.certificate.subject)
 
 
 class AgentOptionTests(SynchronousTestCase):

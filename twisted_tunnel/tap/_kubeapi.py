@@ -13,6 +13,7 @@ the API: a daemon run without them needs neither.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
@@ -200,7 +201,7 @@ def watchNodes(
 
 def signAgentRequests(
     program: str, options: Any, reactor: Any, top: MultiService, agentAuthority: Any
-) -> None:
+) -> tuple[Any, Callable[[], Any]]:
     """
     C{--agent-signer-ca-cert}: approve and sign the agents' CSRs of the
     tunnel's signer (L{twisted_tunnel.kube.csr}), as a service of C{top}.
@@ -208,6 +209,9 @@ def signAgentRequests(
     matching and readable by this user alone), and must be in the bundle
     agents are checked against (C{--agent-ca}, else C{--ca}): otherwise
     every certificate it signs would be refused.
+
+    @return: the approver, and the function that loads and checks the CA's
+        files again (as credentials), for the caller to watch them.
     """
     access = options.kubeAccess()
     if access is None:
@@ -219,28 +223,32 @@ def signAgentRequests(
     from ..kube.csr import SIGNER_NAME, CSRApprover, csrWatch
     from ..tls.minting import loadServingAuthority
 
-    try:
+    trusted = [
+        each.original.to_cryptography().public_bytes(Encoding.DER) for each in agentAuthority or ()
+    ]
+
+    def load() -> Any:
         authority = loadServingAuthority(
             options["agent-signer-ca-cert"],
             options["agent-signer-ca-key"],
             certOption="--agent-signer-ca-cert",
             keyOption="--agent-signer-ca-key",
         )
+        if authority.certificate.public_bytes(Encoding.DER) not in trusted:
+            raise CredentialsError(
+                f"--agent-signer-ca-cert {options['agent-signer-ca-cert']}: "
+                f"{authority.describe()} is not in the CA bundle agents are checked against "
+                "(--agent-ca, else --ca): the certificates it signs would be refused; add it"
+            )
+        return authority
+
+    try:
+        authority = load()
     except CredentialsError as e:
         fatal(program, str(e))
-    own = authority.certificate.public_bytes(Encoding.DER)
-    trusted = [
-        each.original.to_cryptography().public_bytes(Encoding.DER) for each in agentAuthority or ()
-    ]
-    if own not in trusted:
-        fatal(
-            program,
-            f"--agent-signer-ca-cert {options['agent-signer-ca-cert']}: "
-            f"{authority.describe()} is not in the CA bundle agents are checked against "
-            "(--agent-ca, else --ca): the certificates it signs would be refused; add it",
-        )
     client = sharedClient(program, access, reactor, top)
-    watch = csrWatch(reactor, client, CSRApprover(client, authority))
+    approver = CSRApprover(client, authority)
+    watch = csrWatch(reactor, client, approver)
     watch.setName("--agent-signer-ca-cert")
     watch.setServiceParent(top)
     _log.info(
@@ -248,6 +256,7 @@ def signAgentRequests(
         signer=SIGNER_NAME,
         ca=authority.describe(),
     )
+    return approver, lambda: load().credentials()
 
 
 def bootstrapCertificate(program: str, options: Any, reactor: Any) -> tuple[str, Any, Any]:

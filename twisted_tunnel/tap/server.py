@@ -762,8 +762,19 @@ def makeService(options: Options) -> IService:
     if directory is not None:
         watchNodes(PROGRAM, options, reactor, top, directory)
     if options["agent-signer-ca-cert"]:
-        signAgentRequests(
+        approver, loadSigner = signAgentRequests(
             PROGRAM, options, reactor, top, server.credentials and server.credentials.authority
+        )
+        # the signer's files are watched as every other certificate's: a
+        # rotation signs with the new CA at once; one that does not load, or
+        # is not in --agent-ca, is refused with one line and the CA kept
+        signer = options["agent-signer-ca-cert"]
+        _rotate(
+            options,
+            top,
+            "tls:--agent-signer-ca-cert",
+            _Files((signer, signer, options["agent-signer-ca-key"]), loadSigner),
+            lambda c: approver.replaceAuthority(ServingAuthority.fromCredentials(c)),
         )
     # every listener's connections send small writes at once (see eager.py)
     tcpReactor = EagerTCPReactor(reactor)
