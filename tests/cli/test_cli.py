@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.pki import temporaryDirectory
 from twisted_tunnel import cli
+from twisted_tunnel._version import __version__, versionLine
 from twisted_tunnel.tls import identityOfCertificate, loadCredentials
 from twisted_tunnel.tls.certs import readPair
 
@@ -220,6 +221,13 @@ class UsageTests(SynchronousTestCase):
         status, out, err = self.main("--help")
         self.assertEqual(status, 0)
         self.assertIn("certs", out)
+
+    def test_version(self) -> None:
+        """C{edge-tunnel --version}: this program's version on one line, first."""
+        status, out, err = self.main("--version")
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(out, versionLine("edge-tunnel") + "\n")
+        self.assertTrue(out.startswith(f"edge-tunnel {__version__} (twisted-tunnel; Twisted "))
 
     def test_noCommand(self) -> None:
         status, out, err = self.main()

@@ -7,6 +7,7 @@ way through the tunnel and C{edge-tunnel status}, then runs until stopped.
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -52,8 +53,14 @@ class DemoTests(SynchronousTestCase):
         self.assertIn("HTTP/1.1 200", output)
         self.assertRegex(output, r"one of 1 replica\(s\): ready: ok: 1 agent\(s\) connected")
         self.assertRegex(output, r"\nedge-1 +127\.0\.0\.1 ")
+        (work,) = re.findall(r"certificates and logs in (\S+)", output)
+        # the CA's key is never written: a folder left behind could sign for any node
+        self.assertTrue(os.path.exists(os.path.join(work, "ca.pem")))
+        self.assertFalse(os.path.exists(os.path.join(work, "ca-key.pem")))
         demo.send_signal(signal.SIGTERM)
         self.assertEqual(demo.wait(30), 0)
+        # stopped as a user stops it, it leaves nothing behind
+        self.assertFalse(os.path.exists(work), os.listdir(work) if os.path.exists(work) else "")
 
     def stop(self, demo: subprocess.Popen[bytes]) -> None:
         if demo.poll() is None:

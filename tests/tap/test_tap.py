@@ -33,6 +33,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from tests.pki import CredentialPaths, TestPKI, temporaryDirectory
+from twisted_tunnel._version import versionLine
 from twisted_tunnel.agent import TunnelAgent
 from twisted_tunnel.doors.connect import ConnectDoorFactory
 from twisted_tunnel.doors.forward import ForwardFactory
@@ -816,3 +817,59 @@ class PluginTests(SynchronousTestCase):
             self.assertTrue(verifyObject(IServiceMaker, maker))
             self.assertIs(maker.options, module.Options)
             self.assertIs(maker.makeService, module.makeService)
+
+
+class VersionTests(SynchronousTestCase):
+    """C{twistd edge-tunnel-server --version}: the daemon's own version, not Twisted's."""
+
+    def test_version(self) -> None:
+        for module, program in (
+            (tapserver, "edge-tunnel-server"),
+            (tapagent, "edge-tunnel-agent"),
+        ):
+            out = io.StringIO()
+            self.patch(sys, "stdout", out)
+            with self.assertRaises(SystemExit) as exited:
+                module.Options().parseOptions(["--version"])
+            self.assertEqual(exited.exception.code, 0)
+            self.assertEqual(out.getvalue(), versionLine(program) + "\n")
+
+
+class UsageErrorTests(SynchronousTestCase):
+    """
+    A usage error names every missing option at once, and twistd, which
+    prints the daemon's usage above the error, gets one line, not the few
+    hundred lines of every option.
+    """
+
+    def test_everyMissingOptionAtOnce(self) -> None:
+        for options, said in (
+            (tapserver.Options(), "--ca, --cert, --key are required"),
+            (tapagent.Options(), "--server HOST:PORT, --ca, --cert, --key are required"),
+        ):
+            error = self.assertRaises(UsageError, options.parseOptions, [])
+            self.assertEqual(str(error), said)
+            self.assertEqual(
+                options.getUsage(), f"twistd {options.program} --help lists every option."
+            )
+
+    def test_oneMissing(self) -> None:
+        error = self.assertRaises(
+            UsageError, tapserver.Options().parseOptions, ["--ca", "c", "--cert", "c"]
+        )
+        self.assertEqual(str(error), "--key is required")
+
+    def test_helpStillWhole(self) -> None:
+        """Without an error, the usage is the whole help."""
+        self.assertGreater(len(tapserver.Options().getUsage().splitlines()), 100)
+
+    def test_helpHasNoRunsOfSpaces(self) -> None:
+        """
+        Every option's help reads as one paragraph: an C{opt_} method's
+        docstring brings line breaks and indentation, which showed as runs
+        of spaces (C{to PORT on         NODE}).
+        """
+        for options in (tapserver.Options(), tapagent.Options()):
+            for name, doc in options.docs.items():
+                self.assertNotIn("  ", doc or "", name)
+                self.assertNotIn("\n", doc or "", name)

@@ -28,11 +28,23 @@ from collections.abc import Sequence
 from contextlib import redirect_stderr, redirect_stdout
 from typing import TextIO
 
+from twisted_tunnel._version import versionLine
 from twisted_tunnel.errors import TunnelError
 
 from ._command import EXIT_ERROR, PROGRAM, CommandError, Output, Runner, command, registered
 
 __all__ = ["CommandError", "Output", "buildParser", "command", "main"]
+
+
+class _Version(argparse.Action):
+    """C{--version}, on one line (argparse's own action wraps it to the terminal)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(versionLine(PROGRAM))
+        parser.exit()
 
 
 def buildParser() -> argparse.ArgumentParser:
@@ -41,6 +53,9 @@ def buildParser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog=PROGRAM, description="Tools for twisted-tunnel edge tunnels."
+    )
+    parser.add_argument(
+        "--version", action=_Version, help="print the version and what it runs on, and exit"
     )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for _, adder in sorted(registered().items()):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +26,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from ..files import writeAtomically
 from ..tls.certs import mintAgent, mintCA, mintServer, writePair
 from .status import readStatus, render
 
@@ -62,8 +64,11 @@ def connectThrough(doorPort: int, target: str, request: bytes, timeout: float = 
 
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="edge-tunnel-demo-"))
+    # The CA's key signs the two certificates below and is never written:
+    # nothing here needs it again, and a folder left in /tmp must not hold
+    # a key that could sign for any node.
     ca = mintCA()
-    writePair(ca, work / "ca.pem", work / "ca-key.pem")
+    writeAtomically(work / "ca.pem", ca.certificatePEM(), 0o644)
     writePair(
         mintServer(ca, ["localhost", "127.0.0.1"]), work / "server.pem", work / "server-key.pem"
     )
@@ -152,6 +157,8 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, terminated)
 
+    # kept after a failure, for its logs; removed when the demo is stopped
+    keepLogs = True
     request = f"GET / HTTP/1.1\r\nHost: {NODE}\r\nConnection: close\r\n\r\n".encode()
     target = f"{NODE}:{servicePort}"
     deadline = time.monotonic() + 30
@@ -211,9 +218,28 @@ def main() -> int:
         return 1
     except KeyboardInterrupt:
         print("\nstopping")
+        keepLogs = False
         return 0
+    except SystemExit as stopped:  # SIGTERM: terminated() exits 0
+        keepLogs = bool(stopped.code)
+        raise
     finally:
         stopAll()
+        leave(work, keepLogs)
+
+
+def leave(work: Path, keepLogs: bool) -> None:
+    """
+    Tidy up after the demo: remove its folder when it was stopped (Ctrl-C,
+    SIGTERM); after a failure keep its logs for the user to read, without
+    the keys.
+    """
+    if not keepLogs:
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    for key in work.glob("*-key.pem"):
+        key.unlink(missing_ok=True)
+    print(f"the logs stay in {work} (the keys are removed)")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,16 @@ nonNegativeFloat.coerceDoc = "Must be a number of at least 0."  # type: ignore[a
 class TunnelOptions(usage.Options):
     """Credentials, keepalive and flow-control options of both daemons."""
 
+    #: The daemon's name, for C{--version} and the lines it stops with.
+    program = "edge-tunnel"
+
+    def opt_version(self) -> NoReturn:
+        """Print this program's version and what it runs on, and exit."""
+        from .._version import versionLine
+
+        print(versionLine(self.program))
+        sys.exit(0)
+
     optParameters = [
         ["ca", None, None, "PEM file of the CA that signs the other side's certificates."],
         ["cert", None, None, "PEM file of this side's certificate."],
@@ -114,10 +124,48 @@ class TunnelOptions(usage.Options):
         """The options that must name a file (the agent may take its own from the kubelet)."""
         return ("ca", "cert", "key")
 
+    def missingOptions(self) -> list[str]:
+        """The required options not given, all of them, to be named in one line."""
+        return [f"--{name}" for name in self.requiredFiles() if not self[name]]
+
+    def checkRequired(self) -> None:
+        """
+        @raise usage.UsageError: naming every required option not given, at
+            once (not one per run).
+        """
+        missing = self.missingOptions()
+        if missing:
+            verb = "is" if len(missing) == 1 else "are"
+            raise usage.UsageError(f"{', '.join(missing)} {verb} required")
+
+    def parseOptions(self, options: Any = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError:
+            self.failed = True
+            raise
+
+    #: Whether parsing failed: twistd then prints L{getUsage} above the error.
+    failed = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        # the help of an opt_ method is its docstring, whose line breaks and
+        # indentation would show as runs of spaces in --help
+        self.docs = {name: doc and " ".join(doc.split()) for name, doc in self.docs.items()}
+
+    def getUsage(self, width: int | None = None) -> str:
+        """
+        The whole help, except after a usage error: twistd prints the usage
+        above the error, and a few hundred lines of options would push the
+        one line that says what is wrong off the screen.
+        """
+        if self.failed:
+            return f"twistd {self.program} --help lists every option."
+        return str(super().getUsage(width))
+
     def postOptions(self) -> None:
-        for name in self.requiredFiles():
-            if not self[name]:
-                raise usage.UsageError(f"--{name} is required")
+        self.checkRequired()
         if not 64 * 1024 <= self["stream-window"] <= MAX_SETTING:
             raise usage.UsageError(f"--stream-window must be between 65536 and {MAX_SETTING}")
         if self["max-streams"] > MAX_SETTING:

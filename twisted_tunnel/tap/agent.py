@@ -75,6 +75,12 @@ def parseServer(text: str) -> tuple[str, int]:
 
 
 class Options(TunnelOptions):
+    program = PROGRAM
+
+    def missingOptions(self) -> list[str]:
+        server = [] if self["server"] else ["--server HOST:PORT"]
+        return server + super().missingOptions()
+
     synopsis = (
         "--server HOST:PORT [options] --ca CA.pem --cert AGENT.pem --key AGENT-KEY.pem\n"
         "   or: --server HOST:PORT [options] --ca CA.pem "
@@ -250,8 +256,7 @@ class Options(TunnelOptions):
                         f"--{name} and --kubelet-client-cert exclude each other: the kubelet's "
                         "file holds both the certificate and its key"
                     )
-        if not self["server"]:
-            raise usage.UsageError("--server HOST:PORT is required")
+        self.checkRequired()
         self["server-address"] = parseServer(self["server"])
         super().postOptions()
         if self["max-buffered-mib"] * MiB < self["stream-window"]:
