@@ -1,15 +1,18 @@
 """
 Tests for L{twisted_tunnel.cli.status}: how C{edge-tunnel status} renders a server's
-document.
+document, and what it says when C{--server} is not one.
 """
 
 from __future__ import annotations
 
 import datetime
+import http.server
+import threading
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_tunnel.cli.status import age, render, size
+from twisted_tunnel.cli._command import CommandError
+from twisted_tunnel.cli.status import _said, age, readStatus, render, serverURL, size
 
 NOW = datetime.datetime(2026, 11, 26, 12, 0, 0, tzinfo=datetime.UTC)
 
@@ -80,3 +83,48 @@ class RenderTests(SynchronousTestCase):
                 "0 agents, 0 streams open, 0 B to nodes, 0 B from nodes",
             ],
         )
+
+
+class ServerURLTests(SynchronousTestCase):
+    def test_schemeAssumed(self) -> None:
+        """Without a scheme, http:// is assumed (it was 'unknown url type')."""
+        self.assertEqual(serverURL("127.0.0.1:10265"), "http://127.0.0.1:10265")
+        self.assertEqual(serverURL("https://meta:10265"), "https://meta:10265")
+
+    def test_otherSchemeRefused(self) -> None:
+        error = self.assertRaises(CommandError, serverURL, "ftp://meta:10265")
+        self.assertIn("http://HOST:PORT", str(error))
+
+
+class _NotFound(http.server.BaseHTTPRequestHandler):
+    """Answers what a web server that is no meta listener answers: an HTML 404 page."""
+
+    def do_GET(self) -> None:
+        self.send_error(404)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+class WrongServerTests(SynchronousTestCase):
+    def test_htmlNotQuoted(self) -> None:
+        """
+        Pointed at something that is no meta listener, the error says so and
+        which status it got, without the page's HTML (it quoted 200 bytes of it).
+        """
+        server = http.server.HTTPServer(("127.0.0.1", 0), _NotFound)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        error = self.assertRaises(CommandError, readStatus, base)
+        self.assertIn(f"{base}/agents answered HTTP 404", str(error))
+        self.assertIn("is this a server's meta listener", str(error))
+        self.assertNotIn("<", str(error))
+
+    def test_shortTextQuoted(self) -> None:
+        """A one-line text answer (a server's own refusal) is quoted."""
+        self.assertEqual(_said(b"forbidden\n"), " (forbidden)")
+        self.assertEqual(_said(b"<html>\n<body>x</body></html>"), "")
+        self.assertEqual(_said(b"x" * 500), "")

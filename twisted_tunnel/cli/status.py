@@ -33,6 +33,25 @@ DEFAULT_SERVER = "http://127.0.0.1:10265"
 TIMEOUT = 10.0
 
 
+def serverURL(given: str) -> str:
+    """
+    C{--server} as a URL: C{http://} is assumed when no scheme is given
+    (C{127.0.0.1:10265}, C{edge-tunnel-server.kube-system:10265}), as the
+    meta listener speaks plain HTTP.
+
+    @raise CommandError: a scheme other than http or https.
+    """
+    scheme, found, _ = given.partition("://")
+    if not found:
+        return f"http://{given}"
+    if scheme not in ("http", "https"):
+        raise CommandError(
+            f"--server {given[:100]!r}: the meta listener's URL is http://HOST:PORT "
+            "(its default port is 10265)"
+        )
+    return given
+
+
 def fetch(base: str, path: str) -> tuple[int, bytes]:
     """GET C{base + path}: the status and body, whatever the status."""
     url = base.rstrip("/") + path
@@ -50,7 +69,10 @@ def readStatus(base: str) -> dict[str, Any]:
     """The server's C{/agents} document, with its readiness added."""
     code, body = fetch(base, "/agents")
     if code != 200:
-        raise CommandError(f"{base}/agents answered {code}: {body[:200]!r}")
+        raise CommandError(
+            f"{base}/agents answered HTTP {code}{_said(body)}: is this a server's meta "
+            "listener (--meta-endpoint, port 10265 by default)?"
+        )
     try:
         document: dict[str, Any] = json.loads(body)
     except ValueError:
@@ -61,6 +83,17 @@ def readStatus(base: str) -> dict[str, Any]:
     document["ready"] = readyCode == 200
     document["readiness"] = readyBody.decode("utf-8", "replace").strip()
     return document
+
+
+def _said(body: bytes) -> str:
+    """
+    What an error answer said, when it is one short line of text (a
+    server's own refusal); nothing for a page of HTML or anything long.
+    """
+    text = body.decode("utf-8", "replace").strip()
+    if not text or "\n" in text or "<" in text or len(text) > 120:
+        return ""
+    return f" ({text})"
 
 
 def size(count: int) -> str:
@@ -130,7 +163,7 @@ def render(document: dict[str, Any], now: datetime.datetime) -> list[str]:
 
 
 def _status(options: argparse.Namespace, output: Output) -> int:
-    document = readStatus(options.server)
+    document = readStatus(serverURL(options.server))
     if options.json:
         output.say(json.dumps(document, indent=2, sort_keys=True))
     else:
@@ -151,7 +184,8 @@ def _addStatus(subparsers: SubParsers) -> None:
         "--server",
         default=DEFAULT_SERVER,
         metavar="URL",
-        help=f"the server's meta listener (default: {DEFAULT_SERVER})",
+        help=f"the server's meta listener, http://HOST:PORT (default: {DEFAULT_SERVER}; "
+        "http:// is assumed without a scheme)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(run=_status)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from enum import Enum
 from typing import Any
 
@@ -137,13 +137,29 @@ class IForwardingPolicy(Interface):
 
     name = Attribute("The name the configuration binds ports to, e.g. C{'metrics-only'}.")
 
-    def decide(request: ForwardingRequest) -> Any:
+    def decide(
+        request: ForwardingRequest,
+    ) -> (
+        ForwardingDecision | Deferred[ForwardingDecision] | Coroutine[Any, Any, ForwardingDecision]
+    ):
         """
-        Decide.
+        Where C{request}'s bytes go and how: the host and port the agent
+        dials on the node, the carrier (raw TCP, HTTP, or TLS made again
+        with the proxy client certificate) and, for HTTP, the C{Host} sent
+        upstream.  Refuse by raising (or failing with) L{ForwardingRefused},
+        whose status the client gets.
 
+        Called on the reactor thread for every connection (per-connection
+        policies) or every HTTP request (the others), so keep it cheap and
+        never block: a decision that needs I/O returns a C{Deferred} or a
+        coroutine.
+
+        @param request: the node, the address and port the client dialled,
+            the listener, the peer, and for per-request policies the
+            request's method, target and headers.
         @return: a L{ForwardingDecision}, or a C{Deferred} or a coroutine
-            that gives one; raise (or fail with) L{ForwardingRefused} to say
-            no.  Called for every HTTP request, so keep it cheap.
+            that gives one.
+        @raise ForwardingRefused: to say no.
         """
 
 
