@@ -26,6 +26,7 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.plugin import getPlugins
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.usage import UsageError
@@ -873,3 +874,35 @@ class UsageErrorTests(SynchronousTestCase):
             for name, doc in options.docs.items():
                 self.assertNotIn("  ", doc or "", name)
                 self.assertNotIn("\n", doc or "", name)
+
+
+class ProxyClientWarningTests(SynchronousTestCase):
+    """
+    An HTTPS proxy listener without C{--proxy-client-cert} can only answer
+    502 to every https port: the daemon says so, loudly, at start-up.
+    """
+
+    def warnings(self, *arguments: str) -> list[str]:
+        paths = pki.paths(pki.server, temporaryDirectory(self))
+        options = tapserver.Options()
+        options.parseOptions([*paths.options(), "--no-iptables", *arguments])
+        with capturedLogs() as events:
+            tapserver.makeService(options)
+        return [
+            formatEvent(e)
+            for e in events
+            if e.get("log_level") == LogLevel.warn and "--proxy-client-cert" in formatEvent(e)
+        ]
+
+    def test_warned(self) -> None:
+        (line,) = self.warnings()
+        self.assertIn("answered 502", line)
+        self.assertIn("--https-proxy-endpoint=none", line)
+
+    def test_notWarned(self) -> None:
+        self.assertEqual(self.warnings("--https-proxy-endpoint=none"), [])
+        client = pki.paths(pki.client("kube-apiserver"), temporaryDirectory(self), stem="pc")
+        self.assertEqual(
+            self.warnings("--proxy-client-cert", client.cert, "--proxy-client-key", client.key),
+            [],
+        )

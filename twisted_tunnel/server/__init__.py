@@ -69,6 +69,7 @@ from ..tls.rotation import RotatingServerOptions
 from ..wire import ErrorCode, OpenFailReason
 from .directory import NodeDirectory
 from .expiry import CertificateExpiry
+from .flapping import ReplacementWatch
 from .memory import MemoryReturn
 from .metrics import ServerMetrics
 
@@ -345,6 +346,9 @@ class _ServerSide:
                 old=replaced.peer,
             )
             replaced.tunnel.close(ErrorCode.REPLACED, "a newer connection for this node")
+            flapping = self.server.replacements.replaced(node, replaced.peer, record.peer)
+            if flapping is not None:
+                self.log.warn("{warning}", warning=flapping, node=node)
         self.log.info(
             "agent {node} connected from {peer} with IPs {ips} ({certificate})",
             node=node,
@@ -517,6 +521,8 @@ class TunnelServer:
         self.identify = identify or _peerIdentity
         self.addressProof: INodeAddressProof = addressProof or CertificateAddressProof()
         self.registry = AgentRegistry()
+        #: notices two agents proving one node, replacing each other's tunnel
+        self.replacements = ReplacementWatch(clock)
         #: trims the heap once after a mass departure (see MemoryReturn)
         self.memoryReturn = MemoryReturn(clock, self.registry.__len__)
         self.registry.subscribe(self.memoryReturn.changed)

@@ -977,6 +977,14 @@ def _proxyListeners(
             _credentials(clientFiles), verify=bool(options["proxy-client-ca"])
         )
         _rotate(options, top, "tls:--proxy-client-cert", clientFiles, upstreamTLS.update)
+    elif options["https-proxy-endpoint"] != "none":
+        _log.warn(
+            "the HTTPS proxy listener runs without --proxy-client-cert/--proxy-client-key: "
+            "every request to an https port (10250, the kubelet's API, among them) will be "
+            "answered 502, as there is no identity to present to the kubelet. Give it "
+            "kube-apiserver's --kubelet-client-certificate and key, or set "
+            "--https-proxy-endpoint=none."
+        )
 
     def router(kind: Listener) -> ProxyRouter:
         return ProxyRouter(server, kind, table, upstreamTLS=upstreamTLS)
