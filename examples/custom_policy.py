@@ -26,8 +26,6 @@ from __future__ import annotations
 from typing import Any
 
 from _standins import NODE, ThrowawayPKI, listenOnLoopback, nodeService, showLogs, startAgent
-from treq import text_content
-from treq.client import HTTPClient
 from twisted.internet.task import react
 from twisted.web.client import Agent
 
@@ -43,6 +41,12 @@ from twisted_tunnel import (
     loadPolicy,
     parseConfigData,
 )
+
+try:
+    from treq import text_content
+    from treq.client import HTTPClient
+except ImportError:
+    raise SystemExit("this example needs treq: pip install 'twisted-tunnel[examples]'") from None
 
 POLICY = "metrics_only:policy"
 

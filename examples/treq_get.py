@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any
 
 from _standins import NODE, ThrowawayPKI, kubeletStandIn, listenOnLoopback, showLogs, startAgent
-from treq.client import HTTPClient
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS
@@ -29,6 +28,11 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from twisted_tunnel import NodeNotConnected, TunnelServer
+
+try:
+    from treq.client import HTTPClient
+except ImportError:
+    raise SystemExit("this example needs treq: pip install 'twisted-tunnel[examples]'") from None
 
 
 @implementer(IAgentEndpointFactory)

@@ -119,6 +119,7 @@ class RouterTests(_RouterCase):
         refused = await self.refused(self.router("http").route(Target(NODE, 22)))
         self.assertEqual(refused.status, 403)
         self.assertIn("port 22 is not forwarded", refused.reason)
+        self.assertIn("--config or --config-configmap", refused.reason)
 
     async def test_wrongListener(self) -> None:
         """The plain listener never carries an HTTPS port (nor the reverse, nor raw)."""

@@ -108,8 +108,9 @@ class ForwardingTable:
         protocol = config.protocolFor(port)
         if protocol is None:
             raise NotForwarded(
-                f"port {port} is not forwarded (add it to http-proxy-ports, "
-                "https-proxy-ports or tcp-proxy-ports)"
+                f"port {port} is not forwarded: add it to http-proxy-ports, https-proxy-ports "
+                "or tcp-proxy-ports of the edge-tunnel-server-cfg ConfigMap, which the server "
+                "reads with --config or --config-configmap"
             )
         if protocol is not listener:
             raise NotForwarded(
