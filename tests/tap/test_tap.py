@@ -906,3 +906,31 @@ class ProxyClientWarningTests(SynchronousTestCase):
             self.warnings("--proxy-client-cert", client.cert, "--proxy-client-key", client.key),
             [],
         )
+
+
+class StartupLineTests(SynchronousTestCase):
+    """One line at start-up says what is in force, so a log shows how the server was run."""
+
+    def test_whatRuns(self) -> None:
+        directory = temporaryDirectory(self)
+        paths = pki.paths(pki.server, directory)
+        config = os.path.join(directory, "cfg.yaml")
+        with open(config, "w") as f:
+            f.write('apiVersion: v1\nkind: ConfigMap\ndata:\n  http-proxy-ports: "9100"\n')
+        options = tapserver.Options()
+        options.parseOptions(
+            [*paths.options(), "--no-iptables", "--config", config, "--server-id", "s-1"]
+        )
+        with capturedLogs() as events:
+            tapserver.makeService(options)
+        (line,) = [formatEvent(e) for e in events if "server id s-1" in formatEvent(e)]
+        for said in (
+            "edge-tunnel-server 0.1.0",
+            "one of 1 replica(s)",
+            "agents tcp:10262",
+            "HTTPS proxy listener tcp:10263:interface=127.0.0.1",
+            f"forwarding from --config {config}: http 9100, 10255",
+            "iptables left alone",
+            "Nodes not watched",
+        ):
+            self.assertIn(said, line)

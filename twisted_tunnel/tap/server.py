@@ -828,14 +828,61 @@ def makeService(options: Options) -> IService:
         )
     for node, port, description in options["forward"]:
         listen(description, ForwardFactory(server, node, port), f"--forward {node}:{port}")
-    _proxyListeners(options, server, top, endpoint, listen)
+    table, iptables = _proxyListeners(options, server, top, endpoint, listen)
     if options["hosts-file"]:
         hosts = HostsFile(options["hosts-file"], options["hosts-address"], server.routes, reactor)
         hosts.setName("--hosts-file")
         hosts.setServiceParent(top)
     # the agent port's certificate follows its files (Secret volumes, cert-manager)
     _rotate(options, top, "tls:--cert", agentFiles, server.updateCredentials)
+    _sayWhatRuns(options, server, table, iptables)
     return top
+
+
+#: The listeners the start-up line names, by option.
+_LISTENERS = (
+    ("tunnel-endpoint", "agents"),
+    ("https-proxy-endpoint", "HTTPS proxy listener"),
+    ("http-proxy-endpoint", "HTTP proxy listener"),
+    ("tcp-proxy-endpoint", "TCP proxy listener"),
+    ("connect-endpoint", "CONNECT door"),
+    ("meta-endpoint", "meta listener"),
+)
+
+
+def _sayWhatRuns(
+    options: Options, server: TunnelServer, table: ForwardingTable, iptables: bool
+) -> None:
+    """
+    One line at start-up with what is in force: the listeners, where the
+    configuration comes from and what it forwards, whether iptables is
+    kept and Nodes are watched; so a log shows how the server was run.
+    """
+    from .._version import __version__
+
+    listeners = [
+        f"{name} {options[option]}" for option, name in _LISTENERS if options[option] != "none"
+    ]
+    if options["config-configmap"]:
+        source = f"--config-configmap {options['config-configmap']}"
+    elif options["config"]:
+        source = f"--config {options['config']}"
+    else:
+        source = "the defaults (no --config)"
+    _log.info(
+        "{program} {version}: server id {serverId}, one of {serverCount} replica(s); "
+        "{listeners}; forwarding from {source}: {config}; iptables {iptables}; "
+        "Nodes {nodes}",
+        program=PROGRAM,
+        version=__version__,
+        serverId=server.serverId,
+        serverCount=server.serverCount,
+        listeners=", ".join(listeners),
+        source=source,
+        config=table.current().describe(),
+        iptables="kept" if iptables else "left alone",
+        nodes="watched" if server.directory is not None else "not watched",
+    )
 
 
 def _addressProof(options: Options, directory: NodeDirectory | None) -> INodeAddressProof:
@@ -918,10 +965,12 @@ def _proxyListeners(
     top: _ServerService,
     endpoint: Callable[[str, str], IStreamServerEndpoint],
     listen: Callable[[str, Any, str], None],
-) -> None:
+) -> tuple[ForwardingTable, bool]:
     """
     The proxy listeners, their routers, and the configuration they share
     (reloaded live: each new route uses the configuration in force).
+
+    @return: that configuration, and whether iptables rules are kept.
     """
     from twisted.internet import reactor
 
@@ -1019,6 +1068,7 @@ def _proxyListeners(
         manager.setServiceParent(top)
         server.metrics.watchIptables(manager)
         table.subscribe(manager.configChanged)
+    return table, manager is not None
 
 
 def _servingOptions(
