@@ -49,7 +49,7 @@ class _Version(argparse.Action):
 
 def buildParser() -> argparse.ArgumentParser:
     """Build the C{edge-tunnel} argument parser, with every registered subcommand."""
-    from . import certs, status  # noqa: F401  (their subcommands register themselves)
+    from . import certs, config, status  # noqa: F401  (their subcommands register themselves)
 
     parser = argparse.ArgumentParser(
         prog=PROGRAM, description="Tools for twisted-tunnel edge tunnels."

@@ -822,6 +822,27 @@ def _parseSource(
     )
 
 
+def parseManifest(
+    content: bytes,
+    *,
+    httpListenerPort: int = DEFAULT_HTTP_LISTENER_PORT,
+    resolvePolicy: Callable[[str], object] | None = None,
+) -> ProxyConfig:
+    """
+    Check and interpret a kubectl-style ConfigMap manifest given as bytes
+    (what C{kubectl get configmap -o yaml} prints), with the same bounds
+    and checks as L{loadConfig}: for C{edge-tunnel config check -}, which
+    reads it from a pipe.
+
+    @raise ConfigError: for the first problem found.
+    """
+    if len(content) > MAX_CONFIG_BYTES:
+        raise ConfigError(None, None, "larger than a ConfigMap can be (1 MiB)")
+    return parseConfigData(
+        _manifestData(content), httpListenerPort=httpListenerPort, resolvePolicy=resolvePolicy
+    )
+
+
 def loadConfig(
     path: str,
     *,
