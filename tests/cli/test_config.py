@@ -15,20 +15,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_tunnel.cli import main
 from twisted_tunnel.cli.config import checkConfig
+from tests.forwarding.test_config import SEED_1_20
 from twisted_tunnel.forwarding.config import MAX_CONFIG_BYTES, ConfigError
 
 #: The product page's 1.20 example, as `kubectl get -o yaml` would print it.
-ACK_120 = b"""\
-apiVersion: v1
-data:
-  http-proxy-ports: "9051"
-  https-proxy-ports: "9052, 8080"
-  localhost-proxy-ports: "10250, 10255, 10266, 10267, 8080"
-kind: ConfigMap
-metadata:
-  name: edge-tunnel-server-cfg
-  namespace: kube-system
-"""
+ACK_120 = SEED_1_20.encode("utf-8")
 
 #: OpenYurt's own manifest ships this ConfigMap with one empty key.
 YURT_EMPTY = b"""\
