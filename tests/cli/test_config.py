@@ -13,9 +13,9 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.forwarding.test_config import SEED_1_20
 from twisted_tunnel.cli import main
 from twisted_tunnel.cli.config import checkConfig
-from tests.forwarding.test_config import SEED_1_20
 from twisted_tunnel.forwarding.config import MAX_CONFIG_BYTES, ConfigError
 
 #: The product page's 1.20 example, as `kubectl get -o yaml` would print it.
