@@ -21,8 +21,9 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $@
 
 # the peers (frp, chisel, rathole; Konnectivity where the registry serves it) are built too, so
-# that their smoke tests (tests/system/test_bench_peers.py) run rather than skip on a fresh machine
-test: venv interop-build-test peers
+# that their smoke tests (tests/system/test_bench_peers.py) run rather than skip on a fresh machine;
+# and the container image, which tests/system/test_image.py runs
+test: venv interop-build-test peers image
 	@$(PY) -m pytest -q -p no:cacheprovider --timeout=300 $(PYTEST_ARGS) tests; \
 	rc=$$?; \
 	if [ $$rc -ne 0 ]; then echo "make test: pytest exited with status $$rc" >&2; fi; \
@@ -127,6 +128,15 @@ peers-idle: venv peers
 # `make test` runs it too (tests/system/test_interop.py).
 interop: venv interop-build
 	$(PY) tests/interop/smoke.py
+
+# The container image (Containerfile, docs/image.md): localhost/twisted-tunnel:<version>, on a
+# Debian bookworm base that image/build.py makes with debootstrap (no registry needed) and caches
+# in ~/.cache/twisted-tunnel/image; podman's layer cache does the rest (warm: seconds).  Needs
+# root, podman, runc and debootstrap (.ci/run installs them); without them it says so and builds
+# nothing, except under CI=true, where it fails.
+.PHONY: image
+image:
+	$(PYTHON3) image/build.py
 
 # API docs in build/apidocs; the settings are tox.ini's [pydoctor] section, as for `tox -e docs`.
 docs: venv

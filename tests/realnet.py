@@ -19,6 +19,7 @@ and, for a tunnel without processes or TLS::
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Any
 
 from twisted.internet import reactor as _globalReactor
@@ -47,6 +49,7 @@ __all__ = [
     "REPO_ROOT",
     "Daemon",
     "daemonEnvironment",
+    "loadScript",
     "openSockets",
     "plainTunnel",
     "runTwistd",
@@ -58,6 +61,23 @@ __all__ = [
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 """The repository: its C{twisted/plugins} holds the daemons' twistd plugins."""
+
+
+def loadScript(relative: str) -> ModuleType:
+    """
+    A script of the repository outside any package (C{image/build.py}),
+    loaded by its path, once.
+    """
+    name = "script_" + re.sub(r"\W", "_", relative.removesuffix(".py"))
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, relative))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
 
 #: How long a daemon may take to start or to print a line we wait for.
 STARTUP_TIMEOUT = 20.0

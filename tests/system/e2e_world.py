@@ -398,14 +398,20 @@ class World:
             )
 
     def _spawn(
-        self, namespace: Namespace, name: str, argv: Sequence[str], **kwargs: Any
+        self, namespace: Namespace | None, name: str, argv: Sequence[str], **kwargs: Any
     ) -> Process:
+        """
+        Start C{argv} in C{namespace}, or on the host if C{None} (a
+        C{podman run} that puts its container into a namespace itself).
+        """
         self._logs += 1
         logPath = os.path.join(self.directory, f"{self._logs:02d}-{name}.log")
+        output = {"stdin": subprocess.DEVNULL, "stderr": subprocess.STDOUT, **kwargs}
         with open(logPath, "wb") as log:
-            popen = namespace.spawn(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **kwargs
-            )
+            if namespace is None:
+                popen = subprocess.Popen(argv, start_new_session=True, stdout=log, **output)
+            else:
+                popen = namespace.spawn(argv, stdout=log, **output)
         process = Process(name, popen, logPath)
         self.processes.append(process)
         return process
@@ -455,13 +461,25 @@ class World:
             *arguments,
         ]  # fmt: skip
         self.server = self._spawn(
-            self.cloud,
+            self.daemonNamespace(self.cloud),
             name,
-            twistdCommand("edge-tunnel-server", options),
+            self.serverCommand(options),
             env=daemonEnvironment(),
             cwd=self.directory,
         )
         return self.server
+
+    def serverCommand(self, options: Sequence[str]) -> list[str]:
+        """The command line of a server with C{options}."""
+        return twistdCommand("edge-tunnel-server", options)
+
+    def daemonNamespace(self, namespace: Namespace) -> Namespace | None:
+        """
+        Where the command of a daemon that belongs in C{namespace} runs: in
+        it (L{tests.system.test_image} runs it on the host instead, and
+        podman puts its container in there).
+        """
+        return namespace
 
     def waitForServer(self, server: Process | None = None) -> None:
         """Wait until C{server}'s (L{server}'s) tunnel and proxy listeners listen."""
@@ -530,7 +548,7 @@ class World:
             *arguments,
         ]  # fmt: skip
         agent = self._spawn(
-            edge.namespace,
+            self.daemonNamespace(edge.namespace),
             f"agent-{edge.name}",
             self.agentCommand(edge, options),
             env=daemonEnvironment(),

@@ -1,0 +1,337 @@
+# -*- test-case-name: tests.system.test_image -*-
+"""
+The container image (C{Containerfile}, built by C{make image}) run in the
+end-to-end world (L{tests.system.e2e_world}): the server in the cloud
+namespace and the agent in the edge's, each a C{podman run --network
+ns:/run/netns/<namespace>} of the image with the world's certificates
+bind-mounted read-only, and plain curl in the cloud as in
+L{tests.system.test_e2e}.
+
+Every container runs as docs/image.md says it may: a read-only root
+filesystem with no tmpfs on it, no new privileges, every capability
+dropped, user 65532; only the server with C{--iptables} is root, with
+C{NET_ADMIN} alone.  The tests read what each container's first process
+really runs with (C{/proc/<pid>/status}, C{/proc/<pid>/mountinfo}) rather
+than trusting podman's flags.
+
+The image is built by C{make image} (a prerequisite of C{make test}), not
+here: without it these tests skip, and fail under C{CI=true}, as without
+podman.  Each container is named after this process and removed by name
+(C{podman rm}) when its test ends, before the namespaces are deleted; no
+image is removed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Sequence
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.netns import Namespace, requireNetns
+from tests.realnet import META_ENDPOINT, loadScript
+from tests.system.e2e_world import (
+    CLOUD_ADDRESS,
+    HTTP_LISTENER_PORT,
+    HTTPS_LISTENER_PORT,
+    CurlResult,
+    Edge,
+    Process,
+    Scope,
+    World,
+)
+
+#: What the tests run besides C{ip}: the e2e world's, and podman.
+COMMANDS = ("podman", "iptables", "haproxy", "curl", "ss")
+
+#: The user the image runs as, and the one the server with C{--iptables} needs.
+NONROOT = 65532
+ROOT = 0
+
+#: C{CAP_NET_ADMIN}'s bit in C{/proc/<pid>/status}'s capability masks.
+CAP_NET_ADMIN = 1 << 12
+
+#: How long one C{podman} command (not a daemon) may take.
+PODMAN_TIMEOUT = 60.0
+
+
+#: image/build.py: the image's name, and the options podman needs here.
+build = loadScript("image/build.py")
+
+
+def requireImage(scope: SynchronousTestCase) -> str:
+    """
+    The image's name; the test skips (fails under C{CI=true}) without
+    podman, namespaces, the e2e world's commands, or the image.
+    """
+    requireNetns(scope, *COMMANDS)
+    image = build.imageName()
+    if not build.imageExists(image):
+        reason = f"{image} is not built: run make image"
+        if os.environ.get("CI") == "true":
+            scope.fail(f"CI=true, so this test must run, but {reason}")
+        scope.skipTest(reason)
+    return image
+
+
+def removeContainer(name: str) -> None:
+    """Remove the container C{name} (ours), killed at once if it still runs."""
+    subprocess.run(
+        ["podman", "rm", "--force", "--ignore", "--time", "0", name],
+        capture_output=True,
+        timeout=PODMAN_TIMEOUT,
+        check=False,
+    )
+
+
+class ImageWorld(World):
+    """
+    The e2e world with one edge, its server and agent run from the image.
+
+    @ivar image: The image.
+    @ivar serverUser: The uid the server runs as (L{NONROOT}, or L{ROOT}
+        with C{--iptables}); its files are given to it.
+    @ivar serverCapabilities: What the server gets (C{--cap-add}); the
+        agent gets none.
+    @ivar containers: The container of each daemon, by its process's name.
+    """
+
+    def __init__(
+        self,
+        scope: Scope,
+        image: str,
+        *,
+        serverUser: int = NONROOT,
+        serverCapabilities: Sequence[str] = (),
+        serverArguments: Sequence[str] = (),
+    ) -> None:
+        super().__init__(scope, edges=1, serverArguments=serverArguments)
+        self.image = image
+        self.serverUser = serverUser
+        self.serverCapabilities = list(serverCapabilities)
+        self.containers: dict[str, str] = {}
+
+    def startServers(self) -> None:
+        """Give each container's user its files (keys are 0600), then start."""
+        os.chmod(self.directory, 0o711)
+        for path in (self.serverCert, self.serverKey, self.proxyClientCert, self.proxyClientKey):
+            os.chown(path, self.serverUser, self.serverUser)
+        for edge in self.edges:
+            for path in edge.agentCredentials[1:]:
+                os.chown(path, NONROOT, NONROOT)
+        super().startServers()
+
+    def daemonNamespace(self, namespace: Namespace) -> Namespace | None:
+        return None  # podman runs on the host and puts the container in the namespace
+
+    def containerCommand(
+        self,
+        name: str,
+        namespace: Namespace,
+        user: int,
+        capabilities: Sequence[str],
+        arguments: Sequence[str],
+    ) -> list[str]:
+        """
+        C{podman run} of the image, the container for the process C{name},
+        in C{namespace} as C{user}, with only C{capabilities}, a read-only
+        root and the world's folder read-only; the container is removed
+        when the test ends.  Its output goes straight to the process's log
+        (C{passthrough}: podman keeps no log of its own).
+        """
+        container = f"tt-image-{os.getpid()}-{len(self.containers)}-{name}"
+        self.containers[name] = container
+        self.scope.addCleanup(removeContainer, container)
+        return [
+            "podman", "run", "--rm", "--pull=never", "--name", container,
+            *build.runtimeOptions(),
+            "--network", f"ns:/run/netns/{namespace.name}",
+            "--user", f"{user}:{user}",
+            "--cap-drop", "all", *(f"--cap-add={c}" for c in capabilities),
+            "--security-opt", "no-new-privileges",
+            "--read-only", "--read-only-tmpfs=false",
+            "--volume", f"{self.directory}:{self.directory}:ro",
+            "--log-driver", "passthrough",
+            self.image, *arguments,
+        ]  # fmt: skip
+
+    def serverCommand(self, options: Sequence[str]) -> list[str]:
+        return self.containerCommand(
+            "server",
+            self.cloud,
+            self.serverUser,
+            self.serverCapabilities,
+            ["edge-tunnel-server", *options, META_ENDPOINT],
+        )
+
+    def agentCommand(self, edge: Edge, options: Sequence[str]) -> list[str]:
+        return self.containerCommand(
+            f"agent-{edge.name}",
+            edge.namespace,
+            NONROOT,
+            [],
+            ["edge-tunnel-agent", *options, META_ENDPOINT],
+        )
+
+    def status(self, process: Process) -> dict[str, str]:
+        """C{/proc/<pid>/status} of C{process}'s container's first process (twistd)."""
+        container = self.containers[process.name]
+        pid = subprocess.run(
+            ["podman", "inspect", "--format", "{{.State.Pid}}", container],
+            capture_output=True,
+            text=True,
+            timeout=PODMAN_TIMEOUT,
+            check=True,
+        ).stdout.strip()
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f.read().splitlines())
+        with open(f"/proc/{pid}/mountinfo") as f:
+            # mount ID, parent ID, major:minor, root, mount point, options...
+            roots = [line.split() for line in f if line.split()[4] == "/"]
+        status = {key: value.strip() for key, value in fields.items()}
+        status["root options"] = roots[-1][5] if roots else ""
+        return status
+
+
+class ImageTestsMixin:
+    """What both classes check of a daemon running from the image."""
+
+    world: ImageWorld
+
+    def assertConfined(self, process: Process, uid: int, capabilities: int) -> None:
+        """
+        C{process}'s twistd runs as C{uid}, with exactly C{capabilities}
+        (effective, permitted, bounding), no new privileges, on a read-only
+        root; and twistd wrote no plugin cache (the image has it).
+        """
+        status = self.world.status(process)
+        test: SynchronousTestCase = self  # type: ignore[assignment]
+        message = f"{status}\n{process.log()}"
+        test.assertEqual(status["Uid"].split(), [str(uid)] * 4, message)
+        test.assertEqual(status["Gid"].split(), [str(uid)] * 4, message)
+        for mask in ("CapEff", "CapPrm", "CapBnd"):
+            test.assertEqual(int(status[mask], 16), capabilities, f"{mask}: {message}")
+        test.assertEqual(status["NoNewPrivs"], "1", message)
+        test.assertIn("ro", status["root options"].split(","), message)
+        test.assertNotIn("Unable to write", process.log())
+
+
+class ImageProxyListenersTests(ImageTestsMixin, SynchronousTestCase):
+    """
+    The server without iptables, non-root with no capability at all: the
+    proxy listeners carry requests to the edge's kubelet stand-in.
+    """
+
+    def setUp(self) -> None:
+        image = requireImage(self)
+        self.world = ImageWorld(self, image, serverArguments=["--no-iptables"])
+        self.world.build()
+        self.edge = self.world.edges[0]
+
+    def assertAnswer(self, result: CurlResult, port: int) -> None:
+        message = f"{result.describe()}\n{self.world.logs()}"
+        self.assertEqual((result.exitCode, result.status), (0, 200), message)
+        self.assertEqual(result.body, f"{self.edge.name}\n".encode(), message)
+        self.assertEqual(result.headers["x-served-on"], f"127.0.0.1:{port}", message)
+
+    def test_throughTheListeners(self) -> None:
+        """
+        C{http://<node-ip>:10255} through the HTTP listener, and
+        C{https://<node-ip>:10250} through the HTTPS listener (which
+        presents the proxy client certificate the kubelet requires), are
+        answered by the edge's kubelet stand-in through the tunnel.
+        """
+        edge = self.edge
+        plain = self.world.curl(
+            "-H",
+            f"Host: {edge.nodeIP}:10255",
+            f"http://{CLOUD_ADDRESS}:{HTTP_LISTENER_PORT}/healthz",
+        )
+        self.assertAnswer(plain, 10255)
+        secure = self.world.curl(
+            "-k",
+            "--connect-to",
+            f"{edge.nodeIP}:10250:{CLOUD_ADDRESS}:{HTTPS_LISTENER_PORT}",
+            f"https://{edge.nodeIP}:10250/pods",
+        )
+        self.assertAnswer(secure, 10250)
+        self.assertEqual(secure.headers["x-client-cn"], "kube-apiserver-kubelet-client")
+
+    def test_confined(self) -> None:
+        """
+        Both daemons run as user 65532 with no capability, no new
+        privileges and a read-only root.
+        """
+        assert self.world.server is not None
+        self.assertConfined(self.world.server, NONROOT, 0)
+        self.assertConfined(self.world.agents[self.edge.name], NONROOT, 0)
+
+
+class ImageIptablesTests(ImageTestsMixin, SynchronousTestCase):
+    """
+    The server with C{--iptables}, as root with C{NET_ADMIN} alone (what
+    docs/image.md names): its DNAT rules bring curl's connections to the
+    edge's own address to its listeners.
+    """
+
+    def setUp(self) -> None:
+        self.image = requireImage(self)
+        requireNetns(self, "iptables-save")
+        self.world = ImageWorld(
+            self,
+            self.image,
+            serverUser=ROOT,
+            serverCapabilities=["NET_ADMIN"],
+            serverArguments=["--iptables"],
+        )
+        self.world.build()
+        self.edge = self.world.edges[0]
+        nodeIP = self.edge.nodeIP
+        self.world.waitForNat(
+            lambda saved: re.search(rf"-d {re.escape(nodeIP)}/32 .* -j DNAT", saved) is not None,
+            f"a DNAT rule for {nodeIP}",
+        )
+
+    def test_byDNAT(self) -> None:
+        """
+        C{curl http://<node-ip>:10255} and C{curl -k
+        https://<node-ip>:10250} from the cloud, no proxy: DNATed by the
+        server's rules and answered by the edge's kubelet stand-in.
+        """
+        for url in (f"http://{self.edge.nodeIP}:10255/", f"https://{self.edge.nodeIP}:10250/pods"):
+            result = self.world.curl("-k", url)
+            message = f"{result.describe()}\n{self.world.logs()}\n{self.world.nat()}"
+            self.assertEqual((result.exitCode, result.status), (0, 200), message)
+            self.assertEqual(result.body, f"{self.edge.name}\n".encode(), message)
+
+    def test_confined(self) -> None:
+        """
+        The server is root with only C{NET_ADMIN} (no C{NET_RAW}: the
+        image's iptables is the nft one), the agent user 65532 with none.
+        """
+        assert self.world.server is not None
+        self.assertConfined(self.world.server, ROOT, CAP_NET_ADMIN)
+        self.assertConfined(self.world.agents[self.edge.name], NONROOT, 0)
+
+    def test_withoutNetAdmin(self) -> None:
+        """
+        Without C{NET_ADMIN}, root as it is, the server refuses C{--iptables}
+        in one line, and exits: the capability is needed, not only enough.
+        """
+        command = self.world.containerCommand(
+            "refused",
+            self.world.cloud,
+            ROOT,
+            [],
+            ["edge-tunnel-server", "--iptables", "--tunnel-endpoint", "tcp:10300",
+             *self.world.agentIdentity(self.edge)[:2],
+             "--cert", self.world.serverCert, "--key", self.world.serverKey],
+        )  # fmt: skip
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=PODMAN_TIMEOUT, check=False
+        )
+        output = result.stdout + result.stderr
+        self.assertNotEqual(result.returncode, 0, output)
+        self.assertRegex(output, r"--iptables: iptables-save -t nat failed .*CAP_NET_ADMIN")
