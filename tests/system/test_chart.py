@@ -48,6 +48,7 @@ from tests.system.test_manifests import (
     twistdContainers,
 )
 from twisted_tunnel._version import __version__
+from twisted_tunnel.forwarding.config import KNOWN_KEYS
 
 CHART = REPO_ROOT / "charts" / "twisted-tunnel"
 RELEASE = "edge-tunnel"
@@ -233,6 +234,7 @@ def podSpec(workload: dict[str, Any]) -> dict[str, Any]:
 
 
 def container(workload: dict[str, Any]) -> dict[str, Any]:
+    only: dict[str, Any]
     (only,) = podSpec(workload)["containers"]
     return only
 
@@ -276,19 +278,29 @@ class SchemaTests(HelmTestCase):
 
     def test_typoRefused(self) -> None:
         """A misspelt key anywhere is refused, naming it."""
-        for values, word in [
+        cases: list[tuple[dict[str, Any], str]] = [
             ({"server": {"replica": 3}}, "replica"),
             ({"server": {"iptables": {"node": ["cp-1"]}}}, "node"),
             ({"networkPolicy": {"apiserver": APISERVER_PEER}}, "apiserver"),
             ({"imag": {"tag": "x"}}, "imag"),
-        ]:
+        ]
+        for values, word in cases:
             message = self.helm.refusal(values)
             self.assertIn("values don't meet the specifications of the schema", message)
             self.assertRegex(message, rf"additional properties? '{word}' not allowed", values)
 
+    def test_configKeysAreTheServers(self) -> None:
+        """The ConfigMap keys the schema admits are those the server reads."""
+        schema = json.loads((CHART / "values.schema.json").read_text())
+        data = schema["properties"]["config"]["properties"]["configMap"]["properties"]["data"]
+        self.assertEqual(sorted(data["properties"]), sorted(KNOWN_KEYS))
+        self.assertIs(data["additionalProperties"], False)
+        message = self.helm.refusal({"config": {"configMap": {"data": {"http-proxy-port": "1"}}}})
+        self.assertIn("additional properties 'http-proxy-port' not allowed", message)
+
     def test_badValuesRefused(self) -> None:
         """A wrong type, an unknown mode, a malformed CIDR or port: refused, naming the key."""
-        for values, where in [
+        cases: list[tuple[dict[str, Any], str]] = [
             ({"agent": {"identity": "kubelet"}}, "/agent/identity"),
             ({"edgeNodeSelector": {"preset": "yurt"}}, "/edgeNodeSelector/preset"),
             ({"server": {"replicas": "two"}}, "/server/replicas"),
@@ -297,13 +309,14 @@ class SchemaTests(HelmTestCase):
             ({"server": {"tunnel": {"port": 70000}}}, "/server/tunnel/port"),
             ({"agent": {"server": "https://tunnel.example.com"}}, "/agent/server"),
             ({"image": {"pullPolicy": "always"}}, "/image/pullPolicy"),
-        ]:
+        ]
+        for values, where in cases:
             message = self.helm.refusal(values)
             self.assertIn(f"at '{where}'", message, values)
 
     def test_combinationsRefused(self) -> None:
         """What the schema cannot say: one line that says what to do."""
-        for values, line in [
+        combinations: list[tuple[dict[str, Any], str]] = [
             (
                 {"server": {"iptables": {"enabled": True}, "connect": {"enabled": True}}},
                 "server.iptables.enabled and server.connect.enabled: choose one way",
@@ -321,10 +334,15 @@ class SchemaTests(HelmTestCase):
                 "edgeNodeSelector.custom: name at least one label",
             ),
             (
+                {"edgeNodeSelector": {"custom": {"example.com/edge": "true"}}},
+                "edgeNodeSelector.custom is used only with preset custom (preset is ack)",
+            ),
+            (
                 {"server": {"pdb": {"maxUnavailable": 1}}},
                 "server.pdb: give minAvailable or maxUnavailable, not both",
             ),
-        ]:
+        ]
+        for values, line in combinations:
             self.assertIn(line, self.helm.refusal(values))
 
 

@@ -68,6 +68,9 @@ true
 
 {{/* Combinations the schema cannot refuse, each with one line that says what to do. */}}
 {{- define "twisted-tunnel.validate" -}}
+{{- if and .Values.edgeNodeSelector.custom (ne .Values.edgeNodeSelector.preset "custom") -}}
+{{- fail (printf "edgeNodeSelector.custom is used only with preset custom (preset is %s)" .Values.edgeNodeSelector.preset) -}}
+{{- end -}}
 {{- if and .Values.server.iptables.enabled .Values.server.connect.enabled -}}
 {{- fail "server.iptables.enabled and server.connect.enabled: choose one way for kube-apiserver to reach the nodes (DNAT on its hosts, or its egress selector)" -}}
 {{- end -}}
