@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -360,6 +362,32 @@ class RenderTests(HelmTestCase):
         for name, values in MODES.items():
             plugins = sorted(p for _, _, p, _ in twistdContainers(self.helm.template(values)))
             self.assertEqual(plugins, ["edge-tunnel-agent", "edge-tunnel-server"], name)
+
+    def test_readmeCommands(self) -> None:
+        """
+        The chart README's C{helm install} commands (ACK with iptables,
+        OpenYurt with the egress selector) render, offline, what they say.
+        """
+        readme = (CHART / "README.md").read_text()
+        commands = [
+            shlex.split(block.replace("\\\n", " "))
+            for block in re.findall(r"```sh\n(helm install .*?)```", readme, re.S)
+        ]
+        self.assertEqual(len(commands), 2, readme)
+        rendered = []
+        for command in commands:
+            self.assertEqual(command[:3], ["helm", "install", RELEASE])
+            self.assertEqual(command[3], "charts/twisted-tunnel")
+            done = self.helm.run("template", RELEASE, str(CHART), *command[4:])
+            self.assertEqual(done.returncode, 0, done.stderr)
+            rendered.append(keyed([each for each in yaml.safe_load_all(done.stdout) if each]))
+        ack, openyurt = rendered
+        server = ack[("Deployment", NAMESPACE, "edge-tunnel-server")]
+        self.assertIs(podSpec(server)["hostNetwork"], True)
+        self.assertEqual(server["spec"]["replicas"], 3)
+        agent = openyurt[("DaemonSet", NAMESPACE, "edge-tunnel-agent")]
+        self.assertEqual(podSpec(agent)["nodeSelector"], {"openyurt.io/is-edge-worker": "true"})
+        self.assertIn(("Service", NAMESPACE, "edge-tunnel-server-connect"), openyurt)
 
     def test_image(self) -> None:
         """The image is the project's version by default; repository, tag, policy are values."""
