@@ -116,6 +116,10 @@ MODES: dict[str, dict[str, Any]] = {
             "nodes": [{"ipBlock": {"cidr": "10.0.0.0/16"}}],
         },
     },
+    "iptables-kubelet-cert": {
+        "server": {"iptables": {"enabled": True}, "watchNodes": True},
+        "agent": {"identity": "kubeletCert"},
+    },
     "connect-kubelet-cert": {
         **CONNECT_VALUES,
         "server": {**CONNECT_VALUES["server"], "watchNodes": True},
@@ -427,6 +431,10 @@ class RenderTests(HelmTestCase):
             self.objects(values)[key]["spec"], {"maxUnavailable": "50%", "selector": selector}
         )
         self.assertNotIn(key, self.objects({"server": {"pdb": {"enabled": False}}}))
+        # a budget that no drain can meet is pointed out
+        warning = "server.pdb.minAvailable is 1, every replica: no node running one can be drained"
+        self.assertIn(warning, self.helm.notes({"server": {"replicas": 1}}))
+        self.assertNotIn("server.pdb.minAvailable", self.helm.notes({}))
 
     def test_iptablesOnNamedNodes(self) -> None:
         """
