@@ -22,8 +22,9 @@ $(STAMP): setup.cfg pyproject.toml
 
 # the peers (frp, chisel, rathole; Konnectivity where the registry serves it) are built too, so
 # that their smoke tests (tests/system/test_bench_peers.py) run rather than skip on a fresh machine;
-# and the container image, which tests/system/test_image.py runs
-test: venv interop-build-test peers image
+# helm, which tests/system/test_chart.py lints and renders the chart with; and the container
+# image, which tests/system/test_image.py runs
+test: venv interop-build-test helm peers image
 	@$(PY) -m pytest -q -p no:cacheprovider --timeout=300 $(PYTEST_ARGS) tests; \
 	rc=$$?; \
 	if [ $$rc -ne 0 ]; then echo "make test: pytest exited with status $$rc" >&2; fi; \
@@ -95,6 +96,14 @@ interop-build:
 INTEROP_TEST_COMPONENTS := etcd kube kubelet metrics-server
 interop-build-test:
 	$(PYTHON3) tests/interop/build.py $(INTEROP_TEST_COMPONENTS)
+
+# helm v4.3.2 (issue 17), built pinned from helm.sh/helm/v4 on the Go module proxy by the same
+# machinery (tests/interop/helm/), into ~/.cache/twisted-tunnel/interop: tests/system/test_chart.py
+# lints and renders charts/twisted-tunnel with it. Once per version (cold: a few minutes on two
+# cores; warm: nothing to do).
+.PHONY: helm
+helm:
+	$(PYTHON3) tests/interop/build.py helm
 
 # The benchmark's peers (issue 15): frp, chisel, rathole and Konnectivity, built pinned from
 # their registries (the Go module proxy, crates.io), and bench/loadgen (ours, standard library

@@ -155,6 +155,11 @@ class APITestCase(SynchronousTestCase):
         cls.server.waitForLine(r"watching configmaps in kube-system \(metadata.name=")
 
     def setUp(self) -> None:
+        self.requireControlPlane()
+        self.assertTrue(self.server.running, self.server.log()[-4000:])
+
+    def requireControlPlane(self) -> None:
+        """Skip, or fail under C{CI=true}, where the world cannot come up; fail if it did not."""
         requireNetns(self, "iptables")
         reason = _unavailable()
         if reason is not None:
@@ -163,7 +168,6 @@ class APITestCase(SynchronousTestCase):
             self.skipTest(reason)
         if self.setUpError is not None:
             raise AssertionError(f"the world did not come up: {self.setUpError}")
-        self.assertTrue(self.server.running, self.server.log()[-4000:])
 
     def apply(self, data: dict[str, str], **kwargs: Any) -> tuple[float, float]:
         """C{kubectl apply} the ConfigMap; the wall-clock times kubectl started and ended."""

@@ -324,6 +324,16 @@ def probePort(container: dict[str, Any], port: int | str) -> int:
     return int(number)
 
 
+def assertValid(case: SynchronousTestCase, document: Any, where: str) -> None:
+    """Fail C{case} unless C{document} is valid, strictly, for every L{KUBERNETES_VERSIONS}."""
+    for version in KUBERNETES_VERSIONS:
+        try:
+            kubernetes_validate.validate(document, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            path = "/".join(str(part) for part in e.path)
+            case.fail(f"{where}: {document['kind']} invalid for {version} at {path}: {e}")
+
+
 class ManifestFilesTests(SynchronousTestCase):
     """The files, and the kustomizations that gather them."""
 
@@ -363,12 +373,7 @@ class ManifestFilesTests(SynchronousTestCase):
         self.assertGreaterEqual(checked, 5)
 
     def assertValid(self, document: Any, where: str) -> None:
-        for version in KUBERNETES_VERSIONS:
-            try:
-                kubernetes_validate.validate(document, version, strict=True)
-            except kubernetes_validate.ValidationError as e:
-                path = "/".join(str(part) for part in e.path)
-                self.fail(f"{where}: {document['kind']} invalid for {version} at {path}: {e}")
+        assertValid(self, document, where)
 
     def test_validationIsStrict(self) -> None:
         """A misspelt field fails validation: the check above can fail."""
@@ -390,20 +395,11 @@ class ManifestFilesTests(SynchronousTestCase):
         renderer: the kubectl on PATH, else the one C{make test} built for
         the interop tests (C{tests/interop/build.py kube}).
         """
-        kubectl = shutil.which("kubectl") or _builtKubectl()
+        kubectl = kubectlBinary()
         if kubectl is None:
             raise SkipTest("kubectl is not installed, nor built (make interop-build)")
         for directory in kustomizations():
-            done = subprocess.run(
-                [kubectl, "kustomize", str(directory)],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-                env=dict(os.environ, KUBECONFIG=os.devnull),
-            )
-            self.assertEqual(done.returncode, 0, done.stderr)
-            theirs = keyed([each for each in yaml.safe_load_all(done.stdout) if each])
+            theirs = keyed(kustomize(kubectl, directory))
             self.assertEqual(theirs, keyed(render(directory)), directory)
 
     def test_configMapIsTheSeeds(self) -> None:
@@ -842,7 +838,24 @@ class DaemonCommandTests(SynchronousTestCase):
                 self.assertEqual(probePort(container, port["targetPort"]), tunnelPort, directory)
 
 
-def _builtKubectl() -> str | None:
-    """The kubectl tests/interop/build.py built, if it did."""
+def kubectlBinary() -> str | None:
+    """The kubectl on PATH, else the one tests/interop/build.py built, if it did."""
     directory = cached("kube")
-    return str(directory / "kubectl") if directory is not None else None
+    return shutil.which("kubectl") or (
+        str(directory / "kubectl") if directory is not None else None
+    )
+
+
+def kustomize(kubectl: str, directory: Path) -> list[dict[str, Any]]:
+    """The objects C{kubectl kustomize DIRECTORY} renders."""
+    done = subprocess.run(
+        [kubectl, "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=dict(os.environ, KUBECONFIG=os.devnull),
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"kubectl kustomize {directory}: {done.stderr}")
+    return [each for each in yaml.safe_load_all(done.stdout) if each]
