@@ -29,6 +29,7 @@ of its own.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -93,6 +94,16 @@ def build(name: str, here: Path = HERE, root: Path | None = None) -> tuple[Path,
     @param root: the cache (by default L{cacheRoot}).
     """
     root = root or cacheRoot()
+    root.mkdir(parents=True, exist_ok=True)
+    # One build of a component at a time on this machine: a second make (a CI run beside a
+    # developer's) waits here, then finds the first one's binaries, instead of building into
+    # the same folder at the same time.
+    with open(root / f"{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build(name, here, root)
+
+
+def _build(name: str, here: Path, root: Path) -> tuple[Path, float]:
     folder = here / name
     target = root / f"{name}-{key(name, here)}"
     if (target / DONE).exists():
