@@ -182,9 +182,9 @@ class Helm:
             command, capture_output=True, text=True, timeout=120, check=False, env=env
         )
 
-    def template(self, values: dict[str, Any]) -> list[dict[str, Any]]:
-        """The objects C{helm template} renders for C{values}."""
-        done = self.run("template", RELEASE, str(CHART), "--namespace", NAMESPACE, values=values)
+    def template(self, values: dict[str, Any], namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+        """The objects C{helm template} renders for C{values} in C{namespace}."""
+        done = self.run("template", RELEASE, str(CHART), "--namespace", namespace, values=values)
         if done.returncode != 0:
             raise AssertionError(f"helm template {values}: {done.stderr}")
         return [each for each in yaml.safe_load_all(done.stdout) if each]
@@ -651,6 +651,32 @@ class RenderTests(HelmTestCase):
             objects[("ConfigMap", NAMESPACE, "edge-tunnel-server-cfg")]["data"],
             {"http-proxy-ports": "9051, 9100", "https-proxy-ports": "9052, 8080"},
         )
+
+    def test_namespaceOfItsOwn(self) -> None:
+        """
+        Installed beside ACK Edge's own tunnel (docs/migration.md), in a
+        namespace of its own: every object, every reference to a namespace
+        (the ConfigMap read from the API, the RBAC subjects) is in that
+        namespace, so nothing touches kube-system's edge-tunnel-server.
+        """
+        modes: list[dict[str, Any]] = [
+            {},
+            {"config": {"fromAPI": True}, "server": {"watchNodes": True}},
+            {"agent": {"identity": "csrBootstrap"}, "server": {"watchNodes": True}},
+        ]
+        for values in modes:
+            rendered = self.helm.template(values, namespace="edge-tunnel")
+            text = yaml.safe_dump_all(rendered)
+            self.assertNotIn(NAMESPACE, text, values)
+            for each in rendered:
+                namespace = each["metadata"].get("namespace")
+                if each["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+                    self.assertEqual(namespace, "edge-tunnel", (values, each["kind"]))
+                for subject in each.get("subjects", []):
+                    self.assertEqual(subject.get("namespace"), "edge-tunnel", values)
+        options = self.options({"config": {"fromAPI": True}}, "edge-tunnel-server")
+        # rendered in kube-system by options(): the default namespace is the release's
+        self.assertEqual(options["config-configmap"], f"{NAMESPACE}/edge-tunnel-server-cfg")
 
 
 class NetworkPolicyTests(HelmTestCase):
