@@ -66,6 +66,7 @@ from twisted_tunnel.http.engine import (
     RouteRefused,
     forwardedRequestHeaders,
     forwardedResponseHeaders,
+    originForm,
 )
 
 reactor: Any = _reactor
@@ -1073,6 +1074,38 @@ class ForwardingTests(ProxyTestCase):
         self.assertEqual(site.requests, [(b"GET", b"/headers", b"127.0.0.1:10250")])
         self.assertIn(["host", "127.0.0.1:10250"], exchange.json()["headers"])
 
+    async def test_absoluteFormToOriginForm(self) -> None:
+        """
+        A request in absolute form goes upstream in origin form, with the
+        target's authority as its C{Host} (RFC 9112 section 3.2.2), the
+        received C{Host} dropped; a route's own C{hostHeader} still wins.
+        """
+        port, site = self.web()
+        proxy = self.proxy(
+            HostRouter(
+                {
+                    b"edge-1:9051": self.webRoute(port),
+                    b"10.0.0.7:10250": self.webRoute(
+                        port, key="edge-2", hostHeader=b"127.0.0.1:10250"
+                    ),
+                }
+            )
+        )
+        client = await self.client(proxy)
+        client.get(b"http://Edge-1:9051/headers?x=1", b"elsewhere")
+        exchange = await client.response()
+        self.assertEqual(exchange.json()["uri"], "/headers?x=1")
+        other = await self.client(proxy)
+        other.get(b"HTTP://10.0.0.7:10250/headers", b"10.0.0.7:10250")
+        await other.response()
+        self.assertEqual(
+            site.requests,
+            [
+                (b"GET", b"/headers?x=1", b"Edge-1:9051"),
+                (b"GET", b"/headers", b"127.0.0.1:10250"),
+            ],
+        )
+
     async def test_headAnd204(self) -> None:
         """HEAD and 204 answers have no body, and the connection goes on."""
         port, _ = self.web()
@@ -1260,6 +1293,25 @@ class RequestStreamingTests(SynchronousTestCase):
             head(b"HTTP://10.0.0.7:10255/metrics", (b"host", b"other")).host(),
             b"10.0.0.7:10255",
         )
+
+    def test_originForm(self) -> None:
+        """
+        The absolute form becomes the origin form and names its authority
+        (without user information); every other form is left alone.
+        """
+        cases = {
+            b"http://edge-1:9051/": (b"/", b"edge-1:9051"),
+            b"http://edge-1:9051": (b"/", b"edge-1:9051"),
+            b"HTTPS://u:p@10.0.0.7:10250/pods?a=b/c": (b"/pods?a=b/c", b"10.0.0.7:10250"),
+            b"http://[fd00::7]:10255?q": (b"/?q", b"[fd00::7]:10255"),
+            b"http:///x": (b"/x", None),
+            b"/metrics": (b"/metrics", None),
+            b"*": (b"*", None),
+            b"10.0.0.7:10250": (b"10.0.0.7:10250", None),
+            b"ftp://a/b": (b"ftp://a/b", None),
+        }
+        for target, expected in cases.items():
+            self.assertEqual(originForm(target), expected, target)
 
     def test_interfaces(self) -> None:
         factory = HTTPProxyFactory(lambda h, p: succeed(None), reactor)  # type: ignore[arg-type]

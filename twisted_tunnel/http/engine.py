@@ -58,6 +58,12 @@ What "HTTP done right" means here:
    first and half-closes passed on; any other answer is passed back as it
    is and HTTP goes on.
 
+ - B{Origin form upstream}: a request in absolute form (C{GET
+   http://edge-1:9051/ HTTP/1.1}, from a client that takes the listener
+   for a forward proxy) goes upstream as C{GET / HTTP/1.1}, with the
+   target's authority as its C{Host} (RFC 9112 section 3.2.2), unless the
+   route rewrites C{Host} itself; L{originForm}.
+
  - B{Hop-by-hop headers} are removed in both directions (RFC 9110
    section 7.6.1): C{Connection} and every header it names, C{Keep-Alive},
    C{Proxy-Connection}, C{TE}, C{Trailer}, C{Transfer-Encoding}, C{Upgrade}
@@ -125,6 +131,7 @@ __all__ = [
     "Router",
     "forwardedRequestHeaders",
     "forwardedResponseHeaders",
+    "originForm",
 ]
 
 #: Headers that belong to one connection, never forwarded as they are
@@ -179,12 +186,9 @@ class RequestHead:
         header; C{None} when there is neither (an HTTP/1.0 request may have
         no C{Host}).
         """
-        lowered = self.target.lower()
-        for scheme in (b"http://", b"https://"):
-            if lowered.startswith(scheme):
-                rest = lowered[len(scheme) :]
-                authority = rest.split(b"/", 1)[0].split(b"?", 1)[0]
-                return authority.rsplit(b"@", 1)[-1].strip() or None
+        _, authority = originForm(self.target)
+        if authority is not None:
+            return authority.lower()
         value = self.header(b"host")
         return value.strip().lower() if value is not None else None
 
@@ -194,6 +198,40 @@ class RequestHead:
             if key == name:
                 return value
         return None
+
+
+def originForm(target: bytes) -> tuple[bytes, bytes | None]:
+    """
+    A request target as an origin server expects it, and the authority it
+    named, if any.
+
+    A client that takes the proxy listener for a forward proxy sends the
+    absolute form (C{GET http://edge-1:9051/metrics HTTP/1.1}); kubelets
+    and most origin servers answer that with C{404}.  RFC 9112 section 3.2
+    wants the origin form (C{GET /metrics}) towards an origin, and section
+    3.2.2 the target's authority (without user information) as the C{Host}
+    in place of the one received.  Any other form (origin, C{*},
+    authority) is given back as it is, with no authority.
+
+    @param target: the request target as received.
+    @return: C{(target, authority)}: C{b"/metrics", b"edge-1:9051"} for the
+        example above; the path is C{/} when the absolute form had none.
+    """
+    lowered = target[:8].lower()
+    for scheme in (b"http://", b"https://"):
+        if lowered.startswith(scheme):
+            rest = target[len(scheme) :]
+            end = len(rest)
+            for delimiter in (b"/", b"?"):
+                found = rest.find(delimiter)
+                if found != -1:
+                    end = min(end, found)
+            authority = rest[:end].rsplit(b"@", 1)[-1].strip()
+            path = rest[end:]
+            if not path.startswith(b"/"):
+                path = b"/" + path
+            return path, authority or None
+    return target, None
 
 
 @frozen
@@ -1219,15 +1257,14 @@ class HTTPProxyProtocol(Protocol):
         """Send the head of the request in flight upstream, then its body as it comes."""
         request, route, upstream = self._exchange.request, self._route, self._upstream
         assert request is not None and route is not None and upstream is not None
+        target, authority = originForm(request.target)
         headers = forwardedRequestHeaders(
             request.headers.raw_items(),
-            hostHeader=route.hostHeader,
+            hostHeader=route.hostHeader if route.hostHeader is not None else authority,
             defaultHost=_hostOf(upstream.transport),
         )
         try:
-            upstream.send(
-                h1.Request(method=request.method, target=request.target, headers=headers)
-            )
+            upstream.send(h1.Request(method=request.method, target=target, headers=headers))
         except h1.LocalProtocolError as e:
             self._refuse(HTTPStatus.BAD_REQUEST, f"cannot forward this request: {e}")
             return
