@@ -27,7 +27,17 @@ if TYPE_CHECKING:
     from ..kube.client import KubeAccess, KubeClient
     from ..server.directory import NodeDirectory
 
-_log = Logger(namespace="twisted_tunnel.tap.server")
+
+def logFor(program: str) -> Logger:
+    """
+    The logger of the daemon C{program} (C{edge-tunnel-agent} or
+    C{edge-tunnel-server}): the lines this module writes for a daemon are
+    that daemon's, under its own namespace, as the rest of its lines are,
+    whichever of the two calls.
+    """
+    role = "agent" if program.endswith("agent") else "server"
+    return Logger(namespace=f"twisted_tunnel.tap.{role}")
+
 
 #: What a namespace or a ConfigMap name may be (DNS-1123 subdomain).
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
@@ -192,7 +202,7 @@ def watchNodes(
     watch = nodeWatch(reactor, sharedClient(program, access, reactor, top), directory, selector)
     watch.setName("--watch-nodes")
     watch.setServiceParent(top)
-    _log.info(
+    logFor(program).info(
         "--watch-nodes: IPs listed on an agent's Node prove its IPs; edge nodes are those "
         "matching {selector!r}",
         selector=selector.text,
@@ -251,7 +261,7 @@ def signAgentRequests(
     watch = csrWatch(reactor, client, approver)
     watch.setName("--agent-signer-ca-cert")
     watch.setServiceParent(top)
-    _log.info(
+    logFor(program).info(
         "signing agents' certificate requests ({signer}) with {ca}",
         signer=SIGNER_NAME,
         ca=authority.describe(),
@@ -281,7 +291,7 @@ def bootstrapCertificate(program: str, options: Any, reactor: Any) -> tuple[str,
     from ..kube.client import KubeAccess
     from ..tls.kubelet import loadNodeCredentials
 
-    log = Logger(namespace="twisted_tunnel.tap.agent")
+    log = logFor(program)
     node = options["node-name"]
     path = os.path.join(options["cert-dir"], CERT_FILE)
     client = kubeClient(program, KubeAccess(kubeconfig=options["bootstrap-kubeconfig"]), reactor)
@@ -379,7 +389,7 @@ def _readOnce(
     except KubeAccessError as e:
         fatal(program, f"{where}: {e}")
     if found is None:
-        _log.warn(
+        logFor(program).warn(
             "{where}: not found at {server}; the defaults apply until it is created",
             where=where,
             server=client.server,
