@@ -28,9 +28,11 @@ takes well under a millisecond, so it stays on the reactor thread.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import secrets
 import stat
+from collections.abc import Sequence
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -110,6 +112,26 @@ def readFile(path: str, limit: int = MAX_VOLUME_FILE_BYTES) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def filesDigest(paths: Sequence[str]) -> bytes:
+    """
+    A digest of the files' contents (each path once, in order), to tell
+    whether they changed since: certificate rotation compares it with the
+    digest taken when the credentials in use were loaded.  A file that
+    cannot be read counts by why (missing, not a regular file, too
+    large...), so a change of reason is a change too.  Read with
+    L{readFile}: never blocks, never past 1 MiB a file.
+    """
+    digest = hashlib.sha256()
+    for path in dict.fromkeys(paths):
+        try:
+            data = b"file\0" + readFile(path)
+        except OSError as e:
+            data = f"unreadable\0{type(e).__name__}\0{e.errno}".encode()
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return digest.digest()
 
 
 __all__ = ["MAX_VOLUME_FILE_BYTES", "FileRefused", "describeLimit", "readFile"]

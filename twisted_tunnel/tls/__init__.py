@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -100,6 +100,9 @@ class Credentials:
     @ivar caPath: The file C{authority} came from (for messages).
     @ivar certPath: The file C{certificate} came from.
     @ivar keyPath: The file the private key came from.
+    @ivar filesDigest: The digest of those files (L{filesDigest}) taken just
+        before they were read, for a rotation watcher to compare with;
+        C{None} when they were not loaded from files.
     """
 
     authority: list[Certificate]
@@ -108,6 +111,7 @@ class Credentials:
     certPath: str = ""
     keyPath: str = ""
     chain: tuple[Certificate, ...] = ()
+    filesDigest: bytes | None = None
 
     def identity(self) -> PeerIdentity:
         """Who our own certificate says we are (e.g. the agent's default node name)."""
@@ -250,6 +254,10 @@ def loadCredentials(
     """
     if now is None:
         now = datetime.datetime.now(datetime.UTC)
+    from twisted_tunnel.files import filesDigest
+
+    # before reading: a file replaced after this is a change to the watcher
+    digest = filesDigest((caPath, certPath, keyPath))
 
     authority = _loadCertificates(caOption, caPath, _readFile(caOption, caPath))
     for ca in authority:
@@ -289,7 +297,7 @@ def loadCredentials(
         )
     _warnIfExposed(keyOption, keyPath)
 
-    return makeCredentials(
+    credentials = makeCredentials(
         authority,
         leaf,
         key,
@@ -298,6 +306,7 @@ def loadCredentials(
         certPath=certPath,
         keyPath=keyPath,
     )
+    return evolve(credentials, filesDigest=digest)
 
 
 def _warnIfExposed(option: str, path: str) -> None:
