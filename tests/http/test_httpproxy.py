@@ -68,6 +68,8 @@ from twisted_tunnel.http.engine import (
     forwardedResponseHeaders,
     originForm,
 )
+from twisted_tunnel.tls import proxyServingOptions
+from twisted_tunnel.tls.failures import describeTransportFailure
 
 reactor: Any = _reactor
 
@@ -718,7 +720,15 @@ class ProxyTestCase(TestCase):
         explain: Explainer = proxyRefusal,
     ) -> int:
         """A proxy listening on loopback; it explains failures as the proxy listeners do."""
-        factory = factoryClass(router, reactor, limits=limits, log=self.log, explain=explain)
+        factory = factoryClass(
+            router,
+            reactor,
+            limits=limits,
+            log=self.log,
+            explain=explain,
+            # the words the proxy listeners give failed TLS handshakes
+            describeFailure=describeTransportFailure,
+        )
         self.proxies.append(factory)
         return self.listen(wrap(factory) if wrap is not None else factory)
 
@@ -1187,6 +1197,37 @@ class ForwardingTests(ProxyTestCase):
         self.assertEqual((await client.response()).status, 200)
         await client.lost
 
+    async def test_tlsClientRefusedIsSaid(self) -> None:
+        """
+        Behind the HTTPS listener's TLS, a client refused in the handshake
+        (no certificate) gets one warning that says why in words, not
+        OpenSSL's tuples; nothing is routed.
+        """
+        pki = TestPKI()
+        port, site = self.web()
+        creds = pki.credentials(pki.server)
+        router = HostRouter({b"a": self.webRoute(port)})
+        proxy = self.proxy(
+            router, wrap=lambda f: TLSMemoryBIOFactory(proxyServingOptions(creds), False, f)
+        )
+        endpoint = wrapClientTLS(
+            optionsForClientTLS("127.0.0.1", trustRoot=trustRootFromCertificates(creds.authority)),
+            tcp(proxy),
+        )
+        client = cast(HTTPClient, await self.connect(proxy, HTTPClient(), endpoint))
+        client.get(b"/headers", b"a")
+        await client.lost
+
+        def said() -> list[str]:
+            return [formatEvent(e) for e in self.events if "TLS with client" in e["log_format"]]
+
+        await until(said, "the refusal to be logged")
+        [line] = said()
+        self.assertIn("HTTP proxy: TLS with client 127.0.0.1:", line)
+        self.assertIn("the peer sent no client certificate", line)
+        self.assertNotIn("SSL routines", line)
+        self.assertEqual((router.heads, site.requests), ([], []))
+
     async def test_httpsUpstreamWithClientCertificate(self) -> None:
         """
         An HTTPS upstream (a kubelet stand-in) that requires a client
@@ -1214,11 +1255,22 @@ class ForwardingTests(ProxyTestCase):
             tcp(tlsPort),
         )
         bad = wrapClientTLS(optionsForClientTLS("127.0.0.1", trustRoot=trust), tcp(tlsPort))
+        stranger = wrapClientTLS(
+            optionsForClientTLS(
+                "127.0.0.1",
+                trustRoot=trustRootFromCertificates(serving.authority),  # not the tunnel's
+                clientCertificate=proxyClient.certificate,
+            ),
+            tcp(tlsPort),
+        )
         proxy = self.proxy(
             HostRouter(
                 {
                     b"good:10250": Route("good", good, description="kubelet with a cert"),
                     b"bad:10250": Route("bad", bad, description="kubelet without a cert"),
+                    b"stranger:10250": Route(
+                        "stranger", stranger, description="kubelet of another CA"
+                    ),
                 }
             )
         )
@@ -1227,11 +1279,19 @@ class ForwardingTests(ProxyTestCase):
         self.assertEqual((await client.response()).json()["method"], "GET")
         client.get(b"/lines", b"good:10250")
         self.assertEqual(len((await client.response()).body.splitlines()), 10)
-        other = await self.client(proxy)
-        other.get(b"/headers", b"bad:10250")
-        exchange = await other.response()
-        self.assertEqual(exchange.status, 502)
-        self.assertIn(b"kubelet without a cert closed the connection", exchange.body)
+        # each failure in words (tls.failures), not OpenSSL's tuples
+        for host, words in [
+            (b"bad:10250", [b"kubelet without a cert closed the connection",
+                            b"the peer requires a client certificate, and we sent none"]),
+            (b"stranger:10250", [b"we refused the peer's certificate", b"unknown CA",
+                                 pki.server.certificate.subject.rfc4514_string().encode()]),
+        ]:  # fmt: skip
+            other = await self.client(proxy)
+            other.get(b"/headers", host)
+            exchange = await other.response()
+            self.assertEqual(exchange.status, 502)
+            for word in [*words, b"docs/operations.md"]:
+                self.assertIn(word, exchange.body)
         self.assertEqual(len(site.requests), 1)
 
 

@@ -109,10 +109,11 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .._logthrottle import LogThrottle
 from .._text import printable
 from ..net.relay import Relay, RelayReaper, abortWhenSent, halfClose
 from ..net.sockets import noDelay
@@ -124,11 +125,13 @@ __all__ = [
     "HOP_BY_HOP_HEADERS",
     "HTTPProxyFactory",
     "HTTPProxyProtocol",
+    "Describer",
     "Limits",
     "RequestHead",
     "Route",
     "RouteRefused",
     "Router",
+    "describeNothing",
     "forwardedRequestHeaders",
     "forwardedResponseHeaders",
     "originForm",
@@ -303,6 +306,17 @@ ConnectionRouter = Callable[[IAddress], Union[Route, "Deferred[Route | None]", N
 #: error's text, C{500} if the router itself failed).  The engine knows
 #: nothing of tunnels: the proxy listeners tell it what their failures mean.
 Explainer = Callable[[BaseException | None], tuple[int, str] | None]
+
+
+#: Words for the error a connection ended with, given its transport (what
+#: the TLS under it recorded), or C{None} to say it as it is
+#: (L{twisted_tunnel.tls.failures.describeTransportFailure}).
+Describer = Callable[[BaseException | None, object], str | None]
+
+
+def describeNothing(error: BaseException | None, transport: object) -> str | None:
+    """The default L{Describer}: no words of its own."""
+    return None
 
 
 def explainNothing(error: BaseException | None) -> tuple[int, str] | None:
@@ -882,6 +896,8 @@ class HTTPProxyProtocol(Protocol):
             self._closeIfShut()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        if not reason.check(ConnectionDone):
+            self._reportFailure(reason)
         phase, self._phase = self._phase, _Phase.CLOSED
         self.connected = False
         self._cancelTimer()
@@ -1362,7 +1378,8 @@ class HTTPProxyProtocol(Protocol):
             return  # idle: a kept-alive upstream may close whenever it likes
         why = ""
         if reason is not None and not reason.check(ConnectionDone):
-            why = f": {_describe(reason.value)}"
+            words = self.factory.describeFailure(reason.value, upstream.transport)
+            why = f": {words if words is not None else _describe(reason.value)}"
         request = self._exchange.request
         assert request is not None
         if not self._exchange.responseStarted:
@@ -1720,6 +1737,23 @@ class HTTPProxyProtocol(Protocol):
         )
         self._abortClient()
 
+    def _reportFailure(self, reason: Failure) -> None:
+        """
+        Under TLS (the HTTPS listener): a client whose connection ended in a
+        failure the factory has words for (a certificate refused in the
+        handshake) is said to the operator, a few lines then a count.
+        """
+        factory = self.factory
+        words = factory.describeFailure(reason.value, self.transport)
+        if words is not None:
+            factory.failures.emit(
+                factory.log,
+                LogLevel.warn,
+                "HTTP proxy: TLS with client {peer} failed: {reason}",
+                peer=self._peer,
+                reason=words,
+            )
+
     def _refuse(self, status: int, reason: str) -> None:
         """
         Answer C{status} with C{reason}, log it as one line, and close the
@@ -1846,6 +1880,9 @@ class HTTPProxyFactory(Factory):
         deadlines of every relay (L{RelayReaper}); C{None}: no deadlines.
     @ivar explain: what the failures of routes and upstreams mean
         (L{Explainer}); L{RouteRefused} always means its own status.
+    @ivar describeFailure: words for what a connection (the client's, an
+        upstream's) ended with (L{Describer}): a failed TLS handshake, for
+        the C{502} body and the operator's line.
     """
 
     noisy = False
@@ -1859,13 +1896,17 @@ class HTTPProxyFactory(Factory):
         log: Logger | None = None,
         reaper: RelayReaper | None = None,
         explain: Explainer = explainNothing,
+        describeFailure: Describer = describeNothing,
     ) -> None:
         self.router = router
         self.explain = explain
+        self.describeFailure = describeFailure
         self.clock = clock
         self.limits = limits
         self.log = log if log is not None else Logger(namespace=__name__)
         self.reaper = reaper
+        #: a few lines, then a count, for clients failing TLS in a loop
+        self.failures = LogThrottle(clock)
 
     def routerFor(self, transport: ITransport) -> Router:
         """
