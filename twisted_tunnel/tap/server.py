@@ -708,8 +708,10 @@ class _ServerService(DaemonService):
     meta listener answers until the end (see L{DaemonService}).
     """
 
-    def __init__(self, server: TunnelServer, drainTimeout: float, logFormat: str) -> None:
-        super().__init__(PROGRAM, logFormat)
+    def __init__(
+        self, server: TunnelServer, drainTimeout: float, logFormat: str, logLevel: str = "info"
+    ) -> None:
+        super().__init__(PROGRAM, logFormat, logLevel)
         self.tunnelServer = server
         self.drainTimeout = drainTimeout
         self.checks += [self._listenersUp, self._notDraining]
@@ -761,7 +763,9 @@ def makeService(options: Options) -> IService:
         ),
         keepGone=options["keep-gone-nodes"],
     )
-    top = _ServerService(server, options["drain-timeout"], options["log-format"])
+    top = _ServerService(
+        server, options["drain-timeout"], options["log-format"], options["log-level"]
+    )
     if directory is not None:
         watchNodes(PROGRAM, options, reactor, top, directory)
     if options["agent-signer-ca-cert"]:
