@@ -695,11 +695,36 @@ class Reconnector:
 
     def _lost(self, _: None, tunnel: Tunnel) -> None:
         serverId = _serverId(tunnel)
+        goaway = tunnel.peerGoAway
+        if goaway is not None and goaway[0] == ErrorCode.REPLACED:
+            self._replacedByAnother(serverId, tunnel, goaway[1])
         if self.tunnels.get(serverId) is tunnel:
             del self.tunnels[serverId]
             self._remember(serverId, tunnel)
             self._duplicates = 0  # something changed: search at the normal pace again
             self._dialIfShort(self.retryPolicy(0), f"tunnel to server {serverId} lost")
+
+    def _replacedByAnother(self, serverId: str, tunnel: Tunnel, reason: str) -> None:
+        """
+        The server replaced C{tunnel} by a newer connection for our node.
+        Not one of ours: our HELLO lists the servers we hold, and a server
+        refuses (C{DUPLICATE}) a second tunnel from an agent that holds one
+        to it.  So another agent proves this node, and the two will replace
+        each other's tunnels, over and over: say so, and what to check.
+        (The server says it too: L{twisted_tunnel.server.flapping}.)
+        """
+        self.logThrottle.emit(
+            self.log,
+            LogLevel.warn,
+            "server {server_id} replaced our tunnel for node {node} with a newer connection "
+            "({reason}) that this agent did not make: another agent proves this node (one "
+            "certificate, or one --node-name, used on two machines?); each closes the "
+            "other's tunnel: give each machine its own",
+            key=serverId,
+            server_id=serverId or "(unnamed)",
+            node=tunnel.nodeName or "-",
+            reason=reason,
+        )
 
 
 def attemptResult(failure: Failure, goaway: tuple[int, str] | None) -> str:

@@ -393,7 +393,10 @@ def serverOptions(creds: Credentials) -> CertificateOptions:
 
 
 def _recordFailures(context: SSL.Context) -> None:
-    """Record why a peer's certificate is refused, for the log line (L{tls.failures})."""
+    """
+    Record why a peer's certificate is refused, for the log line
+    (L{twisted_tunnel.tls.failures}).
+    """
     from .failures import recordingContext
 
     recordingContext(context)
