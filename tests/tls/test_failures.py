@@ -8,6 +8,7 @@ leg, with real pyOpenSSL handshakes in memory (L{tests.tls.test_tls.connect}).
 from __future__ import annotations
 
 from OpenSSL import SSL
+from OpenSSL.crypto import X509
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.tls.test_tls import MemoryTLS, Side, anonymousClient, connect, pki
@@ -20,8 +21,14 @@ from tests.tls.test_upstream import (
     kubeletCA,
 )
 from twisted_tunnel.tls import agentOptions, proxyServingOptions, serverOptions
-from twisted_tunnel.tls.certs import mintServer
-from twisted_tunnel.tls.failures import DOCS, describeTLSFailure, verifyErrorString
+from twisted_tunnel.tls.certs import mintCA, mintServer
+from twisted_tunnel.tls.failures import (
+    DOCS,
+    describeTLSFailure,
+    recordedFailure,
+    recordVerifyFailure,
+    verifyErrorString,
+)
 
 
 def described(side: Side) -> str:
@@ -154,6 +161,20 @@ class WordsTests(SynchronousTestCase):
             self.assertIn(words, line)
             self.assertIn(DOCS, line)
             self.assertNotIn("[(", line)
+
+    def test_peersNamesArePrintableAndShort(self) -> None:
+        """
+        A subject is the peer's choice: a line break or an escape in it
+        never reaches a log line as it is (nor does a huge one: cut short).
+        """
+        hostile = mintCA("evil\n[server#info] agent edge-9 connected \x1b[2J")
+        connection = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+        recordVerifyFailure(connection, X509.from_cryptography(hostile.certificate), 0, error=20)
+        recorded = recordedFailure(connection)
+        assert recorded is not None
+        for text in (recorded.subject, recorded.issuer, recorded.describe()):
+            self.assertNotIn("\n", text)
+            self.assertNotIn("\x1b", text)
 
     def test_notTLS(self) -> None:
         self.assertIsNone(describeTLSFailure(ValueError("x")))

@@ -41,6 +41,8 @@ from OpenSSL.crypto import X509, X509StoreContext, X509StoreContextError
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from .._text import printable
+
 if TYPE_CHECKING:
     from .._logthrottle import LogThrottle
 
@@ -146,9 +148,13 @@ def verifyErrorString(error: int) -> str:
 
 
 def _name(certificate: X509, which: str) -> str:
+    """
+    A certificate's subject or issuer, as one short printable line: the
+    peer chose it, and it goes into log lines and answers.
+    """
     try:
         name = getattr(certificate.to_cryptography(), which)
-        return str(name.rfc4514_string()) or "(empty)"
+        return printable(str(name.rfc4514_string()), 200) or "(empty)"
     except Exception:  # an unreadable certificate is still a refused one
         return "(unreadable)"
 
@@ -233,7 +239,7 @@ def describeTLSFailure(
         )
         return (
             f"we refused the peer's certificate: {whose} does not name "
-            f"{_mismatched(error)}, the host or IP dialed; see {DOCS}"
+            f"{printable(_mismatched(error), 200)}, the host or IP dialed; see {DOCS}"
         )
     return None
 
@@ -279,7 +285,7 @@ def _reasons(error: SSL.Error) -> str:
                     parts.append(str(item))
         else:
             parts.append(str(arg))
-    return ", ".join(p for p in parts if p) or type(error).__name__
+    return printable(", ".join(p for p in parts if p), 300) or type(error).__name__
 
 
 def isTLSFailure(error: BaseException | None) -> bool:
