@@ -28,9 +28,11 @@ takes well under a millisecond, so it stays on the reactor thread.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import secrets
 import stat
+from collections.abc import Mapping, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -110,6 +112,43 @@ def readFile(path: str, limit: int = MAX_VOLUME_FILE_BYTES) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def filesDigest(paths: Sequence[str]) -> bytes:
+    """
+    A digest of the files' contents (each path once, in order), to tell
+    whether they changed since: certificate rotation compares it with the
+    digest of what the credentials in use were loaded from
+    (L{contentsDigest}).  A file that cannot be read counts by why
+    (missing, not a regular file, too large...), so a change of reason is
+    a change too.  Read with L{readFile}: never blocks, never past 1 MiB a
+    file.
+    """
+    entries = []
+    for path in dict.fromkeys(paths):
+        try:
+            entries.append(b"file\0" + readFile(path))
+        except OSError as e:
+            entries.append(f"unreadable\0{type(e).__name__}\0{e.errno}".encode())
+    return _digest(entries)
+
+
+def contentsDigest(contents: Mapping[str, bytes]) -> bytes:
+    """
+    L{filesDigest} of files whose contents were read already (path to
+    bytes, in the order of the paths given to L{filesDigest}): the digest
+    of exactly what was loaded, with no second read that a rotation could
+    slip between.
+    """
+    return _digest([b"file\0" + data for data in contents.values()])
+
+
+def _digest(entries: Sequence[bytes]) -> bytes:
+    digest = hashlib.sha256()
+    for entry in entries:
+        digest.update(len(entry).to_bytes(8, "big"))
+        digest.update(entry)
+    return digest.digest()
 
 
 __all__ = ["MAX_VOLUME_FILE_BYTES", "FileRefused", "describeLimit", "readFile"]

@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -296,6 +297,26 @@ class ReplicaTests(AgentBehindALoadBalancer):
         self.assertIs(self.registered("srv-1"), new.server)
         goaways = framesOfType(frames(old.clientTransport), wire.GoAway)
         self.assertEqual([g.code for g in goaways], [ErrorCode.REPLACED])
+
+    def test_replacedByAnotherAgent(self) -> None:
+        """
+        A second agent for the same node (one certificate on two machines)
+        replaces the first one's tunnel: the first agent says that another
+        agent proves its node, once (throttled), with what to check.  Its
+        own dials never draw that line (it lists the servers it holds).
+        """
+        first = self.startAgent()
+        self.holdAll(first)
+        second = self.startAgent()
+        with capturedLogs() as events:
+            pair = self.lb.routeTo(self.replicas["srv-1"])
+            self.lb.pumpAll()
+        self.assertIs(self.registered("srv-1"), pair.server)
+        self.assertEqual(second.servers(), ["srv-1"])
+        lines = [formatEvent(e) for e in events if "another agent proves" in e["log_format"]]
+        self.assertEqual(len(lines), 1, [formatEvent(e) for e in events])
+        self.assertIn(f"server srv-1 replaced our tunnel for node {NODE}", lines[0])
+        self.assertIn("one certificate, or one --node-name, used on two machines", lines[0])
 
     def test_drainingReplica(self) -> None:
         """

@@ -10,11 +10,13 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.protocol import Protocol
+from twisted.logger import capturedLogs, formatEvent
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from tests.pki import TestPKI
+from tests.realnet import waitUntil
 from twisted_tunnel.doors.connect import ConnectDoorFactory, refuseAgentCertificates
 from twisted_tunnel.server import TunnelServer
 from twisted_tunnel.tls import agentOptions, serverOptions
@@ -73,3 +75,24 @@ class ConnectDoorOverTLSTests(TestCase):
         answer = await self.ask(pki.client("kube-apiserver"))
         self.assertTrue(answer.startswith(b"HTTP/1.1 503 "), answer)
         self.assertIn(b"edge-1", answer)
+
+    async def test_clientOfAnotherCASaid(self) -> None:
+        """
+        A client whose certificate another CA signed is refused in the
+        handshake: the door says so in one line, whose certificate and which
+        check, not OpenSSL's tuples.
+        """
+        stranger = pki.foreignServer()
+        with capturedLogs() as events:
+            await self.ask(stranger)
+            await waitUntil(lambda: said(events), 10, "the door to say why it refused the client")
+        [line] = said(events)
+        self.assertIn("CONNECT door: TLS with client 127.0.0.1:", line)
+        self.assertIn("we refused the peer's certificate", line)
+        self.assertIn(stranger.certificate.subject.rfc4514_string(), line)
+        self.assertIn("unknown CA", line)
+
+
+def said(events: list[dict[str, object]]) -> list[str]:
+    """The door's lines about clients that failed TLS."""
+    return [formatEvent(e) for e in events if "TLS with client" in str(e.get("log_format"))]

@@ -86,6 +86,7 @@ EXAMPLE_RESTORE = """\
 :EDGE-TUNNEL - [0:0]
 :EDGE-TUNNEL-HTTPS - [0:0]
 :EDGE-TUNNEL-HTTP - [0:0]
+-A EDGE-TUNNEL -m addrtype --dst-type LOCAL -j RETURN
 -A EDGE-TUNNEL -p tcp -m tcp --dport 9100 -j EDGE-TUNNEL-HTTP
 -A EDGE-TUNNEL -p tcp -m tcp --dport 10250 -j EDGE-TUNNEL-HTTPS
 -A EDGE-TUNNEL -p tcp -m tcp --dport 10255 -j EDGE-TUNNEL-HTTP
@@ -112,6 +113,7 @@ EXAMPLE_SAVED = """\
 :KUBE-SERVICES - [0:0]
 -A OUTPUT -j EDGE-TUNNEL
 -A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A EDGE-TUNNEL -m addrtype --dst-type LOCAL -j RETURN
 -A EDGE-TUNNEL -p tcp -m tcp --dport 9100 -j EDGE-TUNNEL-HTTP
 -A EDGE-TUNNEL -p tcp -m tcp --dport 10250 -j EDGE-TUNNEL-HTTPS
 -A EDGE-TUNNEL -p tcp -m tcp --dport 10255 -j EDGE-TUNNEL-HTTP
@@ -184,7 +186,8 @@ class RenderingTests(SynchronousTestCase):
                 ("10.0.0.7", 22, "tcp"),
             },
         )
-        self.assertEqual(ruleset.ruleCount, 5 + 3)
+        # the dispatch by port, the nodes' rules, and the one for local addresses
+        self.assertEqual(ruleset.ruleCount, 5 + 3 + 1)
         self.assertIn(
             ("EDGE-TUNNEL-TCP", "-d 10.0.0.7/32 -p tcp -j DNAT --to-destination 127.0.0.1:10268"),
             ruleset.rules,
@@ -223,7 +226,7 @@ class RenderingTests(SynchronousTestCase):
         self.assertEqual(text.count("COMMIT"), 1)
         self.assertEqual(text.count("\n-A EDGE-TUNNEL-HTTPS "), 5000)
         self.assertEqual(text.count("\n-A EDGE-TUNNEL-HTTP "), 5000)
-        self.assertEqual(ruleset.ruleCount, 3 + 2 * 5000)
+        self.assertEqual(ruleset.ruleCount, 1 + 3 + 2 * 5000)
 
     def test_disconnectedNodeHasNoRule(self) -> None:
         """Only the connected nodes' IPs appear: another node's traffic is left alone."""
@@ -601,7 +604,7 @@ class ManagerTests(SynchronousTestCase):
             self.assertIn(f"-d 10.0.0.{n + 1}/32", text)
         self.assertEqual(len(self.clock.children), 4)
         self.assertEqual(self.clock.mostAtOnce, 1)
-        self.assertEqual(self.manager.ruleCount, 2 + 2 * 3)
+        self.assertEqual(self.manager.ruleCount, 1 + 2 + 2 * 3)
         self.assertEqual(self.manager.syncErrors, 0)
         self.assertEqual(self.manager.syncCount, 2)
         [periodic] = self.clock.getDelayedCalls()
@@ -632,7 +635,7 @@ class ManagerTests(SynchronousTestCase):
         self.only("iptables-save").finish(out=EXAMPLE_SAVED.encode())
         self.assertEqual(self.clock.running(), [])
         self.assertEqual(self.manager.restoreCount, 0)
-        self.assertEqual(self.manager.ruleCount, 7)
+        self.assertEqual(self.manager.ruleCount, 8)
         self.assertEqual(self.manager.lastSyncDuration, 0.0)
         self.stop(EXAMPLE_SAVED)
 
@@ -972,7 +975,7 @@ class LifecycleTests(NamespaceMixin, TestCase):
             table,
         )
         self.assertIsNone(restoreText(renderRules([NODE_B], config, LISTENERS), parseNat(table)))
-        self.assertEqual(manager.ruleCount, 4 + 3)
+        self.assertEqual(manager.ruleCount, 1 + 4 + 3)
         self.assertEqual(foreign(table), foreignNat)
 
         restores = manager.restoreCount

@@ -66,7 +66,10 @@ from twisted_tunnel.http.engine import (
     RouteRefused,
     forwardedRequestHeaders,
     forwardedResponseHeaders,
+    originForm,
 )
+from twisted_tunnel.tls import proxyServingOptions
+from twisted_tunnel.tls.failures import describeTransportFailure
 
 reactor: Any = _reactor
 
@@ -717,7 +720,15 @@ class ProxyTestCase(TestCase):
         explain: Explainer = proxyRefusal,
     ) -> int:
         """A proxy listening on loopback; it explains failures as the proxy listeners do."""
-        factory = factoryClass(router, reactor, limits=limits, log=self.log, explain=explain)
+        factory = factoryClass(
+            router,
+            reactor,
+            limits=limits,
+            log=self.log,
+            explain=explain,
+            # the words the proxy listeners give failed TLS handshakes
+            describeFailure=describeTransportFailure,
+        )
         self.proxies.append(factory)
         return self.listen(wrap(factory) if wrap is not None else factory)
 
@@ -1073,6 +1084,38 @@ class ForwardingTests(ProxyTestCase):
         self.assertEqual(site.requests, [(b"GET", b"/headers", b"127.0.0.1:10250")])
         self.assertIn(["host", "127.0.0.1:10250"], exchange.json()["headers"])
 
+    async def test_absoluteFormToOriginForm(self) -> None:
+        """
+        A request in absolute form goes upstream in origin form, with the
+        target's authority as its C{Host} (RFC 9112 section 3.2.2), the
+        received C{Host} dropped; a route's own C{hostHeader} still wins.
+        """
+        port, site = self.web()
+        proxy = self.proxy(
+            HostRouter(
+                {
+                    b"edge-1:9051": self.webRoute(port),
+                    b"10.0.0.7:10250": self.webRoute(
+                        port, key="edge-2", hostHeader=b"127.0.0.1:10250"
+                    ),
+                }
+            )
+        )
+        client = await self.client(proxy)
+        client.get(b"http://Edge-1:9051/headers?x=1", b"elsewhere")
+        exchange = await client.response()
+        self.assertEqual(exchange.json()["uri"], "/headers?x=1")
+        other = await self.client(proxy)
+        other.get(b"HTTP://10.0.0.7:10250/headers", b"10.0.0.7:10250")
+        await other.response()
+        self.assertEqual(
+            site.requests,
+            [
+                (b"GET", b"/headers?x=1", b"Edge-1:9051"),
+                (b"GET", b"/headers", b"127.0.0.1:10250"),
+            ],
+        )
+
     async def test_headAnd204(self) -> None:
         """HEAD and 204 answers have no body, and the connection goes on."""
         port, _ = self.web()
@@ -1154,6 +1197,37 @@ class ForwardingTests(ProxyTestCase):
         self.assertEqual((await client.response()).status, 200)
         await client.lost
 
+    async def test_tlsClientRefusedIsSaid(self) -> None:
+        """
+        Behind the HTTPS listener's TLS, a client refused in the handshake
+        (no certificate) gets one warning that says why in words, not
+        OpenSSL's tuples; nothing is routed.
+        """
+        pki = TestPKI()
+        port, site = self.web()
+        creds = pki.credentials(pki.server)
+        router = HostRouter({b"a": self.webRoute(port)})
+        proxy = self.proxy(
+            router, wrap=lambda f: TLSMemoryBIOFactory(proxyServingOptions(creds), False, f)
+        )
+        endpoint = wrapClientTLS(
+            optionsForClientTLS("127.0.0.1", trustRoot=trustRootFromCertificates(creds.authority)),
+            tcp(proxy),
+        )
+        client = cast(HTTPClient, await self.connect(proxy, HTTPClient(), endpoint))
+        client.get(b"/headers", b"a")
+        await client.lost
+
+        def said() -> list[str]:
+            return [formatEvent(e) for e in self.events if "TLS with client" in e["log_format"]]
+
+        await until(said, "the refusal to be logged")
+        [line] = said()
+        self.assertIn("HTTP proxy: TLS with client 127.0.0.1:", line)
+        self.assertIn("the peer sent no client certificate", line)
+        self.assertNotIn("SSL routines", line)
+        self.assertEqual((router.heads, site.requests), ([], []))
+
     async def test_httpsUpstreamWithClientCertificate(self) -> None:
         """
         An HTTPS upstream (a kubelet stand-in) that requires a client
@@ -1181,11 +1255,22 @@ class ForwardingTests(ProxyTestCase):
             tcp(tlsPort),
         )
         bad = wrapClientTLS(optionsForClientTLS("127.0.0.1", trustRoot=trust), tcp(tlsPort))
+        stranger = wrapClientTLS(
+            optionsForClientTLS(
+                "127.0.0.1",
+                trustRoot=trustRootFromCertificates(serving.authority),  # not the tunnel's
+                clientCertificate=proxyClient.certificate,
+            ),
+            tcp(tlsPort),
+        )
         proxy = self.proxy(
             HostRouter(
                 {
                     b"good:10250": Route("good", good, description="kubelet with a cert"),
                     b"bad:10250": Route("bad", bad, description="kubelet without a cert"),
+                    b"stranger:10250": Route(
+                        "stranger", stranger, description="kubelet of another CA"
+                    ),
                 }
             )
         )
@@ -1194,11 +1279,19 @@ class ForwardingTests(ProxyTestCase):
         self.assertEqual((await client.response()).json()["method"], "GET")
         client.get(b"/lines", b"good:10250")
         self.assertEqual(len((await client.response()).body.splitlines()), 10)
-        other = await self.client(proxy)
-        other.get(b"/headers", b"bad:10250")
-        exchange = await other.response()
-        self.assertEqual(exchange.status, 502)
-        self.assertIn(b"kubelet without a cert closed the connection", exchange.body)
+        # each failure in words (tls.failures), not OpenSSL's tuples
+        for host, words in [
+            (b"bad:10250", [b"kubelet without a cert closed the connection",
+                            b"the peer requires a client certificate, and we sent none"]),
+            (b"stranger:10250", [b"we refused the peer's certificate", b"unknown CA",
+                                 pki.server.certificate.subject.rfc4514_string().encode()]),
+        ]:  # fmt: skip
+            other = await self.client(proxy)
+            other.get(b"/headers", host)
+            exchange = await other.response()
+            self.assertEqual(exchange.status, 502)
+            for word in [*words, b"docs/operations.md"]:
+                self.assertIn(word, exchange.body)
         self.assertEqual(len(site.requests), 1)
 
 
@@ -1260,6 +1353,25 @@ class RequestStreamingTests(SynchronousTestCase):
             head(b"HTTP://10.0.0.7:10255/metrics", (b"host", b"other")).host(),
             b"10.0.0.7:10255",
         )
+
+    def test_originForm(self) -> None:
+        """
+        The absolute form becomes the origin form and names its authority
+        (without user information); every other form is left alone.
+        """
+        cases = {
+            b"http://edge-1:9051/": (b"/", b"edge-1:9051"),
+            b"http://edge-1:9051": (b"/", b"edge-1:9051"),
+            b"HTTPS://u:p@10.0.0.7:10250/pods?a=b/c": (b"/pods?a=b/c", b"10.0.0.7:10250"),
+            b"http://[fd00::7]:10255?q": (b"/?q", b"[fd00::7]:10255"),
+            b"http:///x": (b"/x", None),
+            b"/metrics": (b"/metrics", None),
+            b"*": (b"*", None),
+            b"10.0.0.7:10250": (b"10.0.0.7:10250", None),
+            b"ftp://a/b": (b"ftp://a/b", None),
+        }
+        for target, expected in cases.items():
+            self.assertEqual(originForm(target), expected, target)
 
     def test_interfaces(self) -> None:
         factory = HTTPProxyFactory(lambda h, p: succeed(None), reactor)  # type: ignore[arg-type]

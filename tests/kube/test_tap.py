@@ -14,6 +14,7 @@ import sys
 
 from twisted.application.service import MultiService
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -21,6 +22,7 @@ from tests.kube import unreachableKubeconfig
 from tests.pki import temporaryDirectory
 from twisted_tunnel.server.directory import NodeDirectory
 from twisted_tunnel.tap import _kubeapi
+from twisted_tunnel.tap.agent import PROGRAM as AGENT
 from twisted_tunnel.tap.server import PROGRAM, Options
 
 FILES = ["--ca", "ca.pem", "--cert", "cert.pem", "--key", "key.pem"]
@@ -186,3 +188,21 @@ class WatchNodesOptionTests(SynchronousTestCase):
         self.assertEqual(
             [service.name for service in top], [_kubeapi.CLIENT_SERVICE, "--watch-nodes"]
         )
+
+    def test_linesUnderTheDaemonsNamespace(self) -> None:
+        """
+        What this module logs for a daemon is logged under that daemon's
+        namespace: the server's lines under the server's, the agent's
+        (its CSR bootstrap) under the agent's.
+        """
+        path, _ = unreachableKubeconfig(self)
+        options = parse("--watch-nodes", "--kubeconfig", path)
+        top = MultiService()
+        with capturedLogs() as events:
+            _kubeapi.watchNodes(PROGRAM, options, Clock(), top, NodeDirectory())
+        self.addCleanup(_kubeapi.sharedClient(PROGRAM, options.kubeAccess(), Clock(), top).stop)
+        self.assertEqual(
+            [event["log_namespace"] for event in events], ["twisted_tunnel.tap.server"]
+        )
+        self.assertEqual(_kubeapi.logFor(AGENT).namespace, "twisted_tunnel.tap.agent")
+        self.assertEqual(_kubeapi.logFor(PROGRAM).namespace, "twisted_tunnel.tap.server")

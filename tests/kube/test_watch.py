@@ -10,6 +10,7 @@ own models.  Against the real kube-apiserver: L{tests.system.test_kube}.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,10 +24,12 @@ from twisted_tunnel.kube.watch import (
     BACKOFF,
     ENVELOPE_BYTES,
     MOVES,
+    IWatchListener,
     IWatchSource,
     IWatchStream,
     LineReader,
     Oversized,
+    Watch,
     WatchBounds,
     WatchLoop,
     WatchState,
@@ -133,6 +136,26 @@ class ScriptedSource:
     def watch(self, resourceVersion: str, timeoutSeconds: int) -> ScriptedStream:
         self.requests.append(("watch", resourceVersion))
         return self._next("watch")
+
+
+@implementer(IWatchListener)
+class Listener:
+    """Records what it hears."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[Any, ...]] = []
+
+    def listed(self, objects: Any, resourceVersion: str) -> None:
+        self.heard.append(("listed", objects, resourceVersion))
+
+    def changed(self, eventType: str, obj: Any) -> None:
+        self.heard.append(("changed", eventType, obj))
+
+    def refused(self, eventType: str, name: str | None, size: int) -> None:
+        self.heard.append(("refused", eventType, name, size))
+
+    def broken(self, reason: str, retryIn: float) -> None:
+        self.heard.append(("broken", reason, retryIn))
 
 
 class Gone(Exception):
@@ -375,6 +398,49 @@ class StopTests(LoopTestCase):
         self.assertTrue(stream.aborted)
         self.assertTrue(stream.closed)
         self.assertEqual(loop.state, WatchState.STOPPED)
+
+    def test_stopDoesNotWaitForAConnect(self) -> None:
+        """
+        A L{Watch} whose thread is blocked opening its first request (an
+        API that does not answer a connect) stops at once: its stop fires
+        without waiting for the thread, which ends when the request returns,
+        closes it and delivers nothing.
+        """
+        entered, release = threading.Event(), threading.Event()
+        source = ScriptedSource([])
+        stream = ScriptedStream([page([], "1")])
+
+        def listPage(token: str | None, limit: int, maxBytes: int) -> ScriptedStream:
+            entered.set()
+            release.wait(30)
+            return stream
+
+        source.listPage = listPage  # type: ignore[method-assign]
+        calls: list[tuple[Any, ...]] = []
+
+        class Reactor:
+            def callFromThread(self, function: Any, *args: Any) -> None:
+                calls.append((function, *args))
+
+        listener = Listener()
+        watch = Watch(Reactor(), source, listener, decode)
+        watch.startService()
+        self.addCleanup(release.set)
+        self.assertTrue(entered.wait(30), "the watch never opened its list")
+        ended = watch.stopService()
+        assert ended is not None
+        self.assertIsNone(self.successResultOf(ended))
+        release.set()
+        assert watch._thread is not None
+        watch._thread.join(30)
+        self.assertFalse(watch._thread.is_alive())
+        self.assertTrue(stream.aborted)
+        self.assertTrue(stream.closed)
+        # the thread's own end is heard, and changes nothing; nothing else is
+        self.assertEqual(len(calls), 1)
+        function, *args = calls[0]
+        function(*args)
+        self.assertEqual(listener.heard, [])
 
     def test_movesAreChecked(self) -> None:
         """Every state can stop; nothing leaves STOPPED."""

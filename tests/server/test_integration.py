@@ -814,6 +814,41 @@ class RefusalTests(TunnelTestCase):
             [logText(e) for e in agentEvents],
         )
 
+    async def test_handshakeFailuresInWords(self) -> None:
+        """
+        Over real sockets, both ends say whose certificate failed which
+        check, not OpenSSL's tuples (L{twisted_tunnel.tls.failures}).
+        """
+        events = self.captureLogs()
+        server, serverPort = self.startServer()
+        stranger = pki.foreignAgent("edge-1")
+        agent = self.startAgent(serverPort, "edge-1", credentials=pki.credentials(stranger))
+        await self.refusedAttempt(agent)
+        subject = stranger.certificate.subject.rfc4514_string()
+
+        def lines(namespace: str, *words: str) -> list[str]:
+            return [
+                logText(e)
+                for e in events
+                if e.get("log_namespace", "").startswith(namespace)
+                and all(word in logText(e) for word in words)
+            ]
+
+        await waitUntil(
+            lambda: lines("twisted_tunnel.server", "we refused the peer's certificate"),
+            5.0,
+            "the server's line",
+        )
+        [line] = lines("twisted_tunnel.server", "we refused the peer's certificate")
+        self.assertIn(subject, line)
+        self.assertIn("unknown CA", line)
+        self.assertIn("docs/operations.md", line)
+        self.assertNotIn("SSL routines", line)
+        self.assertTrue(
+            lines("twisted_tunnel.agent", "the peer does not trust the CA", "docs/operations.md"),
+            lines("twisted_tunnel.agent"),
+        )
+
 
 class _PlainClient(Protocol):
     def __init__(self) -> None:

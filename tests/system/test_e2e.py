@@ -617,3 +617,80 @@ class TransparentInterceptionEndToEndTests(SynchronousTestCase):
         saved = self.world.nat()
         self.assertEqual(ours(saved), [], f"{saved}\n{second.log()}")
         self.assertForeignRulesIntact(saved)
+
+
+class SameHostWorld(World):
+    """
+    The e2e world with edge 1 on the server's host: its node IP on the
+    cloud namespace's own interface, its kubelet stand-in and its agent in
+    the cloud namespace with the server (C{--iptables}).
+    """
+
+    def _network(self) -> None:
+        super()._network()
+        first = self.edges[0]
+        self.cloud.addDummy(f"{first.nodeIP}/32")
+        self.edges[0] = Edge(
+            first.index, first.name, first.nodeIP, self.cloud, first.agentCredentials
+        )
+
+
+class SameHostEndToEndTests(SynchronousTestCase):
+    """
+    Server and agent in one network namespace, the server DNATing the
+    connected nodes' ports (C{--iptables}): the agent's own dial to its
+    kubelet (the node IP, an address of the namespace) is not DNATed back
+    into the server, which sent it to the agent again, stream after stream
+    (one request became over a thousand streams, until the agent refused
+    them).  A node elsewhere is DNATed as always.
+    """
+
+    def setUp(self) -> None:
+        requireNetns(self, *COMMANDS, "iptables-save", "iptables-restore", "conntrack")
+        self.world = SameHostWorld(self, serverArguments=["--iptables"])
+        self.world.build()
+        self.local, self.remote = self.world.edges
+        self.world.waitForNat(
+            lambda saved: bool(dnatLines(saved, self.remote.nodeIP)), "the remote node's rules"
+        )
+
+    def assertAnswer(self, result: CurlResult, node: str) -> None:
+        message = f"{result.describe()}\n{self.world.logs()}\n{self.world.nat()}"
+        self.assertEqual((result.exitCode, result.status), (0, 200), message)
+        self.assertEqual(result.headers.get("x-node"), node, message)
+
+    def test_noLoopThroughTheListener(self) -> None:
+        """
+        A request for the local node, on a port the agent dials at the
+        node's IP (not a localhost port: those it dials on 127.0.0.1, which
+        no rule matches), through the HTTP proxy listener: it goes through
+        the tunnel once, and the agent's dial reaches the kubelet.
+        """
+        assert self.world.server is not None
+        self.world.applyConfig({"http-proxy-ports": "9051, 10267"})
+        self.world.waitForNat(
+            lambda saved: any("--dport 9051" in line for line in ours(saved)),
+            "a rule for port 9051",
+        )
+        mark = self.world.server.mark()
+        result = self.world.curl(*viaHTTPListener(self.local, 9051, "/"))
+        self.assertAnswer(result, self.local.name)
+        self.assertEqual(result.headers["x-served-on"], f"{self.local.nodeIP}:9051")
+        agent = self.world.agents[self.local.name]
+        self.assertEqual(agent.count("refusing new streams"), 0, agent.log())
+        refusals = self.world.server.count(r"accepts \d+ streams| 50[234] ", mark)
+        self.assertEqual(refusals, 0, self.world.logs())
+
+    def test_localAddressNotDNATed(self) -> None:
+        """
+        Straight to the local node's address: answered by its kubelet,
+        directly (the rules let local addresses pass); the remote node is
+        DNATed to the listener and answered through its tunnel.
+        """
+        self.assertIn("-m addrtype --dst-type LOCAL -j RETURN", self.world.nat())
+        self.assertAnswer(
+            self.world.curl(f"http://{self.local.nodeIP}:10255/healthz"), self.local.name
+        )
+        self.assertAnswer(
+            self.world.curl(f"http://{self.remote.nodeIP}:10255/healthz"), self.remote.name
+        )

@@ -16,7 +16,8 @@ from typing import Any
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.utils import getProcessOutputAndValue
 
 from tests.metrics.test_metrics import Samples, parseSamples
@@ -152,6 +153,44 @@ class MetaListenerTests(TunnelProcessesTestCase):
         self.assertEqual(code, 2)
         self.assertIn("cannot reach", err)
         self.assertEqual(err.count("\n"), 1, err)
+
+
+class LogLevelTests(TunnelProcessesTestCase):
+    async def healthCheck(self, server: Daemon) -> None:
+        """
+        A TCP connection to the agent port that closes without a word (a
+        load balancer's health check: a debug line), until it is counted.
+        """
+        tunnelPort = int((await server.waitForLine(rb"\(TLS\) starting on (\d+)")).group(1))
+        probe = Protocol()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", tunnelPort), probe)
+        assert probe.transport is not None
+        probe.transport.loseConnection()
+        serverMeta = await metaPort(server)
+
+        async def counted() -> float:
+            samples = await metrics(serverMeta)
+            name = "edge_tunnel_server_tls_handshake_failures_total"
+            return sample(samples, name, reason="connection_closed")
+
+        deadline = reactor.seconds() + 10
+        while await counted() < 1:
+            self.assertLess(reactor.seconds(), deadline, "the health check was never counted")
+
+    async def test_debugOnlyWhenAskedFor(self) -> None:
+        """
+        C{--log-level debug} writes debug lines (a health check's); by
+        default (info) the same health check writes none, on either daemon.
+        """
+        debug = b"#debug]"
+        _, server, agent, _ = await self.startTunnel("--log-level", "debug")
+        await self.healthCheck(server)
+        await server.waitForLine(rb"#debug\] refused agent connection from")
+        _, server, agent, _ = await self.startTunnel()
+        await self.healthCheck(server)
+        for daemon in (server, agent):
+            self.assertEqual([line for line in daemon.lines if debug in line], [], daemon.name)
+            self.assertTrue(any(b"#info]" in line for line in daemon.lines), daemon.name)
 
 
 class JSONLogTests(TunnelProcessesTestCase):

@@ -125,6 +125,41 @@ class ServerOptionTests(SynchronousTestCase):
         self.assertIn("is not in the CA bundle agents are checked against", refused[0]["reason"])
         self.assertEqual(approver.authority.certificate.subject, nextSigner.certificate.subject)
 
+    def test_agentBundleRotation(self) -> None:
+        """
+        The signer is checked against the agents' bundle as it is now: a
+        CA added to it by a rotation can sign once the signer's files turn
+        to it; a rotation of the bundle that drops the CA in force (every
+        agent it signed would be refused) is refused with one line, and
+        the bundle in force stays.
+        """
+        top: Any = tapserver.makeService(
+            self.options(
+                *self.signerArgs, "--agent-ca", self.bundle, "--kubeconfig", self.kubeconfig
+            )
+        )
+        approver = top.getServiceNamed("--agent-signer-ca-cert").listener
+        signerWatcher = top.getServiceNamed("tls:--agent-signer-ca-cert")
+        bundleWatcher = top.getServiceNamed("tls:--cert")
+        server = top.tunnelServer
+        nextSigner = mintCA("agent signer, next")
+        with open(self.bundle, "ab") as f:
+            f.write(nextSigner.certificatePEM())
+        self.assertTrue(bundleWatcher.poll())
+        self.assertEqual(len(server.credentials.authority), 3)
+        writePair(nextSigner, self.signerArgs[1], self.signerArgs[3])
+        self.assertTrue(signerWatcher.poll())
+        self.assertEqual(approver.authority.certificate.subject, nextSigner.certificate.subject)
+        with open(self.bundle, "wb") as f:
+            f.write(pki.ca.certificatePEM() + self.signer.certificatePEM())
+        with capturedLogs() as events:
+            self.assertFalse(bundleWatcher.poll())
+        refused = [e for e in events if "rotation refused" in e["log_format"]]
+        self.assertEqual(len(refused), 1, events)
+        self.assertIn("the new bundle lacks", refused[0]["reason"])
+        self.assertIn("--agent-ca", refused[0]["reason"])
+        self.assertEqual(len(server.credentials.authority), 3)
+
 
 class AgentOptionTests(SynchronousTestCase):
     def parse(self, *arguments: str) -> tapagent.Options:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import json
 import os
 import subprocess
 import sys
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IServiceMaker, MultiService
+from twisted.application.service import Application, IServiceMaker, MultiService
 from twisted.internet.endpoints import (
     TCP4ServerEndpoint,
     TCP6ServerEndpoint,
@@ -26,7 +27,14 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
-from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    Logger,
+    LogLevel,
+    capturedLogs,
+    formatEvent,
+)
 from twisted.plugin import getPlugins
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.usage import UsageError
@@ -43,6 +51,7 @@ from twisted_tunnel.host.iptables import IptablesManager, checkAvailable
 from twisted_tunnel.server import TunnelServer
 from twisted_tunnel.tap import agent as tapagent
 from twisted_tunnel.tap import server as tapserver
+from twisted_tunnel.tap._common import DaemonService, daemonLogObserver
 from twisted_tunnel.tls import Credentials
 from twisted_tunnel.tls.rotation import CredentialsWatcher
 
@@ -171,6 +180,50 @@ class ServerOptionsTests(SynchronousTestCase):
         self.parse("--stream-window", str(2**31 - 1), "--max-streams", str(2**31 - 1))
         self.assertUsageError([*self.credentials, "--stream-window", str(2**31)])
         self.assertUsageError([*self.credentials, "--max-streams", str(2**31)])
+
+
+class LogLevelTests(SynchronousTestCase):
+    """C{--log-level}: info by default, debug only when asked for."""
+
+    def written(self, logFormat: str, level: str) -> str:
+        out = io.StringIO()
+        log = Logger(observer=daemonLogObserver(logFormat, level, out), namespace="t")
+        log.debug("per stream {n}", n=1)
+        log.info("agent {n} connected", n=2)
+        log.warn("refused {n}", n=3)
+        return out.getvalue()
+
+    def test_infoByDefault(self) -> None:
+        self.assertEqual(ServerOptionsTests().parse()["log-level"], "info")
+        agent = AgentOptionsTests()
+        self.assertEqual(agent.parse("--server", "s:1")["log-level"], "info")
+        debug = agent.parse("--server", "s:1", "--log-level", "debug")
+        self.assertEqual(debug["log-level"], "debug")
+        written = self.written("text", "info")
+        self.assertNotIn("per stream", written)
+        self.assertIn("[t#info] agent 2 connected", written)
+        self.assertIn("[t#warn] refused 3", written)
+
+    def test_chosen(self) -> None:
+        self.assertIn("per stream 1", self.written("text", "debug"))
+        self.assertEqual(self.written("text", "warn").count("\n"), 1)
+        lines = self.written("json", "info").splitlines()
+        self.assertEqual(
+            [json.loads(line)["text"] for line in lines], ["agent 2 connected", "refused 3"]
+        )
+
+    def test_refused(self) -> None:
+        ServerOptionsTests().assertUsageError(
+            [*ServerOptionsTests.credentials, "--log-level", "verbose"],
+            "'verbose' is not one of debug, info, warn, error",
+        )
+
+    def test_theApplicationsObserver(self) -> None:
+        """Both daemons give twistd their observer (twistd's own writes every level)."""
+        application = Application("edge-tunnel")
+        DaemonService("edge-tunnel-agent", "text", "warn").setServiceParent(application)
+        observer = application.getComponent(ILogObserver)
+        self.assertIsInstance(observer, FilteringLogObserver)
 
 
 class ConnectDoorIsLocalTests(SynchronousTestCase):

@@ -130,6 +130,28 @@ class CredentialsWatcherTests(SynchronousTestCase):
         self.rotation.pollLogged()
         self.assertEqual(len(self.rotation.changes), 1)
 
+    def test_rotationBeforeTheWatcherIsSeen(self) -> None:
+        """
+        Files replaced after the credentials in use were loaded but before
+        their watcher was made (the rest of C{makeService}; an agent's
+        watcher is made at C{startService}) are a change: the digest is
+        the one taken when they were loaded, not when the watcher was made.
+        """
+        loaded = self.rotation.paths.load()
+        self.assertIsNotNone(loaded.filesDigest)
+        rotated = pki.serverFor("localhost", "127.0.0.1", "early.example")
+        self.rotation.replaceWith(rotated)
+        changes: list[Credentials] = []
+        watcher = watchCredentials(loaded, changes.append, self.rotation.clock, INTERVAL)
+        assert watcher is not None
+        self.assertTrue(watcher.poll())
+        [credentials] = changes
+        self.assertEqual(
+            credentials.certificate.original.to_cryptography().serial_number,
+            rotated.certificate.serial_number,
+        )
+        self.assertFalse(watcher.poll())
+
     def test_notFromFiles(self) -> None:
         """In-memory credentials (no paths) and an interval of 0 watch nothing."""
         self.assertIsNone(watchCredentials(pki.credentials(pki.server), print, Clock()))

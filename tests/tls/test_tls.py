@@ -68,9 +68,12 @@ class Peer(Protocol):
         self.lostReason: Failure | None = None
         self.handshakeDone: Deferred[None] = Deferred()
         self.lost: Deferred[None] = Deferred()
+        # kept past the end, for the description of a failure (tls.failures)
+        self.tlsConnection: SSL.Connection | None = None
 
     def connectionMade(self) -> None:
         self.identityAtConnect = peerIdentity(self.transport)
+        self.tlsConnection = self.transport.getHandle()  # type: ignore[union-attr]
 
     def handshakeCompleted(self) -> None:
         self.handshakes += 1

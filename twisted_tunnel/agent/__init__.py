@@ -88,6 +88,7 @@ from ..net.relay import (
     relayEnds,
 )
 from ..tls import Credentials, agentOptions, loadCredentials
+from ..tls.failures import describeTLSFailure, handleOf
 from ..tls.kubelet import keepingNode
 from ..tls.rotation import CredentialsWatcher, watchCredentials
 from ..wire import ErrorCode, OpenFailReason
@@ -635,13 +636,14 @@ class Reconnector:
             return
         goaway = attempted.peerGoAway if attempted is not None else None
         self.report(attemptResult(failure, goaway))
+        why = goaway[1] if goaway is not None else _attemptFailure(failure, attempted)
         if not self._short:
             # a check that no server was missed: none was (or no answer)
             self.log.debug(
                 "holding {held} of {wanted} servers, none missed: {reason}",
                 held=self.held,
                 wanted=self.wanted,
-                reason=goaway[1] if goaway is not None else failure.getErrorMessage(),
+                reason=why,
             )
             self._verifyLater()
             return
@@ -675,7 +677,7 @@ class Reconnector:
                 "no tunnel to {server}: {reason}; retrying in {delay:.1f}s "
                 "({held} of {wanted} servers held)",
                 server=self.describe,
-                reason=goaway[1] if goaway is not None else failure.getErrorMessage(),
+                reason=why,
                 delay=delay,
                 failures=self.failures,
                 held=self.held,
@@ -693,11 +695,36 @@ class Reconnector:
 
     def _lost(self, _: None, tunnel: Tunnel) -> None:
         serverId = _serverId(tunnel)
+        goaway = tunnel.peerGoAway
+        if goaway is not None and goaway[0] == ErrorCode.REPLACED:
+            self._replacedByAnother(serverId, tunnel, goaway[1])
         if self.tunnels.get(serverId) is tunnel:
             del self.tunnels[serverId]
             self._remember(serverId, tunnel)
             self._duplicates = 0  # something changed: search at the normal pace again
             self._dialIfShort(self.retryPolicy(0), f"tunnel to server {serverId} lost")
+
+    def _replacedByAnother(self, serverId: str, tunnel: Tunnel, reason: str) -> None:
+        """
+        The server replaced C{tunnel} by a newer connection for our node.
+        Not one of ours: our HELLO lists the servers we hold, and a server
+        refuses (C{DUPLICATE}) a second tunnel from an agent that holds one
+        to it.  So another agent proves this node, and the two will replace
+        each other's tunnels, over and over: say so, and what to check.
+        (The server says it too: L{twisted_tunnel.server.flapping}.)
+        """
+        self.logThrottle.emit(
+            self.log,
+            LogLevel.warn,
+            "server {server_id} replaced our tunnel for node {node} with a newer connection "
+            "({reason}) that this agent did not make: another agent proves this node (one "
+            "certificate, or one --node-name, used on two machines?); each closes the "
+            "other's tunnel: give each machine its own",
+            key=serverId,
+            server_id=serverId or "(unnamed)",
+            node=tunnel.nodeName or "-",
+            reason=reason,
+        )
 
 
 def attemptResult(failure: Failure, goaway: tuple[int, str] | None) -> str:
@@ -715,6 +742,19 @@ def attemptResult(failure: Failure, goaway: tuple[int, str] | None) -> str:
     if failure.check(DNSLookupError):
         return "dns"
     return handshakeFailureReason(failure.getErrorMessage())
+
+
+def _attemptFailure(failure: Failure, attempted: Tunnel | None) -> str:
+    """
+    Why an attempt failed, in one line: a failed TLS handshake in words
+    (whose certificate, which check: L{describeTLSFailure}), else the error.
+    """
+    transport = attempted.transport if attempted is not None else None
+    # the tunnel's "lost before it was up" names the error that ended it as its cause
+    error = failure.value
+    error = (error.__cause__ if error is not None else None) or error
+    described = describeTLSFailure(error, handleOf(transport))
+    return described if described is not None else failure.getErrorMessage()
 
 
 def _checkServerHello(info: dict[str, Any]) -> None:

@@ -45,6 +45,7 @@ import enum
 import ipaddress
 import re
 from collections.abc import Callable, Sequence
+from functools import cached_property
 from http import HTTPStatus
 from typing import Any
 
@@ -63,6 +64,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .._logthrottle import LogThrottle
 from .._text import printable
 from ..errors import NodeNotConnected, StreamOpenFailed
 from ..http import h1
@@ -73,6 +75,7 @@ from ..net.sockets import noDelay
 from ..net.transports import addressLabel, pushProducer
 from ..server import TunnelServer
 from ..tls import peerIdentity, refuseNodeIdentity
+from ..tls.failures import logClientTLSFailure
 from ..wire import OpenFailReason
 from .refusals import connectRefusal
 
@@ -291,12 +294,21 @@ class ConnectProtocol(RelayProtocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self._reportTLSFailure(reason)
         state, self._state = self._state, _State.CLOSED
         self._cancelTimer()
         if state is _State.OPENING:
             self._abandon()
         elif state is _State.RELAYING:
             super().connectionLost(reason)
+
+    def _reportTLSFailure(self, reason: Failure) -> None:
+        """Over the door's TLS: a client refused in the handshake, said in words."""
+        if not reason.check(ConnectionDone):
+            door = self.door
+            logClientTLSFailure(
+                door.tlsFailures, door.log, "CONNECT door", self._peer, self.transport, reason
+            )
 
     # -- the request head ----------------------------------------------------
 
@@ -576,6 +588,11 @@ class ConnectDoorFactory(Factory):
     @property
     def clock(self) -> IReactorTime:
         return self.server.clock
+
+    @cached_property
+    def tlsFailures(self) -> LogThrottle:
+        """A few lines, then a count, for clients failing TLS in a loop."""
+        return LogThrottle(self.clock)
 
     def buildProtocol(self, addr: Any) -> ConnectProtocol:
         protocol = ConnectProtocol(self)

@@ -63,6 +63,7 @@ from ..mux import IEarlyStreamFactory
 from ..net.addresses import HostPortError, splitHostPort
 from ..net.origdst import originalDestination
 from ..server import TunnelServer
+from ..tls.failures import describeTransportFailure
 from ..tls.upstream import IDestinationTLS
 from .forward import OpeningRelay
 from .refusals import proxyRefusal
@@ -412,6 +413,7 @@ class ProxyListenerFactory(HTTPProxyFactory):
         # the CONNECT door's, held to the same deadlines
         kw.setdefault("reaper", router.server.relayReaper)
         kw.setdefault("explain", proxyRefusal)
+        kw.setdefault("describeFailure", describeTransportFailure)
         super().__init__(None, clock, **kw)  # a router per connection: routerFor
         self.proxyRouter = router
 

@@ -30,13 +30,15 @@ The chains (see C{docs/iptables.md} for a full example)::
     -A OUTPUT -j EDGE-TUNNEL
     -A PREROUTING -j EDGE-TUNNEL-FROM            (optionally, restricted:)
     -A EDGE-TUNNEL-FROM -s 10.20.0.0/16 -i eth1 -j EDGE-TUNNEL
+    -A EDGE-TUNNEL -m addrtype --dst-type LOCAL -j RETURN
     -A EDGE-TUNNEL -p tcp -m tcp --dport 10250 -j EDGE-TUNNEL-HTTPS
     -A EDGE-TUNNEL -p tcp -m tcp --dport 10255 -j EDGE-TUNNEL-HTTP
     -A EDGE-TUNNEL-HTTPS -d 10.0.0.7/32 -p tcp -j DNAT --to-destination 127.0.0.1:10263
     -A EDGE-TUNNEL-HTTP -d 10.0.0.7/32 -p tcp -j DNAT --to-destination 127.0.0.1:10264
 
 The top chain dispatches by port, one rule per forwarded port, to one chain
-per listener, which holds one rule per connected node IP: ports + nodes x
+per listener, which holds one rule per connected node IP (a connection to
+an address of the server's own host is never DNATed: L{LOCAL_RETURN}): ports + nodes x
 listeners rules rather than ports x nodes, and a new connection to a port we
 do not forward leaves after a handful of rules however many nodes there are.
 (The C{nat} table only sees the first packet of each connection.)
@@ -92,6 +94,7 @@ __all__ = [
     "IptablesError",
     "IptablesManager",
     "LISTENER_KINDS",
+    "LOCAL_RETURN",
     "ListenerAddress",
     "NatState",
     "Ruleset",
@@ -115,6 +118,16 @@ LISTENER_KINDS = tuple(Listener)
 #: The built-in chains we hook; a jump to our chains from any other chain
 #: is left alone while syncing (removed only on stop, to delete the chains).
 HOOKS = ("PREROUTING", "OUTPUT")
+
+#: The first rule of our top chain: a connection to an address of this
+#: host (of its network namespace) is never DNATed.  When an agent runs
+#: where the server does (one host, one netns: a node that is also the
+#: server's), its node IP is local, and its own dial to the node's kubelet
+#: (node IP:10250) would be DNATed back into the server, which would send it
+#: to the agent again: one request became a thousand streams, until the
+#: agent's stream limit refused them.  A local address needs no tunnel: its
+#: clients reach it directly, as they would without us.
+LOCAL_RETURN = "-m addrtype --dst-type LOCAL -j RETURN"
 
 #: iptables refuses longer chain names (XT_EXTENSION_MAXNAMELEN - 1).
 _MAX_CHAIN_NAME = 28
@@ -463,6 +476,9 @@ def renderRules(
         nodeRules.extend((sub, f"-d {ip}/32 -p tcp {target}") for ip in nodes)
         targets.update((ip, port, kind) for ip in nodes for port in ports)
     rules = [(chain, f"-p tcp -m tcp --dport {port} -j {sub}") for port, sub in sorted(dispatch)]
+    if rules:
+        # first: never a connection to an address of this host (see LOCAL_RETURN)
+        rules.insert(0, (chain, LOCAL_RETURN))
     if prerouting:
         chains.append(_fromChain(chain))
     return Ruleset(

@@ -58,6 +58,12 @@ What "HTTP done right" means here:
    first and half-closes passed on; any other answer is passed back as it
    is and HTTP goes on.
 
+ - B{Origin form upstream}: a request in absolute form (C{GET
+   http://edge-1:9051/ HTTP/1.1}, from a client that takes the listener
+   for a forward proxy) goes upstream as C{GET / HTTP/1.1}, with the
+   target's authority as its C{Host} (RFC 9112 section 3.2.2), unless the
+   route rewrites C{Host} itself; L{originForm}.
+
  - B{Hop-by-hop headers} are removed in both directions (RFC 9110
    section 7.6.1): C{Connection} and every header it names, C{Keep-Alive},
    C{Proxy-Connection}, C{TE}, C{Trailer}, C{Transfer-Encoding}, C{Upgrade}
@@ -103,10 +109,11 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .._logthrottle import LogThrottle
 from .._text import printable
 from ..net.relay import Relay, RelayReaper, abortWhenSent, halfClose
 from ..net.sockets import noDelay
@@ -118,13 +125,16 @@ __all__ = [
     "HOP_BY_HOP_HEADERS",
     "HTTPProxyFactory",
     "HTTPProxyProtocol",
+    "Describer",
     "Limits",
     "RequestHead",
     "Route",
     "RouteRefused",
     "Router",
+    "describeNothing",
     "forwardedRequestHeaders",
     "forwardedResponseHeaders",
+    "originForm",
 ]
 
 #: Headers that belong to one connection, never forwarded as they are
@@ -179,12 +189,9 @@ class RequestHead:
         header; C{None} when there is neither (an HTTP/1.0 request may have
         no C{Host}).
         """
-        lowered = self.target.lower()
-        for scheme in (b"http://", b"https://"):
-            if lowered.startswith(scheme):
-                rest = lowered[len(scheme) :]
-                authority = rest.split(b"/", 1)[0].split(b"?", 1)[0]
-                return authority.rsplit(b"@", 1)[-1].strip() or None
+        _, authority = originForm(self.target)
+        if authority is not None:
+            return authority.lower()
         value = self.header(b"host")
         return value.strip().lower() if value is not None else None
 
@@ -194,6 +201,40 @@ class RequestHead:
             if key == name:
                 return value
         return None
+
+
+def originForm(target: bytes) -> tuple[bytes, bytes | None]:
+    """
+    A request target as an origin server expects it, and the authority it
+    named, if any.
+
+    A client that takes the proxy listener for a forward proxy sends the
+    absolute form (C{GET http://edge-1:9051/metrics HTTP/1.1}); kubelets
+    and most origin servers answer that with C{404}.  RFC 9112 section 3.2
+    wants the origin form (C{GET /metrics}) towards an origin, and section
+    3.2.2 the target's authority (without user information) as the C{Host}
+    in place of the one received.  Any other form (origin, C{*},
+    authority) is given back as it is, with no authority.
+
+    @param target: the request target as received.
+    @return: C{(target, authority)}: C{b"/metrics", b"edge-1:9051"} for the
+        example above; the path is C{/} when the absolute form had none.
+    """
+    lowered = target[:8].lower()
+    for scheme in (b"http://", b"https://"):
+        if lowered.startswith(scheme):
+            rest = target[len(scheme) :]
+            end = len(rest)
+            for delimiter in (b"/", b"?"):
+                found = rest.find(delimiter)
+                if found != -1:
+                    end = min(end, found)
+            authority = rest[:end].rsplit(b"@", 1)[-1].strip()
+            path = rest[end:]
+            if not path.startswith(b"/"):
+                path = b"/" + path
+            return path, authority or None
+    return target, None
 
 
 @frozen
@@ -265,6 +306,17 @@ ConnectionRouter = Callable[[IAddress], Union[Route, "Deferred[Route | None]", N
 #: error's text, C{500} if the router itself failed).  The engine knows
 #: nothing of tunnels: the proxy listeners tell it what their failures mean.
 Explainer = Callable[[BaseException | None], tuple[int, str] | None]
+
+
+#: Words for the error a connection ended with, given its transport (what
+#: the TLS under it recorded), or C{None} to say it as it is
+#: (L{twisted_tunnel.tls.failures.describeTransportFailure}).
+Describer = Callable[[BaseException | None, object], str | None]
+
+
+def describeNothing(error: BaseException | None, transport: object) -> str | None:
+    """The default L{Describer}: no words of its own."""
+    return None
 
 
 def explainNothing(error: BaseException | None) -> tuple[int, str] | None:
@@ -844,6 +896,8 @@ class HTTPProxyProtocol(Protocol):
             self._closeIfShut()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        if not reason.check(ConnectionDone):
+            self._reportFailure(reason)
         phase, self._phase = self._phase, _Phase.CLOSED
         self.connected = False
         self._cancelTimer()
@@ -1219,15 +1273,14 @@ class HTTPProxyProtocol(Protocol):
         """Send the head of the request in flight upstream, then its body as it comes."""
         request, route, upstream = self._exchange.request, self._route, self._upstream
         assert request is not None and route is not None and upstream is not None
+        target, authority = originForm(request.target)
         headers = forwardedRequestHeaders(
             request.headers.raw_items(),
-            hostHeader=route.hostHeader,
+            hostHeader=route.hostHeader if route.hostHeader is not None else authority,
             defaultHost=_hostOf(upstream.transport),
         )
         try:
-            upstream.send(
-                h1.Request(method=request.method, target=request.target, headers=headers)
-            )
+            upstream.send(h1.Request(method=request.method, target=target, headers=headers))
         except h1.LocalProtocolError as e:
             self._refuse(HTTPStatus.BAD_REQUEST, f"cannot forward this request: {e}")
             return
@@ -1325,7 +1378,8 @@ class HTTPProxyProtocol(Protocol):
             return  # idle: a kept-alive upstream may close whenever it likes
         why = ""
         if reason is not None and not reason.check(ConnectionDone):
-            why = f": {_describe(reason.value)}"
+            words = self.factory.describeFailure(reason.value, upstream.transport)
+            why = f": {words if words is not None else _describe(reason.value)}"
         request = self._exchange.request
         assert request is not None
         if not self._exchange.responseStarted:
@@ -1683,6 +1737,23 @@ class HTTPProxyProtocol(Protocol):
         )
         self._abortClient()
 
+    def _reportFailure(self, reason: Failure) -> None:
+        """
+        Under TLS (the HTTPS listener): a client whose connection ended in a
+        failure the factory has words for (a certificate refused in the
+        handshake) is said to the operator, a few lines then a count.
+        """
+        factory = self.factory
+        words = factory.describeFailure(reason.value, self.transport)
+        if words is not None:
+            factory.failures.emit(
+                factory.log,
+                LogLevel.warn,
+                "HTTP proxy: TLS with client {peer} failed: {reason}",
+                peer=self._peer,
+                reason=words,
+            )
+
     def _refuse(self, status: int, reason: str) -> None:
         """
         Answer C{status} with C{reason}, log it as one line, and close the
@@ -1809,6 +1880,9 @@ class HTTPProxyFactory(Factory):
         deadlines of every relay (L{RelayReaper}); C{None}: no deadlines.
     @ivar explain: what the failures of routes and upstreams mean
         (L{Explainer}); L{RouteRefused} always means its own status.
+    @ivar describeFailure: words for what a connection (the client's, an
+        upstream's) ended with (L{Describer}): a failed TLS handshake, for
+        the C{502} body and the operator's line.
     """
 
     noisy = False
@@ -1822,13 +1896,17 @@ class HTTPProxyFactory(Factory):
         log: Logger | None = None,
         reaper: RelayReaper | None = None,
         explain: Explainer = explainNothing,
+        describeFailure: Describer = describeNothing,
     ) -> None:
         self.router = router
         self.explain = explain
+        self.describeFailure = describeFailure
         self.clock = clock
         self.limits = limits
         self.log = log if log is not None else Logger(namespace=__name__)
         self.reaper = reaper
+        #: a few lines, then a count, for clients failing TLS in a loop
+        self.failures = LogThrottle(clock)
 
     def routerFor(self, transport: ITransport) -> Router:
         """

@@ -29,7 +29,11 @@ What the loop does, as client-go's reflector does it:
     logged, never held; a list page is read up to C{pageSize} times that;
     at most L{WatchBounds.maxPending} deliveries wait for the reactor, and
     the thread waits for them to be taken;
-  - B{stop} shuts the socket down, which wakes the thread at once.
+  - B{stop} shuts the socket down, which wakes the thread at once; a
+    thread blocked opening a request (connecting, or waiting for the
+    answer's head, up to the client's timeouts) cannot be woken that way:
+    L{Watch.stopService} does not wait for it, and the thread, finding the
+    loop stopped when the request returns, closes it and ends, unheard.
 
 The loop (L{WatchLoop}) runs against an L{IWatchSource}; L{APISource} is
 kube-apiserver through L{KubeClient}.
@@ -351,6 +355,7 @@ class WatchLoop:
         self.resourceVersion = resourceVersion
         self.failures = 0
         self._current: IWatchStream | None = None
+        self._opening = False
         self._lock = threading.Lock()
 
     def _move(self, new: WatchState) -> None:
@@ -358,13 +363,21 @@ class WatchLoop:
             raise AssertionError(f"watch {self.target.describe()}: {self.state} -> {new}")
         self.state = new
 
-    def stop(self) -> None:
-        """From any thread: end the loop, and the read it is blocked in."""
+    def stop(self) -> bool:
+        """
+        From any thread: end the loop, and the read it is blocked in.
+
+        @return: whether the loop's thread is blocked opening a request,
+            which nothing here can interrupt (the connect, the TLS
+            handshake, the wait for the answer's head): it ends once that
+            returns, and nothing waits for it.
+        """
         self.stopping.set()
         with self._lock:
-            current = self._current
+            current, opening = self._current, self._opening
         if current is not None:
             current.abort()
+        return opening
 
     def run(self) -> None:
         """Loop until L{stop}."""
@@ -416,7 +429,13 @@ class WatchLoop:
         self.deliver(_logged, self.log, level, format, target=self.target.describe(), **fields)
 
     def _open(self, opener: Callable[[], IWatchStream]) -> IWatchStream:
-        stream = opener()
+        with self._lock:
+            self._opening = True
+        try:
+            stream = opener()
+        finally:
+            with self._lock:
+                self._opening = False
         with self._lock:
             self._current = stream
         if self.stopping.is_set():
@@ -725,7 +744,7 @@ class Watch(Service):
             try:
                 loop.run()
             finally:
-                reactor.callFromThread(ended.callback, None)
+                reactor.callFromThread(_fireOnce, ended)
 
         self._thread = threading.Thread(
             target=run, name=f"kube-watch {self.source.target.describe()}", daemon=True
@@ -734,11 +753,30 @@ class Watch(Service):
         self.log.info("watching {target}", target=self.source.target.describe())
 
     def stopService(self) -> Deferred[None] | None:
-        """Stop the loop; fires once its thread has ended (promptly: its socket is shut)."""
+        """
+        Stop the loop; fires once its thread has ended (promptly: its socket
+        is shut), or at once if the thread is blocked opening a request
+        (an API that does not answer a connect would otherwise hold the
+        daemon's stop for the client's whole connect timeout): that thread
+        ends when the request returns, and delivers nothing.
+        """
         super().stopService()
         if self.loop is None or self._handoff is None or self._ended is None:
             return None
-        self.loop.stop()
+        blocked = self.loop.stop()
         self._handoff.stop()
         ended, self._ended = self._ended, None
+        if blocked:
+            self.log.info(
+                "watch {target} stopped while its request was being opened; "
+                "its thread ends when that returns",
+                target=self.source.target.describe(),
+            )
+            _fireOnce(ended)
         return ended
+
+
+def _fireOnce(ended: Deferred[None]) -> None:
+    """Fire C{ended}, unless L{Watch.stopService} already did."""
+    if not ended.called:
+        ended.callback(None)

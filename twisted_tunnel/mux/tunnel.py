@@ -334,7 +334,10 @@ class Tunnel(Protocol):
         self._streams.clear()
         self._ownOpen = self._peerOpened = 0
         self._waitingToSend.clear()
-        self._established.fire(Failure(TunnelClosed(why)))
+        notEstablished = TunnelClosed(why)
+        # what ended it, for a caller that says it in its own words (a failed handshake)
+        notEstablished.__cause__ = reason.value
+        self._established.fire(Failure(notEstablished))
         if self.meter is not None:
             self.meter.tunnelEnded(self)
         try:

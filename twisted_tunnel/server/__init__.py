@@ -65,6 +65,7 @@ from ..net.addresses import normalIP
 from ..net.relay import DEFAULT_RELAY_TIMEOUTS, RelayReaper, RelayTimeouts
 from ..tls import Credentials, PeerIdentity, peerIdentity, verifyChain
 from ..tls.certs import isNodeName, validateNodeName
+from ..tls.failures import describeTLSFailure, handleOf
 from ..tls.rotation import RotatingServerOptions
 from ..wire import ErrorCode, OpenFailReason
 from .directory import NodeDirectory
@@ -407,6 +408,7 @@ class _ServerSide:
             message = reason.getErrorMessage()
             why = handshakeFailureReason(message)
             self.server.metrics.handshakeFailures[why] += 1
+            described = describeTLSFailure(reason.value, handleOf(tunnel.transport))
             # a connection that just closed, with no TLS error, is most often
             # a load balancer's TCP health check: not worth a warning each time
             self.log.emit(
@@ -414,7 +416,7 @@ class _ServerSide:
                 "refused agent connection from {peer}: no tunnel established "
                 "(TLS handshake or HELLO failed): {reason}",
                 peer=tunnel.peerLabel(),
-                reason=message,
+                reason=described if described is not None else message,
             )
             return
         self.server.registry.unregister(tunnel)

@@ -13,7 +13,16 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
-from twisted.logger import ILogObserver, LogEvent, eventAsJSON, formatEvent
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogEvent,
+    LogLevel,
+    LogLevelFilterPredicate,
+    eventAsJSON,
+    formatEvent,
+    textFileLogObserver,
+)
 from twisted.python import usage
 from twisted.python.components import Componentized
 from twisted.web.resource import Resource
@@ -57,7 +66,18 @@ def logFormat(text: str) -> str:
     return text
 
 
+#: The levels C{--log-level} takes, least severe first.
+LOG_LEVELS = ("debug", "info", "warn", "error")
+
+
+def logLevel(text: str) -> str:
+    if text not in LOG_LEVELS:
+        raise ValueError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return text
+
+
 logFormat.coerceDoc = "One of: text, json."  # type: ignore[attr-defined]
+logLevel.coerceDoc = "One of: debug, info, warn, error."  # type: ignore[attr-defined]
 positiveFloat.coerceDoc = "Must be a positive number."  # type: ignore[attr-defined]
 positiveInt.coerceDoc = "Must be a positive integer."  # type: ignore[attr-defined]
 nonNegativeFloat.coerceDoc = "Must be a number of at least 0."  # type: ignore[attr-defined]
@@ -117,6 +137,14 @@ class TunnelOptions(usage.Options):
             "text: lines for people; json: one JSON object per line on stdout, with every "
             "structured field (node, peer, stream, policy, reason...).",
             logFormat,
+        ],
+        [
+            "log-level",
+            None,
+            "info",
+            "The least severe lines written. debug adds a line for many a connection, stream "
+            "and re-read file: for a while, not for production.",
+            logLevel,
         ],
     ]
 
@@ -206,21 +234,27 @@ class DaemonService(MultiService):
     starts before them and stops after them (after a drain), so that
     probes and scrapes are answered for as long as the process lives.
 
-    With C{--log-format json}, it also sets the application's log observer
-    (twistd asks the application for one after building it).
+    It also sets the application's log observer (twistd asks the
+    application for one after building it): lines of C{--log-level} and
+    more severe, on standard output, as text or JSON (C{--log-format}).
+    twistd's own observer would write every level, debug included: a busy
+    server's log was mostly lines per connection.
     """
 
-    def __init__(self, program: str, logFormat: str = "text") -> None:
+    def __init__(self, program: str, logFormat: str = "text", logLevel: str = "info") -> None:
         super().__init__()
         self.program = program
         self.logFormat = logFormat
+        self.logLevel = logLevel
         self.meta: IService | None = None
         self.heartbeat: Heartbeat | None = None
         self.checks: list[Check] = []
 
     def setServiceParent(self, parent: Any) -> None:
-        if self.logFormat == "json" and isinstance(parent, Componentized):
-            parent.setComponent(ILogObserver, JSONLines(sys.stdout))
+        if isinstance(parent, Componentized):
+            parent.setComponent(
+                ILogObserver, daemonLogObserver(self.logFormat, self.logLevel, sys.stdout)
+            )
         super().setServiceParent(parent)
 
     def serveMeta(
@@ -278,6 +312,16 @@ class DaemonService(MultiService):
             return maybeDeferred(self.meta.stopService).addCallback(lambda _: result)
 
         return stopping.addBoth(stopMeta)
+
+
+def daemonLogObserver(logFormat: str, logLevel: str, out: IO[str]) -> ILogObserver:
+    """
+    A daemon's log observer: C{logLevel} and more severe events, written to
+    C{out} as text lines (as twistd's own) or JSON lines (L{JSONLines}).
+    """
+    written: ILogObserver = JSONLines(out) if logFormat == "json" else textFileLogObserver(out)
+    least = LogLevel.levelWithName(logLevel)
+    return FilteringLogObserver(written, [LogLevelFilterPredicate(defaultLogLevel=least)])
 
 
 @implementer(ILogObserver)

@@ -27,7 +27,17 @@ if TYPE_CHECKING:
     from ..kube.client import KubeAccess, KubeClient
     from ..server.directory import NodeDirectory
 
-_log = Logger(namespace="twisted_tunnel.tap.server")
+
+def logFor(program: str) -> Logger:
+    """
+    The logger of the daemon C{program} (C{edge-tunnel-agent} or
+    C{edge-tunnel-server}): the lines this module writes for a daemon are
+    that daemon's, under its own namespace, as the rest of its lines are,
+    whichever of the two calls.
+    """
+    role = "agent" if program.endswith("agent") else "server"
+    return Logger(namespace=f"twisted_tunnel.tap.{role}")
+
 
 #: What a namespace or a ConfigMap name may be (DNS-1123 subdomain).
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
@@ -192,7 +202,7 @@ def watchNodes(
     watch = nodeWatch(reactor, sharedClient(program, access, reactor, top), directory, selector)
     watch.setName("--watch-nodes")
     watch.setServiceParent(top)
-    _log.info(
+    logFor(program).info(
         "--watch-nodes: IPs listed on an agent's Node prove its IPs; edge nodes are those "
         "matching {selector!r}",
         selector=selector.text,
@@ -200,7 +210,11 @@ def watchNodes(
 
 
 def signAgentRequests(
-    program: str, options: Any, reactor: Any, top: MultiService, agentAuthority: Any
+    program: str,
+    options: Any,
+    reactor: Any,
+    top: MultiService,
+    agentAuthority: Callable[[], Any],
 ) -> tuple[Any, Callable[[], Any]]:
     """
     C{--agent-signer-ca-cert}: approve and sign the agents' CSRs of the
@@ -210,6 +224,8 @@ def signAgentRequests(
     agents are checked against (C{--agent-ca}, else C{--ca}): otherwise
     every certificate it signs would be refused.
 
+    @param agentAuthority: the bundle agents are checked against now (it
+        rotates too): asked again at each load of the signer's files.
     @return: the approver, and the function that loads and checks the CA's
         files again (as credentials), for the caller to watch them.
     """
@@ -217,15 +233,10 @@ def signAgentRequests(
     if access is None:
         raise usage.UsageError("--agent-signer-ca-cert needs --kubeconfig or --in-cluster")
     importKube(program, "--agent-signer-ca-cert")
-    from cryptography.hazmat.primitives.serialization import Encoding
 
     from ..errors import CredentialsError
     from ..kube.csr import SIGNER_NAME, CSRApprover, csrWatch
     from ..tls.minting import loadServingAuthority
-
-    trusted = [
-        each.original.to_cryptography().public_bytes(Encoding.DER) for each in agentAuthority or ()
-    ]
 
     def load() -> Any:
         authority = loadServingAuthority(
@@ -234,7 +245,7 @@ def signAgentRequests(
             certOption="--agent-signer-ca-cert",
             keyOption="--agent-signer-ca-key",
         )
-        if authority.certificate.public_bytes(Encoding.DER) not in trusted:
+        if not _holds(agentAuthority(), authority):
             raise CredentialsError(
                 f"--agent-signer-ca-cert {options['agent-signer-ca-cert']}: "
                 f"{authority.describe()} is not in the CA bundle agents are checked against "
@@ -251,12 +262,48 @@ def signAgentRequests(
     watch = csrWatch(reactor, client, approver)
     watch.setName("--agent-signer-ca-cert")
     watch.setServiceParent(top)
-    _log.info(
+    logFor(program).info(
         "signing agents' certificate requests ({signer}) with {ca}",
         signer=SIGNER_NAME,
         ca=authority.describe(),
     )
     return approver, lambda: load().credentials()
+
+
+def _holds(bundle: Any, authority: Any) -> bool:
+    """Whether the CA bundle C{bundle} (pyOpenSSL certificates) holds C{authority}'s CA."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    wanted = authority.certificate.public_bytes(Encoding.DER)
+    return any(
+        each.original.to_cryptography().public_bytes(Encoding.DER) == wanted
+        for each in bundle or ()
+    )
+
+
+def keepingSigner(options: Any, approver: Any, load: Callable[[], Any]) -> Callable[[], Any]:
+    """
+    C{load} (the agents' CA bundle and the agent port's certificate, loaded
+    again for a rotation), refusing a bundle that no longer holds the CA
+    the server signs agents' certificates with (C{approver}'s, as rotated):
+    every agent it signed would be refused at its next connection.  The
+    rotation is refused with one line, and the bundle in force kept.
+    """
+    from ..errors import CredentialsError
+
+    def checked() -> Any:
+        credentials = load()
+        if not _holds(credentials.authority, approver.authority):
+            bundle = options["agent-ca"] or options["ca"]
+            option = "--agent-ca" if options["agent-ca"] else "--ca"
+            raise CredentialsError(
+                f"{option} {bundle}: the new bundle lacks {approver.authority.describe()}, "
+                "the CA agents' certificates are signed with (--agent-signer-ca-cert): "
+                "every agent it signed would be refused; keep it in the bundle"
+            )
+        return credentials
+
+    return checked
 
 
 def bootstrapCertificate(program: str, options: Any, reactor: Any) -> tuple[str, Any, Any]:
@@ -281,7 +328,7 @@ def bootstrapCertificate(program: str, options: Any, reactor: Any) -> tuple[str,
     from ..kube.client import KubeAccess
     from ..tls.kubelet import loadNodeCredentials
 
-    log = Logger(namespace="twisted_tunnel.tap.agent")
+    log = logFor(program)
     node = options["node-name"]
     path = os.path.join(options["cert-dir"], CERT_FILE)
     client = kubeClient(program, KubeAccess(kubeconfig=options["bootstrap-kubeconfig"]), reactor)
@@ -379,7 +426,7 @@ def _readOnce(
     except KubeAccessError as e:
         fatal(program, f"{where}: {e}")
     if found is None:
-        _log.warn(
+        logFor(program).warn(
             "{where}: not found at {server}; the defaults apply until it is created",
             where=where,
             server=client.server,

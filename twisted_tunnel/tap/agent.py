@@ -346,7 +346,7 @@ def makeService(options: Options) -> IService:
         reload=reload,
     )
     agent.setName("agent")
-    top = DaemonService(PROGRAM, options["log-format"])
+    top = DaemonService(PROGRAM, options["log-format"], options["log-level"])
     if bootstrapped is not None:
         from ._kubeapi import registerClient
 

@@ -130,6 +130,7 @@ from ._kubeapi import (
     KubeAPIOptions,
     checkEdgeNodeSelector,
     configMapIntake,
+    keepingSigner,
     parseConfigMapName,
     signAgentRequests,
     watchNodes,
@@ -672,8 +673,9 @@ def _connectDoorFactory(
         return door
     files = _files(options, "connect-ca", "cert", "key")
     # serverOptions looked up here, in this module, so that tests can watch what it is given
-    tls = RotatingServerOptions(_credentials(files), serverOptions)
-    _rotate(options, top, "tls:--connect-endpoint", files, tls.update)
+    credentials = _credentials(files)
+    tls = RotatingServerOptions(credentials, serverOptions)
+    _rotate(options, top, "tls:--connect-endpoint", files, tls.update, loaded=credentials)
     factory: IProtocolFactory = TLSMemoryBIOFactory(tls, False, door)
     return factory
 
@@ -706,8 +708,10 @@ class _ServerService(DaemonService):
     meta listener answers until the end (see L{DaemonService}).
     """
 
-    def __init__(self, server: TunnelServer, drainTimeout: float, logFormat: str) -> None:
-        super().__init__(PROGRAM, logFormat)
+    def __init__(
+        self, server: TunnelServer, drainTimeout: float, logFormat: str, logLevel: str = "info"
+    ) -> None:
+        super().__init__(PROGRAM, logFormat, logLevel)
         self.tunnelServer = server
         self.drainTimeout = drainTimeout
         self.checks += [self._listenersUp, self._notDraining]
@@ -742,9 +746,10 @@ def makeService(options: Options) -> IService:
     agentFiles = _files(options, "agent-ca", "cert", "key")
     # filled by the Node watch (--watch-nodes), started below once there is a top service
     directory = NodeDirectory() if options["watch-nodes"] else None
+    agentCredentials = _credentials(agentFiles)
     server = TunnelServer(
         reactor,
-        _credentials(agentFiles),
+        agentCredentials,
         serverId=options["server-id"],
         serverCount=options["server-count"],
         settings=options.settings(),
@@ -758,13 +763,21 @@ def makeService(options: Options) -> IService:
         ),
         keepGone=options["keep-gone-nodes"],
     )
-    top = _ServerService(server, options["drain-timeout"], options["log-format"])
+    top = _ServerService(
+        server, options["drain-timeout"], options["log-format"], options["log-level"]
+    )
     if directory is not None:
         watchNodes(PROGRAM, options, reactor, top, directory)
     if options["agent-signer-ca-cert"]:
         approver, loadSigner = signAgentRequests(
-            PROGRAM, options, reactor, top, server.credentials and server.credentials.authority
+            PROGRAM,
+            options,
+            reactor,
+            top,
+            lambda: server.credentials and server.credentials.authority,
         )
+        # and a rotation of --agent-ca that drops the signer's CA is refused
+        agentFiles = _Files(agentFiles.paths, keepingSigner(options, approver, agentFiles.load))
         # the signer's files are watched as every other certificate's: a
         # rotation signs with the new CA at once; one that does not load, or
         # is not in --agent-ca, is refused with one line and the CA kept
@@ -834,7 +847,9 @@ def makeService(options: Options) -> IService:
         hosts.setName("--hosts-file")
         hosts.setServiceParent(top)
     # the agent port's certificate follows its files (Secret volumes, cert-manager)
-    _rotate(options, top, "tls:--cert", agentFiles, server.updateCredentials)
+    _rotate(
+        options, top, "tls:--cert", agentFiles, server.updateCredentials, loaded=agentCredentials
+    )
     _sayWhatRuns(options, server, table, iptables)
     return top
 
@@ -947,14 +962,23 @@ def _rotate(
     name: str,
     files: _Files,
     onChange: Callable[[Credentials], object],
+    *,
+    loaded: Credentials | None = None,
 ) -> None:
-    """Reload C{files} when they change (unless --tls-reload-interval is 0)."""
+    """
+    Reload C{files} when they change (unless --tls-reload-interval is 0):
+    changed since C{loaded}, the credentials in use, were read from them
+    (a rotation while the rest of C{makeService} ran is seen), else since
+    now.
+    """
     from twisted.internet import reactor
 
     interval = options["tls-reload-interval"]
     if interval <= 0:
         return
-    watcher = CredentialsWatcher(files.load, files.paths, onChange, reactor, interval=interval)
+    watcher = CredentialsWatcher(
+        files.load, files.paths, onChange, reactor, interval=interval, loaded=loaded
+    )
     watcher.setName(name)
     watcher.setServiceParent(top)
 
@@ -1022,10 +1046,18 @@ def _proxyListeners(
     upstreamTLS = None
     if options["proxy-client-cert"]:
         clientFiles = _files(options, "proxy-client-ca", "proxy-client-cert", "proxy-client-key")
+        clientCredentials = _credentials(clientFiles)
         upstreamTLS = RotatingClientOptions(
-            _credentials(clientFiles), verify=bool(options["proxy-client-ca"])
+            clientCredentials, verify=bool(options["proxy-client-ca"])
         )
-        _rotate(options, top, "tls:--proxy-client-cert", clientFiles, upstreamTLS.update)
+        _rotate(
+            options,
+            top,
+            "tls:--proxy-client-cert",
+            clientFiles,
+            upstreamTLS.update,
+            loaded=clientCredentials,
+        )
     elif options["https-proxy-endpoint"] != "none":
         _log.warn(
             "the HTTPS proxy listener runs without --proxy-client-cert/--proxy-client-key: "
@@ -1043,8 +1075,16 @@ def _proxyListeners(
             options, "proxy-serving-client-ca", "proxy-serving-cert", "proxy-serving-key"
         )
         # clients always need a certificate: --proxy-serving-client-ca, else --ca
-        tls = _servingOptions(options, server, top, _credentials(servingFiles))
-        _rotate(options, top, "tls:--proxy-serving-cert", servingFiles, tls.update)
+        servingCredentials = _credentials(servingFiles)
+        tls = _servingOptions(options, server, top, servingCredentials)
+        _rotate(
+            options,
+            top,
+            "tls:--proxy-serving-cert",
+            servingFiles,
+            tls.update,
+            loaded=servingCredentials,
+        )
         listen(
             options["https-proxy-endpoint"],
             TLSMemoryBIOFactory(tls, False, ProxyListenerFactory(router(Listener.HTTPS), reactor)),

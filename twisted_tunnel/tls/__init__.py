@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -100,6 +100,9 @@ class Credentials:
     @ivar caPath: The file C{authority} came from (for messages).
     @ivar certPath: The file C{certificate} came from.
     @ivar keyPath: The file the private key came from.
+    @ivar filesDigest: The digest of those files' contents as they were read
+        (L{twisted_tunnel.files.contentsDigest}), for a rotation watcher to
+        compare with; C{None} when they were not loaded from files.
     """
 
     authority: list[Certificate]
@@ -108,6 +111,7 @@ class Credentials:
     certPath: str = ""
     keyPath: str = ""
     chain: tuple[Certificate, ...] = ()
+    filesDigest: bytes | None = None
 
     def identity(self) -> PeerIdentity:
         """Who our own certificate says we are (e.g. the agent's default node name)."""
@@ -250,8 +254,8 @@ def loadCredentials(
     """
     if now is None:
         now = datetime.datetime.now(datetime.UTC)
-
-    authority = _loadCertificates(caOption, caPath, _readFile(caOption, caPath))
+    caData = _readFile(caOption, caPath)
+    authority = _loadCertificates(caOption, caPath, caData)
     for ca in authority:
         if ca.not_valid_after_utc < now:
             # Not an error: a bundle may keep an old CA next to its successor.
@@ -289,7 +293,7 @@ def loadCredentials(
         )
     _warnIfExposed(keyOption, keyPath)
 
-    return makeCredentials(
+    credentials = makeCredentials(
         authority,
         leaf,
         key,
@@ -298,6 +302,12 @@ def loadCredentials(
         certPath=certPath,
         keyPath=keyPath,
     )
+    from twisted_tunnel.files import contentsDigest
+
+    # what was read, for the rotation watcher: a file replaced after its
+    # read is a change, whenever the watcher starts
+    digest = contentsDigest({caPath: caData, certPath: certData, keyPath: keyData})
+    return evolve(credentials, filesDigest=digest)
 
 
 def _warnIfExposed(option: str, path: str) -> None:
@@ -378,7 +388,18 @@ def serverOptions(creds: Credentials) -> CertificateOptions:
         **_ownCertificateOptions(creds),
     )
     enableReleaseBuffers(options.getContext())
+    _recordFailures(options.getContext())
     return options
+
+
+def _recordFailures(context: SSL.Context) -> None:
+    """
+    Record why a peer's certificate is refused, for the log line
+    (L{twisted_tunnel.tls.failures}).
+    """
+    from .failures import recordingContext
+
+    recordingContext(context)
 
 
 def agentOptions(creds: Credentials, serverName: str) -> IOpenSSLClientConnectionCreator:
@@ -499,16 +520,17 @@ def _refuseNodeCertificates(
     verified stays verified, and the client's own certificate (depth 0)
     must also pass L{refuseNodeIdentity}.
     """
-    if not ok:
-        return False
-    if depth != 0:
-        return True
+    from .failures import recordingVerify, recordVerifyFailure
+
+    if not ok or depth != 0:
+        return recordingVerify(connection, certificate, errno, depth, ok)
     try:
         reason = refuseNodeIdentity(identityOfCertificate(certificate.to_cryptography()))
     except Exception as e:  # an unreadable certificate is refused, never let in
         reason = f"unreadable client certificate ({type(e).__name__})"
     if reason is None:
         return True
+    recordVerifyFailure(connection, certificate, depth, check=reason)
     peer: Any = getattr(connection.get_app_data(), "getPeer", lambda: None)()
     _log.debug(
         "HTTPS proxy listener: refused the TLS client {peer}: {reason}",

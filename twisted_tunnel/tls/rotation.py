@@ -14,7 +14,6 @@ credentials while established connections keep theirs.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,7 +24,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..errors import CredentialsError
-from ..files import Poller, readFile
+from ..files import Poller, filesDigest
 from . import Credentials, loadCredentials, proxyClientOptions, serverOptions
 
 #: How often the files are checked by default, in seconds.
@@ -92,6 +91,9 @@ class CredentialsWatcher(Poller):
         daemon's paths); raises L{CredentialsError} to refuse them.
     @param paths: the files to watch (CA bundle, certificate, key).
     @param onChange: called with the new credentials once they loaded.
+    @param loaded: the credentials in use, if loaded from these files (their
+        L{Credentials.filesDigest} is what a change is measured against);
+        without them, the files as they are now.
     """
 
     log = Logger()
@@ -104,13 +106,18 @@ class CredentialsWatcher(Poller):
         clock: IReactorTime,
         *,
         interval: float = DEFAULT_RELOAD_INTERVAL,
+        loaded: Credentials | None = None,
     ) -> None:
         self.load = load
-        self.paths = tuple(paths)
+        self.paths = tuple(dict.fromkeys(paths))
         self.onChange = onChange
         self.clock = clock
         self.interval = interval
-        self._fingerprint = self._read()
+        # the files as they were when the credentials in use were read: a
+        # rotation between that and now (while makeService went on, or
+        # before startService) is a change, seen at the first poll
+        digest = loaded.filesDigest if loaded is not None else None
+        self._fingerprint = digest if digest is not None else self._read()
 
     def watched(self) -> str:
         return "the certificate files"
@@ -147,24 +154,14 @@ class CredentialsWatcher(Poller):
 
     def _read(self) -> bytes:
         """
-        A digest of the files' contents.  A file that cannot be read counts
-        by why (missing, not a regular file, too large...), so a change of
-        reason is a change, and L{load} then says what is wrong.
+        A digest of the files' contents (L{filesDigest}).
 
-        Read with L{readFile}, on the reactor thread every C{interval}: a
-        FIFO swapped in under C{..data} is refused at once instead of
-        blocking the reactor (C{/healthz} and the proxy froze), and
-        C{/dev/zero} or a huge file is never read past 1 MiB.
+        Read on the reactor thread every C{interval}: L{readFile} refuses a
+        FIFO swapped in under C{..data} at once instead of blocking the
+        reactor (C{/healthz} and the proxy froze), and never reads
+        C{/dev/zero} or a huge file past 1 MiB.
         """
-        digest = hashlib.sha256()
-        for path in self.paths:
-            try:
-                data = b"file\0" + readFile(path)
-            except OSError as e:
-                data = f"unreadable\0{type(e).__name__}\0{e.errno}".encode()
-            digest.update(len(data).to_bytes(8, "big"))
-            digest.update(data)
-        return digest.digest()
+        return filesDigest(self.paths)
 
 
 def watchCredentials(
@@ -188,8 +185,9 @@ def watchCredentials(
     caPath, certPath, keyPath = paths
     return CredentialsWatcher(
         load or (lambda: loadCredentials(caPath, certPath, keyPath)),
-        tuple(dict.fromkeys(paths)),
+        paths,
         onChange,
         clock,
         interval=interval,
+        loaded=credentials,
     )

@@ -42,14 +42,12 @@ from service_identity.cryptography import (
     verify_certificate_ip_address,
 )
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+from .failures import recordingVerify, recordVerifyFailure
 from .sessions import ClientSessions, Kept
 
 __all__ = ["IDestinationTLS", "NodeTLS", "UpstreamTLS"]
-
-_log = Logger()
 
 #: How many node addresses' creators are kept (each a few small objects;
 #: the OpenSSL context is shared).
@@ -218,17 +216,20 @@ class _Handshake:
     def verify(
         self, connection: SSL.Connection, certificate: X509, errno: int, depth: int, ok: int
     ) -> bool:
-        """OpenSSL's verdict stands; the kubelet's own certificate must also name the host."""
-        if not ok:
-            return False
-        if depth != 0:
-            return True
+        """
+        OpenSSL's verdict stands; the kubelet's own certificate must also
+        name the host.  A refusal is recorded (L{recordVerifyFailure}) for
+        the answer the proxy's client gets.
+        """
+        if not ok or depth != 0:
+            return recordingVerify(connection, certificate, errno, depth, ok)
         reason = self.node.checkName(certificate)
         if reason is not None:
-            _log.debug(
-                "https policy: the kubelet's certificate is not valid for {host}: {reason}",
-                host=self.node.host,
-                reason=reason,
+            recordVerifyFailure(
+                connection,
+                certificate,
+                depth,
+                check=f"does not name {self.node.host}, the address dialed",
             )
             return False
         self.verifiedAt = self.node.upstream.clock()
