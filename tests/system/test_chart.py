@@ -32,6 +32,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -367,31 +368,44 @@ class RenderTests(HelmTestCase):
             plugins = sorted(p for _, _, p, _ in twistdContainers(self.helm.template(values)))
             self.assertEqual(plugins, ["edge-tunnel-agent", "edge-tunnel-server"], name)
 
-    def test_readmeCommands(self) -> None:
+    def readmeInstalls(self, readme: Path) -> list[dict[tuple[str, str, str], dict[str, Any]]]:
         """
-        The chart README's C{helm install} commands (ACK with iptables,
-        OpenYurt with the egress selector) render, offline, what they say.
+        What each C{helm install} command of C{readme} renders, offline
+        (C{helm template} with the same arguments), in the order written.
         """
-        readme = (CHART / "README.md").read_text()
-        commands = [
-            shlex.split(block.replace("\\\n", " "))
-            for block in re.findall(r"```sh\n(helm install .*?)```", readme, re.S)
-        ]
-        self.assertEqual(len(commands), 2, readme)
+        text = readme.read_text()
+        blocks = re.findall(r"```sh\n([ ]*helm install .*?)```", text, re.S)
         rendered = []
-        for command in commands:
+        for block in blocks:
+            command = shlex.split(textwrap.dedent(block).replace("\\\n", " "))
             self.assertEqual(command[:3], ["helm", "install", RELEASE])
             self.assertEqual(command[3], "charts/twisted-tunnel")
             done = self.helm.run("template", RELEASE, str(CHART), *command[4:])
             self.assertEqual(done.returncode, 0, done.stderr)
             rendered.append(keyed([each for each in yaml.safe_load_all(done.stdout) if each]))
-        ack, openyurt = rendered
-        server = ack[("Deployment", NAMESPACE, "edge-tunnel-server")]
-        self.assertIs(podSpec(server)["hostNetwork"], True)
-        self.assertEqual(server["spec"]["replicas"], 3)
-        agent = openyurt[("DaemonSet", NAMESPACE, "edge-tunnel-agent")]
-        self.assertEqual(podSpec(agent)["nodeSelector"], {"openyurt.io/is-edge-worker": "true"})
-        self.assertIn(("Service", NAMESPACE, "edge-tunnel-server-connect"), openyurt)
+        return rendered
+
+    def test_readmeCommands(self) -> None:
+        """
+        The C{helm install} commands of the chart's README and of the
+        project's (ACK with iptables, OpenYurt with the egress selector)
+        render, offline, what they say.
+        """
+        for readme in (CHART / "README.md", REPO_ROOT / "README.md"):
+            rendered = self.readmeInstalls(readme)
+            self.assertEqual(len(rendered), 2, readme)
+            ack, openyurt = rendered
+            server = ack[("Deployment", NAMESPACE, "edge-tunnel-server")]
+            self.assertIs(podSpec(server)["hostNetwork"], True)
+            self.assertEqual(server["spec"]["replicas"], 3)
+            agent = openyurt[("DaemonSet", NAMESPACE, "edge-tunnel-agent")]
+            self.assertEqual(
+                podSpec(agent)["nodeSelector"], {"openyurt.io/is-edge-worker": "true"}
+            )
+            self.assertIn(("Service", NAMESPACE, "edge-tunnel-server-connect"), openyurt)
+            for objects in rendered:
+                agent = objects[("DaemonSet", NAMESPACE, "edge-tunnel-agent")]
+                self.assertIn("--server=tunnel.example.com:10262", container(agent)["args"])
 
     def test_image(self) -> None:
         """The image is the project's version by default; repository, tag, policy are values."""
