@@ -3,7 +3,8 @@ Bring the interop world up (L{tests.interop.world}, mode A: transparent,
 the seed's way) and check, with the real kubectl as the cluster admin, what
 users ask first; print each item PASS/FAIL with its timings; tear it all down.
 
-    python3 tests/interop/smoke.py [--keep-going] [ITEM ...]    (as root)
+    python3 tests/interop/smoke.py [--keep-going] [--mode=A|B-tcp|B-unix|DNS]
+        [--serving=static|minted|untrusted] [--cloud-node] [ITEM ...]    (as root)
 
 Items (issue 13's numbers): 1 nodes Ready; 2 logs and logs -f; 3 exec
 (stdin, stdout, stderr, exit code, a TTY, 20 MiB through stdin); 4 attach;
@@ -18,7 +19,12 @@ sees it, with C{--serving=static|minted|untrusted} (C{SERVING} in world.py): wit
 C{minted}, the node's own minted certificate, and logs and exec work
 with C{--kubelet-certificate-authority} the minting CA; with
 C{untrusted}, kube-apiserver trusting another CA, they fail as against a
-real kubelet.  Items in L{KNOWN_FAILING} run only when named.  Exits 1 if any fails.
+real kubelet; 12 (issue 17, C{--mode=B-tcp --cloud-node}) a cloud node
+without an agent reached through the door's direct dial, and the door no
+open proxy; 13 (issue 17) the doors admit only the client names they are
+given; 14 (issue 17, C{--mode=DNS}) kube-apiserver reaches the nodes by
+name, resolved through the server's hosts file.  Items in L{KNOWN_FAILING}
+run only when named.  Exits 1 if any fails.
 Not a test module (no C{test_} prefix): run it by hand.
 """
 
@@ -705,6 +711,23 @@ def logsWork(world, pod: str) -> str:
     return f"logs {len(parsed)} lines in {elapsed:.2f}s"
 
 
+def execWorks(world, pod: str, tag: str, what: str) -> float:
+    """
+    C{kubectl exec -i} a shell that reads a line from stdin, echoes it
+    tagged C{tag} and exits 3: stdin, stdout and the exit code come
+    through; the seconds it took.
+    """
+    started = time.monotonic()
+    script = f'read l; echo "{tag}:$l"; exit 3'
+    result = world.kubectl(
+        "exec", "-i", pod, "-c", "ticker", "--", "sh", "-c", script, input="again\n",
+        check=False,
+    )  # fmt: skip
+    check(result.returncode == 3, f"{what}: exit {result.returncode}: {result!r}")
+    check(result.stdout == f"{tag}:again\n", f"{what}: stdout {result.stdout!r}")
+    return time.monotonic() - started
+
+
 #: A Python that reads the certificate the HTTPS proxy listener presents at
 #: a node IP, as kube-apiserver would get it (its kubelet client
 #: certificate, no SNI, the OUTPUT DNAT on the way): its DER, in hex.
@@ -728,6 +751,27 @@ def presented(world, edge) -> Any:
         sys.executable, "-c", PRESENTED, edge.nodeIP, world.apiserverCert, world.apiserverKey
     )
     return x509.load_der_x509_certificate(bytes.fromhex(result.stdout.strip()))
+
+
+#: A Python that sends one request to C{<node IP>:10250} from the cloud (the
+#: DNAT brings it to the HTTPS proxy listener) with a client certificate:
+#: the answer's status line, or why there was none.  TLS 1.3 ends the
+#: client's handshake before the server has checked its certificate: a
+#: refusal shows when the client reads.
+REQUEST_PROBE = """
+import socket, ssl, sys
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+context.load_cert_chain(sys.argv[2], sys.argv[3])
+try:
+    with socket.create_connection((sys.argv[1], 10250), timeout=10) as raw:
+        with context.wrap_socket(raw) as tls:
+            tls.sendall(b"GET /healthz HTTP/1.1\\r\\nHost: kubelet\\r\\n\\r\\n")
+            print(tls.makefile("rb").readline(4096).rstrip().decode() or "EOF")
+except (OSError, ssl.SSLError) as e:
+    print("ERROR", type(e).__name__, e)
+"""
 
 
 UNKNOWN_AUTHORITY = "x509: certificate signed by unknown authority"
@@ -803,6 +847,191 @@ def itemServing(world, pods: dict[str, str]) -> str:
                 f"{edge.name}: kubectl exec: {execd.returncode} {execd.stdout!r} {execd.stderr!r}",
             )
             out.append(f"{edge.name}: {shape}; logs and exec work ({elapsed:.2f}s)")
+    return "; ".join(out)
+
+
+#: A Python that sends CONNECT requests to the CONNECT door over mutual TLS
+#: from the cloud, as kube-apiserver's egress dialer does (the door's CA, the
+#: name its certificate carries, a client certificate), one connection per
+#: target: per target, the answer's status line, or the error.
+CONNECT_PROBE = """
+import socket, ssl, sys
+host, port, ca, name, cert, key = sys.argv[1:7]
+context = ssl.create_default_context(cafile=ca)
+context.load_cert_chain(cert, key)
+for target in sys.argv[7:]:
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname=name) as tls:
+                tls.sendall(f"CONNECT {target} HTTP/1.1\\r\\nHost: {target}\\r\\n\\r\\n".encode())
+                status = tls.makefile("rb").readline(4096)
+        print(target, status.rstrip().decode() or "EOF")
+    except (OSError, ssl.SSLError) as e:
+        print(target, "ERROR", type(e).__name__, e)
+"""
+
+
+def askDoor(world, cert: str, key: str, *targets: str) -> dict[str, str]:
+    """
+    C{CONNECT} each of C{targets} through the door (mode B-tcp), presenting
+    C{cert}: the status line (or C{ERROR ...}) each got.
+    """
+    from tests.interop.world import CONNECT_PORT
+    from tests.system.e2e_world import CLOUD_ADDRESS, SERVER_NAME
+
+    result = world.cloud.run(
+        sys.executable, "-c", CONNECT_PROBE, CLOUD_ADDRESS, str(CONNECT_PORT), world.tunnelCA,
+        SERVER_NAME, cert, key, *targets, check=False, timeout=60,
+    )  # fmt: skip
+    answers = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
+    check(set(answers) == set(targets), f"CONNECT probe: {result.stdout!r} {result.stderr!r}")
+    return answers
+
+
+def dialsTo(world, address: str, port: int) -> set[int]:
+    """The PIDs of the cloud's processes with a connection established to C{address:port}."""
+    result = world.cloud.run(
+        "ss", "-Htnp", "state", "established", "dst", address, "dport", f"= :{port}"
+    )
+    return {int(pid) for pid in re.findall(r"pid=(\d+)", result.stdout)}
+
+
+def itemCloudNode(world, pods: dict[str, str]) -> str:
+    """
+    Issue 17: pass-through for a node without an agent (mode B-tcp, the
+    world's C{cloudNode}).  With the egress selector for the whole
+    cluster, every kubelet connection goes to the door.  Node C{cloud-1}
+    (a kubelet in the cloud namespace, no agent, no edge label) is Ready;
+    C{kubectl logs} and C{exec} of its pod work, through the door, which
+    dials its InternalIP itself (C{--connect-direct} lists the cloud
+    network): during a C{logs -f} the tunnel server is connected to its
+    kubelet, kube-apiserver is not.  The edges still go
+    through their agents.  And the door is no open proxy: the same client
+    that gets C{200} for the cloud node gets the door's refusal for
+    C{127.0.0.1:2379} (etcd, on the server's own loopback) and for an
+    address in no listed network (the load balancer's kube-apiserver port).
+    """
+    from tests.interop.world import CLOUD_NODE, CLOUD_NODE_ADDRESS, KUBELET_PORT
+
+    check(world.cloudNode and world.mode == "B-tcp", "needs --mode=B-tcp --cloud-node")
+    node = json.loads(world.kubectl("get", "node", CLOUD_NODE, "-o", "json").stdout)
+    ready = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
+    check(bool(ready) and ready[0]["status"] == "True", f"{CLOUD_NODE} not Ready: {ready}")
+    addresses = {a["type"]: a["address"] for a in node["status"]["addresses"]}
+    check(addresses.get("InternalIP") == CLOUD_NODE_ADDRESS, f"{CLOUD_NODE}: {addresses}")
+    labels = node["metadata"].get("labels", {})
+    edgeLabels = [k for k in labels if k.endswith("/is-edge-worker")]
+    check(not edgeLabels, f"{CLOUD_NODE} carries an edge label: {edgeLabels}")
+    pod = pods[CLOUD_NODE]
+    logs = logsWork(world, pod)
+    execSeconds = execWorks(world, pod, "cloud", f"exec on {CLOUD_NODE}")
+    follow = Watched(world, "logs", "-f", "--tail=1", pod, "-c", "ticker")
+    try:
+        follow.waitForOutput(re.compile(rb"tick \d+\n"), 15)
+        dialers = dialsTo(world, CLOUD_NODE_ADDRESS, KUBELET_PORT)
+    finally:
+        follow.stop()
+    server, apiserver = world.server.popen.pid, world.apiserver.popen.pid
+    # (metrics-server, which has no egress selector, dials it too)
+    check(
+        server in dialers and apiserver not in dialers,
+        f"connected to {CLOUD_NODE}'s kubelet during logs -f: pids {sorted(dialers)}; "
+        f"the server is {server}, kube-apiserver {apiserver}",
+    )
+    edge = world.edges[0]
+    edgeLogs = logsWork(world, pods[edge.name])
+    # (metrics-server and Prometheus, with no egress selector, take the DNAT path)
+    check(
+        apiserver not in dialsTo(world, edge.nodeIP, KUBELET_PORT),
+        f"kube-apiserver dialled {edge.name}'s kubelet past the door",
+    )
+    listed = f"{CLOUD_NODE_ADDRESS}:{KUBELET_PORT}"
+    outside = ["127.0.0.1:2379", "10.199.0.1:6443"]
+    answers = askDoor(world, world.apiserverCert, world.apiserverKey, listed, *outside)
+    check(answers[listed].startswith("HTTP/1.1 200 "), f"CONNECT {listed}: {answers[listed]}")
+    for target in outside:
+        check(
+            answers[target].startswith("HTTP/1.1 503 "),
+            f"CONNECT {target} (outside --connect-direct): {answers[target]}",
+        )
+    return (
+        f"{CLOUD_NODE} Ready at {CLOUD_NODE_ADDRESS}, no edge label; {logs}; exec"
+        f" {execSeconds:.2f}s; during logs -f the server (pid {server}), not kube-apiserver, is"
+        f" connected to its kubelet; {edge.name} through its agent: {edgeLogs}; CONNECT "
+        + ", ".join(f"{target} -> {answer}" for target, answer in answers.items())
+    )
+
+
+def itemDNS(world, pods: dict[str, str]) -> str:
+    """
+    Issue 17, DNS mode (C{--mode=DNS}): kube-apiserver prefers the Node's
+    Hostname address and resolves it through its host's resolver, here
+    C{/etc/hosts}, which is the server's C{--hosts-file} (bind-mounted by
+    C{ip netns exec} when kube-apiserver started).  The file names each
+    connected node L{HOSTS_ADDRESS}; during a C{kubectl logs -f}
+    kube-apiserver is connected to C{HOSTS_ADDRESS:10250} (the HTTPS proxy
+    listener, which routes by the C{Host} header) and not to the node's IP.
+    """
+    from tests.interop.world import HOSTS_ADDRESS, KUBELET_PORT
+
+    check(world.mode == "DNS", "needs --mode=DNS")
+    with open(world.hostsPath) as f:
+        hosts = [line for line in f.read().splitlines() if not line.startswith("#")]
+    out = [f"hosts file {hosts}"]
+    apiserver = world.apiserver.popen.pid
+    for edge in world.edges:
+        pod = pods[edge.name]
+        follow = Watched(world, "logs", "-f", "--tail=1", pod, "-c", "ticker")
+        try:
+            follow.waitForOutput(re.compile(rb"tick \d+\n"), 15)
+            byName = dialsTo(world, HOSTS_ADDRESS, KUBELET_PORT)
+            byIP = dialsTo(world, edge.nodeIP, KUBELET_PORT)
+        finally:
+            follow.stop()
+        check(
+            apiserver in byName and apiserver not in byIP,
+            f"{edge.name}: kube-apiserver (pid {apiserver}) not connected by name: to"
+            f" {HOSTS_ADDRESS}:{KUBELET_PORT} {sorted(byName)}, to {edge.nodeIP} {sorted(byIP)}",
+        )
+        out.append(f"{edge.name}: logs -f with kube-apiserver connected to {HOSTS_ADDRESS}")
+    return "; ".join(out)
+
+
+def itemClientNames(world) -> str:
+    """
+    Issue 17: the doors admit only the clients named
+    (C{--proxy-serving-client-name}: kube-apiserver's and metrics-server's
+    CNs; in mode B-tcp, C{--connect-client-name}: kube-apiserver's): a
+    client certificate from the very CA they trust, with another CN, is
+    refused in the TLS handshake, and the server's log names it; the named
+    ones work (the other items are the proof: kube-apiserver and
+    metrics-server run with the allowlists on).
+    """
+    from tests.interop.world import KUBELET_PORT
+    from twisted_tunnel.tls.certs import mintClient
+
+    intruder = "interop-intruder"
+    cert, key = world._write(mintClient(world.kubeletAuthority, intruder), intruder)
+    edge = world.edges[0]
+    mark = world.server.mark()
+
+    def ask(cert: str, key: str) -> str:
+        result = world.cloud.run(sys.executable, "-c", REQUEST_PROBE, edge.nodeIP, cert, key)
+        return result.stdout.strip()
+
+    refused, admitted = ask(cert, key), ask(world.apiserverCert, world.apiserverKey)
+    check(not refused.startswith("HTTP/"), f"the HTTPS proxy listener served {intruder}")
+    check(admitted.startswith("HTTP/1.1 "), f"kube-apiserver's certificate: {admitted}")
+    out = [
+        f"HTTPS proxy listener at {edge.nodeIP}:{KUBELET_PORT}: CN={intruder} refused"
+        f" ({refused[:120]!r}), CN=kube-apiserver answered {admitted!r}"
+    ]
+    if world.mode == "B-tcp":
+        target = f"{edge.nodeIP}:{KUBELET_PORT}"
+        door = askDoor(world, cert, key, target)[target]
+        check(not door.startswith("HTTP/"), f"the CONNECT door let {intruder} in: {door}")
+        out.append(f"CONNECT door: CN={intruder} refused ({door[:120]!r})")
+    world.server.waitForLine(rf"refused the TLS client .*CN={intruder}", start=mark)
     return "; ".join(out)
 
 
@@ -961,14 +1190,7 @@ def failureRecovered(world, pods: dict[str, str], apiserverPid: int) -> str:
     if not world.agents[down.name].running:
         world.restartAgent(down)
     logs = logsWork(world, pod)
-    started = time.monotonic()
-    result = world.kubectl(
-        "exec", "-i", pod, "-c", "ticker", "--", "sh", "-c", 'read l; echo "back:$l"; exit 3',
-        input="again\n", check=False,
-    )  # fmt: skip
-    check(result.returncode == 3, f"exec after the restart: exit {result.returncode}: {result!r}")
-    check(result.stdout == "back:again\n", f"exec after the restart: stdout {result.stdout!r}")
-    execSeconds = time.monotonic() - started
+    execSeconds = execWorks(world, pod, "back", "exec after the restart")
     size = 4 * MIB
     process, ports = startPortForward(world, pod, [ECHO_PORT])
     try:
@@ -1003,6 +1225,9 @@ ITEMS = {
     "9": "Prometheus scrapes the node exporters and the server",
     "10": "failures: no agent, agent restarted under open streams, recovery",
     "11": "the HTTPS proxy listener's serving certificate as kube-apiserver checks it",
+    "12": "a cloud node without an agent, through the door's direct dial; no open proxy",
+    "13": "the doors admit only the client names they are given",
+    "14": "DNS mode: kube-apiserver reaches nodes by name through the server's hosts file",
 }
 
 
@@ -1021,6 +1246,7 @@ def main(argv: list[str]) -> int:
     mode = modes[-1] if modes else "A"
     servings = [a.partition("=")[2] for a in argv if a.startswith("--serving=")]
     serving = servings[-1] if servings else "static"
+    cloudNode = "--cloud-node" in argv
     wanted = [a for a in argv if not a.startswith("--")] or [
         item for item in ITEMS if item not in KNOWN_FAILING
     ]
@@ -1032,7 +1258,7 @@ def main(argv: list[str]) -> int:
     cleanups = Cleanups()
     results: list[tuple[str, bool, str]] = []
     try:
-        world = InteropWorld(cleanups, mode=mode, serving=serving)
+        world = InteropWorld(cleanups, mode=mode, serving=serving, cloudNode=cloudNode)
         if not buildOrReport(world):
             keepLogs(world)
             return 1
@@ -1045,6 +1271,10 @@ def main(argv: list[str]) -> int:
         started = time.monotonic()
         for edge in world.edges:
             pods[edge.name] = world.createTicker(edge)
+        if cloudNode:
+            from tests.interop.world import CLOUD_NODE
+
+            pods[CLOUD_NODE] = world.createTickerOn(CLOUD_NODE)
         print(f"ticker pods Running in {time.monotonic() - started:.1f}s", flush=True)
         time.sleep(2)  # let each ticker write some 20 lines
         runs = {
@@ -1059,6 +1289,9 @@ def main(argv: list[str]) -> int:
             "9": lambda: itemPrometheus(world),
             "10": lambda: itemFailure(world, pods),
             "11": lambda: itemServing(world, pods),
+            "12": lambda: itemCloudNode(world, pods),
+            "13": lambda: itemClientNames(world),
+            "14": lambda: itemDNS(world, pods),
         }
         for item in wanted:
             started = time.monotonic()

@@ -105,6 +105,8 @@ from tests.system.e2e_world import (
     HTTPS_LISTENER_PORT,
     LB_ADDRESS,
     SERVER_NAME,
+    TCP_LISTENER_PORT,
+    TUNNEL_PORT,
     Edge,
     Process,
     Scope,
@@ -162,8 +164,10 @@ AGENT_DRAIN_TIMEOUT = DEFAULT_DRAIN_TIMEOUT
 #: dials the node IP, the server's DNAT brings it to the HTTPS proxy
 #: listener); B over TCP (an EgressSelectorConfiguration whose cluster
 #: egress is HTTPConnect to the CONNECT door, mutual TLS); B over a UNIX
-#: socket (the same, to the door on a socket).
-MODES = ("A", "B-tcp", "B-unix")
+#: socket (the same, to the door on a socket); DNS (issue 17: kube-apiserver
+#: prefers the Hostname address, and resolves node names through the server's
+#: hosts file, to the HTTPS proxy listener on L{HOSTS_ADDRESS}:10250).
+MODES = ("A", "B-tcp", "B-unix", "DNS")
 #: What the HTTPS proxy listener presents (issue 16, item 3): C{static}, one
 #: certificate naming every node IP, signed by the kubelet CA (what
 #: kube-apiserver's --kubelet-certificate-authority names); C{minted}, a
@@ -177,8 +181,23 @@ SERVING = ("static", "minted", "untrusted")
 #: The CONNECT door's port on the cloud address (mode B over TCP).
 CONNECT_PORT = 10261
 #: What the door dials itself in mode B: the cloud's network, where the
-#: aggregator reaches metrics-server (no agent holds those addresses).
+#: aggregator reaches metrics-server and kube-apiserver the cloud node's
+#: kubelet (no agent holds those addresses).
 CLOUD_NETWORK = "10.200.0.0/24"
+#: The cloud node (C{InteropWorld(cloudNode=True)}): a kubelet in the cloud
+#: namespace, on a dummy address of the cloud network, with no agent.
+CLOUD_NODE = "cloud-1"
+CLOUD_NODE_ADDRESS = "10.200.0.4"
+#: DNS mode: where the server's hosts file sends node names, on a dummy in
+#: the cloud; the HTTPS proxy listener listens there on the kubelet port, so
+#: that kube-apiserver's dial of C{<node-name>:10250} reaches it unNATed (the
+#: listener then routes by the C{Host} header).
+HOSTS_ADDRESS = "10.200.0.6"
+#: Who the doors admit (C{--proxy-serving-client-name}, C{--connect-client-name}):
+#: the CNs of kube-apiserver's kubelet client certificate (which it also
+#: presents to the CONNECT door) and of metrics-server's.
+PROXY_SERVING_CLIENT_NAMES = ("kube-apiserver", "metrics-server")
+CONNECT_CLIENT_NAMES = ("kube-apiserver",)
 
 #: Runs a command as root with no capability: none in its bounding set, so
 #: that the program it execs has none (issue 16: the agent that reads the
@@ -434,6 +453,7 @@ class InteropWorld(World):
         kubeletClientCert: bool = False,
         observability: bool = True,
         serving: str = "static",
+        cloudNode: bool = False,
     ) -> None:
         """
         @param kubeletClientCert: the agents prove their node with the
@@ -452,6 +472,10 @@ class InteropWorld(World):
             C{minted}, per node from the kubelet CA, which kube-apiserver
             trusts; C{untrusted}, minted from a CA kube-apiserver does not
             trust.
+        @param cloudNode: also run a kubelet in the cloud namespace, Node
+            L{CLOUD_NODE} at L{CLOUD_NODE_ADDRESS} (in L{CLOUD_NETWORK}),
+            with no agent and no edge label (issue 17): in mode B the door
+            dials it itself (C{--connect-direct}).
         """
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: one of {MODES}")
@@ -461,6 +485,7 @@ class InteropWorld(World):
         self.kubeletClientCert = kubeletClientCert
         self.observability = observability
         self.serving = serving
+        self.cloudNode = cloudNode
         super().__init__(scope, edges, serverArguments=[])
         self.timings: dict[str, float] = {}
         self.nodeExporters: dict[str, Process] = {}
@@ -481,6 +506,8 @@ class InteropWorld(World):
         self._credentials()
         self._network()
         self.cloud.addDummy(f"{METRICS_SERVER_ADDRESS}/32")
+        if self.cloudNode:
+            self.cloud.addDummy(f"{CLOUD_NODE_ADDRESS}/32")
         # Registered after the namespaces' deletion, so it runs before it.
         self.scope.addCleanup(self.stopAll)
         step("credentials and network")
@@ -489,7 +516,10 @@ class InteropWorld(World):
         if beforeServer is not None:
             beforeServer(self.cloud)
         self.etcd = self.startEtcd()
-        self.apiserver = self.startAPIServer()
+        if self.mode == "DNS":
+            self._hostsFile()
+        else:
+            self.apiserver = self.startAPIServer()
         self.startServers()
         if self.observability:
             self.prometheus = self.startPrometheus()
@@ -503,6 +533,10 @@ class InteropWorld(World):
         for edge in self.edges:
             self.waitForAgent(edge)
         step("tunnel up")
+        if self.mode == "DNS":
+            # only now: its /etc/hosts is the hosts file as it is at its start
+            self.waitForHosts()
+            self.apiserver = self.startAPIServer()
         self.waitForAPIServer()
         step("kube-apiserver ready")
         with open(self.clusterCA, "rb") as f:
@@ -511,24 +545,21 @@ class InteropWorld(World):
         self.kubectl("apply", "-f", "-", input=_list(BOOTSTRAP_OBJECTS + metricsServer))
         for edge in self.edges:
             self.kubelets[edge.name] = self._startKubelet(edge)
+        if self.cloudNode:
+            self.kubelets[CLOUD_NODE] = self._startCloudKubelet()
         if self.observability:
             # early: kubectl top has a node only after two of its scrapes
             self.metricsServer = self.startMetricsServer()
-        for edge in self.edges:
-            self.kubelets[edge.name].waitForLine(
-                rf"node {edge.name} registered and Ready", READY_TIMEOUT
-            )
+        for name in self.kubelets:
+            self.kubelets[name].waitForLine(rf"node {name} registered and Ready", READY_TIMEOUT)
         step("nodes registered")
         self.waitForNat(
             lambda table: (
                 all(
                     f"-A EDGE-TUNNEL-{kind} -d {edge.nodeIP}/32 -p tcp -j DNAT"
-                    f" --to-destination 127.0.0.1:{port}" in table
+                    f" --to-destination {listener}" in table
                     for edge in self.edges
-                    for kind, port in (
-                        ("HTTPS", HTTPS_LISTENER_PORT),
-                        ("HTTP", HTTP_LISTENER_PORT),
-                    )
+                    for kind, listener in self.dnatTargets()
                 )
                 and f"--dport {NODE_EXPORTER_PORT} -j EDGE-TUNNEL-HTTP" in table
             ),
@@ -596,9 +627,11 @@ class InteropWorld(World):
         # signed by the kubelet CA: kube-apiserver checks it with
         # --kubelet-certificate-authority as it would a kubelet's.
         nodeIPs = [nodeIP(index) for index in range(1, self.edgeCount + 1)]
+        # and every node name: in DNS mode kube-apiserver checks the name it dialled
+        nodeNames = [f"edge-{index}" for index in range(1, self.edgeCount + 1)]
         self.proxyServingCert, self.proxyServingKey = self._write(
             # (a world without edges, buildControlPlane's, still needs a name)
-            mintServer(kubeletCA, nodeIPs or ["127.0.0.1"]),
+            mintServer(kubeletCA, [*nodeIPs, *nodeNames] or ["127.0.0.1"]),
             "proxy-serving",
         )
         clusterCA = mintCA("interop cluster CA")
@@ -664,6 +697,8 @@ class InteropWorld(World):
                 f"system:node:{name}",
             )
             self.kubeletKubeconfigs[name] = path
+        if self.cloudNode:
+            self._cloudNodeCredentials(clusterCA)
         # The aggregation layer: kube-apiserver's front-proxy client
         # certificate, which metrics-server trusts through the
         # extension-apiserver-authentication ConfigMap.
@@ -725,11 +760,38 @@ class InteropWorld(World):
             # where Prometheus scrapes it
             "--meta-endpoint", "tcp:{1}:interface={0}".format(*SERVER_META),
         ]  # fmt: skip
-        if self.mode != "A":
+        if self.mode.startswith("B"):
             self.serverArguments += self._egressSelection()
         if self.kubeletClientCert:
             # the agents' certificates are the kubelets': the cluster CA signs them
             self.serverArguments += ["--agent-ca", self.clusterCA]
+        for name in PROXY_SERVING_CLIENT_NAMES:
+            self.serverArguments += ["--proxy-serving-client-name", name]
+
+    def _cloudNodeCredentials(self, clusterCA: Issued) -> None:
+        """
+        The cloud node's kubelet: its serving certificate (kubelet CA, as
+        the edges'), its API client certificate (cluster CA,
+        C{CN=system:node:cloud-1}) and its kubeconfig, to kube-apiserver's
+        cloud address (it runs in the cloud).
+        """
+        self.kubeletCerts[CLOUD_NODE] = self._write(
+            mintServer(self.kubeletAuthority, [CLOUD_NODE, CLOUD_NODE_ADDRESS]),
+            f"kubelet-{CLOUD_NODE}",
+        )
+        cert, key = self._write(
+            mintAgent(clusterCA, CLOUD_NODE, [CLOUD_NODE_ADDRESS]), f"node-{CLOUD_NODE}"
+        )
+        path = os.path.join(self.directory, f"kubelet-{CLOUD_NODE}.kubeconfig")
+        _kubeconfig(
+            path,
+            f"https://{CLOUD_ADDRESS}:{APISERVER_PORT}",
+            self.clusterCA,
+            cert,
+            key,
+            f"system:node:{CLOUD_NODE}",
+        )
+        self.kubeletKubeconfigs[CLOUD_NODE] = path
 
     def _servingArguments(self) -> list[str]:
         """
@@ -780,6 +842,8 @@ class InteropWorld(World):
                 "--connect-endpoint", f"tcp:{CONNECT_PORT}:interface={CLOUD_ADDRESS}",
                 "--connect-ca", self.kubeletCA,
             ]  # fmt: skip
+            for name in CONNECT_CLIENT_NAMES:
+                door += ["--connect-client-name", name]
         else:
             socket = os.path.join(self.directory, "connect.sock")
             transport = {"uds": {"udsName": socket}}
@@ -850,6 +914,58 @@ class InteropWorld(World):
         """The tunnel server, its proxy listeners on loopback (the DNAT target)."""
         self.startServer(address="127.0.0.1")
 
+    def waitForServers(self) -> None:
+        """In DNS mode, the HTTPS proxy listener is on L{HOSTS_ADDRESS}:10250."""
+        if self.mode != "DNS":
+            super().waitForServers()
+            return
+        assert self.server is not None
+        for port in (TUNNEL_PORT, KUBELET_PORT, HTTP_LISTENER_PORT, TCP_LISTENER_PORT):
+            self.server.waitForLine(rf"starting on {port}\b")
+
+    def dnatTargets(self) -> list[tuple[str, str]]:
+        """Where the server's DNAT sends a node's HTTPS and HTTP ports."""
+        https = (
+            f"{HOSTS_ADDRESS}:{KUBELET_PORT}"
+            if self.mode == "DNS"
+            else f"127.0.0.1:{HTTPS_LISTENER_PORT}"
+        )
+        return [("HTTPS", https), ("HTTP", f"127.0.0.1:{HTTP_LISTENER_PORT}")]
+
+    # DNS mode.
+
+    def _hostsFile(self) -> None:
+        """
+        DNS mode: the server keeps the cloud namespace's hosts file
+        (C{/etc/netns/<cloud>/hosts}, which C{ip netns exec} bind-mounts over
+        C{/etc/hosts} for what it starts there afterwards), naming each
+        connected node L{HOSTS_ADDRESS}, where its HTTPS proxy listener
+        listens on the kubelet port.  The folder goes with the world.
+        """
+        folder = os.path.join("/etc/netns", self.cloud.name)
+        os.makedirs(folder)
+        self.scope.addCleanup(shutil.rmtree, folder, ignore_errors=True)
+        self.hostsPath = os.path.join(folder, "hosts")
+        self.cloud.addDummy(f"{HOSTS_ADDRESS}/32")
+        self.serverArguments += [
+            "--hosts-file", self.hostsPath,
+            "--hosts-address", HOSTS_ADDRESS,
+            "--https-proxy-endpoint", f"tcp:{KUBELET_PORT}:interface={HOSTS_ADDRESS}",
+        ]  # fmt: skip
+
+    def waitForHosts(self) -> None:
+        """Wait until the hosts file names every edge L{HOSTS_ADDRESS}."""
+
+        def listed() -> bool:
+            try:
+                with open(self.hostsPath) as f:
+                    lines = set(f.read().splitlines())
+            except FileNotFoundError:
+                return False
+            return all(f"{HOSTS_ADDRESS} {edge.name}" in lines for edge in self.edges)
+
+        pollUntil(listed, READY_TIMEOUT, "the hosts file to name every edge", interval=0.05)
+
     def startEtcd(self) -> Process:
         data = os.path.join(self.directory, "etcd")
         argv = [
@@ -888,7 +1004,8 @@ class InteropWorld(World):
             # what the HTTPS proxy listener presents for every node IP
             # (the static certificate's CA, or the minting CA)
             f"--kubelet-certificate-authority={self.listenerTrust}",
-            "--kubelet-preferred-address-types=InternalIP",
+            "--kubelet-preferred-address-types="
+            + ("Hostname" if self.mode == "DNS" else "InternalIP"),
             f"--cert-dir={os.path.join(self.directory, 'apiserver-certs')}",
             "--profiling=false",
             # the aggregation layer (kubeadm's flags), for metrics-server's
@@ -903,7 +1020,7 @@ class InteropWorld(World):
             f"--proxy-client-key-file={self.frontProxyKey}",
             "--enable-aggregator-routing=true",
         ]
-        if self.mode != "A":
+        if self.mode.startswith("B"):
             argv.append(f"--egress-selector-config-file={self.egressConfig}")
         return self._spawn(self.cloud, "kube-apiserver", argv, cwd=self.directory)
 
@@ -922,20 +1039,37 @@ class InteropWorld(World):
             raise AssertionError(f"{e}\n{self.apiserver.log()[-5000:]}") from None
 
     def _startKubelet(self, edge: Edge) -> Process:
-        cert, key = self.kubeletCerts[edge.name]
+        # every address, as a real kubelet (--address 0.0.0.0): the agent
+        # dials 127.0.0.1:10250 (localhost-proxy-ports' default has 10250)
+        return self._spawnKubelet(edge.namespace, edge.name, edge.nodeIP, "0.0.0.0", "127.0.0.1")
+
+    def _startCloudKubelet(self) -> Process:
+        """
+        The cloud node's kubelet (L{cloudNode}): in the cloud namespace, on
+        its own address only (the cloud's loopback is the server's and
+        etcd's), registering Node L{CLOUD_NODE} with no edge label.
+        """
+        address = CLOUD_NODE_ADDRESS
+        return self._spawnKubelet(self.cloud, CLOUD_NODE, address, address, address)
+
+    def _spawnKubelet(
+        self, namespace: Any, node: str, nodeIP: str, listen: str, servers: str
+    ) -> Process:
+        """Our kubelet for C{node}; its port-forward targets on C{servers}."""
+        cert, key = self.kubeletCerts[node]
         argv = [
             str(self.bin["kubelet"]),
-            # every address, as a real kubelet (--address 0.0.0.0): the agent
-            # dials 127.0.0.1:10250 (localhost-proxy-ports' default has 10250)
-            "--listen", f"0.0.0.0:{KUBELET_PORT}",
+            "--listen", f"{listen}:{KUBELET_PORT}",
             "--cert", cert, "--key", key, "--client-ca", self.kubeletCA,
-            "--node-name", edge.name, "--internal-ip", edge.nodeIP,
-            "--kubeconfig", self.kubeletKubeconfigs[edge.name],
-            "--root", os.path.join(self.directory, f"kubelet-{edge.name}"),
-            "--echo-listen", f"127.0.0.1:{ECHO_PORT}",
-            "--sink-listen", f"127.0.0.1:{SINK_PORT}",
+            "--node-name", node, "--internal-ip", nodeIP,
+            "--kubeconfig", self.kubeletKubeconfigs[node],
+            "--root", os.path.join(self.directory, f"kubelet-{node}"),
+            "--echo-listen", f"{servers}:{ECHO_PORT}",
+            "--sink-listen", f"{servers}:{SINK_PORT}",
         ]  # fmt: skip
-        return self._spawn(edge.namespace, f"kubelet-{edge.name}", argv, cwd=self.directory)
+        if servers != "127.0.0.1":
+            argv += ["--forward-host", servers]
+        return self._spawn(namespace, f"kubelet-{node}", argv, cwd=self.directory)
 
     def startNodeExporter(self, edge: Edge) -> Process:
         argv = [
@@ -1030,8 +1164,8 @@ class InteropWorld(World):
         self.waitForNat(
             lambda table: all(
                 f"-A EDGE-TUNNEL-{kind} -d {edge.nodeIP}/32 -p tcp -j DNAT"
-                f" --to-destination 127.0.0.1:{port}" in table
-                for kind, port in (("HTTPS", HTTPS_LISTENER_PORT), ("HTTP", HTTP_LISTENER_PORT))
+                f" --to-destination {listener}" in table
+                for kind, listener in self.dnatTargets()
             ),
             f"the DNAT of {edge.name}'s HTTPS and HTTP ports to the proxy listeners",
         )
@@ -1106,8 +1240,12 @@ class InteropWorld(World):
 
     def createTicker(self, edge: Edge) -> str:
         """Create a ticker pod bound to C{edge}'s node; its name, once Running."""
-        name = f"tick-{edge.name}"
-        self.kubectl("apply", "-f", "-", input=json.dumps(tickerPod(name, edge.name)))
+        return self.createTickerOn(edge.name)
+
+    def createTickerOn(self, node: str) -> str:
+        """Create a ticker pod bound to Node C{node}; its name, once Running."""
+        name = f"tick-{node}"
+        self.kubectl("apply", "-f", "-", input=json.dumps(tickerPod(name, node)))
         self.kubectl(
             "wait",
             "--for=jsonpath={.status.phase}=Running",

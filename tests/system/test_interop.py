@@ -39,8 +39,9 @@ REPO_ROOT = HERE.parents[1]
 COMPONENTS = ("etcd", "kube", "kubelet", "metrics-server")
 #: What the child may take: bring-up is some 5 s, items 1-9 some 25 s, item 10 some 40 s.
 TIMEOUT = 240.0
-#: The items of issue 13, all of them, in each mode.
-ITEMS = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10")
+#: The items of issue 13, all of them, in each mode; and issue 17's client
+#: name allowlists (13).
+ITEMS = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "13")
 
 
 def _missingBuilds() -> list[str]:
@@ -58,6 +59,8 @@ class _ModeTests:
     #: the HTTPS proxy listener's certificate (C{SERVING} in world.py)
     serving = "static"
     items: tuple[str, ...] = ITEMS
+    #: also a kubelet in the cloud, with no agent (issue 17)
+    cloudNode = False
 
     def test_kubectl(self) -> None:
         """
@@ -87,6 +90,7 @@ class _ModeTests:
                     "--keep-going",
                     f"--mode={self.mode}",
                     f"--serving={self.serving}",
+                    *(["--cloud-node"] if self.cloudNode else []),
                     *self.items,
                 ],  # fmt: skip
                 cwd=REPO_ROOT,
@@ -126,15 +130,36 @@ class EgressSelectorTCPTests(_ModeTests, SynchronousTestCase):
     cluster egress (kubelets, and the aggregator's metrics-server) to the
     CONNECT door with mutual TLS; TLS to the kubelet runs end to end.
     metrics-server and Prometheus still take the DNAT path.
+
+    With a cloud node (issue 17, item 12): Node C{cloud-1}, a kubelet in
+    the cloud namespace with no agent, is reached through the door, which
+    dials it itself (C{--connect-direct}); the door refuses what is in no
+    listed network.
     """
 
     mode = "B-tcp"
+    cloudNode = True
+    items = (*ITEMS, "12")
 
 
 class EgressSelectorUnixTests(_ModeTests, SynchronousTestCase):
     """Mode B over a UNIX socket: the same, to the door on a socket."""
 
     mode = "B-unix"
+
+
+class DNSModeTests(_ModeTests, SynchronousTestCase):
+    """
+    DNS mode (issue 17): kube-apiserver with
+    C{--kubelet-preferred-address-types=Hostname} resolves node names through
+    its host's C{/etc/hosts}, which is the server's C{--hosts-file}; the
+    names lead to the HTTPS proxy listener on the kubelet port, which routes
+    by the C{Host} header.  Logs, exec and the client names work; item 14
+    shows kube-apiserver connected by name, not by node IP.
+    """
+
+    mode = "DNS"
+    items = ("1", "2", "3", "13", "14")
 
 
 class MintedServingTests(_ModeTests, SynchronousTestCase):

@@ -16,6 +16,7 @@ rules touch nothing else.
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import os
@@ -49,6 +50,7 @@ from twisted.internet.ssl import optionsForClientTLS, trustRootFromCertificates
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.internet.threads import deferToThread
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -161,16 +163,8 @@ def resumptions(
     return resumed
 
 
-class HTTPSProxyListenerTests(TestCase):
-    """
-    Finding 3: the HTTPS proxy listener lent the proxy client certificate
-    (kube-apiserver's identity towards every kubelet) to anyone who reached
-    it: it bound every interface and asked for no client certificate, and
-    even with C{--proxy-serving-client-ca} an agent's certificate from the
-    same CA got in.  Now it binds loopback by default and, over a real TLS
-    handshake, serves only clients with a certificate from its client CA
-    (C{--ca} unless C{--proxy-serving-client-ca}) that is not a node's.
-    """
+class _HTTPSListenerCase(TestCase):
+    """The daemon's HTTPS proxy listener on 127.0.0.1, and clients of it over real TLS."""
 
     def setUp(self) -> None:
         self.directory = temporaryDirectory(self)
@@ -209,6 +203,21 @@ class HTTPSProxyListenerTests(TestCase):
     def assertServed(self, asker: Ask) -> None:
         """An HTTP answer (502: no agent is connected to this server)."""
         self.assertTrue(asker.received.startswith(b"HTTP/1.1 502 "), asker.received)
+
+    def privateCertificate(self, issued: Any) -> Any:
+        return pki.credentials(issued).certificate
+
+
+class HTTPSProxyListenerTests(_HTTPSListenerCase):
+    """
+    Finding 3: the HTTPS proxy listener lent the proxy client certificate
+    (kube-apiserver's identity towards every kubelet) to anyone who reached
+    it: it bound every interface and asked for no client certificate, and
+    even with C{--proxy-serving-client-ca} an agent's certificate from the
+    same CA got in.  Now it binds loopback by default and, over a real TLS
+    handshake, serves only clients with a certificate from its client CA
+    (C{--ca} unless C{--proxy-serving-client-ca}) that is not a node's.
+    """
 
     def test_defaultsBindLoopback(self) -> None:
         """
@@ -256,9 +265,6 @@ class HTTPSProxyListenerTests(TestCase):
         agent = mintAgent(self.kubeletCA, "edge-2")
         self.assertRefusedInHandshake(await self.ask(port, self.privateCertificate(agent)))
 
-    def privateCertificate(self, issued: Any) -> Any:
-        return pki.credentials(issued).certificate
-
     def resumptions(self, port: int) -> Deferred[list[bool]]:
         client = pki.writePair(pki.client(), self.directory, "client")
         return deferToThread(resumptions, port, self.paths.ca, client)
@@ -272,6 +278,157 @@ class HTTPSProxyListenerTests(TestCase):
         """With C{--proxy-serving-session-lifetime} the daemon's listener resumes."""
         port = await self.startListener("--proxy-serving-session-lifetime=300")
         self.assertEqual(await self.resumptions(port), [False, True])
+
+
+# -- issue 17: allowlists of client names ------------------------------------------------
+
+
+class ClientNameTests(_HTTPSListenerCase):
+    """
+    Issue 17: the HTTPS proxy listener lends kube-apiserver's kubelet client
+    identity to any certificate of C{--proxy-serving-client-ca} but nodes';
+    on kubeadm that is the cluster CA, which signs every user's certificate
+    too.  The CONNECT door over TLS admits any of C{--connect-ca}'s.  With
+    C{--proxy-serving-client-name} and C{--connect-client-name} only the
+    named clients get in, refused in the TLS handshake; without them, the
+    daemon says so at start-up.
+    """
+
+    async def test_listenerAdmitsOnlyNamed(self) -> None:
+        """
+        kube-apiserver's and metrics-server's certificates from the kubelet
+        client CA are served; a user's from that same CA is refused in the
+        handshake, and the log names its subject and issuer.
+        """
+        with capturedLogs() as events:
+            port = await self.startListener(
+                "--proxy-serving-client-ca", self.kubeletCAPath,
+                "--proxy-serving-client-name", "kube-apiserver-kubelet-client",
+                "--proxy-serving-client-name", "metrics-server",
+            )  # fmt: skip
+        self.assertEqual(said(events, LogLevel.warn, "--proxy-serving-client-name"), [])
+        [started] = said(events, LogLevel.info, "admits only the clients named")
+        self.assertIn("kube-apiserver-kubelet-client, metrics-server", started)
+        for name in ("kube-apiserver-kubelet-client", "metrics-server"):
+            client = self.privateCertificate(mintClient(self.kubeletCA, name))
+            self.assertServed(await self.ask(port, client))
+        alice = self.privateCertificate(mintClient(self.kubeletCA, "alice"))
+        with capturedLogs() as events:
+            self.assertRefusedInHandshake(await self.ask(port, alice))
+        [refused] = said(events, LogLevel.warn, "refused the TLS client")
+        self.assertIn("CN=alice is not named by --proxy-serving-client-name", refused)
+        self.assertIn("issuer CN=kubelet client CA", refused)
+
+    async def test_listenerWarnsWithoutNames(self) -> None:
+        """Without names: today's behaviour, and a warning naming the risk and the option."""
+        with capturedLogs() as events:
+            port = await self.startListener("--proxy-serving-client-ca", self.kubeletCAPath)
+        [warning] = said(events, LogLevel.warn, "--proxy-serving-client-name")
+        self.assertIn("admits every client certificate signed by", warning)
+        self.assertIn("users'", warning)
+        alice = self.privateCertificate(mintClient(self.kubeletCA, "alice"))
+        self.assertServed(await self.ask(port, alice))
+
+    def doorOptions(self, *arguments: str) -> list[Any]:
+        """
+        Build the daemon with a CONNECT door on a non-loopback endpoint (not
+        listening) and C{arguments}: the TLS options its door was given.
+        """
+        made: list[Any] = []
+        real = tapserver.serverOptions
+
+        def spy(creds: Any) -> Any:
+            made.append(real(creds))
+            return made[-1]
+
+        self.patch(tapserver, "serverOptions", spy)
+        options = tapserver.Options()
+        options.parseOptions(
+            [*self.paths.options(), "--connect-endpoint=tcp:0", "--no-iptables", *arguments]
+        )
+        tapserver.makeService(options)
+        return made
+
+    def test_doorAdmitsOnlyNamed(self) -> None:
+        """
+        C{--connect-client-name}: kube-apiserver's certificate from
+        C{--connect-ca} completes the handshake (in memory, on the door's own
+        TLS options); another client's from that CA does not.
+        """
+        from tests.tls.test_tls import connect
+        from twisted_tunnel.tls import agentOptions
+
+        def client(name: str) -> Any:
+            # its certificate from the kubelet CA; it checks the door's with the tunnel CA
+            return agentOptions(pki.credentials(mintClient(self.kubeletCA, name)), "localhost")
+
+        with capturedLogs() as events:
+            [door] = self.doorOptions(
+                "--connect-ca", self.kubeletCAPath, "--connect-client-name", "kube-apiserver"
+            )
+        self.assertEqual(said(events, LogLevel.warn, "--connect-client-name"), [])
+        self.assertEqual(connect(door, client("kube-apiserver")).server.app.handshakes, 1)
+        with capturedLogs() as events:
+            refused = connect(door, client("bob"))
+        self.assertEqual(refused.server.app.handshakes, 0)
+        [line] = said(events, LogLevel.warn, "CONNECT door: refused the TLS client")
+        self.assertIn("CN=bob is not named by --connect-client-name", line)
+
+    def test_doorNamesKeepFailureRecords(self) -> None:
+        """
+        With names, the door's verify callback is the names' check around
+        OpenSSL's verdict, and a certificate OpenSSL refuses (another CA's)
+        is still recorded for the line that says why (issue 17's TLS
+        failures), not only refused.
+        """
+        from tests.tls.test_tls import connect
+        from twisted_tunnel.tls import agentOptions
+        from twisted_tunnel.tls.failures import recordedFailure
+
+        [door] = self.doorOptions(
+            "--connect-ca", self.kubeletCAPath, "--connect-client-name", "kube-apiserver"
+        )
+        stranger = mintClient(mintCA("another CA"), "kube-apiserver")
+        refused = connect(door, agentOptions(pki.credentials(stranger), "localhost"))
+        self.assertEqual(refused.server.app.handshakes, 0)
+        failure = recordedFailure(refused.server.app.tlsConnection)
+        self.assertIsNotNone(failure)
+        assert failure is not None
+        self.assertIn("another CA", failure.issuer)
+
+    def test_doorWarnsWithoutNames(self) -> None:
+        with capturedLogs() as events:
+            self.doorOptions()
+        [warning] = said(events, LogLevel.warn, "--connect-client-name")
+        self.assertIn("the CONNECT door admits every client certificate", warning)
+
+    def test_namesMustCheckSomething(self) -> None:
+        """
+        Names for a listener that is off, a node's name, a wildcard: usage
+        errors; names for a door without TLS (loopback): one fatal line.
+        """
+        for arguments, words in [
+            (["--connect-endpoint=none", "--connect-client-name=a"], "--connect-endpoint none"),
+            (["--https-proxy-endpoint=none", "--proxy-serving-client-name=a"], "turns off"),
+            (["--proxy-serving-client-name=system:node:edge-1"], "a node's name"),
+            (["--connect-client-name=*"], "no wildcards"),
+        ]:
+            with self.assertRaises(UsageError) as caught:
+                tapserver.Options().parseOptions([*self.paths.options(), *arguments])
+            self.assertIn(words, str(caught.exception))
+        options = tapserver.Options()
+        options.parseOptions([*self.paths.options(), "--connect-client-name=kube-apiserver"])
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        with self.assertRaises(SystemExit):
+            tapserver.makeService(options)
+        self.assertIn("is local (loopback or a UNIX socket)", stderr.getvalue())
+
+
+def said(events: list[dict[str, Any]], level: LogLevel, part: str) -> list[str]:
+    """The text of the lines logged at C{level} in C{events} that contain C{part}."""
+    texts = [formatEvent(e) for e in events if e.get("log_level") == level]
+    return [text for text in texts if part in text]
 
 
 # -- finding 8 ---------------------------------------------------------------------------

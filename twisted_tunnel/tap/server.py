@@ -116,6 +116,15 @@ from ..tls.rotation import (
     RotatingServerOptions,
 )
 from ..tls.serving import NodeServingOptions
+from ._clientnames import (
+    CONNECT_CLIENT_NAME,
+    PROXY_SERVING_CLIENT_NAME,
+    addClientName,
+    checkClientNames,
+    doorClientNames,
+    listenerClientNames,
+    restricted,
+)
 from ._common import (
     DaemonService,
     TunnelOptions,
@@ -474,6 +483,8 @@ class Options(TunnelOptions, KubeAPIOptions):
         self["forward"] = []
         self["iptables-prerouting-source"] = []
         self["connect-direct"] = []
+        self[CONNECT_CLIENT_NAME] = []
+        self[PROXY_SERVING_CLIENT_NAME] = []
         self["iptables-prerouting-interface"] = []
         self["policy"] = {}
 
@@ -512,6 +523,7 @@ class Options(TunnelOptions, KubeAPIOptions):
                 f"--proxy-serving-cert-lifetime {self['proxy-serving-cert-lifetime']:g}: "
                 f"from {MIN_LIFETIME:.0f} to {MAX_LIFETIME:.0f} seconds"
             )
+        checkClientNames(self)
         if self["iptables"] and self["no-iptables"]:
             raise usage.UsageError("--iptables and --no-iptables contradict each other")
         scoped = self["iptables-prerouting-source"] or self["iptables-prerouting-interface"]
@@ -549,6 +561,25 @@ class Options(TunnelOptions, KubeAPIOptions):
             self["connect-direct"].append(directNetwork(cidr))
         except ValueError as e:
             raise usage.UsageError(f"--connect-direct: {e}") from None
+
+    def opt_connect_client_name(self, name: str) -> None:
+        """
+        NAME: the CONNECT door over TLS admits only client certificates whose
+        subject CN, or one of whose DNS subjectAltNames, is exactly NAME
+        (repeatable; e.g. the CN of kube-apiserver's egress client certificate).
+        Default: any certificate from --connect-ca but nodes' (warned about)
+        """
+        addClientName(self, CONNECT_CLIENT_NAME, name)
+
+    def opt_proxy_serving_client_name(self, name: str) -> None:
+        """
+        NAME: the HTTPS proxy listener admits only client certificates whose
+        subject CN, or one of whose DNS subjectAltNames, is exactly NAME
+        (repeatable; e.g. kube-apiserver-kubelet-client, metrics-server).
+        Default: any certificate from --proxy-serving-client-ca but nodes'
+        (warned about)
+        """
+        addClientName(self, PROXY_SERVING_CLIENT_NAME, name)
 
     def opt_iptables_prerouting_source(self, cidr: str) -> None:
         """
@@ -669,12 +700,13 @@ def _connectDoorFactory(
     local: bool,
     top: MultiService,
 ) -> IProtocolFactory:
+    names = doorClientNames(PROGRAM, options, server.clock, local)
     if local:
         return door
     files = _files(options, "connect-ca", "cert", "key")
     # serverOptions looked up here, in this module, so that tests can watch what it is given
     credentials = _credentials(files)
-    tls = RotatingServerOptions(credentials, serverOptions)
+    tls = RotatingServerOptions(credentials, restricted(serverOptions, names))
     _rotate(options, top, "tls:--connect-endpoint", files, tls.update, loaded=credentials)
     factory: IProtocolFactory = TLSMemoryBIOFactory(tls, False, door)
     return factory
@@ -1123,7 +1155,11 @@ def _servingOptions(
     """
     from twisted.internet import reactor
 
-    build = partial(proxyServingOptions, sessionLifetime=options["proxy-serving-session-lifetime"])
+    build = partial(
+        proxyServingOptions,
+        sessionLifetime=options["proxy-serving-session-lifetime"],
+        clientNames=listenerClientNames(options, reactor),
+    )
     if not options["proxy-serving-ca-cert"]:
         return RotatingServerOptions(credentials, build)
     caCert, caKey = options["proxy-serving-ca-cert"], options["proxy-serving-ca-key"]

@@ -29,7 +29,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attrs import evolve, field, frozen
 from cryptography import x509
@@ -59,6 +59,9 @@ from twisted_tunnel.tls.certs import (
     isNodeName,
 )
 from twisted_tunnel.tls.upstream import IDestinationTLS, UpstreamTLS
+
+if TYPE_CHECKING:
+    from twisted_tunnel.tls.clientnames import ClientNames
 
 __all__ = [
     "MAX_SERVING_SESSION_LIFETIME",
@@ -438,7 +441,11 @@ MAX_SERVING_SESSION_LIFETIME = 3600
 
 
 def proxyServingOptions(
-    creds: Credentials, *, sessionLifetime: int = 0, presentCertificate: bool = True
+    creds: Credentials,
+    *,
+    sessionLifetime: int = 0,
+    presentCertificate: bool = True,
+    clientNames: ClientNames | None = None,
 ) -> CertificateOptions:
     """
     TLS options for the HTTPS proxy listener, which kube-apiserver takes for
@@ -467,6 +474,9 @@ def proxyServingOptions(
     @param presentCertificate: C{False} leaves the certificate out of the
         context, for L{twisted_tunnel.tls.serving}, which sets one per
         connection.
+    @param clientNames: with it, only the clients it names get in
+        (C{--proxy-serving-client-name}; L{twisted_tunnel.tls.clientnames}),
+        also checked in the handshake.
     @raise ValueError: if C{sessionLifetime} is negative or above
         L{MAX_SERVING_SESSION_LIFETIME}.
     """
@@ -487,7 +497,10 @@ def proxyServingOptions(
     )
     context = options.getContext()
     enableReleaseBuffers(context)
-    context.set_verify(context.get_verify_mode(), _refuseNodeCertificates)
+    if clientNames is None:
+        context.set_verify(context.get_verify_mode(), _refuseNodeCertificates)
+    else:
+        clientNames.restrict(context, _refuseNodeCertificates)
     if sessionLifetime:
         context.set_timeout(sessionLifetime)
     return options
