@@ -1247,6 +1247,8 @@ def main(argv: list[str]) -> int:
     servings = [a.partition("=")[2] for a in argv if a.startswith("--serving=")]
     serving = servings[-1] if servings else "static"
     cloudNode = "--cloud-node" in argv
+    # the server and agents from the container image (make image), mode A
+    fromImage = "--image" in argv
     wanted = [a for a in argv if not a.startswith("--")] or [
         item for item in ITEMS if item not in KNOWN_FAILING
     ]
@@ -1258,12 +1260,23 @@ def main(argv: list[str]) -> int:
     cleanups = Cleanups()
     results: list[tuple[str, bool, str]] = []
     try:
-        world = InteropWorld(cleanups, mode=mode, serving=serving, cloudNode=cloudNode)
+        if fromImage:
+            from tests.interop.world import ImageInteropWorld
+            from tests.system.containers import build
+
+            image = build.imageName()
+            if not build.imageExists(image):
+                print(f"{image} is not built: run make image", flush=True)
+                return 1
+            world: InteropWorld = ImageInteropWorld(cleanups, image)
+        else:
+            world = InteropWorld(cleanups, mode=mode, serving=serving, cloudNode=cloudNode)
         if not buildOrReport(world):
             keepLogs(world)
             return 1
         print(
-            f"mode {mode}, serving {serving}: world up in {world.bringUpSeconds:.1f}s: "
+            f"mode {mode}, serving {serving}{', from the image' if fromImage else ''}: "
+            f"world up in {world.bringUpSeconds:.1f}s: "
             f"{_timings(world.timings)}",
             flush=True,
         )

@@ -98,6 +98,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tests.interop.build import build
 from tests.netns import pollUntil
 from tests.pki import KubeletCertificateStore
+from tests.system.containers import NONROOT, ROOT, ContainerDaemons
 from tests.system.e2e_world import (
     CLOUD_ADDRESS,
     EXIT_TIMEOUT,
@@ -1254,6 +1255,43 @@ class InteropWorld(World):
             timeout=READY_TIMEOUT + 10,
         )
         return name
+
+
+class ImageInteropWorld(ContainerDaemons, InteropWorld):
+    """
+    Mode A with the server and the agents run from the image (C{make
+    image}; L{tests.system.containers}): the server as root with
+    C{NET_ADMIN} alone, its DNAT rules in the cloud namespace where
+    kube-apiserver dials; the agents as user 65532 with no capability; both
+    on a read-only root.  The path a reader of the README takes, from the
+    image to C{kubectl logs}.
+    """
+
+    def __init__(self, scope: Scope, image: str, edges: int = 2) -> None:
+        super().__init__(
+            scope,
+            image,
+            serverUser=ROOT,
+            serverCapabilities=["NET_ADMIN"],
+            edges=edges,
+            mode="A",
+            observability=False,
+        )
+
+    def build(self, beforeServer: Callable[[Any], object] | None = None) -> InteropWorld:
+        """
+        Bring the world up, then make sure each daemon is the image's: a
+        running container, as the user L{ContainerDaemons} gave it.
+        """
+        super().build(beforeServer)
+        daemons = [self.server, *self.agents.values()]
+        for process in daemons:
+            assert process is not None
+            status = self.status(process)
+            uid = self.serverUser if process is self.server else NONROOT
+            if status["Uid"].split()[0] != str(uid):
+                raise AssertionError(f"{process.name} runs as {status['Uid']}, not {uid}")
+        return self
 
 
 def buildOrReport(world: InteropWorld) -> bool:

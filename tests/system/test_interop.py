@@ -30,6 +30,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.interop.build import cached
 from tests.interop.smoke import ITEMS as NAMES
 from tests.netns import requireNetns
+from tests.system.containers import requireImage
 
 HERE = Path(__file__).resolve().parent
 SMOKE = HERE.parent / "interop" / "smoke.py"
@@ -61,6 +62,8 @@ class _ModeTests:
     items: tuple[str, ...] = ITEMS
     #: also a kubelet in the cloud, with no agent (issue 17)
     cloudNode = False
+    #: the server and agents from the container image (tests/system/containers.py)
+    image = False
 
     def test_kubectl(self) -> None:
         """
@@ -91,6 +94,7 @@ class _ModeTests:
                     f"--mode={self.mode}",
                     f"--serving={self.serving}",
                     *(["--cloud-node"] if self.cloudNode else []),
+                    *(["--image"] if self.image else []),
                     *self.items,
                 ],  # fmt: skip
                 cwd=REPO_ROOT,
@@ -160,6 +164,23 @@ class DNSModeTests(_ModeTests, SynchronousTestCase):
 
     mode = "DNS"
     items = ("1", "2", "3", "13", "14")
+
+
+class ImageTests(_ModeTests, SynchronousTestCase):
+    """
+    Issue 17: mode A with the server and the agents run from the container
+    image (C{make image}) by podman, as docs/image.md says each may run (the
+    server root with C{NET_ADMIN} alone, the agents user 65532 with no
+    capability, read-only roots): C{kubectl get nodes}, C{logs} and C{exec}
+    through them, from the real kube-apiserver.
+    """
+
+    mode = "A"
+    image = True
+    items = ("1", "2", "3")
+
+    def setUp(self) -> None:
+        requireImage(self)
 
 
 class MintedServingTests(_ModeTests, SynchronousTestCase):
