@@ -310,6 +310,22 @@ def twistdContainers(
                     yield workload, container, plugin, options
 
 
+def agentsAndServers(
+    objects: list[dict[str, Any]],
+) -> tuple[list[tuple[dict[str, Any], dict[str, Any], Options]], list[Options]]:
+    """
+    The agents' containers (workload, container, parsed options) and the
+    servers' parsed options among C{objects} (L{twistdContainers}).
+    """
+    agents, servers = [], []
+    for workload, container, plugin, options in twistdContainers(objects):
+        if plugin == "edge-tunnel-agent":
+            agents.append((workload, container, options))
+        elif plugin == "edge-tunnel-server":
+            servers.append(options)
+    return agents, servers
+
+
 def endpointPort(description: str) -> tuple[int, str]:
     """The port and interface of a TCP server endpoint description."""
     endpoint = serverFromString(MemoryReactor(), description)
@@ -600,10 +616,7 @@ class DaemonCommandTests(SynchronousTestCase):
         """
         seen = 0
         for directory, objects in self.rendered():
-            agents = [
-                (w, c, o) for w, c, p, o in twistdContainers(objects) if p == "edge-tunnel-agent"
-            ]
-            servers = [o for _, _, p, o in twistdContainers(objects) if p == "edge-tunnel-server"]
+            agents, servers = agentsAndServers(objects)
             for workload, container, options in agents:
                 if not options["kubelet-client-cert"]:
                     if not options["bootstrap-kubeconfig"]:
@@ -663,10 +676,7 @@ class DaemonCommandTests(SynchronousTestCase):
         """
         seen = 0
         for directory, objects in self.rendered():
-            agents = [
-                (w, c, o) for w, c, p, o in twistdContainers(objects) if p == "edge-tunnel-agent"
-            ]
-            servers = [o for _, _, p, o in twistdContainers(objects) if p == "edge-tunnel-server"]
+            agents, servers = agentsAndServers(objects)
             for workload, container, options in agents:
                 if not options["bootstrap-kubeconfig"]:
                     for serverOptions in servers:
