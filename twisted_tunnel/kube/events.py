@@ -87,27 +87,22 @@ class EventPoster:
             self._seen.popitem(last=False)
         event = self._build(involved, eventType, reason, message)
         posting = self.client.callInThread(self.client.client.create, event)
+        # the structured fields of both outcomes' log lines
+        fields = dict(
+            reason=reason, kind=involved.kind, namespace=involved.namespace, name=involved.name
+        )
 
         def done(_: object) -> bool:
             self.posted += 1
-            self.log.debug(
-                "event {reason} posted on {kind} {namespace}/{name}",
-                reason=reason,
-                kind=involved.kind,
-                namespace=involved.namespace,
-                name=involved.name,
-            )
+            self.log.debug("event {reason} posted on {kind} {namespace}/{name}", **fields)
             return True
 
         def failed(failure: Failure) -> bool:
             self.failed += 1
             self.log.warn(
                 "could not post the {reason} event on {kind} {namespace}/{name}: {error}",
-                reason=reason,
-                kind=involved.kind,
-                namespace=involved.namespace,
-                name=involved.name,
                 error=describeApiError(failure.value),
+                **fields,
             )
             return False
 
