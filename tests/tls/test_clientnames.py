@@ -142,6 +142,22 @@ class HandshakeTests(SynchronousTestCase):
         self.assertIn(f"CN=alice is not named by {OPTION}", line)
         self.assertIn("admitted: kube-apiserver-kubelet-client", line)
 
+    def test_refusedNameEscaped(self) -> None:
+        """
+        The subject and the reason are the client's choice (a CSR-approved
+        user picks its CN): a newline or a terminal escape in them is
+        escaped, so the warning stays one line the client cannot forge.
+        """
+        options = self.listener("kube-apiserver-kubelet-client")
+        hostile = "alice\nFORGED line\x1b[31m"
+        with capturedLogs() as events:
+            self.assertRefused(connect(options, client(pki.leaf(hostile, organizations=()))))
+        [line] = warnings(events)
+        self.assertNotIn("\n", line)
+        self.assertNotIn("\x1b", line)
+        self.assertEqual(line.count("FORGED line"), 2, line)  # subject and reason
+        self.assertIn("alice\\x0aFORGED line\\x1b[31m", line)
+
     def test_byDNSName(self) -> None:
         """A certificate whose DNS subjectAltName is listed gets in, whatever its CN."""
         options = self.listener("scraper.monitoring")

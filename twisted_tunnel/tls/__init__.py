@@ -50,6 +50,7 @@ from twisted.internet.ssl import (
 )
 from twisted.logger import Logger
 
+from twisted_tunnel._text import printable
 from twisted_tunnel.errors import CredentialsError
 from twisted_tunnel.tls.certs import (
     NODE_COMMON_NAME_PREFIX,
@@ -702,17 +703,23 @@ class PeerIdentity:
         return serial + until
 
     def describe(self) -> str:
-        """A short description, for logs: C{node edge-1} or C{CN=kube-apiserver}."""
+        """
+        A short description, for logs: C{node edge-1} or C{CN=kube-apiserver};
+        one printable line, since whoever got the certificate issued chose
+        its names (a newline or a terminal escape in a CN is escaped).
+        """
         node = self.nodeName()
         if node is not None:
-            return f"node {node}"
-        if self.commonName is not None:
-            return f"CN={self.commonName}"
-        if self.dnsNames:
-            return f"DNS:{self.dnsNames[0]}"
-        if self.ipAddresses:
-            return f"IP:{self.ipAddresses[0]}"
-        return "anonymous certificate"
+            described = f"node {node}"
+        elif self.commonName is not None:
+            described = f"CN={self.commonName}"
+        elif self.dnsNames:
+            described = f"DNS:{self.dnsNames[0]}"
+        elif self.ipAddresses:
+            described = f"IP:{self.ipAddresses[0]}"
+        else:
+            described = "anonymous certificate"
+        return printable(described, 200)
 
 
 def identityOfCertificate(

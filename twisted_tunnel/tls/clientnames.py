@@ -36,6 +36,7 @@ from twisted.logger import Logger, LogLevel
 
 from .._logthrottle import LogThrottle
 from . import PeerIdentity, identityOfCertificate
+from .failures import nameLine
 
 __all__ = ["ClientNames", "VerifyCallback", "clientName"]
 
@@ -76,7 +77,7 @@ def clientName(text: str) -> str:
 def _subjectAndIssuer(certificate: x509.Certificate | None) -> tuple[str, str]:
     if certificate is None:
         return "?", "?"
-    return certificate.subject.rfc4514_string(), certificate.issuer.rfc4514_string()
+    return nameLine(certificate.subject), nameLine(certificate.issuer)
 
 
 class ClientNames:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
 from attrs import frozen
+from cryptography import x509
 from OpenSSL import SSL
 from OpenSSL.crypto import X509, X509StoreContext, X509StoreContextError
 from twisted.logger import Logger, LogLevel
@@ -147,14 +148,19 @@ def verifyErrorString(error: int) -> str:
         return f"X509 verify error {error}"
 
 
-def _name(certificate: X509, which: str) -> str:
+def nameLine(name: x509.Name) -> str:
     """
     A certificate's subject or issuer, as one short printable line: the
-    peer chose it, and it goes into log lines and answers.
+    peer chose it (RFC 4514 escapes commas, not newlines or terminal
+    escapes), and it goes into log lines and answers.
     """
+    return printable(str(name.rfc4514_string()), 200) or "(empty)"
+
+
+def _name(certificate: X509, which: str) -> str:
+    """L{nameLine} of a pyOpenSSL certificate's C{subject} or C{issuer}."""
     try:
-        name = getattr(certificate.to_cryptography(), which)
-        return printable(str(name.rfc4514_string()), 200) or "(empty)"
+        return nameLine(getattr(certificate.to_cryptography(), which))
     except Exception:  # an unreadable certificate is still a refused one
         return "(unreadable)"
 
